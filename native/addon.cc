@@ -1,0 +1,793 @@
+// addon.cc: Node-API glue of the attnres native backend (module attnres_native, NAPI_VERSION 8).
+//
+// Every export takes positional arguments mirroring src/backend/backend.ts (same order, same names).
+// This file owns argument checking: argument count and types, Float32Array (Float64Array is rejected:
+// the backend is float32-only), Int32Array ids/targets, non-negative integer sizes, and that every
+// extent a kernel touches fits in its buffers. Violations throw a JS Error "<kernel>: <what>";
+// nothing reaches a kernel unchecked. Data pointers come from napi_get_typedarray_info (already
+// adjusted for the view's byteOffset).
+//
+// Memory: alloc(n) returns a Float32Array over an external ArrayBuffer, 64-byte aligned, freed by its
+// finalizer; live bytes and buffer count are tracked with atomics (memoryStats) and reported to V8
+// (napi_adjust_external_memory) so that garbage collection sees the native memory pressure.
+#include <node_api.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+
+namespace attnres {
+namespace {
+
+struct KernelError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+std::atomic<int64_t> gLiveBytes{0};
+std::atomic<int64_t> gLiveBuffers{0};
+
+constexpr int kMaxArgs = 24;
+constexpr i64 kMaxSafe = (i64)1 << 53;
+constexpr i64 kMaxInt = 2147483647;  // CBLAS dimensions are int
+
+struct F32 {
+  float* p;
+  i64 n;
+};
+
+struct Args {
+  napi_env env;
+  const char* kernel;
+  napi_value v[kMaxArgs];
+  size_t argc = kMaxArgs;
+
+  Args(napi_env e, napi_callback_info info, const char* k, size_t expected) : env(e), kernel(k) {
+    if (napi_get_cb_info(env, info, &argc, v, nullptr, nullptr) != napi_ok) fail("cannot read arguments");
+    if (argc != expected)
+      fail("expected " + std::to_string(expected) + " arguments, got " + std::to_string(argc));
+  }
+
+  [[noreturn]] void fail(const std::string& msg) const {
+    throw KernelError(std::string(kernel) + ": " + msg);
+  }
+
+  napi_valuetype type(size_t i) const {
+    napi_valuetype t;
+    if (napi_typeof(env, v[i], &t) != napi_ok) fail("cannot inspect argument " + std::to_string(i));
+    return t;
+  }
+
+  double num(size_t i, const char* name) const {
+    if (type(i) != napi_number) fail(std::string(name) + " must be a number");
+    double d;
+    napi_get_value_double(env, v[i], &d);
+    return d;
+  }
+
+  // Any integer in (-2^53, 2^53).
+  i64 integer(size_t i, const char* name) const {
+    const double d = num(i, name);
+    if (!std::isfinite(d) || d != std::floor(d) || std::fabs(d) >= (double)kMaxSafe)
+      fail(std::string(name) + " must be an integer, got " + std::to_string(d));
+    return (i64)d;
+  }
+
+  i64 size(size_t i, const char* name) const {
+    const i64 n = integer(i, name);
+    if (n < 0) fail(std::string(name) + " must be >= 0, got " + std::to_string(n));
+    return n;
+  }
+
+  bool boolean(size_t i, const char* name) const {
+    if (type(i) != napi_boolean) fail(std::string(name) + " must be a boolean");
+    bool b;
+    napi_get_value_bool(env, v[i], &b);
+    return b;
+  }
+
+  std::string str(size_t i, const char* name) const {
+    if (type(i) != napi_string) fail(std::string(name) + " must be a string");
+    char buf[32];
+    size_t len;
+    napi_get_value_string_utf8(env, v[i], buf, sizeof(buf), &len);
+    return std::string(buf, len);
+  }
+
+  bool isNull(size_t i) const {
+    const napi_valuetype t = type(i);
+    return t == napi_null || t == napi_undefined;
+  }
+
+  void typed(size_t i, const char* name, napi_typedarray_type want, const char* wantName, void** data,
+             i64* n) const {
+    bool is = false;
+    napi_is_typedarray(env, v[i], &is);
+    if (!is) fail(std::string(name) + " must be a " + wantName);
+    napi_typedarray_type t;
+    size_t len;
+    napi_value ab;
+    size_t off;
+    napi_get_typedarray_info(env, v[i], &t, &len, data, &ab, &off);
+    if (t != want) {
+      if (t == napi_float64_array && want == napi_float32_array)
+        fail(std::string(name) +
+             " is a Float64Array; the native backend is float32-only (use ATTNRES_BACKEND=reference for "
+             "float64)");
+      fail(std::string(name) + " must be a " + wantName);
+    }
+    *n = (i64)len;
+  }
+
+  F32 f32(size_t i, const char* name) const {
+    void* d;
+    i64 n;
+    typed(i, name, napi_float32_array, "Float32Array", &d, &n);
+    return {static_cast<float*>(d), n};
+  }
+
+  F32 f32OrNull(size_t i, const char* name) const { return isNull(i) ? F32{nullptr, 0} : f32(i, name); }
+
+  const int32_t* i32(size_t i, const char* name, i64* n) const {
+    void* d;
+    typed(i, name, napi_int32_array, "Int32Array", &d, n);
+    return static_cast<const int32_t*>(d);
+  }
+
+  // A short JS array of integers (shape or strides), at most kMaxRank long.
+  std::vector<i64> ints(size_t i, const char* name, bool nonNegative) const {
+    bool isArr = false;
+    napi_is_array(env, v[i], &isArr);
+    if (!isArr) fail(std::string(name) + " must be an array of integers");
+    uint32_t len;
+    napi_get_array_length(env, v[i], &len);
+    if (len > (uint32_t)kMaxRank) fail(std::string(name) + " has rank " + std::to_string(len) + " > 8");
+    std::vector<i64> out(len);
+    for (uint32_t k = 0; k < len; k++) {
+      napi_value e;
+      napi_get_element(env, v[i], k, &e);
+      napi_valuetype t;
+      napi_typeof(env, e, &t);
+      double d = NAN;
+      if (t == napi_number) napi_get_value_double(env, e, &d);
+      if (!std::isfinite(d) || d != std::floor(d) || std::fabs(d) >= (double)kMaxSafe ||
+          (nonNegative && d < 0))
+        fail(std::string(name) + "[" + std::to_string(k) + "] must be " +
+             (nonNegative ? "a non-negative integer" : "an integer"));
+      out[k] = (i64)d;
+    }
+    return out;
+  }
+
+  i64 mul(i64 a, i64 b) const {
+    i64 r;
+    if (__builtin_mul_overflow(a, b, &r) || r >= kMaxSafe) fail("size overflow");
+    return r;
+  }
+  i64 mul(std::initializer_list<i64> xs) const {
+    i64 r = 1;
+    for (i64 x : xs) r = mul(r, x);
+    return r;
+  }
+
+  void need(const char* name, const F32& b, i64 n) const { needLen(name, b.n, n); }
+  void needLen(const char* name, i64 have, i64 n) const {
+    if (have < n)
+      fail(std::string(name) + " has " + std::to_string(have) + " elements, needs " + std::to_string(n));
+  }
+};
+
+napi_value makeNumber(napi_env env, double d) {
+  napi_value r;
+  napi_create_double(env, d, &r);
+  return r;
+}
+
+napi_value undefinedValue(napi_env env) {
+  napi_value r;
+  napi_get_undefined(env, &r);
+  return r;
+}
+
+template <typename F>
+napi_value guard(napi_env env, F&& f) {
+  try {
+    return f();
+  } catch (const KernelError& e) {
+    napi_throw_error(env, nullptr, e.what());
+  } catch (const std::bad_alloc&) {
+    napi_throw_error(env, nullptr, "attnres native: out of memory");
+  } catch (const std::exception& e) {
+    napi_throw_error(env, nullptr, e.what());
+  }
+  return nullptr;
+}
+
+#define KERNEL(name) napi_value js_##name(napi_env env, napi_callback_info info)
+
+// ------------------------------------------------------------------ memory / info
+
+void finalizeBuffer(napi_env env, void* data, void* hint) {
+  const int64_t bytes = (int64_t)(intptr_t)hint;
+  std::free(data);
+  gLiveBytes.fetch_sub(bytes);
+  gLiveBuffers.fetch_sub(1);
+  int64_t ignored;
+  napi_adjust_external_memory(env, -bytes, &ignored);
+}
+
+KERNEL(alloc) {
+  return guard(env, [&] {
+    Args a(env, info, "alloc", 1);
+    const i64 n = a.size(0, "n");
+    const i64 bytes = a.mul(n, 4);
+    const size_t padded = (size_t)((std::max<i64>(bytes, 1) + 63) / 64 * 64);
+    void* p = std::aligned_alloc(64, padded);
+    if (p == nullptr) a.fail("cannot allocate " + std::to_string(bytes) + " bytes");
+    napi_value ab, ta;
+    if (napi_create_external_arraybuffer(env, p, (size_t)bytes, finalizeBuffer, (void*)(intptr_t)bytes,
+                                         &ab) != napi_ok) {
+      std::free(p);
+      a.fail("napi_create_external_arraybuffer failed");
+    }
+    gLiveBytes.fetch_add(bytes);
+    gLiveBuffers.fetch_add(1);
+    int64_t ignored;
+    napi_adjust_external_memory(env, bytes, &ignored);
+    if (napi_create_typedarray(env, napi_float32_array, (size_t)n, ab, 0, &ta) != napi_ok)
+      a.fail("napi_create_typedarray failed");
+    return ta;
+  });
+}
+
+KERNEL(memoryStats) {
+  return guard(env, [&] {
+    Args a(env, info, "memoryStats", 0);
+    napi_value o;
+    napi_create_object(env, &o);
+    napi_set_named_property(env, o, "allocatedBytes", makeNumber(env, (double)gLiveBytes.load()));
+    napi_set_named_property(env, o, "buffers", makeNumber(env, (double)gLiveBuffers.load()));
+    return o;
+  });
+}
+
+KERNEL(threads) {
+  return guard(env, [&] {
+    Args a(env, info, "threads", 0);
+    return makeNumber(env, num_threads());
+  });
+}
+
+KERNEL(setThreads) {
+  return guard(env, [&] {
+    Args a(env, info, "setThreads", 1);
+    const i64 n = a.size(0, "n");
+    if (n < 1 || n > 1024) a.fail("n must be in [1, 1024], got " + std::to_string(n));
+    set_num_threads((int)n);
+    return undefinedValue(env);
+  });
+}
+
+KERNEL(info) {
+  return guard(env, [&] {
+    Args a(env, info, "info", 0);
+    napi_value o, s1, s2;
+    napi_create_object(env, &o);
+    napi_create_string_utf8(env, blas_name(), NAPI_AUTO_LENGTH, &s1);
+    napi_create_string_utf8(env, simd_name(), NAPI_AUTO_LENGTH, &s2);
+    napi_set_named_property(env, o, "blas", s1);
+    napi_set_named_property(env, o, "threads", makeNumber(env, num_threads()));
+    napi_set_named_property(env, o, "simd", s2);
+    return o;
+  });
+}
+
+KERNEL(peakGflops) {
+  return guard(env, [&] {
+    Args a(env, info, "peakGflops", 1);
+    const double s = a.num(0, "seconds");
+    if (!(s > 0 && s <= 60)) a.fail("seconds must be in (0, 60]");
+    return makeNumber(env, peak_gflops(s));
+  });
+}
+
+// ------------------------------------------------------------------ gemm
+
+// Elements needed for `batch` matrices stored [rows, cols] (row stride ld, batch stride) from off.
+i64 matrixExtent(const Args& a, const char* name, i64 batch, i64 rows, i64 cols, i64 off, i64 ld,
+                 i64 stride) {
+  if (batch == 0 || rows == 0 || cols == 0) return 0;
+  if (rows > 1 && ld < cols)
+    a.fail(std::string("ld of ") + name + " is " + std::to_string(ld) + ", less than its row length " +
+           std::to_string(cols));
+  if (rows > kMaxInt || cols > kMaxInt || ld > kMaxInt) a.fail(std::string(name) + " dimensions exceed 2^31");
+  return off + a.mul(batch - 1, stride) + a.mul(rows - 1, ld) + cols;
+}
+
+KERNEL(gemm) {
+  return guard(env, [&] {
+    Args a(env, info, "gemm", 20);
+    const bool tA = a.boolean(0, "transA"), tB = a.boolean(1, "transB");
+    const i64 batch = a.size(2, "batch"), M = a.size(3, "M"), N = a.size(4, "N"), K = a.size(5, "K");
+    const float alpha = (float)a.num(6, "alpha");
+    const F32 A = a.f32(7, "A");
+    const i64 offA = a.size(8, "offA"), lda = a.size(9, "lda"), strideA = a.size(10, "strideA");
+    const F32 B = a.f32(11, "B");
+    const i64 offB = a.size(12, "offB"), ldb = a.size(13, "ldb"), strideB = a.size(14, "strideB");
+    const float beta = (float)a.num(15, "beta");
+    const F32 C = a.f32(16, "C");
+    const i64 offC = a.size(17, "offC"), ldc = a.size(18, "ldc"), strideC = a.size(19, "strideC");
+    if (M > kMaxInt || N > kMaxInt || K > kMaxInt) a.fail("M, N, K must be < 2^31");
+    if (M > 0 && N > 0) {
+      a.need("A", A, matrixExtent(a, "A", batch, tA ? K : M, tA ? M : K, offA, lda, strideA));
+      a.need("B", B, matrixExtent(a, "B", batch, tB ? N : K, tB ? K : N, offB, ldb, strideB));
+      a.need("C", C, matrixExtent(a, "C", batch, M, N, offC, ldc, strideC));
+    }
+    if (batch > 0 && M > 0 && N > 0)
+      sgemm_batched(tA, tB, batch, M, N, K, alpha, A.p + offA, lda, strideA, B.p + offB, ldb, strideB, beta,
+                    C.p + offC, ldc, strideC);
+    return undefinedValue(env);
+  });
+}
+
+// ------------------------------------------------------------------ elementwise
+
+UnaryOp unaryOp(const Args& a, size_t i) {
+  const std::string s = a.str(i, "op");
+  static const char* names[] = {"neg", "exp", "log", "sqrt", "rsqrt", "sigmoid", "silu", "square", "abs"};
+  for (int k = 0; k < 9; k++)
+    if (s == names[k]) return (UnaryOp)k;
+  a.fail("unknown unary op '" + s + "'");
+}
+
+BinaryOp binaryOp(const Args& a, size_t i) {
+  const std::string s = a.str(i, "op");
+  static const char* names[] = {"add", "sub", "mul", "div", "max", "min", "eq"};
+  for (int k = 0; k < 7; k++)
+    if (s == names[k]) return (BinaryOp)k;
+  a.fail("unknown binary op '" + s + "'");
+}
+
+KERNEL(unary) {
+  return guard(env, [&] {
+    Args a(env, info, "unary", 4);
+    const UnaryOp op = unaryOp(a, 0);
+    const F32 x = a.f32(1, "x"), out = a.f32(2, "out");
+    const i64 n = a.size(3, "n");
+    a.need("x", x, n);
+    a.need("out", out, n);
+    unary(op, x.p, out.p, n);
+    return undefinedValue(env);
+  });
+}
+
+KERNEL(unaryGrad) {
+  return guard(env, [&] {
+    Args a(env, info, "unaryGrad", 6);
+    const UnaryOp op = unaryOp(a, 0);
+    const F32 x = a.f32(1, "x"), y = a.f32(2, "y"), gy = a.f32(3, "gy"), gx = a.f32(4, "gx");
+    const i64 n = a.size(5, "n");
+    a.need("x", x, n);
+    a.need("y", y, n);
+    a.need("gy", gy, n);
+    a.need("gx", gx, n);
+    unary_grad(op, x.p, y.p, gy.p, gx.p, n);
+    return undefinedValue(env);
+  });
+}
+
+// Checks that off + sum_k i_k*strides[k] stays inside [0, len) over the index space `shape`.
+void checkStrided(const Args& a, const char* name, i64 len, i64 off, const std::vector<i64>& st,
+                  const std::vector<i64>& shape) {
+  i64 lo = off, hi = off;
+  for (size_t k = 0; k < shape.size(); k++) {
+    if (shape[k] == 0) return;  // empty index space touches nothing
+    const i64 span = a.mul(shape[k] - 1, st[k] < 0 ? -st[k] : st[k]);
+    if (st[k] < 0)
+      lo -= span;
+    else
+      hi += span;
+  }
+  if (lo < 0) a.fail(std::string(name) + " strides reach offset " + std::to_string(lo) + " < 0");
+  a.needLen(name, len, hi + 1);
+}
+
+KERNEL(binary) {
+  return guard(env, [&] {
+    Args a(env, info, "binary", 7);
+    const BinaryOp op = binaryOp(a, 0);
+    const F32 A = a.f32(1, "a");
+    const std::vector<i64> aS = a.ints(2, "aStrides", false);
+    const F32 B = a.f32(3, "b");
+    const std::vector<i64> bS = a.ints(4, "bStrides", false);
+    const F32 out = a.f32(5, "out");
+    const std::vector<i64> shape = a.ints(6, "outShape", true);
+    if (aS.size() != shape.size() || bS.size() != shape.size())
+      a.fail("outShape, aStrides and bStrides must have equal length");
+    i64 total = 1;
+    for (i64 s : shape) total = a.mul(total, s);
+    a.need("out", out, total);
+    checkStrided(a, "a", A.n, 0, aS, shape);
+    checkStrided(a, "b", B.n, 0, bS, shape);
+    binary(op, A.p, aS.data(), B.p, bS.data(), out.p, shape.data(), (int)shape.size());
+    return undefinedValue(env);
+  });
+}
+
+KERNEL(reduce) {
+  return guard(env, [&] {
+    Args a(env, info, "reduce", 5);
+    const std::string ops = a.str(0, "op");
+    ReduceOp op;
+    if (ops == "sum")
+      op = ReduceOp::Sum;
+    else if (ops == "max")
+      op = ReduceOp::Max;
+    else
+      a.fail("unknown reduce op '" + ops + "'");
+    const F32 x = a.f32(1, "x");
+    const std::vector<i64> shape = a.ints(2, "shape", true);
+    const std::vector<i64> axes = a.ints(3, "axes", true);
+    const F32 out = a.f32(4, "out");
+    bool red[kMaxRank] = {};
+    for (size_t t = 0; t < axes.size(); t++) {
+      if (axes[t] >= (i64)shape.size()) a.fail("axis " + std::to_string(axes[t]) + " out of range");
+      if (t > 0 && axes[t] <= axes[t - 1]) a.fail("axes must be sorted and distinct");
+      red[axes[t]] = true;
+    }
+    i64 nx = 1, nOut = 1;
+    for (size_t k = 0; k < shape.size(); k++) {
+      nx = a.mul(nx, shape[k]);
+      if (!red[k]) nOut = a.mul(nOut, shape[k]);
+    }
+    a.need("x", x, nx);
+    a.need("out", out, nOut);
+    reduce(op, x.p, shape.data(), red, (int)shape.size(), out.p);
+    return undefinedValue(env);
+  });
+}
+
+KERNEL(copy) {
+  return guard(env, [&] {
+    Args a(env, info, "copy", 8);
+    const F32 src = a.f32(0, "src");
+    const i64 srcOff = a.size(1, "srcOff");
+    const std::vector<i64> sS = a.ints(2, "srcStrides", false);
+    const F32 dst = a.f32(3, "dst");
+    const i64 dstOff = a.size(4, "dstOff");
+    const std::vector<i64> dS = a.ints(5, "dstStrides", false);
+    const std::vector<i64> shape = a.ints(6, "shape", true);
+    const bool acc = a.boolean(7, "accumulate");
+    if (sS.size() != shape.size() || dS.size() != shape.size())
+      a.fail("shape, srcStrides and dstStrides must have equal length");
+    checkStrided(a, "src", src.n, srcOff, sS, shape);
+    checkStrided(a, "dst", dst.n, dstOff, dS, shape);
+    copy_strided(src.p + srcOff, sS.data(), dst.p + dstOff, dS.data(), shape.data(), (int)shape.size(), acc);
+    return undefinedValue(env);
+  });
+}
+
+KERNEL(fill) {
+  return guard(env, [&] {
+    Args a(env, info, "fill", 3);
+    const F32 out = a.f32(0, "out");
+    const float value = (float)a.num(1, "value");
+    const i64 n = a.size(2, "n");
+    a.need("out", out, n);
+    fill(out.p, value, n);
+    return undefinedValue(env);
+  });
+}
+
+KERNEL(axpy) {
+  return guard(env, [&] {
+    Args a(env, info, "axpy", 4);
+    const i64 n = a.size(0, "n");
+    const float alpha = (float)a.num(1, "alpha");
+    const F32 x = a.f32(2, "x"), y = a.f32(3, "y");
+    a.need("x", x, n);
+    a.need("y", y, n);
+    axpy(n, alpha, x.p, y.p);
+    return undefinedValue(env);
+  });
+}
+
+KERNEL(sumSquares) {
+  return guard(env, [&] {
+    Args a(env, info, "sumSquares", 2);
+    const F32 x = a.f32(0, "x");
+    const i64 n = a.size(1, "n");
+    a.need("x", x, n);
+    return makeNumber(env, sum_squares(x.p, n));
+  });
+}
+
+// ------------------------------------------------------------------ model kernels
+
+void checkIds(const Args& a, const char* name, const int32_t* ids, i64 n, i64 limit) {
+  for (i64 i = 0; i < n; i++)
+    if (ids[i] < 0 || ids[i] >= limit)
+      a.fail(std::string(name) + "[" + std::to_string(i) + "] = " + std::to_string(ids[i]) +
+             " is outside [0, " + std::to_string(limit) + ")");
+}
+
+KERNEL(embedding) {
+  return guard(env, [&] {
+    Args a(env, info, "embedding", 6);
+    const F32 w = a.f32(0, "weight");
+    i64 nIds;
+    const int32_t* ids = a.i32(1, "ids", &nIds);
+    const F32 out = a.f32(2, "out");
+    const i64 n = a.size(3, "n"), d = a.size(4, "d"), vocab = a.size(5, "vocab");
+    a.need("weight", w, a.mul(vocab, d));
+    a.needLen("ids", nIds, n);
+    a.need("out", out, a.mul(n, d));
+    checkIds(a, "ids", ids, n, vocab);
+    embedding(w.p, ids, out.p, n, d);
+    return undefinedValue(env);
+  });
+}
+
+KERNEL(embeddingBackward) {
+  return guard(env, [&] {
+    Args a(env, info, "embeddingBackward", 6);
+    const F32 gout = a.f32(0, "gout");
+    i64 nIds;
+    const int32_t* ids = a.i32(1, "ids", &nIds);
+    const F32 gw = a.f32(2, "gweight");
+    const i64 n = a.size(3, "n"), d = a.size(4, "d"), vocab = a.size(5, "vocab");
+    a.need("gout", gout, a.mul(n, d));
+    a.needLen("ids", nIds, n);
+    a.need("gweight", gw, a.mul(vocab, d));
+    checkIds(a, "ids", ids, n, vocab);
+    embedding_backward(gout.p, ids, gw.p, n, d);
+    return undefinedValue(env);
+  });
+}
+
+KERNEL(rmsnorm) {
+  return guard(env, [&] {
+    Args a(env, info, "rmsnorm", 7);
+    const F32 x = a.f32(0, "x"), w = a.f32OrNull(1, "w"), out = a.f32(2, "out"), rstd = a.f32(3, "rstd");
+    const i64 rows = a.size(4, "rows"), d = a.size(5, "d");
+    const float eps = (float)a.num(6, "eps");
+    a.need("x", x, a.mul(rows, d));
+    if (w.p != nullptr) a.need("w", w, d);
+    a.need("out", out, a.mul(rows, d));
+    a.need("rstd", rstd, rows);
+    rmsnorm(x.p, w.p, out.p, rstd.p, rows, d, eps);
+    return undefinedValue(env);
+  });
+}
+
+KERNEL(rmsnormBackward) {
+  return guard(env, [&] {
+    Args a(env, info, "rmsnormBackward", 8);
+    const F32 x = a.f32(0, "x"), w = a.f32OrNull(1, "w"), rstd = a.f32(2, "rstd"), gy = a.f32(3, "gy");
+    const F32 gx = a.f32(4, "gx"), gw = a.f32OrNull(5, "gw");
+    const i64 rows = a.size(6, "rows"), d = a.size(7, "d");
+    const i64 n = a.mul(rows, d);
+    a.need("x", x, n);
+    if (w.p != nullptr) a.need("w", w, d);
+    a.need("rstd", rstd, rows);
+    a.need("gy", gy, n);
+    a.need("gx", gx, n);
+    if (w.p != nullptr && gw.p != nullptr) a.need("gw", gw, d);
+    rmsnorm_backward(x.p, w.p, rstd.p, gy.p, gx.p, gw.p, rows, d);
+    return undefinedValue(env);
+  });
+}
+
+KERNEL(rope) {
+  return guard(env, [&] {
+    Args a(env, info, "rope", 10);
+    const F32 x = a.f32(0, "x"), out = a.f32(1, "out"), cs = a.f32(2, "cos"), sn = a.f32(3, "sin");
+    const i64 B = a.size(4, "B"), T = a.size(5, "T"), H = a.size(6, "H"), D = a.size(7, "D");
+    const i64 posOffset = a.size(8, "posOffset");
+    const bool inverse = a.boolean(9, "inverse");
+    if (D % 2 != 0) a.fail("D must be even, got " + std::to_string(D));
+    const i64 n = a.mul({B, T, H, D});
+    a.need("x", x, n);
+    a.need("out", out, n);
+    if (n > 0) {
+      a.need("cos", cs, a.mul(posOffset + T, D / 2));
+      a.need("sin", sn, a.mul(posOffset + T, D / 2));
+    }
+    rope(x.p, out.p, cs.p, sn.p, B, T, H, D, posOffset, inverse);
+    return undefinedValue(env);
+  });
+}
+
+struct AttnDims {
+  i64 B, Tq, Tk, Hq, Hkv, D;
+};
+
+AttnDims attnDims(const Args& a, size_t i) {
+  AttnDims d{a.size(i, "B"),      a.size(i + 1, "Tq"),  a.size(i + 2, "Tk"),
+             a.size(i + 3, "Hq"), a.size(i + 4, "Hkv"), a.size(i + 5, "D")};
+  if (d.Hkv == 0 ? d.Hq != 0 : d.Hq % d.Hkv != 0)
+    a.fail("Hq (" + std::to_string(d.Hq) + ") must be a multiple of Hkv (" + std::to_string(d.Hkv) + ")");
+  if (d.Tq > kMaxInt || d.Tk > kMaxInt || a.mul(d.Hq, d.D) > kMaxInt) a.fail("dimensions exceed 2^31");
+  return d;
+}
+
+KERNEL(attention) {
+  return guard(env, [&] {
+    Args a(env, info, "attention", 13);
+    const F32 q = a.f32(0, "q"), k = a.f32(1, "k"), v = a.f32(2, "v"), out = a.f32(3, "out");
+    const F32 lse = a.f32(4, "lse");
+    const AttnDims d = attnDims(a, 5);
+    const float scale = (float)a.num(11, "scale");
+    const bool causal = a.boolean(12, "causal");
+    if (causal && d.Tq > d.Tk)
+      a.fail("causal needs Tq <= Tk (got " + std::to_string(d.Tq) + " > " + std::to_string(d.Tk) + ")");
+    const i64 nq = a.mul({d.B, d.Tq, d.Hq, d.D}), nk = a.mul({d.B, d.Tk, d.Hkv, d.D});
+    a.need("q", q, nq);
+    a.need("k", k, nk);
+    a.need("v", v, nk);
+    a.need("out", out, nq);
+    a.need("lse", lse, a.mul({d.B, d.Hq, d.Tq}));
+    attention(q.p, k.p, v.p, out.p, lse.p, d.B, d.Tq, d.Tk, d.Hq, d.Hkv, d.D, scale, causal);
+    return undefinedValue(env);
+  });
+}
+
+KERNEL(attentionBackward) {
+  return guard(env, [&] {
+    Args a(env, info, "attentionBackward", 17);
+    const F32 q = a.f32(0, "q"), k = a.f32(1, "k"), v = a.f32(2, "v"), out = a.f32(3, "out");
+    const F32 lse = a.f32(4, "lse"), gout = a.f32(5, "gout"), gq = a.f32(6, "gq"), gk = a.f32(7, "gk");
+    const F32 gv = a.f32(8, "gv");
+    const AttnDims d = attnDims(a, 9);
+    const float scale = (float)a.num(15, "scale");
+    const bool causal = a.boolean(16, "causal");
+    const i64 nq = a.mul({d.B, d.Tq, d.Hq, d.D}), nk = a.mul({d.B, d.Tk, d.Hkv, d.D});
+    a.need("q", q, nq);
+    a.need("k", k, nk);
+    a.need("v", v, nk);
+    a.need("out", out, nq);
+    a.need("lse", lse, a.mul({d.B, d.Hq, d.Tq}));
+    a.need("gout", gout, nq);
+    a.need("gq", gq, nq);
+    a.need("gk", gk, nk);
+    a.need("gv", gv, nk);
+    attention_backward(q.p, k.p, v.p, out.p, lse.p, gout.p, gq.p, gk.p, gv.p, d.B, d.Tq, d.Tk, d.Hq, d.Hkv,
+                       d.D, scale, causal);
+    return undefinedValue(env);
+  });
+}
+
+void checkTargets(const Args& a, const int32_t* t, i64 rows, i64 V, i64 ignoreIndex) {
+  for (i64 r = 0; r < rows; r++)
+    if (t[r] != ignoreIndex && (t[r] < 0 || t[r] >= V))
+      a.fail("targets[" + std::to_string(r) + "] = " + std::to_string(t[r]) + " is outside [0, " +
+             std::to_string(V) + ") and is not the ignore index " + std::to_string(ignoreIndex));
+}
+
+KERNEL(crossEntropy) {
+  return guard(env, [&] {
+    Args a(env, info, "crossEntropy", 7);
+    const F32 logits = a.f32(0, "logits");
+    i64 nT;
+    const int32_t* t = a.i32(1, "targets", &nT);
+    const F32 loss = a.f32(2, "loss"), lse = a.f32(3, "lse");
+    const i64 rows = a.size(4, "rows"), V = a.size(5, "V"), ignore = a.integer(6, "ignoreIndex");
+    a.need("logits", logits, a.mul(rows, V));
+    a.needLen("targets", nT, rows);
+    a.need("loss", loss, rows);
+    a.need("lse", lse, rows);
+    checkTargets(a, t, rows, V, ignore);
+    cross_entropy(logits.p, t, loss.p, lse.p, rows, V, ignore);
+    return undefinedValue(env);
+  });
+}
+
+KERNEL(crossEntropyBackward) {
+  return guard(env, [&] {
+    Args a(env, info, "crossEntropyBackward", 8);
+    const F32 logits = a.f32(0, "logits");
+    i64 nT;
+    const int32_t* t = a.i32(1, "targets", &nT);
+    const F32 lse = a.f32(2, "lse"), gloss = a.f32(3, "gloss"), gl = a.f32(4, "glogits");
+    const i64 rows = a.size(5, "rows"), V = a.size(6, "V"), ignore = a.integer(7, "ignoreIndex");
+    a.need("logits", logits, a.mul(rows, V));
+    a.needLen("targets", nT, rows);
+    a.need("lse", lse, rows);
+    a.need("gloss", gloss, rows);
+    a.need("glogits", gl, a.mul(rows, V));
+    checkTargets(a, t, rows, V, ignore);
+    cross_entropy_backward(logits.p, t, lse.p, gloss.p, gl.p, rows, V, ignore);
+    return undefinedValue(env);
+  });
+}
+
+KERNEL(swiglu) {
+  return guard(env, [&] {
+    Args a(env, info, "swiglu", 4);
+    const F32 g = a.f32(0, "gate"), u = a.f32(1, "up"), out = a.f32(2, "out");
+    const i64 n = a.size(3, "n");
+    a.need("gate", g, n);
+    a.need("up", u, n);
+    a.need("out", out, n);
+    swiglu(g.p, u.p, out.p, n);
+    return undefinedValue(env);
+  });
+}
+
+KERNEL(swigluBackward) {
+  return guard(env, [&] {
+    Args a(env, info, "swigluBackward", 6);
+    const F32 g = a.f32(0, "gate"), u = a.f32(1, "up"), go = a.f32(2, "gout"), gg = a.f32(3, "ggate");
+    const F32 gu = a.f32(4, "gup");
+    const i64 n = a.size(5, "n");
+    a.need("gate", g, n);
+    a.need("up", u, n);
+    a.need("gout", go, n);
+    a.need("ggate", gg, n);
+    a.need("gup", gu, n);
+    swiglu_backward(g.p, u.p, go.p, gg.p, gu.p, n);
+    return undefinedValue(env);
+  });
+}
+
+KERNEL(adamw) {
+  return guard(env, [&] {
+    Args a(env, info, "adamw", 12);
+    const F32 p = a.f32(0, "p"), g = a.f32(1, "g"), m = a.f32(2, "m"), v = a.f32(3, "v");
+    const i64 n = a.size(4, "n");
+    const double lr = a.num(5, "lr"), b1 = a.num(6, "beta1"), b2 = a.num(7, "beta2"), eps = a.num(8, "eps");
+    const double wd = a.num(9, "wd"), bc1 = a.num(10, "bc1"), bc2 = a.num(11, "bc2");
+    a.need("p", p, n);
+    a.need("g", g, n);
+    a.need("m", m, n);
+    a.need("v", v, n);
+    adamw(p.p, g.p, m.p, v.p, n, lr, b1, b2, eps, wd, bc1, bc2);
+    return undefinedValue(env);
+  });
+}
+
+napi_value Init(napi_env env, napi_value exports) {
+#define FN(name) {#name, nullptr, js_##name, nullptr, nullptr, nullptr, napi_enumerable, nullptr}
+  napi_property_descriptor props[] = {
+      FN(alloc),
+      FN(memoryStats),
+      FN(threads),
+      FN(setThreads),
+      FN(info),
+      FN(peakGflops),
+      FN(gemm),
+      FN(unary),
+      FN(unaryGrad),
+      FN(binary),
+      FN(reduce),
+      FN(copy),
+      FN(fill),
+      FN(axpy),
+      FN(sumSquares),
+      FN(embedding),
+      FN(embeddingBackward),
+      FN(rmsnorm),
+      FN(rmsnormBackward),
+      FN(rope),
+      FN(attention),
+      FN(attentionBackward),
+      FN(crossEntropy),
+      FN(crossEntropyBackward),
+      FN(swiglu),
+      FN(swigluBackward),
+      FN(adamw),
+  };
+#undef FN
+  napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+  return exports;
+}
+
+}  // namespace
+}  // namespace attnres
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, attnres::Init)

@@ -1,0 +1,186 @@
+// attention.cc: scaled-dot-product attention with grouped-query heads, flash-style memory.
+//
+//   q, out, gq, gout [B, Tq, Hq, D]   k, v, gk, gv [B, Tk, Hkv, D]   lse [B, Hq, Tq]
+//   query head h reads kv head g = h / (Hq / Hkv); causal: query i sees keys j <= i + (Tk - Tq).
+//
+// Work is split into query blocks of up to BQ rows of one (b, h). For a block, the score tile
+// S [bq, kend] = scale * Q_blk K^T is one GEMM reading q/k in place (row strides Hq*D and Hkv*D: no
+// transposing copies); kend stops at the last key the block's last query can see (causal). Only lse
+// is kept; the backward recomputes P = exp(S - lse) and runs
+//   dP = dO V^T,  dS = P o (dP - rowsum(dO o O)),  dQ = scale dS K,  dK += scale dS^T Q,  dV += P^T dO.
+// Forward tasks are (b, h, query block); backward tasks are (b, kv head), which own their gk/gv slices
+// (all query heads of the group are processed by the same task: no races). Score tiles are per-thread
+// scratch allocated once per call. GEMMs inside the parallel region run single-threaded; when there
+// are fewer tasks than threads the loop runs serially and the GEMMs use all threads instead.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "kernels.h"
+
+namespace attnres {
+
+constexpr i64 BQ = 64;
+
+// exp(x) for softmax numerators, written to auto-vectorize (Cephes polynomial, ~2 ulp). NaN -> NaN,
+// x > 88.72 -> +inf, x < -86.6 -> 0 (results below ~2.6e-38 are flushed; irrelevant next to the
+// row maximum, whose term is 1).
+static inline float exp_fast(float x) {
+  const float hi = 88.7228f, lo = -86.6f;
+  float xc = x > hi ? hi : x;
+  xc = xc < lo ? lo : xc;
+  // Round to nearest with the 1.5*2^23 trick (no libm call, so the loop vectorizes); |n| < 2^22.
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = xc - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = ((int32_t)n + 126) << 23;  // 2^(n-1); n in [-125, 128]
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  float y = p * scale * 2.0f;
+  y = x < lo ? 0.0f : y;
+  y = x > hi ? INFINITY : y;
+  return x != x ? x : y;
+}
+
+// Keys visible to query row i (0-based among Tq): [0, limit).
+static inline i64 key_limit(i64 i, i64 Tq, i64 Tk, bool causal) {
+  if (!causal) return Tk;
+  return std::max<i64>(0, std::min<i64>(Tk, i + (Tk - Tq) + 1));
+}
+
+void attention(const float* q, const float* k, const float* v, float* out, float* lse, i64 B, i64 Tq, i64 Tk,
+               i64 Hq, i64 Hkv, i64 D, float scale, bool causal) {
+  if (B == 0 || Tq == 0 || Hq == 0) return;
+  const i64 G = Hq / Hkv, nQB = (Tq + BQ - 1) / BQ, nTasks = B * Hq * nQB;
+  const i64 ldq = Hq * D, ldk = Hkv * D;
+  const bool par = nTasks >= omp_get_max_threads() && B * Hq * Tq * Tk * D >= kParallelMin;
+#pragma omp parallel if (par)
+  {
+    std::vector<float> S((size_t)(BQ * std::max<i64>(Tk, 1)));
+#pragma omp for schedule(dynamic)
+    for (i64 task = 0; task < nTasks; task++) {
+      const i64 qb = task % nQB, h = (task / nQB) % Hq, b = task / (nQB * Hq), g = h / G;
+      const i64 i0 = qb * BQ, i1 = std::min(Tq, i0 + BQ), bq = i1 - i0;
+      const i64 kend = key_limit(i1 - 1, Tq, Tk, causal);
+      const float* qp = q + ((b * Tq + i0) * Hq + h) * D;
+      const float* kp = k + (b * Tk * Hkv + g) * D;
+      const float* vp = v + (b * Tk * Hkv + g) * D;
+      float* op = out + ((b * Tq + i0) * Hq + h) * D;
+      float* lp = lse + (b * Hq + h) * Tq + i0;
+      if (kend > 0) sgemm(false, true, bq, kend, D, scale, qp, ldq, kp, ldk, 0.0f, S.data(), kend);
+      for (i64 r = 0; r < bq; r++) {
+        float* s = S.data() + r * kend;
+        const i64 lim = key_limit(i0 + r, Tq, Tk, causal);
+        float m = -INFINITY;
+        for (i64 j = 0; j < lim; j++) m = std::max(m, s[j]);
+        if (lim == 0 || m == -INFINITY) {  // no visible key (or all scores -inf): empty softmax
+          for (i64 j = 0; j < kend; j++) s[j] = 0.0f;
+          lp[r] = -INFINITY;
+          continue;
+        }
+        float acc[16] = {};
+        i64 j = 0;
+        for (; j + 16 <= lim; j += 16)
+          for (int u = 0; u < 16; u++) {
+            const float e = exp_fast(s[j + u] - m);
+            s[j + u] = e;
+            acc[u] += e;
+          }
+        float sum = 0.0f;
+        for (; j < lim; j++) {
+          s[j] = exp_fast(s[j] - m);
+          sum += s[j];
+        }
+        for (int u = 0; u < 16; u++) sum += acc[u];
+        const float inv = 1.0f / sum;
+        for (j = 0; j < lim; j++) s[j] *= inv;
+        for (j = lim; j < kend; j++) s[j] = 0.0f;
+        lp[r] = m + std::log(sum);
+      }
+      sgemm(false, false, bq, D, kend, 1.0f, S.data(), kend, vp, ldk, 0.0f, op, ldq);
+    }
+  }
+}
+
+void attention_backward(const float* q, const float* k, const float* v, const float* out, const float* lse,
+                        const float* gout, float* gq, float* gk, float* gv, i64 B, i64 Tq, i64 Tk, i64 Hq,
+                        i64 Hkv, i64 D, float scale, bool causal) {
+  if (B == 0 || Hkv == 0) return;
+  const i64 G = Hq / Hkv, nQB = (Tq + BQ - 1) / BQ, nTasks = B * Hkv;
+  const i64 ldq = Hq * D, ldk = Hkv * D;
+  const bool par = nTasks >= omp_get_max_threads() && B * Hq * Tq * Tk * D >= kParallelMin;
+#pragma omp parallel if (par)
+  {
+    const size_t tile = (size_t)(BQ * std::max<i64>(Tk, 1));
+    std::vector<float> P(tile), dP(tile), Di(BQ);
+#pragma omp for schedule(dynamic)
+    for (i64 task = 0; task < nTasks; task++) {
+      const i64 b = task / Hkv, g = task % Hkv;
+      const float* kp = k + (b * Tk * Hkv + g) * D;
+      const float* vp = v + (b * Tk * Hkv + g) * D;
+      float* gkp = gk + (b * Tk * Hkv + g) * D;
+      float* gvp = gv + (b * Tk * Hkv + g) * D;
+      for (i64 t = 0; t < Tk; t++) {
+        std::memset(gkp + t * ldk, 0, sizeof(float) * D);
+        std::memset(gvp + t * ldk, 0, sizeof(float) * D);
+      }
+      for (i64 h = g * G; h < (g + 1) * G; h++) {
+        for (i64 qb = 0; qb < nQB; qb++) {
+          const i64 i0 = qb * BQ, i1 = std::min(Tq, i0 + BQ), bq = i1 - i0;
+          const i64 kend = key_limit(i1 - 1, Tq, Tk, causal);
+          const i64 rowOff = ((b * Tq + i0) * Hq + h) * D;
+          const float* qp = q + rowOff;
+          const float* op = out + rowOff;
+          const float* gop = gout + rowOff;
+          float* gqp = gq + rowOff;
+          const float* lp = lse + (b * Hq + h) * Tq + i0;
+          if (kend == 0) {  // no visible keys: zero gradient for these queries
+            sgemm(false, false, bq, D, 0, 1.0f, P.data(), 1, kp, ldk, 0.0f, gqp, ldq);
+            continue;
+          }
+          sgemm(false, true, bq, kend, D, scale, qp, ldq, kp, ldk, 0.0f, P.data(), kend);
+          sgemm(false, true, bq, kend, D, 1.0f, gop, ldq, vp, ldk, 0.0f, dP.data(), kend);
+          for (i64 r = 0; r < bq; r++) {
+            const float* o = op + r * ldq;
+            const float* go = gop + r * ldq;
+            float d = 0.0f;
+            for (i64 c = 0; c < D; c++) d += o[c] * go[c];
+            Di[r] = d;
+          }
+          for (i64 r = 0; r < bq; r++) {
+            float* p = P.data() + r * kend;
+            float* dp = dP.data() + r * kend;
+            const i64 lim = key_limit(i0 + r, Tq, Tk, causal);
+            const float L = lp[r], dr = Di[r];
+            if (L == -INFINITY) {
+              for (i64 j = 0; j < kend; j++) p[j] = dp[j] = 0.0f;
+              continue;
+            }
+            for (i64 j = 0; j < lim; j++) {
+              const float pj = exp_fast(p[j] - L);
+              p[j] = pj;
+              dp[j] = pj * (dp[j] - dr);
+            }
+            for (i64 j = lim; j < kend; j++) p[j] = dp[j] = 0.0f;
+          }
+          sgemm(false, false, bq, D, kend, scale, dP.data(), kend, kp, ldk, 0.0f, gqp, ldq);
+          sgemm(true, false, kend, D, bq, scale, dP.data(), kend, qp, ldq, 1.0f, gkp, ldk);
+          sgemm(true, false, kend, D, bq, 1.0f, P.data(), kend, gop, ldq, 1.0f, gvp, ldk);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace attnres

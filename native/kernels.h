@@ -1,0 +1,95 @@
+// kernels.h: the compute kernels of the attnres native backend, float32 only, behind plain C++ calls.
+//
+// Everything here takes raw pointers that addon.cc has already validated (extents fit the buffers,
+// sizes non-negative, ids in range). Layouts are row-major; shapes are written [dim, ...] as in
+// src/backend/backend.ts, which is the binding contract (writes vs accumulates, aliasing rules).
+// Threading is OpenMP; kernels stay single-threaded below a size threshold (kParallelMin work items).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace attnres {
+
+using i64 = int64_t;
+
+// Work (in elements or flops/8) below which a kernel runs single-threaded.
+constexpr i64 kParallelMin = 1 << 15;
+
+// ------------------------------------------------------------------ threads / info (gemm.cc)
+int num_threads();
+void set_num_threads(int n);
+const char* blas_name();  // "openblas" | "cblas" | "builtin"
+const char* simd_name();  // widest vector ISA compiled in
+
+// ------------------------------------------------------------------ GEMM (gemm.cc)
+// One row-major C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C. beta == 0 never reads C.
+// Multi-threaded when called outside a parallel region; single-threaded inside one.
+void sgemm(bool transA, bool transB, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
+           const float* B, i64 ldb, float beta, float* C, i64 ldc);
+// The batched strided form of Backend.gemm (offsets already applied to A, B, C).
+void sgemm_batched(bool transA, bool transB, i64 batch, i64 M, i64 N, i64 K, float alpha, const float* A,
+                   i64 lda, i64 strideA, const float* B, i64 ldb, i64 strideB, float beta, float* C, i64 ldc,
+                   i64 strideC);
+
+// ------------------------------------------------------------------ elementwise (kernels_elementwise.cc)
+enum class UnaryOp { Neg, Exp, Log, Sqrt, Rsqrt, Sigmoid, Silu, Square, Abs };
+enum class BinaryOp { Add, Sub, Mul, Div, Max, Min, Eq };
+enum class ReduceOp { Sum, Max };
+constexpr int kMaxRank = 8;
+
+void unary(UnaryOp op, const float* x, float* out, i64 n);
+void unary_grad(UnaryOp op, const float* x, const float* y, const float* gy, float* gx, i64 n);
+// out contiguous [shape]; a/b read at sum_k i_k*stride_k (strides may be 0 or negative).
+void binary(BinaryOp op, const float* a, const i64* aStrides, const float* b, const i64* bStrides, float* out,
+            const i64* shape, int rank);
+// x contiguous [shape]; reduced[k] marks reduced axes; out contiguous, size 1 along reduced axes.
+void reduce(ReduceOp op, const float* x, const i64* shape, const bool* reduced, int rank, float* out);
+// dst[sum i_k*dstStrides[k]] (= or +=) src[sum i_k*srcStrides[k]] over [shape]; offsets applied.
+void copy_strided(const float* src, const i64* srcStrides, float* dst, const i64* dstStrides,
+                  const i64* shape, int rank, bool accumulate);
+void fill(float* out, float value, i64 n);
+void axpy(i64 n, float alpha, const float* x, float* y);
+double sum_squares(const float* x, i64 n);
+
+// ------------------------------------------------------------------ model kernels (kernels_model.cc)
+// weight [vocab, d], ids [n], out [n, d]
+void embedding(const float* weight, const int32_t* ids, float* out, i64 n, i64 d);
+// gweight [vocab, d] += scatter of gout [n, d] by ids [n]
+void embedding_backward(const float* gout, const int32_t* ids, float* gweight, i64 n, i64 d);
+// x, out [rows, d]; w [d] or null; rstd [rows]
+void rmsnorm(const float* x, const float* w, float* out, float* rstd, i64 rows, i64 d, float eps);
+// gx [rows, d]; gw [d] or null (written when w and gw are both non-null)
+void rmsnorm_backward(const float* x, const float* w, const float* rstd, const float* gy, float* gx,
+                      float* gw, i64 rows, i64 d);
+// x, out [B, T, H, D]; cos, sin [maxPos, D/2]
+void rope(const float* x, float* out, const float* cos, const float* sin, i64 B, i64 T, i64 H, i64 D,
+          i64 posOffset, bool inverse);
+// logits [rows, V]; targets [rows]; loss, lse [rows]
+void cross_entropy(const float* logits, const int32_t* targets, float* loss, float* lse, i64 rows, i64 V,
+                   i64 ignoreIndex);
+// glogits [rows, V]; gloss [rows]
+void cross_entropy_backward(const float* logits, const int32_t* targets, const float* lse, const float* gloss,
+                            float* glogits, i64 rows, i64 V, i64 ignoreIndex);
+void swiglu(const float* gate, const float* up, float* out, i64 n);
+void swiglu_backward(const float* gate, const float* up, const float* gout, float* ggate, float* gup, i64 n);
+
+// ------------------------------------------------------------------ attention (attention.cc)
+// q, out [B, Tq, Hq, D]; k, v [B, Tk, Hkv, D]; lse [B, Hq, Tq]
+void attention(const float* q, const float* k, const float* v, float* out, float* lse, i64 B, i64 Tq, i64 Tk,
+               i64 Hq, i64 Hkv, i64 D, float scale, bool causal);
+// gq [B, Tq, Hq, D]; gk, gv [B, Tk, Hkv, D]
+void attention_backward(const float* q, const float* k, const float* v, const float* out, const float* lse,
+                        const float* gout, float* gq, float* gk, float* gv, i64 B, i64 Tq, i64 Tk, i64 Hq,
+                        i64 Hkv, i64 D, float scale, bool causal);
+
+// ------------------------------------------------------------------ optimizer (optim.cc)
+void adamw(float* p, const float* g, float* m, float* v, i64 n, double lr, double beta1, double beta2,
+           double eps, double wd, double bc1, double bc2);
+
+// ------------------------------------------------------------------ peak (peak.cc)
+// Measured FMA throughput summed over all threads, GFLOP/s, after running about `seconds`.
+double peak_gflops(double seconds);
+
+}  // namespace attnres

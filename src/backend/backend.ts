@@ -1,0 +1,291 @@
+/**
+ * The backend contract: the narrow interface between the tensor frontend (src/tensor) and the
+ * compute backends (src/backend/native, src/backend/reference).
+ *
+ * A backend knows nothing about tensors, shapes-as-objects or autograd. It allocates flat buffers
+ * and runs kernels over them. Every size is passed explicitly. Conventions, binding on every kernel:
+ *
+ *  - Buffers are typed arrays: Float32Array (every backend) or Float64Array (reference only).
+ *    Token ids and targets are Int32Array. Layouts are row-major; shapes are given in comments
+ *    as [dim, ...]. Unless a kernel says otherwise, every buffer starts at element 0.
+ *  - "writes X" means the kernel assigns every element of X in its extent, never reading X first.
+ *    Tests fill outputs with NaN before each call to catch elements a kernel forgot.
+ *  - "accumulates into X" means X += ...; the caller prepares X.
+ *  - Inputs are never modified. Elementwise kernels (unary, unaryGrad, swiglu, axpy: x may be y)
+ *    allow an output to alias an input of the same extent; binary allows out to alias an operand
+ *    that is read contiguously with out's shape (no broadcast along any dim). No other kernel
+ *    allows aliasing.
+ *  - A kernel validates that every extent it touches fits inside its buffers and throws a plain
+ *    Error naming the kernel otherwise: a bug upstream must never become memory corruption.
+ *  - Reductions accumulate in at least float32; sumSquares returns a JS number accumulated in float64.
+ */
+
+export type DType = "float32" | "float64";
+export type Buf = Float32Array | Float64Array;
+
+/** y = f(x), elementwise. */
+export type UnaryOp = "neg" | "exp" | "log" | "sqrt" | "rsqrt" | "sigmoid" | "silu" | "square" | "abs";
+/** out = a (op) b, elementwise with broadcasting. "max"/"min" pick the larger/smaller; "eq" gives 1 or 0. */
+export type BinaryOp = "add" | "sub" | "mul" | "div" | "max" | "min" | "eq";
+export type ReduceOp = "sum" | "max";
+
+export const UNARY_OPS: readonly UnaryOp[] = [
+  "neg",
+  "exp",
+  "log",
+  "sqrt",
+  "rsqrt",
+  "sigmoid",
+  "silu",
+  "square",
+  "abs",
+];
+export const BINARY_OPS: readonly BinaryOp[] = ["add", "sub", "mul", "div", "max", "min", "eq"];
+
+export interface MemoryStats {
+  /** Bytes of buffer memory currently allocated by this backend and not yet released to the system. */
+  allocatedBytes: number;
+  /** Number of such buffers. */
+  buffers: number;
+}
+
+export interface Backend {
+  readonly name: "native" | "reference";
+  /** Dtypes this backend can compute in. */
+  readonly dtypes: readonly DType[];
+
+  // ---------------------------------------------------------------- memory
+  /** A fresh buffer of n elements. Contents unspecified (may be garbage). */
+  alloc(dtype: DType, n: number): Buf;
+  memoryStats(): MemoryStats;
+  /** Threads used by kernels (1 for reference). */
+  threads(): number;
+  setThreads(n: number): void;
+
+  // ---------------------------------------------------------------- dense linear algebra
+  /**
+   * Batched strided GEMM. For b in [0, batch):
+   *   C_b = alpha * op(A_b) @ op(B_b) + beta * C_b
+   * with A_b = A[offA + b*strideA ...], B_b = B[offB + b*strideB ...], C_b = C[offC + b*strideC ...].
+   * op(A_b) is [M, K]: stored [M, K] with row stride lda when !transA, stored [K, M] with row stride
+   * lda when transA. op(B_b) is [K, N]: stored [K, N] (ldb) when !transB, [N, K] (ldb) when transB.
+   * C_b is [M, N] with row stride ldc. strideA/strideB may be 0 (the same matrix for every b).
+   * When beta == 0, C is written without being read (NaN in C must not propagate).
+   */
+  gemm(
+    transA: boolean,
+    transB: boolean,
+    batch: number,
+    M: number,
+    N: number,
+    K: number,
+    alpha: number,
+    A: Buf,
+    offA: number,
+    lda: number,
+    strideA: number,
+    B: Buf,
+    offB: number,
+    ldb: number,
+    strideB: number,
+    beta: number,
+    C: Buf,
+    offC: number,
+    ldc: number,
+    strideC: number,
+  ): void;
+
+  // ---------------------------------------------------------------- elementwise
+  /** Writes out[i] = op(x[i]) for i < n. */
+  unary(op: UnaryOp, x: Buf, out: Buf, n: number): void;
+  /**
+   * Writes gx[i] = gy[i] * op'(x[i]) for i < n, where y = op(x) is given too (kernels use whichever
+   * is cheaper: exp uses y, log uses x, sqrt/rsqrt/sigmoid use y, silu/square/abs use x).
+   */
+  unaryGrad(op: UnaryOp, x: Buf, y: Buf, gy: Buf, gx: Buf, n: number): void;
+  /**
+   * Writes out (contiguous, shape outShape) = a (op) b with broadcasting expressed by strides:
+   * element at multi-index i reads a[sum_k i_k*aStrides[k]] and b[sum_k i_k*bStrides[k]]
+   * (stride 0 along broadcast dims). outShape, aStrides, bStrides have equal length (rank 0..8).
+   */
+  binary(
+    op: BinaryOp,
+    a: Buf,
+    aStrides: readonly number[],
+    b: Buf,
+    bStrides: readonly number[],
+    out: Buf,
+    outShape: readonly number[],
+  ): void;
+  /**
+   * Reduction over the listed axes (sorted, distinct). x is contiguous with the given shape; out is
+   * contiguous with the same shape except size 1 along each reduced axis. Writes out.
+   */
+  reduce(op: ReduceOp, x: Buf, shape: readonly number[], axes: readonly number[], out: Buf): void;
+  /**
+   * Strided copy over a multi-index space `shape` (rank 0..8):
+   *   dst[dstOff + sum_k i_k*dstStrides[k]] (=, or += when accumulate) src[srcOff + sum_k i_k*srcStrides[k]]
+   * Used for permute, slice, concat, stack, expand and their backwards. Writes (or accumulates into)
+   * exactly the addressed elements of dst, nothing else.
+   */
+  copy(
+    src: Buf,
+    srcOff: number,
+    srcStrides: readonly number[],
+    dst: Buf,
+    dstOff: number,
+    dstStrides: readonly number[],
+    shape: readonly number[],
+    accumulate: boolean,
+  ): void;
+  /** Writes out[i] = value for i < n. */
+  fill(out: Buf, value: number, n: number): void;
+  /** Accumulates y[i] += alpha * x[i] for i < n. */
+  axpy(n: number, alpha: number, x: Buf, y: Buf): void;
+  /** Returns sum_i x[i]^2 for i < n, accumulated in float64. */
+  sumSquares(x: Buf, n: number): number;
+
+  // ---------------------------------------------------------------- fused model kernels
+  /** x, out [n, d] via ids [n]: writes out[i, :] = weight[ids[i], :]. weight [vocab, d]; ids validated. */
+  embedding(weight: Buf, ids: Int32Array, out: Buf, n: number, d: number, vocab: number): void;
+  /** Accumulates gweight[ids[i], :] += gout[i, :] (scatter-add; repeated ids add up). */
+  embeddingBackward(gout: Buf, ids: Int32Array, gweight: Buf, n: number, d: number, vocab: number): void;
+
+  /**
+   * RMSNorm over the last dim. x, out [rows, d]; w [d] or null (no gain); rstd [rows].
+   * Writes rstd[r] = 1/sqrt(mean_c x[r,c]^2 + eps) and out[r,c] = x[r,c] * rstd[r] * (w ? w[c] : 1).
+   */
+  rmsnorm(x: Buf, w: Buf | null, out: Buf, rstd: Buf, rows: number, d: number, eps: number): void;
+  /**
+   * Backward of rmsnorm given the saved rstd. Writes gx [rows, d]; writes gw [d] (sum over rows of
+   * gy * x * rstd) when both w and gw are non-null.
+   */
+  rmsnormBackward(
+    x: Buf,
+    w: Buf | null,
+    rstd: Buf,
+    gy: Buf,
+    gx: Buf,
+    gw: Buf | null,
+    rows: number,
+    d: number,
+  ): void;
+
+  /**
+   * Rotary embedding, HF "rotate_half" convention. x, out [B, T, H, D], D even, h = D/2.
+   * cos, sin [maxPos, h]; position of token t is t + posOffset. For c < h, with p = t + posOffset:
+   *   out[..c]   = x[..c]   * cos[p,c] - x[..c+h] * s
+   *   out[..c+h] = x[..c+h] * cos[p,c] + x[..c]   * s          where s = inverse ? -sin[p,c] : sin[p,c]
+   * The inverse rotation is the backward (the rotation is orthogonal). Writes out.
+   */
+  rope(
+    x: Buf,
+    out: Buf,
+    cos: Buf,
+    sin: Buf,
+    B: number,
+    T: number,
+    H: number,
+    D: number,
+    posOffset: number,
+    inverse: boolean,
+  ): void;
+
+  /**
+   * Scaled-dot-product attention with grouped-query heads.
+   * q, out [B, Tq, Hq, D]; k, v [B, Tk, Hkv, D]; lse [B, Hq, Tq]. Hq % Hkv == 0; query head h reads
+   * kv head floor(h / (Hq/Hkv)). Scores s = scale * q.k. When causal, query i (0-based among the Tq
+   * queries, which are the last Tq of the Tk positions) sees keys j <= i + (Tk - Tq).
+   * Writes out = softmax(s) @ v and lse = logsumexp(s) per query row (the only thing kept for
+   * backward besides q, k, v, out: probabilities are recomputed, never stored).
+   */
+  attention(
+    q: Buf,
+    k: Buf,
+    v: Buf,
+    out: Buf,
+    lse: Buf,
+    B: number,
+    Tq: number,
+    Tk: number,
+    Hq: number,
+    Hkv: number,
+    D: number,
+    scale: number,
+    causal: boolean,
+  ): void;
+  /** Backward of attention. Writes gq [B,Tq,Hq,D], gk and gv [B,Tk,Hkv,D]. */
+  attentionBackward(
+    q: Buf,
+    k: Buf,
+    v: Buf,
+    out: Buf,
+    lse: Buf,
+    gout: Buf,
+    gq: Buf,
+    gk: Buf,
+    gv: Buf,
+    B: number,
+    Tq: number,
+    Tk: number,
+    Hq: number,
+    Hkv: number,
+    D: number,
+    scale: number,
+    causal: boolean,
+  ): void;
+
+  /**
+   * Softmax cross-entropy per row. logits [rows, V]; targets [rows]; writes loss [rows] and
+   * lse [rows] (logsumexp of the row). Rows whose target == ignoreIndex get loss 0 (lse still written).
+   * Any other target outside [0, V) is an error.
+   */
+  crossEntropy(
+    logits: Buf,
+    targets: Int32Array,
+    loss: Buf,
+    lse: Buf,
+    rows: number,
+    V: number,
+    ignoreIndex: number,
+  ): void;
+  /** Writes glogits[r, :] = gloss[r] * (softmax(logits[r]) - onehot(target[r])); ignored rows get 0. */
+  crossEntropyBackward(
+    logits: Buf,
+    targets: Int32Array,
+    lse: Buf,
+    gloss: Buf,
+    glogits: Buf,
+    rows: number,
+    V: number,
+    ignoreIndex: number,
+  ): void;
+
+  /** Writes out[i] = silu(gate[i]) * up[i] for i < n. */
+  swiglu(gate: Buf, up: Buf, out: Buf, n: number): void;
+  /** Writes ggate and gup for i < n from gout. */
+  swigluBackward(gate: Buf, up: Buf, gout: Buf, ggate: Buf, gup: Buf, n: number): void;
+
+  // ---------------------------------------------------------------- optimizer
+  /**
+   * One AdamW step on n elements, in PyTorch's exact order of operations:
+   *   p *= 1 - lr*wd
+   *   m = beta1*m + (1-beta1)*g;   v = beta2*v + (1-beta2)*g*g
+   *   p -= (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps)
+   * where bc1 = 1 - beta1^t, bc2 = 1 - beta2^t are passed in. Updates p, m, v in place.
+   */
+  adamw(
+    p: Buf,
+    g: Buf,
+    m: Buf,
+    v: Buf,
+    n: number,
+    lr: number,
+    beta1: number,
+    beta2: number,
+    eps: number,
+    wd: number,
+    bc1: number,
+    bc2: number,
+  ): void;
+}

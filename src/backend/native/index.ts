@@ -1,0 +1,164 @@
+/**
+ * The native backend: a Node-API addon (native/*.cc, built to build/Release/attnres_native.node by
+ * `node scripts/build-native.mjs`, the package's install script) implementing every kernel of
+ * src/backend/backend.ts in float32 with OpenMP threads and OpenBLAS (or a built-in blocked GEMM).
+ *
+ * The addon's exports take the same positional arguments as the Backend methods and validate them
+ * (types, sizes, extents) themselves, so this wrapper only forwards; alloc() additionally rejects
+ * float64 here. The addon is located from the package root (the nearest package.json named
+ * "attnres" above this file), which works from src/ under tsx and from compiled dist/src/.
+ */
+import { existsSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+import type { Backend, BinaryOp, Buf, DType, MemoryStats, ReduceOp, UnaryOp } from "../backend.js";
+
+export interface NativeInfo {
+  /** Which GEMM the addon was built with ("cblas": a non-OpenBLAS CBLAS found via pkg-config). */
+  blas: "openblas" | "cblas" | "builtin";
+  /** OpenMP threads used by kernels. */
+  threads: number;
+  /** Widest SIMD instruction set the addon was compiled for (e.g. "avx512f", "avx2+fma"). */
+  simd: string;
+}
+
+/** The raw exports of attnres_native.node. */
+interface NativeAddon {
+  alloc(n: number): Float32Array;
+  memoryStats(): MemoryStats;
+  threads(): number;
+  setThreads(n: number): void;
+  info(): NativeInfo;
+  peakGflops(seconds: number): number;
+  gemm: Backend["gemm"];
+  unary(op: UnaryOp, x: Buf, out: Buf, n: number): void;
+  unaryGrad(op: UnaryOp, x: Buf, y: Buf, gy: Buf, gx: Buf, n: number): void;
+  binary(
+    op: BinaryOp,
+    a: Buf,
+    aStrides: readonly number[],
+    b: Buf,
+    bStrides: readonly number[],
+    out: Buf,
+    outShape: readonly number[],
+  ): void;
+  reduce(op: ReduceOp, x: Buf, shape: readonly number[], axes: readonly number[], out: Buf): void;
+  copy: Backend["copy"];
+  fill: Backend["fill"];
+  axpy: Backend["axpy"];
+  sumSquares: Backend["sumSquares"];
+  embedding: Backend["embedding"];
+  embeddingBackward: Backend["embeddingBackward"];
+  rmsnorm: Backend["rmsnorm"];
+  rmsnormBackward: Backend["rmsnormBackward"];
+  rope: Backend["rope"];
+  attention: Backend["attention"];
+  attentionBackward: Backend["attentionBackward"];
+  crossEntropy: Backend["crossEntropy"];
+  crossEntropyBackward: Backend["crossEntropyBackward"];
+  swiglu: Backend["swiglu"];
+  swigluBackward: Backend["swigluBackward"];
+  adamw: Backend["adamw"];
+}
+
+const ADDON_RELATIVE = join("build", "Release", "attnres_native.node");
+
+function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const pkg = join(dir, "package.json");
+    if (existsSync(pkg)) {
+      try {
+        if ((JSON.parse(readFileSync(pkg, "utf8")) as { name?: unknown }).name === "attnres") return dir;
+      } catch {
+        // not a readable package.json: keep walking up
+      }
+    }
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error("attnres native backend: cannot find the attnres package root");
+    dir = parent;
+  }
+}
+
+let addon: NativeAddon | null = null;
+
+function loadAddon(): NativeAddon {
+  if (addon !== null) return addon;
+  const root = packageRoot();
+  const path = join(root, ADDON_RELATIVE);
+  if (!existsSync(path)) {
+    throw new Error(
+      `attnres native backend: ${path} is missing (the addon was not built). Build it with ` +
+        "`npm rebuild attnres` or `node scripts/build-native.mjs` (needs a C++ compiler; " +
+        "libopenblas-dev for full speed), or use ATTNRES_BACKEND=reference.",
+    );
+  }
+  const require = createRequire(import.meta.url);
+  try {
+    addon = require(path) as NativeAddon;
+  } catch (e) {
+    throw new Error(
+      `attnres native backend: cannot load ${path}: ${(e as Error).message}. Rebuild it with ` +
+        "`npm rebuild attnres` or `node scripts/build-native.mjs`.",
+      { cause: e },
+    );
+  }
+  return addon;
+}
+
+let backend: Backend | null = null;
+
+/** The native backend (loads the addon on first use; throws with build instructions if it is missing). */
+export function loadNativeBackend(): Backend {
+  if (backend !== null) return backend;
+  const a = loadAddon();
+  backend = {
+    name: "native",
+    dtypes: ["float32"],
+    alloc(dtype: DType, n: number): Buf {
+      if (dtype !== "float32")
+        throw new Error("native backend is float32-only; use ATTNRES_BACKEND=reference for float64");
+      return a.alloc(n);
+    },
+    memoryStats: () => a.memoryStats(),
+    threads: () => a.threads(),
+    setThreads: (n) => a.setThreads(n),
+    gemm: a.gemm,
+    unary: a.unary,
+    unaryGrad: a.unaryGrad,
+    binary: a.binary,
+    reduce: a.reduce,
+    copy: a.copy,
+    fill: a.fill,
+    axpy: a.axpy,
+    sumSquares: a.sumSquares,
+    embedding: a.embedding,
+    embeddingBackward: a.embeddingBackward,
+    rmsnorm: a.rmsnorm,
+    rmsnormBackward: a.rmsnormBackward,
+    rope: a.rope,
+    attention: a.attention,
+    attentionBackward: a.attentionBackward,
+    crossEntropy: a.crossEntropy,
+    crossEntropyBackward: a.crossEntropyBackward,
+    swiglu: a.swiglu,
+    swigluBackward: a.swigluBackward,
+    adamw: a.adamw,
+  };
+  return backend;
+}
+
+/** Build facts of the loaded addon: BLAS, OpenMP threads, SIMD level. */
+export function nativeInfo(): NativeInfo {
+  return loadAddon().info();
+}
+
+/**
+ * Measured float32 FMA peak in GFLOP/s summed over the OpenMP threads: every thread runs independent
+ * vector FMA chains with the widest FMA compiled in, for about `seconds`.
+ */
+export function measurePeakGflops(seconds: number): number {
+  return loadAddon().peakGflops(seconds);
+}

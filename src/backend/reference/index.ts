@@ -1,0 +1,562 @@
+/**
+ * The reference backend: every kernel of src/backend/backend.ts as plain TypeScript loops.
+ *
+ * It is the oracle of the test suite, so it favours obviousness over speed: no blocking, no
+ * threads, every sum accumulated in a JS number (float64). It computes in float32 or float64,
+ * whichever buffers it is handed (float32 outputs round once, on store). Runs anywhere.
+ */
+import type { Backend, BinaryOp, Buf, DType, ReduceOp, UnaryOp } from "../backend.js";
+
+function need(kernel: string, name: string, buf: { length: number }, n: number): void {
+  if (!Number.isInteger(n) || n < 0) throw new Error(`${kernel}: bad extent ${n} for ${name}`);
+  if (buf.length < n) throw new Error(`${kernel}: ${name} has ${buf.length} elements, needs ${n}`);
+}
+
+/** Largest linear index touched by a strided walk over `shape`, plus one (0 for an empty shape). */
+function extent(shape: readonly number[], strides: readonly number[], off: number): number {
+  let hi = off;
+  for (let k = 0; k < shape.length; k++) {
+    if (shape[k] === 0) return 0;
+    hi += (shape[k]! - 1) * strides[k]!;
+  }
+  return hi + 1;
+}
+
+/** Calls fn(ia, ib) for every multi-index of shape, with ia/ib the strided offsets, in row-major order. */
+function walk2(
+  shape: readonly number[],
+  sa: readonly number[],
+  oa: number,
+  sb: readonly number[],
+  ob: number,
+  fn: (ia: number, ib: number, flat: number) => void,
+): void {
+  const rank = shape.length;
+  let total = 1;
+  for (const s of shape) total *= s;
+  if (total === 0) return;
+  const idx = new Array<number>(rank).fill(0);
+  let ia = oa;
+  let ib = ob;
+  for (let flat = 0; flat < total; flat++) {
+    fn(ia, ib, flat);
+    for (let k = rank - 1; k >= 0; k--) {
+      idx[k]!++;
+      ia += sa[k]!;
+      ib += sb[k]!;
+      if (idx[k]! < shape[k]!) break;
+      ia -= sa[k]! * shape[k]!;
+      ib -= sb[k]! * shape[k]!;
+      idx[k] = 0;
+    }
+  }
+}
+
+const sigmoid = (x: number): number => 1 / (1 + Math.exp(-x));
+
+function unaryFn(op: UnaryOp): (x: number) => number {
+  switch (op) {
+    case "neg":
+      return (x) => -x;
+    case "exp":
+      return Math.exp;
+    case "log":
+      return Math.log;
+    case "sqrt":
+      return Math.sqrt;
+    case "rsqrt":
+      return (x) => 1 / Math.sqrt(x);
+    case "sigmoid":
+      return sigmoid;
+    case "silu":
+      return (x) => x * sigmoid(x);
+    case "square":
+      return (x) => x * x;
+    case "abs":
+      return Math.abs;
+  }
+}
+
+function binaryFn(op: BinaryOp): (a: number, b: number) => number {
+  switch (op) {
+    case "add":
+      return (a, b) => a + b;
+    case "sub":
+      return (a, b) => a - b;
+    case "mul":
+      return (a, b) => a * b;
+    case "div":
+      return (a, b) => a / b;
+    case "max":
+      return (a, b) => (a >= b || Number.isNaN(a) ? a : b);
+    case "min":
+      return (a, b) => (a <= b || Number.isNaN(a) ? a : b);
+    case "eq":
+      return (a, b) => (a === b ? 1 : 0);
+  }
+}
+
+function attentionRows(Tq: number, Tk: number, causal: boolean): { last: (i: number) => number } {
+  const shift = Tk - Tq;
+  return { last: (i) => (causal ? Math.min(Tk - 1, i + shift) : Tk - 1) };
+}
+
+export const referenceBackend: Backend = {
+  name: "reference",
+  dtypes: ["float32", "float64"],
+
+  alloc(dtype: DType, n: number): Buf {
+    return dtype === "float64" ? new Float64Array(n) : new Float32Array(n);
+  },
+  memoryStats() {
+    return { allocatedBytes: 0, buffers: 0 };
+  },
+  threads: () => 1,
+  setThreads() {},
+
+  gemm(
+    transA,
+    transB,
+    batch,
+    M,
+    N,
+    K,
+    alpha,
+    A,
+    offA,
+    lda,
+    strideA,
+    B,
+    offB,
+    ldb,
+    strideB,
+    beta,
+    C,
+    offC,
+    ldc,
+    strideC,
+  ) {
+    if (batch === 0 || M === 0 || N === 0) return;
+    const k = "gemm";
+    if (K > 0) {
+      need(k, "A", A, offA + (batch - 1) * strideA + (transA ? (K - 1) * lda + M : (M - 1) * lda + K));
+      need(k, "B", B, offB + (batch - 1) * strideB + (transB ? (N - 1) * ldb + K : (K - 1) * ldb + N));
+    }
+    need(k, "C", C, offC + (batch - 1) * strideC + (M - 1) * ldc + N);
+    for (let b = 0; b < batch; b++) {
+      const a0 = offA + b * strideA;
+      const b0 = offB + b * strideB;
+      const c0 = offC + b * strideC;
+      for (let i = 0; i < M; i++) {
+        for (let j = 0; j < N; j++) {
+          let s = 0;
+          for (let p = 0; p < K; p++) {
+            const av = transA ? A[a0 + p * lda + i]! : A[a0 + i * lda + p]!;
+            const bv = transB ? B[b0 + j * ldb + p]! : B[b0 + p * ldb + j]!;
+            s += av * bv;
+          }
+          const ci = c0 + i * ldc + j;
+          C[ci] = beta === 0 ? alpha * s : alpha * s + beta * C[ci]!;
+        }
+      }
+    }
+  },
+
+  unary(op, x, out, n) {
+    need("unary", "x", x, n);
+    need("unary", "out", out, n);
+    const f = unaryFn(op);
+    for (let i = 0; i < n; i++) out[i] = f(x[i]!);
+  },
+
+  unaryGrad(op, x, y, gy, gx, n) {
+    for (const [name, b] of [
+      ["x", x],
+      ["y", y],
+      ["gy", gy],
+      ["gx", gx],
+    ] as const)
+      need("unaryGrad", name, b, n);
+    for (let i = 0; i < n; i++) {
+      const xv = x[i]!;
+      const yv = y[i]!;
+      let d: number;
+      switch (op) {
+        case "neg":
+          d = -1;
+          break;
+        case "exp":
+          d = yv;
+          break;
+        case "log":
+          d = 1 / xv;
+          break;
+        case "sqrt":
+          d = 0.5 / yv;
+          break;
+        case "rsqrt":
+          d = -0.5 * yv * yv * yv;
+          break;
+        case "sigmoid":
+          d = yv * (1 - yv);
+          break;
+        case "silu": {
+          const s = sigmoid(xv);
+          d = s * (1 + xv * (1 - s));
+          break;
+        }
+        case "square":
+          d = 2 * xv;
+          break;
+        case "abs":
+          d = xv > 0 ? 1 : xv < 0 ? -1 : 0;
+          break;
+      }
+      gx[i] = gy[i]! * d;
+    }
+  },
+
+  binary(op, a, aStrides, b, bStrides, out, outShape) {
+    const k = "binary";
+    if (aStrides.length !== outShape.length || bStrides.length !== outShape.length)
+      throw new Error(`${k}: rank mismatch`);
+    need(k, "a", a, extent(outShape, aStrides, 0));
+    need(k, "b", b, extent(outShape, bStrides, 0));
+    need(
+      k,
+      "out",
+      out,
+      outShape.reduce((p, s) => p * s, 1),
+    );
+    const f = binaryFn(op);
+    walk2(outShape, aStrides, 0, bStrides, 0, (ia, ib, flat) => {
+      out[flat] = f(a[ia]!, b[ib]!);
+    });
+  },
+
+  reduce(op: ReduceOp, x, shape, axes, out) {
+    const n = shape.reduce((p, s) => p * s, 1);
+    need("reduce", "x", x, n);
+    const outShape = shape.map((s, i) => (axes.includes(i) ? 1 : s));
+    const nOut = outShape.reduce((p, s) => p * s, 1);
+    need("reduce", "out", out, nOut);
+    // Strides of x (contiguous) and of out as seen from x's index space (0 on reduced axes).
+    const xs = new Array<number>(shape.length);
+    const os = new Array<number>(shape.length);
+    let sx = 1;
+    let so = 1;
+    for (let kk = shape.length - 1; kk >= 0; kk--) {
+      xs[kk] = sx;
+      os[kk] = axes.includes(kk) ? 0 : so;
+      sx *= shape[kk]!;
+      so *= outShape[kk]!;
+    }
+    const acc = new Float64Array(nOut).fill(op === "sum" ? 0 : -Infinity);
+    const seen = new Uint8Array(nOut);
+    walk2(shape, xs, 0, os, 0, (ix, io) => {
+      const v = x[ix]!;
+      if (op === "sum") acc[io]! += v;
+      else if (!seen[io] || v > acc[io]! || Number.isNaN(v)) acc[io] = Number.isNaN(acc[io]!) ? acc[io]! : v;
+      seen[io] = 1;
+    });
+    for (let i = 0; i < nOut; i++) out[i] = acc[i]!;
+  },
+
+  copy(src, srcOff, srcStrides, dst, dstOff, dstStrides, shape, accumulate) {
+    if (srcStrides.length !== shape.length || dstStrides.length !== shape.length)
+      throw new Error("copy: rank mismatch");
+    need("copy", "src", src, extent(shape, srcStrides, srcOff));
+    need("copy", "dst", dst, extent(shape, dstStrides, dstOff));
+    walk2(shape, srcStrides, srcOff, dstStrides, dstOff, (is, id) => {
+      dst[id] = accumulate ? dst[id]! + src[is]! : src[is]!;
+    });
+  },
+
+  fill(out, value, n) {
+    need("fill", "out", out, n);
+    out.fill(value, 0, n);
+  },
+
+  axpy(n, alpha, x, y) {
+    need("axpy", "x", x, n);
+    need("axpy", "y", y, n);
+    for (let i = 0; i < n; i++) y[i] = y[i]! + alpha * x[i]!;
+  },
+
+  sumSquares(x, n) {
+    need("sumSquares", "x", x, n);
+    let s = 0;
+    for (let i = 0; i < n; i++) s += x[i]! * x[i]!;
+    return s;
+  },
+
+  embedding(weight, ids, out, n, d, vocab) {
+    need("embedding", "weight", weight, vocab * d);
+    need("embedding", "ids", ids, n);
+    need("embedding", "out", out, n * d);
+    for (let i = 0; i < n; i++) {
+      const id = ids[i]!;
+      if (id < 0 || id >= vocab)
+        throw new Error(`embedding: id ${id} at position ${i} outside [0, ${vocab})`);
+      for (let c = 0; c < d; c++) out[i * d + c] = weight[id * d + c]!;
+    }
+  },
+
+  embeddingBackward(gout, ids, gweight, n, d, vocab) {
+    need("embeddingBackward", "gout", gout, n * d);
+    need("embeddingBackward", "ids", ids, n);
+    need("embeddingBackward", "gweight", gweight, vocab * d);
+    for (let i = 0; i < n; i++) {
+      const id = ids[i]!;
+      if (id < 0 || id >= vocab)
+        throw new Error(`embeddingBackward: id ${id} at position ${i} outside [0, ${vocab})`);
+      for (let c = 0; c < d; c++) gweight[id * d + c] = gweight[id * d + c]! + gout[i * d + c]!;
+    }
+  },
+
+  rmsnorm(x, w, out, rstd, rows, d, eps) {
+    need("rmsnorm", "x", x, rows * d);
+    need("rmsnorm", "out", out, rows * d);
+    need("rmsnorm", "rstd", rstd, rows);
+    if (w) need("rmsnorm", "w", w, d);
+    for (let r = 0; r < rows; r++) {
+      let ss = 0;
+      for (let c = 0; c < d; c++) ss += x[r * d + c]! * x[r * d + c]!;
+      const rs = 1 / Math.sqrt(ss / d + eps);
+      rstd[r] = rs;
+      const rsStored = rstd[r]!; // the same (rounded) value the backward will see
+      for (let c = 0; c < d; c++) out[r * d + c] = x[r * d + c]! * rsStored * (w ? w[c]! : 1);
+    }
+  },
+
+  rmsnormBackward(x, w, rstd, gy, gx, gw, rows, d) {
+    for (const [name, b, n] of [
+      ["x", x, rows * d],
+      ["gy", gy, rows * d],
+      ["gx", gx, rows * d],
+      ["rstd", rstd, rows],
+    ] as const)
+      need("rmsnormBackward", name, b, n);
+    if (w) need("rmsnormBackward", "w", w, d);
+    const gwAcc = new Float64Array(d);
+    for (let r = 0; r < rows; r++) {
+      const rs = rstd[r]!;
+      // y = x * rs * w ; dL/dx = rs * (gw_ - x * rs^2 * mean(gw_ * x)), gw_ = gy * w
+      let dot = 0;
+      for (let c = 0; c < d; c++) {
+        const g = gy[r * d + c]! * (w ? w[c]! : 1);
+        dot += g * x[r * d + c]!;
+        gwAcc[c]! += gy[r * d + c]! * x[r * d + c]! * rs;
+      }
+      const coef = (rs * rs * rs * dot) / d;
+      for (let c = 0; c < d; c++) {
+        const g = gy[r * d + c]! * (w ? w[c]! : 1);
+        gx[r * d + c] = rs * g - coef * x[r * d + c]!;
+      }
+    }
+    if (w && gw) {
+      need("rmsnormBackward", "gw", gw, d);
+      for (let c = 0; c < d; c++) gw[c] = gwAcc[c]!;
+    }
+  },
+
+  rope(x, out, cos, sin, B, T, H, D, posOffset, inverse) {
+    if (D % 2 !== 0) throw new Error(`rope: head dim ${D} must be even`);
+    const h = D / 2;
+    need("rope", "x", x, B * T * H * D);
+    need("rope", "out", out, B * T * H * D);
+    need("rope", "cos", cos, (posOffset + T) * h);
+    need("rope", "sin", sin, (posOffset + T) * h);
+    for (let b = 0; b < B; b++)
+      for (let t = 0; t < T; t++) {
+        const p = t + posOffset;
+        for (let hh = 0; hh < H; hh++) {
+          const base = ((b * T + t) * H + hh) * D;
+          for (let c = 0; c < h; c++) {
+            const co = cos[p * h + c]!;
+            const si = inverse ? -sin[p * h + c]! : sin[p * h + c]!;
+            const x1 = x[base + c]!;
+            const x2 = x[base + c + h]!;
+            out[base + c] = x1 * co - x2 * si;
+            out[base + c + h] = x2 * co + x1 * si;
+          }
+        }
+      }
+  },
+
+  attention(q, k, v, out, lse, B, Tq, Tk, Hq, Hkv, D, scale, causal) {
+    if (Hkv <= 0 || Hq % Hkv !== 0) throw new Error(`attention: Hq=${Hq} not a multiple of Hkv=${Hkv}`);
+    if (causal && Tq > Tk) throw new Error(`attention: causal needs Tq <= Tk (got ${Tq} > ${Tk})`);
+    need("attention", "q", q, B * Tq * Hq * D);
+    need("attention", "k", k, B * Tk * Hkv * D);
+    need("attention", "v", v, B * Tk * Hkv * D);
+    need("attention", "out", out, B * Tq * Hq * D);
+    need("attention", "lse", lse, B * Hq * Tq);
+    const rep = Hq / Hkv;
+    const { last } = attentionRows(Tq, Tk, causal);
+    const s = new Float64Array(Tk);
+    for (let b = 0; b < B; b++)
+      for (let h = 0; h < Hq; h++) {
+        const kh = Math.floor(h / rep);
+        for (let i = 0; i < Tq; i++) {
+          const qo = ((b * Tq + i) * Hq + h) * D;
+          const jl = last(i);
+          let mx = -Infinity;
+          for (let j = 0; j <= jl; j++) {
+            const ko = ((b * Tk + j) * Hkv + kh) * D;
+            let dot = 0;
+            for (let c = 0; c < D; c++) dot += q[qo + c]! * k[ko + c]!;
+            s[j] = dot * scale;
+            if (s[j]! > mx) mx = s[j]!;
+          }
+          let z = 0;
+          for (let j = 0; j <= jl; j++) z += Math.exp(s[j]! - mx);
+          lse[(b * Hq + h) * Tq + i] = mx + Math.log(z);
+          for (let c = 0; c < D; c++) {
+            let acc = 0;
+            for (let j = 0; j <= jl; j++)
+              acc += (Math.exp(s[j]! - mx) / z) * v[((b * Tk + j) * Hkv + kh) * D + c]!;
+            out[qo + c] = acc;
+          }
+        }
+      }
+  },
+
+  attentionBackward(q, k, v, out, lse, gout, gq, gk, gv, B, Tq, Tk, Hq, Hkv, D, scale, causal) {
+    if (Hkv <= 0 || Hq % Hkv !== 0)
+      throw new Error(`attentionBackward: Hq=${Hq} not a multiple of Hkv=${Hkv}`);
+    const kb = "attentionBackward";
+    need(kb, "q", q, B * Tq * Hq * D);
+    need(kb, "out", out, B * Tq * Hq * D);
+    need(kb, "gout", gout, B * Tq * Hq * D);
+    need(kb, "gq", gq, B * Tq * Hq * D);
+    need(kb, "k", k, B * Tk * Hkv * D);
+    need(kb, "v", v, B * Tk * Hkv * D);
+    need(kb, "gk", gk, B * Tk * Hkv * D);
+    need(kb, "gv", gv, B * Tk * Hkv * D);
+    need(kb, "lse", lse, B * Hq * Tq);
+    const rep = Hq / Hkv;
+    const { last } = attentionRows(Tq, Tk, causal);
+    const gkAcc = new Float64Array(B * Tk * Hkv * D);
+    const gvAcc = new Float64Array(B * Tk * Hkv * D);
+    const p = new Float64Array(Tk);
+    for (let b = 0; b < B; b++)
+      for (let h = 0; h < Hq; h++) {
+        const kh = Math.floor(h / rep);
+        for (let i = 0; i < Tq; i++) {
+          const qo = ((b * Tq + i) * Hq + h) * D;
+          const jl = last(i);
+          const L = lse[(b * Hq + h) * Tq + i]!;
+          let rowDot = 0; // sum_c gout * out
+          for (let c = 0; c < D; c++) rowDot += gout[qo + c]! * out[qo + c]!;
+          for (let c = 0; c < D; c++) gq[qo + c] = 0;
+          for (let j = 0; j <= jl; j++) {
+            const ko = ((b * Tk + j) * Hkv + kh) * D;
+            let dot = 0;
+            for (let c = 0; c < D; c++) dot += q[qo + c]! * k[ko + c]!;
+            p[j] = Math.exp(dot * scale - L);
+            let dp = 0;
+            for (let c = 0; c < D; c++) dp += gout[qo + c]! * v[ko + c]!;
+            const ds = p[j]! * (dp - rowDot);
+            for (let c = 0; c < D; c++) {
+              gq[qo + c] = gq[qo + c]! + scale * ds * k[ko + c]!;
+              gkAcc[ko + c]! += scale * ds * q[qo + c]!;
+              gvAcc[ko + c]! += p[j]! * gout[qo + c]!;
+            }
+          }
+        }
+      }
+    for (let i = 0; i < gkAcc.length; i++) {
+      gk[i] = gkAcc[i]!;
+      gv[i] = gvAcc[i]!;
+    }
+  },
+
+  crossEntropy(logits, targets, loss, lse, rows, V, ignoreIndex) {
+    need("crossEntropy", "logits", logits, rows * V);
+    need("crossEntropy", "targets", targets, rows);
+    need("crossEntropy", "loss", loss, rows);
+    need("crossEntropy", "lse", lse, rows);
+    for (let r = 0; r < rows; r++) {
+      let mx = -Infinity;
+      for (let c = 0; c < V; c++) mx = Math.max(mx, logits[r * V + c]!);
+      let z = 0;
+      for (let c = 0; c < V; c++) z += Math.exp(logits[r * V + c]! - mx);
+      const L = mx + Math.log(z);
+      lse[r] = L;
+      const t = targets[r]!;
+      if (t === ignoreIndex) loss[r] = 0;
+      else if (t < 0 || t >= V) throw new Error(`crossEntropy: target ${t} at row ${r} outside [0, ${V})`);
+      else loss[r] = L - logits[r * V + t]!;
+    }
+  },
+
+  crossEntropyBackward(logits, targets, lse, gloss, glogits, rows, V, ignoreIndex) {
+    need("crossEntropyBackward", "logits", logits, rows * V);
+    need("crossEntropyBackward", "glogits", glogits, rows * V);
+    need("crossEntropyBackward", "targets", targets, rows);
+    need("crossEntropyBackward", "lse", lse, rows);
+    need("crossEntropyBackward", "gloss", gloss, rows);
+    for (let r = 0; r < rows; r++) {
+      const t = targets[r]!;
+      if (t === ignoreIndex) {
+        for (let c = 0; c < V; c++) glogits[r * V + c] = 0;
+        continue;
+      }
+      if (t < 0 || t >= V) throw new Error(`crossEntropyBackward: target ${t} at row ${r} outside [0, ${V})`);
+      const g = gloss[r]!;
+      const L = lse[r]!;
+      for (let c = 0; c < V; c++)
+        glogits[r * V + c] = g * (Math.exp(logits[r * V + c]! - L) - (c === t ? 1 : 0));
+    }
+  },
+
+  swiglu(gate, up, out, n) {
+    need("swiglu", "gate", gate, n);
+    need("swiglu", "up", up, n);
+    need("swiglu", "out", out, n);
+    for (let i = 0; i < n; i++) {
+      const g = gate[i]!;
+      out[i] = g * sigmoid(g) * up[i]!;
+    }
+  },
+
+  swigluBackward(gate, up, gout, ggate, gup, n) {
+    for (const [name, b] of [
+      ["gate", gate],
+      ["up", up],
+      ["gout", gout],
+      ["ggate", ggate],
+      ["gup", gup],
+    ] as const)
+      need("swigluBackward", name, b, n);
+    for (let i = 0; i < n; i++) {
+      const g = gate[i]!;
+      const u = up[i]!;
+      const go = gout[i]!;
+      const s = sigmoid(g);
+      ggate[i] = go * u * s * (1 + g * (1 - s));
+      gup[i] = go * g * s;
+    }
+  },
+
+  adamw(p, g, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2) {
+    for (const [name, b] of [
+      ["p", p],
+      ["g", g],
+      ["m", m],
+      ["v", v],
+    ] as const)
+      need("adamw", name, b, n);
+    const stepSize = lr / bc1;
+    const sbc2 = Math.sqrt(bc2);
+    const decay = 1 - lr * wd;
+    for (let i = 0; i < n; i++) {
+      const gi = g[i]!;
+      p[i] = p[i]! * decay;
+      m[i] = beta1 * m[i]! + (1 - beta1) * gi;
+      v[i] = beta2 * v[i]! + (1 - beta2) * gi * gi;
+      p[i] = p[i]! - (stepSize * m[i]!) / (Math.sqrt(v[i]!) / sbc2 + eps);
+    }
+  },
+};

@@ -1,0 +1,142 @@
+/**
+ * The decoder-only LM (Llama/Qwen3 backbone, METHODS.md "The backbone"), readable in one file.
+ *
+ *   ids [B, T] → embed_tokens → h0 [B, T, d]
+ *   for layer i:  sublayer 2i   = self_attn(input_layernorm(x))
+ *                 sublayer 2i+1 = mlp(post_attention_layernorm(x))
+ *                 (what x is, and how the stream is updated, is the residual strategy's business)
+ *   → norm → lm_head (or the tied embedding) → logits [B, T, vocab]
+ *
+ * Parameter names are the HF checkpoint names (model.layers.{i}.self_attn.q_proj.weight, …).
+ */
+import type { Backend, DType } from "../backend/backend.js";
+import { defaultBackend, defaultDType } from "../backend/index.js";
+import { Attention, Embedding, Linear, MLP, RMSNorm } from "../nn/layers.js";
+import { type InitContext, Module } from "../nn/module.js";
+import { crossEntropy, matmul, RopeTable } from "../tensor/ops.js";
+import { Rng } from "../tensor/random.js";
+import type { Tensor } from "../tensor/tensor.js";
+import { type ModelConfig, type ModelConfigInput, parseConfig } from "./config.js";
+import { type ResidualStrategy, standardResidual, type SublayerResult } from "./residual.js";
+
+export interface ModelOptions {
+  backend?: Backend;
+  dtype?: DType;
+  seed?: number;
+}
+
+export class DecoderLayer extends Module {
+  readonly input_layernorm: RMSNorm;
+  readonly self_attn: Attention;
+  readonly post_attention_layernorm: RMSNorm;
+  readonly mlp: MLP;
+
+  constructor(c: ModelConfig, ctx: InitContext) {
+    super();
+    const std = c.initializer_range;
+    this.input_layernorm = this.child("input_layernorm", new RMSNorm(c.hidden_size, c.rms_norm_eps, ctx));
+    this.self_attn = this.child(
+      "self_attn",
+      new Attention(
+        {
+          hidden: c.hidden_size,
+          heads: c.num_attention_heads,
+          kvHeads: c.num_key_value_heads,
+          headDim: c.head_dim,
+          qkNorm: c.attention_qk_norm,
+          eps: c.rms_norm_eps,
+        },
+        ctx,
+        std,
+      ),
+    );
+    this.post_attention_layernorm = this.child(
+      "post_attention_layernorm",
+      new RMSNorm(c.hidden_size, c.rms_norm_eps, ctx),
+    );
+    this.mlp = this.child("mlp", new MLP(c.hidden_size, c.intermediate_size, ctx, std));
+  }
+
+  attnSublayer(x: Tensor, table: RopeTable, posOffset: number): SublayerResult {
+    const normed = this.input_layernorm.forward(x);
+    return { normed, out: this.self_attn.forward(normed, table, posOffset) };
+  }
+
+  mlpSublayer(x: Tensor): SublayerResult {
+    const normed = this.post_attention_layernorm.forward(x);
+    return { normed, out: this.mlp.forward(normed) };
+  }
+}
+
+class DecoderBody extends Module {
+  readonly embed_tokens: Embedding;
+  readonly layers: DecoderLayer[] = [];
+  readonly norm: RMSNorm;
+  constructor(c: ModelConfig, ctx: InitContext) {
+    super();
+    this.embed_tokens = this.child(
+      "embed_tokens",
+      new Embedding(c.vocab_size, c.hidden_size, ctx, c.initializer_range),
+    );
+    for (let i = 0; i < c.num_hidden_layers; i++)
+      this.layers.push(this.child(`layers.${i}`, new DecoderLayer(c, ctx)));
+    this.norm = this.child("norm", new RMSNorm(c.hidden_size, c.rms_norm_eps, ctx));
+  }
+}
+
+export interface ForwardOptions {
+  /** Position of the first token (incremental decoding). */
+  posOffset?: number;
+}
+
+export class DecoderLM extends Module {
+  readonly config: ModelConfig;
+  readonly model: DecoderBody;
+  readonly lm_head: Linear | null;
+  readonly rope: RopeTable;
+  readonly residual: ResidualStrategy<unknown>;
+
+  constructor(config: ModelConfigInput | ModelConfig | Record<string, unknown>, opts: ModelOptions = {}) {
+    super();
+    const c = parseConfig(config);
+    this.config = c;
+    const backend = opts.backend ?? defaultBackend();
+    const ctx: InitContext = {
+      backend,
+      dtype: opts.dtype ?? defaultDType(backend),
+      rng: new Rng(opts.seed ?? 0),
+    };
+    this.model = this.child("model", new DecoderBody(c, ctx));
+    this.lm_head = c.tie_word_embeddings
+      ? null
+      : this.child("lm_head", new Linear(c.hidden_size, c.vocab_size, ctx, c.initializer_range));
+    this.rope = new RopeTable(c.head_dim, c.max_position_embeddings, c.rope_theta);
+    this.residual = standardResidual as ResidualStrategy<unknown>;
+  }
+
+  /** ids [B*T] (row-major [B, T]) → logits [B, T, vocab]. */
+  forward(ids: Int32Array, B: number, T: number, opts: ForwardOptions = {}): Tensor {
+    if (ids.length !== B * T) throw new Error(`forward: ${ids.length} ids for B=${B}, T=${T}`);
+    const posOffset = opts.posOffset ?? 0;
+    const res = this.residual;
+    let state = res.begin(this.model.embed_tokens.forward(ids, [B, T]));
+    this.model.layers.forEach((layer, i) => {
+      const ja = 2 * i;
+      const xa = res.input(ja, state);
+      state = res.update(ja, state, xa, layer.attnSublayer(xa, this.rope, posOffset));
+      const jm = 2 * i + 1;
+      const xm = res.input(jm, state);
+      state = res.update(jm, state, xm, layer.mlpSublayer(xm));
+    });
+    const h = this.model.norm.forward(res.end(state));
+    return this.lm_head
+      ? this.lm_head.forward(h)
+      : matmul(h, this.model.embed_tokens.weight, { transB: true });
+  }
+
+  /** Mean next-token cross-entropy; targets [B*T] with -100 = ignore. */
+  loss(ids: Int32Array, targets: Int32Array, B: number, T: number): Tensor {
+    const logits = this.forward(ids, B, T);
+    return crossEntropy(logits, targets, { ignoreIndex: -100 });
+  }
+}

@@ -1,0 +1,67 @@
+/**
+ * Module: a named tree of parameters, mirroring the HF checkpoint layout so that
+ * `namedParameters()` yields exactly the HF tensor names (model.layers.0.self_attn.q_proj.weight…).
+ * Parameters are persistent tensors (outside any scope) with requiresGrad set.
+ */
+import type { Backend, DType } from "../backend/backend.js";
+import { Rng } from "../tensor/random.js";
+import { empty, Tensor } from "../tensor/tensor.js";
+
+export interface InitContext {
+  backend: Backend;
+  dtype: DType;
+  rng: Rng;
+}
+
+export type Init = { kind: "normal"; std: number } | { kind: "const"; value: number };
+
+export abstract class Module {
+  private readonly params_ = new Map<string, Tensor>();
+  private readonly children_ = new Map<string, Module>();
+
+  /** Creates and registers a parameter, initialised from ctx.rng in creation order. */
+  protected param(name: string, shape: readonly number[], init: Init, ctx: InitContext): Tensor {
+    const t = empty(shape, { backend: ctx.backend, dtype: ctx.dtype }).keep();
+    const d = t.data;
+    if (init.kind === "normal") for (let i = 0; i < t.size; i++) d[i] = ctx.rng.normal() * init.std;
+    else d.fill(init.value, 0, t.size);
+    t.requiresGrad = true;
+    t.name = name;
+    this.params_.set(name, t);
+    return t;
+  }
+
+  protected child<M extends Module>(name: string, m: M): M {
+    this.children_.set(name, m);
+    return m;
+  }
+
+  /** [name, tensor] for every parameter below this module, in registration order. */
+  namedParameters(prefix = ""): [string, Tensor][] {
+    const out: [string, Tensor][] = [];
+    for (const [n, t] of this.params_) out.push([prefix + n, t]);
+    for (const [n, m] of this.children_) out.push(...m.namedParameters(`${prefix}${n}.`));
+    return out;
+  }
+
+  parameters(): Tensor[] {
+    return this.namedParameters().map(([, t]) => t);
+  }
+
+  numParameters(): number {
+    return this.parameters().reduce((p, t) => p + t.size, 0);
+  }
+
+  /** Sets every parameter's gradient to zero (keeping the buffers). */
+  zeroGrad(): void {
+    for (const p of this.parameters()) if (p.grad) p.backend.fill(p.grad.data, 0, p.grad.size);
+  }
+
+  /** Frees every parameter and gradient buffer. The module is unusable afterwards. */
+  dispose(): void {
+    for (const p of this.parameters()) {
+      p.grad?.dispose();
+      p.dispose();
+    }
+  }
+}

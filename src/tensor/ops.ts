@@ -1,0 +1,639 @@
+/**
+ * The op set. Each op validates its inputs (errors name the op and the shapes), computes its
+ * output eagerly with backend kernels, and records a GradFn whose backward is written in terms of
+ * other ops/kernels. Everything in the model is built from these:
+ *
+ *   linear algebra  matmul (batched, transposes, broadcast batch)
+ *   elementwise     add sub mul div maximum minimum (broadcasting); neg exp log sqrt rsqrt sigmoid
+ *                   silu square abs; scale
+ *   reductions      sum mean max (any axes, keepdim)
+ *   shape           reshape permute transpose slice concat stack expand
+ *   fused           embedding rmsnorm rope attention crossEntropy swiglu
+ *   composite       softmax
+ */
+import type { BinaryOp, Buf, DType, UnaryOp } from "../backend/backend.js";
+import {
+  broadcastShapes,
+  broadcastStrides,
+  contiguousStrides,
+  fmt,
+  normAxis,
+  sameShape,
+  sizeOf,
+  type Shape,
+} from "./shape.js";
+import { empty, full, noGrad, record, scalar, Tensor, zeros } from "./tensor.js";
+
+function like(t: Tensor, shape: Shape): Tensor {
+  return empty(shape, { backend: t.backend, dtype: t.dtype });
+}
+
+function checkSame(op: string, ...ts: Tensor[]): void {
+  const a = ts[0]!;
+  for (const t of ts.slice(1)) {
+    if (t.backend !== a.backend)
+      throw new Error(`${op}: inputs live on different backends (${a.backend.name} and ${t.backend.name})`);
+    if (t.dtype !== a.dtype)
+      throw new Error(`${op}: inputs have different dtypes (${a.dtype} and ${t.dtype})`);
+  }
+}
+
+// ================================================================== matmul
+
+export interface MatmulOptions {
+  transA?: boolean;
+  transB?: boolean;
+}
+
+/** Runs C_b = op(A_b) op(B_b) for b < batch; when sumBatch, all products are summed into one C. */
+function gemmInto(
+  tA: boolean,
+  tB: boolean,
+  batch: number,
+  M: number,
+  N: number,
+  K: number,
+  A: Buf,
+  sA: number,
+  B: Buf,
+  sB: number,
+  C: Tensor,
+  sumBatch: boolean,
+): void {
+  const be = C.backend;
+  const lda = tA ? M : K;
+  const ldb = tB ? K : N;
+  if (K === 0) {
+    be.fill(C.data, 0, C.size);
+    return;
+  }
+  if (!sumBatch) {
+    be.gemm(tA, tB, batch, M, N, K, 1, A, 0, lda, sA, B, 0, ldb, sB, 0, C.data, 0, N, M * N);
+    return;
+  }
+  for (let b = 0; b < batch; b++)
+    be.gemm(tA, tB, 1, M, N, K, 1, A, b * sA, lda, 0, B, b * sB, ldb, 0, b === 0 ? 0 : 1, C.data, 0, N, 0);
+}
+
+/**
+ * op(a) @ op(b) over the last two dims. a: [...batch, M, K] ([..., K, M] when transA);
+ * b: [...batch, K, N] ([..., N, K] when transB). Batch dims must be equal, or one side's batch
+ * must be all ones/absent (it is then shared by every batch item, like a weight matrix).
+ */
+export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
+  const op = "matmul";
+  checkSame(op, a, b);
+  const tA = opts.transA ?? false;
+  const tB = opts.transB ?? false;
+  if (a.rank < 2 || b.rank < 2)
+    throw new Error(`${op}: both inputs need rank >= 2 (got ${fmt(a.shape)} and ${fmt(b.shape)})`);
+  const [r0, r1] = a.shape.slice(-2) as [number, number];
+  const [s0, s1] = b.shape.slice(-2) as [number, number];
+  const M = tA ? r1 : r0;
+  const K = tA ? r0 : r1;
+  const K2 = tB ? s1 : s0;
+  const N = tB ? s0 : s1;
+  if (K !== K2)
+    throw new Error(
+      `${op}: inner dimensions differ: ${fmt(a.shape)}${tA ? "ᵀ" : ""} @ ${fmt(b.shape)}${tB ? "ᵀ" : ""} (${K} vs ${K2})`,
+    );
+  const batchA = a.shape.slice(0, -2);
+  const batchB = b.shape.slice(0, -2);
+  const nA = sizeOf(batchA);
+  const nB = sizeOf(batchB);
+  let batchShape: number[];
+  if (nB === 1 && batchB.length <= batchA.length) batchShape = [...batchA];
+  else if (nA === 1 && batchA.length <= batchB.length) batchShape = [...batchB];
+  else if (sameShape(batchA, batchB)) batchShape = [...batchA];
+  else throw new Error(`${op}: batch dimensions of ${fmt(a.shape)} and ${fmt(b.shape)} do not match`);
+  const batch = sizeOf(batchShape);
+  const sA = nA === 1 && batch > 1 ? 0 : M * K;
+  const sB = nB === 1 && batch > 1 ? 0 : K * N;
+  const out = like(a, [...batchShape, M, N]);
+  // A weight shared by all batch items with a non-transposed A folds into one big GEMM.
+  const fold = sB === 0 && !tA;
+  if (fold) gemmInto(false, tB, 1, batch * M, N, K, a.data, 0, b.data, 0, out, false);
+  else gemmInto(tA, tB, batch, M, N, K, a.data, sA, b.data, sB, out, false);
+
+  return record(out, op, [a, b], (g) => {
+    let ga: Tensor | null = null;
+    let gb: Tensor | null = null;
+    if (a.requiresGrad) {
+      ga = like(a, a.shape);
+      if (fold) gemmInto(false, !tB, 1, batch * M, K, N, g.data, 0, b.data, 0, ga, false);
+      else if (!tA) gemmInto(false, !tB, batch, M, K, N, g.data, M * N, b.data, sB, ga, sA === 0);
+      else gemmInto(tB, true, batch, K, M, N, b.data, sB, g.data, M * N, ga, sA === 0);
+    }
+    if (b.requiresGrad) {
+      gb = like(b, b.shape);
+      if (fold) {
+        if (!tB) gemmInto(true, false, 1, K, N, batch * M, a.data, 0, g.data, 0, gb, false);
+        else gemmInto(true, false, 1, N, K, batch * M, g.data, 0, a.data, 0, gb, false);
+      } else if (!tB) gemmInto(!tA, false, batch, K, N, M, a.data, sA, g.data, M * N, gb, sB === 0);
+      else gemmInto(true, tA, batch, N, K, M, g.data, M * N, a.data, sA, gb, sB === 0);
+    }
+    return [ga, gb];
+  });
+}
+
+// ================================================================== elementwise
+
+/** Sums g over the axes along which `shape` was broadcast to g.shape, giving a tensor of `shape`. */
+export function reduceTo(g: Tensor, shape: Shape): Tensor {
+  if (sameShape(g.shape, shape)) return g;
+  const off = g.rank - shape.length;
+  const axes: number[] = [];
+  for (let k = 0; k < g.rank; k++) if (k < off || (shape[k - off] === 1 && g.shape[k] !== 1)) axes.push(k);
+  const s = sum(g, axes, true);
+  return reshape(s, shape);
+}
+
+function binary(op: BinaryOp, a: Tensor, bIn: Tensor | number): Tensor {
+  const b = typeof bIn === "number" ? scalar(bIn, a) : bIn;
+  checkSame(op, a, b);
+  const shape = broadcastShapes(op, a.shape, b.shape);
+  const out = like(a, shape);
+  a.backend.binary(
+    op,
+    a.data,
+    broadcastStrides(a.shape, shape),
+    b.data,
+    broadcastStrides(b.shape, shape),
+    out.data,
+    shape,
+  );
+  return out;
+}
+
+export function add(a: Tensor, b: Tensor | number): Tensor {
+  const out = binary("add", a, b);
+  const bt = typeof b === "number" ? null : b;
+  return record(out, "add", bt ? [a, bt] : [a], (g) => [
+    reduceTo(g, a.shape),
+    bt ? reduceTo(g, bt.shape) : null,
+  ]);
+}
+
+export function sub(a: Tensor, b: Tensor | number): Tensor {
+  const out = binary("sub", a, b);
+  const bt = typeof b === "number" ? null : b;
+  return record(out, "sub", bt ? [a, bt] : [a], (g) => [
+    reduceTo(g, a.shape),
+    bt?.requiresGrad ? reduceTo(neg(g), bt.shape) : null,
+  ]);
+}
+
+export function mul(a: Tensor, b: Tensor | number): Tensor {
+  const out = binary("mul", a, b);
+  if (typeof b === "number") return record(out, "mul", [a], (g) => [binary("mul", g, b)]);
+  return record(out, "mul", [a, b], (g) => [
+    a.requiresGrad ? reduceTo(binary("mul", g, b), a.shape) : null,
+    b.requiresGrad ? reduceTo(binary("mul", g, a), b.shape) : null,
+  ]);
+}
+
+export function div(a: Tensor, b: Tensor | number): Tensor {
+  const out = binary("div", a, b);
+  if (typeof b === "number") return record(out, "div", [a], (g) => [binary("div", g, b)]);
+  return record(out, "div", [a, b], (g) => [
+    a.requiresGrad ? reduceTo(binary("div", g, b), a.shape) : null,
+    // d(a/b)/db = -out/b
+    b.requiresGrad ? reduceTo(binary("mul", binary("div", g, b), binary("mul", out, -1)), b.shape) : null,
+  ]);
+}
+
+/** out = x * s for a constant s. */
+export function scale(x: Tensor, s: number): Tensor {
+  return mul(x, s);
+}
+
+function minmax(op: "max" | "min", a: Tensor, b: Tensor): Tensor {
+  const out = binary(op, a, b);
+  return record(out, op === "max" ? "maximum" : "minimum", [a, b], (g) => {
+    // The gradient goes to a where out == a, else to b: it is conserved even on ties.
+    const ma = binary("eq", out, a);
+    const ga = binary("mul", g, ma);
+    return [
+      a.requiresGrad ? reduceTo(ga, a.shape) : null,
+      b.requiresGrad ? reduceTo(binary("sub", g, ga), b.shape) : null,
+    ];
+  });
+}
+
+export const maximum = (a: Tensor, b: Tensor): Tensor => minmax("max", a, b);
+export const minimum = (a: Tensor, b: Tensor): Tensor => minmax("min", a, b);
+
+function unary(op: UnaryOp, x: Tensor): Tensor {
+  const out = like(x, x.shape);
+  x.backend.unary(op, x.data, out.data, x.size);
+  return record(out, op, [x], (g) => {
+    const gx = like(x, x.shape);
+    x.backend.unaryGrad(op, x.data, out.data, g.data, gx.data, x.size);
+    return [gx];
+  });
+}
+
+export const neg = (x: Tensor): Tensor => unary("neg", x);
+export const exp = (x: Tensor): Tensor => unary("exp", x);
+export const log = (x: Tensor): Tensor => unary("log", x);
+export const sqrt = (x: Tensor): Tensor => unary("sqrt", x);
+export const rsqrt = (x: Tensor): Tensor => unary("rsqrt", x);
+export const sigmoid = (x: Tensor): Tensor => unary("sigmoid", x);
+export const silu = (x: Tensor): Tensor => unary("silu", x);
+export const square = (x: Tensor): Tensor => unary("square", x);
+export const abs = (x: Tensor): Tensor => unary("abs", x);
+
+// ================================================================== reductions
+
+function reduceAxes(op: string, x: Tensor, axes?: number | readonly number[]): number[] {
+  if (axes === undefined) return x.shape.map((_, i) => i);
+  const list = typeof axes === "number" ? [axes] : [...axes];
+  const norm = [...new Set(list.map((a) => normAxis(op, a, x.rank)))];
+  return norm.sort((p, q) => p - q);
+}
+
+function reducedShape(x: Tensor, axes: number[], keepdim: boolean): number[] {
+  return keepdim
+    ? x.shape.map((s, i) => (axes.includes(i) ? 1 : s))
+    : x.shape.filter((_, i) => !axes.includes(i));
+}
+
+/** Broadcasts x (whose shape broadcasts to `shape`) into a new contiguous tensor of `shape`. */
+export function expand(x: Tensor, shape: Shape): Tensor {
+  broadcastShapes("expand", x.shape, shape);
+  if (sameShape(x.shape, shape)) return x;
+  const out = like(x, shape);
+  x.backend.copy(
+    x.data,
+    0,
+    broadcastStrides(x.shape, shape),
+    out.data,
+    0,
+    contiguousStrides(shape),
+    shape,
+    false,
+  );
+  return record(out, "expand", [x], (g) => [reduceTo(g, x.shape)]);
+}
+
+export function sum(x: Tensor, axes?: number | readonly number[], keepdim = false): Tensor {
+  const ax = reduceAxes("sum", x, axes);
+  const kept = reducedShape(x, ax, true);
+  const out = like(x, kept);
+  x.backend.reduce("sum", x.data, x.shape, ax, out.data);
+  const res = keepdim ? out : out.view(reducedShape(x, ax, false));
+  return record(res, "sum", [x], (g) => [expand(g.view(kept), x.shape)]);
+}
+
+export function mean(x: Tensor, axes?: number | readonly number[], keepdim = false): Tensor {
+  const ax = reduceAxes("mean", x, axes);
+  const count = ax.reduce((p, a) => p * x.shape[a]!, 1);
+  return scale(sum(x, ax, keepdim), 1 / count);
+}
+
+export function max(x: Tensor, axes?: number | readonly number[], keepdim = false): Tensor {
+  const ax = reduceAxes("max", x, axes);
+  const kept = reducedShape(x, ax, true);
+  const out = like(x, kept);
+  x.backend.reduce("max", x.data, x.shape, ax, out.data);
+  const res = keepdim ? out : out.view(reducedShape(x, ax, false));
+  return record(res, "max", [x], (g) => [binary("mul", binary("eq", x, out), g.view(kept))]);
+}
+
+// ================================================================== shape ops
+
+export function reshape(x: Tensor, shape: Shape): Tensor {
+  const infer = shape.indexOf(-1);
+  const target = [...shape];
+  if (infer >= 0) {
+    const rest = sizeOf(shape.filter((_, i) => i !== infer));
+    if (rest === 0 || x.size % rest !== 0)
+      throw new Error(`reshape: cannot reshape ${fmt(x.shape)} into ${fmt(shape)}`);
+    target[infer] = x.size / rest;
+  }
+  if (sizeOf(target) !== x.size)
+    throw new Error(`reshape: cannot reshape ${fmt(x.shape)} into ${fmt(shape)}`);
+  const out = x.view(target);
+  return record(out, "reshape", [x], (g) => [g.view(x.shape)]);
+}
+
+export function permute(x: Tensor, dims: readonly number[]): Tensor {
+  const op = "permute";
+  const d = dims.map((a) => normAxis(op, a, x.rank));
+  if (d.length !== x.rank || new Set(d).size !== d.length)
+    throw new Error(`${op}: ${fmt(dims)} is not a permutation of the ${x.rank} dims of ${fmt(x.shape)}`);
+  const shape = d.map((a) => x.shape[a]!);
+  const xs = contiguousStrides(x.shape);
+  const out = like(x, shape);
+  x.backend.copy(
+    x.data,
+    0,
+    d.map((a) => xs[a]!),
+    out.data,
+    0,
+    contiguousStrides(shape),
+    shape,
+    false,
+  );
+  const inv = new Array<number>(d.length);
+  d.forEach((a, i) => (inv[a] = i));
+  return record(out, op, [x], (g) => [permute(g, inv)]);
+}
+
+export function transpose(x: Tensor, a = -2, b = -1): Tensor {
+  const dims = x.shape.map((_, i) => i);
+  const p = normAxis("transpose", a, x.rank);
+  const q = normAxis("transpose", b, x.rank);
+  [dims[p], dims[q]] = [dims[q]!, dims[p]!];
+  return permute(x, dims);
+}
+
+/** x[..., start:end, ...] along one axis (a copy). */
+export function slice(x: Tensor, axis: number, start: number, end: number): Tensor {
+  const op = "slice";
+  const ax = normAxis(op, axis, x.rank);
+  const n = x.shape[ax]!;
+  if (!Number.isInteger(start) || !Number.isInteger(end) || start < 0 || end > n || start > end)
+    throw new Error(`${op}: range [${start}, ${end}) is outside axis ${ax} of size ${n} in ${fmt(x.shape)}`);
+  const shape = x.shape.map((s, i) => (i === ax ? end - start : s));
+  const xs = contiguousStrides(x.shape);
+  const out = like(x, shape);
+  x.backend.copy(x.data, start * xs[ax]!, xs, out.data, 0, contiguousStrides(shape), shape, false);
+  return record(out, op, [x], (g) => {
+    const gx = zeros(x.shape, { backend: x.backend, dtype: x.dtype });
+    x.backend.copy(g.data, 0, contiguousStrides(shape), gx.data, start * xs[ax]!, xs, shape, false);
+    return [gx];
+  });
+}
+
+export function concat(ts: readonly Tensor[], axis: number): Tensor {
+  const op = "concat";
+  if (ts.length === 0) throw new Error(`${op}: no tensors`);
+  checkSame(op, ...ts);
+  const first = ts[0]!;
+  const ax = normAxis(op, axis, first.rank);
+  for (const t of ts)
+    if (t.rank !== first.rank || t.shape.some((s, i) => i !== ax && s !== first.shape[i]))
+      throw new Error(`${op}: shapes ${ts.map((u) => fmt(u.shape)).join(", ")} differ outside axis ${ax}`);
+  const shape = first.shape.map((s, i) => (i === ax ? ts.reduce((p, t) => p + t.shape[ax]!, 0) : s));
+  const os = contiguousStrides(shape);
+  const out = like(first, shape);
+  const offsets: number[] = [];
+  let at = 0;
+  for (const t of ts) {
+    offsets.push(at);
+    first.backend.copy(t.data, 0, contiguousStrides(t.shape), out.data, at * os[ax]!, os, t.shape, false);
+    at += t.shape[ax]!;
+  }
+  return record(out, op, ts, (g) =>
+    ts.map((t, i) => (t.requiresGrad ? slice(g, ax, offsets[i]!, offsets[i]! + t.shape[ax]!) : null)),
+  );
+}
+
+export function stack(ts: readonly Tensor[], axis = 0): Tensor {
+  if (ts.length === 0) throw new Error("stack: no tensors");
+  const ax = normAxis("stack", axis, ts[0]!.rank + 1);
+  return concat(
+    ts.map((t) => reshape(t, [...t.shape.slice(0, ax), 1, ...t.shape.slice(ax)])),
+    ax,
+  );
+}
+
+/** A tensor sharing x's values with no gradient history. */
+export function detach(x: Tensor): Tensor {
+  return noGrad(() => x.view());
+}
+
+// ================================================================== fused model ops
+
+/** weight [V, d] gathered at ids (any shape S, given as `shape`) → [...S, d]. */
+export function embedding(weight: Tensor, ids: Int32Array, shape: Shape = [ids.length]): Tensor {
+  const op = "embedding";
+  if (weight.rank !== 2) throw new Error(`${op}: weight must be [vocab, d], got ${fmt(weight.shape)}`);
+  if (sizeOf(shape) !== ids.length)
+    throw new Error(`${op}: ${ids.length} ids do not fill shape ${fmt(shape)}`);
+  const [V, d] = weight.shape as [number, number];
+  const n = ids.length;
+  const out = like(weight, [...shape, d]);
+  weight.backend.embedding(weight.data, ids, out.data, n, d, V);
+  return record(out, op, [weight], (g) => {
+    const gw = zeros(weight.shape, { backend: weight.backend, dtype: weight.dtype });
+    weight.backend.embeddingBackward(g.data, ids, gw.data, n, d, V);
+    return [gw];
+  });
+}
+
+/** RMSNorm over the last dim: x * rsqrt(mean(x²) + eps) * w. w [d] or null. */
+export function rmsnorm(x: Tensor, w: Tensor | null, eps: number): Tensor {
+  const op = "rmsnorm";
+  const d = x.shape[x.rank - 1] ?? 1;
+  if (w) {
+    checkSame(op, x, w);
+    if (w.rank !== 1 || w.shape[0] !== d)
+      throw new Error(`${op}: weight ${fmt(w.shape)} does not match x ${fmt(x.shape)}`);
+  }
+  const rows = d === 0 ? 0 : x.size / d;
+  const out = like(x, x.shape);
+  const rstd = like(x, [rows]);
+  x.backend.rmsnorm(x.data, w ? w.data : null, out.data, rstd.data, rows, d, eps);
+  const inputs = w ? [x, w] : [x];
+  return record(out, op, inputs, (g) => {
+    const gx = like(x, x.shape);
+    const gw = w?.requiresGrad ? like(w, w.shape) : null;
+    x.backend.rmsnormBackward(
+      x.data,
+      w ? w.data : null,
+      rstd.data,
+      g.data,
+      gx.data,
+      gw ? gw.data : null,
+      rows,
+      d,
+    );
+    return [gx, gw];
+  });
+}
+
+/** Precomputed rotary tables: cos/sin [maxPos, headDim/2] per backend and dtype, built in float64. */
+export class RopeTable {
+  private cache = new Map<string, { cos: Tensor; sin: Tensor }>();
+  constructor(
+    readonly headDim: number,
+    readonly maxPos: number,
+    readonly theta: number,
+  ) {
+    if (headDim % 2 !== 0) throw new Error(`rope: head_dim ${headDim} must be even`);
+  }
+  tables(x: Tensor): { cos: Buf; sin: Buf } {
+    const key = `${x.backend.name}:${x.dtype}`;
+    let t = this.cache.get(key);
+    if (!t) {
+      const h = this.headDim / 2;
+      const c = new Float64Array(this.maxPos * h);
+      const s = new Float64Array(this.maxPos * h);
+      for (let p = 0; p < this.maxPos; p++)
+        for (let i = 0; i < h; i++) {
+          const invFreq = 1 / Math.pow(this.theta, (2 * i) / this.headDim);
+          c[p * h + i] = Math.cos(p * invFreq);
+          s[p * h + i] = Math.sin(p * invFreq);
+        }
+      const opts = { backend: x.backend, dtype: x.dtype as DType };
+      t = noGrad(() => ({
+        cos: tensorFrom(c, [this.maxPos, h], opts),
+        sin: tensorFrom(s, [this.maxPos, h], opts),
+      }));
+      t.cos.keep();
+      t.sin.keep();
+      this.cache.set(key, t);
+    }
+    return { cos: t.cos.data, sin: t.sin.data };
+  }
+}
+
+function tensorFrom(
+  values: Float64Array,
+  shape: Shape,
+  opts: { backend: Tensor["backend"]; dtype: DType },
+): Tensor {
+  const t = empty(shape, opts);
+  t.data.set(values);
+  return t;
+}
+
+/** Rotary embedding on x [B, T, H, D] at positions posOffset + t. */
+export function rope(x: Tensor, table: RopeTable, posOffset = 0): Tensor {
+  const op = "rope";
+  if (x.rank !== 4) throw new Error(`${op}: x must be [B, T, H, D], got ${fmt(x.shape)}`);
+  const [B, T, H, D] = x.shape as [number, number, number, number];
+  if (D !== table.headDim)
+    throw new Error(`${op}: head dim ${D} but the table was built for ${table.headDim}`);
+  if (posOffset + T > table.maxPos)
+    throw new Error(
+      `${op}: positions up to ${posOffset + T} exceed the table's ${table.maxPos} (max_position_embeddings)`,
+    );
+  const { cos, sin } = table.tables(x);
+  const out = like(x, x.shape);
+  x.backend.rope(x.data, out.data, cos, sin, B, T, H, D, posOffset, false);
+  return record(out, op, [x], (g) => {
+    const gx = like(x, x.shape);
+    x.backend.rope(g.data, gx.data, cos, sin, B, T, H, D, posOffset, true);
+    return [gx];
+  });
+}
+
+export interface AttentionOptions {
+  causal?: boolean;
+  /** Defaults to 1/sqrt(D). */
+  scale?: number;
+}
+
+/**
+ * Fused scaled-dot-product attention with grouped-query heads. q [B, Tq, Hq, D]; k, v [B, Tk, Hkv, D].
+ * Memory kept for backward: q, k, v, the output and one logsumexp per query row ([B, Hq, Tq]);
+ * the [Tq, Tk] probabilities are recomputed in backward, never stored.
+ */
+export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions = {}): Tensor {
+  const op = "attention";
+  checkSame(op, q, k, v);
+  if (q.rank !== 4 || k.rank !== 4 || !sameShape(k.shape, v.shape))
+    throw new Error(
+      `${op}: expected q [B,Tq,Hq,D], k and v [B,Tk,Hkv,D]; got ${fmt(q.shape)}, ${fmt(k.shape)}, ${fmt(v.shape)}`,
+    );
+  const [B, Tq, Hq, D] = q.shape as [number, number, number, number];
+  const [B2, Tk, Hkv, D2] = k.shape as [number, number, number, number];
+  if (B !== B2 || D !== D2 || Hkv === 0 || Hq % Hkv !== 0)
+    throw new Error(
+      `${op}: q ${fmt(q.shape)} and k ${fmt(k.shape)} are incompatible (batch, head dim, or Hq % Hkv)`,
+    );
+  const causal = opts.causal ?? true;
+  if (causal && Tq > Tk) throw new Error(`${op}: causal attention needs Tq <= Tk, got ${Tq} > ${Tk}`);
+  const sc = opts.scale ?? 1 / Math.sqrt(D);
+  const out = like(q, q.shape);
+  const lse = like(q, [B, Hq, Tq]);
+  q.backend.attention(q.data, k.data, v.data, out.data, lse.data, B, Tq, Tk, Hq, Hkv, D, sc, causal);
+  return record(out, op, [q, k, v], (g) => {
+    const gq = like(q, q.shape);
+    const gk = like(k, k.shape);
+    const gv = like(v, v.shape);
+    q.backend.attentionBackward(
+      q.data,
+      k.data,
+      v.data,
+      out.data,
+      lse.data,
+      g.data,
+      gq.data,
+      gk.data,
+      gv.data,
+      B,
+      Tq,
+      Tk,
+      Hq,
+      Hkv,
+      D,
+      sc,
+      causal,
+    );
+    return [gq, gk, gv];
+  });
+}
+
+export interface CrossEntropyOptions {
+  ignoreIndex?: number;
+  reduction?: "mean" | "sum" | "none";
+}
+
+/**
+ * Softmax cross-entropy. logits [..., V]; targets holds one class per row (prod of leading dims).
+ * "mean" averages over rows whose target is not ignoreIndex (default -100), like PyTorch.
+ */
+export function crossEntropy(logits: Tensor, targets: Int32Array, opts: CrossEntropyOptions = {}): Tensor {
+  const op = "crossEntropy";
+  const ignore = opts.ignoreIndex ?? -100;
+  const V = logits.shape[logits.rank - 1] ?? 0;
+  const rows = V === 0 ? 0 : logits.size / V;
+  if (targets.length !== rows)
+    throw new Error(`${op}: ${targets.length} targets for logits ${fmt(logits.shape)} (${rows} rows)`);
+  const loss = like(logits, [rows]);
+  const lse = like(logits, [rows]);
+  logits.backend.crossEntropy(logits.data, targets, loss.data, lse.data, rows, V, ignore);
+  const perRow = record(loss, op, [logits], (g) => {
+    const gl = like(logits, logits.shape);
+    logits.backend.crossEntropyBackward(logits.data, targets, lse.data, g.data, gl.data, rows, V, ignore);
+    return [gl];
+  });
+  const reduction = opts.reduction ?? "mean";
+  if (reduction === "none") return perRow;
+  if (reduction === "sum") return sum(perRow);
+  let count = 0;
+  for (let i = 0; i < rows; i++) if (targets[i] !== ignore) count++;
+  if (count === 0)
+    throw new Error(`${op}: every target equals the ignore index ${ignore}; the mean is undefined`);
+  return scale(sum(perRow), 1 / count);
+}
+
+/** silu(gate) * up, elementwise. */
+export function swiglu(gate: Tensor, up: Tensor): Tensor {
+  const op = "swiglu";
+  checkSame(op, gate, up);
+  if (!sameShape(gate.shape, up.shape))
+    throw new Error(`${op}: gate ${fmt(gate.shape)} and up ${fmt(up.shape)} differ`);
+  const out = like(gate, gate.shape);
+  gate.backend.swiglu(gate.data, up.data, out.data, gate.size);
+  return record(out, op, [gate, up], (g) => {
+    const gg = like(gate, gate.shape);
+    const gu = like(up, up.shape);
+    gate.backend.swigluBackward(gate.data, up.data, g.data, gg.data, gu.data, gate.size);
+    return [gg, gu];
+  });
+}
+
+/** Softmax along one axis (composite: exp(x - max) / sum). */
+export function softmax(x: Tensor, axis = -1): Tensor {
+  const ax = normAxis("softmax", axis, x.rank);
+  const m = noGrad(() => max(x, ax, true));
+  const e = exp(sub(x, m));
+  return div(e, sum(e, ax, true));
+}
+
+export { full, zeros };

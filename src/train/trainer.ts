@@ -1,0 +1,88 @@
+/**
+ * The training step and evaluation, independent of any CLI.
+ *
+ * One step: zero grads → forward + loss → backward (all inside one tidy scope, so every activation
+ * and intermediate gradient is released when it ends) → check the loss is finite → clip → AdamW.
+ * A non-finite loss throws TrainingDiverged before the optimizer touches the weights, so the
+ * parameters (and anything saved earlier) stay as they were.
+ */
+import type { Batch } from "../data/batches.js";
+import type { DecoderLM } from "../model/decoder.js";
+import { tidy } from "../tensor/memory.js";
+import { noGrad } from "../tensor/tensor.js";
+import { AdamW, clipGradNorm, type ParamGroup } from "./optim.js";
+
+export class TrainingDiverged extends Error {
+  constructor(
+    readonly step: number,
+    readonly loss: number,
+  ) {
+    super(
+      `training diverged at step ${step}: the loss is ${loss}. The weights were not updated with it. ` +
+        `Try a lower learning rate (--lr), a longer warmup (--warmup), or gradient clipping (--clip 1.0).`,
+    );
+  }
+}
+
+export interface StepResult {
+  loss: number;
+  gradNorm: number;
+}
+
+export function trainStep(
+  model: DecoderLM,
+  opt: AdamW,
+  batch: Batch,
+  step: number,
+  lrScale: number,
+  clip: number,
+): StepResult {
+  model.zeroGrad();
+  const loss = tidy(() => {
+    const l = model.loss(batch.ids, batch.targets, batch.B, batch.T);
+    l.backward();
+    return l.item();
+  });
+  if (!Number.isFinite(loss)) throw new TrainingDiverged(step, loss);
+  const params = model.parameters();
+  const gradNorm = clip > 0 ? clipGradNorm(params, clip) : NaN;
+  opt.step(lrScale);
+  return { loss, gradNorm };
+}
+
+/** Mean loss over the batches, without building a graph. */
+export function evaluate(model: DecoderLM, batches: readonly Batch[]): number {
+  let total = 0;
+  for (const b of batches) total += noGrad(() => tidy(() => model.loss(b.ids, b.targets, b.B, b.T).item()));
+  return total / batches.length;
+}
+
+/**
+ * The usual AdamW groups: weight decay on matrices (rank >= 2), none on gains/vectors.
+ * `extra` groups (e.g. routing parameters with their own lr) are matched first by name.
+ */
+export function paramGroups(
+  model: DecoderLM,
+  lr: number,
+  weightDecay: number,
+  extra: { name: string; match: (paramName: string) => boolean; lr: number; weightDecay: number }[] = [],
+): ParamGroup[] {
+  const groups: ParamGroup[] = [
+    ...extra.map((e) => ({
+      name: e.name,
+      params: [] as ParamGroup["params"],
+      lr: e.lr,
+      weightDecay: e.weightDecay,
+    })),
+    { name: "matrices", params: [], lr, weightDecay },
+    { name: "vectors", params: [], lr, weightDecay: 0 },
+  ];
+  for (const [name, p] of model.namedParameters()) {
+    const i = extra.findIndex((e) => e.match(name));
+    if (i >= 0) groups[i]!.params.push(p);
+    else groups[p.rank >= 2 ? extra.length : extra.length + 1]!.params.push(p);
+  }
+  return groups.filter((g) => g.params.length > 0);
+}
+
+export { AdamW };

@@ -1,0 +1,104 @@
+/** Shared test helpers: random tensors, comparisons, finite-difference gradient checks. */
+import assert from "node:assert/strict";
+import type { Backend, DType } from "../src/backend/backend.js";
+import { mul, sum } from "../src/tensor/ops.js";
+import { Rng } from "../src/tensor/random.js";
+import { noGrad, type Tensor, tensor } from "../src/tensor/tensor.js";
+import { tidy } from "../src/tensor/memory.js";
+
+export function randTensor(
+  rng: Rng,
+  shape: number[],
+  backend: Backend,
+  dtype: DType = "float64",
+  opts: { lo?: number; hi?: number; requiresGrad?: boolean } = {},
+): Tensor {
+  const n = shape.reduce((p, s) => p * s, 1);
+  const lo = opts.lo ?? -1;
+  const hi = opts.hi ?? 1;
+  const v = Array.from({ length: n }, () => lo + (hi - lo) * rng.uniform());
+  const t = tensor(v, shape, { backend, dtype }).keep();
+  if (opts.requiresGrad ?? true) t.requiresGrad = true;
+  return t;
+}
+
+/** max |a - b| / (atol + rtol-scale), asserting elementwise closeness with a useful message. */
+export function assertClose(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  tol: { rtol?: number; atol?: number },
+  what: string,
+): void {
+  assert.equal(actual.length, expected.length, `${what}: length ${actual.length} vs ${expected.length}`);
+  const rtol = tol.rtol ?? 0;
+  const atol = tol.atol ?? 0;
+  let worst = 0;
+  let at = -1;
+  for (let i = 0; i < actual.length; i++) {
+    const a = actual[i]!;
+    const e = expected[i]!;
+    if (!Number.isFinite(a) && !(Number.isNaN(a) && Number.isNaN(e)) && a !== e) {
+      assert.fail(`${what}: element ${i} is ${a}, expected ${e}`);
+    }
+    const err = Math.abs(a - e) / (atol + rtol * Math.abs(e) || 1e-300);
+    if (err > worst) {
+      worst = err;
+      at = i;
+    }
+  }
+  assert.ok(
+    worst <= 1,
+    `${what}: element ${at} is ${actual[at]}, expected ${expected[at]} (error ${worst.toFixed(2)}× tolerance rtol=${rtol} atol=${atol})`,
+  );
+}
+
+/**
+ * Checks analytic gradients of L = sum(f(inputs) * R) (R fixed random) against central
+ * differences, for every element of every input (or `maxElems` sampled ones).
+ */
+export function gradcheck(
+  name: string,
+  inputs: Tensor[],
+  f: (...xs: Tensor[]) => Tensor,
+  opts: { eps?: number; rtol?: number; atol?: number; seed?: number; maxElems?: number } = {},
+): void {
+  const eps = opts.eps ?? 1e-6;
+  const rng = new Rng(opts.seed ?? 1234);
+  const probe = noGrad(() => tidy(() => f(...inputs).shape.slice()));
+  const R = randTensor(rng, probe, inputs[0]!.backend, inputs[0]!.dtype, { requiresGrad: false });
+  const L = (): number => tidy(() => sum(mul(f(...inputs), R)).item());
+  for (const x of inputs) x.grad = null;
+  tidy(() => sum(mul(f(...inputs), R)).backward());
+  inputs.forEach((x, k) => {
+    if (!x.requiresGrad) return;
+    assert.ok(x.grad, `${name}: input ${k} got no gradient`);
+    const analytic = x.grad!.toArray();
+    const d = x.data;
+    const idx = [...Array(x.size).keys()];
+    const pick =
+      opts.maxElems && idx.length > opts.maxElems
+        ? idx.filter(() => rng.uniform() < opts.maxElems! / idx.length)
+        : idx;
+    const numeric: number[] = [];
+    const got: number[] = [];
+    for (const i of pick) {
+      const orig = d[i]!;
+      d[i] = orig + eps;
+      const lp = noGrad(L);
+      d[i] = orig - eps;
+      const lm = noGrad(L);
+      d[i] = orig;
+      numeric.push((lp - lm) / (2 * eps));
+      got.push(analytic[i]!);
+    }
+    assertClose(
+      got,
+      numeric,
+      { rtol: opts.rtol ?? 1e-6, atol: opts.atol ?? 1e-7 },
+      `${name}: d/d input ${k}`,
+    );
+    x.grad!.dispose();
+    x.grad = null;
+  });
+  R.dispose();
+}

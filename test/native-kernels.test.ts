@@ -1,0 +1,869 @@
+/**
+ * Native backend kernels against the reference backend.
+ *
+ * Every case draws fresh random float32 inputs (the seed is printed in failure messages), fills the
+ * native outputs with NaN (so an element a kernel forgot to write fails the comparison), runs the
+ * reference backend in float64 on the same values, and compares. Tolerances:
+ *  - elementwise kernels (a few float32 ops per element on exactly representable inputs):
+ *    |got - want| <= 1e-5 * |want| + 1e-6 * max|want| (the second term covers results that cancel
+ *    towards zero, where a relative bound on the element itself is meaningless);
+ *  - anything summing K products (gemm, attention, norms, reductions): max|got - want| <=
+ *    1e-5 * (1 + sqrt(K)) * max|want|. Float32 accumulation of K random-sign terms has an error growing
+ *    like sqrt(K) * 6e-8 * (term size); the bound leaves two orders of magnitude on eps while still
+ *    failing on any wrong index, missing term or unwritten element.
+ */
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
+
+import { BINARY_OPS, UNARY_OPS, type Backend, type BinaryOp, type UnaryOp } from "../src/backend/backend.js";
+import { loadNativeBackend, measurePeakGflops, nativeInfo } from "../src/backend/native/index.js";
+import { referenceBackend as ref } from "../src/backend/reference/index.js";
+
+const nat: Backend = loadNativeBackend();
+
+// ------------------------------------------------------------------ helpers
+
+const SEED = (Date.now() ^ (process.pid << 10)) >>> 0;
+let state = SEED;
+/** mulberry32: uniform in [0, 1). */
+function rand(): number {
+  state = (state + 0x6d2b79f5) >>> 0;
+  let t = state;
+  t = Math.imul(t ^ (t >>> 15), t | 1);
+  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+}
+function randInt(n: number): number {
+  return Math.floor(rand() * n);
+}
+
+/** A native buffer of n random values in [lo, hi). */
+function rnd(n: number, lo = -1, hi = 1): Float32Array {
+  const a = nat.alloc("float32", n) as Float32Array;
+  for (let i = 0; i < n; i++) a[i] = lo + (hi - lo) * rand();
+  return a;
+}
+/** A native buffer of n NaNs. */
+function nans(n: number): Float32Array {
+  const a = nat.alloc("float32", n) as Float32Array;
+  a.fill(NaN);
+  return a;
+}
+function f64(a: Float32Array): Float64Array {
+  return Float64Array.from(a);
+}
+function maxAbs(a: ArrayLike<number>, n = a.length): number {
+  let m = 0;
+  for (let i = 0; i < n; i++) m = Math.max(m, Math.abs(a[i]!));
+  return m;
+}
+
+/** Elementwise bound: |got - want| <= rtol*|want| + 1e-6*max|want| for every i < n. */
+function closeElementwise(
+  name: string,
+  got: ArrayLike<number>,
+  want: ArrayLike<number>,
+  n = want.length,
+): void {
+  const floor = 1e-6 * maxAbs(want, n);
+  for (let i = 0; i < n; i++) {
+    const g = got[i]!;
+    const w = want[i]!;
+    if (Number.isNaN(w) && Number.isNaN(g)) continue;
+    if (g === w) continue;
+    const ok = Math.abs(g - w) <= 1e-5 * Math.abs(w) + floor;
+    if (!ok) assert.fail(`${name}[${i}]: got ${g}, want ${w} (n=${n}, seed ${SEED})`);
+  }
+}
+
+/**
+ * Dot-product bound: max|got - want| <= 1e-5*(1+sqrt(K))*scale, scale = max|want| unless the caller
+ * passes the size of the summed terms (for outputs that cancel by construction). NaN never passes.
+ */
+function closeDot(
+  name: string,
+  got: ArrayLike<number>,
+  want: ArrayLike<number>,
+  K: number,
+  scale = maxAbs(want),
+  n = want.length,
+): void {
+  const tol = 1e-5 * (1 + Math.sqrt(K)) * Math.max(scale, 1e-30);
+  for (let i = 0; i < n; i++) {
+    const g = got[i]!;
+    const w = want[i]!;
+    if (g === w) continue;
+    if (!(Math.abs(g - w) <= tol))
+      assert.fail(`${name}[${i}]: got ${g}, want ${w} (K=${K}, tol ${tol}, seed ${SEED})`);
+  }
+}
+
+// ------------------------------------------------------------------ gemm
+
+describe("gemm", () => {
+  const cases: Array<[number, number, number, number, boolean]> = [
+    // M, N, K, batch, strideB zero
+    [1, 1, 1, 1, false],
+    [7, 13, 37, 1, false],
+    [13, 1, 7, 2, false],
+    [129, 67, 255, 1, false],
+    [129, 67, 255, 3, true],
+    [37, 41, 1, 1, false],
+    [16, 16, 16, 70, false], // many small matrices: the parallel-over-batch path
+  ];
+  for (const [M, N, K, batch, sharedB] of cases)
+    for (const transA of [false, true])
+      for (const transB of [false, true])
+        for (const beta of [0, 0.5])
+          test(`M=${M} N=${N} K=${K} batch=${batch}${sharedB ? " strideB=0" : ""} tA=${transA} tB=${transB} beta=${beta}`, () => {
+            const aRows = transA ? K : M;
+            const aCols = transA ? M : K;
+            const bRows = transB ? N : K;
+            const bCols = transB ? K : N;
+            const lda = aCols + 3;
+            const ldb = bCols + 1;
+            const ldc = N + 2;
+            const offA = 5;
+            const offB = 2;
+            const offC = 3;
+            const strideA = aRows * lda + 4;
+            const strideB = sharedB ? 0 : bRows * ldb + 1;
+            const strideC = M * ldc + 7;
+            const A = rnd(offA + batch * strideA);
+            const B = rnd(offB + (sharedB ? bRows * ldb : batch * strideB));
+            const C = beta === 0 ? nans(offC + batch * strideC) : rnd(offC + batch * strideC);
+            const alpha = 0.75;
+            const C64 = f64(C);
+            ref.gemm(
+              transA,
+              transB,
+              batch,
+              M,
+              N,
+              K,
+              alpha,
+              f64(A),
+              offA,
+              lda,
+              strideA,
+              f64(B),
+              offB,
+              ldb,
+              strideB,
+              beta,
+              C64,
+              offC,
+              ldc,
+              strideC,
+            );
+            nat.gemm(
+              transA,
+              transB,
+              batch,
+              M,
+              N,
+              K,
+              alpha,
+              A,
+              offA,
+              lda,
+              strideA,
+              B,
+              offB,
+              ldb,
+              strideB,
+              beta,
+              C,
+              offC,
+              ldc,
+              strideC,
+            );
+            for (let b = 0; b < batch; b++)
+              for (let i = 0; i < M; i++) {
+                const o = offC + b * strideC + i * ldc;
+                const got = C.subarray(o, o + N);
+                const want = C64.subarray(o, o + N);
+                for (const g of got) assert.ok(!Number.isNaN(g), `NaN leaked into C (beta=${beta})`);
+                closeDot(`C[b=${b},i=${i}]`, got, want, K);
+              }
+            // Padding columns [N, ldc) of every row are untouched.
+            for (let b = 0; b < batch; b++)
+              for (let i = 0; i < M; i++)
+                for (let j = N; j < ldc; j++) {
+                  const idx = offC + b * strideC + i * ldc + j;
+                  const g = C[idx]!;
+                  const w = C64[idx]!;
+                  assert.ok(Object.is(g, Math.fround(w)), `padding C[${idx}] changed: ${g} vs ${w}`);
+                }
+          });
+
+  test("beta=0 with NaN/Inf C never propagates, K=0 writes beta*C", () => {
+    const M = 33;
+    const N = 65;
+    const K = 17;
+    const A = rnd(M * K);
+    const B = rnd(K * N);
+    const C = nans(M * N);
+    C[5] = Infinity;
+    nat.gemm(false, false, 1, M, N, K, 1, A, 0, K, 0, B, 0, N, 0, 0, C, 0, N, 0);
+    for (const v of C) assert.ok(Number.isFinite(v));
+    const C2 = nans(M * N);
+    nat.gemm(false, false, 1, M, N, 0, 1, A, 0, 1, 0, B, 0, N, 0, 0, C2, 0, N, 0);
+    for (const v of C2) assert.equal(v, 0);
+  });
+
+  test("bounds and layout errors throw", () => {
+    const A = rnd(10);
+    const B = rnd(10);
+    const C = rnd(10);
+    assert.throws(
+      () => nat.gemm(false, false, 1, 4, 2, 3, 1, A, 0, 3, 0, B, 0, 2, 0, 0, C, 0, 2, 0),
+      /gemm: A has 10 elements, needs 12/,
+    );
+    assert.throws(
+      () => nat.gemm(false, false, 2, 2, 2, 2, 1, A, 0, 2, 4, B, 0, 2, 4, 0, C, 0, 2, 8),
+      /gemm: C has 10 elements, needs 12/,
+    );
+    assert.throws(
+      () => nat.gemm(false, false, 1, 2, 2, 2, 1, A, 0, 1, 0, B, 0, 2, 0, 0, C, 0, 2, 0),
+      /gemm: ld of A/,
+    );
+    assert.throws(
+      () => nat.gemm(false, false, 1, 2, 2, 2, 1, A, -1, 2, 0, B, 0, 2, 0, 0, C, 0, 2, 0),
+      /gemm: offA must be >= 0/,
+    );
+    assert.throws(
+      () => nat.gemm(false, false, 1, 2, 2, 2, 1, new Float64Array(4), 0, 2, 0, B, 0, 2, 0, 0, C, 0, 2, 0),
+      /float32-only/,
+    );
+  });
+});
+
+// ------------------------------------------------------------------ elementwise
+
+function unaryInput(op: UnaryOp, n: number): Float32Array {
+  return op === "log" || op === "sqrt" || op === "rsqrt" ? rnd(n, 0.05, 4) : rnd(n, -4, 4);
+}
+
+describe("unary / unaryGrad", () => {
+  for (const op of UNARY_OPS)
+    for (const n of [1, 7, 37, 50001])
+      test(`${op} n=${n}`, () => {
+        const x = unaryInput(op, n);
+        const out = nans(n);
+        const want = new Float64Array(n);
+        ref.unary(op, f64(x), want, n);
+        nat.unary(op, x, out, n);
+        closeElementwise(op, out, want);
+        // grad: y as computed natively, compared with the reference given the same x, y, gy
+        const gy = rnd(n);
+        const gx = nans(n);
+        const gwant = new Float64Array(n);
+        ref.unaryGrad(op, f64(x), f64(out), f64(gy), gwant, n);
+        nat.unaryGrad(op, x, out, gy, gx, n);
+        closeElementwise(`${op}'`, gx, gwant);
+        // in-place (out aliases x)
+        const x2 = Float32Array.from(x);
+        nat.unary(op, x2, x2, n);
+        assert.deepEqual(x2, out);
+      });
+
+  test("n beyond the buffers throws, Float64Array rejected", () => {
+    assert.throws(() => nat.unary("exp", rnd(5), rnd(4), 5), /unary: out has 4 elements, needs 5/);
+    assert.throws(
+      () => nat.unary("exp", new Float64Array(5), rnd(5), 5),
+      /unary: x is a Float64Array.*float32-only/,
+    );
+    assert.throws(() => nat.unary("nope" as UnaryOp, rnd(5), rnd(5), 5), /unary: unknown unary op/);
+    assert.throws(() => nat.unaryGrad("exp", rnd(5), rnd(5), rnd(4), rnd(5), 5), /unaryGrad: gy has 4/);
+  });
+});
+
+describe("binary", () => {
+  // [name, outShape, aStrides, aLen, bStrides, bLen]
+  const cases: Array<[string, number[], number[], number, number[], number]> = [
+    ["same shape", [37], [1], 37, [1], 37],
+    ["same shape 2d", [7, 13], [13, 1], 91, [13, 1], 91],
+    ["b scalar", [7, 13], [13, 1], 91, [0, 0], 1],
+    ["a scalar", [13, 7], [0, 0], 1, [7, 1], 91],
+    ["row broadcast", [13, 7], [7, 1], 91, [0, 1], 7],
+    ["row broadcast a", [13, 7], [0, 1], 7, [7, 1], 91],
+    ["column broadcast", [7, 13], [13, 1], 91, [1, 0], 7],
+    ["transposed a", [5, 7, 3], [1, 15, 5], 105, [21, 3, 1], 105],
+    ["rank 0", [], [], 1, [], 1],
+    ["rank 8", [2, 1, 3, 2, 1, 2, 3, 2], [72, 72, 24, 12, 12, 6, 2, 1], 144, [0, 0, 1, 0, 0, 0, 0, 0], 3],
+    ["large same", [301, 200], [200, 1], 60200, [200, 1], 60200],
+    ["large row broadcast", [301, 200], [200, 1], 60200, [0, 1], 200],
+    ["large general", [200, 301], [1, 200], 60200, [301, 1], 60200],
+    ["zero size", [3, 0, 2], [0, 2, 1], 1, [0, 0, 1], 2],
+  ];
+  for (const op of BINARY_OPS)
+    for (const [name, shape, aS, aLen, bS, bLen] of cases)
+      test(`${op} ${name}`, () => {
+        const a = rnd(aLen, -2, 2);
+        const b = rnd(bLen, -2, 2);
+        if (op === "eq") for (let i = 0; i < Math.min(aLen, bLen); i += 3) b[i] = a[i]!;
+        const total = shape.reduce((p, s) => p * s, 1);
+        const out = nans(total);
+        const want = new Float64Array(total);
+        ref.binary(op, f64(a), aS, f64(b), bS, want, shape);
+        nat.binary(op, a, aS, b, bS, out, shape);
+        closeElementwise(`${op}`, out, want);
+      });
+
+  test("max/min propagate NaN like the reference; out may alias a", () => {
+    for (const op of ["max", "min"] as BinaryOp[]) {
+      const a = Float32Array.from([1, NaN, 3, NaN, -0]);
+      const b = Float32Array.from([NaN, 2, 1, NaN, 0]);
+      const out = nans(5);
+      const want = new Float64Array(5);
+      ref.binary(op, f64(a), [1], f64(b), [1], want, [5]);
+      nat.binary(op, a, [1], b, [1], out, [5]);
+      for (let i = 0; i < 5; i++) assert.equal(Number.isNaN(out[i]), Number.isNaN(want[i]), `${op}[${i}]`);
+    }
+    const a = rnd(37);
+    const b = rnd(37);
+    const want = new Float64Array(37);
+    ref.binary("mul", f64(a), [1], f64(b), [1], want, [37]);
+    nat.binary("mul", a, [1], b, [1], a, [37]);
+    closeElementwise("mul in place", a, want);
+  });
+
+  test("out-of-range strides throw", () => {
+    assert.throws(
+      () => nat.binary("add", rnd(6), [3, 1], rnd(6), [3, 1], rnd(9), [3, 3]),
+      /binary: a has 6 elements, needs 9/,
+    );
+    assert.throws(
+      () => nat.binary("add", rnd(9), [3, 1], rnd(9), [3, 1], rnd(8), [3, 3]),
+      /binary: out has 8/,
+    );
+    assert.throws(
+      () => nat.binary("add", rnd(9), [3, 1], rnd(9), [3], rnd(9), [3, 3]),
+      /binary: .*equal length/,
+    );
+  });
+});
+
+describe("reduce", () => {
+  const shapes: number[][] = [[1], [7], [7, 13, 5], [2, 3, 1, 5], [301, 203], [3, 200, 67]];
+  for (const shape of shapes) {
+    const rank = shape.length;
+    const axesList: number[][] = [];
+    for (let mask = 0; mask < 1 << rank; mask++)
+      axesList.push([...Array(rank).keys()].filter((k) => mask & (1 << k)));
+    for (const op of ["sum", "max"] as const)
+      for (const axes of axesList)
+        test(`${op} [${shape}] axes [${axes}]`, () => {
+          const n = shape.reduce((p, s) => p * s, 1);
+          const x = rnd(n);
+          const nOut = shape.reduce((p, s, k) => p * (axes.includes(k) ? 1 : s), 1);
+          const K = n / nOut;
+          const out = nans(nOut);
+          const want = new Float64Array(nOut);
+          ref.reduce(op, f64(x), shape, axes, want);
+          nat.reduce(op, x, shape, axes, out);
+          if (op === "max") assert.deepEqual(Array.from(out), Array.from(want, Math.fround));
+          else closeDot("sum", out, want, K);
+        });
+  }
+  test("rank 0 and bad axes", () => {
+    const out = nans(1);
+    nat.reduce("sum", Float32Array.from([2.5]), [], [], out);
+    assert.equal(out[0], 2.5);
+    assert.throws(() => nat.reduce("sum", rnd(6), [2, 3], [2], rnd(6)), /reduce: axis 2 out of range/);
+    assert.throws(() => nat.reduce("sum", rnd(6), [2, 3], [1, 0], rnd(6)), /reduce: axes must be sorted/);
+    assert.throws(() => nat.reduce("sum", rnd(5), [2, 3], [1], rnd(2)), /reduce: x has 5 elements, needs 6/);
+  });
+});
+
+describe("copy", () => {
+  // [name, shape, srcOff, srcStrides, srcLen, dstOff, dstStrides, dstLen]
+  const cases: Array<[string, number[], number, number[], number, number, number[], number]> = [
+    ["contiguous", [7, 13], 0, [13, 1], 91, 0, [13, 1], 91],
+    ["permute", [5, 7, 3], 0, [1, 15, 5], 105, 0, [21, 3, 1], 105],
+    ["slice into concat", [7, 5], 3, [13, 2], 95, 4, [11, 1], 81],
+    ["expand", [7, 13], 0, [0, 1], 13, 0, [13, 1], 91],
+    ["reduce by accumulate (dst stride 0)", [37, 13], 0, [13, 1], 481, 1, [0, 1], 14],
+    ["rank 0", [], 2, [], 3, 1, [], 2],
+    ["large permute", [61, 37, 29], 0, [1, 61, 2257], 65453, 0, [1073, 29, 1], 65453],
+    ["large slice", [301, 150], 7, [301, 2], 90700, 0, [150, 1], 45150],
+  ];
+  for (const accumulate of [false, true])
+    for (const [name, shape, so, ss, sl, dOff, ds, dl] of cases)
+      test(`${name} accumulate=${accumulate}`, () => {
+        const src = rnd(sl);
+        const dst = rnd(dl);
+        const want = f64(dst);
+        ref.copy(f64(src), so, ss, want, dOff, ds, shape, accumulate);
+        nat.copy(src, so, ss, dst, dOff, ds, shape, accumulate);
+        const K = name.includes("accumulate") && accumulate ? 38 : 1;
+        if (K === 1 && !name.includes("dst stride 0")) closeElementwise("dst", dst, want);
+        else closeDot("dst", dst, want, 38);
+      });
+  test("out-of-range copy throws", () => {
+    assert.throws(
+      () => nat.copy(rnd(10), 2, [3, 1], rnd(20), 0, [4, 1], [3, 3], false),
+      /copy: src has 10 elements, needs 11/,
+    );
+    assert.throws(
+      () => nat.copy(rnd(20), 0, [3, 1], rnd(10), 0, [4, 1], [3, 3], true),
+      /copy: dst has 10 elements, needs 11/,
+    );
+  });
+});
+
+describe("fill / axpy / sumSquares", () => {
+  for (const n of [0, 1, 13, 200003])
+    test(`n=${n}`, () => {
+      const out = nans(n + 3);
+      nat.fill(out, 1.25, n);
+      for (let i = 0; i < n; i++) assert.equal(out[i], 1.25);
+      for (let i = n; i < n + 3; i++) assert.ok(Number.isNaN(out[i]), "fill wrote past n");
+      const x = rnd(n);
+      const y = rnd(n);
+      const want = f64(y);
+      ref.axpy(n, -0.3, f64(x), want);
+      nat.axpy(n, -0.3, x, y);
+      closeElementwise("axpy", y, want);
+      const s = nat.sumSquares(x, n);
+      const sw = ref.sumSquares(f64(x), n);
+      assert.ok(Math.abs(s - sw) <= 1e-12 * (1 + sw), `sumSquares ${s} vs ${sw}`);
+    });
+  test("errors", () => {
+    assert.throws(() => nat.fill(rnd(3), 0, 4), /fill: out has 3 elements, needs 4/);
+    assert.throws(() => nat.axpy(4, 1, rnd(4), rnd(3)), /axpy: y has 3/);
+    assert.throws(() => nat.sumSquares(new Float64Array(3), 3), /float32-only/);
+  });
+});
+
+// ------------------------------------------------------------------ model kernels
+
+describe("embedding", () => {
+  for (const [n, d, vocab] of [
+    [1, 1, 1],
+    [13, 7, 5],
+    [301, 129, 37],
+  ])
+    test(`n=${n} d=${d} vocab=${vocab} (repeated ids)`, () => {
+      const w = rnd(vocab * d);
+      const ids = new Int32Array(n);
+      for (let i = 0; i < n; i++) ids[i] = randInt(vocab);
+      if (n > 2) ids[1] = ids[0]!; // a repeat for sure
+      const out = nans(n * d);
+      const want = new Float64Array(n * d);
+      ref.embedding(f64(w), ids, want, n, d, vocab);
+      nat.embedding(w, ids, out, n, d, vocab);
+      closeElementwise("out", out, want);
+      const gout = rnd(n * d);
+      const gw = rnd(vocab * d);
+      const gwant = f64(gw);
+      ref.embeddingBackward(f64(gout), ids, gwant, n, d, vocab);
+      nat.embeddingBackward(gout, ids, gw, n, d, vocab);
+      closeDot("gweight", gw, gwant, n);
+    });
+  test("ids out of range throw", () => {
+    assert.throws(
+      () => nat.embedding(rnd(15), Int32Array.from([0, 5]), rnd(6), 2, 3, 5),
+      /embedding: ids\[1\] = 5 is outside \[0, 5\)/,
+    );
+    assert.throws(
+      () => nat.embeddingBackward(rnd(6), Int32Array.from([-1, 0]), rnd(15), 2, 3, 5),
+      /embeddingBackward: ids\[0\] = -1/,
+    );
+    assert.throws(
+      () => nat.embedding(rnd(15), Int32Array.from([0]), rnd(6), 2, 3, 5),
+      /embedding: ids has 1 elements, needs 2/,
+    );
+  });
+});
+
+describe("rmsnorm", () => {
+  for (const [rows, d] of [
+    [1, 1],
+    [13, 7],
+    [301, 129],
+  ])
+    for (const withW of [true, false])
+      test(`rows=${rows} d=${d} w=${withW}`, () => {
+        const x = rnd(rows * d, -2, 2);
+        const w = withW ? rnd(d, 0.5, 1.5) : null;
+        const out = nans(rows * d);
+        const rstd = nans(rows);
+        const want = new Float64Array(rows * d);
+        const rwant = new Float64Array(rows);
+        ref.rmsnorm(f64(x), w && f64(w), want, rwant, rows, d, 1e-5);
+        nat.rmsnorm(x, w, out, rstd, rows, d, 1e-5);
+        closeDot("out", out, want, d);
+        closeDot("rstd", rstd, rwant, d);
+        const gy = rnd(rows * d);
+        for (const wantGw of [true, false]) {
+          const gx = nans(rows * d);
+          const gw = wantGw ? nans(d) : null;
+          const gxw = new Float64Array(rows * d);
+          const gww = new Float64Array(d);
+          ref.rmsnormBackward(f64(x), w && f64(w), f64(rstd), f64(gy), gxw, wantGw ? gww : null, rows, d);
+          nat.rmsnormBackward(x, w, rstd, gy, gx, gw, rows, d);
+          // gx = rstd*g*w - x*(...) cancels exactly for d = 1: measure against the size of rstd*gy*w.
+          let gScale = 0;
+          for (let r = 0; r < rows; r++)
+            for (let c = 0; c < d; c++)
+              gScale = Math.max(gScale, Math.abs(rstd[r]! * gy[r * d + c]! * (w ? w[c]! : 1)));
+          closeDot("gx", gx, gxw, d, gScale);
+          if (gw && w) closeDot("gw", gw, gww, rows);
+          if (gw && !w) for (const v of gw) assert.ok(Number.isNaN(v), "gw written without w");
+        }
+      });
+  test("errors", () => {
+    assert.throws(
+      () => nat.rmsnorm(rnd(12), rnd(3), rnd(12), rnd(3), 3, 4, 1e-5),
+      /rmsnorm: w has 3 elements, needs 4/,
+    );
+    assert.throws(
+      () => nat.rmsnormBackward(rnd(12), null, rnd(2), rnd(12), rnd(12), null, 3, 4),
+      /rmsnormBackward: rstd has 2/,
+    );
+  });
+});
+
+describe("rope", () => {
+  for (const [B, T, H, D, off] of [
+    [1, 1, 1, 2, 0],
+    [2, 7, 3, 16, 5],
+    [3, 37, 4, 34, 2],
+  ])
+    for (const inverse of [false, true])
+      test(`B=${B} T=${T} H=${H} D=${D} posOffset=${off} inverse=${inverse}`, () => {
+        const h = D / 2;
+        const maxPos = off + T + 3;
+        const cos = nat.alloc("float32", maxPos * h) as Float32Array;
+        const sin = nat.alloc("float32", maxPos * h) as Float32Array;
+        for (let p = 0; p < maxPos; p++)
+          for (let c = 0; c < h; c++) {
+            const ang = p / Math.pow(10000, (2 * c) / D);
+            cos[p * h + c] = Math.cos(ang);
+            sin[p * h + c] = Math.sin(ang);
+          }
+        const n = B * T * H * D;
+        const x = rnd(n);
+        const out = nans(n);
+        const want = new Float64Array(n);
+        ref.rope(f64(x), want, f64(cos), f64(sin), B, T, H, D, off, inverse);
+        nat.rope(x, out, cos, sin, B, T, H, D, off, inverse);
+        closeDot("out", out, want, 2);
+        const back = nans(n);
+        nat.rope(out, back, cos, sin, B, T, H, D, off, !inverse);
+        closeDot("round trip", back, x, 4);
+      });
+  test("errors", () => {
+    assert.throws(
+      () => nat.rope(rnd(12), rnd(12), rnd(4), rnd(4), 1, 2, 2, 3, 0, false),
+      /rope: D must be even/,
+    );
+    assert.throws(
+      () => nat.rope(rnd(16), rnd(16), rnd(5), rnd(8), 1, 2, 2, 4, 1, false),
+      /rope: cos has 5 elements, needs 6/,
+    );
+  });
+});
+
+describe("attention", () => {
+  const cases: Array<[number, number, number, number, number, number]> = [
+    // B, Tq, Tk, Hq, Hkv, D
+    [1, 1, 1, 1, 1, 1],
+    [2, 67, 67, 6, 2, 16],
+    [1, 13, 37, 4, 4, 8], // Tq < Tk: queries are the last 13 positions
+    [2, 70, 131, 3, 1, 7], // more than one query block, GQA with a single kv head
+    [3, 5, 5, 2, 2, 13],
+  ];
+  for (const [B, Tq, Tk, Hq, Hkv, D] of cases)
+    for (const causal of [true, false])
+      test(`B=${B} Tq=${Tq} Tk=${Tk} Hq=${Hq} Hkv=${Hkv} D=${D} causal=${causal}`, () => {
+        const nq = B * Tq * Hq * D;
+        const nk = B * Tk * Hkv * D;
+        const q = rnd(nq, -2, 2);
+        const k = rnd(nk, -2, 2);
+        const v = rnd(nk);
+        const scale = 1 / Math.sqrt(D);
+        const out = nans(nq);
+        const lse = nans(B * Hq * Tq);
+        const outW = new Float64Array(nq);
+        const lseW = new Float64Array(B * Hq * Tq);
+        ref.attention(f64(q), f64(k), f64(v), outW, lseW, B, Tq, Tk, Hq, Hkv, D, scale, causal);
+        nat.attention(q, k, v, out, lse, B, Tq, Tk, Hq, Hkv, D, scale, causal);
+        closeDot("out", out, outW, Tk + D);
+        closeDot("lse", lse, lseW, Tk + D);
+        const gout = rnd(nq);
+        const gq = nans(nq);
+        const gk = nans(nk);
+        const gv = nans(nk);
+        const gqW = new Float64Array(nq);
+        const gkW = new Float64Array(nk);
+        const gvW = new Float64Array(nk);
+        ref.attentionBackward(
+          f64(q),
+          f64(k),
+          f64(v),
+          f64(out),
+          f64(lse),
+          f64(gout),
+          gqW,
+          gkW,
+          gvW,
+          B,
+          Tq,
+          Tk,
+          Hq,
+          Hkv,
+          D,
+          scale,
+          causal,
+        );
+        nat.attentionBackward(q, k, v, out, lse, gout, gq, gk, gv, B, Tq, Tk, Hq, Hkv, D, scale, causal);
+        const G = Hq / Hkv;
+        closeDot("gq", gq, gqW, Tk + D);
+        closeDot("gk", gk, gkW, Tq * G + D);
+        closeDot("gv", gv, gvW, Tq * G + D);
+      });
+
+  test("same results with 1 thread", () => {
+    const [B, T, H, D] = [2, 67, 4, 16];
+    const n = B * T * H * D;
+    const q = rnd(n);
+    const k = rnd(n);
+    const v = rnd(n);
+    const run = (): Float32Array => {
+      const out = nans(n);
+      nat.attention(q, k, v, out, nans(B * H * T), B, T, T, H, H, D, 0.25, true);
+      return out;
+    };
+    const before = nat.threads();
+    const multi = run();
+    nat.setThreads(1);
+    try {
+      assert.equal(nat.threads(), 1);
+      closeDot("out", run(), multi, T);
+    } finally {
+      nat.setThreads(before);
+    }
+    assert.equal(nat.threads(), before);
+  });
+
+  test("errors", () => {
+    const [B, T, H, D] = [1, 4, 2, 16];
+    const n = B * T * H * D;
+    assert.throws(
+      () => nat.attention(rnd(n), rnd(100), rnd(n), rnd(n), rnd(8), B, T, T, H, H, D, 1, true),
+      /attention: k has 100 elements, needs 128/,
+    );
+    assert.throws(
+      () => nat.attention(rnd(n), rnd(n), rnd(n), rnd(n), rnd(8), B, T, T, 2, 3, D, 1, true),
+      /attention: Hq \(2\) must be a multiple of Hkv \(3\)/,
+    );
+    assert.throws(
+      () => nat.attention(rnd(n), rnd(64), rnd(64), rnd(n), rnd(8), B, T, 2, H, H, D, 1, true),
+      /attention: causal needs Tq <= Tk/,
+    );
+    assert.throws(
+      () =>
+        nat.attentionBackward(
+          rnd(n),
+          rnd(n),
+          rnd(n),
+          rnd(n),
+          rnd(7),
+          rnd(n),
+          rnd(n),
+          rnd(n),
+          rnd(n),
+          B,
+          T,
+          T,
+          H,
+          H,
+          D,
+          1,
+          true,
+        ),
+      /attentionBackward: lse has 7 elements, needs 8/,
+    );
+    assert.throws(
+      () =>
+        nat.attention(rnd(n), rnd(n), rnd(n), rnd(n), rnd(8), B, T, T, H, H, D, 1, 1 as unknown as boolean),
+      /attention: causal must be a boolean/,
+    );
+  });
+});
+
+describe("crossEntropy", () => {
+  for (const [rows, V] of [
+    [1, 1],
+    [13, 37],
+    [67, 1001],
+  ])
+    test(`rows=${rows} V=${V} with ignored rows`, () => {
+      const logits = rnd(rows * V, -5, 5);
+      const targets = new Int32Array(rows);
+      for (let r = 0; r < rows; r++) targets[r] = r % 4 === 1 ? -100 : randInt(V);
+      const loss = nans(rows);
+      const lse = nans(rows);
+      const lossW = new Float64Array(rows);
+      const lseW = new Float64Array(rows);
+      ref.crossEntropy(f64(logits), targets, lossW, lseW, rows, V, -100);
+      nat.crossEntropy(logits, targets, loss, lse, rows, V, -100);
+      closeDot("lse", lse, lseW, V);
+      closeDot("loss", loss, lossW, V);
+      for (let r = 0; r < rows; r++) if (targets[r] === -100) assert.equal(loss[r], 0);
+      const gloss = rnd(rows, 0.1, 2);
+      const gl = nans(rows * V);
+      const glW = new Float64Array(rows * V);
+      ref.crossEntropyBackward(f64(logits), targets, f64(lse), f64(gloss), glW, rows, V, -100);
+      nat.crossEntropyBackward(logits, targets, lse, gloss, gl, rows, V, -100);
+      closeDot("glogits", gl, glW, 1);
+      for (let r = 0; r < rows; r++)
+        if (targets[r] === -100) for (let c = 0; c < V; c++) assert.equal(gl[r * V + c], 0);
+    });
+  test("targets outside [0, V) that are not the ignore index throw", () => {
+    assert.throws(
+      () => nat.crossEntropy(rnd(6), Int32Array.from([0, 3]), rnd(2), rnd(2), 2, 3, -100),
+      /crossEntropy: targets\[1\] = 3 is outside \[0, 3\)/,
+    );
+    assert.throws(
+      () => nat.crossEntropyBackward(rnd(6), Int32Array.from([-1, 0]), rnd(2), rnd(2), rnd(6), 2, 3, -100),
+      /crossEntropyBackward: targets\[0\] = -1/,
+    );
+    assert.throws(
+      () => nat.crossEntropy(rnd(6), new Int32Array(2), rnd(1), rnd(2), 2, 3, -100),
+      /crossEntropy: loss has 1/,
+    );
+  });
+});
+
+describe("swiglu", () => {
+  for (const n of [1, 7, 37, 40009])
+    test(`n=${n}`, () => {
+      const gate = rnd(n, -6, 6);
+      const up = rnd(n, -2, 2);
+      const out = nans(n);
+      const want = new Float64Array(n);
+      ref.swiglu(f64(gate), f64(up), want, n);
+      nat.swiglu(gate, up, out, n);
+      closeElementwise("out", out, want);
+      const gout = rnd(n);
+      const gg = nans(n);
+      const gu = nans(n);
+      const ggW = new Float64Array(n);
+      const guW = new Float64Array(n);
+      ref.swigluBackward(f64(gate), f64(up), f64(gout), ggW, guW, n);
+      nat.swigluBackward(gate, up, gout, gg, gu, n);
+      closeElementwise("ggate", gg, ggW);
+      closeElementwise("gup", gu, guW);
+      // aliasing: outputs over inputs
+      const g2 = Float32Array.from(gate);
+      const u2 = Float32Array.from(up);
+      nat.swigluBackward(g2, u2, gout, g2, u2, n);
+      assert.deepEqual(g2, gg);
+      assert.deepEqual(u2, gu);
+    });
+});
+
+describe("adamw", () => {
+  for (const n of [1, 13, 40007])
+    test(`n=${n}, 3 steps`, () => {
+      const p = rnd(n);
+      const m = rnd(n, -0.01, 0.01);
+      const v = rnd(n, 0, 1e-4);
+      const [p64, m64, v64] = [f64(p), f64(m), f64(v)];
+      const [lr, b1, b2, eps, wd] = [1e-2, 0.9, 0.95, 1e-8, 0.1];
+      for (let t = 1; t <= 3; t++) {
+        const g = rnd(n);
+        const bc1 = 1 - Math.pow(b1, t);
+        const bc2 = 1 - Math.pow(b2, t);
+        ref.adamw(p64, f64(g), m64, v64, n, lr, b1, b2, eps, wd, bc1, bc2);
+        nat.adamw(p, g, m, v, n, lr, b1, b2, eps, wd, bc1, bc2);
+      }
+      closeElementwise("m", m, m64);
+      closeElementwise("v", v, v64);
+      closeElementwise("p", p, p64);
+    });
+  test("errors", () => {
+    assert.throws(
+      () => nat.adamw(rnd(4), rnd(4), rnd(3), rnd(4), 4, 1e-3, 0.9, 0.999, 1e-8, 0, 0.1, 0.001),
+      /adamw: m has 3 elements, needs 4/,
+    );
+  });
+});
+
+// ------------------------------------------------------------------ memory, threads, info
+
+describe("memory", () => {
+  test("alloc: float32, 64-byte aligned, n = 0 works, float64 rejected", () => {
+    const before = nat.memoryStats();
+    const a = nat.alloc("float32", 1001) as Float32Array;
+    const z = nat.alloc("float32", 0) as Float32Array;
+    assert.ok(a instanceof Float32Array);
+    assert.equal(a.length, 1001);
+    assert.equal(z.length, 0);
+    const after = nat.memoryStats();
+    assert.equal(after.allocatedBytes - before.allocatedBytes, 4004);
+    assert.equal(after.buffers - before.buffers, 2);
+    assert.throws(
+      () => nat.alloc("float64", 4),
+      /native backend is float32-only; use ATTNRES_BACKEND=reference for float64/,
+    );
+    assert.throws(() => nat.alloc("float32", -1), /alloc: n must be >= 0/);
+    a.fill(3);
+    assert.equal(a[1000], 3);
+  });
+
+  test("memoryStats goes down after buffers are garbage-collected", async () => {
+    // gc() without --expose-gc on the command line: enable the flag, then fetch gc from a new context.
+    setFlagsFromString("--expose-gc");
+    const gc = runInNewContext("gc") as () => void;
+    const base = nat.memoryStats();
+    (() => {
+      const bufs: Float32Array[] = [];
+      for (let i = 0; i < 20; i++) bufs.push(nat.alloc("float32", 1 << 16) as Float32Array);
+      const mid = nat.memoryStats();
+      assert.equal(mid.buffers - base.buffers, 20);
+      assert.equal(mid.allocatedBytes - base.allocatedBytes, 20 * 4 * (1 << 16));
+    })();
+    let now = nat.memoryStats();
+    for (let round = 0; round < 50 && now.allocatedBytes > base.allocatedBytes; round++) {
+      gc();
+      await new Promise((r) => setImmediate(r));
+      now = nat.memoryStats();
+    }
+    assert.ok(
+      now.allocatedBytes <= base.allocatedBytes,
+      `still ${now.allocatedBytes - base.allocatedBytes} bytes live`,
+    );
+    assert.ok(now.buffers <= base.buffers);
+  });
+});
+
+describe("threads and info", () => {
+  test("setThreads / threads", () => {
+    const before = nat.threads();
+    assert.ok(before >= 1);
+    nat.setThreads(1);
+    assert.equal(nat.threads(), 1);
+    nat.setThreads(before);
+    assert.equal(nat.threads(), before);
+    assert.throws(() => nat.setThreads(0), /setThreads: n must be in \[1, 1024\]/);
+  });
+  test("nativeInfo and measurePeakGflops", () => {
+    const info = nativeInfo();
+    assert.ok(["openblas", "cblas", "builtin"].includes(info.blas));
+    assert.equal(info.threads, nat.threads());
+    assert.ok(info.simd.length > 0);
+    const peak = measurePeakGflops(0.05);
+    assert.ok(peak > 0.1 && peak < 1e5, `peak ${peak}`);
+  });
+  test("backend identity", () => {
+    assert.equal(nat.name, "native");
+    assert.deepEqual(nat.dtypes, ["float32"]);
+  });
+});

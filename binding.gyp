@@ -8,6 +8,7 @@
         "native/kernels_elementwise.cc",
         "native/kernels_model.cc",
         "native/attention.cc",
+        "native/depth_route.cc",
         "native/optim.cc",
         "native/peak.cc"
       ],

@@ -735,6 +735,101 @@ KERNEL(swigluBackward) {
   });
 }
 
+// A JS array of Float32Array (or, when allowNull, null entries) named "<name> i" in errors.
+std::vector<F32> f32List(const Args& a, size_t i, const char* name, bool allowNull) {
+  bool isArr = false;
+  napi_is_array(a.env, a.v[i], &isArr);
+  if (!isArr) a.fail(std::string(name) + " must be an array of Float32Array");
+  uint32_t len;
+  napi_get_array_length(a.env, a.v[i], &len);
+  if (len > 4096) a.fail(std::string(name) + " has more than 4096 entries");
+  std::vector<F32> out(len);
+  for (uint32_t k = 0; k < len; k++) {
+    napi_value e;
+    napi_get_element(a.env, a.v[i], k, &e);
+    napi_valuetype t;
+    napi_typeof(a.env, e, &t);
+    if (allowNull && (t == napi_null || t == napi_undefined)) {
+      out[k] = {nullptr, 0};
+      continue;
+    }
+    const std::string nm = std::string(name) + " " + std::to_string(k);
+    bool is = false;
+    napi_is_typedarray(a.env, e, &is);
+    napi_typedarray_type tt = napi_int8_array;
+    size_t n = 0;
+    void* d = nullptr;
+    if (is) napi_get_typedarray_info(a.env, e, &tt, &n, &d, nullptr, nullptr);
+    if (tt == napi_float64_array)
+      a.fail(nm +
+             " is a Float64Array; the native backend is float32-only (use ATTNRES_BACKEND=reference for "
+             "float64)");
+    if (!is || tt != napi_float32_array) a.fail(nm + " must be a Float32Array");
+    out[k] = {static_cast<float*>(d), (i64)n};
+  }
+  return out;
+}
+
+KERNEL(depthRoute) {
+  return guard(env, [&] {
+    Args a(env, info, "depthRoute", 9);
+    const std::vector<F32> srcs = f32List(a, 0, "source", false);
+    const F32 w = a.f32(1, "w"), g = a.f32(2, "g"), out = a.f32(3, "out"), alpha = a.f32(4, "alpha");
+    const F32 rstd = a.f32(5, "rstd");
+    const i64 rows = a.size(6, "rows"), d = a.size(7, "d");
+    const float eps = (float)a.num(8, "eps");
+    const i64 N = (i64)srcs.size();
+    if (N == 0) a.fail("no sources");
+    std::vector<const float*> ptrs(N);
+    for (i64 i = 0; i < N; i++) {
+      a.needLen(("source " + std::to_string(i)).c_str(), srcs[i].n, a.mul(rows, d));
+      ptrs[i] = srcs[i].p;
+    }
+    a.need("w", w, d);
+    a.need("g", g, d);
+    a.need("out", out, a.mul(rows, d));
+    a.need("alpha", alpha, a.mul(rows, N));
+    a.need("rstd", rstd, a.mul(rows, N));
+    depth_route(ptrs.data(), N, w.p, g.p, out.p, alpha.p, rstd.p, rows, d, eps);
+    return undefinedValue(env);
+  });
+}
+
+KERNEL(depthRouteBackward) {
+  return guard(env, [&] {
+    Args a(env, info, "depthRouteBackward", 11);
+    const std::vector<F32> srcs = f32List(a, 0, "source", false);
+    const F32 w = a.f32(1, "w"), g = a.f32(2, "g"), alpha = a.f32(3, "alpha"), rstd = a.f32(4, "rstd");
+    const F32 gout = a.f32(5, "gout");
+    const std::vector<F32> gsrcs = f32List(a, 6, "gsource", true);
+    const F32 gw = a.f32(7, "gw"), gg = a.f32(8, "gg");
+    const i64 rows = a.size(9, "rows"), d = a.size(10, "d");
+    const i64 N = (i64)srcs.size();
+    if (N == 0) a.fail("no sources");
+    if ((i64)gsrcs.size() != N)
+      a.fail(std::to_string(gsrcs.size()) + " gradient buffers for " + std::to_string(N) + " sources");
+    std::vector<const float*> ptrs(N);
+    std::vector<float*> gptrs(N);
+    for (i64 i = 0; i < N; i++) {
+      a.needLen(("source " + std::to_string(i)).c_str(), srcs[i].n, a.mul(rows, d));
+      ptrs[i] = srcs[i].p;
+      if (gsrcs[i].p != nullptr)
+        a.needLen(("gsource " + std::to_string(i)).c_str(), gsrcs[i].n, a.mul(rows, d));
+      gptrs[i] = gsrcs[i].p;
+    }
+    a.need("w", w, d);
+    a.need("g", g, d);
+    a.need("alpha", alpha, a.mul(rows, N));
+    a.need("rstd", rstd, a.mul(rows, N));
+    a.need("gout", gout, a.mul(rows, d));
+    a.need("gw", gw, d);
+    a.need("gg", gg, d);
+    depth_route_backward(ptrs.data(), N, w.p, g.p, alpha.p, rstd.p, gout.p, gptrs.data(), gw.p, gg.p, rows,
+                         d);
+    return undefinedValue(env);
+  });
+}
+
 KERNEL(adamw) {
   return guard(env, [&] {
     Args a(env, info, "adamw", 12);
@@ -780,6 +875,8 @@ napi_value Init(napi_env env, napi_value exports) {
       FN(crossEntropyBackward),
       FN(swiglu),
       FN(swigluBackward),
+      FN(depthRoute),
+      FN(depthRouteBackward),
       FN(adamw),
   };
 #undef FN

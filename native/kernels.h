@@ -75,6 +75,15 @@ void cross_entropy_backward(const float* logits, const int32_t* targets, const f
 void swiglu(const float* gate, const float* up, float* out, i64 n);
 void swiglu_backward(const float* gate, const float* up, const float* gout, float* ggate, float* gup, i64 n);
 
+// ------------------------------------------------------------------ depth routing (depth_route.cc)
+// src: N pointers to [rows, d]; w, g [d]; out [rows, d]; alpha, rstd [rows, N]
+void depth_route(const float* const* src, i64 N, const float* w, const float* g, float* out, float* alpha,
+                 float* rstd, i64 rows, i64 d, float eps);
+// gsrc: N pointers to [rows, d] or null (skipped); gw, gg [d] written
+void depth_route_backward(const float* const* src, i64 N, const float* w, const float* g, const float* alpha,
+                          const float* rstd, const float* gout, float* const* gsrc, float* gw, float* gg,
+                          i64 rows, i64 d);
+
 // ------------------------------------------------------------------ attention (attention.cc)
 // q, out [B, Tq, Hq, D]; k, v [B, Tk, Hkv, D]; lse [B, Hq, Tq]
 void attention(const float* q, const float* k, const float* v, float* out, float* lse, i64 B, i64 Tq, i64 Tk,

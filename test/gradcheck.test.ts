@@ -199,6 +199,40 @@ describe("gradcheck: fused model ops", () => {
     gradcheck("swiglu", [r([3, 5], { lo: -3, hi: 3 }), r([3, 5])], (g, u) => ops.swiglu(g!, u!)));
 });
 
+describe("gradcheck: depth routing", () => {
+  for (const N of [1, 2, 5])
+    test(`route over ${N} sources`, () => {
+      const srcs = Array.from({ length: N }, () => r([2, 3, 6], { lo: -2, hi: 2 }));
+      gradcheck(`route N=${N}`, [...srcs, r([6]), r([6], { lo: 0.5, hi: 1.5 })], (...xs) =>
+        ops.route(xs.slice(0, N), xs[N]!, xs[N + 1]!, 1e-6).out,
+      );
+    });
+  test("route matches the composite definition, and alpha sums to one", () => {
+    const srcs = [r([4, 5]), r([4, 5]), r([4, 5])];
+    const w = r([5]);
+    const g = r([5], { lo: 0.5, hi: 1.5 });
+    const { out, alpha } = ops.route(srcs, w, g, 1e-6);
+    const logits = ops.concat(
+      srcs.map((s) => ops.sum(ops.mul(ops.rmsnorm(s, g, 1e-6), w), -1, true)),
+      -1,
+    );
+    const a = ops.softmax(logits, -1);
+    assertClose(alpha.toArray(), a.toArray(), { rtol: 1e-12, atol: 1e-14 }, "alpha");
+    const composite = srcs.reduce<Tensor | null>((acc, s, i) => {
+      const term = ops.mul(s, ops.slice(a, 1, i, i + 1));
+      return acc ? ops.add(acc, term) : term;
+    }, null)!;
+    assertClose(out.toArray(), composite.toArray(), { rtol: 1e-12, atol: 1e-14 }, "out");
+    const sums = ops.sum(alpha, -1).toArray();
+    assertClose(sums, [1, 1, 1, 1], { rtol: 1e-14 }, "alpha rows sum to one");
+  });
+  test("zero query gives uniform weights", () => {
+    const srcs = [r([3, 4]), r([3, 4])];
+    const { alpha } = ops.route(srcs, tensor([0, 0, 0, 0], [4], { backend: ref, dtype: "float64" }), r([4]), 1e-6);
+    assert.deepEqual(alpha.toArray(), [0.5, 0.5, 0.5, 0.5, 0.5, 0.5]);
+  });
+});
+
 describe("autograd engine", () => {
   test("a tensor used twice gets both contributions", () => {
     gradcheck("shared", [r([4])], (x) => ops.add(ops.mul(x!, x!), ops.exp(x!)));

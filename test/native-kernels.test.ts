@@ -769,6 +769,75 @@ describe("swiglu", () => {
     });
 });
 
+describe("depthRoute", () => {
+  for (const [rows, d, N] of [
+    [1, 1, 1],
+    [13, 7, 3],
+    [67, 37, 5],
+    [301, 129, 4],
+  ])
+    test(`rows=${rows} d=${d} N=${N}`, () => {
+      const sources = Array.from({ length: N }, () => rnd(rows * d, -2, 2));
+      const w = rnd(d);
+      const g = rnd(d, 0.5, 1.5);
+      const out = nans(rows * d);
+      const alpha = nans(rows * N);
+      const rstd = nans(rows * N);
+      const outW = new Float64Array(rows * d);
+      const alphaW = new Float64Array(rows * N);
+      const rstdW = new Float64Array(rows * N);
+      ref.depthRoute(sources.map(f64), f64(w), f64(g), outW, alphaW, rstdW, rows, d, 1e-6);
+      nat.depthRoute(sources, w, g, out, alpha, rstd, rows, d, 1e-6);
+      closeDot("rstd", rstd, rstdW, d);
+      closeDot("alpha", alpha, alphaW, d + N);
+      closeDot("out", out, outW, d + N);
+      const gout = rnd(rows * d);
+      // Every source gets a gradient except (when N > 1) the second one, which must stay untouched.
+      const gs = sources.map((_, i) => (N > 1 && i === 1 ? null : nans(rows * d)));
+      const gsW = sources.map((_, i) => (N > 1 && i === 1 ? null : new Float64Array(rows * d)));
+      const gw = nans(d);
+      const gg = nans(d);
+      const gwW = new Float64Array(d);
+      const ggW = new Float64Array(d);
+      ref.depthRouteBackward(
+        sources.map(f64),
+        f64(w),
+        f64(g),
+        f64(alpha),
+        f64(rstd),
+        f64(gout),
+        gsW,
+        gwW,
+        ggW,
+        rows,
+        d,
+      );
+      nat.depthRouteBackward(sources, w, g, alpha, rstd, gout, gs, gw, gg, rows, d);
+      for (let i = 0; i < N; i++) if (gs[i]) closeDot(`gsource ${i}`, gs[i]!, gsW[i]!, d + N);
+      closeDot("gw", gw, gwW, rows * N);
+      closeDot("gg", gg, ggW, rows * N);
+    });
+  test("errors", () => {
+    assert.throws(
+      () => nat.depthRoute([], rnd(4), rnd(4), rnd(8), rnd(2), rnd(2), 2, 4, 1e-6),
+      /depthRoute: no sources/,
+    );
+    assert.throws(
+      () => nat.depthRoute([rnd(8), rnd(7)], rnd(4), rnd(4), rnd(8), rnd(4), rnd(4), 2, 4, 1e-6),
+      /depthRoute: source 1 has 7 elements, needs 8/,
+    );
+    assert.throws(
+      () => nat.depthRoute([rnd(8), new Float64Array(8)], rnd(4), rnd(4), rnd(8), rnd(4), rnd(4), 2, 4, 1e-6),
+      /depthRoute: source 1 is a Float64Array/,
+    );
+    assert.throws(
+      () =>
+        nat.depthRouteBackward([rnd(8)], rnd(4), rnd(4), rnd(2), rnd(2), rnd(8), [], rnd(4), rnd(4), 2, 4),
+      /depthRouteBackward: 0 gradient buffers for 1 sources/,
+    );
+  });
+});
+
 describe("adamw", () => {
   for (const n of [1, 13, 40007])
     test(`n=${n}, 3 steps`, () => {

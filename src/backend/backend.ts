@@ -266,6 +266,42 @@ export interface Backend {
   /** Writes ggate and gup for i < n from gout. */
   swigluBackward(gate: Buf, up: Buf, gout: Buf, ggate: Buf, gup: Buf, n: number): void;
 
+  /**
+   * Depth routing (METHODS.md "Routing") of N sources at every row (token), reading the sources
+   * in place (never stacked). sources: N buffers, each [rows, d]; w (query) and g (key gain) [d].
+   *   rstd[r, i] = 1/sqrt(mean_c s_i[r,c]^2 + eps);   k_i = s_i[r] * rstd[r, i] * g
+   *   l_i = w . k_i;   alpha[r, :] = softmax_i(l);     out[r] = sum_i alpha[r, i] * s_i[r]
+   * Writes out [rows, d], alpha [rows, N] and rstd [rows, N] (both kept for the backward).
+   */
+  depthRoute(
+    sources: readonly Buf[],
+    w: Buf,
+    g: Buf,
+    out: Buf,
+    alpha: Buf,
+    rstd: Buf,
+    rows: number,
+    d: number,
+    eps: number,
+  ): void;
+  /**
+   * Backward of depthRoute. Writes gsources[i] [rows, d] for every i whose entry is non-null,
+   * gw [d] and gg [d] (sums over rows).
+   */
+  depthRouteBackward(
+    sources: readonly Buf[],
+    w: Buf,
+    g: Buf,
+    alpha: Buf,
+    rstd: Buf,
+    gout: Buf,
+    gsources: readonly (Buf | null)[],
+    gw: Buf,
+    gg: Buf,
+    rows: number,
+    d: number,
+  ): void;
+
   // ---------------------------------------------------------------- optimizer
   /**
    * One AdamW step on n elements, in PyTorch's exact order of operations:

@@ -24,6 +24,21 @@ export const ModelConfigSchema = z
     initializer_range: z.number().positive().default(0.02),
     /** Qwen3 normalises q and k per head; Llama does not. Defaults from model_type. */
     attention_qk_norm: z.boolean().optional(),
+    // ---- residual family (METHODS.md "Checkpoint interchange"); absent = standard residuals
+    attnres_mode: z
+      .enum(["standard", "full", "block", "delta", "delta_block", "ddl", "ddl_expanded"], {
+        error: (i) =>
+          `unknown residual mode ${JSON.stringify(i.input)}; expected one of standard, full, block, delta, delta_block, ddl, ddl_expanded`,
+      })
+      .default("standard"),
+    attnres_num_blocks: posInt.optional(),
+    attnres_use_null_source: z.boolean().default(false),
+    attnres_gate_type: z.enum(["bias", "learnable_alpha"]).default("bias"),
+    /** DDL (our keys): beta at initialisation (0, 2); official default 1. */
+    ddl_beta0: z.number().gt(0).lt(2).default(1),
+    ddl_k_eps: z.number().positive().default(1e-5),
+    ddl_value_form: z.enum(["linear", "sigmoid4"]).default("linear"),
+    ddl_value_channels: posInt.default(4),
   })
   .transform((c) => ({
     ...c,
@@ -38,6 +53,22 @@ export const ModelConfigSchema = z
         path: ["num_key_value_heads"],
         message: `num_attention_heads (${c.num_attention_heads}) must be a multiple of num_key_value_heads (${c.num_key_value_heads})`,
       });
+    const blocks = c.attnres_mode === "block" || c.attnres_mode === "delta_block";
+    if (blocks && c.attnres_num_blocks === undefined)
+      ctx.addIssue({ code: "custom", path: ["attnres_num_blocks"], message: `mode ${c.attnres_mode} needs attnres_num_blocks` });
+    if (blocks && c.attnres_num_blocks !== undefined && c.attnres_num_blocks > c.num_hidden_layers)
+      ctx.addIssue({
+        code: "custom",
+        path: ["attnres_num_blocks"],
+        message: `${c.attnres_num_blocks} blocks is more than the ${c.num_hidden_layers} layers`,
+      });
+    const additive = c.attnres_mode === "delta" || c.attnres_mode === "delta_block";
+    if (!additive && (c.attnres_use_null_source || c.attnres_gate_type !== "bias"))
+      ctx.addIssue({
+        code: "custom",
+        path: ["attnres_mode"],
+        message: "the null source and the gate are options of the additive modes (delta, delta_block) only",
+      });
     if (c.head_dim % 2 !== 0 || c.head_dim === 0)
       ctx.addIssue({
         code: "custom",
@@ -48,6 +79,19 @@ export const ModelConfigSchema = z
 
 export type ModelConfigInput = z.input<typeof ModelConfigSchema>;
 export type ModelConfig = z.output<typeof ModelConfigSchema>;
+export type ResidualModeKey = ModelConfig["attnres_mode"];
+
+/** User-facing mode names (CLI, docs) ↔ config values (the authors' keys). */
+export const MODE_NAMES = {
+  standard: "standard",
+  "attnres-full": "full",
+  "attnres-block": "block",
+  delta: "delta",
+  "delta-block": "delta_block",
+  ddl: "ddl",
+  "ddl-expanded": "ddl_expanded",
+} as const satisfies Record<string, ResidualModeKey>;
+export type ModeName = keyof typeof MODE_NAMES;
 
 /** Validates a config object; throws one readable Error listing every problem. */
 export function parseConfig(raw: unknown, source = "config"): ModelConfig {

@@ -17,7 +17,8 @@ import { crossEntropy, matmul, RopeTable } from "../tensor/ops.js";
 import { Rng } from "../tensor/random.js";
 import type { Tensor } from "../tensor/tensor.js";
 import { type ModelConfig, type ModelConfigInput, parseConfig } from "./config.js";
-import { type ResidualStrategy, standardResidual, type SublayerResult } from "./residual.js";
+import { makeResidualMode, type ResidualMode, type SublayerResult, type Trace } from "./residual.js";
+import { routingStats, type RoutingReport } from "./stats.js";
 
 export interface ModelOptions {
   backend?: Backend;
@@ -87,6 +88,14 @@ class DecoderBody extends Module {
 export interface ForwardOptions {
   /** Position of the first token (incremental decoding). */
   posOffset?: number;
+  /** Return routing weights (α per routed call) and DDL's β beside the logits. */
+  trace?: boolean;
+}
+
+export interface ForwardOutput {
+  logits: Tensor;
+  /** Present when opts.trace: the raw α/β tensors of this pass (no gradient). */
+  trace?: Trace;
 }
 
 export class DecoderLM extends Module {
@@ -94,7 +103,7 @@ export class DecoderLM extends Module {
   readonly model: DecoderBody;
   readonly lm_head: Linear | null;
   readonly rope: RopeTable;
-  readonly residual: ResidualStrategy<unknown>;
+  readonly residual: ResidualMode;
 
   constructor(config: ModelConfigInput | ModelConfig | Record<string, unknown>, opts: ModelOptions = {}) {
     super();
@@ -111,27 +120,40 @@ export class DecoderLM extends Module {
       ? null
       : this.child("lm_head", new Linear(c.hidden_size, c.vocab_size, ctx, c.initializer_range));
     this.rope = new RopeTable(c.head_dim, c.max_position_embeddings, c.rope_theta);
-    this.residual = standardResidual as ResidualStrategy<unknown>;
+    // The residual mode's parameters are created after the backbone's, so a seed gives the same
+    // backbone weights in every mode.
+    this.residual = makeResidualMode(c, { layers: this.model.layers, body: this.model }, ctx);
+  }
+
+  /** ids [B*T] (row-major [B, T]) → logits [B, T, vocab], and the routing trace when asked. */
+  run(ids: Int32Array, B: number, T: number, opts: ForwardOptions = {}): ForwardOutput {
+    if (ids.length !== B * T) throw new Error(`forward: ${ids.length} ids for B=${B}, T=${T}`);
+    const posOffset = opts.posOffset ?? 0;
+    const trace: Trace | null = opts.trace ? { alphas: new Map(), betas: new Map() } : null;
+    const res = this.residual;
+    res.begin(this.model.embed_tokens.forward(ids, [B, T]), trace);
+    this.model.layers.forEach((layer, i) => {
+      const xa = res.input(2 * i);
+      res.update(2 * i, xa, layer.attnSublayer(xa, this.rope, posOffset));
+      const xm = res.input(2 * i + 1);
+      res.update(2 * i + 1, xm, layer.mlpSublayer(xm));
+    });
+    const h = this.model.norm.forward(res.end());
+    const logits = this.lm_head
+      ? this.lm_head.forward(h)
+      : matmul(h, this.model.embed_tokens.weight, { transB: true });
+    return trace ? { logits, trace } : { logits };
   }
 
   /** ids [B*T] (row-major [B, T]) → logits [B, T, vocab]. */
   forward(ids: Int32Array, B: number, T: number, opts: ForwardOptions = {}): Tensor {
-    if (ids.length !== B * T) throw new Error(`forward: ${ids.length} ids for B=${B}, T=${T}`);
-    const posOffset = opts.posOffset ?? 0;
-    const res = this.residual;
-    let state = res.begin(this.model.embed_tokens.forward(ids, [B, T]));
-    this.model.layers.forEach((layer, i) => {
-      const ja = 2 * i;
-      const xa = res.input(ja, state);
-      state = res.update(ja, state, xa, layer.attnSublayer(xa, this.rope, posOffset));
-      const jm = 2 * i + 1;
-      const xm = res.input(jm, state);
-      state = res.update(jm, state, xm, layer.mlpSublayer(xm));
-    });
-    const h = this.model.norm.forward(res.end(state));
-    return this.lm_head
-      ? this.lm_head.forward(h)
-      : matmul(h, this.model.embed_tokens.weight, { transB: true });
+    return this.run(ids, B, T, opts).logits;
+  }
+
+  /** Logits plus per-sublayer routing statistics (max weight, entropy, mean α per source; β for DDL). */
+  analyze(ids: Int32Array, B: number, T: number): { logits: Tensor; report: RoutingReport } {
+    const { logits, trace } = this.run(ids, B, T, { trace: true });
+    return { logits, report: routingStats(trace!) };
   }
 
   /** Mean next-token cross-entropy; targets [B*T] with -100 = ignore. */

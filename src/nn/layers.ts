@@ -6,24 +6,34 @@
  *   Attention  q/k/v/o_proj, optional per-head q_norm/k_norm (Qwen3), RoPE, GQA, causal
  *   MLP        down(silu(gate(x)) * up(x))
  */
-import { attention, embedding, matmul, reshape, rmsnorm, rope, RopeTable, swiglu } from "../tensor/ops.js";
+import { add, attention, embedding, matmul, reshape, rmsnorm, rope, RopeTable, swiglu } from "../tensor/ops.js";
 import type { Tensor } from "../tensor/tensor.js";
 import { type InitContext, Module } from "./module.js";
 
 export class Linear extends Module {
   readonly weight: Tensor;
+  readonly bias: Tensor | null;
+  /** std 0 initialises the weight to zeros; `bias` (a constant) adds a bias [out]. */
   constructor(
     readonly inFeatures: number,
     readonly outFeatures: number,
     ctx: InitContext,
     std: number,
+    bias?: number,
   ) {
     super();
-    this.weight = this.param("weight", [outFeatures, inFeatures], { kind: "normal", std }, ctx);
+    this.weight = this.param(
+      "weight",
+      [outFeatures, inFeatures],
+      std === 0 ? { kind: "const", value: 0 } : { kind: "normal", std },
+      ctx,
+    );
+    this.bias = bias === undefined ? null : this.param("bias", [outFeatures], { kind: "const", value: bias }, ctx);
   }
   /** x [..., in] → [..., out] */
   forward(x: Tensor): Tensor {
-    return matmul(x, this.weight, { transB: true });
+    const y = matmul(x, this.weight, { transB: true });
+    return this.bias ? add(y, this.bias) : y;
   }
 }
 

@@ -20,18 +20,21 @@ export abstract class Module {
   private readonly children_ = new Map<string, Module>();
 
   /** Creates and registers a parameter, initialised from ctx.rng in creation order. */
-  protected param(name: string, shape: readonly number[], init: Init, ctx: InitContext): Tensor {
+  param(name: string, shape: readonly number[], init: Init, ctx: InitContext): Tensor {
     const t = empty(shape, { backend: ctx.backend, dtype: ctx.dtype }).keep();
     const d = t.data;
     if (init.kind === "normal") for (let i = 0; i < t.size; i++) d[i] = ctx.rng.normal() * init.std;
     else d.fill(init.value, 0, t.size);
     t.requiresGrad = true;
     t.name = name;
+    if (this.children_.has(name) || this.params_.has(name)) throw new Error(`module already has a member named ${name}`);
     this.params_.set(name, t);
     return t;
   }
 
-  protected child<M extends Module>(name: string, m: M): M {
+  /** Registers a submodule under `name` (its parameters are named `name.…`). */
+  child<M extends Module>(name: string, m: M): M {
+    if (this.children_.has(name) || this.params_.has(name)) throw new Error(`module already has a member named ${name}`);
     this.children_.set(name, m);
     return m;
   }

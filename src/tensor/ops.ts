@@ -8,7 +8,7 @@
  *                   silu square abs; scale
  *   reductions      sum mean max (any axes, keepdim)
  *   shape           reshape permute transpose slice concat stack expand
- *   fused           embedding rmsnorm rope attention crossEntropy swiglu
+ *   fused           embedding rmsnorm rope attention crossEntropy swiglu route (depth routing)
  *   composite       softmax
  */
 import type { BinaryOp, Buf, DType, UnaryOp } from "../backend/backend.js";
@@ -626,6 +626,59 @@ export function swiglu(gate: Tensor, up: Tensor): Tensor {
     gate.backend.swigluBackward(gate.data, up.data, g.data, gg.data, gu.data, gate.size);
     return [gg, gu];
   });
+}
+
+export interface RouteResult {
+  /** sum_i alpha_i s_i, [..., d]. */
+  out: Tensor;
+  /** Routing weights per row (token) and source, [..., N]; no gradient. */
+  alpha: Tensor;
+}
+
+/**
+ * Depth routing (METHODS.md "Routing") over N same-shaped sources [..., d] with query w [d] and key
+ * gain g [d]: keys are RMSNorm(s_i; g), logits w·k_i, alpha = softmax over sources. The fused
+ * kernel reads the sources in place (no stacking copy). Returns the output and alpha.
+ */
+export function route(sourceList: readonly Tensor[], w: Tensor, g: Tensor, eps: number): RouteResult {
+  const op = "route";
+  const sources = [...sourceList]; // a snapshot: callers may keep appending to their list
+  if (sources.length === 0) throw new Error(`${op}: no sources`);
+  const first = sources[0]!;
+  checkSame(op, ...sources, w, g);
+  for (const s of sources)
+    if (!sameShape(s.shape, first.shape))
+      throw new Error(`${op}: sources have different shapes (${fmt(first.shape)} and ${fmt(s.shape)})`);
+  const d = first.shape[first.rank - 1] ?? 0;
+  if (w.size !== d || g.size !== d)
+    throw new Error(`${op}: query ${fmt(w.shape)} and gain ${fmt(g.shape)} must have ${d} elements`);
+  const rows = d === 0 ? 0 : first.size / d;
+  const N = sources.length;
+  const out = like(first, first.shape);
+  const alpha = like(first, [...first.shape.slice(0, -1), N]);
+  const rstd = like(first, [rows, N]);
+  const bufs = sources.map((s) => s.data);
+  first.backend.depthRoute(bufs, w.data, g.data, out.data, alpha.data, rstd.data, rows, d, eps);
+  record(out, op, [...sources, w, g], (gy) => {
+    const gs = sources.map((s) => (s.requiresGrad ? like(s, s.shape) : null));
+    const gw = like(w, w.shape);
+    const gg = like(g, g.shape);
+    first.backend.depthRouteBackward(
+      sources.map((s) => s.data),
+      w.data,
+      g.data,
+      alpha.data,
+      rstd.data,
+      gy.data,
+      gs.map((t) => (t ? t.data : null)),
+      gw.data,
+      gg.data,
+      rows,
+      d,
+    );
+    return [...gs, w.requiresGrad ? gw : null, g.requiresGrad ? gg : null];
+  });
+  return { out, alpha };
 }
 
 /** Softmax along one axis (composite: exp(x - max) / sum). */

@@ -275,16 +275,24 @@ function runBackward(root: Tensor, grad?: Tensor): void {
           continue;
         }
         const gs = tidy(() => fn.backward(g));
+        // First give every input that needs a gradient its own tensor object (a view where the
+        // backward returned one tensor for several inputs), then accumulate: disposing one
+        // object never frees a buffer another input still holds.
         const used = new Set<Tensor>();
-        fn.inputs.forEach((input, i) => {
-          let gi = gs[i];
-          if (!gi || !input.requiresGrad) return;
+        const mine = fn.inputs.map((input, i) => {
+          const gi = gs[i];
+          if (!gi || !input.requiresGrad) return null;
           if (gi.shape.length !== input.shape.length || gi.shape.some((s, k) => s !== input.shape[k]))
             throw new Error(
               `internal: ${fn.name} backward gave a gradient of shape ${fmt(gi.shape)} for an input of shape ${fmt(input.shape)}`,
             );
-          if (used.has(gi)) gi = gi.view();
+          const own = used.has(gi) ? gi.view() : gi;
           used.add(gi);
+          return own;
+        });
+        fn.inputs.forEach((input, i) => {
+          const gi = mine[i];
+          if (!gi) return;
           const prev = grads.get(input);
           if (!prev) grads.set(input, gi);
           else if (prev.ownsStorage) {

@@ -60,6 +60,8 @@ interface NativeAddon {
   crossEntropyBackward: Backend["crossEntropyBackward"];
   swiglu: Backend["swiglu"];
   swigluBackward: Backend["swigluBackward"];
+  depthRoute: Backend["depthRoute"];
+  depthRouteBackward: Backend["depthRouteBackward"];
   adamw: Backend["adamw"];
 }
 
@@ -145,6 +147,8 @@ export function loadNativeBackend(): Backend {
     crossEntropyBackward: a.crossEntropyBackward,
     swiglu: a.swiglu,
     swigluBackward: a.swigluBackward,
+    depthRoute: a.depthRoute,
+    depthRouteBackward: a.depthRouteBackward,
     adamw: a.adamw,
   };
   return backend;

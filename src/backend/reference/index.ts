@@ -540,6 +540,97 @@ export const referenceBackend: Backend = {
     }
   },
 
+  depthRoute(sources, w, g, out, alpha, rstd, rows, d, eps) {
+    const N = sources.length;
+    if (N === 0) throw new Error("depthRoute: no sources");
+    sources.forEach((s, i) => need("depthRoute", `source ${i}`, s, rows * d));
+    need("depthRoute", "w", w, d);
+    need("depthRoute", "g", g, d);
+    need("depthRoute", "out", out, rows * d);
+    need("depthRoute", "alpha", alpha, rows * N);
+    need("depthRoute", "rstd", rstd, rows * N);
+    const l = new Float64Array(N);
+    for (let r = 0; r < rows; r++) {
+      let mx = -Infinity;
+      for (let i = 0; i < N; i++) {
+        const s = sources[i]!;
+        let ss = 0;
+        for (let c = 0; c < d; c++) ss += s[r * d + c]! * s[r * d + c]!;
+        rstd[r * N + i] = 1 / Math.sqrt(ss / d + eps);
+        const rs = rstd[r * N + i]!;
+        let dot = 0;
+        for (let c = 0; c < d; c++) dot += w[c]! * s[r * d + c]! * rs * g[c]!;
+        l[i] = dot;
+        if (dot > mx) mx = dot;
+      }
+      let z = 0;
+      for (let i = 0; i < N; i++) z += Math.exp(l[i]! - mx);
+      for (let i = 0; i < N; i++) alpha[r * N + i] = Math.exp(l[i]! - mx) / z;
+      for (let c = 0; c < d; c++) {
+        let acc = 0;
+        for (let i = 0; i < N; i++) acc += alpha[r * N + i]! * sources[i]![r * d + c]!;
+        out[r * d + c] = acc;
+      }
+    }
+  },
+
+  depthRouteBackward(sources, w, g, alpha, rstd, gout, gsources, gw, gg, rows, d) {
+    const N = sources.length;
+    const k = "depthRouteBackward";
+    if (gsources.length !== N) throw new Error(`${k}: ${gsources.length} gradient buffers for ${N} sources`);
+    sources.forEach((s, i) => need(k, `source ${i}`, s, rows * d));
+    gsources.forEach((s, i) => s && need(k, `gsource ${i}`, s, rows * d));
+    for (const [name, b, n] of [
+      ["w", w, d],
+      ["g", g, d],
+      ["gw", gw, d],
+      ["gg", gg, d],
+      ["alpha", alpha, rows * N],
+      ["rstd", rstd, rows * N],
+      ["gout", gout, rows * d],
+    ] as const)
+      need(k, name, b, n);
+    const gwAcc = new Float64Array(d);
+    const ggAcc = new Float64Array(d);
+    const da = new Float64Array(N);
+    for (let r = 0; r < rows; r++) {
+      // dL/dalpha_i = gout . s_i ; dL/dl_i = alpha_i (dalpha_i - sum_j alpha_j dalpha_j)
+      let mean = 0;
+      for (let i = 0; i < N; i++) {
+        const s = sources[i]!;
+        let dot = 0;
+        for (let c = 0; c < d; c++) dot += gout[r * d + c]! * s[r * d + c]!;
+        da[i] = dot;
+        mean += alpha[r * N + i]! * dot;
+      }
+      for (let i = 0; i < N; i++) {
+        const s = sources[i]!;
+        const a = alpha[r * N + i]!;
+        const dl = a * (da[i]! - mean);
+        const rs = rstd[r * N + i]!;
+        // k = s * rs * g ; dk = dl * w ; rmsnorm backward through rs
+        let dot = 0; // sum_c dk_c g_c s_c
+        for (let c = 0; c < d; c++) {
+          const sc = s[r * d + c]!;
+          gwAcc[c]! += dl * sc * rs * g[c]!;
+          ggAcc[c]! += dl * w[c]! * sc * rs;
+          dot += dl * w[c]! * g[c]! * sc;
+        }
+        const gs = gsources[i];
+        if (!gs) continue;
+        const coef = (rs * rs * rs * dot) / d;
+        for (let c = 0; c < d; c++) {
+          const sc = s[r * d + c]!;
+          gs[r * d + c] = a * gout[r * d + c]! + rs * dl * w[c]! * g[c]! - coef * sc;
+        }
+      }
+    }
+    for (let c = 0; c < d; c++) {
+      gw[c] = gwAcc[c]!;
+      gg[c] = ggAcc[c]!;
+    }
+  },
+
   adamw(p, g, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2) {
     for (const [name, b] of [
       ["p", p],

@@ -426,6 +426,40 @@ def mode_fixture(name, kw, overrides):
     write(name, tensors, cfg)
 
 
+CHECKPOINT_FIXTURES = [
+    # (folder name, make_config kwargs): HF-layout checkpoints as a PyTorch user of the authors'
+    # layout would save them (config.json + model.safetensors in float32), for the loader test.
+    ("ckpt-delta-null-gate", dict(mode="delta", use_null_source=True, gate=True)),
+    ("ckpt-delta-block", dict(mode="delta-block", num_blocks=2)),
+    ("ckpt-attnres-full", dict(mode="attnres-full")),
+]
+
+
+def checkpoint_fixture(name, kw):
+    """test/fixtures/<name>/{config.json, model.safetensors (F32)} + reference.safetensors
+    (input_ids and the float64 logits of exactly the stored float32 weights)."""
+    cfg = make_config(dict(MODE_BACKBONE), **kw)
+    model, input_ids, _ = build(cfg, query_std=QUERY_STD)
+    folder = os.path.join(OUT, name)
+    os.makedirs(folder, exist_ok=True)
+    weights = {n: p.detach().to(torch.float32).contiguous() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(weights[n].to(DT))
+    save_file(weights, os.path.join(folder, "model.safetensors"), {"format": "pt"})
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+        f.write("\n")
+    with torch.no_grad():
+        logits = model(input_ids)["logits"]
+    save_file(
+        {"input_ids": input_ids.to(torch.int32), "logits": logits.detach().clone()},
+        os.path.join(OUT, name + ".reference.safetensors"),
+        {"generator": "scripts/gen_fixtures.py"},
+    )
+    print(f"wrote {os.path.relpath(folder, ROOT)}/ (config.json, model.safetensors F32) + reference logits")
+
+
 def main():
     torch.set_default_dtype(DT)
     check_backbone(QWEN3_TINY)
@@ -435,6 +469,8 @@ def main():
     backbone_fixture("llama-tiny", LLAMA_TINY)
     for name, kw, overrides in MODE_FIXTURES:
         mode_fixture(name, kw, overrides)
+    for name, kw in CHECKPOINT_FIXTURES:
+        checkpoint_fixture(name, kw)
 
 
 if __name__ == "__main__":

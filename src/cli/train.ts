@@ -9,9 +9,8 @@ import cliProgress from "cli-progress";
 import { defaultBackend } from "../backend/index.js";
 import { BatchSampler, evalBatches } from "../data/batches.js";
 import { byteTokens, loadSotu } from "../data/corpus.js";
-import { writeFileAtomic, writeSafetensors } from "../io/safetensors.js";
+import { saveCheckpoint } from "../io/checkpoint.js";
 import { DecoderLM } from "../model/decoder.js";
-import { exportWeights } from "../model/weights.js";
 import { AdamW, lrMultiplier } from "../train/optim.js";
 import { evaluate, paramGroups, trainStep } from "../train/trainer.js";
 import type { Preset, TrainSettings } from "./preset.js";
@@ -102,8 +101,7 @@ export function runTraining(o: TrainRunOptions): TrainRunResult {
   }
   bar?.stop();
   const seconds = (performance.now() - t0) / 1000;
-  writeFileAtomic(path.join(o.out, "config.json"), JSON.stringify(model.config, null, 2) + "\n");
-  writeSafetensors(path.join(o.out, "model.safetensors"), exportWeights(model), {
+  saveCheckpoint(o.out, model, { generator: "attnres train" });
     format: "pt",
     generator: "attnres",
   });

@@ -10,20 +10,22 @@
  * Parameter names are the HF checkpoint names (model.layers.{i}.self_attn.q_proj.weight, …).
  */
 import type { Backend, DType } from "../backend/backend.js";
-import { defaultBackend, defaultDType } from "../backend/index.js";
+import { defaultBackend, defaultDType, referenceBackend } from "../backend/index.js";
 import { Attention, Embedding, Linear, MLP, RMSNorm } from "../nn/layers.js";
 import { type InitContext, Module } from "../nn/module.js";
 import { crossEntropy, matmul, RopeTable } from "../tensor/ops.js";
 import { Rng } from "../tensor/random.js";
 import type { Tensor } from "../tensor/tensor.js";
 import { type ModelConfig, type ModelConfigInput, parseConfig } from "./config.js";
-import { makeResidualMode, type ResidualMode, type SublayerResult, type Trace } from "./residual.js";
+import { emptyTrace, makeResidualMode, type ResidualMode, type SublayerResult, type Trace } from "./residual.js";
 import { routingStats, type RoutingReport } from "./stats.js";
 
 export interface ModelOptions {
   backend?: Backend;
   dtype?: DType;
   seed?: number;
+  /** Shape-only parameters (no memory): the model can be inspected and counted, not run. */
+  meta?: boolean;
 }
 
 export class DecoderLayer extends Module {
@@ -109,11 +111,12 @@ export class DecoderLM extends Module {
     super();
     const c = parseConfig(config);
     this.config = c;
-    const backend = opts.backend ?? defaultBackend();
+    const backend = opts.backend ?? (opts.meta ? referenceBackend : defaultBackend());
     const ctx: InitContext = {
       backend,
       dtype: opts.dtype ?? defaultDType(backend),
       rng: new Rng(opts.seed ?? 0),
+      meta: opts.meta ?? false,
     };
     this.model = this.child("model", new DecoderBody(c, ctx));
     this.lm_head = c.tie_word_embeddings
@@ -129,7 +132,7 @@ export class DecoderLM extends Module {
   run(ids: Int32Array, B: number, T: number, opts: ForwardOptions = {}): ForwardOutput {
     if (ids.length !== B * T) throw new Error(`forward: ${ids.length} ids for B=${B}, T=${T}`);
     const posOffset = opts.posOffset ?? 0;
-    const trace: Trace | null = opts.trace ? { alphas: new Map(), betas: new Map() } : null;
+    const trace: Trace | null = opts.trace ? emptyTrace() : null;
     const res = this.residual;
     res.begin(this.model.embed_tokens.forward(ids, [B, T]), trace);
     this.model.layers.forEach((layer, i) => {
@@ -161,4 +164,9 @@ export class DecoderLM extends Module {
     const logits = this.forward(ids, B, T);
     return crossEntropy(logits, targets, { ignoreIndex: -100 });
   }
+}
+
+/** Parameter count of a configuration, from shapes alone (nothing is allocated). */
+export function countParameters(config: ModelConfigInput | Record<string, unknown>): number {
+  return new DecoderLM(config, { meta: true }).numParameters();
 }

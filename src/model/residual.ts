@@ -47,8 +47,16 @@ export interface SublayerResult {
 export interface Trace {
   /** Routing weights [B, T, N] per routed call (no gradient). */
   alphas: Map<number | "final", Tensor>;
+  /** The sources [B, T, d] each routed call read, in order. */
+  sources: Map<number | "final", Tensor[]>;
+  /** The residual stream h entering sublayer j (modes that keep one: standard, delta*, ddl). */
+  streams: Map<number, Tensor>;
   /** DDL's β [B, T, 1] per sublayer. */
   betas: Map<number, Tensor>;
+}
+
+export function emptyTrace(): Trace {
+  return { alphas: new Map(), sources: new Map(), streams: new Map(), betas: new Map() };
 }
 
 export abstract class ResidualMode {
@@ -71,10 +79,12 @@ const kindOf = (j: number): "attn" | "mlp" => (j % 2 === 0 ? "attn" : "mlp");
 class Standard extends ResidualMode {
   readonly name = "standard";
   private h!: Tensor;
-  begin(h0: Tensor): void {
+  begin(h0: Tensor, trace: Trace | null): void {
+    this.trace = trace;
     this.h = h0;
   }
-  input(_j: number): Tensor {
+  input(j: number): Tensor {
+    this.trace?.streams.set(j, this.h);
     return this.h;
   }
   update(_j: number, _x: Tensor, r: SublayerResult): void {
@@ -113,6 +123,7 @@ abstract class Routed extends ResidualMode {
   protected route(key: number | "final", sources: readonly Tensor[], r: Router): Tensor {
     const { out, alpha } = route(sources, r.w, r.g, this.c.rms_norm_eps);
     this.trace?.alphas.set(key, alpha);
+    this.trace?.sources.set(key, [...sources]);
     return out;
   }
 }
@@ -192,6 +203,7 @@ abstract class Additive extends Routed {
   }
   /** x_j = h + [a_j ·] route([null_j] + S). */
   protected additive(j: number, S: Tensor[]): Tensor {
+    this.trace?.streams.set(j, this.h);
     const src = this.nulls.length ? [expand(this.nulls[j]!, this.h.shape), ...S] : S;
     if (src.length === 0) return this.h;
     const r = this.route(j, src, this.routers[j]!);
@@ -301,7 +313,8 @@ class Ddl extends ResidualMode {
     this.trace = trace;
     this.h = h0;
   }
-  input(_j: number): Tensor {
+  input(j: number): Tensor {
+    this.trace?.streams.set(j, this.h);
     return this.h;
   }
   /** k = u / sqrt(‖u‖² + ε²) and β = 2σ(w_β·c + b_β) of sublayer j. */

@@ -11,6 +11,8 @@ export interface InitContext {
   backend: Backend;
   dtype: DType;
   rng: Rng;
+  /** Create shape-only parameters (no memory): for counting and checking shapes. */
+  meta?: boolean;
 }
 
 export type Init = { kind: "normal"; std: number } | { kind: "const"; value: number };
@@ -21,10 +23,12 @@ export abstract class Module {
 
   /** Creates and registers a parameter, initialised from ctx.rng in creation order. */
   param(name: string, shape: readonly number[], init: Init, ctx: InitContext): Tensor {
-    const t = empty(shape, { backend: ctx.backend, dtype: ctx.dtype }).keep();
-    const d = t.data;
-    if (init.kind === "normal") for (let i = 0; i < t.size; i++) d[i] = ctx.rng.normal() * init.std;
-    else d.fill(init.value, 0, t.size);
+    const t = ctx.meta ? new Tensor(null, shape) : empty(shape, { backend: ctx.backend, dtype: ctx.dtype }).keep();
+    if (!ctx.meta) {
+      const d = t.data;
+      if (init.kind === "normal") for (let i = 0; i < t.size; i++) d[i] = ctx.rng.normal() * init.std;
+      else d.fill(init.value, 0, t.size);
+    }
     t.requiresGrad = true;
     t.name = name;
     if (this.children_.has(name) || this.params_.has(name)) throw new Error(`module already has a member named ${name}`);
@@ -63,6 +67,7 @@ export abstract class Module {
   /** Frees every parameter and gradient buffer. The module is unusable afterwards. */
   dispose(): void {
     for (const p of this.parameters()) {
+      if (p.isMeta) continue;
       p.grad?.dispose();
       p.dispose();
     }

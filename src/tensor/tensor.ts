@@ -57,13 +57,17 @@ export class Tensor {
   graphReleased = false;
   private storage: Storage | null;
 
-  constructor(storage: Storage, shape: Shape) {
+  /** A shape-only tensor (no buffer), for counting parameters of models too large to allocate. */
+  readonly isMeta: boolean;
+
+  constructor(storage: Storage | null, shape: Shape) {
     this.storage = storage;
     this.shape = Object.freeze([...shape]);
     this.size = sizeOf(shape);
-    if (storage.buf.length < this.size)
+    this.isMeta = storage === null;
+    if (storage && storage.buf.length < this.size)
       throw new Error(`internal: storage of ${storage.buf.length} elements for shape ${fmt(shape)}`);
-    track(this);
+    if (storage) track(this);
   }
 
   get backend(): Backend {
@@ -88,6 +92,7 @@ export class Tensor {
   }
 
   private live(): Storage {
+    if (this.isMeta) throw new Error(`tensor ${this.name || fmt(this.shape)} is shape-only (meta): it has no data`);
     if (!this.storage)
       throw new Error(
         `tensor ${this.name || fmt(this.shape)} was used after dispose (a tensor created inside tidy() ` +

@@ -102,9 +102,6 @@ export function runTraining(o: TrainRunOptions): TrainRunResult {
   bar?.stop();
   const seconds = (performance.now() - t0) / 1000;
   saveCheckpoint(o.out, model, { generator: "attnres train" });
-    format: "pt",
-    generator: "attnres",
-  });
   const result: TrainRunResult = {
     finalTrainLoss: lastLoss,
     valLoss,

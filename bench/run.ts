@@ -7,8 +7,10 @@
  *   reference step    forward+backward+AdamW of the 4-layer, d=256 model on 8×256 tokens, in a
  *                     fresh process; and the same step in PyTorch when `import torch` works
  *
+ *   routing step      the reference step at 12 layers for every residual mode, ratios to standard
+ *
  * Options: --json, --steps N (timed steps per configuration, default 10), --quick (fewer reps),
- *          --no-torch (skip PyTorch).
+ *          --no-torch (skip PyTorch), --no-routing (skip the routing step).
  */
 import { execFileSync, spawnSync } from "node:child_process";
 import * as os from "node:os";
@@ -26,6 +28,7 @@ const { values: args } = parseArgs({
     steps: { type: "string", default: "10" },
     quick: { type: "boolean", default: false },
     "no-torch": { type: "boolean", default: false },
+    "no-routing": { type: "boolean", default: false },
   },
 });
 const log = (s: string): void => {
@@ -153,24 +156,32 @@ function main(): void {
     );
 
   const flops = stepFlops(REF);
-  progress("reference step (attnres)");
-  const ours = runJson(process.execPath, [
-    "--import",
-    "tsx",
-    path.join(here, "step.ts"),
-    ...stepArgs(REF, steps),
-  ]);
+  // Ours and PyTorch alternate for a few rounds; each side's row is its best-median round, and the
+  // ratio is the median of the per-round ratios (noise on a shared machine hits both sides).
   const py = args["no-torch"] ? null : findTorch();
-  let torch: StepResult | null = null;
-  if (py) {
-    progress("reference step (pytorch)");
-    torch = runJson(py, [
-      path.join(here, "torch_step.py"),
-      ...stepArgs(REF, steps),
-      "--threads",
-      String(threads),
-    ]);
+  const rounds = args.quick ? 1 : 3;
+  const oursRuns: StepResult[] = [];
+  const torchRuns: StepResult[] = [];
+  for (let r = 0; r < rounds; r++) {
+    progress(`reference step (attnres), round ${r + 1}/${rounds}`);
+    oursRuns.push(
+      runJson(process.execPath, ["--import", "tsx", path.join(here, "step.ts"), ...stepArgs(REF, steps)]),
+    );
+    if (py) {
+      progress(`reference step (pytorch), round ${r + 1}/${rounds}`);
+      torchRuns.push(
+        runJson(py, [
+          path.join(here, "torch_step.py"),
+          ...stepArgs(REF, steps),
+          "--threads",
+          String(threads),
+        ]),
+      );
+    }
   }
+  const best = (rs: StepResult[]) => rs.reduce((p, q) => (q.median_step_s < p.median_step_s ? q : p));
+  const ours = best(oursRuns);
+  const torch = py ? best(torchRuns) : null;
   log(
     `\nreference step: ${REF.layers} layers, d ${REF.d}, ${REF.heads} heads, seq ${REF.seq}, batch ${REF.batch}, vocab ${REF.vocab}, SwiGLU ${REF.ff}; ${(flops / 1e9).toFixed(1)} GFLOP/step`,
   );
@@ -182,10 +193,71 @@ function main(): void {
   row(`attnres (${info.blas})`, ours);
   if (torch) row(`pytorch ${String(torch.torch)}`, torch);
   else log('  pytorch: not measured (`python3 -c "import torch"` failed; apt-get install python3-torch)');
-  const ratio = torch ? ours.median_step_s / torch.median_step_s : null;
+  const ratio = torch ? median(oursRuns.map((o, r) => o.median_step_s / torchRuns[r]!.median_step_s)) : null;
   const rssRatio = torch ? ours.peak_rss_mb / torch.peak_rss_mb : null;
   if (ratio !== null)
-    log(`  step time ours/pytorch: ${ratio.toFixed(2)}   peak RSS ours/pytorch: ${rssRatio!.toFixed(2)}`);
+    log(
+      `  step time ours/pytorch: ${ratio.toFixed(2)} (median of ${rounds} alternating rounds: ${oursRuns.map((o, r) => (o.median_step_s / torchRuns[r]!.median_step_s).toFixed(2)).join(", ")})   peak RSS ours/pytorch: ${rssRatio!.toFixed(2)}`,
+    );
+
+  // ---- routing step: the reference step at 12 layers, every residual mode, ratios to standard.
+  // Times come from one process that interleaves the modes' steps (noise falls on all alike);
+  // peak RSS from one fresh process per mode.
+  const routing: {
+    mode: string;
+    median_step_s: number;
+    ratio_to_standard: number;
+    params: number;
+    peak_rss_mb: number;
+    rss_vs_standard: number;
+  }[] = [];
+  if (!args["no-routing"]) {
+    progress("routing step: all modes, interleaved");
+    const r = spawnSync(
+      process.execPath,
+      [
+        "--import",
+        "tsx",
+        path.join(here, "routing.ts"),
+        "--rounds",
+        String(Math.max(3, Math.ceil(steps / 2))),
+      ],
+      {
+        cwd: root,
+        encoding: "utf8",
+      },
+    );
+    if (r.status !== 0) throw new Error(`bench/routing.ts failed:\n${r.stderr}`);
+    const times = JSON.parse(r.stdout.trim().split("\n").pop()!) as {
+      mode: string;
+      median_step_s: number;
+      ratio_to_standard: number;
+      params: number;
+    }[];
+    for (const t of times) {
+      progress(`routing step: peak RSS of ${t.mode}`);
+      const m = runJson(process.execPath, [
+        "--import",
+        "tsx",
+        path.join(here, "step.ts"),
+        ...stepArgs({ ...REF, layers: 12 }, 1),
+        "--warmup",
+        "1",
+        "--mode",
+        t.mode,
+      ]);
+      routing.push({ ...t, peak_rss_mb: m.peak_rss_mb, rss_vs_standard: 0 });
+    }
+    for (const m of routing) m.rss_vs_standard = m.peak_rss_mb / routing[0]!.peak_rss_mb;
+    log(
+      `\nrouting step: the reference step with 12 layers (block modes: 4 blocks); times interleaved in one process`,
+    );
+    log("  mode              median s   × standard   peak RSS MB   × standard      params");
+    for (const m of routing)
+      log(
+        `  ${m.mode.padEnd(16)} ${m.median_step_s.toFixed(3).padStart(8)}   ${m.ratio_to_standard.toFixed(2).padStart(10)}   ${m.peak_rss_mb.toFixed(0).padStart(11)}   ${m.rss_vs_standard.toFixed(2).padStart(10)}   ${String(m.params).padStart(9)}`,
+      );
+  }
 
   if (args.json)
     console.log(
@@ -204,6 +276,7 @@ function main(): void {
             ratio_time: ratio,
             ratio_rss: rssRatio,
           },
+          routing_step: routing,
         },
         null,
         2,

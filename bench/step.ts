@@ -11,6 +11,7 @@ import { poolStats } from "../src/tensor/memory.js";
 import { Rng } from "../src/tensor/random.js";
 import { AdamW } from "../src/train/optim.js";
 import { paramGroups, trainStep } from "../src/train/trainer.js";
+import { referenceStepConfig } from "./modes.js";
 
 const { values: a } = parseArgs({
   options: {
@@ -32,11 +33,10 @@ const B = n("batch");
 const T = n("seq");
 const model = new DecoderLM(
   {
-    model_type: "llama",
+    ...referenceStepConfig(n("layers"), a.mode),
     vocab_size: n("vocab"),
     hidden_size: n("d"),
     intermediate_size: n("ff"),
-    num_hidden_layers: n("layers"),
     num_attention_heads: n("heads"),
     num_key_value_heads: a["kv-heads"] ? n("kv-heads") : n("heads"),
     max_position_embeddings: T,

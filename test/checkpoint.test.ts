@@ -10,7 +10,13 @@ import * as path from "node:path";
 import { describe, test } from "node:test";
 import { referenceBackend as ref } from "../src/backend/reference/index.js";
 import { loadCheckpoint, readConfig, saveCheckpoint } from "../src/io/checkpoint.js";
-import { parseSafetensors, readCheckpointWeights, readSafetensors, serializeSafetensors, writeSafetensors } from "../src/io/safetensors.js";
+import {
+  parseSafetensors,
+  readCheckpointWeights,
+  readSafetensors,
+  serializeSafetensors,
+  writeSafetensors,
+} from "../src/io/safetensors.js";
 import { DecoderLM } from "../src/model/decoder.js";
 import { tidy } from "../src/tensor/memory.js";
 import { Rng } from "../src/tensor/random.js";
@@ -78,7 +84,10 @@ describe("safetensors", () => {
     fs.writeFileSync(path.join(dir, "model.safetensors.index.json"), JSON.stringify(index));
     const r = readCheckpointWeights(dir);
     assert.deepEqual(Array.from(r.tensors.get("y")!.data), [3]);
-    fs.writeFileSync(path.join(dir, "model.safetensors.index.json"), JSON.stringify({ weight_map: { ...index.weight_map, z: "c.safetensors" } }));
+    fs.writeFileSync(
+      path.join(dir, "model.safetensors.index.json"),
+      JSON.stringify({ weight_map: { ...index.weight_map, z: "c.safetensors" } }),
+    );
     assert.throws(() => readCheckpointWeights(dir), /points at c.safetensors, which does not exist/);
   });
 });
@@ -110,10 +119,14 @@ describe("HF-layout round trip", () => {
     test(`mode ${JSON.stringify(extra)}: same weights, same logits, authors' keys`, () => {
       const model = new DecoderLM({ ...small, ...extra }, { backend: ref, dtype: "float32", seed: 1 });
       // Make routing non-trivial so the round trip of every tensor matters.
-      for (const [, p] of model.namedParameters()) for (let i = 0; i < p.size; i++) p.data[i] = p.data[i]! + 0.01 * rng.normal();
+      for (const [, p] of model.namedParameters())
+        for (let i = 0; i < p.size; i++) p.data[i] = p.data[i]! + 0.01 * rng.normal();
       const dir = tmp();
       saveCheckpoint(dir, model);
-      const cfg = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8")) as Record<string, unknown>;
+      const cfg = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8")) as Record<
+        string,
+        unknown
+      >;
       if (extra.attnres_mode) assert.equal(cfg.attnres_mode, extra.attnres_mode);
       else assert.equal(cfg.attnres_mode, undefined, "a standard checkpoint carries no attnres keys");
       if (extra.attnres_mode && !extra.model_type) assert.equal(cfg.model_type, "qwen3_attnres");
@@ -153,19 +166,28 @@ describe("bad checkpoints", () => {
     const dir = saved();
     const cfg = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8"));
     fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify({ ...cfg, intermediate_size: 20 }));
-    assert.throws(() => loadCheckpoint(dir, { backend: ref }), /model.layers.0.mlp.gate_proj.weight has shape \[24, 16\], expected \[20, 16\]/);
+    assert.throws(
+      () => loadCheckpoint(dir, { backend: ref }),
+      /model.layers.0.mlp.gate_proj.weight has shape \[24, 16\], expected \[20, 16\]/,
+    );
   });
   test("missing routing tensors (a standard checkpoint read as delta)", () => {
     const dir = saved();
     const cfg = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8"));
     fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify({ ...cfg, attnres_mode: "full" }));
-    assert.throws(() => loadCheckpoint(dir, { backend: ref }), /missing tensor model.final_res_proj.weight \(expected shape \[1, 16\]\)/);
+    assert.throws(
+      () => loadCheckpoint(dir, { backend: ref }),
+      /missing tensor model.final_res_proj.weight \(expected shape \[1, 16\]\)/,
+    );
   });
   test("truncated weights", () => {
     const dir = saved();
     const f = path.join(dir, "model.safetensors");
     fs.truncateSync(f, fs.statSync(f).size - 100);
-    assert.throws(() => loadCheckpoint(dir, { backend: ref }), /model.safetensors: not a valid safetensors file: .*truncated/);
+    assert.throws(
+      () => loadCheckpoint(dir, { backend: ref }),
+      /model.safetensors: not a valid safetensors file: .*truncated/,
+    );
   });
   test("an unknown mode in config.json", () => {
     const dir = saved();

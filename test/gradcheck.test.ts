@@ -203,8 +203,10 @@ describe("gradcheck: depth routing", () => {
   for (const N of [1, 2, 5])
     test(`route over ${N} sources`, () => {
       const srcs = Array.from({ length: N }, () => r([2, 3, 6], { lo: -2, hi: 2 }));
-      gradcheck(`route N=${N}`, [...srcs, r([6]), r([6], { lo: 0.5, hi: 1.5 })], (...xs) =>
-        ops.route(xs.slice(0, N), xs[N]!, xs[N + 1]!, 1e-6).out,
+      gradcheck(
+        `route N=${N}`,
+        [...srcs, r([6]), r([6], { lo: 0.5, hi: 1.5 })],
+        (...xs) => ops.route(xs.slice(0, N), xs[N]!, xs[N + 1]!, 1e-6).out,
       );
     });
   test("route matches the composite definition, and alpha sums to one", () => {
@@ -228,7 +230,12 @@ describe("gradcheck: depth routing", () => {
   });
   test("zero query gives uniform weights", () => {
     const srcs = [r([3, 4]), r([3, 4])];
-    const { alpha } = ops.route(srcs, tensor([0, 0, 0, 0], [4], { backend: ref, dtype: "float64" }), r([4]), 1e-6);
+    const { alpha } = ops.route(
+      srcs,
+      tensor([0, 0, 0, 0], [4], { backend: ref, dtype: "float64" }),
+      r([4]),
+      1e-6,
+    );
     assert.deepEqual(alpha.toArray(), [0.5, 0.5, 0.5, 0.5, 0.5, 0.5]);
   });
 });

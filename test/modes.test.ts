@@ -21,7 +21,12 @@ import { assertClose } from "./helpers.js";
 const dir = path.join(import.meta.dirname, "fixtures");
 const files = fs.readdirSync(dir).filter((f) => f.startsWith("mode-"));
 
-function scaledClose(actual: ArrayLike<number>, expected: ArrayLike<number>, rtol: number, what: string): void {
+function scaledClose(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  rtol: number,
+  what: string,
+): void {
   let mx = 0;
   for (let i = 0; i < expected.length; i++) mx = Math.max(mx, Math.abs(expected[i]!));
   assertClose(actual, expected, { rtol, atol: rtol * Math.max(mx, 1e-12) }, what);
@@ -34,7 +39,9 @@ const backends: [string, Backend | null, DType, number][] = [
 ];
 
 test("there is a fixture for every mode", () => {
-  const modes = new Set(files.map((f) => JSON.parse(readSafetensors(path.join(dir, f)).metadata.config!).attnres_mode));
+  const modes = new Set(
+    files.map((f) => JSON.parse(readSafetensors(path.join(dir, f)).metadata.config!).attnres_mode),
+  );
   assert.deepEqual([...modes].sort(), ["block", "ddl", "ddl_expanded", "delta", "delta_block", "full"]);
 });
 
@@ -50,7 +57,9 @@ for (const file of files)
     const ids = get("input_ids").data as Int32Array;
     const targets = get("targets").data as Int32Array;
     const [B, T] = get("input_ids").shape as [number, number];
-    const weights = new Map([...fx.tensors].filter(([k]) => k.startsWith("model.") || k.startsWith("lm_head.")));
+    const weights = new Map(
+      [...fx.tensors].filter(([k]) => k.startsWith("model.") || k.startsWith("lm_head.")),
+    );
 
     for (const [label, backend, dtype, rtol] of backends)
       test(`${label}: logits, loss, gradients, alpha, beta`, () => {
@@ -73,13 +82,20 @@ for (const file of files)
         // A parameter the forward never reads (sublayer 0's query in delta without a null
         // source) gets no gradient here and an all-zero one in PyTorch.
         for (const [n, p] of model.namedParameters())
-          scaledClose(p.grad ? p.grad.toArray() : new Array<number>(p.size).fill(0), get(`grad.${n}`).data, rtol * 10, `grad of ${n}`);
+          scaledClose(
+            p.grad ? p.grad.toArray() : new Array<number>(p.size).fill(0),
+            get(`grad.${n}`).data,
+            rtol * 10,
+            `grad of ${n}`,
+          );
         const wantAlphas = [...fx.tensors.keys()].filter((k) => k.startsWith("alpha.")).sort();
         assert.deepEqual(out.alphas.map(([k]) => `alpha.${k}`).sort(), wantAlphas, "routed calls");
-        for (const [k, a] of out.alphas) scaledClose(a, get(`alpha.${k}`).data, rtol * 10, `alpha of sublayer ${k}`);
+        for (const [k, a] of out.alphas)
+          scaledClose(a, get(`alpha.${k}`).data, rtol * 10, `alpha of sublayer ${k}`);
         const wantBetas = [...fx.tensors.keys()].filter((k) => k.startsWith("beta.")).sort();
         assert.deepEqual(out.betas.map(([k]) => `beta.${k}`).sort(), wantBetas, "ddl sublayers");
-        for (const [k, b] of out.betas) scaledClose(b, get(`beta.${k}`).data, rtol * 10, `beta of sublayer ${k}`);
+        for (const [k, b] of out.betas)
+          scaledClose(b, get(`beta.${k}`).data, rtol * 10, `beta of sublayer ${k}`);
         model.dispose();
       });
   });

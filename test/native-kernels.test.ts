@@ -792,9 +792,10 @@ describe("depthRoute", () => {
       closeDot("alpha", alpha, alphaW, d + N);
       closeDot("out", out, outW, d + N);
       const gout = rnd(rows * d);
-      // Every source gets a gradient except (when N > 1) the second one, which must stay untouched.
-      const gs = sources.map((_, i) => (N > 1 && i === 1 ? null : nans(rows * d)));
-      const gsW = sources.map((_, i) => (N > 1 && i === 1 ? null : new Float64Array(rows * d)));
+      // Source gradients accumulate: start them at random values. Every source gets a gradient
+      // except (when N > 1) the second one, which must stay untouched.
+      const gs = sources.map((_, i) => (N > 1 && i === 1 ? null : rnd(rows * d)));
+      const gsW = gs.map((b) => (b ? f64(b) : null));
       const gw = nans(d);
       const gg = nans(d);
       const gwW = new Float64Array(d);

@@ -29,7 +29,10 @@ const rng = new Rng(5);
 const ids = Int32Array.from({ length: B * T }, () => rng.int(41));
 
 function logits(extra: Record<string, unknown>, eps: number): Float64Array {
-  const model = new DecoderLM({ ...base, rms_norm_eps: eps, ...extra }, { backend: ref, dtype: "float64", seed: 3 });
+  const model = new DecoderLM(
+    { ...base, rms_norm_eps: eps, ...extra },
+    { backend: ref, dtype: "float64", seed: 3 },
+  );
   const out = tidy(() => model.forward(ids, B, T).toFloat64Array());
   model.dispose();
   return out;
@@ -71,11 +74,19 @@ describe("identity at initialisation (zero queries)", () => {
     assert.ok(d8 < d6 / 20, `shrinks with eps: ${d6} at 1e-6, ${d8} at 1e-8`);
   });
   test("delta-block with a zero gate is exactly standard", () => {
-    const extra = { attnres_mode: "delta_block", attnres_num_blocks: 3, attnres_gate_type: "learnable_alpha" };
+    const extra = {
+      attnres_mode: "delta_block",
+      attnres_num_blocks: 3,
+      attnres_gate_type: "learnable_alpha",
+    };
     assert.equal(maxDiff(logits(extra, 1e-6), logits({}, 1e-6)), 0);
   });
   test("delta with a zero gate is exactly standard", () => {
-    const extra = { attnres_mode: "delta", attnres_gate_type: "learnable_alpha", attnres_use_null_source: true };
+    const extra = {
+      attnres_mode: "delta",
+      attnres_gate_type: "learnable_alpha",
+      attnres_use_null_source: true,
+    };
     assert.equal(maxDiff(logits(extra, 1e-6), logits({}, 1e-6)), 0);
   });
   test("delta-block without a gate is NOT equivalent (its sources do not sum to the stream)", () => {
@@ -110,7 +121,13 @@ describe("parameter counts (shapes only, nothing allocated)", () => {
     num_key_value_heads: 8,
     head_dim: 128,
   };
-  const small = { ...big, hidden_size: 1024, intermediate_size: 3072, num_hidden_layers: 28, num_attention_heads: 16 };
+  const small = {
+    ...big,
+    hidden_size: 1024,
+    intermediate_size: 3072,
+    num_hidden_layers: 28,
+    num_attention_heads: 16,
+  };
   const std8 = countParameters(big);
   const std06 = countParameters(small);
   test("the standard backbones have the published sizes", () => {
@@ -119,15 +136,26 @@ describe("parameter counts (shapes only, nothing allocated)", () => {
   });
   test("delta and delta-block add 4·d·L (589,824 at d=4096, L=36; 114,688 at 1024, 28)", () => {
     assert.equal(countParameters({ ...big, attnres_mode: "delta" }) - std8, 589_824);
-    assert.equal(countParameters({ ...big, attnres_mode: "delta_block", attnres_num_blocks: 6 }) - std8, 589_824);
+    assert.equal(
+      countParameters({ ...big, attnres_mode: "delta_block", attnres_num_blocks: 6 }) - std8,
+      589_824,
+    );
     assert.equal(countParameters({ ...small, attnres_mode: "delta" }) - std06, 114_688);
   });
   test("Kimi modes add 4·d·L + 2d (the final routing)", () => {
     assert.equal(countParameters({ ...big, attnres_mode: "full" }) - std8, 589_824 + 2 * 4096);
-    assert.equal(countParameters({ ...big, attnres_mode: "block", attnres_num_blocks: 8 }) - std8, 589_824 + 2 * 4096);
+    assert.equal(
+      countParameters({ ...big, attnres_mode: "block", attnres_num_blocks: 8 }) - std8,
+      589_824 + 2 * 4096,
+    );
   });
   test("null sources and gates add 2·d·L and 2·L", () => {
-    const both = { ...big, attnres_mode: "delta", attnres_use_null_source: true, attnres_gate_type: "learnable_alpha" };
+    const both = {
+      ...big,
+      attnres_mode: "delta",
+      attnres_use_null_source: true,
+      attnres_gate_type: "learnable_alpha",
+    };
     assert.equal(countParameters(both) - std8, 589_824 + 2 * 4096 * 36 + 2 * 36);
   });
 });
@@ -156,7 +184,14 @@ describe("delta-block bookkeeping", () => {
         const got = trace!.sources.get(j)!;
         const want = expected(j);
         assert.equal(got.length, want.length, `sublayer ${j} routes over ${want.length} sources`);
-        got.forEach((s, i) => assertClose(s.toArray(), want[i]!.toArray(), { rtol: 1e-12, atol: 1e-14 }, `sublayer ${j} source ${i}`));
+        got.forEach((s, i) =>
+          assertClose(
+            s.toArray(),
+            want[i]!.toArray(),
+            { rtol: 1e-12, atol: 1e-14 },
+            `sublayer ${j} source ${i}`,
+          ),
+        );
       }
       // The released code's Δ (h minus the previous *source*) would differ from the third block on.
       const buggy = ops.sub(h(8), trace!.sources.get(9)![1]!);
@@ -173,11 +208,15 @@ describe("delta-block bookkeeping", () => {
 
 describe("bad configurations", () => {
   const cfg = (extra: Record<string, unknown>) => () => parseConfig({ ...base, ...extra });
-  test("unknown mode", () => assert.throws(cfg({ attnres_mode: "sideways" }), /unknown residual mode "sideways"/));
+  test("unknown mode", () =>
+    assert.throws(cfg({ attnres_mode: "sideways" }), /unknown residual mode "sideways"/));
   test("blocks missing, < 1, > layers", () => {
     assert.throws(cfg({ attnres_mode: "block" }), /needs attnres_num_blocks/);
     assert.throws(cfg({ attnres_mode: "delta_block", attnres_num_blocks: 0 }), /attnres_num_blocks/);
-    assert.throws(cfg({ attnres_mode: "block", attnres_num_blocks: 7 }), /7 blocks is more than the 6 layers/);
+    assert.throws(
+      cfg({ attnres_mode: "block", attnres_num_blocks: 7 }),
+      /7 blocks is more than the 6 layers/,
+    );
   });
   test("null source / gate outside the additive modes", () => {
     assert.throws(cfg({ attnres_mode: "full", attnres_use_null_source: true }), /additive modes/);

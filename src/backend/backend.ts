@@ -285,8 +285,9 @@ export interface Backend {
     eps: number,
   ): void;
   /**
-   * Backward of depthRoute. Writes gsources[i] [rows, d] for every i whose entry is non-null,
-   * gw [d] and gg [d] (sums over rows).
+   * Backward of depthRoute. Accumulates into gsources[i] [rows, d] for every i whose entry is
+   * non-null (the autograd engine hands in the running gradient of each source, so no separate
+   * buffer is written and summed later); writes gw [d] and gg [d] (sums over rows).
    */
   depthRouteBackward(
     sources: readonly Buf[],

@@ -32,7 +32,10 @@ export function configForExport(c: ModelConfig): Record<string, unknown> {
 export function saveCheckpoint(dir: string, model: DecoderLM, metadata: Record<string, string> = {}): void {
   fs.mkdirSync(dir, { recursive: true });
   writeSafetensors(path.join(dir, "model.safetensors"), exportWeights(model), { format: "pt", ...metadata });
-  writeFileAtomic(path.join(dir, "config.json"), JSON.stringify(configForExport(model.config), null, 2) + "\n");
+  writeFileAtomic(
+    path.join(dir, "config.json"),
+    JSON.stringify(configForExport(model.config), null, 2) + "\n",
+  );
 }
 
 export function readConfig(dir: string): ModelConfig {

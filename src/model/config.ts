@@ -55,7 +55,11 @@ export const ModelConfigSchema = z
       });
     const blocks = c.attnres_mode === "block" || c.attnres_mode === "delta_block";
     if (blocks && c.attnres_num_blocks === undefined)
-      ctx.addIssue({ code: "custom", path: ["attnres_num_blocks"], message: `mode ${c.attnres_mode} needs attnres_num_blocks` });
+      ctx.addIssue({
+        code: "custom",
+        path: ["attnres_num_blocks"],
+        message: `mode ${c.attnres_mode} needs attnres_num_blocks`,
+      });
     if (blocks && c.attnres_num_blocks !== undefined && c.attnres_num_blocks > c.num_hidden_layers)
       ctx.addIssue({
         code: "custom",

@@ -17,7 +17,13 @@ import { crossEntropy, matmul, RopeTable } from "../tensor/ops.js";
 import { Rng } from "../tensor/random.js";
 import type { Tensor } from "../tensor/tensor.js";
 import { type ModelConfig, type ModelConfigInput, parseConfig } from "./config.js";
-import { emptyTrace, makeResidualMode, type ResidualMode, type SublayerResult, type Trace } from "./residual.js";
+import {
+  emptyTrace,
+  makeResidualMode,
+  type ResidualMode,
+  type SublayerResult,
+  type Trace,
+} from "./residual.js";
 import { routingStats, type RoutingReport } from "./stats.js";
 
 export interface ModelOptions {

@@ -20,19 +20,7 @@
  */
 import { Linear, RMSNorm } from "../nn/layers.js";
 import { type InitContext, Module } from "../nn/module.js";
-import {
-  add,
-  expand,
-  mul,
-  reshape,
-  route,
-  rsqrt,
-  scale,
-  sigmoid,
-  square,
-  sub,
-  sum,
-} from "../tensor/ops.js";
+import { add, expand, mul, reshape, route, rsqrt, scale, sigmoid, square, sub, sum } from "../tensor/ops.js";
 import type { Tensor } from "../tensor/tensor.js";
 import type { ModelConfig, ModeName } from "./config.js";
 
@@ -195,7 +183,9 @@ abstract class Additive extends Routed {
     host.layers.forEach((layer) => {
       for (const kind of ["attn", "mlp"]) {
         if (c.attnres_use_null_source)
-          this.nulls.push(layer.param(`${kind}_null_source`, [c.hidden_size], { kind: "const", value: 0 }, ctx));
+          this.nulls.push(
+            layer.param(`${kind}_null_source`, [c.hidden_size], { kind: "const", value: 0 }, ctx),
+          );
         if (c.attnres_gate_type === "learnable_alpha")
           this.gates.push(layer.param(`${kind}_res_alpha`, [], { kind: "const", value: 0 }, ctx));
       }
@@ -304,7 +294,12 @@ class Ddl extends ResidualMode {
         const read =
           valueChannels === 1
             ? null
-            : layer.param(`${kind}_ddl_read`, [d, valueChannels], { kind: "const", value: 1 / valueChannels }, ctx);
+            : layer.param(
+                `${kind}_ddl_read`,
+                [d, valueChannels],
+                { kind: "const", value: 1 / valueChannels },
+                ctx,
+              );
         this.p.push({ beta, v, read });
       }
     });

@@ -83,7 +83,16 @@ export function routingStats(trace: Trace): RoutingReport {
       hist[Math.min(19, Math.max(0, Math.floor(v * 10)))]!++;
     }
     const m = s / b.size;
-    beta.push({ j, layer: j >> 1, kind: j % 2 === 0 ? "attn" : "mlp", mean: m, std: Math.sqrt(Math.max(0, ss / b.size - m * m)), min: mn, max: mx, histogram: hist });
+    beta.push({
+      j,
+      layer: j >> 1,
+      kind: j % 2 === 0 ? "attn" : "mlp",
+      mean: m,
+      std: Math.sqrt(Math.max(0, ss / b.size - m * m)),
+      min: mn,
+      max: mx,
+      histogram: hist,
+    });
   }
   beta.sort((p, q) => p.j - q.j);
   return { routing, beta };

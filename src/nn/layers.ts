@@ -6,7 +6,17 @@
  *   Attention  q/k/v/o_proj, optional per-head q_norm/k_norm (Qwen3), RoPE, GQA, causal
  *   MLP        down(silu(gate(x)) * up(x))
  */
-import { add, attention, embedding, matmul, reshape, rmsnorm, rope, RopeTable, swiglu } from "../tensor/ops.js";
+import {
+  add,
+  attention,
+  embedding,
+  matmul,
+  reshape,
+  rmsnorm,
+  rope,
+  RopeTable,
+  swiglu,
+} from "../tensor/ops.js";
 import type { Tensor } from "../tensor/tensor.js";
 import { type InitContext, Module } from "./module.js";
 
@@ -28,7 +38,8 @@ export class Linear extends Module {
       std === 0 ? { kind: "const", value: 0 } : { kind: "normal", std },
       ctx,
     );
-    this.bias = bias === undefined ? null : this.param("bias", [outFeatures], { kind: "const", value: bias }, ctx);
+    this.bias =
+      bias === undefined ? null : this.param("bias", [outFeatures], { kind: "const", value: bias }, ctx);
   }
   /** x [..., in] → [..., out] */
   forward(x: Tensor): Tensor {

@@ -23,7 +23,9 @@ export abstract class Module {
 
   /** Creates and registers a parameter, initialised from ctx.rng in creation order. */
   param(name: string, shape: readonly number[], init: Init, ctx: InitContext): Tensor {
-    const t = ctx.meta ? new Tensor(null, shape) : empty(shape, { backend: ctx.backend, dtype: ctx.dtype }).keep();
+    const t = ctx.meta
+      ? new Tensor(null, shape)
+      : empty(shape, { backend: ctx.backend, dtype: ctx.dtype }).keep();
     if (!ctx.meta) {
       const d = t.data;
       if (init.kind === "normal") for (let i = 0; i < t.size; i++) d[i] = ctx.rng.normal() * init.std;
@@ -31,14 +33,16 @@ export abstract class Module {
     }
     t.requiresGrad = true;
     t.name = name;
-    if (this.children_.has(name) || this.params_.has(name)) throw new Error(`module already has a member named ${name}`);
+    if (this.children_.has(name) || this.params_.has(name))
+      throw new Error(`module already has a member named ${name}`);
     this.params_.set(name, t);
     return t;
   }
 
   /** Registers a submodule under `name` (its parameters are named `name.…`). */
   child<M extends Module>(name: string, m: M): M {
-    if (this.children_.has(name) || this.params_.has(name)) throw new Error(`module already has a member named ${name}`);
+    if (this.children_.has(name) || this.params_.has(name))
+      throw new Error(`module already has a member named ${name}`);
     this.children_.set(name, m);
     return m;
   }

@@ -659,8 +659,13 @@ export function route(sourceList: readonly Tensor[], w: Tensor, g: Tensor, eps: 
   const rstd = like(first, [rows, N]);
   const bufs = sources.map((s) => s.data);
   first.backend.depthRoute(bufs, w.data, g.data, out.data, alpha.data, rstd.data, rows, d, eps);
-  record(out, op, [...sources, w, g], (gy) => {
-    const gs = sources.map((s) => (s.requiresGrad ? like(s, s.shape) : null));
+  const inputs = [...sources, w, g];
+  const backwardInto = (gy: Tensor, acc: readonly (Tensor | null)[]): (Tensor | null)[] => {
+    // Source gradients accumulate: into the engine's running gradient when it has one, else into
+    // a fresh zeroed buffer.
+    const gs = sources.map((s, i) =>
+      s.requiresGrad ? (acc[i] ?? zeros(s.shape, { backend: s.backend, dtype: s.dtype })) : null,
+    );
     const gw = like(w, w.shape);
     const gg = like(g, g.shape);
     first.backend.depthRouteBackward(
@@ -677,7 +682,8 @@ export function route(sourceList: readonly Tensor[], w: Tensor, g: Tensor, eps: 
       d,
     );
     return [...gs, w.requiresGrad ? gw : null, g.requiresGrad ? gg : null];
-  });
+  };
+  record(out, op, inputs, (gy) => backwardInto(gy, []), backwardInto);
   return { out, alpha };
 }
 

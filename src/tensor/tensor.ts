@@ -19,6 +19,12 @@ export interface GradFn {
   readonly inputs: readonly Tensor[];
   /** Gradients of the inputs (null where an input needs none) from the output's gradient. */
   backward(g: Tensor): (Tensor | null)[];
+  /**
+   * Optional, for ops whose input gradients are large and many (depth routing): like backward,
+   * but acc[i], when non-null, is input i's running gradient, owned by the engine and shared
+   * with nobody; the op may add its contribution into it and return acc[i] itself.
+   */
+  backwardInto?(g: Tensor, acc: readonly (Tensor | null)[]): (Tensor | null)[];
 }
 
 export interface TensorOptions {
@@ -92,7 +98,8 @@ export class Tensor {
   }
 
   private live(): Storage {
-    if (this.isMeta) throw new Error(`tensor ${this.name || fmt(this.shape)} is shape-only (meta): it has no data`);
+    if (this.isMeta)
+      throw new Error(`tensor ${this.name || fmt(this.shape)} is shape-only (meta): it has no data`);
     if (!this.storage)
       throw new Error(
         `tensor ${this.name || fmt(this.shape)} was used after dispose (a tensor created inside tidy() ` +
@@ -215,10 +222,11 @@ export function record(
   name: string,
   inputs: readonly Tensor[],
   backward: GradFn["backward"],
+  backwardInto?: GradFn["backwardInto"],
 ): Tensor {
   if (gradEnabled && inputs.some((t) => t.requiresGrad)) {
     out.requiresGrad = true;
-    out.gradFn = { name, inputs, backward };
+    out.gradFn = backwardInto ? { name, inputs, backward, backwardInto } : { name, inputs, backward };
   }
   return out;
 }
@@ -279,7 +287,17 @@ function runBackward(root: Tensor, grad?: Tensor): void {
           accumulateLeaf(t, g);
           continue;
         }
-        const gs = tidy(() => fn.backward(g));
+        let acc: (Tensor | null)[] | null = null;
+        if (fn.backwardInto) {
+          const seen = new Set<Tensor>();
+          acc = fn.inputs.map((input) => {
+            const prev = grads.get(input);
+            const ok = prev && prev.ownsStorage && !seen.has(input);
+            seen.add(input);
+            return ok ? prev! : null;
+          });
+        }
+        const gs = tidy(() => (acc && fn.backwardInto ? fn.backwardInto(g, acc) : fn.backward(g)));
         // First give every input that needs a gradient its own tensor object (a view where the
         // backward returned one tensor for several inputs), then accumulate: disposing one
         // object never frees a buffer another input still holds.
@@ -297,7 +315,7 @@ function runBackward(root: Tensor, grad?: Tensor): void {
         });
         fn.inputs.forEach((input, i) => {
           const gi = mine[i];
-          if (!gi) return;
+          if (!gi || gi === acc?.[i]) return; // null, or already accumulated in place
           const prev = grads.get(input);
           if (!prev) grads.set(input, gi);
           else if (prev.ownsStorage) {

@@ -621,7 +621,7 @@ export const referenceBackend: Backend = {
         const coef = (rs * rs * rs * dot) / d;
         for (let c = 0; c < d; c++) {
           const sc = s[r * d + c]!;
-          gs[r * d + c] = a * gout[r * d + c]! + rs * dl * w[c]! * g[c]! - coef * sc;
+          gs[r * d + c] = gs[r * d + c]! + a * gout[r * d + c]! + rs * dl * w[c]! * g[c]! - coef * sc;
         }
       }
     }

@@ -1,6 +1,9 @@
 /** Shared test helpers: random tensors, comparisons, finite-difference gradient checks. */
 import assert from "node:assert/strict";
 import type { Backend, DType } from "../src/backend/backend.js";
+import { nativeBackend } from "../src/backend/index.js";
+import { referenceBackend } from "../src/backend/reference/index.js";
+import { readSafetensors, type StTensor } from "../src/io/safetensors.js";
 import { mul, sum } from "../src/tensor/ops.js";
 import { Rng } from "../src/tensor/random.js";
 import { noGrad, type Tensor, tensor } from "../src/tensor/tensor.js";
@@ -101,4 +104,60 @@ export function gradcheck(
     x.grad = null;
   });
   R.dispose();
+}
+
+/** Elementwise closeness with the absolute tolerance scaled by the largest |expected| (rtol·max). */
+export function scaledClose(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  rtol: number,
+  what: string,
+): void {
+  let mx = 0;
+  for (let i = 0; i < expected.length; i++) mx = Math.max(mx, Math.abs(expected[i]!));
+  assertClose(actual, expected, { rtol, atol: rtol * Math.max(mx, 1e-12) }, what);
+}
+
+export interface Fixture {
+  /** A tensor of the fixture (an assertion error when missing). */
+  get(name: string): StTensor;
+  has(name: string): boolean;
+  names(): string[];
+  config: Record<string, unknown>;
+  ids: Int32Array;
+  targets: Int32Array;
+  B: number;
+  T: number;
+  /** The model weights (HF names) it holds. */
+  weights: Map<string, StTensor>;
+}
+
+/** Reads a PyTorch fixture written by scripts/gen_fixtures.py (float64 kept). */
+export function loadFixture(file: string): Fixture {
+  const fx = readSafetensors(file, { keepF64: true });
+  const get = (k: string): StTensor => {
+    const t = fx.tensors.get(k);
+    assert.ok(t, `fixture ${file} lacks ${k}`);
+    return t!;
+  };
+  const [B, T] = get("input_ids").shape as [number, number];
+  return {
+    get,
+    has: (k) => fx.tensors.has(k),
+    names: () => [...fx.tensors.keys()],
+    config: JSON.parse(fx.metadata.config!) as Record<string, unknown>,
+    ids: get("input_ids").data as Int32Array,
+    targets: get("targets").data as Int32Array,
+    B,
+    T,
+    weights: new Map([...fx.tensors].filter(([k]) => k.startsWith("model.") || k.startsWith("lm_head."))),
+  };
+}
+
+/** The backends every fixture test runs on, with the relative tolerance each is held to. */
+export function fixtureBackends(nativeRtol: number): [string, Backend | null, DType, number][] {
+  return [
+    ["reference float64", referenceBackend, "float64", 1e-9],
+    ["native float32", nativeBackend(), "float32", nativeRtol],
+  ];
 }

@@ -9,34 +9,16 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, test } from "node:test";
-import type { Backend, DType } from "../src/backend/backend.js";
-import { nativeBackend } from "../src/backend/index.js";
-import { referenceBackend } from "../src/backend/reference/index.js";
-import { readSafetensors, type StTensor } from "../src/io/safetensors.js";
+import { readSafetensors } from "../src/io/safetensors.js";
 import { DecoderLM } from "../src/model/decoder.js";
 import { loadWeights } from "../src/model/weights.js";
 import { tidy } from "../src/tensor/memory.js";
-import { assertClose } from "./helpers.js";
+import { fixtureBackends, loadFixture, scaledClose } from "./helpers.js";
 
 const dir = path.join(import.meta.dirname, "fixtures");
 const files = fs.readdirSync(dir).filter((f) => f.startsWith("mode-"));
 
-function scaledClose(
-  actual: ArrayLike<number>,
-  expected: ArrayLike<number>,
-  rtol: number,
-  what: string,
-): void {
-  let mx = 0;
-  for (let i = 0; i < expected.length; i++) mx = Math.max(mx, Math.abs(expected[i]!));
-  assertClose(actual, expected, { rtol, atol: rtol * Math.max(mx, 1e-12) }, what);
-}
-
-const native = nativeBackend();
-const backends: [string, Backend | null, DType, number][] = [
-  ["reference float64", referenceBackend, "float64", 1e-9],
-  ["native float32", native, "float32", 3e-4],
-];
+const backends = fixtureBackends(3e-4);
 
 test("there is a fixture for every mode", () => {
   const modes = new Set(
@@ -47,19 +29,8 @@ test("there is a fixture for every mode", () => {
 
 for (const file of files)
   describe(`PyTorch fixture ${file}`, () => {
-    const fx = readSafetensors(path.join(dir, file), { keepF64: true });
-    const get = (k: string): StTensor => {
-      const t = fx.tensors.get(k);
-      assert.ok(t, `fixture lacks ${k}`);
-      return t!;
-    };
-    const config = JSON.parse(fx.metadata.config!) as Record<string, unknown>;
-    const ids = get("input_ids").data as Int32Array;
-    const targets = get("targets").data as Int32Array;
-    const [B, T] = get("input_ids").shape as [number, number];
-    const weights = new Map(
-      [...fx.tensors].filter(([k]) => k.startsWith("model.") || k.startsWith("lm_head.")),
-    );
+    const fx = loadFixture(path.join(dir, file));
+    const { get, config, ids, targets, B, T, weights } = fx;
 
     for (const [label, backend, dtype, rtol] of backends)
       test(`${label}: logits, loss, gradients, alpha, beta`, () => {
@@ -88,11 +59,17 @@ for (const file of files)
             rtol * 10,
             `grad of ${n}`,
           );
-        const wantAlphas = [...fx.tensors.keys()].filter((k) => k.startsWith("alpha.")).sort();
+        const wantAlphas = fx
+          .names()
+          .filter((k) => k.startsWith("alpha."))
+          .sort();
         assert.deepEqual(out.alphas.map(([k]) => `alpha.${k}`).sort(), wantAlphas, "routed calls");
         for (const [k, a] of out.alphas)
           scaledClose(a, get(`alpha.${k}`).data, rtol * 10, `alpha of sublayer ${k}`);
-        const wantBetas = [...fx.tensors.keys()].filter((k) => k.startsWith("beta.")).sort();
+        const wantBetas = fx
+          .names()
+          .filter((k) => k.startsWith("beta."))
+          .sort();
         assert.deepEqual(out.betas.map(([k]) => `beta.${k}`).sort(), wantBetas, "ddl sublayers");
         for (const [k, b] of out.betas)
           scaledClose(b, get(`beta.${k}`).data, rtol * 10, `beta of sublayer ${k}`);

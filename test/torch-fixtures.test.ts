@@ -11,49 +11,19 @@
 import assert from "node:assert/strict";
 import * as path from "node:path";
 import { describe, test } from "node:test";
-import type { Backend, DType } from "../src/backend/backend.js";
-import { nativeBackend } from "../src/backend/index.js";
-import { referenceBackend } from "../src/backend/reference/index.js";
-import { readSafetensors, type StTensor } from "../src/io/safetensors.js";
 import { DecoderLM } from "../src/model/decoder.js";
 import { loadWeights } from "../src/model/weights.js";
 import { tidy } from "../src/tensor/memory.js";
+import { fixtureBackends, loadFixture, scaledClose } from "./helpers.js";
 import { AdamW, clipGradNorm } from "../src/train/optim.js";
-import { assertClose } from "./helpers.js";
 
 const dir = path.join(import.meta.dirname, "fixtures");
 
-function scaledClose(
-  actual: ArrayLike<number>,
-  expected: ArrayLike<number>,
-  rtol: number,
-  what: string,
-): void {
-  let mx = 0;
-  for (let i = 0; i < expected.length; i++) mx = Math.max(mx, Math.abs(expected[i]!));
-  assertClose(actual, expected, { rtol, atol: rtol * mx }, what);
-}
-
-const backends: [string, Backend | null, DType, number][] = [
-  ["reference float64", referenceBackend, "float64", 1e-9],
-  ["native float32", nativeBackend(), "float32", 2e-4],
-];
+const backends = fixtureBackends(2e-4);
 
 for (const name of ["qwen3-tiny", "llama-tiny"])
   describe(`PyTorch fixture ${name}`, () => {
-    const fx = readSafetensors(path.join(dir, `${name}.safetensors`), { keepF64: true });
-    const get = (k: string): StTensor => {
-      const t = fx.tensors.get(k);
-      assert.ok(t, `fixture lacks ${k}`);
-      return t!;
-    };
-    const config = JSON.parse(fx.metadata.config!) as Record<string, unknown>;
-    const ids = get("input_ids").data as Int32Array;
-    const targets = get("targets").data as Int32Array;
-    const [B, T] = get("input_ids").shape as [number, number];
-    const weights = new Map(
-      [...fx.tensors].filter(([k]) => k.startsWith("model.") || k.startsWith("lm_head.")),
-    );
+    const { get, config, ids, targets, B, T, weights } = loadFixture(path.join(dir, `${name}.safetensors`));
 
     for (const [label, backend, dtype, rtol] of backends)
       test(`${label}: logits, loss, every gradient, 3 AdamW steps`, (t) => {

@@ -48,7 +48,13 @@ export function evalBatches(tokens: Int32Array, B: number, T: number, count: num
   const out: Batch[] = [];
   let o = 0;
   while (out.length < count && o + B * T + 1 <= tokens.length) {
-    out.push(window(tokens, Array.from({ length: B }, (_, b) => o + b * T), T));
+    out.push(
+      window(
+        tokens,
+        Array.from({ length: B }, (_, b) => o + b * T),
+        T,
+      ),
+    );
     o += B * T;
   }
   if (out.length === 0)

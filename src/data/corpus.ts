@@ -36,7 +36,11 @@ export function loadSotu(valFromYear = 2013): Corpus {
     .readdirSync(dir)
     .filter((f) => f.endsWith(".txt"))
     .sort()
-    .map((f) => ({ id: f.replace(/\.txt$/, ""), year: Number(f.slice(0, 4)), text: fs.readFileSync(path.join(dir, f), "utf8") }));
+    .map((f) => ({
+      id: f.replace(/\.txt$/, ""),
+      year: Number(f.slice(0, 4)),
+      text: fs.readFileSync(path.join(dir, f), "utf8"),
+    }));
   if (docs.length === 0) throw new Error(`no SOTU texts found in ${dir}`);
   return {
     name: "sotu",

@@ -171,13 +171,13 @@ describe("bad checkpoints", () => {
       /model.layers.0.mlp.gate_proj.weight has shape \[24, 16\], expected \[20, 16\]/,
     );
   });
-  test("missing routing tensors (a standard checkpoint read as delta)", () => {
+  test("missing tensors (a delta checkpoint read as attnres-full lacks the final routing)", () => {
     const dir = saved();
     const cfg = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8"));
     fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify({ ...cfg, attnres_mode: "full" }));
     assert.throws(
       () => loadCheckpoint(dir, { backend: ref }),
-      /missing tensor model.final_res_proj.weight \(expected shape \[1, 16\]\)/,
+      /does not match the model: missing tensor model.final_res_proj.weight \(expected shape \[1, 16\]\); missing tensor model.final_res_norm.weight \(expected shape \[16\]\)$/,
     );
   });
   test("truncated weights", () => {

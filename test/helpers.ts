@@ -1,5 +1,9 @@
 /** Shared test helpers: random tensors, comparisons, finite-difference gradient checks. */
 import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import type { PreparedMeta } from "../src/data/prepared.js";
+import { ByteTokenizer } from "../src/data/tokenizer.js";
 import type { Backend, DType } from "../src/backend/backend.js";
 import { nativeBackend } from "../src/backend/index.js";
 import { referenceBackend } from "../src/backend/reference/index.js";
@@ -160,4 +164,45 @@ export function fixtureBackends(nativeRtol: number): [string, Backend | null, DT
     ["reference float64", referenceBackend, "float64", 1e-9],
     ["native float32", nativeBackend(), "float32", nativeRtol],
   ];
+}
+
+/**
+ * Writes a small prepared dataset (the `attnres prepare` folder format) with the byte tokenizer:
+ * the first 90 % of `text` is the training split, the rest validation.
+ */
+export function writePreparedBytes(dir: string, text: string): void {
+  fs.mkdirSync(dir, { recursive: true });
+  const bytes = Buffer.from(text, "utf8");
+  const cut = Math.floor(bytes.length * 0.9);
+  const split = (b: Buffer) => {
+    const out = Buffer.alloc(b.length * 2);
+    for (let i = 0; i < b.length; i++) out.writeUInt16LE(b[i]!, 2 * i);
+    return out;
+  };
+  fs.writeFileSync(path.join(dir, "train.bin"), split(bytes.subarray(0, cut)));
+  fs.writeFileSync(path.join(dir, "val.bin"), split(bytes.subarray(cut)));
+  const meta: PreparedMeta = {
+    format: 1,
+    corpus: "test",
+    split: "last 10 % of the bytes",
+    tokenizer: { kind: "byte", vocab_size: 256 },
+    dtype: "uint16",
+    train: { tokens: cut, bytes: cut, documents: 1 },
+    val: { tokens: bytes.length - cut, bytes: bytes.length - cut, documents: 1 },
+    fingerprint: "test",
+  };
+  fs.writeFileSync(path.join(dir, "meta.json"), JSON.stringify(meta));
+  new ByteTokenizer().save(dir);
+}
+
+/** Deterministic English-like text of about n bytes (a tiny corpus for tests). */
+export function sampleText(n: number, seed = 1): string {
+  const words =
+    "the of and to in a is that for it as was with be by on not he this are or his from at which but have an they".split(
+      " ",
+    );
+  const rng = new Rng(seed);
+  let s = "";
+  while (s.length < n) s += words[rng.int(words.length)]! + (rng.uniform() < 0.1 ? ".\n" : " ");
+  return s;
 }

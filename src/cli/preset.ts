@@ -1,46 +1,56 @@
 /**
- * Run presets: plain JSON files in configs/ (model config with HF field names + data + training
- * settings), validated by zod. CLI flags override individual training fields.
+ * Run presets: plain JSON files in configs/ (or any path): the data to train on (a corpus and a
+ * tokenizer, prepared on first use, or a prepared folder), the model config (HF field names,
+ * residual-family keys included; vocab_size defaults to the tokenizer's) and the training
+ * settings (src/train/run.ts). Validated by zod; CLI flags override single fields.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { z } from "zod";
 import { packageRoot } from "../io/paths.js";
 import { parseConfig } from "../model/config.js";
+import { TrainSettingsSchema } from "../train/run.js";
 
-export const TrainSettingsSchema = z.strictObject({
-  steps: z.number().int().positive(),
-  batch_size: z.number().int().positive(),
-  seq_len: z.number().int().positive(),
-  lr: z.number().positive(),
-  min_lr_ratio: z.number().min(0).max(1).default(0.1),
-  warmup: z.number().int().nonnegative().default(0),
-  weight_decay: z.number().nonnegative().default(0.1),
-  beta1: z.number().min(0).lt(1).default(0.9),
-  beta2: z.number().min(0).lt(1).default(0.95),
-  clip: z.number().nonnegative().default(1.0),
-  eval_every: z.number().int().positive().default(100),
-  eval_batches: z.number().int().positive().default(8),
-  seed: z.number().int().nonnegative().default(0),
-});
+export const DataSpecSchema = z.union([
+  z.string().describe("a prepared dataset folder"),
+  z.strictObject({
+    corpus: z.string(),
+    tokenizer: z.string().default("byte"),
+    vocab_size: z.number().int().positive().optional(),
+  }),
+]);
+export type DataSpec = z.output<typeof DataSpecSchema>;
 
 export const PresetSchema = z.strictObject({
   description: z.string().optional(),
+  data: DataSpecSchema,
   model: z.record(z.string(), z.unknown()),
-  data: z.strictObject({ corpus: z.enum(["sotu"]), tokenizer: z.enum(["byte"]) }),
   train: TrainSettingsSchema,
+  /** compare presets: the modes and seeds to run. */
+  compare: z
+    .strictObject({
+      modes: z.array(z.string()).min(1),
+      seeds: z.array(z.number().int().nonnegative()).min(1),
+    })
+    .optional(),
 });
 
 export type Preset = z.output<typeof PresetSchema>;
-export type TrainSettings = z.output<typeof TrainSettingsSchema>;
 
 const configDir = (): string => path.join(packageRoot(), "configs");
 
 export function listPresets(): string[] {
-  return fs
-    .readdirSync(configDir())
-    .filter((f) => f.endsWith(".json"))
-    .map((f) => f.replace(/\.json$/, ""));
+  const out: string[] = [];
+  const walk = (dir: string, prefix: string) => {
+    for (const f of fs
+      .readdirSync(dir, { withFileTypes: true })
+      .sort((a, b) => a.name.localeCompare(b.name))) {
+      if (f.isDirectory()) walk(path.join(dir, f.name), `${prefix}${f.name}/`);
+      else if (f.name.endsWith(".json")) out.push(prefix + f.name.replace(/\.json$/, ""));
+    }
+  };
+  walk(configDir(), "");
+  return out;
 }
 
 /** Loads a preset by name (configs/<name>.json) or by path to a JSON file. */
@@ -61,6 +71,6 @@ export function loadPreset(nameOrPath: string): Preset {
     throw new Error(
       `invalid preset ${file}:\n${r.error.issues.map((i) => `  ${i.path.join(".")}: ${i.message}`).join("\n")}`,
     );
-  parseConfig(r.data.model, `model config in ${file}`);
+  parseConfig({ vocab_size: 1, ...r.data.model }, `model config in ${file}`);
   return r.data;
 }

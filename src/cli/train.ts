@@ -1,120 +1,144 @@
 /**
- * `attnres train`: trains a model from a preset on a built-in corpus, with periodic validation,
- * a progress bar (loss, tokens/s, ETA), metrics as JSONL and an atomically written final
- * checkpoint (HF layout: config.json + model.safetensors) in the run folder.
+ * `attnres train`: a preset (configs/*.json) plus flag overrides → a resumable training run
+ * (src/train/run.ts) with a progress bar, periodic validation, atomic checkpoints, metrics as
+ * JSONL, Ctrl-C that saves and exits cleanly, and --resume that continues bit-exactly.
  */
-import * as fs from "node:fs";
 import * as path from "node:path";
-import cliProgress from "cli-progress";
+import type { Command } from "commander";
 import { defaultBackend } from "../backend/index.js";
-import { BatchSampler, evalBatches } from "../data/batches.js";
-import { byteTokens, loadSotu } from "../data/corpus.js";
-import { saveCheckpoint } from "../io/checkpoint.js";
-import { DecoderLM } from "../model/decoder.js";
-import { AdamW, lrMultiplier } from "../train/optim.js";
-import { evaluate, paramGroups, trainStep } from "../train/trainer.js";
-import type { Preset, TrainSettings } from "./preset.js";
+import { modeName } from "../model/residual.js";
+import { parseConfig, type ModeName } from "../model/config.js";
+import { runTraining, type RunResult, type RunSpec } from "../train/run.js";
+import {
+  dataDir,
+  interruptSignal,
+  modeArg,
+  modeKeys,
+  MODE_LIST,
+  nonNegative,
+  nonNegativeInt,
+  positive,
+  positiveInt,
+  progress,
+} from "./common.js";
+import { listPresets, loadPreset, type Preset } from "./preset.js";
 
-export interface TrainRunOptions {
-  preset: Preset;
-  overrides: Partial<TrainSettings>;
-  out: string;
+export interface TrainFlags {
+  preset: string;
+  data?: string;
+  out?: string;
+  resume?: boolean;
+  mode?: ModeName;
+  blocks?: number;
+  nullSource?: boolean;
+  gate?: boolean;
+  steps?: number;
+  batchSize?: number;
+  seqLen?: number;
+  gradAccum?: number;
+  lr?: number;
+  routingLr?: number;
+  warmup?: number;
+  clip?: number;
+  seed?: number;
+  evalEvery?: number;
+  checkpointEvery?: number;
   quiet?: boolean;
 }
 
-export interface TrainRunResult {
-  finalTrainLoss: number;
-  valLoss: number;
-  valBpb: number;
-  tokensPerSecond: number;
-  seconds: number;
-  params: number;
-  runDir: string;
+const OVERRIDES = [
+  ["steps", "steps"],
+  ["batchSize", "batch_size"],
+  ["seqLen", "seq_len"],
+  ["gradAccum", "grad_accum"],
+  ["lr", "lr"],
+  ["routingLr", "routing_lr"],
+  ["warmup", "warmup"],
+  ["clip", "clip"],
+  ["seed", "seed"],
+  ["evalEvery", "eval_every"],
+  ["checkpointEvery", "checkpoint_every"],
+] as const;
+
+/** The run a preset and flags describe. */
+export async function specFrom(preset: Preset, f: TrainFlags): Promise<RunSpec> {
+  const train = { ...preset.train };
+  for (const [flag, key] of OVERRIDES)
+    if (f[flag] !== undefined) (train as Record<string, unknown>)[key] = f[flag];
+  const model = { ...preset.model, ...(f.mode ? modeKeys(f.mode, f) : {}) };
+  return { model, data: f.data ?? (await dataDir(preset.data, f.quiet)), train };
 }
 
-export function runTraining(o: TrainRunOptions): TrainRunResult {
-  const s: TrainSettings = { ...o.preset.train, ...o.overrides };
-  const corpus = loadSotu();
-  const train = byteTokens(corpus.train);
-  const val = byteTokens(corpus.val);
+/** Runs training as the CLI does: progress bar, Ctrl-C, a summary line. */
+export async function trainCommand(f: TrainFlags): Promise<RunResult> {
+  const preset = loadPreset(f.preset);
+  const spec = await specFrom(preset, f);
+  const mode = modeName(parseConfig({ vocab_size: 1, ...spec.model }));
+  const out =
+    f.out ||
+    path.join("runs", `${path.basename(f.preset).replace(/\.json$/, "")}-${mode}-s${spec.train.seed}`);
   const backend = defaultBackend();
-  const model = new DecoderLM(
-    {
-      ...o.preset.model,
-      max_position_embeddings: Math.max(s.seq_len, Number(o.preset.model.max_position_embeddings ?? 0)),
-    },
-    { backend, seed: s.seed },
-  );
-  if (model.config.vocab_size < 256)
-    throw new Error(`the byte tokenizer needs vocab_size >= 256, the preset has ${model.config.vocab_size}`);
-  const opt = new AdamW(paramGroups(model, s.lr, s.weight_decay), { beta1: s.beta1, beta2: s.beta2 });
-  const sampler = new BatchSampler(train, s.batch_size, s.seq_len, s.seed + 1);
-  const evals = evalBatches(val, s.batch_size, s.seq_len, s.eval_batches);
-  fs.mkdirSync(o.out, { recursive: true });
-  const metricsFile = path.join(o.out, "metrics.jsonl");
-  fs.writeFileSync(metricsFile, "");
-  const say = (line: string) => {
-    if (!o.quiet) process.stdout.write(line + "\n");
-  };
-  say(
-    `attnres train: ${model.numParameters().toLocaleString()} parameters, ${backend.name} backend (${backend.threads()} threads); ` +
-      `corpus ${corpus.name}: ${train.length.toLocaleString()} train / ${val.length.toLocaleString()} val bytes (${corpus.split})`,
-  );
-  const bar = o.quiet
-    ? null
-    : new cliProgress.SingleBar(
-        {
-          format: "  step {value}/{total} [{bar}] loss {loss} | {tps} tok/s | ETA {eta_formatted}",
-          hideCursor: true,
-          etaBuffer: 20,
-        },
-        cliProgress.Presets.shades_classic,
+  const bar = progress("step", f.quiet);
+  if (!f.quiet)
+    process.stdout.write(
+      `attnres train: ${mode} on ${spec.data}, ${spec.train.steps} steps of ${spec.train.batch_size}×${spec.train.seq_len} tokens; ${backend.name} backend (${backend.threads()} threads); run folder ${out}\n`,
+    );
+  const { signal, dispose } = interruptSignal();
+  try {
+    const r = await runTraining(spec, out, {
+      resume: f.resume,
+      signal,
+      log: (l) => bar.log(l),
+      onStep: (step, total, loss, tps) =>
+        bar.update(step, total, { loss: loss.toFixed(3), "tok/s": tps.toFixed(0) }),
+    });
+    bar.stop();
+    if (r.interrupted) process.exitCode = 130;
+    if (!f.quiet && r.done)
+      process.stdout.write(
+        `done: val loss ${r.valLoss.toFixed(4)}, perplexity ${r.valPerplexity.toFixed(2)}, ${r.valBpb.toFixed(3)} bits/byte; ` +
+          `${r.params.toLocaleString()} parameters, ${r.tokensPerSecond.toFixed(0)} tokens/s; checkpoint in ${path.join(out, "checkpoint")}\n`,
       );
-  bar?.start(s.steps, 0, { loss: "-", tps: "-" });
-  const sched = { warmup: s.warmup, total: s.steps, minRatio: s.min_lr_ratio };
-  const t0 = performance.now();
-  let lastLoss = NaN;
-  let valLoss = NaN;
-  for (let step = 0; step < s.steps; step++) {
-    const { loss, gradNorm } = trainStep(model, opt, sampler.next(), step, lrMultiplier(step, sched), s.clip);
-    lastLoss = loss;
-    const elapsed = (performance.now() - t0) / 1000;
-    const tps = ((step + 1) * s.batch_size * s.seq_len) / elapsed;
-    const rec: Record<string, number> = {
-      step: step + 1,
-      loss,
-      grad_norm: gradNorm,
-      lr: s.lr * lrMultiplier(step, sched),
-      tokens_per_s: tps,
-      elapsed_s: elapsed,
-    };
-    if ((step + 1) % s.eval_every === 0 || step + 1 === s.steps) {
-      valLoss = evaluate(model, evals);
-      rec.val_loss = valLoss;
-      bar?.stop();
-      say(
-        `  step ${step + 1}: train loss ${loss.toFixed(4)}, val loss ${valLoss.toFixed(4)} (${(valLoss / Math.LN2).toFixed(3)} bits/byte)`,
-      );
-      if (step + 1 < s.steps) bar?.start(s.steps, step + 1, { loss: loss.toFixed(3), tps: tps.toFixed(0) });
-    } else bar?.update(step + 1, { loss: loss.toFixed(3), tps: tps.toFixed(0) });
-    fs.appendFileSync(metricsFile, JSON.stringify(rec) + "\n");
+    return r;
+  } finally {
+    bar.stop();
+    dispose();
   }
-  bar?.stop();
-  const seconds = (performance.now() - t0) / 1000;
-  saveCheckpoint(o.out, model, { generator: "attnres train" });
-  const result: TrainRunResult = {
-    finalTrainLoss: lastLoss,
-    valLoss,
-    valBpb: valLoss / Math.LN2,
-    tokensPerSecond: (s.steps * s.batch_size * s.seq_len) / seconds,
-    seconds,
-    params: model.numParameters(),
-    runDir: o.out,
-  };
-  say(
-    `done in ${seconds.toFixed(0)} s: val loss ${valLoss.toFixed(4)} nats/byte = ${result.valBpb.toFixed(3)} bits/byte; checkpoint in ${o.out}`,
-  );
-  model.dispose();
-  opt.dispose();
-  return result;
+}
+
+export function registerTrain(program: Command): void {
+  program
+    .command("train")
+    .description("train a model from a preset (resumable; Ctrl-C saves a checkpoint)")
+    .option("-p, --preset <name|file.json>", `preset (${listPresets().join(", ")})`, "sotu-tiny")
+    .option("--data <dir>", "a prepared dataset folder (overrides the preset's data)")
+    .option("-o, --out <dir>", "run folder (default runs/<preset>-<mode>-s<seed>)")
+    .option("--resume", "continue the run in --out from its checkpoint")
+    .option("--mode <mode>", `residual mode: ${MODE_LIST.join(", ")}`, modeArg)
+    .option("--blocks <n>", "blocks for attnres-block / delta-block (default 4)", positiveInt)
+    .option("--null-source", "delta modes: add a learnable null source")
+    .option("--gate", "delta modes: gate the routed term (zero at start)")
+    .option("--steps <n>", "optimizer steps", positiveInt)
+    .option("--batch-size <n>", "sequences per micro-batch", positiveInt)
+    .option("--seq-len <n>", "tokens per sequence", positiveInt)
+    .option("--grad-accum <n>", "micro-batches per step", positiveInt)
+    .option("--lr <x>", "peak learning rate", positive)
+    .option("--routing-lr <x>", "learning rate of routing/gate/DDL parameters", positive)
+    .option("--warmup <n>", "warmup steps", nonNegativeInt)
+    .option("--clip <x>", "gradient-norm clipping (0 = off)", nonNegative)
+    .option("--seed <n>", "seed for initialisation and batches", nonNegativeInt)
+    .option("--eval-every <n>", "validate every n steps", positiveInt)
+    .option("--checkpoint-every <n>", "checkpoint every n steps (default: eval-every)", positiveInt)
+    .addHelpText(
+      "after",
+      `
+Examples:
+  attnres train                                   # the sotu-tiny preset, standard residuals
+  attnres train --mode delta --steps 600          # Delta AttnRes, longer
+  attnres train --mode delta-block --blocks 2 --out runs/db2
+  attnres train --out runs/db2 --resume           # continue after Ctrl-C`,
+    )
+    .action(async (o: TrainFlags) => {
+      await trainCommand(o);
+    });
 }

@@ -36,6 +36,13 @@ export class BatchSampler {
       throw new Error(`the training split has ${tokens.length} tokens, fewer than one window of ${T + 1}`);
     this.rng = new Rng(seed);
   }
+  /** The sampler's position in its stream (for checkpoints). */
+  getState(): number[] {
+    return this.rng.getState();
+  }
+  setState(state: readonly number[]): void {
+    this.rng.setState(state);
+  }
   next(): Batch {
     const span = this.tokens.length - this.T - 1;
     const offsets = Array.from({ length: this.B }, () => this.rng.int(span + 1));

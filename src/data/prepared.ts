@@ -9,6 +9,9 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { loadTokenizer, type Tokenizer } from "./tokenizer.js";
+// The loaders of the "bpe" and "hf" tokenizer kinds register themselves on import.
+import "./bpe.js";
+import "./hf-tokenizer.js";
 
 export interface SplitMeta {
   tokens: number;

@@ -8,10 +8,16 @@
  *   → norm → lm_head (or the tied embedding) → logits [B, T, vocab]
  *
  * Parameter names are the HF checkpoint names (model.layers.{i}.self_attn.q_proj.weight, …).
+ *
+ * Incremental decoding: `newCache(B, maxLen)` makes a DecoderCache (one KVCache [B, maxLen, Hkv, D]
+ * per layer); `run(ids, B, T, { cache })` appends T tokens at position cache.length (or posOffset).
+ * Nothing else needs caching: in every residual mode the depth routing at a token reads only that
+ * token's own sources (h0 and the sublayer outputs at the same position), which are recomputed as
+ * the token passes through the layers (test/generate.test.ts holds cached to uncached logits).
  */
 import type { Backend, DType } from "../backend/backend.js";
 import { defaultBackend, defaultDType, referenceBackend } from "../backend/index.js";
-import { Attention, Embedding, Linear, MLP, RMSNorm } from "../nn/layers.js";
+import { Attention, Embedding, KVCache, Linear, MLP, RMSNorm } from "../nn/layers.js";
 import { type InitContext, Module } from "../nn/module.js";
 import { crossEntropy, matmul, RopeTable } from "../tensor/ops.js";
 import { Rng } from "../tensor/random.js";
@@ -66,9 +72,9 @@ export class DecoderLayer extends Module {
     this.mlp = this.child("mlp", new MLP(c.hidden_size, c.intermediate_size, ctx, std));
   }
 
-  attnSublayer(x: Tensor, table: RopeTable, posOffset: number): SublayerResult {
+  attnSublayer(x: Tensor, table: RopeTable, posOffset: number, cache?: KVCache): SublayerResult {
     const normed = this.input_layernorm.forward(x);
-    return { normed, out: this.self_attn.forward(normed, table, posOffset) };
+    return { normed, out: this.self_attn.forward(normed, table, posOffset, cache) };
   }
 
   mlpSublayer(x: Tensor): SublayerResult {
@@ -93,9 +99,34 @@ class DecoderBody extends Module {
   }
 }
 
+/**
+ * The KV caches of every layer for incremental decoding of B sequences up to maxLen tokens.
+ * `length` counts the positions already written (the next run appends there). Persistent:
+ * dispose() releases its memory (2 · layers · B · maxLen · Hkv · D elements).
+ */
+export class DecoderCache {
+  length = 0;
+  constructor(
+    readonly B: number,
+    readonly maxLen: number,
+    readonly layers: readonly KVCache[],
+  ) {}
+  get isDisposed(): boolean {
+    return this.layers.some((l) => l.isDisposed);
+  }
+  dispose(): void {
+    for (const l of this.layers) l.dispose();
+  }
+}
+
 export interface ForwardOptions {
-  /** Position of the first token (incremental decoding). */
+  /**
+   * Position of the first token (incremental decoding). Default 0, or cache.length with a cache;
+   * with a cache it may be at most cache.length (rewinding overwrites later positions).
+   */
   posOffset?: number;
+  /** Incremental decoding (inference only, under noGrad): attend over, and append to, this cache. */
+  cache?: DecoderCache;
   /** Return routing weights (α per routed call) and DDL's β beside the logits. */
   trace?: boolean;
 }
@@ -132,18 +163,55 @@ export class DecoderLM extends Module {
     // The residual mode's parameters are created after the backbone's, so a seed gives the same
     // backbone weights in every mode.
     this.residual = makeResidualMode(c, { layers: this.model.layers, body: this.model }, ctx);
+    for (const [name, p] of this.namedParameters()) p.name = name; // full HF names, for messages and groups
+  }
+
+  /** Empty KV caches for B sequences of at most maxLen (default max_position_embeddings) tokens. */
+  newCache(B: number, maxLen = this.config.max_position_embeddings): DecoderCache {
+    const c = this.config;
+    if (!Number.isInteger(B) || B < 1)
+      throw new Error(`newCache: batch size ${B} must be a positive integer`);
+    if (!Number.isInteger(maxLen) || maxLen < 1 || maxLen > c.max_position_embeddings)
+      throw new Error(
+        `newCache: length ${maxLen} must be a positive integer at most max_position_embeddings (${c.max_position_embeddings})`,
+      );
+    const w = this.model.embed_tokens.weight;
+    const layers: KVCache[] = [];
+    try {
+      for (let i = 0; i < c.num_hidden_layers; i++)
+        layers.push(
+          new KVCache(B, maxLen, c.num_key_value_heads, c.head_dim, { backend: w.backend, dtype: w.dtype }),
+        );
+    } catch (e) {
+      for (const l of layers) l.dispose();
+      throw e;
+    }
+    return new DecoderCache(B, maxLen, layers);
   }
 
   /** ids [B*T] (row-major [B, T]) → logits [B, T, vocab], and the routing trace when asked. */
   run(ids: Int32Array, B: number, T: number, opts: ForwardOptions = {}): ForwardOutput {
     if (ids.length !== B * T) throw new Error(`forward: ${ids.length} ids for B=${B}, T=${T}`);
-    const posOffset = opts.posOffset ?? 0;
+    const cache = opts.cache;
+    const posOffset = opts.posOffset ?? cache?.length ?? 0;
+    if (cache) {
+      if (cache.isDisposed) throw new Error("forward: the cache was disposed");
+      if (cache.B !== B) throw new Error(`forward: a cache for B=${cache.B} cannot decode B=${B}`);
+      if (posOffset > cache.length)
+        throw new Error(
+          `forward: position ${posOffset} would leave a gap after the ${cache.length} cached positions`,
+        );
+      if (posOffset + T > cache.maxLen)
+        throw new Error(
+          `forward: positions up to ${posOffset + T} do not fit in the cache of length ${cache.maxLen}`,
+        );
+    }
     const trace: Trace | null = opts.trace ? emptyTrace() : null;
     const res = this.residual;
     res.begin(this.model.embed_tokens.forward(ids, [B, T]), trace);
     this.model.layers.forEach((layer, i) => {
       const xa = res.input(2 * i);
-      res.update(2 * i, xa, layer.attnSublayer(xa, this.rope, posOffset));
+      res.update(2 * i, xa, layer.attnSublayer(xa, this.rope, posOffset, cache?.layers[i]));
       const xm = res.input(2 * i + 1);
       res.update(2 * i + 1, xm, layer.mlpSublayer(xm));
     });
@@ -151,6 +219,7 @@ export class DecoderLM extends Module {
     const logits = this.lm_head
       ? this.lm_head.forward(h)
       : matmul(h, this.model.embed_tokens.weight, { transB: true });
+    if (cache) cache.length = posOffset + T;
     return trace ? { logits, trace } : { logits };
   }
 

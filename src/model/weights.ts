@@ -38,7 +38,8 @@ export function loadWeights(
       problems.push(`unexpected tensor ${name} (not part of this model's configuration)`);
   if (problems.length)
     throw new Error(
-      `${src} does not match the model:\n  ${problems.slice(0, 12).join("\n  ")}${problems.length > 12 ? `\n  … and ${problems.length - 12} more` : ""}`,
+      `${src} does not match the model: ${problems.slice(0, 3).join("; ")}` +
+        (problems.length > 3 ? ` (and ${problems.length - 3} more problems)` : ""),
     );
   for (const [name, p] of params) {
     const src = tensors.get(name)!.data;

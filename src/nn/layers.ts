@@ -3,9 +3,12 @@
  *   Linear     y = x Wᵀ, W [out, in], no bias
  *   Embedding  weight [vocab, d]
  *   RMSNorm    weight [d] (ones at init)
- *   Attention  q/k/v/o_proj, optional per-head q_norm/k_norm (Qwen3), RoPE, GQA, causal
+ *   Attention  q/k/v/o_proj, optional per-head q_norm/k_norm (Qwen3), RoPE, GQA, causal; with a
+ *              KVCache (incremental decoding) it appends the new positions' k, v and attends over
+ *              the cached prefix
  *   MLP        down(silu(gate(x)) * up(x))
  */
+import type { Backend, Buf, DType } from "../backend/backend.js";
 import {
   add,
   attention,
@@ -17,7 +20,7 @@ import {
   RopeTable,
   swiglu,
 } from "../tensor/ops.js";
-import type { Tensor } from "../tensor/tensor.js";
+import { empty, isGradEnabled, type Tensor } from "../tensor/tensor.js";
 import { type InitContext, Module } from "./module.js";
 
 export class Linear extends Module {
@@ -84,10 +87,40 @@ export interface AttentionShape {
   eps: number;
 }
 
-/** Cached keys and values of one attention layer for incremental decoding: [B, Tmax, Hkv, D]. */
-export interface KVCache {
-  k: Tensor;
-  v: Tensor;
+/**
+ * Keys and values of one attention layer for incremental decoding: k, v [B, maxLen, Hkv, D], as
+ * attention reads them (after k_norm and RoPE at their absolute positions). Both tensors are
+ * persistent (outside any tidy scope) until dispose(). Positions [0, posOffset + T) must have been
+ * written before a call at posOffset reads them; the decoder's cache object keeps that count.
+ * Each batch row's prefix [0, Tk) is contiguous ([Tk, Hkv, D] at row b · maxLen · Hkv · D), so
+ * attention reads it in place, without copying.
+ */
+export class KVCache {
+  readonly k: Tensor;
+  readonly v: Tensor;
+  constructor(
+    readonly B: number,
+    readonly maxLen: number,
+    readonly kvHeads: number,
+    readonly headDim: number,
+    opts: { backend: Backend; dtype: DType },
+  ) {
+    if (!Number.isInteger(B) || B < 1 || !Number.isInteger(maxLen) || maxLen < 1)
+      throw new Error(`KV cache: batch size ${B} and length ${maxLen} must be positive integers`);
+    this.k = empty([B, maxLen, kvHeads, headDim], opts).keep();
+    this.v = empty([B, maxLen, kvHeads, headDim], opts).keep();
+  }
+  get isDisposed(): boolean {
+    return this.k.isDisposed;
+  }
+  dispose(): void {
+    this.k.dispose();
+    this.v.dispose();
+  }
+}
+
+function rows(buf: Buf, start: number, n: number): Buf {
+  return buf.subarray(start, start + n);
 }
 
 export class Attention extends Module {
@@ -112,8 +145,13 @@ export class Attention extends Module {
     this.k_norm = s.qkNorm ? this.child("k_norm", new RMSNorm(s.headDim, s.eps, ctx)) : null;
   }
 
-  /** x [B, T, hidden] (already normed) → [B, T, hidden]. */
-  forward(x: Tensor, table: RopeTable, posOffset = 0): Tensor {
+  /**
+   * x [B, T, hidden] (already normed) → [B, T, hidden]; the tokens sit at positions posOffset + t.
+   * Without a cache, attention is causal over these T tokens alone. With one (inference only,
+   * under noGrad), their k and v are written into the cache at [posOffset, posOffset + T) and
+   * each token attends causally over cached positions [0, posOffset + t].
+   */
+  forward(x: Tensor, table: RopeTable, posOffset = 0, cache?: KVCache): Tensor {
     const [B, T] = x.shape as [number, number];
     const { heads, kvHeads, headDim } = this.s;
     let q = reshape(this.q_proj.forward(x), [B, T, heads, headDim]);
@@ -123,8 +161,61 @@ export class Attention extends Module {
     if (this.k_norm) k = this.k_norm.forward(k);
     q = rope(q, table, posOffset);
     k = rope(k, table, posOffset);
-    const o = attention(q, k, v, { causal: true });
+    const o = cache ? this.cachedAttention(q, k, v, posOffset, cache) : attention(q, k, v, { causal: true });
     return this.o_proj.forward(reshape(o, [B, T, heads * headDim]));
+  }
+
+  /** Appends k, v [B, T, Hkv, D] at posOffset, then attention of q [B, T, H, D] over [0, posOffset + T). */
+  private cachedAttention(q: Tensor, k: Tensor, v: Tensor, posOffset: number, cache: KVCache): Tensor {
+    const [B, T, H, D] = q.shape as [number, number, number, number];
+    const Hkv = this.s.kvHeads;
+    if (isGradEnabled() && (q.requiresGrad || k.requiresGrad || v.requiresGrad))
+      throw new Error("attention: the KV cache is for inference only; run the model under noGrad()");
+    if (cache.isDisposed) throw new Error("attention: the KV cache was disposed");
+    if (cache.B !== B || cache.kvHeads !== Hkv || cache.headDim !== D)
+      throw new Error(
+        `attention: a KV cache for B=${cache.B}, ${cache.kvHeads} kv heads of dim ${cache.headDim} ` +
+          `cannot hold B=${B}, ${Hkv} kv heads of dim ${D}`,
+      );
+    if (!Number.isInteger(posOffset) || posOffset < 0 || posOffset + T > cache.maxLen)
+      throw new Error(
+        `attention: positions [${posOffset}, ${posOffset + T}) do not fit in a KV cache of length ${cache.maxLen}`,
+      );
+    if (cache.k.backend !== q.backend || cache.k.dtype !== q.dtype)
+      throw new Error(
+        `attention: the KV cache lives on ${cache.k.backend.name}/${cache.k.dtype}, the model on ${q.backend.name}/${q.dtype}`,
+      );
+    const be = q.backend;
+    const row = Hkv * D; // one position of one batch row in the cache
+    const stride = cache.maxLen * row; // one batch row
+    const src = [T * row, row, 1];
+    const dst = [stride, row, 1];
+    be.copy(k.data, 0, src, cache.k.data, posOffset * row, dst, [B, T, row], false);
+    be.copy(v.data, 0, src, cache.v.data, posOffset * row, dst, [B, T, row], false);
+    // The fused kernel wants [B, Tk, Hkv, D] contiguous; each row's cached prefix is, so it runs
+    // once per batch row on views of the buffers (B = 1 is a single call on the whole prefix).
+    const Tk = posOffset + T;
+    const out = empty(q.shape, { backend: be, dtype: q.dtype });
+    const lse = empty([B, H, T], { backend: be, dtype: q.dtype });
+    const qn = T * H * D;
+    for (let b = 0; b < B; b++)
+      be.attention(
+        rows(q.data, b * qn, qn),
+        rows(cache.k.data, b * stride, Tk * row),
+        rows(cache.v.data, b * stride, Tk * row),
+        rows(out.data, b * qn, qn),
+        rows(lse.data, b * H * T, H * T),
+        1,
+        T,
+        Tk,
+        H,
+        Hkv,
+        D,
+        1 / Math.sqrt(D),
+        true,
+      );
+    lse.dispose();
+    return out;
   }
 }
 

@@ -57,6 +57,18 @@ export class Rng {
     return r * Math.cos(2 * Math.PI * v);
   }
 
+  /** The generator's full state (for checkpoints): restoring it continues the same stream. */
+  getState(): number[] {
+    return [...this.s, this.spare ?? NaN];
+  }
+
+  setState(state: readonly number[]): void {
+    if (state.length !== 5 || !state.slice(0, 4).every((v) => Number.isInteger(v) && v >= 0 && v < 2 ** 32))
+      throw new Error(`Rng.setState: not a saved generator state: ${JSON.stringify(state)}`);
+    for (let i = 0; i < 4; i++) this.s[i] = state[i]!;
+    this.spare = Number.isNaN(state[4]!) ? null : state[4]!;
+  }
+
   /** A new generator whose stream is independent of this one's continuation. */
   fork(): Rng {
     return new Rng(this.nextU32());

@@ -75,6 +75,43 @@ export class AdamW {
       }
   }
 
+  /** Moments as named arrays (m.<param>, v.<param>) for a checkpoint. */
+  exportState(
+    named: readonly [string, Tensor][],
+  ): [string, { shape: readonly number[]; data: ArrayLike<number> }][] {
+    const out: [string, { shape: readonly number[]; data: ArrayLike<number> }][] = [];
+    for (const [name, p] of named) {
+      const st = this.state.get(p);
+      if (!st) continue;
+      out.push([`m.${name}`, { shape: p.shape, data: st.m.data.subarray(0, p.size) }]);
+      out.push([`v.${name}`, { shape: p.shape, data: st.v.data.subarray(0, p.size) }]);
+    }
+    return out;
+  }
+
+  /** Restores moments saved by exportState and the step count t. */
+  loadState(
+    named: readonly [string, Tensor][],
+    tensors: ReadonlyMap<string, { shape: readonly number[]; data: ArrayLike<number> }>,
+    t: number,
+  ): void {
+    for (const [name, p] of named) {
+      const m = tensors.get(`m.${name}`);
+      const v = tensors.get(`v.${name}`);
+      if (!m && !v) continue;
+      if (!m || !v || m.data.length !== p.size || v.data.length !== p.size)
+        throw new Error(`optimizer state for ${name} is incomplete or has the wrong size`);
+      const opts = { backend: p.backend, dtype: p.dtype };
+      const st = { m: empty(p.shape, opts).keep(), v: empty(p.shape, opts).keep() };
+      st.m.data.set(m.data);
+      st.v.data.set(v.data);
+      this.state.get(p)?.m.dispose();
+      this.state.get(p)?.v.dispose();
+      this.state.set(p, st);
+    }
+    this.t = t;
+  }
+
   /** The moment buffers of a parameter (for checkpointing). */
   stateOf(p: Tensor): { m: Tensor; v: Tensor } | undefined {
     return this.state.get(p);

@@ -9,6 +9,7 @@
 import type { Batch } from "../data/batches.js";
 import type { DecoderLM } from "../model/decoder.js";
 import { tidy } from "../tensor/memory.js";
+import { scale } from "../tensor/ops.js";
 import { noGrad } from "../tensor/tensor.js";
 import { AdamW, clipGradNorm, type ParamGroup } from "./optim.js";
 
@@ -29,20 +30,29 @@ export interface StepResult {
   gradNorm: number;
 }
 
+/**
+ * One optimizer step over one batch, or over several micro-batches whose gradients accumulate
+ * (each micro-batch's loss is scaled by 1/k, so the step equals one step on their union when the
+ * micro-batches have equal sizes). Returns the mean loss and the pre-clip gradient norm.
+ */
 export function trainStep(
   model: DecoderLM,
   opt: AdamW,
-  batch: Batch,
+  batch: Batch | readonly Batch[],
   step: number,
   lrScale: number,
   clip: number,
 ): StepResult {
+  const micro = Array.isArray(batch) ? (batch as readonly Batch[]) : [batch as Batch];
   model.zeroGrad();
-  const loss = tidy(() => {
-    const l = model.loss(batch.ids, batch.targets, batch.B, batch.T);
-    l.backward();
-    return l.item();
-  });
+  let loss = 0;
+  for (const b of micro)
+    loss += tidy(() => {
+      const l = model.loss(b.ids, b.targets, b.B, b.T);
+      (micro.length > 1 ? scale(l, 1 / micro.length) : l).backward();
+      return l.item();
+    });
+  loss /= micro.length;
   if (!Number.isFinite(loss)) throw new TrainingDiverged(step, loss);
   const params = model.parameters();
   const gradNorm = clip > 0 ? clipGradNorm(params, clip) : NaN;
@@ -86,3 +96,8 @@ export function paramGroups(
 }
 
 export { AdamW };
+
+/** Parameters added by the residual family (routing queries/gains, null sources, gates, DDL). */
+export function isResidualParam(name: string): boolean {
+  return /_res_proj\.|_res_norm\.|_null_source$|_res_alpha$|_ddl_|final_ddl_read$|final_res_/.test(name);
+}

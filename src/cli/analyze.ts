@@ -1,0 +1,129 @@
+/**
+ * `attnres analyze`: the routing report of a checkpoint on the validation split of a prepared
+ * dataset (consecutive windows, the same every time): per routed call the mean max weight,
+ * entropy, mean α per source (heatmap), source norms, adjacent-source cosine, effective rank and
+ * the flattening depth; DDL's β histograms; the residual stream's norms. Writes report.json,
+ * summary.md and the figures (SVG + PNG) into --out (default <checkpoint>/analysis).
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import type { Command } from "commander";
+import { writeAnalysis, type WrittenAnalysis } from "../analysis/report.js";
+import { type AnalysisReport, analyzeModel, flatteningVerdict } from "../analysis/routing.js";
+import { evalBatches } from "../data/batches.js";
+import { loadPrepared } from "../data/prepared.js";
+import { loadCheckpoint } from "../io/checkpoint.js";
+import { positive, positiveInt, progress } from "./common.js";
+
+export interface AnalyzeFlags {
+  checkpoint: string;
+  data: string;
+  batches?: number;
+  batchSize?: number;
+  seqLen?: number;
+  out?: string;
+  rankTokens?: number;
+  flatFactor?: number;
+  quiet?: boolean;
+}
+
+export interface AnalyzeResult {
+  report: AnalysisReport;
+  written: WrittenAnalysis;
+}
+
+export async function analyzeCommand(f: AnalyzeFlags): Promise<AnalyzeResult> {
+  if (!fs.existsSync(f.checkpoint)) throw new Error(`checkpoint folder ${f.checkpoint} does not exist`);
+  if (!fs.existsSync(f.data))
+    throw new Error(`data folder ${f.data} does not exist (make one with attnres prepare)`);
+  if (f.flatFactor !== undefined && f.flatFactor < 1)
+    throw new Error(`--flat-factor must be at least 1 (1 = exactly uniform), got ${f.flatFactor}`);
+  const data = loadPrepared(f.data);
+  const model = loadCheckpoint(f.checkpoint);
+  const bar = progress("batch", f.quiet);
+  try {
+    if (data.tokenizer.vocabSize > model.config.vocab_size)
+      throw new Error(
+        `the dataset's tokenizer has ${data.tokenizer.vocabSize} ids but the model embeds only ${model.config.vocab_size}: analyse it on data prepared with the model's tokenizer`,
+      );
+    const T = Math.min(f.seqLen ?? 256, model.config.max_position_embeddings);
+    const batches = evalBatches(data.val, f.batchSize ?? 8, T, f.batches ?? 8);
+    const report = analyzeModel(model, batches, {
+      rankTokens: f.rankTokens,
+      flatFactor: f.flatFactor,
+      onBatch: (done, total) =>
+        bar.update(done, total, { tokens: (done * batches[0]!.B * T).toLocaleString("en-US") }),
+    });
+    bar.stop();
+    const out = f.out ?? path.join(f.checkpoint, "analysis");
+    const written = await writeAnalysis(report, out, {
+      checkpoint: f.checkpoint,
+      data: f.data,
+      split: "val",
+    });
+    return { report, written };
+  } finally {
+    bar.stop();
+    model.dispose();
+  }
+}
+
+/** Short console summary of a report. */
+export function analyzeSummary(r: AnalysisReport, w: WrittenAnalysis): string {
+  const lines = [`${r.mode}: ${r.sample.tokens.toLocaleString("en-US")} tokens analysed`];
+  if (r.routed) {
+    const m = r.averages.maxWeight;
+    const f = (x: number | null) => (x === null ? "n/a" : x.toFixed(3));
+    lines.push(`mean max weight ${f(m.all)} (attention ${f(m.attn)}, MLP ${f(m.mlp)})`);
+  } else lines.push(...r.notes);
+  if (r.beta.length)
+    lines.push(
+      `β: mean ${(r.beta.reduce((s, b) => s + b.mean, 0) / r.beta.length).toFixed(3)} over ${r.beta.length} sublayers`,
+    );
+  lines.push(
+    flatteningVerdict(r),
+    `wrote ${w.files.length} files to ${w.dir} (summary: ${path.join(w.dir, "summary.md")})`,
+  );
+  return lines.join("\n");
+}
+
+export function registerAnalyze(program: Command): void {
+  program
+    .command("analyze")
+    .description("routing report of a checkpoint: max weight, entropy, α heatmap, source redundancy, β (ddl)")
+    .requiredOption("-c, --checkpoint <dir>", "checkpoint folder (config.json + model.safetensors)")
+    .requiredOption(
+      "-d, --data <dir>",
+      "prepared dataset folder (attnres prepare); its validation split is used",
+    )
+    .option("--batches <n>", "batches to analyse", positiveInt, 8)
+    .option("--batch-size <n>", "sequences per batch", positiveInt, 8)
+    .option("--seq-len <n>", "tokens per sequence (at most the model's context)", positiveInt, 256)
+    .option("-o, --out <dir>", "output folder (default <checkpoint>/analysis)")
+    .option(
+      "--rank-tokens <n>",
+      "tokens per batch whose sources' effective rank is computed",
+      positiveInt,
+      64,
+    )
+    .option("--flat-factor <x>", "a call is flat when its mean max weight ≤ x / N (x ≥ 1)", positive, 1.5)
+    .option("-q, --quiet", "no progress output")
+    .addHelpText(
+      "after",
+      [
+        "",
+        "Writes report.json, summary.md and figures (SVG + PNG): alpha-heatmap, max-weight, entropy,",
+        "source-norms, adjacent-cosine, effective-rank, beta-histograms (ddl modes), stream-norms.",
+        "Definitions: docs/analysis.md.",
+        "",
+        "Examples:",
+        "  attnres analyze --checkpoint runs/sotu-tiny-delta-s0/checkpoint --data data/sotu-byte",
+        "  attnres analyze -c runs/x/checkpoint -d data/sotu-byte --batches 4 --seq-len 128 --out reports/x",
+        "",
+      ].join("\n"),
+    )
+    .action(async (o: AnalyzeFlags) => {
+      const { report, written } = await analyzeCommand(o);
+      if (!o.quiet) process.stdout.write(analyzeSummary(report, written) + "\n");
+    });
+}

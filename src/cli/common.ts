@@ -1,0 +1,132 @@
+/**
+ * Pieces shared by the subcommands: residual-mode flags, number parsing, progress bars that fall
+ * back to plain lines when stdout is not a terminal, Ctrl-C as an AbortSignal, and the data
+ * folder a preset names.
+ */
+import cliProgress from "cli-progress";
+import { InvalidArgumentError } from "commander";
+import { MODE_NAMES, type ModeName } from "../model/config.js";
+import { prepareDataset } from "../data/prepare.js";
+import type { DataSpec } from "./preset.js";
+
+export function positiveInt(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError("expected a positive integer");
+  return n;
+}
+export function nonNegativeInt(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError("expected a non-negative integer");
+  return n;
+}
+export function nonNegative(v: string): number {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError("expected a non-negative number");
+  return n;
+}
+export function positive(v: string): number {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError("expected a positive number");
+  return n;
+}
+
+export const MODE_LIST = Object.keys(MODE_NAMES) as ModeName[];
+
+export function modeArg(v: string): ModeName {
+  if (!(v in MODE_NAMES)) throw new InvalidArgumentError(`expected one of ${MODE_LIST.join(", ")}`);
+  return v as ModeName;
+}
+
+/** Config keys for a residual mode chosen on the command line (block modes need `blocks`). */
+export function modeKeys(
+  mode: ModeName,
+  o: { blocks?: number; nullSource?: boolean; gate?: boolean } = {},
+): Record<string, unknown> {
+  const keys: Record<string, unknown> = { attnres_mode: MODE_NAMES[mode] };
+  if (mode === "attnres-block" || mode === "delta-block") keys.attnres_num_blocks = o.blocks ?? 4;
+  if (o.nullSource) keys.attnres_use_null_source = true;
+  if (o.gate) keys.attnres_gate_type = "learnable_alpha";
+  return keys;
+}
+
+/** The prepared folder a preset's data names (prepared now if needed; instant when it exists). */
+export async function dataDir(spec: DataSpec, quiet = false): Promise<string> {
+  if (typeof spec === "string") return spec;
+  return prepareDataset({
+    corpus: spec.corpus,
+    tokenizer: spec.tokenizer,
+    vocabSize: spec.vocab_size,
+    quiet,
+  });
+}
+
+export interface Progress {
+  update(step: number, total: number, fields: Record<string, string>): void;
+  log(line: string): void;
+  stop(): void;
+}
+
+/** A cli-progress bar on a terminal; elsewhere, a plain line every ~10 % of the work. */
+export function progress(label: string, quiet = false): Progress {
+  if (quiet) return { update() {}, log() {}, stop() {} };
+  if (process.stdout.isTTY) {
+    const bar = new cliProgress.SingleBar(
+      {
+        format: `  ${label} {value}/{total} [{bar}] {info} | ETA {eta_formatted}`,
+        hideCursor: true,
+        etaBuffer: 20,
+        clearOnComplete: true,
+      },
+      cliProgress.Presets.shades_classic,
+    );
+    let started = false;
+    return {
+      update(step, total, fields) {
+        const info = Object.entries(fields)
+          .map(([k, v]) => `${k} ${v}`)
+          .join(" | ");
+        if (!started) {
+          bar.start(total, step, { info });
+          started = true;
+        } else bar.update(step, { info });
+      },
+      log(line) {
+        if (started) bar.stop();
+        process.stdout.write(`  ${line}\n`);
+        started = false;
+      },
+      stop() {
+        if (started) bar.stop();
+      },
+    };
+  }
+  let lastTenth = -1;
+  return {
+    update(step, total, fields) {
+      const tenth = Math.floor((10 * step) / total);
+      if (tenth !== lastTenth || step === total) {
+        lastTenth = tenth;
+        const info = Object.entries(fields)
+          .map(([k, v]) => `${k} ${v}`)
+          .join(", ");
+        process.stdout.write(`  ${label} ${step}/${total}: ${info}\n`);
+      }
+    },
+    log(line) {
+      process.stdout.write(`  ${line}\n`);
+    },
+    stop() {},
+  };
+}
+
+/** An AbortSignal fired by the first Ctrl-C (SIGINT); a second Ctrl-C exits at once. */
+export function interruptSignal(): { signal: AbortSignal; dispose: () => void } {
+  const ctl = new AbortController();
+  const onInt = () => {
+    if (ctl.signal.aborted) process.exit(130);
+    process.stderr.write("\nattnres: interrupted — saving a checkpoint (Ctrl-C again to quit at once)\n");
+    ctl.abort();
+  };
+  process.on("SIGINT", onInt);
+  return { signal: ctl.signal, dispose: () => process.off("SIGINT", onInt) };
+}

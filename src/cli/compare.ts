@@ -1,0 +1,149 @@
+/**
+ * `attnres compare`: train several residual modes × seeds on the same data and token budget, then
+ * write the results table (mean ± std, Welch t-tests against standard), the loss curves and the
+ * max-routing-weight-by-depth plot. Resumable: re-running continues; finished runs are reused.
+ */
+import * as path from "node:path";
+import type { Command } from "commander";
+import { MODE_NAMES, type ModeName } from "../model/config.js";
+import { runCompare, type CompareResult } from "../train/compare.js";
+import {
+  interruptSignal,
+  modeKeys,
+  MODE_LIST,
+  nonNegativeInt,
+  positive,
+  positiveInt,
+  progress,
+} from "./common.js";
+import { listPresets, loadPreset } from "./preset.js";
+import { specFrom, type TrainFlags } from "./train.js";
+import { writeCompareFigures } from "./figures.js";
+
+export interface CompareFlags extends TrainFlags {
+  modes?: string;
+  seeds?: string;
+}
+
+function parseList<T>(v: string, what: string, parse: (s: string) => T): T[] {
+  const items = v
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
+  if (items.length === 0) throw new Error(`--${what} needs at least one value`);
+  return items.map(parse);
+}
+
+export async function compareCommand(f: CompareFlags): Promise<CompareResult> {
+  const preset = loadPreset(f.preset);
+  const modes = f.modes
+    ? parseList(f.modes, "modes", (m) => {
+        if (!(m in MODE_NAMES))
+          throw new Error(`unknown mode "${m}" in --modes (expected ${MODE_LIST.join(", ")})`);
+        return m as ModeName;
+      })
+    : ((preset.compare?.modes ?? ["standard", "delta"]) as ModeName[]);
+  const seeds = f.seeds
+    ? parseList(f.seeds, "seeds", (s) => {
+        const n = Number(s);
+        if (!Number.isInteger(n) || n < 0) throw new Error(`--seeds: "${s}" is not a non-negative integer`);
+        return n;
+      })
+    : (preset.compare?.seeds ?? [0]);
+  if (new Set(modes).size !== modes.length) throw new Error("--modes lists a mode twice");
+  const base = await specFrom(preset, { ...f, mode: undefined });
+  const out = f.out || path.join("runs", `compare-${path.basename(f.preset).replace(/\.json$/, "")}`);
+  const specFor = (mode: ModeName, seed: number) => ({
+    ...base,
+    model: { ...base.model, ...(mode === "standard" ? {} : modeKeys(mode, f)) },
+    train: { ...base.train, seed },
+  });
+  const bar = progress("step", f.quiet);
+  const say = (s: string) => {
+    if (!f.quiet) process.stdout.write(s + "\n");
+  };
+  say(
+    `attnres compare: ${modes.join(", ")} × seeds ${seeds.join(", ")}, ${base.train.steps} steps each, data ${base.data}; results in ${out}`,
+  );
+  const { signal, dispose } = interruptSignal();
+  try {
+    const r = await runCompare(specFor, modes, seeds, out, {
+      signal,
+      log: (l) => bar.log(l),
+      onStep: (step, total, loss, tps) =>
+        bar.update(step, total, { loss: loss.toFixed(3), "tok/s": tps.toFixed(0) }),
+      onRun: (run, i, n) => bar.log(`run ${i + 1}/${n}: ${run.mode}, seed ${run.seed} (${run.dir})`),
+    });
+    bar.stop();
+    const figures = r.complete ? await writeCompareFigures(r) : [];
+    if (!r.complete) {
+      process.exitCode = 130;
+      say(`interrupted: finished runs are kept; run the same command again to continue`);
+    }
+    if (r.complete) {
+      say("");
+      say(resultsTable(r));
+      say(`\ntables: ${path.join(out, "results.md")}, ${path.join(out, "results.json")}`);
+      for (const fig of figures) say(`figure: ${fig}`);
+    }
+    return r;
+  } finally {
+    bar.stop();
+    dispose();
+  }
+}
+
+/** The results as an aligned plain-text table for the terminal. */
+export function resultsTable(r: CompareResult): string {
+  const rows = [["mode", "runs", "val loss", "perplexity", "bits/byte", "params", "tok/s", "Δ vs std", "p"]];
+  const base = r.summary.find((s) => s.mode === "standard");
+  for (const s of r.summary) {
+    const f = ([m, sd]: [number, number], d: number) =>
+      Number.isNaN(sd) ? m.toFixed(d) : `${m.toFixed(d)} ± ${sd.toFixed(d)}`;
+    rows.push([
+      s.mode,
+      String(s.runs),
+      f(s.valLoss, 4),
+      f(s.perplexity, 2),
+      f(s.bpb, 4),
+      s.params.toLocaleString("en-US"),
+      s.tokensPerSecond.toFixed(0),
+      base && s !== base ? (s.valLoss[0] - base.valLoss[0]).toFixed(4) : "",
+      s.vsStandard ? s.vsStandard.p.toPrecision(3) : "",
+    ]);
+  }
+  const w = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
+  return rows.map((r) => r.map((c, i) => c.padEnd(w[i]!)).join("  ")).join("\n");
+}
+
+export function registerCompare(program: Command): void {
+  program
+    .command("compare")
+    .description("train residual modes × seeds on the same budget and compare them (resumable)")
+    .option("-p, --preset <name|file.json>", `preset (${listPresets().join(", ")})`, "sotu-tiny")
+    .option("--modes <list>", `comma-separated modes (${MODE_LIST.join(", ")})`)
+    .option("--seeds <list>", "comma-separated seeds (default 0)")
+    .option("--data <dir>", "a prepared dataset folder (overrides the preset's data)")
+    .option("-o, --out <dir>", "output folder (default runs/compare-<preset>)")
+    .option("--blocks <n>", "blocks for the block modes (default 4)", positiveInt)
+    .option("--null-source", "delta modes: add a learnable null source")
+    .option("--gate", "delta modes: gate the routed term")
+    .option("--steps <n>", "optimizer steps per run", positiveInt)
+    .option("--batch-size <n>", "sequences per micro-batch", positiveInt)
+    .option("--seq-len <n>", "tokens per sequence", positiveInt)
+    .option("--lr <x>", "peak learning rate", positive)
+    .option("--routing-lr <x>", "learning rate of routing parameters", positive)
+    .option("--warmup <n>", "warmup steps", nonNegativeInt)
+    .option("--eval-every <n>", "validate every n steps", positiveInt)
+    .addHelpText(
+      "after",
+      `
+Examples:
+  attnres compare --modes standard,delta,attnres-full --seeds 0,1,2
+  attnres compare --preset sotu-tiny --modes standard,delta-block --blocks 2 --steps 600
+  (run the same command again after Ctrl-C: finished runs are reused, a partial one resumes)`,
+    )
+    .action(async (o: CompareFlags) => {
+      await compareCommand(o);
+    });
+}

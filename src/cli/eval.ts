@@ -1,0 +1,86 @@
+/**
+ * `attnres eval`: validation loss, perplexity and bits per byte of a checkpoint on a split of a
+ * prepared dataset (consecutive windows, the same every time).
+ */
+import type { Command } from "commander";
+import { evalBatches } from "../data/batches.js";
+import { loadPrepared } from "../data/prepared.js";
+import { loadCheckpoint } from "../io/checkpoint.js";
+import { evaluate } from "../train/trainer.js";
+import { positiveInt } from "./common.js";
+
+export interface EvalResult {
+  split: "train" | "val";
+  loss: number;
+  perplexity: number;
+  bitsPerByte: number;
+  tokens: number;
+}
+
+export function evalCommand(o: {
+  checkpoint: string;
+  data: string;
+  split?: string;
+  batches?: number;
+  batchSize?: number;
+  seqLen?: number;
+}): EvalResult {
+  const split = (o.split ?? "val") as "train" | "val";
+  if (split !== "train" && split !== "val") throw new Error(`--split must be train or val, not ${o.split}`);
+  const data = loadPrepared(o.data);
+  const model = loadCheckpoint(o.checkpoint);
+  try {
+    if (data.tokenizer.vocabSize > model.config.vocab_size)
+      throw new Error(
+        `the dataset's tokenizer has ${data.tokenizer.vocabSize} ids but the model embeds only ${model.config.vocab_size}`,
+      );
+    const T = Math.min(o.seqLen ?? 256, model.config.max_position_embeddings);
+    const batches = evalBatches(data[split], o.batchSize ?? 8, T, o.batches ?? 16);
+    const loss = evaluate(model, batches);
+    const bytesPerToken = data.meta[split].bytes / data.meta[split].tokens;
+    return {
+      split,
+      loss,
+      perplexity: Math.exp(loss),
+      bitsPerByte: loss / bytesPerToken / Math.LN2,
+      tokens: batches.length * batches[0]!.B * T,
+    };
+  } finally {
+    model.dispose();
+  }
+}
+
+export function registerEval(program: Command): void {
+  program
+    .command("eval")
+    .description("loss, perplexity and bits per byte of a checkpoint on a prepared dataset")
+    .requiredOption("-c, --checkpoint <dir>", "checkpoint folder (config.json + model.safetensors)")
+    .requiredOption("-d, --data <dir>", "prepared dataset folder (attnres prepare)")
+    .option("--split <split>", "val or train", "val")
+    .option("--batches <n>", "evaluation batches", positiveInt, 16)
+    .option("--batch-size <n>", "sequences per batch", positiveInt, 8)
+    .option("--seq-len <n>", "tokens per sequence (at most the model's context)", positiveInt, 256)
+    .option("--json", "print JSON")
+    .addHelpText(
+      "after",
+      "\nExample:\n  attnres eval --checkpoint runs/sotu-tiny-standard-s0/checkpoint --data data/sotu-byte\n",
+    )
+    .action(
+      (o: {
+        checkpoint: string;
+        data: string;
+        split: string;
+        batches: number;
+        batchSize: number;
+        seqLen: number;
+        json?: boolean;
+      }) => {
+        const r = evalCommand(o);
+        if (o.json) process.stdout.write(JSON.stringify(r) + "\n");
+        else
+          process.stdout.write(
+            `${r.split}: loss ${r.loss.toFixed(4)} nats/token, perplexity ${r.perplexity.toFixed(2)}, ${r.bitsPerByte.toFixed(4)} bits/byte (${r.tokens.toLocaleString()} tokens)\n`,
+          );
+      },
+    );
+}

@@ -24,7 +24,7 @@ export async function writeCompareFigures(r: CompareResult): Promise<string[]> {
   if (r.routingByDepth.length > 0) {
     const depth = await lineChart(path.join(r.out, "routing-max-weight-by-depth"), {
       title: "Mean max routing weight by depth",
-      subtitle: "validation tokens; attention sublayers are even j, MLP odd",
+      subtitle: `${r.routingByDepth.map((m) => m.mode).join(", ")}; validation tokens; attention sublayers are even j, MLP odd`,
       series: r.routingByDepth.map((m) => ({
         name: m.mode,
         points: m.j.map((j, i) => ({ x: j, y: m.meanMaxWeight[i] })),

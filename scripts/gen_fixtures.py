@@ -460,6 +460,87 @@ def checkpoint_fixture(name, kw):
     print(f"wrote {os.path.relpath(folder, ROOT)}/ (config.json, model.safetensors F32) + reference logits")
 
 
+# Tiny checkpoints in the layout Hugging Face writes (config.json with the keys transformers puts
+# there, F32 / BF16 weights, single file or shards + model.safetensors.index.json), for the
+# loader and converter tests (test/convert.test.ts). Reference logits are float64 computations
+# on exactly the stored (rounded) weights.
+HF_EXTRA_COMMON = {
+    "attention_dropout": 0.0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "hidden_act": "silu",
+    "initializer_range": 0.02,
+    "max_position_embeddings": 64,
+    "rope_scaling": None,
+    "transformers_version": "4.51.0",
+    "use_cache": True,
+}
+HF_QWEN3 = {
+    **QWEN3_TINY,
+    **HF_EXTRA_COMMON,
+    "architectures": ["Qwen3ForCausalLM"],
+    "attention_bias": False,
+    "max_window_layers": 2,
+    "sliding_window": None,
+    "use_sliding_window": False,
+}
+HF_LLAMA = {
+    **LLAMA_TINY,
+    **HF_EXTRA_COMMON,
+    "architectures": ["LlamaForCausalLM"],
+    "attention_bias": False,
+    "mlp_bias": False,
+    "pretraining_tp": 1,
+    "num_key_value_heads": 1,  # GQA 3:1
+    "tie_word_embeddings": False,
+}
+HF_FIXTURES = [
+    # (folder, config, stored dtype, number of shards)
+    ("hf-qwen3-untied", dict(HF_QWEN3, torch_dtype="float32"), torch.float32, 1),
+    ("hf-qwen3-tied-bf16", dict(HF_QWEN3, tie_word_embeddings=True, torch_dtype="bfloat16"), torch.bfloat16, 1),
+    ("hf-llama-sharded", dict(HF_LLAMA, torch_dtype="float32"), torch.float32, 2),
+]
+
+
+def hf_fixture(name, cfg, dtype, shards):
+    """test/fixtures/<name>/ as transformers' save_pretrained lays it out, + <name>.reference.safetensors."""
+    model, input_ids, _ = build(cfg)
+    stored = {n: p.detach().to(dtype).contiguous() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(stored[n].to(DT))  # the reference runs on exactly the rounded weights
+    folder = os.path.join(OUT, name)
+    os.makedirs(folder, exist_ok=True)
+    for f in os.listdir(folder):
+        os.remove(os.path.join(folder, f))
+    names = list(stored)
+    if shards == 1:
+        save_file(stored, os.path.join(folder, "model.safetensors"), {"format": "pt"})
+    else:
+        per = (len(names) + shards - 1) // shards
+        weight_map = {}
+        for s in range(shards):
+            fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+            part = {n: stored[n] for n in names[s * per : (s + 1) * per]}
+            save_file(part, os.path.join(folder, fname), {"format": "pt"})
+            weight_map.update({n: fname for n in part})
+        total = sum(t.numel() * t.element_size() for t in stored.values())
+        with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+            f.write("\n")
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+        f.write("\n")
+    with torch.no_grad():
+        logits = model(input_ids)["logits"]
+    save_file(
+        {"input_ids": input_ids.to(torch.int32), "logits": logits.detach().clone()},
+        os.path.join(OUT, name + ".reference.safetensors"),
+        {"generator": "scripts/gen_fixtures.py"},
+    )
+    print(f"wrote {os.path.relpath(folder, ROOT)}/ ({dtype}, {shards} shard(s)) + reference logits")
+
+
 def main():
     torch.set_default_dtype(DT)
     check_backbone(QWEN3_TINY)
@@ -471,6 +552,8 @@ def main():
         mode_fixture(name, kw, overrides)
     for name, kw in CHECKPOINT_FIXTURES:
         checkpoint_fixture(name, kw)
+    for name, cfg, dtype, shards in HF_FIXTURES:
+        hf_fixture(name, cfg, dtype, shards)
 
 
 if __name__ == "__main__":

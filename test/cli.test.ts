@@ -9,7 +9,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { describe, test } from "node:test";
-import { sampleText, writePreparedBytes } from "./helpers.js";
+import { sampleText, writePreparedBytes, readMetrics } from "./helpers.js";
 
 const root = path.dirname(import.meta.dirname);
 const bin = path.join(root, "bin", "attnres.mjs");
@@ -57,15 +57,7 @@ function run(args: string[]): { code: number; stdout: string; stderr: string } {
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
 
-const losses = (dir: string) =>
-  fs
-    .readFileSync(path.join(dir, "metrics.jsonl"), "utf8")
-    .trim()
-    .split("\n")
-    .map((l) => {
-      const r = JSON.parse(l) as Record<string, number>;
-      return [r.step, r.loss, r.val_loss ?? null];
-    });
+const losses = (dir: string) => readMetrics(dir, ["step", "loss", "val_loss"]);
 
 /** Asserts a user error: exit code 1, exactly one line on stderr matching `re`. */
 function userError(r: { code: number; stderr: string }, re: RegExp): void {
@@ -203,7 +195,7 @@ describe("attnres CLI", () => {
     assert.ok(fs.existsSync(path.join(ckpt, "analysis", "alpha-heatmap.png")));
     assert.match(fs.readFileSync(path.join(ckpt, "analysis", "summary.md"), "utf8"), /\|/);
 
-    const gen = run([
+    const genArgs = [
       "generate",
       "--checkpoint",
       ckpt,
@@ -215,22 +207,11 @@ describe("attnres CLI", () => {
       "3",
       "--temperature",
       "0.8",
-    ]);
+    ];
+    const gen = run(genArgs);
     assert.equal(gen.code, 0, gen.stderr);
     assert.ok(gen.stdout.startsWith("the of") && gen.stdout.length > "the of".length, gen.stdout);
-    const again = run([
-      "generate",
-      "--checkpoint",
-      ckpt,
-      "--prompt",
-      "the of",
-      "-n",
-      "12",
-      "--seed",
-      "3",
-      "--temperature",
-      "0.8",
-    ]);
+    const again = run(genArgs);
     assert.equal(again.stdout, gen.stdout, "a seed reproduces the sample");
 
     userError(run(["prepare", "--corpus", path.join(work, "no-such.txt")]), /no-such.txt/);

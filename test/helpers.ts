@@ -206,3 +206,15 @@ export function sampleText(n: number, seed = 1): string {
   while (s.length < n) s += words[rng.int(words.length)]! + (rng.uniform() < 0.1 ? ".\n" : " ");
   return s;
 }
+
+/** A run's metrics.jsonl as rows of the chosen fields (missing fields as null). */
+export function readMetrics(dir: string, fields: readonly string[]): (number | null)[][] {
+  return fs
+    .readFileSync(path.join(dir, "metrics.jsonl"), "utf8")
+    .trim()
+    .split("\n")
+    .map((l) => {
+      const r = JSON.parse(l) as Record<string, number>;
+      return fields.map((f) => r[f] ?? null);
+    });
+}

@@ -14,7 +14,7 @@ import { tidy } from "../src/tensor/memory.js";
 import { AdamW } from "../src/train/optim.js";
 import { finishedRun, runTraining, type RunSpec } from "../src/train/run.js";
 import { isResidualParam, paramGroups, trainStep } from "../src/train/trainer.js";
-import { assertClose, sampleText, writePreparedBytes } from "./helpers.js";
+import { assertClose, sampleText, writePreparedBytes, readMetrics } from "./helpers.js";
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), "attnres-run-"));
 const data = tmp();
@@ -50,15 +50,7 @@ const spec = (extra: Record<string, unknown> = {}, train: Record<string, unknown
   },
 });
 
-const losses = (dir: string) =>
-  fs
-    .readFileSync(path.join(dir, "metrics.jsonl"), "utf8")
-    .trim()
-    .split("\n")
-    .map((l) => {
-      const r = JSON.parse(l) as Record<string, number>;
-      return [r.step, r.loss, r.grad_norm, r.lr, r.val_loss ?? null];
-    });
+const losses = (dir: string) => readMetrics(dir, ["step", "loss", "grad_norm", "lr", "val_loss"]);
 
 describe("training runs", () => {
   for (const mode of [{}, { attnres_mode: "delta" }] as Record<string, unknown>[])

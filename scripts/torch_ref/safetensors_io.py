@@ -23,7 +23,7 @@ _TORCH_TO_NAME = {v[0]: k for k, v in _DTYPES.items()}
 def save_file(tensors, path, metadata=None):
     """Write `tensors` (an ordered dict name -> torch.Tensor) to `path`.
 
-    Tensors are stored with their own dtype (float64, float32, int32, int64).
+    Tensors are stored with their own dtype (float64, float32, int32, int64, bfloat16).
     Insertion order of the dict is the on-disk order.
     """
     header = {}
@@ -31,10 +31,14 @@ def save_file(tensors, path, metadata=None):
     offset = 0
     for name, t in tensors.items():
         t = t.detach().cpu().contiguous()
-        if t.dtype not in _TORCH_TO_NAME:
+        if t.dtype == torch.bfloat16:  # write-only: the raw 16 bits (HF checkpoints store BF16)
+            dname = "BF16"
+            data = t.view(torch.int16).numpy().astype("<i2", copy=False).tobytes(order="C")
+        elif t.dtype not in _TORCH_TO_NAME:
             raise TypeError(f"{name}: unsupported dtype {t.dtype}")
-        dname = _TORCH_TO_NAME[t.dtype]
-        data = t.numpy().astype(_DTYPES[dname][1], copy=False).tobytes(order="C")
+        else:
+            dname = _TORCH_TO_NAME[t.dtype]
+            data = t.numpy().astype(_DTYPES[dname][1], copy=False).tobytes(order="C")
         header[name] = {
             "dtype": dname,
             "shape": list(t.shape),

@@ -13,7 +13,7 @@ import { type AnalysisReport, analyzeModel, flatteningVerdict } from "../analysi
 import { evalBatches } from "../data/batches.js";
 import { loadPrepared } from "../data/prepared.js";
 import { loadCheckpoint } from "../io/checkpoint.js";
-import { positive, positiveInt, progress } from "./common.js";
+import { positive, positiveInt, progress, windowOptions } from "./common.js";
 
 export interface AnalyzeFlags {
   checkpoint: string;
@@ -88,7 +88,7 @@ export function analyzeSummary(r: AnalysisReport, w: WrittenAnalysis): string {
 }
 
 export function registerAnalyze(program: Command): void {
-  program
+  const cmd = program
     .command("analyze")
     .description("routing report of a checkpoint: max weight, entropy, α heatmap, source redundancy, β (ddl)")
     .requiredOption("-c, --checkpoint <dir>", "checkpoint folder (config.json + model.safetensors)")
@@ -96,9 +96,6 @@ export function registerAnalyze(program: Command): void {
       "-d, --data <dir>",
       "prepared dataset folder (attnres prepare); its validation split is used",
     )
-    .option("--batches <n>", "batches to analyse", positiveInt, 8)
-    .option("--batch-size <n>", "sequences per batch", positiveInt, 8)
-    .option("--seq-len <n>", "tokens per sequence (at most the model's context)", positiveInt, 256)
     .option("-o, --out <dir>", "output folder (default <checkpoint>/analysis)")
     .option(
       "--rank-tokens <n>",
@@ -107,7 +104,8 @@ export function registerAnalyze(program: Command): void {
       64,
     )
     .option("--flat-factor <x>", "a call is flat when its mean max weight ≤ x / N (x ≥ 1)", positive, 1.5)
-    .option("-q, --quiet", "no progress output")
+    .option("-q, --quiet", "no progress output");
+  windowOptions(cmd, 8)
     .addHelpText(
       "after",
       [

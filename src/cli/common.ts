@@ -4,7 +4,7 @@
  * folder a preset names.
  */
 import cliProgress from "cli-progress";
-import { InvalidArgumentError } from "commander";
+import { type Command, InvalidArgumentError } from "commander";
 import { MODE_NAMES, type ModeName } from "../model/config.js";
 import { prepareDataset } from "../data/prepare.js";
 import type { DataSpec } from "./preset.js";
@@ -129,4 +129,31 @@ export function interruptSignal(): { signal: AbortSignal; dispose: () => void } 
   };
   process.on("SIGINT", onInt);
   return { signal: ctl.signal, dispose: () => process.off("SIGINT", onInt) };
+}
+
+/** The training-setting flags shared by train and compare (each overrides one preset field). */
+export function trainingOptions(cmd: Command): Command {
+  return cmd
+    .option("--data <dir>", "a prepared dataset folder (overrides the preset's data)")
+    .option("--blocks <n>", "blocks for attnres-block / delta-block (default 4)", positiveInt)
+    .option("--null-source", "delta modes: add a learnable null source")
+    .option("--gate", "delta modes: gate the routed term (zero at start)")
+    .option("--steps <n>", "optimizer steps", positiveInt)
+    .option("--batch-size <n>", "sequences per micro-batch", positiveInt)
+    .option("--seq-len <n>", "tokens per sequence", positiveInt)
+    .option("--grad-accum <n>", "micro-batches per step", positiveInt)
+    .option("--lr <x>", "peak learning rate", positive)
+    .option("--routing-lr <x>", "learning rate of routing/gate/DDL parameters", positive)
+    .option("--warmup <n>", "warmup steps", nonNegativeInt)
+    .option("--clip <x>", "gradient-norm clipping (0 = off)", nonNegative)
+    .option("--eval-every <n>", "validate every n steps", positiveInt)
+    .option("--checkpoint-every <n>", "checkpoint every n steps (default: eval-every)", positiveInt);
+}
+
+/** The evaluation-window flags shared by eval and analyze. */
+export function windowOptions(cmd: Command, batches: number): Command {
+  return cmd
+    .option("--batches <n>", "batches of consecutive validation windows", positiveInt, batches)
+    .option("--batch-size <n>", "sequences per batch", positiveInt, 8)
+    .option("--seq-len <n>", "tokens per sequence (at most the model's context)", positiveInt, 256);
 }

@@ -7,15 +7,7 @@ import * as path from "node:path";
 import type { Command } from "commander";
 import { MODE_NAMES, type ModeName } from "../model/config.js";
 import { runCompare, type CompareResult } from "../train/compare.js";
-import {
-  interruptSignal,
-  modeKeys,
-  MODE_LIST,
-  nonNegativeInt,
-  positive,
-  positiveInt,
-  progress,
-} from "./common.js";
+import { interruptSignal, modeKeys, MODE_LIST, progress, trainingOptions } from "./common.js";
 import { listPresets, loadPreset } from "./preset.js";
 import { specFrom, type TrainFlags } from "./train.js";
 import { writeCompareFigures } from "./figures.js";
@@ -117,24 +109,14 @@ export function resultsTable(r: CompareResult): string {
 }
 
 export function registerCompare(program: Command): void {
-  program
+  const cmd = program
     .command("compare")
     .description("train residual modes × seeds on the same budget and compare them (resumable)")
     .option("-p, --preset <name|file.json>", `preset (${listPresets().join(", ")})`, "sotu-tiny")
     .option("--modes <list>", `comma-separated modes (${MODE_LIST.join(", ")})`)
     .option("--seeds <list>", "comma-separated seeds (default 0)")
-    .option("--data <dir>", "a prepared dataset folder (overrides the preset's data)")
-    .option("-o, --out <dir>", "output folder (default runs/compare-<preset>)")
-    .option("--blocks <n>", "blocks for the block modes (default 4)", positiveInt)
-    .option("--null-source", "delta modes: add a learnable null source")
-    .option("--gate", "delta modes: gate the routed term")
-    .option("--steps <n>", "optimizer steps per run", positiveInt)
-    .option("--batch-size <n>", "sequences per micro-batch", positiveInt)
-    .option("--seq-len <n>", "tokens per sequence", positiveInt)
-    .option("--lr <x>", "peak learning rate", positive)
-    .option("--routing-lr <x>", "learning rate of routing parameters", positive)
-    .option("--warmup <n>", "warmup steps", nonNegativeInt)
-    .option("--eval-every <n>", "validate every n steps", positiveInt)
+    .option("-o, --out <dir>", "output folder (default runs/compare-<preset>)");
+  trainingOptions(cmd)
     .addHelpText(
       "after",
       `

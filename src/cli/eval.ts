@@ -7,7 +7,7 @@ import { evalBatches } from "../data/batches.js";
 import { loadPrepared } from "../data/prepared.js";
 import { loadCheckpoint } from "../io/checkpoint.js";
 import { evaluate } from "../train/trainer.js";
-import { positiveInt } from "./common.js";
+import { windowOptions } from "./common.js";
 
 export interface EvalResult {
   split: "train" | "val";
@@ -51,16 +51,14 @@ export function evalCommand(o: {
 }
 
 export function registerEval(program: Command): void {
-  program
+  const cmd = program
     .command("eval")
     .description("loss, perplexity and bits per byte of a checkpoint on a prepared dataset")
     .requiredOption("-c, --checkpoint <dir>", "checkpoint folder (config.json + model.safetensors)")
     .requiredOption("-d, --data <dir>", "prepared dataset folder (attnres prepare)")
     .option("--split <split>", "val or train", "val")
-    .option("--batches <n>", "evaluation batches", positiveInt, 16)
-    .option("--batch-size <n>", "sequences per batch", positiveInt, 8)
-    .option("--seq-len <n>", "tokens per sequence (at most the model's context)", positiveInt, 256)
-    .option("--json", "print JSON")
+    .option("--json", "print JSON");
+  windowOptions(cmd, 16)
     .addHelpText(
       "after",
       "\nExample:\n  attnres eval --checkpoint runs/sotu-tiny-standard-s0/checkpoint --data data/sotu-byte\n",

@@ -15,11 +15,9 @@ import {
   modeArg,
   modeKeys,
   MODE_LIST,
-  nonNegative,
   nonNegativeInt,
-  positive,
-  positiveInt,
   progress,
+  trainingOptions,
 } from "./common.js";
 import { listPresets, loadPreset, type Preset } from "./preset.js";
 
@@ -107,28 +105,15 @@ export async function trainCommand(f: TrainFlags): Promise<RunResult> {
 }
 
 export function registerTrain(program: Command): void {
-  program
+  const cmd = program
     .command("train")
     .description("train a model from a preset (resumable; Ctrl-C saves a checkpoint)")
     .option("-p, --preset <name|file.json>", `preset (${listPresets().join(", ")})`, "sotu-tiny")
-    .option("--data <dir>", "a prepared dataset folder (overrides the preset's data)")
     .option("-o, --out <dir>", "run folder (default runs/<preset>-<mode>-s<seed>)")
     .option("--resume", "continue the run in --out from its checkpoint")
     .option("--mode <mode>", `residual mode: ${MODE_LIST.join(", ")}`, modeArg)
-    .option("--blocks <n>", "blocks for attnres-block / delta-block (default 4)", positiveInt)
-    .option("--null-source", "delta modes: add a learnable null source")
-    .option("--gate", "delta modes: gate the routed term (zero at start)")
-    .option("--steps <n>", "optimizer steps", positiveInt)
-    .option("--batch-size <n>", "sequences per micro-batch", positiveInt)
-    .option("--seq-len <n>", "tokens per sequence", positiveInt)
-    .option("--grad-accum <n>", "micro-batches per step", positiveInt)
-    .option("--lr <x>", "peak learning rate", positive)
-    .option("--routing-lr <x>", "learning rate of routing/gate/DDL parameters", positive)
-    .option("--warmup <n>", "warmup steps", nonNegativeInt)
-    .option("--clip <x>", "gradient-norm clipping (0 = off)", nonNegative)
-    .option("--seed <n>", "seed for initialisation and batches", nonNegativeInt)
-    .option("--eval-every <n>", "validate every n steps", positiveInt)
-    .option("--checkpoint-every <n>", "checkpoint every n steps (default: eval-every)", positiveInt)
+    .option("--seed <n>", "seed for initialisation and batches", nonNegativeInt);
+  trainingOptions(cmd)
     .addHelpText(
       "after",
       `

@@ -3,12 +3,15 @@
  * keys as the authors name them, METHODS.md "Checkpoint interchange") and model.safetensors
  * (or shards with model.safetensors.index.json when reading). Weights are written as F32 and
  * read from F32/F16/BF16(/F64). Writing is atomic per file, weights first, so an interrupted save
- * never leaves a config that points at missing or partial weights.
+ * never leaves a config that points at missing or partial weights. `readConfig` accepts HF
+ * config.json files as transformers writes them and rejects what we do not implement
+ * (src/model/hf-compat.ts).
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Backend, DType } from "../backend/backend.js";
 import { type ModelConfig, parseConfig } from "../model/config.js";
+import { checkHfConfig } from "../model/hf-compat.js";
 import { DecoderLM } from "../model/decoder.js";
 import { modeName } from "../model/residual.js";
 import { exportWeights, loadWeights } from "../model/weights.js";
@@ -17,6 +20,7 @@ import { readCheckpointWeights, writeFileAtomic, writeSafetensors } from "./safe
 /** The config as written to config.json: HF names, with model_type qwen3_attnres for routed Qwen3. */
 export function configForExport(c: ModelConfig): Record<string, unknown> {
   const out: Record<string, unknown> = { ...c };
+  if (out.torch_dtype !== undefined) out.torch_dtype = "float32"; // weights are always written as F32
   const mode = modeName(c);
   if (mode === "standard") {
     for (const k of Object.keys(out)) if (k.startsWith("attnres_") || k.startsWith("ddl_")) delete out[k];
@@ -47,6 +51,7 @@ export function readConfig(dir: string): ModelConfig {
   } catch (e) {
     throw new Error(`${file} is not valid JSON: ${(e as Error).message}`, { cause: e });
   }
+  checkHfConfig(raw, file);
   return parseConfig(raw, file);
 }
 
@@ -61,7 +66,11 @@ export function loadCheckpoint(dir: string, opts: LoadCheckpointOptions = {}): D
   const weights = readCheckpointWeights(dir, { keepF64: opts.dtype === "float64" });
   const model = new DecoderLM(config, opts);
   try {
-    loadWeights(model, weights.tensors, { source: dir });
+    // HF sometimes stores lm_head.weight beside tied embeddings; the tied model ignores it.
+    loadWeights(model, weights.tensors, {
+      source: dir,
+      allowUnexpected: (n) => config.tie_word_embeddings && n === "lm_head.weight",
+    });
   } catch (e) {
     model.dispose();
     throw e;

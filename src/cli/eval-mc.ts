@@ -1,0 +1,111 @@
+/**
+ * `attnres eval-mc`: zero-shot multiple-choice accuracy (acc, acc_norm) of a checkpoint on a JSONL
+ * task file, scored by log-likelihood as lm-evaluation-harness does (src/eval/mc.ts,
+ * docs/eval-mc.md). The checkpoint folder must hold its tokenizer.
+ *
+ *   evalMcCommand(opts)     the command as a function (tests): the result, progress on stdout
+ *   formatMcResult(r)       the one-line summary the command prints
+ *   registerEvalMc(program) adds the subcommand to commander
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import type { Command } from "commander";
+import { loadTokenizer, TOKENIZER_META } from "../data/tokenizer.js";
+import "../data/bpe.js";
+import "../data/hf-tokenizer.js";
+import { evaluateMc, type McResult, readMcTasks } from "../eval/mc.js";
+import { writeFileAtomic } from "../io/safetensors.js";
+import { loadCheckpoint, readConfig } from "../io/checkpoint.js";
+import { positiveInt, progress } from "./common.js";
+
+export interface EvalMcOptions {
+  checkpoint: string;
+  tasks: string;
+  /** Score only the first N items. */
+  limit?: number;
+  /** Write the full result (with per-item details) as JSON here. */
+  out?: string;
+  /** No progress output. */
+  quiet?: boolean;
+}
+
+export function evalMcCommand(o: EvalMcOptions): McResult {
+  const dir = o.checkpoint;
+  if (o.limit !== undefined && (!Number.isInteger(o.limit) || o.limit < 1))
+    throw new Error(`--limit must be a positive integer, not ${o.limit}`);
+  const config = readConfig(dir); // a clear error when dir is not a checkpoint
+  if (!fs.existsSync(path.join(dir, TOKENIZER_META)) && !fs.existsSync(path.join(dir, "tokenizer.json")))
+    throw new Error(
+      `the checkpoint ${dir} has no tokenizer (${TOKENIZER_META} or tokenizer.json); ` +
+        `copy the one it was trained with into the folder`,
+    );
+  const tok = loadTokenizer(dir);
+  if (tok.vocabSize > config.vocab_size)
+    throw new Error(
+      `the checkpoint's tokenizer has ${tok.vocabSize} ids but the model embeds only ${config.vocab_size}`,
+    );
+  let items = readMcTasks(o.tasks);
+  if (o.limit !== undefined) items = items.slice(0, o.limit);
+  const model = loadCheckpoint(dir);
+  const bar = progress("eval-mc", o.quiet ?? false);
+  try {
+    const r = evaluateMc(model, tok, items, (done, total, details) => {
+      const acc = details.reduce((a, d) => a + d.acc, 0) / details.length;
+      const accNorm = details.reduce((a, d) => a + d.accNorm, 0) / details.length;
+      bar.update(done, total, { acc: acc.toFixed(3), acc_norm: accNorm.toFixed(3) });
+    });
+    if (o.out) {
+      fs.mkdirSync(path.dirname(path.resolve(o.out)), { recursive: true });
+      writeFileAtomic(
+        o.out,
+        JSON.stringify({ checkpoint: dir, tasks: o.tasks, ...r }, null, 2) + "\n",
+      );
+    }
+    return r;
+  } finally {
+    bar.stop();
+    model.dispose();
+  }
+}
+
+const pm = (x: number) => (Number.isNaN(x) ? "" : ` ± ${x.toFixed(4)}`);
+
+export function formatMcResult(r: McResult): string {
+  return (
+    `acc ${r.acc.toFixed(4)}${pm(r.accStderr)}, acc_norm ${r.accNorm.toFixed(4)}${pm(r.accNormStderr)} ` +
+    `(${r.items} item${r.items === 1 ? "" : "s"})`
+  );
+}
+
+export function registerEvalMc(program: Command): void {
+  program
+    .command("eval-mc")
+    .description("zero-shot multiple-choice accuracy (acc, acc_norm) by log-likelihood on a JSONL task file")
+    .requiredOption("-c, --checkpoint <dir>", "checkpoint folder (config.json, model.safetensors, tokenizer)")
+    .requiredOption(
+      "-t, --tasks <file>",
+      'JSONL task file: {"context": "...", "choices": ["...", "..."], "gold": 0} per line',
+    )
+    .option("--limit <n>", "score only the first n items", positiveInt)
+    .option("--json", "print the summary as JSON (no progress output)")
+    .option("--out <file>", "write the summary and per-item log-likelihoods as JSON")
+    .addHelpText(
+      "after",
+      [
+        "",
+        "acc: the choice with the largest summed log-likelihood is the gold one; acc_norm: the same with",
+        "each log-likelihood divided by the choice's length in UTF-8 bytes (docs/eval-mc.md).",
+        "",
+        "Example:",
+        "  attnres eval-mc -c runs/sotu-tiny/checkpoint --tasks examples/tasks/sotu-mini.jsonl",
+        "",
+      ].join("\n"),
+    )
+    .action((o: { checkpoint: string; tasks: string; limit?: number; json?: boolean; out?: string }) => {
+      const r = evalMcCommand({ ...o, quiet: o.json });
+      if (o.json) {
+        const { details: _details, ...summary } = r;
+        process.stdout.write(JSON.stringify(summary) + "\n");
+      } else process.stdout.write(formatMcResult(r) + "\n");
+    });
+}

@@ -1,0 +1,103 @@
+/**
+ * `attnres convert --from DIR --to DIR --mode delta|delta-block|attnres-full|attnres-block`:
+ * a standard Qwen3/Llama checkpoint (HF layout) → a routed one with the same backbone weights and
+ * zero-initialised routing (src/model/convert.ts), after checking on a sample that the logits are
+ * unchanged. Prints the max abs difference and what the mode guarantees; refuses to write when the
+ * check fails unless --force. The output folder appears only complete (written beside, renamed).
+ */
+import type { Command } from "commander";
+import { CONVERT_MODES, type ConvertMode, convertCheckpoint, type ConvertResult } from "../model/convert.js";
+import { InvalidArgumentError } from "commander";
+import { positiveInt, progress } from "./common.js";
+
+export interface ConvertFlags {
+  from: string;
+  to: string;
+  mode: ConvertMode;
+  blocks?: number;
+  nullSource?: boolean;
+  gate?: boolean;
+  force?: boolean;
+  quiet?: boolean;
+}
+
+function convertModeArg(v: string): ConvertMode {
+  if (!(CONVERT_MODES as readonly string[]).includes(v))
+    throw new InvalidArgumentError(`expected one of ${CONVERT_MODES.join(", ")}`);
+  return v as ConvertMode;
+}
+
+const e = (x: number) => x.toExponential(2);
+
+export function convertCommand(f: ConvertFlags): ConvertResult {
+  const bar = progress("convert", f.quiet);
+  const out = (s: string) => {
+    if (!f.quiet) process.stdout.write(s + "\n");
+  };
+  let r: ConvertResult;
+  try {
+    r = convertCheckpoint({
+      from: f.from,
+      to: f.to,
+      mode: f.mode,
+      blocks: f.blocks,
+      nullSource: f.nullSource,
+      gate: f.gate,
+      force: f.force,
+      onPhase: (done, total, what) => bar.update(done, total, { phase: what }),
+    });
+  } finally {
+    bar.stop();
+  }
+  const v = r.verification;
+  out(`attnres convert: ${f.from} → ${f.mode} (${v.tokens} sample tokens)`);
+  if (r.gateAdded)
+    out(
+      "  delta-block: a zero gate was added (attnres_gate_type learnable_alpha) — only with it is the conversion exact",
+    );
+  if (v.exactness === "exact")
+    out(`  max |logit difference| ${e(v.maxAbsDiff)} (exact mode; rounding tolerance ${e(v.tolerance)})`);
+  else {
+    out(
+      `  max |logit difference| ${e(v.maxAbsDiff)} at the model's rms_norm_eps (eps residue; tolerance ${e(v.tolerance)})`,
+    );
+    if (v.maxAbsDiffEps0 !== null)
+      out(
+        `  with rms_norm_eps 0: ${e(v.maxAbsDiffEps0)} (rounding tolerance ${e(v.roundingTolerance)}) — the routed model is the original up to the epsilon`,
+      );
+    else out("  (a zero null source needs eps > 0, so the eps-0 check is skipped)");
+  }
+  if (!v.ok && !r.written)
+    throw new Error(
+      `the converted logits differ from the original's by more than the tolerance; nothing was written (pass --force to write anyway)`,
+    );
+  if (!v.ok) out("  WARNING: the check failed; written anyway because of --force");
+  out(
+    `  wrote ${f.to} (${r.addedParameters.toLocaleString()} routing parameters added, all zero-initialised` +
+      `${r.tokenizerCopied.length ? `; copied ${r.tokenizerCopied.join(", ")}` : ""})`,
+  );
+  return r;
+}
+
+export function registerConvert(program: Command): void {
+  program
+    .command("convert")
+    .description("convert a standard Qwen3/Llama checkpoint to a routed one (same logits at start)")
+    .requiredOption("--from <dir>", "HF-layout checkpoint folder (config.json + safetensors)")
+    .requiredOption("--to <dir>", "output folder (must not exist or be empty)")
+    .requiredOption("--mode <mode>", `target mode: ${CONVERT_MODES.join(", ")}`, convertModeArg)
+    .option("--blocks <n>", "blocks for attnres-block / delta-block (default 4)", positiveInt)
+    .option("--null-source", "delta modes: add a zero null source")
+    .option("--gate", "delta modes: gate the routed term (zero at start; always on for delta-block)")
+    .option("--force", "write even if the logits check fails")
+    .addHelpText(
+      "after",
+      `
+Examples:
+  attnres convert --from qwen3-0.6b --to qwen3-0.6b-delta --mode delta
+  attnres convert --from ckpt --to ckpt-db --mode delta-block --blocks 4`,
+    )
+    .action((o: ConvertFlags) => {
+      convertCommand(o);
+    });
+}

@@ -12,6 +12,10 @@
  * leaves a checkpoint that mixes two steps. Resuming restores weights, moments, step and sampler
  * state, and truncates metrics.jsonl to the checkpoint's step, so a resumed run produces exactly
  * the losses of an uninterrupted one (the kernels are deterministic for a fixed thread count).
+ *
+ * Fine-tuning: `spec.init` names a checkpoint whose weights start the run (instead of random
+ * initialisation); `train.freeze_base` trains only the residual family's parameters, leaving every
+ * backbone weight bit-identical; `train.routing_lr` gives those parameters their own rate.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -19,7 +23,12 @@ import { z } from "zod";
 import { defaultBackend } from "../backend/index.js";
 import { BatchSampler, evalBatches } from "../data/batches.js";
 import { loadPrepared, type PreparedData } from "../data/prepared.js";
-import { readSafetensors, writeFileAtomic, writeSafetensors } from "../io/safetensors.js";
+import {
+  readCheckpointWeights,
+  readSafetensors,
+  writeFileAtomic,
+  writeSafetensors,
+} from "../io/safetensors.js";
 import { saveCheckpoint } from "../io/checkpoint.js";
 import { parseConfig } from "../model/config.js";
 import { DecoderLM } from "../model/decoder.js";
@@ -47,6 +56,8 @@ export const TrainSettingsSchema = z.strictObject({
   eval_every: z.number().int().positive().default(100),
   eval_batches: z.number().int().positive().default(8),
   checkpoint_every: z.number().int().positive().optional(),
+  /** Train only the residual family's parameters (isResidualParam); the backbone stays bit-identical. */
+  freeze_base: z.boolean().optional(),
   seed: z.number().int().nonnegative().default(0),
 });
 export type TrainSettings = z.output<typeof TrainSettingsSchema>;
@@ -58,6 +69,12 @@ export interface RunSpec {
   /** A prepared dataset folder (attnres prepare). */
   data: string;
   train: TrainSettings;
+  /**
+   * A checkpoint folder whose weights start the run (fine-tuning). Its tensors must match the
+   * model config exactly. Used only when the run starts; a resumed run continues from its own
+   * checkpoint.
+   */
+  init?: string;
 }
 
 export interface RunResult {
@@ -100,7 +117,7 @@ export interface RunOptions {
 
 /** Fills defaults and checks a run specification against its data. */
 export function resolveSpec(
-  raw: { model: Record<string, unknown>; data: string; train: TrainSettingsInput },
+  raw: { model: Record<string, unknown>; data: string; train: TrainSettingsInput; init?: string },
   data?: PreparedData,
 ): RunSpec {
   const train = TrainSettingsSchema.parse(raw.train);
@@ -114,7 +131,7 @@ export function resolveSpec(
   const mpe = Number(model.max_position_embeddings ?? 0);
   if (mpe < train.seq_len) model.max_position_embeddings = train.seq_len;
   parseConfig(model, "model config");
-  return { model, data: raw.data, train };
+  return { model, data: raw.data, train, ...(raw.init !== undefined ? { init: raw.init } : {}) };
 }
 
 const ckptDir = (dir: string) => path.join(dir, "checkpoint");
@@ -143,7 +160,9 @@ function sameSpec(a: RunSpec, b: RunSpec): boolean {
   return (
     JSON.stringify(a.model) === JSON.stringify(b.model) &&
     JSON.stringify(a.train) === JSON.stringify(b.train) &&
-    path.resolve(a.data) === path.resolve(b.data)
+    path.resolve(a.data) === path.resolve(b.data) &&
+    (a.init === undefined) === (b.init === undefined) &&
+    (a.init === undefined || path.resolve(a.init) === path.resolve(b.init!))
   );
 }
 
@@ -175,7 +194,24 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
     s.routing_lr !== undefined
       ? [{ name: "routing", match: isResidualParam, lr: s.routing_lr, weightDecay: 0 }]
       : [];
-  const opt = new AdamW(paramGroups(model, s.lr, s.weight_decay, extra), { beta1: s.beta1, beta2: s.beta2 });
+  let groups = paramGroups(model, s.lr, s.weight_decay, extra);
+  let trainable = model.parameters();
+  if (s.freeze_base) {
+    const routing = new Set(
+      model
+        .namedParameters()
+        .filter(([n]) => isResidualParam(n))
+        .map(([, p]) => p),
+    );
+    if (routing.size === 0) {
+      model.dispose();
+      throw new Error(`freeze_base needs a routed model, but mode ${mode} has no routing parameters`);
+    }
+    groups = groups.map((g) => ({ ...g, params: g.params.filter((p) => routing.has(p)) })).filter((g) => g.params.length);
+    trainable = [...routing];
+    for (const p of model.parameters()) if (!routing.has(p)) p.requiresGrad = false;
+  }
+  const opt = new AdamW(groups, { beta1: s.beta1, beta2: s.beta2 });
   const sampler = new BatchSampler(data.train, s.batch_size, s.seq_len, s.seed + 1);
   const evals = evalBatches(data.val, s.batch_size, s.seq_len, s.eval_batches);
   const bytesPerToken = data.meta.val.bytes / data.meta.val.tokens;
@@ -199,7 +235,16 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
         : [];
       fs.writeFileSync(metricsFile, kept.map((l) => l + "\n").join(""));
       log(`resuming ${dir} at step ${step}/${s.steps}`);
-    } else fs.writeFileSync(metricsFile, "");
+    } else {
+      if (spec.init !== undefined) {
+        loadWeights(model, readCheckpointWeights(spec.init).tensors, {
+          source: spec.init,
+          allowUnexpected: (n) => model.config.tie_word_embeddings && n === "lm_head.weight",
+        });
+        log(`starting from the weights of ${spec.init}`);
+      }
+      fs.writeFileSync(metricsFile, "");
+    }
 
     const save = (done: boolean, result?: TrainerState["result"]) => {
       const tmp = `${ckptDir(dir)}.tmp`;
@@ -240,7 +285,7 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
       const batches = Array.from({ length: s.grad_accum }, () => sampler.next());
       const t0 = performance.now();
       const mult = lrMultiplier(step, sched);
-      const { loss, gradNorm } = trainStep(model, opt, batches, step + 1, mult, s.clip);
+      const { loss, gradNorm } = trainStep(model, opt, batches, step + 1, mult, s.clip, trainable);
       const dt = (performance.now() - t0) / 1000;
       seconds += dt;
       step++;

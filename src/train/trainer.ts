@@ -10,7 +10,7 @@ import type { Batch } from "../data/batches.js";
 import type { DecoderLM } from "../model/decoder.js";
 import { tidy } from "../tensor/memory.js";
 import { scale } from "../tensor/ops.js";
-import { noGrad } from "../tensor/tensor.js";
+import { noGrad, type Tensor } from "../tensor/tensor.js";
 import { AdamW, clipGradNorm, type ParamGroup } from "./optim.js";
 
 export class TrainingDiverged extends Error {
@@ -42,6 +42,8 @@ export function trainStep(
   step: number,
   lrScale: number,
   clip: number,
+  /** The parameters being trained (clipping norm); default all of the model's. */
+  trainable?: readonly Tensor[],
 ): StepResult {
   const micro = Array.isArray(batch) ? (batch as readonly Batch[]) : [batch as Batch];
   model.zeroGrad();
@@ -54,7 +56,7 @@ export function trainStep(
     });
   loss /= micro.length;
   if (!Number.isFinite(loss)) throw new TrainingDiverged(step, loss);
-  const params = model.parameters();
+  const params = trainable ?? model.parameters();
   const gradNorm = clip > 0 ? clipGradNorm(params, clip) : NaN;
   opt.step(lrScale);
   return { loss, gradNorm };

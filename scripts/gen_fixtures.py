@@ -494,11 +494,28 @@ HF_LLAMA = {
     "num_key_value_heads": 1,  # GQA 3:1
     "tie_word_embeddings": False,
 }
+HF_LLAMA3_ROPE = {
+    **HF_LLAMA,
+    "hidden_size": 24,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": 16,
+    "rope_theta": 10000.0,
+    # wavelengths 6.3 … 19869: three high-frequency pairs kept, one interpolated (199), four scaled.
+    "rope_scaling": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 256,
+    },
+}
 HF_FIXTURES = [
     # (folder, config, stored dtype, number of shards)
     ("hf-qwen3-untied", dict(HF_QWEN3, torch_dtype="float32"), torch.float32, 1),
     ("hf-qwen3-tied-bf16", dict(HF_QWEN3, tie_word_embeddings=True, torch_dtype="bfloat16"), torch.bfloat16, 1),
     ("hf-llama-sharded", dict(HF_LLAMA, torch_dtype="float32"), torch.float32, 2),
+    ("hf-llama3-rope", dict(HF_LLAMA3_ROPE, torch_dtype="float32"), torch.float32, 1),
 ]
 
 

@@ -270,6 +270,61 @@ describe("attnres CLI", () => {
     );
   });
 
+  test("convert a standard checkpoint to delta-block, then fine-tune it", () => {
+    const p = preset(6);
+    assert.equal(run(["train", "--preset", p, "--out", "conv-base"]).code, 0);
+    const conv = run([
+      "convert",
+      "--from",
+      "conv-base/checkpoint",
+      "--to",
+      "conv-db",
+      "--mode",
+      "delta-block",
+      "--blocks",
+      "2",
+    ]);
+    assert.equal(conv.code, 0, conv.stderr);
+    assert.match(conv.stdout, /max \|logit difference\| 0\.00e\+0 \(exact mode/);
+    const cfg = JSON.parse(fs.readFileSync(path.join(work, "conv-db", "config.json"), "utf8")) as Record<
+      string,
+      unknown
+    >;
+    assert.equal(cfg.attnres_mode, "delta_block");
+    assert.equal(
+      cfg.attnres_gate_type,
+      "learnable_alpha",
+      "delta-block is converted with a zero gate (exact)",
+    );
+    userError(
+      run(["convert", "--from", "conv-base/checkpoint", "--to", "conv-db", "--mode", "delta"]),
+      /conv-db/,
+    );
+    const ft = run([
+      "finetune",
+      "--from",
+      "conv-db",
+      "--data",
+      data,
+      "--steps",
+      "4",
+      "--batch-size",
+      "4",
+      "--seq-len",
+      "32",
+      "--eval-every",
+      "2",
+      "--freeze-base",
+      "--out",
+      "ft",
+    ]);
+    assert.equal(ft.code, 0, ft.stderr);
+    const before = fs.readFileSync(path.join(work, "conv-db", "model.safetensors"));
+    const after = fs.readFileSync(path.join(work, "ft", "checkpoint", "model.safetensors"));
+    assert.ok(!before.equals(after), "the routing parameters were trained");
+    assert.equal(losses(path.join(work, "ft")).length, 4);
+  });
+
   test("bad input: one clear line, non-zero exit, nothing half-written", () => {
     const p = preset(4);
     assert.equal(run(["train", "--preset", p, "--out", "ok"]).code, 0);

@@ -63,25 +63,56 @@ describe("task format", () => {
     ["bad JSON", '{"context": "a", "choices": ["b", "c"], "gold": 1', /^t\.jsonl:3: not valid JSON/],
     ["not an object", '["a"]', /^t\.jsonl:3: expected a JSON object/],
     ["missing context", '{"choices": ["b", "c"], "gold": 0}', /^t\.jsonl:3: missing field "context"$/],
-    ["context not a string", '{"context": 1, "choices": ["b", "c"], "gold": 0}', /t\.jsonl:3: "context" must/],
+    [
+      "context not a string",
+      '{"context": 1, "choices": ["b", "c"], "gold": 0}',
+      /t\.jsonl:3: "context" must/,
+    ],
     ["missing choices", '{"context": "a", "gold": 0}', /^t\.jsonl:3: missing field "choices"$/],
     ["missing gold", '{"context": "a", "choices": ["b", "c"]}', /^t\.jsonl:3: missing field "gold"$/],
-    ["one choice", '{"context": "a", "choices": ["b"], "gold": 0}', /t\.jsonl:3: "choices" has 1 entries; at least 2/],
-    ["a choice not a string", '{"context": "a", "choices": ["b", 2], "gold": 0}', /t\.jsonl:3: choice 1 is not/],
+    [
+      "one choice",
+      '{"context": "a", "choices": ["b"], "gold": 0}',
+      /t\.jsonl:3: "choices" has 1 entries; at least 2/,
+    ],
+    [
+      "a choice not a string",
+      '{"context": "a", "choices": ["b", 2], "gold": 0}',
+      /t\.jsonl:3: choice 1 is not/,
+    ],
     ["empty choice", '{"context": "a", "choices": ["b", ""], "gold": 0}', /t\.jsonl:3: choice 1 is empty/],
-    ["gold too large", '{"context": "a", "choices": ["b", "c"], "gold": 2}', /t\.jsonl:3: "gold" is 2 but there are 2 choices/],
+    [
+      "gold too large",
+      '{"context": "a", "choices": ["b", "c"], "gold": 2}',
+      /t\.jsonl:3: "gold" is 2 but there are 2 choices/,
+    ],
     ["gold negative", '{"context": "a", "choices": ["b", "c"], "gold": -1}', /t\.jsonl:3: "gold" is -1/],
-    ["gold not an integer", '{"context": "a", "choices": ["b", "c"], "gold": 0.5}', /t\.jsonl:3: "gold" must be an integer/],
-    ["gold a string", '{"context": "a", "choices": ["b", "c"], "gold": "0"}', /t\.jsonl:3: "gold" must be an integer/],
-    ["unknown field", '{"context": "a", "choices": ["b", "c"], "gold": 0, "label": 1}', /t\.jsonl:3: unknown field "label"/],
+    [
+      "gold not an integer",
+      '{"context": "a", "choices": ["b", "c"], "gold": 0.5}',
+      /t\.jsonl:3: "gold" must be an integer/,
+    ],
+    [
+      "gold a string",
+      '{"context": "a", "choices": ["b", "c"], "gold": "0"}',
+      /t\.jsonl:3: "gold" must be an integer/,
+    ],
+    [
+      "unknown field",
+      '{"context": "a", "choices": ["b", "c"], "gold": 0, "label": 1}',
+      /t\.jsonl:3: unknown field "label"/,
+    ],
   ];
   for (const [what, line, re] of bad)
     test(`error: ${what}`, () => {
-      assert.throws(() => parseMcTasks(`${good}\n\n${line}\n${good}\n`, "t.jsonl"), (e: Error) => {
-        assert.match(e.message, re);
-        assert.ok(!e.message.includes("\n"), "one line");
-        return true;
-      });
+      assert.throws(
+        () => parseMcTasks(`${good}\n\n${line}\n${good}\n`, "t.jsonl"),
+        (e: Error) => {
+          assert.match(e.message, re);
+          assert.ok(!e.message.includes("\n"), "one line");
+          return true;
+        },
+      );
     });
   test("an empty file is an error", () => {
     assert.throws(() => parseMcTasks("\n\n", "e.jsonl"), /e\.jsonl holds no items/);
@@ -106,8 +137,10 @@ describe("token boundary", () => {
       encode(text) {
         const out: number[] = [];
         for (let i = 0; i < text.length; i++)
-          if (text.startsWith("bc", i)) out.push(300), i++;
-          else out.push(text.charCodeAt(i));
+          if (text.startsWith("bc", i)) {
+            out.push(300);
+            i++;
+          } else out.push(text.charCodeAt(i));
         return Int32Array.from(out);
       },
       decode: () => "",
@@ -115,7 +148,11 @@ describe("token boundary", () => {
     };
     const r = encodeChoice(merging, "ab", "cd");
     assert.deepEqual([...r.context], [97, 98]);
-    assert.deepEqual([...r.continuation], [100], "the whole is [a, bc, d]; the continuation is what follows 2 tokens");
+    assert.deepEqual(
+      [...r.continuation],
+      [100],
+      "the whole is [a, bc, d]; the continuation is what follows 2 tokens",
+    );
   });
 });
 
@@ -172,7 +209,10 @@ describe("scores are sums of log-softmax (cross-check)", () => {
           assert.ok(got.every((x) => x < 0 && Number.isFinite(x)));
         }
         const long = item("ab", ["c".repeat(13), "d"], 1, 7);
-        assert.throws(() => scoreItem(m, tok, long), /line 7: choice 0 is 13 tokens, more than the model's context of 12/);
+        assert.throws(
+          () => scoreItem(m, tok, long),
+          /line 7: choice 0 is 13 tokens, more than the model's context of 12/,
+        );
       } finally {
         m.dispose();
       }
@@ -239,7 +279,11 @@ describe("known answers (exact bigram model)", () => {
   test("length normalisation separates acc from acc_norm", () => {
     // "cabcab" after "b": six hits (ll 6·hit ≈ -15.7, -2.62 per byte); "x": one miss (ll ≈ -5.62 per byte).
     assert.ok(6 * hit < miss && hit > miss, "the construction needs s where the long choice loses in total");
-    const items = [item("ab", ["cabcab", "x"], 0, 1), item("ab", ["cabcab", "x"], 1, 2), item("ab", ["c", "x"], 1, 3)];
+    const items = [
+      item("ab", ["cabcab", "x"], 0, 1),
+      item("ab", ["cabcab", "x"], 1, 2),
+      item("ab", ["c", "x"], 1, 3),
+    ];
     const r = evaluateMc(m, tok, items);
     assert.deepEqual(
       r.details.map((d) => [d.pred, d.predNorm, d.acc, d.accNorm]),
@@ -366,11 +410,21 @@ describe("attnres eval-mc", () => {
   test("clear errors", () => {
     const bare = path.join(tmp, "bare");
     fs.mkdirSync(bare);
-    for (const f of ["config.json", "model.safetensors"]) fs.copyFileSync(path.join(dir, f), path.join(bare, f));
+    for (const f of ["config.json", "model.safetensors"])
+      fs.copyFileSync(path.join(dir, f), path.join(bare, f));
     assert.throws(() => evalMcCommand({ checkpoint: bare, tasks, quiet: true }), /has no tokenizer/);
     const small = path.join(tmp, "small");
     const sm = new DecoderLM(
-      { model_type: "qwen3", vocab_size: 29, hidden_size: 8, intermediate_size: 8, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 2, max_position_embeddings: 8 },
+      {
+        model_type: "qwen3",
+        vocab_size: 29,
+        hidden_size: 8,
+        intermediate_size: 8,
+        num_hidden_layers: 1,
+        num_attention_heads: 2,
+        num_key_value_heads: 2,
+        max_position_embeddings: 8,
+      },
       { backend: ref, dtype: "float64" },
     );
     saveCheckpoint(small, sm);
@@ -385,8 +439,14 @@ describe("attnres eval-mc", () => {
       /the task file .*nope\.jsonl does not exist/,
     );
     const badFile = path.join(tmp, "bad.jsonl");
-    fs.writeFileSync(badFile, '{"context": "a", "choices": ["b", "c"], "gold": 0}\n{"context": "a", "choices": ["b"], "gold": 0}\n');
-    assert.throws(() => evalMcCommand({ checkpoint: dir, tasks: badFile, quiet: true }), /bad\.jsonl:2: "choices" has 1 entries/);
+    fs.writeFileSync(
+      badFile,
+      '{"context": "a", "choices": ["b", "c"], "gold": 0}\n{"context": "a", "choices": ["b"], "gold": 0}\n',
+    );
+    assert.throws(
+      () => evalMcCommand({ checkpoint: dir, tasks: badFile, quiet: true }),
+      /bad\.jsonl:2: "choices" has 1 entries/,
+    );
     assert.throws(() => evalMcCommand({ checkpoint: tmp, tasks, quiet: true }), /config\.json is missing/);
   });
 

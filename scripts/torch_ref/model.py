@@ -115,9 +115,26 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
-def rope_cos_sin(seq_len, head_dim, theta, dtype):
+def llama3_inv_freq(inv_freq, rs):
+    """Llama 3 RoPE frequency scaling (transformers' _compute_llama3_parameters, written out):
+    wavelengths above old_ctx/low_freq_factor are divided by `factor`, below old_ctx/high_freq_factor
+    kept, and interpolated smoothly in between."""
+    factor, lo, hi = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
+    old = rs["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old / lo, inv_freq / factor, inv_freq)
+    smooth = (old / wavelen - lo) / (hi - lo)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old / hi) & ~(wavelen > old / lo)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rope_cos_sin(seq_len, head_dim, theta, dtype, rope_scaling=None):
     """HF rotate_half RoPE tables, angles computed in float64. Returns cos, sin [T, hd]."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    if rope_scaling is not None:
+        assert rope_scaling.get("rope_type") == "llama3", rope_scaling
+        inv_freq = llama3_inv_freq(inv_freq, rope_scaling)
     pos = torch.arange(seq_len, dtype=torch.float64)
     ang = pos[:, None] * inv_freq[None, :]  # [T, hd/2]
     emb = torch.cat([ang, ang], dim=-1)  # [T, hd]
@@ -641,7 +658,7 @@ class CausalLM(nn.Module):
         cfg = self.config
         T = input_ids.shape[1]
         h0 = self.model.embed_tokens(input_ids)
-        cos, sin = rope_cos_sin(T, cfg["head_dim"], cfg["rope_theta"], h0.dtype)
+        cos, sin = rope_cos_sin(T, cfg["head_dim"], cfg["rope_theta"], h0.dtype, cfg.get("rope_scaling"))
         mode = self.mode
         mode.start(self, h0, collect)
         for i, layer in enumerate(self.model.layers):

@@ -56,10 +56,7 @@ export function evalMcCommand(o: EvalMcOptions): McResult {
     });
     if (o.out) {
       fs.mkdirSync(path.dirname(path.resolve(o.out)), { recursive: true });
-      writeFileAtomic(
-        o.out,
-        JSON.stringify({ checkpoint: dir, tasks: o.tasks, ...r }, null, 2) + "\n",
-      );
+      writeFileAtomic(o.out, JSON.stringify({ checkpoint: dir, tasks: o.tasks, ...r }, null, 2) + "\n");
     }
     return r;
   } finally {

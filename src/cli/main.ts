@@ -6,7 +6,10 @@
 import { Command } from "commander";
 import { registerAnalyze } from "./analyze.js";
 import { registerCompare } from "./compare.js";
+import { registerConvert } from "./convert.js";
 import { registerEval } from "./eval.js";
+import { registerEvalMc } from "./eval-mc.js";
+import { registerFinetune } from "./finetune.js";
 import { registerGenerate } from "./generate.js";
 import { registerPrepare } from "./prepare.js";
 import { registerTrain } from "./train.js";
@@ -19,8 +22,11 @@ const program = new Command()
 registerPrepare(program);
 registerTrain(program);
 registerEval(program);
+registerEvalMc(program);
 registerAnalyze(program);
 registerCompare(program);
+registerConvert(program);
+registerFinetune(program);
 registerGenerate(program);
 
 try {

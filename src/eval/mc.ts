@@ -63,7 +63,8 @@ export function parseMcTasks(text: string, source = "tasks"): McItem[] {
       throw new Error(`${where}: expected a JSON object {"context", "choices", "gold"}`);
     const o = v as Record<string, unknown>;
     for (const k of Object.keys(o))
-      if (!KEYS.has(k)) throw new Error(`${where}: unknown field "${k}" (expected context, choices, gold, id)`);
+      if (!KEYS.has(k))
+        throw new Error(`${where}: unknown field "${k}" (expected context, choices, gold, id)`);
     if (!("context" in o)) throw new Error(`${where}: missing field "context"`);
     if (typeof o.context !== "string") throw new Error(`${where}: "context" must be a string`);
     if (o.context.length === 0) throw new Error(`${where}: "context" is empty`);
@@ -99,7 +100,9 @@ export function readMcTasks(file: string): McItem[] {
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     throw new Error(
-      code === "ENOENT" ? `the task file ${file} does not exist` : `cannot read ${file}: ${(e as Error).message}`,
+      code === "ENOENT"
+        ? `the task file ${file} does not exist`
+        : `cannot read ${file}: ${(e as Error).message}`,
       { cause: e },
     );
   }
@@ -124,7 +127,8 @@ export function encodeChoice(
 export function scoreItem(model: DecoderLM, tok: Tokenizer, item: McItem): number[] {
   const L = model.config.max_position_embeddings;
   const V = model.config.vocab_size;
-  const where = item.id !== undefined ? `item ${JSON.stringify(item.id)} (line ${item.line})` : `line ${item.line}`;
+  const where =
+    item.id !== undefined ? `item ${JSON.stringify(item.id)} (line ${item.line})` : `line ${item.line}`;
   const rows = item.choices.map((choice, j) => {
     const { context, continuation } = encodeChoice(tok, item.context, choice);
     if (continuation.length === 0)

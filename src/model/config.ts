@@ -19,6 +19,19 @@ export const ModelConfigSchema = z
     head_dim: posInt.optional(),
     rms_norm_eps: z.number().nonnegative().default(1e-6),
     rope_theta: z.number().positive().default(10000),
+    /** HF rope_scaling: null / {rope_type: "default"} (none) or Llama 3's frequency scaling. */
+    rope_scaling: z
+      .looseObject({
+        rope_type: z.enum(["default", "llama3"], {
+          error: (i) => `rope_scaling type ${JSON.stringify(i.input)} is not implemented (default, llama3)`,
+        }),
+        factor: z.number().positive().optional(),
+        low_freq_factor: z.number().positive().optional(),
+        high_freq_factor: z.number().positive().optional(),
+        original_max_position_embeddings: posInt.optional(),
+      })
+      .nullable()
+      .optional(),
     max_position_embeddings: posInt.default(2048),
     tie_word_embeddings: z.boolean().default(false),
     initializer_range: z.number().positive().default(0.02),
@@ -72,6 +85,21 @@ export const ModelConfigSchema = z
         code: "custom",
         path: ["attnres_mode"],
         message: "the null source and the gate are options of the additive modes (delta, delta_block) only",
+      });
+    const rs = c.rope_scaling;
+    if (
+      rs?.rope_type === "llama3" &&
+      (rs.factor === undefined ||
+        rs.low_freq_factor === undefined ||
+        rs.high_freq_factor === undefined ||
+        rs.original_max_position_embeddings === undefined ||
+        rs.high_freq_factor <= rs.low_freq_factor)
+    )
+      ctx.addIssue({
+        code: "custom",
+        path: ["rope_scaling"],
+        message:
+          "llama3 rope_scaling needs factor, low_freq_factor < high_freq_factor and original_max_position_embeddings",
       });
     if (c.head_dim % 2 !== 0 || c.head_dim === 0)
       ctx.addIssue({

@@ -75,7 +75,9 @@ export function convertedConfig(c: ModelConfig, s: ConvertSettings): Record<stri
     throw new Error(`cannot convert to mode ${s.mode}; expected one of ${CONVERT_MODES.join(", ")}`);
   const from = modeName(c);
   if (from !== "standard")
-    throw new Error(`the checkpoint is already routed (mode ${from}); convert starts from a standard checkpoint`);
+    throw new Error(
+      `the checkpoint is already routed (mode ${from}); convert starts from a standard checkpoint`,
+    );
   const additive = s.mode === "delta" || s.mode === "delta-block";
   if (!additive && (s.nullSource || s.gate))
     throw new Error(`--null-source and --gate are options of delta and delta-block, not of ${s.mode}`);
@@ -107,7 +109,8 @@ export function modelWithBackbone(
     const all = new Map(tensors);
     for (const [name, w] of exportWeights(model))
       if (isResidualParam(name)) {
-        if (tensors.has(name)) throw new Error(`${opts.source ?? "checkpoint"} already has routing tensor ${name}`);
+        if (tensors.has(name))
+          throw new Error(`${opts.source ?? "checkpoint"} already has routing tensor ${name}`);
         const zero = /_res_proj\.|_null_source$|_res_alpha$/.test(name);
         for (let i = 0; i < w.data.length; i++)
           if (w.data[i] !== (zero ? 0 : 1)) throw new Error(`internal: ${name} is not zero-initialised`);
@@ -220,8 +223,7 @@ export function verifyConversion(
   const eps0 = kind === "eps-residue" && !settings.nullSource ? pair(0) : null;
   const roundingTolerance = ROUNDING_TOL * real.scale;
   const tolerance = (kind === "exact" ? ROUNDING_TOL : RESIDUE_TOL) * real.scale;
-  const ok =
-    real.diff <= tolerance && (eps0 === null || eps0.diff <= ROUNDING_TOL * eps0.scale);
+  const ok = real.diff <= tolerance && (eps0 === null || eps0.diff <= ROUNDING_TOL * eps0.scale);
   return {
     exactness: kind,
     maxAbsDiff: real.diff,

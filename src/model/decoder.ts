@@ -19,7 +19,7 @@ import type { Backend, DType } from "../backend/backend.js";
 import { defaultBackend, defaultDType, referenceBackend } from "../backend/index.js";
 import { Attention, Embedding, KVCache, Linear, MLP, RMSNorm } from "../nn/layers.js";
 import { type InitContext, Module } from "../nn/module.js";
-import { crossEntropy, matmul, RopeTable } from "../tensor/ops.js";
+import { crossEntropy, type Llama3RopeScaling, matmul, RopeTable } from "../tensor/ops.js";
 import { Rng } from "../tensor/random.js";
 import type { Tensor } from "../tensor/tensor.js";
 import { type ModelConfig, type ModelConfigInput, parseConfig } from "./config.js";
@@ -159,7 +159,13 @@ export class DecoderLM extends Module {
     this.lm_head = c.tie_word_embeddings
       ? null
       : this.child("lm_head", new Linear(c.hidden_size, c.vocab_size, ctx, c.initializer_range));
-    this.rope = new RopeTable(c.head_dim, c.max_position_embeddings, c.rope_theta);
+    const rs = c.rope_scaling;
+    this.rope = new RopeTable(
+      c.head_dim,
+      c.max_position_embeddings,
+      c.rope_theta,
+      rs && rs.rope_type === "llama3" ? (rs as Llama3RopeScaling) : null,
+    );
     // The residual mode's parameters are created after the backbone's, so a seed gives the same
     // backbone weights in every mode.
     this.residual = makeResidualMode(c, { layers: this.model.layers, body: this.model }, ctx);

@@ -455,12 +455,35 @@ export function rmsnorm(x: Tensor, w: Tensor | null, eps: number): Tensor {
 }
 
 /** Precomputed rotary tables: cos/sin [maxPos, headDim/2] per backend and dtype, built in float64. */
+/** Llama 3 RoPE frequency scaling (HF `rope_scaling` with `rope_type: "llama3"`). */
+export interface Llama3RopeScaling {
+  factor: number;
+  low_freq_factor: number;
+  high_freq_factor: number;
+  original_max_position_embeddings: number;
+}
+
+/**
+ * Llama 3's scaled inverse frequency: wavelengths longer than old/low_freq_factor are divided by
+ * `factor`, shorter than old/high_freq_factor kept, and interpolated linearly in old/wavelength in
+ * between (the formula of the Llama 3.1 release, as transformers implements it).
+ */
+export function llama3InvFreq(invFreq: number, s: Llama3RopeScaling): number {
+  const old = s.original_max_position_embeddings;
+  const wavelen = (2 * Math.PI) / invFreq;
+  if (wavelen < old / s.high_freq_factor) return invFreq;
+  if (wavelen > old / s.low_freq_factor) return invFreq / s.factor;
+  const smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+  return (1 - smooth) * (invFreq / s.factor) + smooth * invFreq;
+}
+
 export class RopeTable {
   private cache = new Map<string, { cos: Tensor; sin: Tensor }>();
   constructor(
     readonly headDim: number,
     readonly maxPos: number,
     readonly theta: number,
+    readonly scaling: Llama3RopeScaling | null = null,
   ) {
     if (headDim % 2 !== 0) throw new Error(`rope: head_dim ${headDim} must be even`);
   }
@@ -473,7 +496,8 @@ export class RopeTable {
       const s = new Float64Array(this.maxPos * h);
       for (let p = 0; p < this.maxPos; p++)
         for (let i = 0; i < h; i++) {
-          const invFreq = 1 / Math.pow(this.theta, (2 * i) / this.headDim);
+          const base = 1 / Math.pow(this.theta, (2 * i) / this.headDim);
+          const invFreq = this.scaling ? llama3InvFreq(base, this.scaling) : base;
           c[p * h + i] = Math.cos(p * invFreq);
           s[p * h + i] = Math.sin(p * invFreq);
         }

@@ -207,7 +207,9 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
       model.dispose();
       throw new Error(`freeze_base needs a routed model, but mode ${mode} has no routing parameters`);
     }
-    groups = groups.map((g) => ({ ...g, params: g.params.filter((p) => routing.has(p)) })).filter((g) => g.params.length);
+    groups = groups
+      .map((g) => ({ ...g, params: g.params.filter((p) => routing.has(p)) }))
+      .filter((g) => g.params.length);
     trainable = [...routing];
     for (const p of model.parameters()) if (!routing.has(p)) p.requiresGrad = false;
   }

@@ -1,0 +1,135 @@
+/**
+ * `attnres finetune --from CHECKPOINT --data PREPARED`: a training run (src/train/run.ts) that
+ * starts from a checkpoint's weights — typically one written by `attnres convert` — with its own
+ * learning rate for the routing parameters (--routing-lr) and optionally a frozen backbone
+ * (--freeze-base: only routing queries/gains, null sources and gates train). Resumable like
+ * `attnres train` (--resume, Ctrl-C saves a checkpoint).
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import type { Command } from "commander";
+import { loadPrepared } from "../data/prepared.js";
+import { configForExport, readConfig } from "../io/checkpoint.js";
+import { checkpointTokenizer } from "../model/convert.js";
+import { modeName } from "../model/residual.js";
+import { runTraining, type RunResult, type RunSpec } from "../train/run.js";
+import { interruptSignal, nonNegative, nonNegativeInt, positive, positiveInt, progress } from "./common.js";
+
+export interface FinetuneFlags {
+  from: string;
+  data: string;
+  out?: string;
+  resume?: boolean;
+  freezeBase?: boolean;
+  steps?: number;
+  batchSize?: number;
+  seqLen?: number;
+  gradAccum?: number;
+  lr?: number;
+  routingLr?: number;
+  warmup?: number;
+  clip?: number;
+  seed?: number;
+  evalEvery?: number;
+  checkpointEvery?: number;
+  quiet?: boolean;
+}
+
+/** The run that fine-tunes `from` on `data` (defaults suited to a short fine-tune). */
+export function finetuneSpec(f: FinetuneFlags): RunSpec {
+  const config = readConfig(f.from);
+  const data = loadPrepared(f.data);
+  const tok = checkpointTokenizer(f.from, config);
+  if (tok && (tok.kind !== data.tokenizer.kind || tok.vocabSize !== data.tokenizer.vocabSize))
+    throw new Error(
+      `${f.data} was tokenized with a different tokenizer (${data.tokenizer.kind}, ${data.tokenizer.vocabSize} ids) than ${f.from} (${tok.kind}, ${tok.vocabSize} ids)`,
+    );
+  const routed = modeName(config) !== "standard";
+  const steps = f.steps ?? 200;
+  const train: Record<string, unknown> = {
+    steps,
+    batch_size: f.batchSize ?? 8,
+    seq_len: f.seqLen ?? Math.min(128, config.max_position_embeddings),
+    grad_accum: f.gradAccum ?? 1,
+    lr: f.lr ?? 1e-4,
+    warmup: f.warmup ?? Math.min(10, Math.floor(steps / 10)),
+    clip: f.clip ?? 1.0,
+    seed: f.seed ?? 0,
+    eval_every: f.evalEvery ?? Math.max(1, Math.min(50, steps)),
+  };
+  if (f.routingLr !== undefined || routed) train.routing_lr = f.routingLr ?? 1e-3;
+  if (f.checkpointEvery !== undefined) train.checkpoint_every = f.checkpointEvery;
+  if (f.freezeBase) train.freeze_base = true;
+  return {
+    model: configForExport(config),
+    data: f.data,
+    train: train as RunSpec["train"],
+    init: f.from,
+  };
+}
+
+export async function finetuneCommand(f: FinetuneFlags): Promise<RunResult> {
+  if (!fs.existsSync(f.from)) throw new Error(`checkpoint folder ${f.from} does not exist`);
+  const spec = finetuneSpec(f);
+  const mode = modeName(readConfig(f.from));
+  const out = f.out || path.join("runs", `finetune-${path.basename(path.resolve(f.from))}-${mode}`);
+  const bar = progress("step", f.quiet);
+  if (!f.quiet)
+    process.stdout.write(
+      `attnres finetune: ${f.from} (${mode}) on ${f.data}, ${spec.train.steps} steps, lr ${spec.train.lr}` +
+        `${spec.train.routing_lr !== undefined ? `, routing lr ${spec.train.routing_lr}` : ""}` +
+        `${f.freezeBase ? ", backbone frozen" : ""}; run folder ${out}\n`,
+    );
+  const { signal, dispose } = interruptSignal();
+  try {
+    const r = await runTraining(spec, out, {
+      resume: f.resume,
+      signal,
+      log: (l) => bar.log(l),
+      onStep: (step, total, loss, tps) =>
+        bar.update(step, total, { loss: loss.toFixed(3), "tok/s": tps.toFixed(0) }),
+    });
+    bar.stop();
+    if (r.interrupted) process.exitCode = 130;
+    if (!f.quiet && r.done)
+      process.stdout.write(
+        `done: val loss ${r.valLoss.toFixed(4)}, perplexity ${r.valPerplexity.toFixed(2)}; checkpoint in ${path.join(out, "checkpoint")}\n`,
+      );
+    return r;
+  } finally {
+    bar.stop();
+    dispose();
+  }
+}
+
+export function registerFinetune(program: Command): void {
+  program
+    .command("finetune")
+    .description("fine-tune a checkpoint (e.g. from attnres convert) on a prepared dataset")
+    .requiredOption("--from <dir>", "checkpoint folder whose weights start the run")
+    .requiredOption("--data <dir>", "a prepared dataset folder (same tokenizer as the checkpoint)")
+    .option("-o, --out <dir>", "run folder (default runs/finetune-<from>-<mode>)")
+    .option("--resume", "continue the run in --out from its checkpoint")
+    .option("--freeze-base", "train only the routing parameters; the backbone stays bit-identical")
+    .option("--steps <n>", "optimizer steps (default 200)", positiveInt)
+    .option("--batch-size <n>", "sequences per micro-batch (default 8)", positiveInt)
+    .option("--seq-len <n>", "tokens per sequence (default min(128, max_position_embeddings))", positiveInt)
+    .option("--grad-accum <n>", "micro-batches per step", positiveInt)
+    .option("--lr <x>", "peak learning rate of the backbone (default 1e-4)", positive)
+    .option("--routing-lr <x>", "learning rate of routing/gate parameters (default 1e-3)", positive)
+    .option("--warmup <n>", "warmup steps", nonNegativeInt)
+    .option("--clip <x>", "gradient-norm clipping (0 = off)", nonNegative)
+    .option("--seed <n>", "seed for batches", nonNegativeInt)
+    .option("--eval-every <n>", "validate every n steps", positiveInt)
+    .option("--checkpoint-every <n>", "checkpoint every n steps (default: eval-every)", positiveInt)
+    .addHelpText(
+      "after",
+      `
+Examples:
+  attnres convert --from qwen3-0.6b --to q-delta --mode delta
+  attnres finetune --from q-delta --data data/prepared/mytext --freeze-base --steps 300`,
+    )
+    .action(async (o: FinetuneFlags) => {
+      await finetuneCommand(o);
+    });
+}

@@ -7,6 +7,7 @@ import cliProgress from "cli-progress";
 import { type Command, InvalidArgumentError } from "commander";
 import { MODE_NAMES, type ModeName } from "../model/config.js";
 import { prepareDataset } from "../data/prepare.js";
+import { runTraining, type RunResult, type RunSpec } from "../train/run.js";
 import type { DataSpec } from "./preset.js";
 
 export function positiveInt(v: string): number {
@@ -156,4 +157,31 @@ export function windowOptions(cmd: Command, batches: number): Command {
     .option("--batches <n>", "batches of consecutive validation windows", positiveInt, batches)
     .option("--batch-size <n>", "sequences per batch", positiveInt, 8)
     .option("--seq-len <n>", "tokens per sequence (at most the model's context)", positiveInt, 256);
+}
+
+/**
+ * Runs (or resumes) a training run at the terminal: progress bar, evaluation lines, Ctrl-C as a
+ * checkpoint-and-stop (exit status 130). The caller prints its own summary.
+ */
+export async function runInTerminal(
+  spec: RunSpec,
+  out: string,
+  o: { resume?: boolean; quiet?: boolean },
+): Promise<RunResult> {
+  const bar = progress("step", o.quiet);
+  const { signal, dispose } = interruptSignal();
+  try {
+    const r = await runTraining(spec, out, {
+      resume: o.resume,
+      signal,
+      log: (l) => bar.log(l),
+      onStep: (step, total, loss, tps) =>
+        bar.update(step, total, { loss: loss.toFixed(3), "tok/s": tps.toFixed(0) }),
+    });
+    if (r.interrupted) process.exitCode = 130;
+    return r;
+  } finally {
+    bar.stop();
+    dispose();
+  }
 }

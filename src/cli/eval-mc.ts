@@ -10,12 +10,11 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Command } from "commander";
-import { loadTokenizer, TOKENIZER_META } from "../data/tokenizer.js";
 import "../data/bpe.js";
 import "../data/hf-tokenizer.js";
 import { evaluateMc, type McResult, readMcTasks } from "../eval/mc.js";
 import { writeFileAtomic } from "../io/safetensors.js";
-import { loadCheckpoint, readConfig } from "../io/checkpoint.js";
+import { checkpointTokenizer, loadCheckpoint, readConfig } from "../io/checkpoint.js";
 import { positiveInt, progress } from "./common.js";
 
 export interface EvalMcOptions {
@@ -34,16 +33,7 @@ export function evalMcCommand(o: EvalMcOptions): McResult {
   if (o.limit !== undefined && (!Number.isInteger(o.limit) || o.limit < 1))
     throw new Error(`--limit must be a positive integer, not ${o.limit}`);
   const config = readConfig(dir); // a clear error when dir is not a checkpoint
-  if (!fs.existsSync(path.join(dir, TOKENIZER_META)) && !fs.existsSync(path.join(dir, "tokenizer.json")))
-    throw new Error(
-      `the checkpoint ${dir} has no tokenizer (${TOKENIZER_META} or tokenizer.json); ` +
-        `copy the one it was trained with into the folder`,
-    );
-  const tok = loadTokenizer(dir);
-  if (tok.vocabSize > config.vocab_size)
-    throw new Error(
-      `the checkpoint's tokenizer has ${tok.vocabSize} ids but the model embeds only ${config.vocab_size}`,
-    );
+  const tok = checkpointTokenizer(dir, config);
   let items = readMcTasks(o.tasks);
   if (o.limit !== undefined) items = items.slice(0, o.limit);
   const model = loadCheckpoint(dir);

@@ -12,8 +12,8 @@ import { loadPrepared } from "../data/prepared.js";
 import { configForExport, readConfig } from "../io/checkpoint.js";
 import { checkpointTokenizer } from "../model/convert.js";
 import { modeName } from "../model/residual.js";
-import { runTraining, type RunResult, type RunSpec } from "../train/run.js";
-import { interruptSignal, nonNegative, nonNegativeInt, positive, positiveInt, progress } from "./common.js";
+import { type RunResult, type RunSpec } from "../train/run.js";
+import { nonNegative, nonNegativeInt, positive, positiveInt, runInTerminal } from "./common.js";
 
 export interface FinetuneFlags {
   from: string;
@@ -73,33 +73,18 @@ export async function finetuneCommand(f: FinetuneFlags): Promise<RunResult> {
   const spec = finetuneSpec(f);
   const mode = modeName(readConfig(f.from));
   const out = f.out || path.join("runs", `finetune-${path.basename(path.resolve(f.from))}-${mode}`);
-  const bar = progress("step", f.quiet);
   if (!f.quiet)
     process.stdout.write(
       `attnres finetune: ${f.from} (${mode}) on ${f.data}, ${spec.train.steps} steps, lr ${spec.train.lr}` +
         `${spec.train.routing_lr !== undefined ? `, routing lr ${spec.train.routing_lr}` : ""}` +
         `${f.freezeBase ? ", backbone frozen" : ""}; run folder ${out}\n`,
     );
-  const { signal, dispose } = interruptSignal();
-  try {
-    const r = await runTraining(spec, out, {
-      resume: f.resume,
-      signal,
-      log: (l) => bar.log(l),
-      onStep: (step, total, loss, tps) =>
-        bar.update(step, total, { loss: loss.toFixed(3), "tok/s": tps.toFixed(0) }),
-    });
-    bar.stop();
-    if (r.interrupted) process.exitCode = 130;
-    if (!f.quiet && r.done)
-      process.stdout.write(
-        `done: val loss ${r.valLoss.toFixed(4)}, perplexity ${r.valPerplexity.toFixed(2)}; checkpoint in ${path.join(out, "checkpoint")}\n`,
-      );
-    return r;
-  } finally {
-    bar.stop();
-    dispose();
-  }
+  const r = await runInTerminal(spec, out, f);
+  if (!f.quiet && r.done)
+    process.stdout.write(
+      `done: val loss ${r.valLoss.toFixed(4)}, perplexity ${r.valPerplexity.toFixed(2)}; checkpoint in ${path.join(out, "checkpoint")}\n`,
+    );
+  return r;
 }
 
 export function registerFinetune(program: Command): void {

@@ -9,10 +9,9 @@
  */
 import { randomInt } from "node:crypto";
 import * as fs from "node:fs";
-import * as path from "node:path";
 import { type Command, InvalidArgumentError, Option } from "commander";
-import { loadTokenizer, TOKENIZER_META, type Tokenizer } from "../data/tokenizer.js";
-import { loadCheckpoint, readConfig } from "../io/checkpoint.js";
+import type { Tokenizer } from "../data/tokenizer.js";
+import { checkpointTokenizer, loadCheckpoint, readConfig } from "../io/checkpoint.js";
 import { generate } from "../model/generate.js";
 
 export interface GenerateCommandOptions {
@@ -26,10 +25,6 @@ export interface GenerateCommandOptions {
   seed?: number;
   /** Write the prompt before the continuation (default true). */
   echo?: boolean;
-}
-
-function hasTokenizer(dir: string): boolean {
-  return fs.existsSync(path.join(dir, TOKENIZER_META)) || fs.existsSync(path.join(dir, "tokenizer.json"));
 }
 
 /**
@@ -72,16 +67,7 @@ export function generateCommand(
   if (!Number.isInteger(maxNew) || maxNew < 0)
     throw new Error(`--max-new-tokens must be an integer ≥ 0, not ${maxNew}`);
   const config = readConfig(dir); // a clear error when dir is not a checkpoint
-  if (!hasTokenizer(dir))
-    throw new Error(
-      `the checkpoint ${dir} has no tokenizer (${TOKENIZER_META} or tokenizer.json); ` +
-        `copy the one it was trained with into the folder`,
-    );
-  const tok = loadTokenizer(dir);
-  if (tok.vocabSize > config.vocab_size)
-    throw new Error(
-      `the checkpoint's tokenizer has ${tok.vocabSize} ids but the model embeds only ${config.vocab_size}`,
-    );
+  const tok = checkpointTokenizer(dir, config);
   const prompt = o.prompt ?? "";
   if (prompt.length === 0) throw new Error("the prompt is empty: give some text with --prompt");
   const ids = tok.encode(prompt);

@@ -8,16 +8,15 @@ import type { Command } from "commander";
 import { defaultBackend } from "../backend/index.js";
 import { modeName } from "../model/residual.js";
 import { parseConfig, type ModeName } from "../model/config.js";
-import { runTraining, type RunResult, type RunSpec } from "../train/run.js";
+import { type RunResult, type RunSpec } from "../train/run.js";
 import {
   dataDir,
-  interruptSignal,
   modeArg,
   modeKeys,
   MODE_LIST,
   nonNegativeInt,
-  progress,
   trainingOptions,
+  runInTerminal,
 } from "./common.js";
 import { listPresets, loadPreset, type Preset } from "./preset.js";
 
@@ -76,32 +75,17 @@ export async function trainCommand(f: TrainFlags): Promise<RunResult> {
     f.out ||
     path.join("runs", `${path.basename(f.preset).replace(/\.json$/, "")}-${mode}-s${spec.train.seed}`);
   const backend = defaultBackend();
-  const bar = progress("step", f.quiet);
   if (!f.quiet)
     process.stdout.write(
       `attnres train: ${mode} on ${spec.data}, ${spec.train.steps} steps of ${spec.train.batch_size}×${spec.train.seq_len} tokens; ${backend.name} backend (${backend.threads()} threads); run folder ${out}\n`,
     );
-  const { signal, dispose } = interruptSignal();
-  try {
-    const r = await runTraining(spec, out, {
-      resume: f.resume,
-      signal,
-      log: (l) => bar.log(l),
-      onStep: (step, total, loss, tps) =>
-        bar.update(step, total, { loss: loss.toFixed(3), "tok/s": tps.toFixed(0) }),
-    });
-    bar.stop();
-    if (r.interrupted) process.exitCode = 130;
-    if (!f.quiet && r.done)
-      process.stdout.write(
-        `done: val loss ${r.valLoss.toFixed(4)}, perplexity ${r.valPerplexity.toFixed(2)}, ${r.valBpb.toFixed(3)} bits/byte; ` +
-          `${r.params.toLocaleString()} parameters, ${r.tokensPerSecond.toFixed(0)} tokens/s; checkpoint in ${path.join(out, "checkpoint")}\n`,
-      );
-    return r;
-  } finally {
-    bar.stop();
-    dispose();
-  }
+  const r = await runInTerminal(spec, out, f);
+  if (!f.quiet && r.done)
+    process.stdout.write(
+      `done: val loss ${r.valLoss.toFixed(4)}, perplexity ${r.valPerplexity.toFixed(2)}, ${r.valBpb.toFixed(3)} bits/byte; ` +
+        `${r.params.toLocaleString()} parameters, ${r.tokensPerSecond.toFixed(0)} tokens/s; checkpoint in ${path.join(out, "checkpoint")}\n`,
+    );
+  return r;
 }
 
 export function registerTrain(program: Command): void {

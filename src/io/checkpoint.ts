@@ -15,6 +15,9 @@ import { checkHfConfig } from "../model/hf-compat.js";
 import { DecoderLM } from "../model/decoder.js";
 import { modeName } from "../model/residual.js";
 import { exportWeights, loadWeights } from "../model/weights.js";
+import "../data/bpe.js";
+import "../data/hf-tokenizer.js";
+import { loadTokenizer, TOKENIZER_META, type Tokenizer } from "../data/tokenizer.js";
 import { readCheckpointWeights, writeFileAtomic, writeSafetensors } from "./safetensors.js";
 
 /** The config as written to config.json: HF names, with model_type qwen3_attnres for routed Qwen3. */
@@ -76,4 +79,21 @@ export function loadCheckpoint(dir: string, opts: LoadCheckpointOptions = {}): D
     throw e;
   }
   return model;
+}
+
+/**
+ * The tokenizer saved with a checkpoint (attnres_tokenizer.json or tokenizer.json), checked to fit
+ * the model's embedding. Errors say what is missing and what to do.
+ */
+export function checkpointTokenizer(dir: string, config: ModelConfig): Tokenizer {
+  if (!fs.existsSync(path.join(dir, TOKENIZER_META)) && !fs.existsSync(path.join(dir, "tokenizer.json")))
+    throw new Error(
+      `the checkpoint ${dir} has no tokenizer (${TOKENIZER_META} or tokenizer.json); copy the one it was trained with into the folder`,
+    );
+  const tok = loadTokenizer(dir);
+  if (tok.vocabSize > config.vocab_size)
+    throw new Error(
+      `the checkpoint's tokenizer has ${tok.vocabSize} ids but the model embeds only ${config.vocab_size}`,
+    );
+  return tok;
 }

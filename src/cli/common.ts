@@ -185,3 +185,21 @@ export async function runInTerminal(
     dispose();
   }
 }
+
+/** Flags every training command accepts (each overrides one training setting). */
+export interface RunFlags {
+  out?: string;
+  resume?: boolean;
+  steps?: number;
+  batchSize?: number;
+  seqLen?: number;
+  gradAccum?: number;
+  lr?: number;
+  routingLr?: number;
+  warmup?: number;
+  clip?: number;
+  seed?: number;
+  evalEvery?: number;
+  checkpointEvery?: number;
+  quiet?: boolean;
+}

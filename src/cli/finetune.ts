@@ -13,26 +13,19 @@ import { configForExport, readConfig } from "../io/checkpoint.js";
 import { checkpointTokenizer } from "../model/convert.js";
 import { modeName } from "../model/residual.js";
 import { type RunResult, type RunSpec } from "../train/run.js";
-import { nonNegative, nonNegativeInt, positive, positiveInt, runInTerminal } from "./common.js";
+import {
+  nonNegative,
+  nonNegativeInt,
+  positive,
+  positiveInt,
+  runInTerminal,
+  type RunFlags,
+} from "./common.js";
 
-export interface FinetuneFlags {
+export interface FinetuneFlags extends RunFlags {
   from: string;
   data: string;
-  out?: string;
-  resume?: boolean;
   freezeBase?: boolean;
-  steps?: number;
-  batchSize?: number;
-  seqLen?: number;
-  gradAccum?: number;
-  lr?: number;
-  routingLr?: number;
-  warmup?: number;
-  clip?: number;
-  seed?: number;
-  evalEvery?: number;
-  checkpointEvery?: number;
-  quiet?: boolean;
 }
 
 /** The run that fine-tunes `from` on `data` (defaults suited to a short fine-tune). */

@@ -17,30 +17,17 @@ import {
   nonNegativeInt,
   trainingOptions,
   runInTerminal,
+  type RunFlags,
 } from "./common.js";
 import { listPresets, loadPreset, type Preset } from "./preset.js";
 
-export interface TrainFlags {
+export interface TrainFlags extends RunFlags {
   preset: string;
   data?: string;
-  out?: string;
-  resume?: boolean;
   mode?: ModeName;
   blocks?: number;
   nullSource?: boolean;
   gate?: boolean;
-  steps?: number;
-  batchSize?: number;
-  seqLen?: number;
-  gradAccum?: number;
-  lr?: number;
-  routingLr?: number;
-  warmup?: number;
-  clip?: number;
-  seed?: number;
-  evalEvery?: number;
-  checkpointEvery?: number;
-  quiet?: boolean;
 }
 
 const OVERRIDES = [

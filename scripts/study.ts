@@ -12,8 +12,11 @@ import { compareCommand } from "../src/cli/compare.js";
 
 const PARTS = ["main", "depth-6", "depth-12", "depth-24", "shakespeare"];
 const wanted = process.argv.slice(2);
-for (const w of wanted)
-  if (!PARTS.includes(w)) throw new Error(`unknown study part "${w}" (parts: ${PARTS.join(", ")})`);
+const unknown = wanted.filter((w) => !PARTS.includes(w));
+if (unknown.length) {
+  process.stderr.write(`npm run study: unknown part "${unknown[0]}" (parts: ${PARTS.join(", ")})\n`);
+  process.exit(2);
+}
 
 /** A study preset without its description and mode/seed plan: what determines its runs. */
 function presetCore(part: string): string {

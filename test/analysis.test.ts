@@ -7,9 +7,8 @@
  */
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
-import { after, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import { Resvg } from "@resvg/resvg-js";
 import { Command } from "commander";
 import { writeAnalysis } from "../src/analysis/report.js";
@@ -35,10 +34,9 @@ import { tidy } from "../src/tensor/memory.js";
 import { Rng } from "../src/tensor/random.js";
 import { noGrad } from "../src/tensor/tensor.js";
 import { heatmap, histogram, lineChart, PNG_SCALE, resvgOptions } from "../src/plot/index.js";
-import { sampleText, writePreparedBytes } from "./helpers.js";
+import { sampleText, writePreparedBytes, tempDir } from "./helpers.js";
 
-const work = fs.mkdtempSync(path.join(os.tmpdir(), "attnres-analysis-"));
-after(() => fs.rmSync(work, { recursive: true, force: true }));
+const work = tempDir("analysis");
 
 const close = (a: number | null, b: number, tol: number, what: string) => {
   assert.ok(a !== null && Math.abs(a - b) <= tol, `${what}: ${a} vs ${b}`);

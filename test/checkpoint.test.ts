@@ -5,7 +5,6 @@
  */
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import { describe, test } from "node:test";
 import { referenceBackend as ref } from "../src/backend/reference/index.js";
@@ -20,9 +19,9 @@ import {
 import { DecoderLM } from "../src/model/decoder.js";
 import { tidy } from "../src/tensor/memory.js";
 import { Rng } from "../src/tensor/random.js";
-import { assertClose } from "./helpers.js";
+import { assertClose, tempDir } from "./helpers.js";
 
-const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), "attnres-ckpt-"));
+const tmp = () => tempDir("ckpt");
 const fixtures = path.join(import.meta.dirname, "fixtures");
 
 describe("safetensors", () => {

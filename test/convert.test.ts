@@ -7,7 +7,6 @@
  */
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import { describe, test } from "node:test";
 import { referenceBackend as ref } from "../src/backend/reference/index.js";
@@ -31,10 +30,10 @@ import {
 import { DecoderLM } from "../src/model/decoder.js";
 import { runTraining } from "../src/train/run.js";
 import { evaluate, isResidualParam } from "../src/train/trainer.js";
-import { assertClose, sampleText, writePreparedBytes } from "./helpers.js";
+import { assertClose, sampleText, writePreparedBytes, tempDir } from "./helpers.js";
 
 const fixtures = path.join(import.meta.dirname, "fixtures");
-const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), "attnres-convert-"));
+const tmp = () => tempDir("convert");
 const HF = ["hf-qwen3-untied", "hf-qwen3-tied-bf16", "hf-llama-sharded", "hf-llama3-rope"];
 const blocksFor = (mode: string) => (mode.includes("block") ? 2 : undefined);
 

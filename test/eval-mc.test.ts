@@ -18,7 +18,6 @@
  */
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import { describe, test } from "node:test";
 import { Command } from "commander";
@@ -40,7 +39,7 @@ import { tidy } from "../src/tensor/memory.js";
 import { log, softmax } from "../src/tensor/ops.js";
 import { Rng } from "../src/tensor/random.js";
 import { noGrad } from "../src/tensor/tensor.js";
-import { assertClose } from "./helpers.js";
+import { assertClose, tempDir } from "./helpers.js";
 
 const tok = new ByteTokenizer();
 const item = (context: string, choices: string[], gold: number, line = 1): McItem => ({
@@ -329,7 +328,7 @@ describe("known answers (exact bigram model)", () => {
 });
 
 describe("attnres eval-mc", () => {
-  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "attnres-evalmc-"));
+  const tmp = tempDir("evalmc");
   const dir = path.join(tmp, "ckpt");
   const m = bigramModel(3);
   saveCheckpoint(dir, m);

@@ -13,7 +13,6 @@
  */
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import { describe, test } from "node:test";
 import { Command } from "commander";
@@ -28,7 +27,7 @@ import { argmax, generate, sampleToken, samplingDistribution } from "../src/mode
 import { poolStats, tidy } from "../src/tensor/memory.js";
 import { Rng } from "../src/tensor/random.js";
 import { noGrad } from "../src/tensor/tensor.js";
-import { assertClose, scaledClose } from "./helpers.js";
+import { assertClose, scaledClose, tempDir } from "./helpers.js";
 
 const base = {
   model_type: "qwen3",
@@ -414,7 +413,7 @@ describe("sampling filters on a hand-made distribution", () => {
 });
 
 describe("attnres generate", () => {
-  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "attnres-generate-"));
+  const tmp = tempDir("generate");
   const dir = path.join(tmp, "ckpt");
   const cfg = { ...base, vocab_size: 260, max_position_embeddings: 32, attnres_mode: "delta" };
   const m = model(cfg, ref, "float64", 7);

@@ -1,6 +1,7 @@
 /** Shared test helpers: random tensors, comparisons, finite-difference gradient checks. */
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import type { PreparedMeta } from "../src/data/prepared.js";
 import { ByteTokenizer } from "../src/data/tokenizer.js";
@@ -217,4 +218,16 @@ export function readMetrics(dir: string, fields: readonly string[]): (number | n
       const r = JSON.parse(l) as Record<string, number>;
       return fields.map((f) => r[f] ?? null);
     });
+}
+
+const tempDirs: string[] = [];
+/** A fresh directory under the OS temp folder, removed when the test process exits. */
+export function tempDir(name: string): string {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), `attnres-${name}-`));
+  if (tempDirs.length === 0)
+    process.on("exit", () => {
+      for (const x of tempDirs) fs.rmSync(x, { recursive: true, force: true });
+    });
+  tempDirs.push(d);
+  return d;
 }

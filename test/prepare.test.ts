@@ -6,7 +6,6 @@
  */
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import { describe, test } from "node:test";
 import { Command } from "commander";
@@ -17,8 +16,9 @@ import { prepareDetailed } from "../src/data/prepare.js";
 import { loadPrepared } from "../src/data/prepared.js";
 import { ByteTokenizer, loadTokenizer } from "../src/data/tokenizer.js";
 import { registerPrepare } from "../src/cli/prepare.js";
+import { tempDir } from "./helpers.js";
 
-const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), "attnres-prepare-"));
+const tmp = () => tempDir("prepare");
 
 const UNICODE =
   "Hello, world!\n\nTabs\tand  double  spaces, trailing   \n" +

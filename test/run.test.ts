@@ -4,7 +4,6 @@
  */
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import { describe, test } from "node:test";
 import { referenceBackend as ref } from "../src/backend/reference/index.js";
@@ -14,9 +13,9 @@ import { tidy } from "../src/tensor/memory.js";
 import { AdamW } from "../src/train/optim.js";
 import { finishedRun, runTraining, type RunSpec } from "../src/train/run.js";
 import { isResidualParam, paramGroups, trainStep } from "../src/train/trainer.js";
-import { assertClose, sampleText, writePreparedBytes, readMetrics } from "./helpers.js";
+import { assertClose, sampleText, writePreparedBytes, readMetrics, tempDir } from "./helpers.js";
 
-const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), "attnres-run-"));
+const tmp = () => tempDir("run");
 const data = tmp();
 writePreparedBytes(data, sampleText(20000));
 

@@ -1,7 +1,7 @@
 /** Welch's t-test and its distribution functions against closed forms. */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { incompleteBeta, mean, std, studentTCdf, welch } from "../src/train/statistics.js";
+import { incompleteBeta, mean, std, studentTCdf, verdictLower, welch } from "../src/train/statistics.js";
 import { assertClose } from "./helpers.js";
 
 test("incomplete beta: closed forms", () => {
@@ -52,4 +52,22 @@ test("Welch t-test statistic, degrees of freedom and p-value", () => {
   assert.equal(welch([1], [2, 3]), null);
   assert.equal(mean([1, 2, 3]), 2);
   assert.equal(std([2, 4, 4, 4, 5, 5, 7, 9]), Math.sqrt(32 / 7));
+});
+
+test("verdict rule: holds, the opposite, noise, untestable", () => {
+  const low = [1.0, 1.01, 0.99];
+  const high = [2.0, 2.02, 1.98];
+  assert.equal(verdictLower(low, high).kind, "holds");
+  assert.equal(verdictLower(high, low).kind, "opposite");
+  assertClose([verdictLower(low, high).delta], [-1], { rtol: 1e-12 }, "delta");
+  // Overlapping samples: a small mean difference against a large spread.
+  assert.equal(verdictLower([1.0, 1.5, 0.5], [1.1, 1.6, 0.6]).kind, "noise");
+  assert.equal(verdictLower([1.0], [2.0, 2.1]).kind, "untestable");
+  assert.equal(verdictLower([1, 1], [1, 1]).kind, "untestable");
+  // The threshold is the caller's.
+  const a = [1.0, 1.2, 0.9];
+  const b = [1.3, 1.5, 1.2];
+  const p = verdictLower(a, b).welch!.p;
+  assert.equal(verdictLower(a, b, p * 1.01).kind, "holds");
+  assert.equal(verdictLower(a, b, p * 0.99).kind, "noise");
 });

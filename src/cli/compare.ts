@@ -74,7 +74,9 @@ export async function compareCommand(f: CompareFlags): Promise<CompareResult> {
     }
     if (r.complete) {
       say("");
-      say(resultsTable(r));
+      if (r.summary.length > 0) say(resultsTable(r));
+      for (const d of r.diverged ?? [])
+        say(`diverged: ${d.mode}, seed ${d.seed} (loss ${d.loss} at step ${d.step}; left out of the means)`);
       say(`\ntables: ${path.join(out, "results.md")}, ${path.join(out, "results.json")}`);
       for (const fig of figures) say(`figure: ${fig}`);
     }

@@ -10,17 +10,19 @@ import { resultsMarkdown, type CompareResult } from "../train/compare.js";
 
 export async function writeCompareFigures(r: CompareResult): Promise<string[]> {
   const files: string[] = [];
-  const curves = await lineChart(path.join(r.out, "loss-curves"), {
-    title: "Validation loss",
-    subtitle: `mean over seeds`,
-    series: r.curves.map((c) => ({
-      name: c.mode,
-      points: c.steps.map((s, i) => ({ x: s, y: c.valLoss[i] })),
-    })),
-    xTitle: "step",
-    yTitle: "validation loss (nats/token)",
-  });
-  files.push(curves.png, curves.svg);
+  if (r.curves.length > 0) {
+    const curves = await lineChart(path.join(r.out, "loss-curves"), {
+      title: "Validation loss",
+      subtitle: `mean over seeds`,
+      series: r.curves.map((c) => ({
+        name: c.mode,
+        points: c.steps.map((s, i) => ({ x: s, y: c.valLoss[i] })),
+      })),
+      xTitle: "step",
+      yTitle: "validation loss (nats/token)",
+    });
+    files.push(curves.png, curves.svg);
+  }
   if (r.routingByDepth.length > 0) {
     const depth = await lineChart(path.join(r.out, "routing-max-weight-by-depth"), {
       title: "Mean max routing weight by depth",

@@ -7,6 +7,9 @@
  *                  peak tensor memory), a Welch t-test of each mode against standard, figure links
  * The loss curves (mean validation loss per mode against step) and the mean max routing weight
  * by depth (per routed mode, measured on validation batches) are returned for plotting.
+ * A run whose loss goes non-finite is not retried and not dropped silently: <dir>/diverged.json
+ * records the step, the run is left out of the means and listed under `diverged`, and the
+ * comparison goes on with the next run.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -19,6 +22,7 @@ import { tidy } from "../tensor/memory.js";
 import { noGrad } from "../tensor/tensor.js";
 import { runTraining, type RunOptions, type RunResult, type RunSpec } from "./run.js";
 import { mean, std, welch, type WelchResult } from "./statistics.js";
+import { TrainingDiverged } from "./trainer.js";
 
 export interface CompareRun {
   mode: ModeName;
@@ -39,10 +43,18 @@ export interface ModeSummary {
   vsStandard: WelchResult | null;
 }
 
+/** A run that stopped on a non-finite loss (kept in <dir>/diverged.json). */
+export interface DivergedRun extends CompareRun {
+  step: number;
+  loss: number | string;
+}
+
 export interface CompareResult {
   out: string;
   complete: boolean;
   runs: (RunResult & { seed: number })[];
+  /** Runs that diverged: reported, never averaged in (absent in older results files). */
+  diverged?: DivergedRun[];
   summary: ModeSummary[];
   /** Mean validation loss per evaluated step, per mode. */
   curves: { mode: ModeName; steps: number[]; valLoss: number[] }[];
@@ -68,15 +80,37 @@ export async function runCompare(
   const plan: CompareRun[] = modes.flatMap((mode) =>
     seeds.map((seed) => ({ mode, seed, dir: path.join(out, `${mode}-s${seed}`) })),
   );
+  const diverged: DivergedRun[] = [];
   let complete = true;
   for (const [i, r] of plan.entries()) {
     opts.onRun?.(r, i, plan.length);
-    const res = await runTraining(specFor(r.mode, r.seed), r.dir, {
-      resume: true,
-      signal: opts.signal,
-      log: opts.log,
-      onStep: opts.onStep,
-    });
+    const marker = path.join(r.dir, "diverged.json");
+    if (fs.existsSync(marker)) {
+      diverged.push({
+        ...r,
+        ...(JSON.parse(fs.readFileSync(marker, "utf8")) as Pick<DivergedRun, "step" | "loss">),
+      });
+      continue;
+    }
+    let res: RunResult;
+    try {
+      res = await runTraining(specFor(r.mode, r.seed), r.dir, {
+        resume: true,
+        signal: opts.signal,
+        log: opts.log,
+        onStep: opts.onStep,
+      });
+    } catch (e) {
+      if (!(e instanceof TrainingDiverged)) throw e;
+      // JSON has no NaN/Infinity: keep the non-finite loss as its name.
+      const d = { step: e.step, loss: String(e.loss) };
+      writeFileAtomic(marker, JSON.stringify(d, null, 2) + "\n");
+      opts.log?.(
+        `${r.mode}, seed ${r.seed} diverged at step ${e.step}; it is reported and left out of the means`,
+      );
+      diverged.push({ ...r, ...d });
+      continue;
+    }
     if (!res.done) {
       complete = false;
       break;
@@ -116,7 +150,7 @@ export async function runCompare(
       return { mode: m, steps, valLoss: steps.map((_, k) => mean(perRun.map((c) => c[k]?.[1] ?? NaN))) };
     });
   const routingByDepth = complete ? routingDepth(runs, specFor) : [];
-  const result: CompareResult = { out, complete, runs, summary, curves, routingByDepth };
+  const result: CompareResult = { out, complete, runs, diverged, summary, curves, routingByDepth };
   writeFileAtomic(path.join(out, "results.json"), JSON.stringify(result, null, 2) + "\n");
   writeFileAtomic(path.join(out, "results.md"), resultsMarkdown(result));
   return result;
@@ -183,6 +217,14 @@ export function resultsMarkdown(r: CompareResult, figures: string[] = []): strin
         `| ${s.mode} | ${s.runs} | ${pm(s.valLoss)} | ${pm(s.perplexity, 2)} | ${pm(s.bpb)} | ${s.params.toLocaleString("en-US")} | ${s.tokensPerSecond.toFixed(0)} | ${s.peakTensorMB.toFixed(0)} |`,
     ),
     "",
+    ...(r.diverged?.length
+      ? [
+          "**Diverged** (non-finite loss; not retried, left out of the means):",
+          "",
+          ...r.diverged.map((d) => `- ${d.mode}, seed ${d.seed}: loss ${d.loss} at step ${d.step}`),
+          "",
+        ]
+      : []),
     "Mean ± sample standard deviation over seeds. Welch's t-test of each mode's validation loss against standard's (two-sided):",
     "",
     "| mode | Δ val loss vs standard | t | df | p |",

@@ -91,3 +91,26 @@ export function welch(a: readonly number[], b: readonly number[]): WelchResult |
   const df = (va + vb) ** 2 / (va ** 2 / (a.length - 1) + vb ** 2 / (b.length - 1));
   return { t, df, p: 2 * (1 - studentTCdf(Math.abs(t), df)) };
 }
+
+export type VerdictKind = "holds" | "opposite" | "noise" | "untestable";
+
+export interface Verdict {
+  kind: VerdictKind;
+  /** mean(a) − mean(b). */
+  delta: number;
+  welch: WelchResult | null;
+}
+
+/**
+ * The rule for a claim "a is lower than b" over seeds: it holds when Welch's two-sided test gives
+ * p < alpha with mean(a) < mean(b); the opposite holds when p < alpha the other way; otherwise the
+ * two are not distinguishable from noise. Untestable with fewer than two values on a side (or
+ * zero variance on both).
+ */
+export function verdictLower(a: readonly number[], b: readonly number[], alpha = 0.05): Verdict {
+  const w = welch(a, b);
+  const delta = mean(a) - mean(b);
+  if (!w) return { kind: "untestable", delta, welch: w };
+  if (w.p < alpha) return { kind: delta < 0 ? "holds" : "opposite", delta, welch: w };
+  return { kind: "noise", delta, welch: w };
+}

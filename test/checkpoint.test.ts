@@ -10,10 +10,17 @@ import { describe, test } from "node:test";
 import { referenceBackend as ref } from "../src/backend/reference/index.js";
 import { loadCheckpoint, readConfig, saveCheckpoint } from "../src/io/checkpoint.js";
 import {
+  bf16ToF32,
+  f16ToF32,
+  f32ToBf16Bits,
+  f32ToF16Bits,
   parseSafetensors,
+  readCheckpointHeader,
   readCheckpointWeights,
   readSafetensors,
+  readSafetensorsHeader,
   serializeSafetensors,
+  storedValue,
   writeSafetensors,
 } from "../src/io/safetensors.js";
 import { DecoderLM } from "../src/model/decoder.js";
@@ -63,6 +70,133 @@ describe("safetensors", () => {
     const r = parseSafetensors(Buffer.concat([len, hb, data]));
     assert.deepEqual(Array.from(r.tensors.get("h")!.data), [1, -2, 2 ** -24]);
     assert.deepEqual(Array.from(r.tensors.get("b")!.data), [1, 3.140625]);
+  });
+  test("BF16 and F16 encoders: known bit patterns, overflow, subnormals, ties to even, NaN", () => {
+    const cases: [number, number, number][] = [
+      // [value, BF16 bits, F16 bits]
+      [1, 0x3f80, 0x3c00],
+      [-2, 0xc000, 0xc000],
+      [0, 0x0000, 0x0000],
+      [-0, 0x8000, 0x8000],
+      [65504, 0x4780, 0x7bff], // the largest finite F16
+      [65519, 0x4780, 0x7bff], // just below the halfway point to 2^16: stays finite
+      [65520, 0x4780, 0x7c00], // halfway, ties to even → 2^16 = Inf in F16
+      [-65520, 0xc780, 0xfc00],
+      [Infinity, 0x7f80, 0x7c00],
+      [-Infinity, 0xff80, 0xfc00],
+      [3.4028234663852886e38, 0x7f80, 0x7c00], // float32 max rounds up to Inf in BF16
+      [2 ** -14, 0x3880, 0x0400], // the smallest normal F16
+      [2 ** -24, 0x3380, 0x0001], // the smallest subnormal F16
+      [2 ** -25, 0x3300, 0x0000], // halfway between 0 and 2^-24: ties to even → 0
+      [1.5 * 2 ** -25, 0x3340, 0x0001], // above halfway → 2^-24
+      [3 * 2 ** -25, 0x33c0, 0x0002], // halfway between 1 and 2 ulps → 2 (even)
+      [1023.5 * 2 ** -24, 0x3880, 0x0400], // halfway between the largest subnormal and 2^-14
+      [1 + 2 ** -11, 0x3f80, 0x3c00], // F16 tie between 1 and 1 + 2^-10 → 1 (even)
+      [1 + 3 * 2 ** -11, 0x3f80, 0x3c02], // F16 tie between 0x3c01 and 0x3c02 → 0x3c02 (even)
+      [1 + 2 ** -8, 0x3f80, 0x3c04], // BF16 tie between 1 and 1 + 2^-7 → 1 (even)
+      [1 + 3 * 2 ** -8, 0x3f82, 0x3c0c], // BF16 tie between 0x3f81 and 0x3f82 → 0x3f82 (even)
+      [1 + 2 ** -8 + 2 ** -20, 0x3f81, 0x3c04], // just above the BF16 tie → rounds up
+      [1e-10, 0x2edc, 0x0000],
+    ];
+    for (const [x, bf, h] of cases) {
+      assert.equal(f32ToBf16Bits(x), bf, `BF16 of ${x}`);
+      assert.equal(f32ToF16Bits(x), h, `F16 of ${x}`);
+      assert.ok(Object.is(storedValue(x, "BF16"), bf16ToF32(bf)), `stored BF16 of ${x}`);
+      assert.ok(Object.is(storedValue(x, "F16"), f16ToF32(h)), `stored F16 of ${x}`);
+    }
+    assert.equal(f16ToF32(0x7bff), 65504);
+    assert.equal(f16ToF32(0x0001), 2 ** -24);
+    // NaN stays NaN, including a float32 NaN whose payload lies only in the bits BF16 drops.
+    for (const bits of [0x7fc00000, 0xffc00000, 0x7f800001, 0xff800001, 0x7fa00000]) {
+      const x = new Float32Array(new Uint32Array([bits]).buffer);
+      const buf = serializeSafetensors([
+        ["b", { dtype: "BF16", shape: [1], data: x }],
+        ["h", { dtype: "F16", shape: [1], data: x }],
+      ]);
+      const r = parseSafetensors(buf);
+      assert.ok(Number.isNaN(r.tensors.get("b")!.data[0]), `BF16 of NaN 0x${bits.toString(16)}`);
+      assert.ok(Number.isNaN(r.tensors.get("h")!.data[0]), `F16 of NaN 0x${bits.toString(16)}`);
+    }
+    assert.ok(Number.isNaN(bf16ToF32(f32ToBf16Bits(NaN))) && Number.isNaN(f16ToF32(f32ToF16Bits(NaN))));
+  });
+
+  test("BF16 and F16 encoders round to nearest even on random float32 values (against a float64 model)", () => {
+    // The nearest value on each format's grid, computed in float64 (exact here): ulp 2^(e − m) with
+    // e the float32 exponent clamped to the format's smallest normal exponent, ties to even.
+    const nearest = (x: number, e: number, mbits: number, emin: number, max: number): number => {
+      const ulp = 2 ** (Math.max(e, emin) - mbits);
+      const q = x / ulp;
+      const f = Math.floor(q);
+      const r = q - f > 0.5 || (q - f === 0.5 && f % 2 !== 0) ? f + 1 : f;
+      const v = r * ulp;
+      return Math.abs(v) >= max ? Math.sign(x) * Infinity : v === 0 ? (x < 0 ? -0 : 0) : v;
+    };
+    const rng = new Rng(11);
+    const bits = new Uint32Array(1);
+    const f = new Float32Array(bits.buffer);
+    for (let n = 0; n < 100_000; n++) {
+      // Uniform exponents in the interesting range (F16 subnormals to BF16-only magnitudes).
+      const exp = 90 + rng.int(60);
+      bits[0] = ((rng.int(2) << 31) | (exp << 23) | rng.int(0x800000)) >>> 0;
+      const x = f[0]!;
+      const e = exp - 127;
+      assert.ok(Object.is(storedValue(x, "BF16"), nearest(x, e, 7, -126, 2 ** 128)), `BF16 of ${x}`);
+      assert.ok(Object.is(storedValue(x, "F16"), nearest(x, e, 10, -14, 65536)), `F16 of ${x}`);
+    }
+    // Every finite F16 / BF16 value is written back to its own bits.
+    for (let b = 0; b < 0x10000; b++) {
+      if ((b & 0x7c00) !== 0x7c00) assert.equal(f32ToF16Bits(f16ToF32(b)), b);
+      if ((b & 0x7f80) !== 0x7f80) assert.equal(f32ToBf16Bits(bf16ToF32(b)), b);
+    }
+  });
+
+  test("F16/BF16 tensors round trip: re-reading gives the stored values, re-writing the same bytes", () => {
+    const rng = new Rng(3);
+    const x = Float32Array.from({ length: 257 }, () => rng.normal() * 100);
+    x[0] = 1e6; // beyond F16: Inf
+    x[1] = 1e-9; // below F16's subnormals: 0
+    const buf = serializeSafetensors([
+      ["b", { dtype: "BF16", shape: [257], data: x }],
+      ["h", { dtype: "F16", shape: [257], data: Array.from(x) }], // a plain array takes the same path
+      ["f", { shape: [1], data: [0.5] }],
+    ]);
+    const r = parseSafetensors(buf);
+    assert.equal(r.tensors.get("b")!.dtype, "BF16");
+    assert.equal(r.tensors.get("h")!.dtype, "F16");
+    assert.deepEqual(
+      Array.from(r.tensors.get("b")!.data),
+      Array.from(x, (v) => storedValue(v, "BF16")),
+    );
+    assert.deepEqual(
+      Array.from(r.tensors.get("h")!.data),
+      Array.from(x, (v) => storedValue(v, "F16")),
+    );
+    assert.equal(r.tensors.get("h")!.data[0], Infinity);
+    assert.equal(r.tensors.get("h")!.data[1], 0);
+    assert.deepEqual(r.tensors.get("f")!.data, Float32Array.from([0.5]), "an F32 after an odd-length F16");
+    const again = serializeSafetensors(
+      [...r.tensors].map(([n, t]) => [
+        n,
+        { dtype: t.dtype as "BF16" | "F16" | "F32", shape: t.shape, data: t.data },
+      ]),
+    );
+    assert.ok(again.equals(buf), "decode then encode is the identity");
+  });
+  test("readCheckpointHeader lists what readCheckpointWeights reads (single file and shards)", () => {
+    for (const name of ["hf-qwen3-tied-bf16", "hf-llama-sharded"]) {
+      const dir = path.join(fixtures, name);
+      const full = readCheckpointWeights(dir).tensors;
+      const head = readCheckpointHeader(dir);
+      assert.deepEqual(
+        [...head].map(([n, t]) => [n, t.dtype, t.shape]),
+        [...full].map(([n, t]) => [n, t.dtype, t.shape]),
+        name,
+      );
+    }
+    assert.throws(
+      () => readSafetensorsHeader(path.join(fixtures, "hf-qwen3-tied-bf16", "config.json")),
+      /not a valid safetensors file: header length \d+ exceeds the file size/,
+    );
   });
   test("truncated, oversized and malformed files are errors, not garbage", () => {
     const good = serializeSafetensors([["w", { shape: [4], data: [1, 2, 3, 4] }]]);

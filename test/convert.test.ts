@@ -2,10 +2,13 @@
  * Loading HF checkpoints (Qwen3 / Llama as transformers writes them: extra config keys, F32 / BF16,
  * single file / shards, tied / untied, GQA, q/k norms) against PyTorch float64 logits; converting
  * them to routed modes (exact where METHODS.md says so, eps residue explained elsewhere), writing
- * and reloading; refusing bad inputs with one clear line and nothing written; fine-tuning a
- * converted checkpoint (loss goes down; --freeze-base leaves the backbone bit-identical; resume).
+ * and reloading; the storage dtype (--dtype: auto keeps the source's dtypes bit for bit, forced
+ * dtypes are checked at the stored precision); per-tensor progress; refusing bad inputs with one
+ * clear line and nothing written; fine-tuning a converted checkpoint (loss goes down;
+ * --freeze-base leaves the backbone bit-identical; resume).
  */
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, test } from "node:test";
@@ -16,7 +19,14 @@ import { evalBatches } from "../src/data/batches.js";
 import { resolveHfTokenizerFile } from "../src/data/hf-tokenizer.js";
 import { loadPrepared } from "../src/data/prepared.js";
 import { loadCheckpoint, readConfig, saveCheckpoint } from "../src/io/checkpoint.js";
-import { readCheckpointWeights, readSafetensors, writeSafetensors } from "../src/io/safetensors.js";
+import {
+  readCheckpointHeader,
+  readCheckpointWeights,
+  readSafetensors,
+  storedValue,
+  type StTensor,
+  writeSafetensors,
+} from "../src/io/safetensors.js";
 import {
   CONVERT_MODES,
   convertCheckpoint,
@@ -25,6 +35,9 @@ import {
   maxAbsDiff,
   modelWithBackbone,
   ROUNDING_TOL,
+  type StorageDtype,
+  storageDtypes,
+  storedWeights,
   verifyConversion,
 } from "../src/model/convert.js";
 import { DecoderLM } from "../src/model/decoder.js";
@@ -238,7 +251,7 @@ describe("conversion", () => {
         fs.copyFileSync(resolveHfTokenizerFile("qwen3"), path.join(dir, "tokenizer.json"));
         return dir;
       },
-      /the tokenizer has 151669 ids but the embedding has only vocab_size 61 rows/,
+      /: the checkpoint's tokenizer has 151669 ids but the model embeds only 61 \(vocab_size in config.json\)/,
     ],
   ];
   for (const [what, make, re] of bad)
@@ -286,6 +299,218 @@ describe("conversion", () => {
       assert.ok(r.tokenizerCopied.includes("tokenizer.json"));
       assert.equal(fs.statSync(path.join(to, "tokenizer.json")).size, fs.statSync(tokFile).size);
     });
+});
+
+describe("storage dtype (--dtype)", () => {
+  /** The float32 bits of a decoded tensor (BF16/F16 decode exactly, so equal bits = equal stored bits). */
+  const bitsOf = (t: StTensor) => Array.from(new Uint32Array(Float32Array.from(t.data).buffer));
+  const configOf = (dir: string) =>
+    JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8")) as Record<string, unknown>;
+
+  test("auto: a BF16 checkpoint converts to BF16, backbone bit for bit, routing zeros/ones in BF16", () => {
+    const from = copyWith("hf-qwen3-tied-bf16");
+    const to = path.join(tmp(), "out");
+    const res = convertCheckpoint({ from, to, mode: "delta-block", blocks: 2 });
+    assert.ok(res.written);
+    assert.equal(res.verification.exactness, "exact");
+    assert.equal(res.verification.maxAbsDiff, 0, "still exact");
+    assert.equal(res.verification.storage, "auto");
+    assert.equal(res.verification.roundedTensors, 0);
+    assert.equal(res.verification.maxAbsDiffFromSource, null);
+    const src = readCheckpointWeights(from).tensors;
+    const out = readCheckpointWeights(to).tensors;
+    assert.deepEqual(res.storage, { choice: "auto", tensors: { BF16: out.size } });
+    let routing = 0;
+    let values = 0;
+    for (const [n, t] of out) {
+      assert.equal(t.dtype, "BF16", n);
+      values += t.data.length;
+      if (isResidualParam(n)) {
+        routing++;
+        const init = /_res_norm\./.test(n) ? 1 : 0;
+        assert.ok(
+          Array.from(t.data).every((x) => x === init),
+          `${n} is ${init}`,
+        );
+      } else assert.deepEqual(bitsOf(t), bitsOf(src.get(n)!), `${n} bit for bit`);
+    }
+    assert.ok(routing > 0);
+    for (const n of src.keys()) assert.ok(out.has(n), `${n} written`);
+    const file = fs.readFileSync(path.join(to, "model.safetensors"));
+    assert.equal(file.length - 8 - Number(file.readBigUInt64LE(0)), 2 * values, "2 bytes per value");
+    assert.equal(configOf(to).torch_dtype, "bfloat16");
+  });
+
+  test("auto: exactness results are unchanged for every fixture and mode (float64)", () => {
+    for (const name of HF)
+      for (const mode of CONVERT_MODES) {
+        const c = readConfig(path.join(fixtures, name));
+        const w = readCheckpointWeights(path.join(fixtures, name), { keepF64: true });
+        const ids = reference(name).ids.subarray(0, 12);
+        const opts = { backend: ref, dtype: "float64" as const };
+        const settings = { mode, blocks: blocksFor(mode) };
+        const plain = verifyConversion(c, w.tensors, settings, ids, opts);
+        const stored = verifyConversion(c, w.tensors, settings, ids, { ...opts, storage: "auto" });
+        assert.deepEqual({ ...stored, storage: null }, plain, `${name} → ${mode}`);
+        assert.ok(stored.ok && stored.roundedTensors === 0, `${name} → ${mode}`);
+      }
+  });
+
+  for (const storage of ["bf16", "f16"] as const)
+    test(`--dtype ${storage} on an F32 checkpoint: the check runs at the stored precision, so exactness holds`, () => {
+      const name = "hf-llama-sharded";
+      const c = readConfig(path.join(fixtures, name));
+      const w = readCheckpointWeights(path.join(fixtures, name), { keepF64: true });
+      const ids = reference(name).ids.subarray(0, 12);
+      for (const mode of CONVERT_MODES) {
+        const v = verifyConversion(c, w.tensors, { mode, blocks: blocksFor(mode) }, ids, {
+          backend: ref,
+          dtype: "float64",
+          storage,
+        });
+        assert.ok(v.ok, JSON.stringify(v));
+        if (mode === "delta-block") assert.ok(v.maxAbsDiff <= 1e-12, `${mode}: ${v.maxAbsDiff}`);
+        else assert.ok(v.maxAbsDiffEps0! <= 1e-12, `${mode} at eps 0: ${v.maxAbsDiffEps0}`);
+        assert.ok(v.roundedTensors > 0, "the random F32 weights are rounded");
+        assert.ok(v.maxAbsDiffFromSource! > 0 && Number.isFinite(v.maxAbsDiffFromSource), "rounding shows");
+      }
+    });
+
+  test("--dtype bf16 writes exactly the weights that were checked: the reloaded model equals the original at BF16", () => {
+    const name = "hf-qwen3-untied";
+    const from = copyWith(name);
+    const to = path.join(tmp(), "out");
+    const res = convertCheckpoint({ from, to, mode: "delta-block", blocks: 2, storage: "bf16" });
+    assert.ok(res.written && res.verification.ok);
+    assert.equal(res.verification.maxAbsDiff, 0, "exact at the stored precision");
+    assert.ok(res.verification.roundedTensors > 0);
+    const src = readCheckpointWeights(from).tensors;
+    const out = readCheckpointWeights(to).tensors;
+    for (const [n, t] of out) {
+      assert.equal(t.dtype, "BF16", n);
+      if (!isResidualParam(n))
+        assert.deepEqual(
+          Array.from(t.data),
+          Array.from(src.get(n)!.data, (x) => storedValue(x, "BF16")),
+          n,
+        );
+    }
+    assert.equal(configOf(to).torch_dtype, "bfloat16");
+    // The original model built from the BF16-rounded weights gives the reloaded model's logits.
+    const c = readConfig(from);
+    const rounded = storedWeights(src, storageDtypes(c, src, "bf16")).tensors;
+    const r = reference(name);
+    const orig = modelWithBackbone(c, rounded, { backend: ref, dtype: "float64" });
+    const conv = loadCheckpoint(to, { backend: ref, dtype: "float64" });
+    const d = maxAbsDiff(logitsOf(conv, r.ids, r.B, r.T), logitsOf(orig, r.ids, r.B, r.T));
+    orig.dispose();
+    conv.dispose();
+    assert.ok(d <= 1e-12, `reloaded vs original at BF16: ${d}`);
+  });
+
+  test("--dtype f32 writes F32 (and so does auto for an F32 checkpoint)", () => {
+    const from = copyWith("hf-qwen3-tied-bf16");
+    const to = path.join(tmp(), "out");
+    const res = convertCommand({ from, to, mode: "delta", dtype: "f32", quiet: true });
+    assert.ok(res.written);
+    const src = readCheckpointWeights(from).tensors;
+    const out = readCheckpointWeights(to).tensors;
+    assert.deepEqual(res.storage, { choice: "f32", tensors: { F32: out.size } });
+    for (const [n, t] of out) {
+      assert.equal(t.dtype, "F32", n);
+      if (!isResidualParam(n)) assert.deepEqual(bitsOf(t), bitsOf(src.get(n)!), n);
+    }
+    assert.equal(configOf(to).torch_dtype, "float32");
+    const to2 = path.join(tmp(), "out");
+    convertCheckpoint({ from: copyWith("hf-llama-sharded"), to: to2, mode: "attnres-full" });
+    assert.ok([...readCheckpointHeader(to2).values()].every((t) => t.dtype === "F32"));
+  });
+
+  test("a bad --dtype is one line, a non-zero exit, nothing written", () => {
+    const from = copyWith("hf-qwen3-untied");
+    const to = path.join(tmp(), "out");
+    assert.throws(
+      () => convertCheckpoint({ from, to, mode: "delta", storage: "f8" as StorageDtype }),
+      /^Error: --dtype f8 is not one of auto, f32, bf16, f16$/,
+    );
+    assert.ok(!fs.existsSync(to));
+    const bin = path.join(path.dirname(import.meta.dirname), "bin", "attnres.mjs");
+    const r = spawnSync(
+      process.execPath,
+      [bin, "convert", "--from", from, "--to", to, "--mode", "delta", "--dtype", "f8"],
+      { encoding: "utf8", env: { ...process.env, ATTNRES_THREADS: "1" } },
+    );
+    assert.equal(r.status, 1, r.stderr);
+    const lines = r.stderr.trim().split("\n");
+    assert.equal(lines.length, 1, r.stderr);
+    assert.match(lines[0]!, /--dtype.*'f8' is invalid\. expected one of auto, f32, bf16, f16/);
+    assert.deepEqual(fs.readdirSync(path.dirname(to)), [], "nothing written");
+  });
+});
+
+describe("convert progress", () => {
+  test("advances once per tensor read and per tensor written", () => {
+    const from = copyWith("hf-llama-sharded");
+    const to = path.join(tmp(), "out");
+    const calls: [number, number, string][] = [];
+    convertCheckpoint({ from, to, mode: "delta", onPhase: (d, t, w) => calls.push([d, t, w]) });
+    const nRead = readCheckpointHeader(from).size;
+    const nWrite = readCheckpointHeader(to).size;
+    const total = nRead + nWrite + 3;
+    assert.ok(
+      calls.every(([, t]) => t === total),
+      "one total throughout",
+    );
+    assert.ok(
+      calls.every(([d], i) => i === 0 || d >= calls[i - 1]![0]),
+      "never goes back",
+    );
+    assert.deepEqual(calls[0], [0, total, "reading the checkpoint"]);
+    assert.deepEqual(calls.at(-1), [total, total, "done"]);
+    const reads = calls.filter(([, , w]) => w.startsWith("reading ") && w !== "reading the checkpoint");
+    const writes = calls.filter(([, , w]) => w.startsWith("writing "));
+    assert.equal(reads.length, nRead);
+    assert.equal(writes.length, nWrite);
+    assert.deepEqual(
+      reads.map(([d]) => d),
+      Array.from({ length: nRead }, (_, i) => i + 1),
+    );
+    assert.ok(
+      writes.some(([, , w]) => /_res_proj/.test(w)),
+      "routing tensors are written too",
+    );
+  });
+
+  test("quiet prints nothing; otherwise progress lines and a summary naming the dtype", () => {
+    const capture = (fn: () => void): string => {
+      let out = "";
+      const write = process.stdout.write.bind(process.stdout);
+      process.stdout.write = ((chunk: string | Uint8Array) => {
+        out += String(chunk);
+        return true;
+      }) as typeof process.stdout.write;
+      try {
+        fn();
+      } finally {
+        process.stdout.write = write;
+      }
+      return out;
+    };
+    const from = copyWith("hf-qwen3-tied-bf16");
+    const quiet = capture(() =>
+      convertCommand({ from, to: path.join(tmp(), "q"), mode: "delta", quiet: true }),
+    );
+    assert.equal(quiet, "");
+    const to = path.join(tmp(), "loud");
+    const loud = capture(() => convertCommand({ from, to, mode: "delta" }));
+    assert.match(loud, /convert \d+\/\d+: phase reading model\./);
+    assert.match(loud, /convert \d+\/\d+: phase writing model\./);
+    assert.ok(loud.includes(`wrote ${to}, weights BF16 (--dtype auto: as in the source) (`), loud);
+    const f32 = capture(() =>
+      convertCommand({ from, to: path.join(tmp(), "f"), mode: "delta", dtype: "f32", quiet: false }),
+    );
+    assert.match(f32, /weights F32 \(--dtype f32\)/);
+  });
 });
 
 describe("fine-tuning a converted checkpoint", () => {

@@ -4,9 +4,18 @@
  * zero-initialised routing (src/model/convert.ts), after checking on a sample that the logits are
  * unchanged. Prints the max abs difference and what the mode guarantees; refuses to write when the
  * check fails unless --force. The output folder appears only complete (written beside, renamed).
+ * --dtype auto|f32|bf16|f16 picks the dtype the weights are written in (auto: as in the source);
+ * the summary line says which. The progress bar advances per tensor read and written.
  */
 import type { Command } from "commander";
-import { CONVERT_MODES, type ConvertMode, convertCheckpoint, type ConvertResult } from "../model/convert.js";
+import {
+  CONVERT_MODES,
+  type ConvertMode,
+  convertCheckpoint,
+  type ConvertResult,
+  STORAGE_DTYPES,
+  type StorageDtype,
+} from "../model/convert.js";
 import { InvalidArgumentError } from "commander";
 import { positiveInt, progress } from "./common.js";
 
@@ -19,6 +28,8 @@ export interface ConvertFlags {
   gate?: boolean;
   force?: boolean;
   quiet?: boolean;
+  /** Storage dtype of the written weights (default auto). */
+  dtype?: StorageDtype;
 }
 
 function convertModeArg(v: string): ConvertMode {
@@ -27,7 +38,20 @@ function convertModeArg(v: string): ConvertMode {
   return v as ConvertMode;
 }
 
+function storageDtypeArg(v: string): StorageDtype {
+  if (!(STORAGE_DTYPES as readonly string[]).includes(v))
+    throw new InvalidArgumentError(`expected one of ${STORAGE_DTYPES.join(", ")}`);
+  return v as StorageDtype;
+}
+
 const e = (x: number) => x.toExponential(2);
+
+/** "BF16 (--dtype auto: as in the source)", or "310 tensors BF16, 2 tensors F32 (…)" when mixed. */
+function storageText(s: ConvertResult["storage"]): string {
+  const kinds = Object.entries(s.tensors);
+  const what = kinds.length === 1 ? kinds[0]![0] : kinds.map(([d, n]) => `${n} tensors ${d}`).join(", ");
+  return `${what} (--dtype ${s.choice}${s.choice === "auto" ? ": as in the source" : ""})`;
+}
 
 export function convertCommand(f: ConvertFlags): ConvertResult {
   const bar = progress("convert", f.quiet);
@@ -44,6 +68,7 @@ export function convertCommand(f: ConvertFlags): ConvertResult {
       nullSource: f.nullSource,
       gate: f.gate,
       force: f.force,
+      storage: f.dtype,
       onPhase: (done, total, what) => bar.update(done, total, { phase: what }),
     });
   } finally {
@@ -67,13 +92,18 @@ export function convertCommand(f: ConvertFlags): ConvertResult {
       );
     else out("  (a zero null source needs eps > 0, so the eps-0 check is skipped)");
   }
+  if (v.maxAbsDiffFromSource !== null)
+    out(
+      `  --dtype ${r.storage.choice} rounds ${v.roundedTensors} backbone tensors of the source: the check above compares both models with the rounded weights; ` +
+        `against the unrounded original the converted model differs by ${e(v.maxAbsDiffFromSource)}`,
+    );
   if (!v.ok && !r.written)
     throw new Error(
       `the converted logits differ from the original's by more than the tolerance; nothing was written (pass --force to write anyway)`,
     );
   if (!v.ok) out("  WARNING: the check failed; written anyway because of --force");
   out(
-    `  wrote ${f.to} (${r.addedParameters.toLocaleString()} routing parameters added, all zero-initialised` +
+    `  wrote ${f.to}, weights ${storageText(r.storage)} (${r.addedParameters.toLocaleString()} routing parameters added, all zero-initialised` +
       `${r.tokenizerCopied.length ? `; copied ${r.tokenizerCopied.join(", ")}` : ""})`,
   );
   return r;
@@ -89,13 +119,19 @@ export function registerConvert(program: Command): void {
     .option("--blocks <n>", "blocks for attnres-block / delta-block (default 4)", positiveInt)
     .option("--null-source", "delta modes: add a zero null source")
     .option("--gate", "delta modes: gate the routed term (zero at start; always on for delta-block)")
+    .option(
+      "--dtype <dtype>",
+      `dtype of the written weights: ${STORAGE_DTYPES.join(", ")} (default auto: each tensor as in the source, routing in the source's main dtype)`,
+      storageDtypeArg,
+    )
     .option("--force", "write even if the logits check fails")
     .addHelpText(
       "after",
       `
 Examples:
   attnres convert --from qwen3-0.6b --to qwen3-0.6b-delta --mode delta
-  attnres convert --from ckpt --to ckpt-db --mode delta-block --blocks 4`,
+  attnres convert --from ckpt --to ckpt-db --mode delta-block --blocks 4
+  attnres convert --from ckpt --to ckpt-f32 --mode delta --dtype f32`,
     )
     .action((o: ConvertFlags) => {
       convertCommand(o);

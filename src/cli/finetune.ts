@@ -9,8 +9,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Command } from "commander";
 import { loadPrepared } from "../data/prepared.js";
-import { configForExport, readConfig } from "../io/checkpoint.js";
-import { checkpointTokenizer } from "../model/convert.js";
+import { checkpointTokenizer, configForExport, readConfig } from "../io/checkpoint.js";
 import { modeName } from "../model/residual.js";
 import { type RunResult, type RunSpec } from "../train/run.js";
 import {
@@ -32,7 +31,7 @@ export interface FinetuneFlags extends RunFlags {
 export function finetuneSpec(f: FinetuneFlags): RunSpec {
   const config = readConfig(f.from);
   const data = loadPrepared(f.data);
-  const tok = checkpointTokenizer(f.from, config);
+  const tok = checkpointTokenizer(f.from, config, { optional: true });
   if (tok && (tok.kind !== data.tokenizer.kind || tok.vocabSize !== data.tokenizer.vocabSize))
     throw new Error(
       `${f.data} was tokenized with a different tokenizer (${data.tokenizer.kind}, ${data.tokenizer.vocabSize} ids) than ${f.from} (${tok.kind}, ${tok.vocabSize} ids)`,

@@ -1,11 +1,13 @@
 /**
  * Checkpoints in the HF layout: a folder with config.json (HF field names; the residual family's
  * keys as the authors name them, METHODS.md "Checkpoint interchange") and model.safetensors
- * (or shards with model.safetensors.index.json when reading). Weights are written as F32 and
- * read from F32/F16/BF16(/F64). Writing is atomic per file, weights first, so an interrupted save
- * never leaves a config that points at missing or partial weights. `readConfig` accepts HF
- * config.json files as transformers writes them and rejects what we do not implement
- * (src/model/hf-compat.ts).
+ * (or shards with model.safetensors.index.json when reading). Weights are written as F32 unless
+ * the caller picks F16/BF16 per tensor (`SaveOptions.dtypes`; torch_dtype then names the dtype
+ * holding the most values), and read from F32/F16/BF16(/F64). Writing is atomic per file, weights
+ * first, so an interrupted save never leaves a config that points at missing or partial weights.
+ * `readConfig` accepts HF config.json files as transformers writes them and rejects what we do not
+ * implement (src/model/hf-compat.ts). `checkpointTokenizer` finds a checkpoint's tokenizer (an
+ * error when it is missing, or null with `{ optional: true }`) and checks it fits the embedding.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -18,12 +20,25 @@ import { exportWeights, loadWeights } from "../model/weights.js";
 import "../data/bpe.js";
 import "../data/hf-tokenizer.js";
 import { loadTokenizer, TOKENIZER_META, type Tokenizer } from "../data/tokenizer.js";
-import { readCheckpointWeights, writeFileAtomic, writeSafetensors } from "./safetensors.js";
+import {
+  type FloatStDType,
+  readCheckpointWeights,
+  writeFileAtomic,
+  writeSafetensors,
+  type WriteTensor,
+} from "./safetensors.js";
 
-/** The config as written to config.json: HF names, with model_type qwen3_attnres for routed Qwen3. */
-export function configForExport(c: ModelConfig): Record<string, unknown> {
+/** torch_dtype names of the safetensors float dtypes. */
+export const TORCH_DTYPE: Record<FloatStDType, string> = { F32: "float32", F16: "float16", BF16: "bfloat16" };
+
+/**
+ * The config as written to config.json: HF names, with model_type qwen3_attnres for routed Qwen3.
+ * torch_dtype names `weights`, the dtype the weights are written in (set when the config had one
+ * or when it is not F32).
+ */
+export function configForExport(c: ModelConfig, weights: FloatStDType = "F32"): Record<string, unknown> {
   const out: Record<string, unknown> = { ...c };
-  if (out.torch_dtype !== undefined) out.torch_dtype = "float32"; // weights are always written as F32
+  if (out.torch_dtype !== undefined || weights !== "F32") out.torch_dtype = TORCH_DTYPE[weights];
   const mode = modeName(c);
   if (mode === "standard") {
     for (const k of Object.keys(out)) if (k.startsWith("attnres_") || k.startsWith("ddl_")) delete out[k];
@@ -36,12 +51,41 @@ export function configForExport(c: ModelConfig): Record<string, unknown> {
   return out;
 }
 
-export function saveCheckpoint(dir: string, model: DecoderLM, metadata: Record<string, string> = {}): void {
+export interface SaveOptions {
+  /** The dtype each tensor is written in, by name (default F32; F16/BF16 round, see safetensors.ts). */
+  dtypes?: ReadonlyMap<string, FloatStDType>;
+  /** Called after each tensor is encoded (progress): its name, its index and the tensor count. */
+  onTensor?: (name: string, index: number, count: number) => void;
+}
+
+/** The dtype holding the most values among `tensors` (ties: F32, then BF16, then F16). */
+export function dominantDtype(tensors: Iterable<[FloatStDType, number]>): FloatStDType {
+  const values: Record<FloatStDType, number> = { F32: 0, BF16: 0, F16: 0 };
+  for (const [d, n] of tensors) values[d] += n;
+  return (["F32", "BF16", "F16"] as const).reduce((a, b) => (values[b] > values[a] ? b : a));
+}
+
+export function saveCheckpoint(
+  dir: string,
+  model: DecoderLM,
+  metadata: Record<string, string> = {},
+  opts: SaveOptions = {},
+): void {
   fs.mkdirSync(dir, { recursive: true });
-  writeSafetensors(path.join(dir, "model.safetensors"), exportWeights(model), { format: "pt", ...metadata });
+  const tensors = exportWeights(model).map(([n, w]): [string, WriteTensor & { dtype: FloatStDType }] => [
+    n,
+    { ...w, dtype: opts.dtypes?.get(n) ?? "F32" },
+  ]);
+  writeSafetensors(
+    path.join(dir, "model.safetensors"),
+    tensors,
+    { format: "pt", ...metadata },
+    { onTensor: opts.onTensor },
+  );
+  const weights = dominantDtype(tensors.map(([, t]) => [t.dtype, t.data.length]));
   writeFileAtomic(
     path.join(dir, "config.json"),
-    JSON.stringify(configForExport(model.config), null, 2) + "\n",
+    JSON.stringify(configForExport(model.config, weights), null, 2) + "\n",
   );
 }
 
@@ -83,17 +127,29 @@ export function loadCheckpoint(dir: string, opts: LoadCheckpointOptions = {}): D
 
 /**
  * The tokenizer saved with a checkpoint (attnres_tokenizer.json or tokenizer.json), checked to fit
- * the model's embedding. Errors say what is missing and what to do.
+ * the model's embedding. Without one: an error saying what to do, or null with `{ optional: true }`.
  */
-export function checkpointTokenizer(dir: string, config: ModelConfig): Tokenizer {
-  if (!fs.existsSync(path.join(dir, TOKENIZER_META)) && !fs.existsSync(path.join(dir, "tokenizer.json")))
+export function checkpointTokenizer(dir: string, config: ModelConfig): Tokenizer;
+export function checkpointTokenizer(
+  dir: string,
+  config: ModelConfig,
+  opts: { optional: true },
+): Tokenizer | null;
+export function checkpointTokenizer(
+  dir: string,
+  config: ModelConfig,
+  opts: { optional?: boolean } = {},
+): Tokenizer | null {
+  if (!fs.existsSync(path.join(dir, TOKENIZER_META)) && !fs.existsSync(path.join(dir, "tokenizer.json"))) {
+    if (opts.optional) return null;
     throw new Error(
       `the checkpoint ${dir} has no tokenizer (${TOKENIZER_META} or tokenizer.json); copy the one it was trained with into the folder`,
     );
+  }
   const tok = loadTokenizer(dir);
   if (tok.vocabSize > config.vocab_size)
     throw new Error(
-      `the checkpoint's tokenizer has ${tok.vocabSize} ids but the model embeds only ${config.vocab_size}`,
+      `${dir}: the checkpoint's tokenizer has ${tok.vocabSize} ids but the model embeds only ${config.vocab_size} (vocab_size in config.json)`,
     );
   return tok;
 }

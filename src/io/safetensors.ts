@@ -8,13 +8,19 @@
  * Reading: F32, F16, BF16 and F64 become Float32Array (or Float64Array for F64 when asked);
  * I32/I64 become Int32Array (I64 must fit). Every offset and size is checked against the file
  * before any byte is read, so a truncated or hostile file gives an error, never garbage.
- * Writing: F32, F64, I32; the header is padded to 8 bytes; files are written atomically
+ * `readSafetensorsHeader` / `readCheckpointHeader` read only the header(s): names, dtypes, shapes.
+ * Writing: F32, F16, BF16, F64, I32; the header is padded to 8 bytes; files are written atomically
  * (temporary file + rename). Sharded checkpoints are read via model.safetensors.index.json.
+ * F16 and BF16 are written from float32 values with round-to-nearest-even (values are first rounded
+ * to float32); BF16 keeps NaN a NaN (quiet, same sign), F16 overflows to ±Inf and writes
+ * subnormals exactly. `storedValue` is what reading the written value gives back.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
 
 export type StDType = "F32" | "F16" | "BF16" | "F64" | "I32" | "I64";
+/** The float dtypes a checkpoint's weights can be written in. */
+export type FloatStDType = "F32" | "F16" | "BF16";
 const BYTES: Record<StDType, number> = { F32: 4, F16: 2, BF16: 2, F64: 8, I32: 4, I64: 8 };
 
 export interface StTensor {
@@ -31,9 +37,12 @@ export interface StFile {
 export interface ReadOptions {
   /** Keep F64 tensors as Float64Array (default: converted to Float32Array). */
   keepF64?: boolean;
+  /** Called after each tensor is decoded (progress). */
+  onTensor?: (name: string) => void;
 }
 
-function f16ToF32(h: number): number {
+/** The value of F16 bits `h` (0…0xffff). */
+export function f16ToF32(h: number): number {
   const s = h & 0x8000 ? -1 : 1;
   const e = (h >> 10) & 0x1f;
   const f = h & 0x3ff;
@@ -42,27 +51,115 @@ function f16ToF32(h: number): number {
   return s * (1 + f / 1024) * 2 ** (e - 15);
 }
 
+/** The value of BF16 bits `b` (0…0xffff): the top half of a float32. */
+export function bf16ToF32(b: number): number {
+  SCRATCH_U32[0] = (b & 0xffff) << 16;
+  return SCRATCH_F32[0]!;
+}
+
+const SCRATCH_F32 = new Float32Array(1);
+const SCRATCH_U32 = new Uint32Array(SCRATCH_F32.buffer);
+
+/** The float32 bits of x (x is first rounded to float32). */
+function f32Bits(x: number): number {
+  SCRATCH_F32[0] = x;
+  return SCRATCH_U32[0]!;
+}
+
+/**
+ * BF16 bits of x: float32 rounded to nearest, ties to even; overflow rounds to ±Inf as IEEE does;
+ * NaN stays NaN (quiet bit set, sign and top payload bits kept).
+ */
+export function f32ToBf16Bits(x: number): number {
+  return bf16FromBits(f32Bits(x));
+}
+
+/** `f32ToBf16Bits` from float32 bits `b` (0…0xffffffff). */
+function bf16FromBits(b: number): number {
+  if ((b & 0x7fffffff) > 0x7f800000) return ((b >>> 16) | 0x0040) & 0xffff;
+  return ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff; // b ≤ 0xff800000: no 32-bit overflow
+}
+
+/**
+ * F16 bits of x: float32 rounded to nearest, ties to even; |x| ≥ 65520 (and ±Inf) → ±Inf; values
+ * below 2^-14 become subnormals k·2^-24 (rounded the same way; ≤ 2^-25 → ±0); NaN stays NaN (quiet).
+ */
+export function f32ToF16Bits(x: number): number {
+  return f16FromBits(f32Bits(x));
+}
+
+/** `f32ToF16Bits` from float32 bits `b` (0…0xffffffff). */
+function f16FromBits(b: number): number {
+  const sign = (b >>> 16) & 0x8000;
+  const exp = (b >>> 23) & 0xff; // float32 biased exponent
+  const mant = b & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x0200 | (mant >>> 13) : 0);
+  const e = exp - 112; // f16 biased exponent (127 - 15)
+  if (e >= 0x1f) return sign | 0x7c00;
+  if (e >= 1) {
+    // normal: keep 10 of the 23 mantissa bits; a carry may step into the exponent (up to Inf)
+    const h = sign | (e << 10) | (mant >>> 13);
+    const rest = mant & 0x1fff;
+    return rest > 0x1000 || (rest === 0x1000 && (h & 1) === 1) ? h + 1 : h;
+  }
+  // subnormal k·2^-24: x = M·2^(exp − 150) with M = 2^23 | mant, so k = M·2^(exp − 126)
+  const shift = 126 - exp; // ≥ 14
+  if (shift > 24) return sign; // |x| < 2^-25: rounds to zero (ties included, 0 is even)
+  const m = 0x800000 | mant;
+  let k = m >>> shift;
+  const rest = m & ((1 << shift) - 1);
+  const half = 1 << (shift - 1);
+  if (rest > half || (rest === half && (k & 1) === 1)) k++; // k = 1024 is the smallest normal, 0x0400
+  return sign | k;
+}
+
+/** What reading back a float32 value written as `dtype` gives (F32/F64: the float32 value). */
+export function storedValue(x: number, dtype: FloatStDType): number {
+  if (dtype === "BF16") return bf16ToF32(f32ToBf16Bits(x));
+  if (dtype === "F16") return f16ToF32(f32ToF16Bits(x));
+  return Math.fround(x);
+}
+
 function fail(file: string, msg: string): never {
   throw new Error(`${file}: not a valid safetensors file: ${msg}`);
 }
 
-/** Parses a safetensors buffer. `file` names the source in errors. */
-export function parseSafetensors(buf: Buffer, file = "safetensors", opts: ReadOptions = {}): StFile {
-  if (buf.length < 8) fail(file, `${buf.length} bytes is too short for the 8-byte header length`);
-  const n = buf.readBigUInt64LE(0);
-  if (n > BigInt(buf.length - 8)) fail(file, `header length ${n} exceeds the file size ${buf.length}`);
+interface HeaderEntry {
+  name: string;
+  dtype: StDType;
+  shape: number[];
+  /** Byte offsets in the data section. */
+  begin: number;
+  end: number;
+}
+
+interface Header {
+  entries: HeaderEntry[];
+  metadata: Record<string, string>;
+  /** Where the data section starts in the file. */
+  dataStart: number;
+}
+
+/**
+ * Parses and checks the header at the start of `head` (which holds at least the 8-byte length
+ * and the JSON) against a file of `fileSize` bytes.
+ */
+function parseHeader(head: Buffer, fileSize: number, file: string): Header {
+  if (fileSize < 8) fail(file, `${fileSize} bytes is too short for the 8-byte header length`);
+  const n = head.readBigUInt64LE(0);
+  if (n > BigInt(fileSize - 8)) fail(file, `header length ${n} exceeds the file size ${fileSize}`);
   const hlen = Number(n);
   let header: Record<string, unknown>;
   try {
-    header = JSON.parse(buf.subarray(8, 8 + hlen).toString("utf8")) as Record<string, unknown>;
+    header = JSON.parse(head.subarray(8, 8 + hlen).toString("utf8")) as Record<string, unknown>;
   } catch (e) {
     fail(file, `header is not JSON (${(e as Error).message})`);
   }
   if (header === null || typeof header !== "object" || Array.isArray(header))
     fail(file, "header is not an object");
   const dataStart = 8 + hlen;
-  const dataLen = buf.length - dataStart;
-  const tensors = new Map<string, StTensor>();
+  const dataLen = fileSize - dataStart;
+  const entries: HeaderEntry[] = [];
   let metadata: Record<string, string> = {};
   for (const [name, raw] of Object.entries(header)) {
     if (name === "__metadata__") {
@@ -87,13 +184,54 @@ export function parseSafetensors(buf: Buffer, file = "safetensors", opts: ReadOp
         file,
         `tensor ${name} ends at byte ${end} of the data section, which has only ${dataLen} bytes (truncated?)`,
       );
-    tensors.set(name, {
-      dtype,
-      shape: shape as number[],
-      data: decode(buf, dataStart + begin, count, dtype, name, file, opts),
-    });
+    entries.push({ name, dtype, shape: shape as number[], begin, end });
+  }
+  return { entries, metadata, dataStart };
+}
+
+/** Parses a safetensors buffer. `file` names the source in errors. */
+export function parseSafetensors(buf: Buffer, file = "safetensors", opts: ReadOptions = {}): StFile {
+  const { entries, metadata, dataStart } = parseHeader(buf, buf.length, file);
+  const tensors = new Map<string, StTensor>();
+  for (const { name, dtype, shape, begin } of entries) {
+    const count = shape.reduce((p, s) => p * s, 1);
+    tensors.set(name, { dtype, shape, data: decode(buf, dataStart + begin, count, dtype, name, file, opts) });
+    opts.onTensor?.(name);
   }
   return { tensors, metadata };
+}
+
+/** A tensor's description in a header (no data). */
+export interface StTensorInfo {
+  dtype: StDType;
+  shape: number[];
+}
+
+/** Reads only the header of a safetensors file (the data is neither read nor checked). */
+export function readSafetensorsHeader(file: string): Map<string, StTensorInfo> {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, "r");
+  } catch (e) {
+    throw new Error(`cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, {
+      cause: e,
+    });
+  }
+  try {
+    const size = fs.fstatSync(fd).size;
+    const len = Buffer.alloc(8);
+    if (size < 8 || fs.readSync(fd, len, 0, 8, 0) !== 8)
+      fail(file, `${size} bytes is too short for the 8-byte header length`);
+    const n = len.readBigUInt64LE(0);
+    if (n > BigInt(size - 8)) fail(file, `header length ${n} exceeds the file size ${size}`);
+    const head = Buffer.alloc(8 + Number(n));
+    len.copy(head);
+    if (fs.readSync(fd, head, 8, Number(n), 8) !== Number(n)) fail(file, "the header could not be read");
+    const { entries } = parseHeader(head, size, file);
+    return new Map(entries.map((e) => [e.name, { dtype: e.dtype, shape: e.shape }]));
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 function decode(
@@ -158,15 +296,28 @@ export function readSafetensors(file: string, opts: ReadOptions = {}): StFile {
 }
 
 export interface WriteTensor {
-  dtype?: "F32" | "F64" | "I32";
+  /** Default F32. F16/BF16 round each value (see `f32ToF16Bits`, `f32ToBf16Bits`). */
+  dtype?: FloatStDType | "F64" | "I32";
   shape: readonly number[];
   data: ArrayLike<number>;
+}
+
+export interface WriteOptions {
+  /** Called after each tensor is encoded (progress): its name, its index and the tensor count. */
+  onTensor?: (name: string, index: number, count: number) => void;
+}
+
+/** The float32 bits of d's values: a view when d is a Float32Array, else a rounded copy. */
+function bitsOf(d: ArrayLike<number>): Uint32Array {
+  if (d instanceof Float32Array) return new Uint32Array(d.buffer, d.byteOffset, d.length);
+  return new Uint32Array(Float32Array.from(d).buffer);
 }
 
 /** Serialises tensors (in the given order) and string metadata to a safetensors buffer. */
 export function serializeSafetensors(
   tensors: Iterable<[string, WriteTensor]>,
   metadata: Record<string, string> = {},
+  opts: WriteOptions = {},
 ): Buffer {
   const header: Record<string, unknown> = {};
   if (Object.keys(metadata).length) header.__metadata__ = metadata;
@@ -191,11 +342,18 @@ export function serializeSafetensors(
   out.writeBigUInt64LE(BigInt(hbytes.length), 0);
   hbytes.copy(out, 8);
   let at = 8 + hbytes.length;
-  for (const [, t, dtype] of list) {
+  for (const [index, [name, t, dtype]] of list.entries()) {
     const d = t.data;
     if (dtype === "F32") for (let i = 0; i < d.length; i++, at += 4) out.writeFloatLE(d[i]!, at);
     else if (dtype === "F64") for (let i = 0; i < d.length; i++, at += 8) out.writeDoubleLE(d[i]!, at);
-    else for (let i = 0; i < d.length; i++, at += 4) out.writeInt32LE(d[i]!, at);
+    else if (dtype === "BF16") {
+      const b = bitsOf(d);
+      for (let i = 0; i < b.length; i++, at += 2) out.writeUInt16LE(bf16FromBits(b[i]!), at);
+    } else if (dtype === "F16") {
+      const b = bitsOf(d);
+      for (let i = 0; i < b.length; i++, at += 2) out.writeUInt16LE(f16FromBits(b[i]!), at);
+    } else for (let i = 0; i < d.length; i++, at += 4) out.writeInt32LE(d[i]!, at);
+    opts.onTensor?.(name, index, list.length);
   }
   return out;
 }
@@ -216,18 +374,14 @@ export function writeSafetensors(
   file: string,
   tensors: Iterable<[string, WriteTensor]>,
   metadata: Record<string, string> = {},
+  opts: WriteOptions = {},
 ): void {
-  writeFileAtomic(file, serializeSafetensors(tensors, metadata));
+  writeFileAtomic(file, serializeSafetensors(tensors, metadata, opts));
 }
 
-/**
- * Reads a checkpoint folder's weights: model.safetensors, or the shards listed by
- * model.safetensors.index.json (every shard must exist; every listed tensor must be found).
- */
-export function readCheckpointWeights(dir: string, opts: ReadOptions = {}): StFile {
-  const single = path.join(dir, "model.safetensors");
+/** The shard index of a checkpoint folder without model.safetensors: file and weight_map. */
+function shardIndex(dir: string): { index: string; map: Record<string, string> } {
   const index = path.join(dir, "model.safetensors.index.json");
-  if (fs.existsSync(single)) return readSafetensors(single, opts);
   if (!fs.existsSync(index))
     throw new Error(`${dir}: neither model.safetensors nor model.safetensors.index.json found`);
   let map: Record<string, string>;
@@ -237,12 +391,24 @@ export function readCheckpointWeights(dir: string, opts: ReadOptions = {}): StFi
   } catch (e) {
     throw new Error(`${index}: not a valid shard index (${(e as Error).message})`, { cause: e });
   }
+  for (const shard of new Set(Object.values(map)))
+    if (!fs.existsSync(path.join(dir, shard)))
+      throw new Error(`${index} points at ${shard}, which does not exist`);
+  return { index, map };
+}
+
+/**
+ * Reads a checkpoint folder's weights: model.safetensors, or the shards listed by
+ * model.safetensors.index.json (every shard must exist; every listed tensor must be found).
+ */
+export function readCheckpointWeights(dir: string, opts: ReadOptions = {}): StFile {
+  const single = path.join(dir, "model.safetensors");
+  if (fs.existsSync(single)) return readSafetensors(single, opts);
+  const { index, map } = shardIndex(dir);
   const tensors = new Map<string, StTensor>();
   const metadata: Record<string, string> = {};
   for (const shard of new Set(Object.values(map))) {
-    const f = path.join(dir, shard);
-    if (!fs.existsSync(f)) throw new Error(`${index} points at ${shard}, which does not exist`);
-    const part = readSafetensors(f, opts);
+    const part = readSafetensors(path.join(dir, shard), opts);
     for (const [k, v] of part.tensors) tensors.set(k, v);
     Object.assign(metadata, part.metadata);
   }
@@ -250,4 +416,21 @@ export function readCheckpointWeights(dir: string, opts: ReadOptions = {}): StFi
     if (!tensors.has(name))
       throw new Error(`${index} lists ${name} in ${shard}, but that shard does not contain it`);
   return { tensors, metadata };
+}
+
+/**
+ * The tensors (names, dtypes, shapes) a checkpoint folder holds, from the header(s) only: what
+ * `readCheckpointWeights` would return, without reading the data.
+ */
+export function readCheckpointHeader(dir: string): Map<string, StTensorInfo> {
+  const single = path.join(dir, "model.safetensors");
+  if (fs.existsSync(single)) return readSafetensorsHeader(single);
+  const { index, map } = shardIndex(dir);
+  const out = new Map<string, StTensorInfo>();
+  for (const shard of new Set(Object.values(map)))
+    for (const [k, v] of readSafetensorsHeader(path.join(dir, shard))) out.set(k, v);
+  for (const [name, shard] of Object.entries(map))
+    if (!out.has(name))
+      throw new Error(`${index} lists ${name} in ${shard}, but that shard does not contain it`);
+  return out;
 }

@@ -18,18 +18,31 @@
  *                      mean square; METHODS.md reports 1e-5…1e-4 absolute at 6 layers and eps 1e-6;
  *                      the tiny Llama fixture (eps 1e-5, ms ≈ 0.01) reaches 2e-3·s. The eps-0 check is
  *                      what proves equivalence; this bound only catches a residue too large to ignore.
+ * Storage dtype (`--dtype`, `storageDtypes`): auto writes each backbone tensor in the dtype it had
+ * in the source (F32/F16/BF16; F64 as F32, the compute dtype) and the routing tensors in the source's
+ * dominant float dtype (the one holding the most backbone values); f32/bf16/f16 write everything in
+ * that dtype. The check compares both models built from the weights as they will be stored (what
+ * reading the written file gives back, `storedWeights`): routing queries 0 and gains 1 are exact
+ * in every dtype, so auto changes nothing and the exactness results hold for the written file. When
+ * a forced dtype rounds backbone values, the difference to the unrounded original is reported too.
  * `convertCheckpoint` writes atomically (a temporary folder renamed into place) and only when the
- * check passes, unless forced.
+ * check passes, unless forced. Progress (`onPhase`) advances per tensor read, per tensor written,
+ * and once each for the check, the build and saving the files.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Backend, DType } from "../backend/backend.js";
 import { defaultBackend } from "../backend/index.js";
-import { loadTokenizer, type Tokenizer } from "../data/tokenizer.js";
-import "../data/hf-tokenizer.js";
-import "../data/bpe.js";
-import { readConfig, saveCheckpoint } from "../io/checkpoint.js";
-import { readCheckpointWeights, type StTensor } from "../io/safetensors.js";
+import type { Tokenizer } from "../data/tokenizer.js";
+import { checkpointTokenizer, dominantDtype, readConfig, saveCheckpoint } from "../io/checkpoint.js";
+import {
+  type FloatStDType,
+  readCheckpointHeader,
+  readCheckpointWeights,
+  type StDType,
+  storedValue,
+  type StTensor,
+} from "../io/safetensors.js";
 import { tidy } from "../tensor/memory.js";
 import { Rng } from "../tensor/random.js";
 import { noGrad } from "../tensor/tensor.js";
@@ -48,6 +61,93 @@ export interface ConvertSettings {
   blocks?: number;
   nullSource?: boolean;
   gate?: boolean;
+}
+
+/** `--dtype`: the dtype the converted weights are written in (see the file comment). */
+export const STORAGE_DTYPES = ["auto", "f32", "bf16", "f16"] as const;
+export type StorageDtype = (typeof STORAGE_DTYPES)[number];
+const FORCED: Record<Exclude<StorageDtype, "auto">, FloatStDType> = { f32: "F32", bf16: "BF16", f16: "F16" };
+
+function checkStorageDtype(v: string): StorageDtype {
+  if (!(STORAGE_DTYPES as readonly string[]).includes(v))
+    throw new Error(`--dtype ${v} is not one of ${STORAGE_DTYPES.join(", ")}`);
+  return v as StorageDtype;
+}
+
+/** A source tensor's dtype as auto keeps it: F32/F16/BF16 as they are, anything else (F64) as F32. */
+function keptDtype(d: StDType | undefined): FloatStDType {
+  return d === "F16" || d === "BF16" ? d : "F32";
+}
+
+/**
+ * The dtype each tensor of the model `routed` describes is written in, by name (registration
+ * order), given the source tensors' dtypes and shapes (a header is enough; tensors without a dtype
+ * count as F32). See the file comment for what each choice means.
+ */
+export function storageDtypes(
+  routed: Record<string, unknown>,
+  source: ReadonlyMap<string, { dtype?: StDType; shape: readonly number[] }>,
+  choice: StorageDtype = "auto",
+): Map<string, FloatStDType> {
+  checkStorageDtype(choice);
+  const names = new DecoderLM(routed, { meta: true }).namedParameters().map(([n]) => n);
+  if (choice !== "auto") return new Map(names.map((n) => [n, FORCED[choice]]));
+  const dominant = dominantDtype(
+    names
+      .filter((n) => !isResidualParam(n))
+      .map((n): [FloatStDType, number] => {
+        const t = source.get(n);
+        return [keptDtype(t?.dtype), t ? t.shape.reduce((p, q) => p * q, 1) : 0];
+      }),
+  );
+  return new Map(names.map((n) => [n, isResidualParam(n) ? dominant : keptDtype(source.get(n)?.dtype)]));
+}
+
+type Weights = ReadonlyMap<string, StTensor | { shape: readonly number[]; data: ArrayLike<number> }>;
+
+export interface StoredWeights {
+  /** The backbone as reading the written file gives it back; other tensors as given. */
+  tensors: Map<string, { shape: readonly number[]; data: ArrayLike<number> }>;
+  /** Tensors whose values storing changes (rounding); empty when the source is kept as it is. */
+  rounded: string[];
+}
+
+/**
+ * The backbone tensors of `tensors` as they are after writing them in the dtypes of `storage` and
+ * reading them back. A Float32Array written as F32, or as the F16/BF16 it was read from, is passed
+ * through (no copy); other tensors are rounded into a copy, or in place with `inPlace`. Routing
+ * tensors are not touched (they come from the model's zero initialisation, exact in every dtype).
+ */
+export function storedWeights(
+  tensors: Weights,
+  storage: ReadonlyMap<string, FloatStDType>,
+  opts: { inPlace?: boolean } = {},
+): StoredWeights {
+  const out = new Map<string, { shape: readonly number[]; data: ArrayLike<number> }>();
+  const rounded: string[] = [];
+  for (const [name, t] of tensors) {
+    const dt = storage.get(name);
+    const src = t.data;
+    const kept = src instanceof Float32Array && (dt === "F32" || ("dtype" in t && t.dtype === dt));
+    if (dt === undefined || isResidualParam(name) || kept) {
+      out.set(name, t);
+      continue;
+    }
+    const dst =
+      opts.inPlace && (src instanceof Float32Array || src instanceof Float64Array)
+        ? src
+        : new (src instanceof Float64Array ? Float64Array : Float32Array)(src.length);
+    let changed = false;
+    for (let i = 0; i < src.length; i++) {
+      const x = src[i]!;
+      const v = storedValue(x, dt);
+      if (v !== x && !(Number.isNaN(v) && Number.isNaN(x))) changed = true;
+      dst[i] = v;
+    }
+    if (changed) rounded.push(name);
+    out.set(name, { shape: t.shape, data: dst });
+  }
+  return { tensors: out, rounded };
 }
 
 export const ROUNDING_TOL = 1e-4;
@@ -161,18 +261,6 @@ export function sampleIds(vocab: number, tokenizer: Tokenizer | null, maxLen = 3
   return Int32Array.from({ length: Math.min(maxLen, 16) }, () => rng.int(vocab));
 }
 
-/** The tokenizer saved in `dir`, or null; an error when its ids do not fit the embedding. */
-export function checkpointTokenizer(dir: string, config: ModelConfig): Tokenizer | null {
-  const has = ["tokenizer.json", "attnres_tokenizer.json"].some((f) => fs.existsSync(path.join(dir, f)));
-  if (!has) return null;
-  const tok = loadTokenizer(dir);
-  if (tok.vocabSize > config.vocab_size)
-    throw new Error(
-      `${dir}: the tokenizer has ${tok.vocabSize} ids but the embedding has only vocab_size ${config.vocab_size} rows`,
-    );
-  return tok;
-}
-
 export interface Verification {
   exactness: "exact" | "eps-residue";
   /** Max |converted − original| over the sample's logits at the model's eps. */
@@ -184,39 +272,56 @@ export interface Verification {
   roundingTolerance: number;
   ok: boolean;
   tokens: number;
+  /** The storage dtype the models were built for (null: the weights as given). */
+  storage: StorageDtype | null;
+  /** Backbone tensors whose values storing rounds (0 unless a forced dtype narrows the source). */
+  roundedTensors: number;
+  /**
+   * When storing rounds: max |converted as stored − original as given| at the model's eps, the
+   * effect of the narrower dtype (reported, not part of `ok`). Else null.
+   */
+  maxAbsDiffFromSource: number | null;
 }
 
 export interface VerifyOptions {
   backend?: Backend;
   dtype?: DType;
   source?: string;
+  /** Build both models from the weights as they will be stored in this dtype (default: as given). */
+  storage?: StorageDtype;
 }
 
-/** Original vs converted logits on `ids` (one sequence); see the file comment for tolerances. */
+/**
+ * Original vs converted logits on `ids` (one sequence), both built from the weights as they will
+ * be stored when `opts.storage` is given; see the file comment for tolerances.
+ */
 export function verifyConversion(
   config: ModelConfig,
-  tensors: ReadonlyMap<string, StTensor | { shape: readonly number[]; data: ArrayLike<number> }>,
+  tensors: Weights,
   settings: ConvertSettings,
   ids: Int32Array,
   opts: VerifyOptions = {},
 ): Verification {
   const routed = convertedConfig(config, settings);
+  const stored =
+    opts.storage === undefined
+      ? { tensors, rounded: [] }
+      : storedWeights(tensors, storageDtypes(routed, tensors, opts.storage));
   const T = ids.length;
+  const build = { backend: opts.backend, dtype: opts.dtype, source: opts.source };
+  const logits = (cfg: Record<string, unknown>, weights: Weights): Float64Array => {
+    const m = modelWithBackbone(cfg, weights, build);
+    try {
+      return logitsOf(m, ids, 1, T);
+    } finally {
+      m.dispose();
+    }
+  };
   const pair = (eps?: number) => {
     const over = eps === undefined ? {} : { rms_norm_eps: eps };
-    const std = modelWithBackbone({ ...config, ...over }, tensors, opts);
-    let a: Float64Array;
-    try {
-      a = logitsOf(std, ids, 1, T);
-    } finally {
-      std.dispose();
-    }
-    const conv = modelWithBackbone({ ...routed, ...over }, tensors, opts);
-    try {
-      return { diff: maxAbsDiff(logitsOf(conv, ids, 1, T), a), scale: 1 + maxAbs(a) };
-    } finally {
-      conv.dispose();
-    }
+    const a = logits({ ...config, ...over }, stored.tensors);
+    const b = logits({ ...routed, ...over }, stored.tensors);
+    return { diff: maxAbsDiff(b, a), scale: 1 + maxAbs(a), converted: b };
   };
   const kind = exactness(settings);
   const real = pair();
@@ -232,6 +337,9 @@ export function verifyConversion(
     roundingTolerance,
     ok,
     tokens: T,
+    storage: opts.storage ?? null,
+    roundedTensors: stored.rounded.length,
+    maxAbsDiffFromSource: stored.rounded.length ? maxAbsDiff(real.converted, logits(config, tensors)) : null,
   };
 }
 
@@ -241,8 +349,15 @@ export interface ConvertOptions extends ConvertSettings {
   /** Write even when the check fails. */
   force?: boolean;
   backend?: Backend;
+  /** Compute dtype of the check (default float32). */
   dtype?: DType;
-  /** Phase callback (CLI progress): done phases out of total. */
+  /** The dtype the weights are written in (default auto: as in the source). */
+  storage?: StorageDtype;
+  /**
+   * Progress (CLI): `done` of `total` steps, one per tensor read, one for the check, one for the
+   * build, one per tensor written and one for saving the files; `what` names the last step done
+   * or the one under way.
+   */
   onPhase?: (done: number, total: number, what: string) => void;
 }
 
@@ -256,24 +371,40 @@ export interface ConvertResult {
   written: boolean;
   addedParameters: number;
   tokenizerCopied: string[];
+  /** The --dtype choice and how many tensors are (or would be) written in each dtype. */
+  storage: { choice: StorageDtype; tensors: Partial<Record<FloatStDType, number>> };
 }
 
 /** Loads, converts, verifies and (when the check passes, or forced) writes; see the file comment. */
 export function convertCheckpoint(o: ConvertOptions): ConvertResult {
   const phase = o.onPhase ?? (() => {});
-  const total = 4;
+  const storage = checkStorageDtype(o.storage ?? "auto");
   if (fs.existsSync(o.to) && fs.readdirSync(o.to).length > 0)
     throw new Error(`${o.to} already exists and is not empty; choose another --to`);
-  phase(0, total, "reading the checkpoint");
   const config = readConfig(o.from);
   const routed = convertedConfig(config, o);
-  const tokenizer = checkpointTokenizer(o.from, config);
-  const weights = readCheckpointWeights(o.from);
-  phase(1, total, "checking the logits");
+  const tokenizer = checkpointTokenizer(o.from, config, { optional: true });
+  const header = readCheckpointHeader(o.from);
+  const dtypes = storageDtypes(routed, header, storage);
+  const nRead = header.size;
+  const total = nRead + 2 + dtypes.size + 1; // read, check, build, encode each tensor, save the files
+  phase(0, total, "reading the checkpoint");
+  let read = 0;
+  const weights = readCheckpointWeights(o.from, {
+    onTensor: (name) => phase(Math.min(++read, nRead), total, `reading ${name}`),
+  });
+  phase(nRead, total, "checking the logits");
   const backend = o.backend ?? defaultBackend();
   const dtype = o.dtype ?? "float32";
   const ids = sampleIds(config.vocab_size, tokenizer);
-  const verification = verifyConversion(config, weights.tensors, o, ids, { backend, dtype, source: o.from });
+  const verification = verifyConversion(config, weights.tensors, o, ids, {
+    backend,
+    dtype,
+    source: o.from,
+    storage,
+  });
+  const counts: Partial<Record<FloatStDType, number>> = {};
+  for (const d of dtypes.values()) counts[d] = (counts[d] ?? 0) + 1;
   const result: ConvertResult = {
     from: o.from,
     to: o.to,
@@ -284,19 +415,28 @@ export function convertCheckpoint(o: ConvertOptions): ConvertResult {
     written: false,
     addedParameters: 0,
     tokenizerCopied: [],
+    storage: { choice: storage, tensors: counts },
   };
   if (!verification.ok && !o.force) return result;
-  phase(2, total, "building the converted model");
-  const model = modelWithBackbone(routed, weights.tensors, { backend, dtype, source: o.from });
+  phase(nRead + 1, total, "building the converted model");
+  // The source's values are not needed any more: round them to what the file will hold, so that
+  // the model holds exactly the stored values (writing is then lossless).
+  const stored = storedWeights(weights.tensors, dtypes, { inPlace: true });
+  const model = modelWithBackbone(routed, stored.tensors, { backend, dtype, source: o.from });
   const tmp = `${o.to.replace(/[/\\]+$/, "")}.tmp-${process.pid}`;
   try {
     result.addedParameters = model
       .namedParameters()
       .filter(([n]) => isResidualParam(n))
       .reduce((s, [, p]) => s + p.size, 0);
-    phase(3, total, "writing");
+    phase(nRead + 2, total, "writing");
     fs.rmSync(tmp, { recursive: true, force: true });
-    saveCheckpoint(tmp, model, { generator: "attnres convert", converted_from: path.resolve(o.from) });
+    saveCheckpoint(
+      tmp,
+      model,
+      { generator: "attnres convert", converted_from: path.resolve(o.from) },
+      { dtypes, onTensor: (name, i) => phase(nRead + 3 + i, total, `writing ${name}`) },
+    );
     for (const f of TOKENIZER_FILES)
       if (fs.existsSync(path.join(o.from, f))) {
         fs.copyFileSync(path.join(o.from, f), path.join(tmp, f));
@@ -311,7 +451,7 @@ export function convertCheckpoint(o: ConvertOptions): ConvertResult {
   } finally {
     model.dispose();
   }
-  phase(4, total, "done");
+  phase(total, total, "done");
   result.written = true;
   return result;
 }

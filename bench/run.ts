@@ -8,9 +8,13 @@
  *                     fresh process; and the same step in PyTorch when `import torch` works
  *
  *   routing step      the reference step at 12 layers for every residual mode, ratios to standard
+ *   convert           only with --convert: bench/convert.ts (`npm run bench:convert`), time and
+ *                     peak RSS of `attnres convert` on a synthetic Qwen3-0.6B-shaped checkpoint; it
+ *                     writes ~2.5 GB of temporary files and takes minutes, so it is opt-in
  *
  * Options: --json, --steps N (timed steps per configuration, default 10), --quick (fewer reps),
- *          --no-torch (skip PyTorch), --no-routing (skip the routing step).
+ *          --no-torch (skip PyTorch), --no-routing (skip the routing step), --convert (add the
+ *          convert benchmark).
  */
 import { execFileSync, spawnSync } from "node:child_process";
 import * as os from "node:os";
@@ -29,6 +33,7 @@ const { values: args } = parseArgs({
     quick: { type: "boolean", default: false },
     "no-torch": { type: "boolean", default: false },
     "no-routing": { type: "boolean", default: false },
+    convert: { type: "boolean", default: false },
   },
 });
 const log = (s: string): void => {
@@ -259,6 +264,22 @@ function main(): void {
       );
   }
 
+  // ---- convert: opt-in (large temporary files); its own table, or its JSON object under "convert".
+  let convert: unknown = null;
+  if (args.convert) {
+    progress("convert: synthetic Qwen3-0.6B checkpoint (bench/convert.ts)");
+    log("");
+    const argv = ["--import", "tsx", path.join(here, "convert.ts"), ...(args.json ? ["--json"] : [])];
+    const r = spawnSync(process.execPath, argv, {
+      cwd: root,
+      encoding: "utf8",
+      maxBuffer: 1 << 24,
+      stdio: ["ignore", args.json ? "pipe" : "inherit", "inherit"],
+    });
+    if (r.status !== 0) throw new Error("bench/convert.ts failed (its error is above)");
+    if (args.json) convert = JSON.parse(r.stdout) as unknown;
+  }
+
   if (args.json)
     console.log(
       JSON.stringify(
@@ -277,6 +298,7 @@ function main(): void {
             ratio_rss: rssRatio,
           },
           routing_step: routing,
+          convert,
         },
         null,
         2,

@@ -9,19 +9,29 @@
  * I32/I64 become Int32Array (I64 must fit). Every offset and size is checked against the file
  * before any byte is read, so a truncated or hostile file gives an error, never garbage.
  * `readSafetensorsHeader` / `readCheckpointHeader` read only the header(s): names, dtypes, shapes.
+ * `openCheckpointWeights` reads the headers and gives tensors whose `data` is read from the file
+ * and decoded on each access (in bounded chunks), so that a caller copying them into a model never
+ * holds the whole checkpoint in memory (`attnres convert` on a 0.6B model: docs/benchmarks.md).
  * Writing: F32, F16, BF16, F64, I32; the header is padded to 8 bytes; files are written atomically
- * (temporary file + rename). Sharded checkpoints are read via model.safetensors.index.json.
+ * (temporary file + rename), tensor by tensor through a bounded buffer (`writeSafetensors`) or
+ * into one Buffer (`serializeSafetensors`), with the same bytes. Sharded checkpoints are read via
+ * model.safetensors.index.json.
  * F16 and BF16 are written from float32 values with round-to-nearest-even (values are first rounded
  * to float32); BF16 keeps NaN a NaN (quiet, same sign), F16 overflows to ±Inf and writes
  * subnormals exactly. `storedValue` is what reading the written value gives back.
  */
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 
 export type StDType = "F32" | "F16" | "BF16" | "F64" | "I32" | "I64";
 /** The float dtypes a checkpoint's weights can be written in. */
 export type FloatStDType = "F32" | "F16" | "BF16";
 const BYTES: Record<StDType, number> = { F32: 4, F16: 2, BF16: 2, F64: 8, I32: 4, I64: 8 };
+/** Typed-array views over file bytes are only the file's values on a little-endian host. */
+const LITTLE_ENDIAN = os.endianness() === "LE";
+/** Bytes per chunk when reading a tensor from a file or writing one to it (a multiple of 8). */
+const CHUNK_BYTES = 16 << 20;
 
 export interface StTensor {
   dtype: StDType;
@@ -207,16 +217,24 @@ export interface StTensorInfo {
   shape: number[];
 }
 
-/** Reads only the header of a safetensors file (the data is neither read nor checked). */
-export function readSafetensorsHeader(file: string): Map<string, StTensorInfo> {
-  let fd: number;
+function openForReading(file: string): number {
   try {
-    fd = fs.openSync(file, "r");
+    return fs.openSync(file, "r");
   } catch (e) {
     throw new Error(`cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, {
       cause: e,
     });
   }
+}
+
+/** Reads only the header of a safetensors file (the data is neither read nor checked). */
+export function readSafetensorsHeader(file: string): Map<string, StTensorInfo> {
+  return new Map(readHeaderOf(file).entries.map((e) => [e.name, { dtype: e.dtype, shape: e.shape }]));
+}
+
+/** The parsed and checked header of a safetensors file, read without its data section. */
+function readHeaderOf(file: string): Header {
+  const fd = openForReading(file);
   try {
     const size = fs.fstatSync(fd).size;
     const len = Buffer.alloc(8);
@@ -227,11 +245,18 @@ export function readSafetensorsHeader(file: string): Map<string, StTensorInfo> {
     const head = Buffer.alloc(8 + Number(n));
     len.copy(head);
     if (fs.readSync(fd, head, 8, Number(n), 8) !== Number(n)) fail(file, "the header could not be read");
-    const { entries } = parseHeader(head, size, file);
-    return new Map(entries.map((e) => [e.name, { dtype: e.dtype, shape: e.shape }]));
+    return parseHeader(head, size, file);
   } finally {
     fs.closeSync(fd);
   }
+}
+
+type Decoded = Float32Array | Float64Array | Int32Array;
+
+/** The array a tensor of `dtype` decodes into. */
+function decodedArray(dtype: StDType, count: number, opts: ReadOptions): Decoded {
+  if (dtype === "I32" || dtype === "I64") return new Int32Array(count);
+  return dtype === "F64" && opts.keepF64 ? new Float64Array(count) : new Float32Array(count);
 }
 
 function decode(
@@ -242,45 +267,91 @@ function decode(
   name: string,
   file: string,
   opts: ReadOptions,
-): Float32Array | Float64Array | Int32Array {
+): Decoded {
+  const out = decodedArray(dtype, count, opts);
+  decodeInto(buf, at, count, dtype, out, 0, name, file);
+  return out;
+}
+
+let f16Table: Float32Array | null = null;
+
+/**
+ * Decodes `count` values of `dtype` at byte `at` of `buf` into out[o…]. On a little-endian host
+ * with aligned data, F32/F16/BF16 go through typed-array views (the same values, faster).
+ */
+function decodeInto(
+  buf: Buffer,
+  at: number,
+  count: number,
+  dtype: StDType,
+  out: Decoded,
+  o: number,
+  name: string,
+  file: string,
+): void {
+  const view = LITTLE_ENDIAN && (buf.byteOffset + at) % BYTES[dtype] === 0;
   switch (dtype) {
-    case "F32": {
-      const out = new Float32Array(count);
-      for (let i = 0; i < count; i++) out[i] = buf.readFloatLE(at + 4 * i);
-      return out;
-    }
-    case "F64": {
-      const out = opts.keepF64 ? new Float64Array(count) : new Float32Array(count);
-      for (let i = 0; i < count; i++) out[i] = buf.readDoubleLE(at + 8 * i);
-      return out;
-    }
-    case "F16": {
-      const out = new Float32Array(count);
-      for (let i = 0; i < count; i++) out[i] = f16ToF32(buf.readUInt16LE(at + 2 * i));
-      return out;
-    }
+    case "F32":
+      if (view) out.set(new Float32Array(buf.buffer, buf.byteOffset + at, count), o);
+      else for (let i = 0; i < count; i++) out[o + i] = buf.readFloatLE(at + 4 * i);
+      return;
+    case "F64":
+      for (let i = 0; i < count; i++) out[o + i] = buf.readDoubleLE(at + 8 * i);
+      return;
+    case "F16":
+      if (view) {
+        if (!f16Table) {
+          f16Table = new Float32Array(65536);
+          for (let h = 0; h < 65536; h++) f16Table[h] = f16ToF32(h);
+        }
+        const t = f16Table;
+        const h = new Uint16Array(buf.buffer, buf.byteOffset + at, count);
+        for (let i = 0; i < count; i++) out[o + i] = t[h[i]!]!;
+      } else for (let i = 0; i < count; i++) out[o + i] = f16ToF32(buf.readUInt16LE(at + 2 * i));
+      return;
     case "BF16": {
-      const out = new Float32Array(count);
-      const u = new Uint32Array(out.buffer);
-      for (let i = 0; i < count; i++) u[i] = buf.readUInt16LE(at + 2 * i) << 16;
-      return out;
+      const u = new Uint32Array(out.buffer, out.byteOffset + 4 * o, count);
+      if (view) {
+        const h = new Uint16Array(buf.buffer, buf.byteOffset + at, count);
+        for (let i = 0; i < count; i++) u[i] = h[i]! << 16;
+      } else for (let i = 0; i < count; i++) u[i] = buf.readUInt16LE(at + 2 * i) << 16;
+      return;
     }
-    case "I32": {
-      const out = new Int32Array(count);
-      for (let i = 0; i < count; i++) out[i] = buf.readInt32LE(at + 4 * i);
-      return out;
-    }
-    case "I64": {
-      const out = new Int32Array(count);
+    case "I32":
+      for (let i = 0; i < count; i++) out[o + i] = buf.readInt32LE(at + 4 * i);
+      return;
+    case "I64":
       for (let i = 0; i < count; i++) {
         const v = buf.readBigInt64LE(at + 8 * i);
         if (v > 2147483647n || v < -2147483648n)
           fail(file, `tensor ${name}: I64 value ${v} does not fit in int32`);
-        out[i] = Number(v);
+        out[o + i] = Number(v);
       }
-      return out;
-    }
+      return;
   }
+}
+
+/**
+ * Reads and decodes one tensor from an open file, CHUNK_BYTES at a time (no copy of the whole
+ * tensor's bytes is held).
+ */
+function readTensor(fd: number, file: string, e: HeaderEntry, dataStart: number, opts: ReadOptions): Decoded {
+  const size = BYTES[e.dtype];
+  const count = (e.end - e.begin) / size;
+  const out = decodedArray(e.dtype, count, opts);
+  const chunk = Buffer.allocUnsafeSlow(Math.min(CHUNK_BYTES, e.end - e.begin));
+  const per = chunk.length / size;
+  for (let i = 0; i < count; i += per) {
+    const n = Math.min(per, count - i);
+    let got = 0;
+    while (got < n * size) {
+      const r = fs.readSync(fd, chunk, got, n * size - got, dataStart + e.begin + i * size + got);
+      if (r === 0) fail(file, `tensor ${e.name}: the file ended early (did it change while being read?)`);
+      got += r;
+    }
+    decodeInto(chunk, 0, n, e.dtype, out, i, e.name, file);
+  }
+  return out;
 }
 
 export function readSafetensors(file: string, opts: ReadOptions = {}): StFile {
@@ -313,12 +384,16 @@ function bitsOf(d: ArrayLike<number>): Uint32Array {
   return new Uint32Array(Float32Array.from(d).buffer);
 }
 
-/** Serialises tensors (in the given order) and string metadata to a safetensors buffer. */
-export function serializeSafetensors(
-  tensors: Iterable<[string, WriteTensor]>,
-  metadata: Record<string, string> = {},
-  opts: WriteOptions = {},
-): Buffer {
+interface Layout {
+  /** The 8-byte length and the padded JSON header. */
+  head: Buffer;
+  list: [string, WriteTensor, StDType][];
+  /** Bytes of the data section. */
+  dataBytes: number;
+}
+
+/** The header of a safetensors file holding `tensors` (in the given order) and `metadata`. */
+function layout(tensors: Iterable<[string, WriteTensor]>, metadata: Record<string, string>): Layout {
   const header: Record<string, unknown> = {};
   if (Object.keys(metadata).length) header.__metadata__ = metadata;
   const list: [string, WriteTensor, StDType][] = [];
@@ -338,21 +413,55 @@ export function serializeSafetensors(
   let json = JSON.stringify(header);
   while ((8 + Buffer.byteLength(json)) % 8 !== 0) json += " ";
   const hbytes = Buffer.from(json, "utf8");
-  const out = Buffer.alloc(8 + hbytes.length + offset);
-  out.writeBigUInt64LE(BigInt(hbytes.length), 0);
-  hbytes.copy(out, 8);
-  let at = 8 + hbytes.length;
+  const head = Buffer.alloc(8 + hbytes.length);
+  head.writeBigUInt64LE(BigInt(hbytes.length), 0);
+  hbytes.copy(head, 8);
+  return { head, list, dataBytes: offset };
+}
+
+/**
+ * Encodes values [from, to) of `d` as `dtype` into `out` from byte `at`. For F16/BF16, `bits` are
+ * d's float32 bits (`bitsOf`).
+ */
+function encodeRange(
+  out: Buffer,
+  at: number,
+  d: ArrayLike<number>,
+  bits: Uint32Array | null,
+  from: number,
+  to: number,
+  dtype: StDType,
+): void {
+  if (dtype === "F32") for (let i = from; i < to; i++, at += 4) out.writeFloatLE(d[i]!, at);
+  else if (dtype === "F64") for (let i = from; i < to; i++, at += 8) out.writeDoubleLE(d[i]!, at);
+  else if (dtype === "BF16") {
+    const b = bits!;
+    if (LITTLE_ENDIAN && (out.byteOffset + at) % 2 === 0) {
+      const h = new Uint16Array(out.buffer, out.byteOffset + at, to - from);
+      for (let i = from; i < to; i++) h[i - from] = bf16FromBits(b[i]!);
+    } else for (let i = from; i < to; i++, at += 2) out.writeUInt16LE(bf16FromBits(b[i]!), at);
+  } else if (dtype === "F16") {
+    const b = bits!;
+    for (let i = from; i < to; i++, at += 2) out.writeUInt16LE(f16FromBits(b[i]!), at);
+  } else for (let i = from; i < to; i++, at += 4) out.writeInt32LE(d[i]!, at);
+}
+
+const needsBits = (dtype: StDType): boolean => dtype === "BF16" || dtype === "F16";
+
+/** Serialises tensors (in the given order) and string metadata to a safetensors buffer. */
+export function serializeSafetensors(
+  tensors: Iterable<[string, WriteTensor]>,
+  metadata: Record<string, string> = {},
+  opts: WriteOptions = {},
+): Buffer {
+  const { head, list, dataBytes } = layout(tensors, metadata);
+  const out = Buffer.alloc(head.length + dataBytes);
+  head.copy(out, 0);
+  let at = head.length;
   for (const [index, [name, t, dtype]] of list.entries()) {
     const d = t.data;
-    if (dtype === "F32") for (let i = 0; i < d.length; i++, at += 4) out.writeFloatLE(d[i]!, at);
-    else if (dtype === "F64") for (let i = 0; i < d.length; i++, at += 8) out.writeDoubleLE(d[i]!, at);
-    else if (dtype === "BF16") {
-      const b = bitsOf(d);
-      for (let i = 0; i < b.length; i++, at += 2) out.writeUInt16LE(bf16FromBits(b[i]!), at);
-    } else if (dtype === "F16") {
-      const b = bitsOf(d);
-      for (let i = 0; i < b.length; i++, at += 2) out.writeUInt16LE(f16FromBits(b[i]!), at);
-    } else for (let i = 0; i < d.length; i++, at += 4) out.writeInt32LE(d[i]!, at);
+    encodeRange(out, at, d, needsBits(dtype) ? bitsOf(d) : null, 0, d.length, dtype);
+    at += d.length * BYTES[dtype];
     opts.onTensor?.(name, index, list.length);
   }
   return out;
@@ -370,13 +479,47 @@ export function writeFileAtomic(file: string, data: Buffer | string): void {
   }
 }
 
+/**
+ * Writes tensors (in the given order) and string metadata as a safetensors file, atomically (a
+ * temporary file in the same folder, then rename). The bytes are `serializeSafetensors`'s, but
+ * they go to the file tensor by tensor through a CHUNK_BYTES buffer, so the file is never held in
+ * memory whole.
+ */
 export function writeSafetensors(
   file: string,
   tensors: Iterable<[string, WriteTensor]>,
   metadata: Record<string, string> = {},
   opts: WriteOptions = {},
 ): void {
-  writeFileAtomic(file, serializeSafetensors(tensors, metadata, opts));
+  const { head, list } = layout(tensors, metadata);
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
+  try {
+    const fd = fs.openSync(tmp, "w");
+    try {
+      const write = (buf: Buffer, n: number): void => {
+        for (let done = 0; done < n;) done += fs.writeSync(fd, buf, done, n - done);
+      };
+      write(head, head.length);
+      const chunk = Buffer.allocUnsafeSlow(CHUNK_BYTES);
+      for (const [index, [name, t, dtype]] of list.entries()) {
+        const d = t.data;
+        const bits = needsBits(dtype) ? bitsOf(d) : null;
+        const per = CHUNK_BYTES / BYTES[dtype];
+        for (let i = 0; i < d.length; i += per) {
+          const j = Math.min(d.length, i + per);
+          encodeRange(chunk, 0, d, bits, i, j, dtype);
+          write(chunk, (j - i) * BYTES[dtype]);
+        }
+        opts.onTensor?.(name, index, list.length);
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw e;
+  }
 }
 
 /** The shard index of a checkpoint folder without model.safetensors: file and weight_map. */
@@ -416,6 +559,40 @@ export function readCheckpointWeights(dir: string, opts: ReadOptions = {}): StFi
     if (!tensors.has(name))
       throw new Error(`${index} lists ${name} in ${shard}, but that shard does not contain it`);
   return { tensors, metadata };
+}
+
+/**
+ * A checkpoint folder's tensors as `readCheckpointWeights` gives them, except that only the
+ * headers are read now: each tensor's `data` is read from its file and decoded anew on EVERY
+ * access (CHUNK_BYTES at a time), and nothing is kept. Read `data` once per use; holding the map
+ * costs no memory. The files must not change while the map is in use. `opts.onTensor` is not called.
+ */
+export function openCheckpointWeights(dir: string, opts: ReadOptions = {}): Map<string, StTensor> {
+  const single = path.join(dir, "model.safetensors");
+  const index = fs.existsSync(single) ? null : shardIndex(dir);
+  const files = index ? [...new Set(Object.values(index.map))].map((f) => path.join(dir, f)) : [single];
+  const out = new Map<string, StTensor>();
+  for (const file of files) {
+    const { entries, dataStart } = readHeaderOf(file);
+    for (const e of entries)
+      out.set(e.name, {
+        dtype: e.dtype,
+        shape: e.shape,
+        get data(): Decoded {
+          const fd = openForReading(file);
+          try {
+            return readTensor(fd, file, e, dataStart, opts);
+          } finally {
+            fs.closeSync(fd);
+          }
+        },
+      });
+  }
+  if (index)
+    for (const [name, shard] of Object.entries(index.map))
+      if (!out.has(name))
+        throw new Error(`${index.index} lists ${name} in ${shard}, but that shard does not contain it`);
+  return out;
 }
 
 /**

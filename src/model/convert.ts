@@ -28,6 +28,13 @@
  * `convertCheckpoint` writes atomically (a temporary folder renamed into place) and only when the
  * check passes, unless forced. Progress (`onPhase`) advances per tensor read, per tensor written,
  * and once each for the check, the build and saving the files.
+ * Memory: `convertCheckpoint` never holds the source's weights decoded. It reads each tensor once
+ * up front (progress, and errors before anything is built), then every model it builds (the
+ * check's, one at a time, and the one it writes) reads its backbone tensor by tensor from the
+ * files (`openCheckpointWeights`), and the output is written tensor by tensor. The peak is about
+ * one float32 model (4 bytes per parameter) plus the largest tensor; docs/benchmarks.md has the
+ * numbers for Qwen3-0.6B. Only a forced --dtype that rounds backbone values holds the rounded
+ * tensors (float32) in memory, during the check and while the written model is built.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -37,8 +44,7 @@ import type { Tokenizer } from "../data/tokenizer.js";
 import { checkpointTokenizer, dominantDtype, readConfig, saveCheckpoint } from "../io/checkpoint.js";
 import {
   type FloatStDType,
-  readCheckpointHeader,
-  readCheckpointWeights,
+  openCheckpointWeights,
   type StDType,
   storedValue,
   type StTensor,
@@ -384,20 +390,23 @@ export function convertCheckpoint(o: ConvertOptions): ConvertResult {
   const config = readConfig(o.from);
   const routed = convertedConfig(config, o);
   const tokenizer = checkpointTokenizer(o.from, config, { optional: true });
-  const header = readCheckpointHeader(o.from);
-  const dtypes = storageDtypes(routed, header, storage);
-  const nRead = header.size;
+  const source = openCheckpointWeights(o.from); // headers only: see the file comment
+  const dtypes = storageDtypes(routed, source, storage);
+  const nRead = source.size;
   const total = nRead + 2 + dtypes.size + 1; // read, check, build, encode each tensor, save the files
   phase(0, total, "reading the checkpoint");
+  // Tensors are read from the files each time a model is built (see the file comment); reading
+  // each one once here reports progress and surfaces any decoding error before anything is built.
   let read = 0;
-  const weights = readCheckpointWeights(o.from, {
-    onTensor: (name) => phase(Math.min(++read, nRead), total, `reading ${name}`),
-  });
+  for (const [name, t] of source) {
+    void t.data;
+    phase(Math.min(++read, nRead), total, `reading ${name}`);
+  }
   phase(nRead, total, "checking the logits");
   const backend = o.backend ?? defaultBackend();
   const dtype = o.dtype ?? "float32";
   const ids = sampleIds(config.vocab_size, tokenizer);
-  const verification = verifyConversion(config, weights.tensors, o, ids, {
+  const verification = verifyConversion(config, source, o, ids, {
     backend,
     dtype,
     source: o.from,
@@ -419,10 +428,11 @@ export function convertCheckpoint(o: ConvertOptions): ConvertResult {
   };
   if (!verification.ok && !o.force) return result;
   phase(nRead + 1, total, "building the converted model");
-  // The source's values are not needed any more: round them to what the file will hold, so that
-  // the model holds exactly the stored values (writing is then lossless).
-  const stored = storedWeights(weights.tensors, dtypes, { inPlace: true });
+  // Round the backbone to what the file will hold (in place: each access decodes a fresh copy), so
+  // that the model holds exactly the stored values (writing is then lossless).
+  const stored = storedWeights(source, dtypes, { inPlace: true });
   const model = modelWithBackbone(routed, stored.tensors, { backend, dtype, source: o.from });
+  stored.tensors.clear(); // rounded copies (forced --dtype only) are in the model now
   const tmp = `${o.to.replace(/[/\\]+$/, "")}.tmp-${process.pid}`;
   try {
     result.addedParameters = model

@@ -273,6 +273,27 @@ describe("HF-layout round trip", () => {
     });
 });
 
+test("randomInit false: nothing drawn, constants set, the same parameters (for models loaded right after)", () => {
+  for (const extra of modes) {
+    const a = new DecoderLM({ ...small, ...extra }, { backend: ref, dtype: "float32", seed: 1 });
+    const b = new DecoderLM({ ...small, ...extra }, { backend: ref, dtype: "float32", randomInit: false });
+    const pa = a.namedParameters();
+    const pb = b.namedParameters();
+    assert.deepEqual(
+      pb.map(([n, p]) => [n, p.shape]),
+      pa.map(([n, p]) => [n, p.shape]),
+    );
+    for (const [i, [n, p]] of pb.entries()) {
+      const va = pa[i]![1].toArray();
+      const random = va.some((x) => x !== va[0]); // constant inits fill every element alike
+      const want = random ? Array<number>(p.size).fill(0) : va;
+      assert.deepEqual(p.toArray(), want, `${JSON.stringify(extra)} ${n}`);
+    }
+    a.dispose();
+    b.dispose();
+  }
+});
+
 describe("checkpoints written by the PyTorch reference (authors' layout)", () => {
   for (const name of ["ckpt-delta-null-gate", "ckpt-delta-block", "ckpt-attnres-full"])
     test(name, () => {

@@ -384,6 +384,19 @@ describe("attnres CLI", () => {
       run(["convert", "--from", "conv-base/checkpoint", "--to", "conv-db", "--mode", "delta"]),
       /conv-db/,
     );
+    const quiet = run([
+      "convert",
+      "--from",
+      "conv-base/checkpoint",
+      "--to",
+      "conv-q",
+      "--mode",
+      "delta",
+      "-q",
+    ]);
+    assert.equal(quiet.code, 0, quiet.stderr);
+    assert.equal(quiet.stdout + quiet.stderr, "", "--quiet prints nothing");
+    assert.ok(fs.existsSync(path.join(work, "conv-q", "model.safetensors")));
     const ft = run([
       "finetune",
       "--from",

@@ -125,6 +125,7 @@ export function registerConvert(program: Command): void {
       storageDtypeArg,
     )
     .option("--force", "write even if the logits check fails")
+    .option("-q, --quiet", "no progress bar or summary (errors still print)")
     .addHelpText(
       "after",
       `

@@ -111,7 +111,7 @@ export interface LoadCheckpointOptions {
 export function loadCheckpoint(dir: string, opts: LoadCheckpointOptions = {}): DecoderLM {
   const config = readConfig(dir);
   const weights = readCheckpointWeights(dir, { keepF64: opts.dtype === "float64" });
-  const model = new DecoderLM(config, opts);
+  const model = new DecoderLM(config, { ...opts, randomInit: false }); // every weight is loaded below
   try {
     // HF sometimes stores lm_head.weight beside tied embeddings; the tied model ignores it.
     loadWeights(model, weights.tensors, {

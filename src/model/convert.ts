@@ -210,7 +210,8 @@ export function modelWithBackbone(
   tensors: ReadonlyMap<string, { shape: readonly number[]; data: ArrayLike<number> }>,
   opts: { backend?: Backend; dtype?: DType; source?: string } = {},
 ): DecoderLM {
-  const model = new DecoderLM(config, { backend: opts.backend, dtype: opts.dtype });
+  // Every weight is loaded below (the backbone from the source, routing at its constant init).
+  const model = new DecoderLM(config, { backend: opts.backend, dtype: opts.dtype, randomInit: false });
   try {
     const all = new Map(tensors);
     for (const [name, w] of exportWeights(model))

@@ -38,6 +38,8 @@ export interface ModelOptions {
   seed?: number;
   /** Shape-only parameters (no memory): the model can be inspected and counted, not run. */
   meta?: boolean;
+  /** false: skip the random initial values (zero-filled) because every weight is loaded next. */
+  randomInit?: boolean;
 }
 
 export class DecoderLayer extends Module {
@@ -154,6 +156,7 @@ export class DecoderLM extends Module {
       dtype: opts.dtype ?? defaultDType(backend),
       rng: new Rng(opts.seed ?? 0),
       meta: opts.meta ?? false,
+      random: opts.randomInit ?? true,
     };
     this.model = this.child("model", new DecoderBody(c, ctx));
     this.lm_head = c.tie_word_embeddings

@@ -13,6 +13,12 @@ export interface InitContext {
   rng: Rng;
   /** Create shape-only parameters (no memory): for counting and checking shapes. */
   meta?: boolean;
+  /**
+   * false: do not draw "normal" initial values (they are zero-filled; constants are still set).
+   * For models whose every weight is loaded right after: drawing 600M normals costs far more than
+   * reading them, and loadWeights rejects a missing tensor, so no zero survives.
+   */
+  random?: boolean;
 }
 
 export type Init = { kind: "normal"; std: number } | { kind: "const"; value: number };
@@ -28,8 +34,9 @@ export abstract class Module {
       : empty(shape, { backend: ctx.backend, dtype: ctx.dtype }).keep();
     if (!ctx.meta) {
       const d = t.data;
-      if (init.kind === "normal") for (let i = 0; i < t.size; i++) d[i] = ctx.rng.normal() * init.std;
-      else d.fill(init.value, 0, t.size);
+      if (init.kind === "const") d.fill(init.value, 0, t.size);
+      else if (ctx.random === false) d.fill(0, 0, t.size);
+      else for (let i = 0; i < t.size; i++) d[i] = ctx.rng.normal() * init.std;
     }
     t.requiresGrad = true;
     t.name = name;

@@ -218,7 +218,7 @@ if (!main) {
     ...(main.complete ? [] : ["**Incomplete** — the tables cover the finished runs only.", ""]),
     ...lossTable(main),
     "",
-    'Mean ± sample standard deviation over seeds. "vs standard" is the change in mean perplexity; tokens/s is the mean training throughput on this machine; peak tensor MB is the largest live tensor memory of a run.',
+    'Mean ± sample standard deviation over seeds. "vs standard" is the change in mean perplexity; tokens/s is the mean training throughput of the runs on this machine, which other work sometimes shared, so it is indicative only (controlled speed ratios per mode: docs/benchmarks.md); peak tensor MB is the largest live tensor memory of a run.',
     "",
     ...divergedLines(main),
   );

@@ -11,6 +11,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
+import * as prettier from "prettier";
 import { analyzeModel, type AnalysisReport, type CallStats } from "../src/analysis/routing.js";
 import { writeAnalysis } from "../src/analysis/report.js";
 import { nativeBackend } from "../src/backend/index.js";
@@ -421,7 +422,7 @@ else {
     "| layers | mode | mean max α: attention | MLP | deepest third (uniform 1/N) | flat from (attention; MLP) |",
     "| --- | --- | --- | --- | --- | --- |",
   ];
-  const deepBy: { layers: number; full: number; delta: number }[] = [];
+  const deepBy: { layers: number; full: number; delta: number; uniform: number }[] = [];
   const figs: string[] = [];
   for (const [p, c] of depthParts) {
     const rows = await routingOf(c);
@@ -435,6 +436,7 @@ else {
       layers: Number(p.slice(6)),
       full: rows.get("attnres-full")?.[0]?.deep ?? NaN,
       delta: rows.get("delta")?.[0]?.deep ?? NaN,
+      uniform: rows.get("attnres-full")?.[0]?.deepUniform ?? NaN,
     });
     const fig = copyFigure(path.join(runsDir, p, "routing-max-weight-by-depth.png"), `${p}-routing.png`);
     if (fig) figs.push(`![mean max α by sublayer, ${p}](${fig})`, "");
@@ -457,7 +459,7 @@ else {
         : "does not change monotonically with depth";
     verdicts.push(
       `| The gap (Delta over standard) grows with depth | depth sweep | delta − standard: ${gaps.map((g) => `${g.layers}L ${f4(g.delta)}`).join(", ")}; the advantage ${trend} | **one seed: a trend, not a test** (${trend}) |`,
-      `| AttnRes routing collapse grows with depth while Delta stays sharp | depth sweep | deepest-third max α, delta − attnres-full: ${deepBy.map((d) => `${d.layers}L ${f3(d.delta - d.full)}`).join(", ")}; the difference ${rTrend} | **one seed: a trend, not a test** (${rTrend}) |`,
+      `| AttnRes routing collapse grows with depth while Delta stays sharp | depth sweep | deepest-third max α (× uniform) at ${deepBy.map((d) => `${d.layers}L: attnres-full ${f3(d.full)} (${(d.full / d.uniform).toFixed(1)}×), delta ${f3(d.delta)} (${(d.delta / d.uniform).toFixed(1)}×)`).join("; ")}; delta − attnres-full ${rTrend} | **one seed: a trend, not a test** (${rTrend}) |`,
     );
   }
 }
@@ -532,5 +534,7 @@ const lines = [
   `The papers' results come from ${PAPER.scale}, where Delta AttnRes improves perplexity by ${PAPER.pplGain}. This study trains ${standardParams ? `${(standardParams / 1e6).toFixed(2)}M-parameter` : "small"} models on ${Number.isFinite(mainTokens) ? `${(mainTokens / 1e6).toFixed(2)}M` : "a few million"} tokens per run, three seeds per mode: an effect of a few percent in perplexity is comparable with the seed-to-seed spread here (see the standard deviations above), so only large effects can reach significance. Several effects here are far larger than the papers' (see "vs standard" above): after ${Number.isFinite(mainTokens) ? `${(mainTokens / 1e6).toFixed(2)}M` : "a few million"} tokens the models are far from converged, so the study measures how fast each mode learns early in training, not where it ends up, and the ordering may change with longer training. A proper test of the loss claims needs models of at least ~100M parameters trained on ~1–2B tokens, several seeds per mode — GPU-weeks, not a laptop. The routing claims are cheaper: they are about depth (24+ layers, long enough training for routing to specialise) more than width, and the depth sweep above is where this study probes them.`,
   "",
 ];
-fs.writeFileSync(outFile, lines.join("\n"));
+// The page is formatted like the rest of the tree (the format check covers docs/).
+const style = (await prettier.resolveConfig(path.resolve("docs", "results.md"))) ?? {};
+fs.writeFileSync(outFile, await prettier.format(lines.join("\n"), { ...style, parser: "markdown" }));
 process.stdout.write(`wrote ${outFile} and ${fs.readdirSync(figDir).length} figures in ${figDir}\n`);

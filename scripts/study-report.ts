@@ -210,20 +210,24 @@ const depthParts = ["depth-6", "depth-12", "depth-24"]
   .map((p) => [p, readCompare(p)] as const)
   .filter((x): x is readonly [string, CompareResult] => x[1] !== null);
 const sh = readCompare("shakespeare");
+const mainSpec = main?.runs[0] ? specOf(main.runs[0].dir) : null;
+/** Tokens each main-study run trained on. */
+const mainTokens = mainSpec
+  ? mainSpec.train.steps * mainSpec.train.batch_size * mainSpec.train.seq_len * mainSpec.train.grad_accum
+  : NaN;
 
 const verdicts: string[] = [];
 const body: string[] = [];
 const say = (...l: string[]) => body.push(...l);
 
-if (!main) {
+if (!main || !mainSpec) {
   say("## Main study", "", "Not run yet (`npm run study -- main`).", "");
 } else {
-  const spec = specOf(main.runs[0]?.dir ?? "");
-  const tokens = spec.train.steps * spec.train.batch_size * spec.train.seq_len * spec.train.grad_accum;
+  const spec = mainSpec;
   say(
     `## Main study: SOTU, byte-level BPE ${spec.model.vocab_size ?? "?"}, ${spec.model.num_hidden_layers} layers, d ${spec.model.hidden_size}`,
     "",
-    `Settings: configs/study/main.json — ${spec.train.steps} steps of ${spec.train.batch_size} × ${spec.train.seq_len} tokens (${tokens.toLocaleString("en-US")} tokens per run), the same for every mode and seed. Results: ${path.join(runsDir, "main", "results.json")}.`,
+    `Settings: configs/study/main.json — ${spec.train.steps} steps of ${spec.train.batch_size} × ${spec.train.seq_len} tokens (${mainTokens.toLocaleString("en-US")} tokens per run), the same for every mode and seed. Results: ${path.join(runsDir, "main", "results.json")}.`,
     "",
     ...(main.complete ? [] : ["**Incomplete** — the tables cover the finished runs only.", ""]),
     ...lossTable(main),
@@ -495,10 +499,6 @@ else {
 
 const info = nativeBackend() ? nativeInfo() : null;
 const standardParams = main ? summaryOf(main, "standard")?.params : undefined;
-const mainSpec = main?.runs[0] ? specOf(main.runs[0].dir) : null;
-const mainTokens = mainSpec
-  ? mainSpec.train.steps * mainSpec.train.batch_size * mainSpec.train.seq_len * mainSpec.train.grad_accum
-  : NaN;
 const lines = [
   "# Do the papers' claims hold at laptop scale?",
   "",

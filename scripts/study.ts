@@ -1,72 +1,203 @@
 /**
- * `npm run study` — the laptop-scale study of the papers' claims (configs/study/*.json): the main
- * comparison (7 modes × 3 seeds), the depth sweep (6/12/24 layers) and the tinyshakespeare
- * robustness check, each an `attnres compare` into runs/study/<name>/. Every run is resumable and
- * a finished run is never redone, so the study can be stopped (Ctrl-C) and started again at will.
- *   npm run study                 # everything, in order
- *   npm run study -- main         # only the named parts
+ * `npm run study` — the laptop-scale study (configs/study/*.json, one preset per part): trains
+ * every planned run of the named parts (mode × seed, seed-major) into runs/study/<part>/<run>/
+ * and, as each run finishes, exports its small outputs (run.json, metrics.jsonl, result.json with
+ * the final validation numbers, analysis.json with the routing analysis of its checkpoint) into
+ * the tracked folder study/results/<part>/<run>/, which `npm run study:report` reads
+ * (scripts/study-lib.ts describes the layout). A run whose results are already in study/results is
+ * never trained again (so a clone continues the study on another machine); a partial run resumes
+ * from its checkpoint; Ctrl-C checkpoints and stops (exit status 130).
+ *
+ *   npm run study                                  # every part, in the default order
+ *   npm run study -- budget-4x states              # these parts, in this order
+ *   npm run study -- budget-4x --modes attnres-full,delta --seeds 0
+ *   npm run study -- --export                      # only export finished runs, train nothing
+ *   npm run study -- --list                        # the plan: done / to do per part
+ * Options: --runs <dir> (runs/study), --results <dir> (study/results), --presets <dir>
+ * (configs/study), --commit (git-commit each run's results folder as it is exported).
  */
+import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { compareCommand } from "../src/cli/compare.js";
+import { parseArgs } from "node:util";
+import { interruptSignal, progress } from "../src/cli/common.js";
+import { MODE_NAMES } from "../src/model/config.js";
+import { runTraining } from "../src/train/run.js";
+import { TrainingDiverged } from "../src/train/trainer.js";
+import { writeFileAtomic } from "../src/io/safetensors.js";
+import {
+  availableParts,
+  checkCommitted,
+  DEFAULT_DIRS,
+  exportRun,
+  isDone,
+  planOf,
+  resultDir,
+  reuseIdentical,
+  runDir,
+  specOfRun,
+  type PlannedRun,
+  type StudyDirs,
+} from "./study-lib.js";
 
-const PARTS = ["main", "depth-6", "depth-12", "depth-24", "shakespeare"];
-const wanted = process.argv.slice(2);
-const unknown = wanted.filter((w) => !PARTS.includes(w));
-if (unknown.length) {
-  process.stderr.write(`npm run study: unknown part "${unknown[0]}" (parts: ${PARTS.join(", ")})\n`);
+function fail(msg: string): never {
+  process.stderr.write(`npm run study: ${msg}\n`);
   process.exit(2);
 }
 
-/** A study preset without its description and mode/seed plan: what determines its runs. */
-function presetCore(part: string): string {
-  const j = JSON.parse(fs.readFileSync(path.join("configs", "study", `${part}.json`), "utf8")) as Record<
-    string,
-    unknown
-  >;
-  delete j.description;
-  delete j.compare;
-  return JSON.stringify(j);
+let args: ReturnType<typeof parse>;
+function parse() {
+  return parseArgs({
+    allowPositionals: true,
+    options: {
+      modes: { type: "string" },
+      seeds: { type: "string" },
+      export: { type: "boolean", default: false },
+      list: { type: "boolean", default: false },
+      commit: { type: "boolean", default: false },
+      quiet: { type: "boolean", default: false },
+      runs: { type: "string", default: DEFAULT_DIRS.runs },
+      results: { type: "string", default: DEFAULT_DIRS.results },
+      presets: { type: "string", default: DEFAULT_DIRS.presets },
+    },
+  });
+}
+try {
+  args = parse();
+} catch (e) {
+  fail((e as Error).message);
+}
+const o = args.values;
+const dirs: StudyDirs = { presets: o.presets!, runs: o.runs!, results: o.results! };
+const all = availableParts(dirs);
+if (all.length === 0) fail(`no study presets in ${dirs.presets}`);
+const parts = args.positionals.length ? args.positionals : all;
+const unknown = parts.find((p) => !all.includes(p));
+if (unknown) fail(`unknown part "${unknown}" (parts: ${all.join(", ")})`);
+const list = (v: string | undefined) =>
+  v
+    ?.split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
+const modes = list(o.modes);
+const badMode = modes?.find((m) => !(m in MODE_NAMES));
+if (badMode) fail(`unknown mode "${badMode}" in --modes (${Object.keys(MODE_NAMES).join(", ")})`);
+const seeds = list(o.seeds)?.map((s) => {
+  const n = Number(s);
+  if (!Number.isInteger(n) || n < 0) fail(`--seeds: "${s}" is not a non-negative integer`);
+  return n;
+});
+const say = (s: string) => {
+  if (!o.quiet) process.stdout.write(s + "\n");
+};
+
+function commit(r: PlannedRun): void {
+  if (!o.commit) return;
+  const dir = resultDir(dirs, r);
+  try {
+    execFileSync("git", ["add", "--", dir], { stdio: "pipe" });
+    execFileSync("git", ["commit", "-q", "-m", `study results: ${r.part}/${r.run}`, "--", dir], {
+      stdio: "pipe",
+    });
+    say(`committed ${dir}`);
+  } catch (e) {
+    say(`could not commit ${dir} (${(e as Error).message.split("\n")[0]}); commit it by hand`);
+  }
 }
 
-function plannedRuns(part: string): string[] {
-  const { compare } = JSON.parse(fs.readFileSync(path.join("configs", "study", `${part}.json`), "utf8")) as {
-    compare: { modes: string[]; seeds: number[] };
-  };
-  return compare.modes.flatMap((m) => compare.seeds.map((s) => `${m}-s${s}`));
+let plans: PlannedRun[][];
+try {
+  plans = parts.map((p) => planOf(dirs, p, { modes, seeds }));
+} catch (e) {
+  fail((e as Error).message);
 }
 
-/**
- * Links the runs of `part` that a part with the same data, model and settings has already
- * finished (the 12-layer depth point equals the main study's seed-0 runs) instead of training
- * them again.
- */
-function reuseIdentical(part: string): void {
-  for (const other of PARTS) {
-    if (other === part || presetCore(other) !== presetCore(part)) continue;
-    for (const run of plannedRuns(part)) {
-      const src = path.join("runs", "study", other, run);
-      const dst = path.join("runs", "study", part, run);
-      const state = path.join(src, "checkpoint", "trainer_state.json");
-      if (fs.existsSync(dst) || !fs.existsSync(state)) continue;
-      if (!(JSON.parse(fs.readFileSync(state, "utf8")) as { done: boolean }).done) continue;
-      fs.mkdirSync(path.dirname(dst), { recursive: true });
-      fs.symlinkSync(path.relative(path.dirname(dst), src), dst);
-      process.stdout.write(`reusing ${src} for ${dst} (identical run)\n`);
+if (o.list) {
+  for (const plan of plans) {
+    const done = plan.filter((r) => isDone(dirs, r));
+    const todo = plan.filter((r) => !isDone(dirs, r));
+    process.stdout.write(
+      `${plan[0]?.part ?? "(none)"}: ${done.length} of ${plan.length} done${todo.length ? `; to do: ${todo.map((r) => r.run).join(", ")}` : ""}\n`,
+    );
+  }
+  process.exit(0);
+}
+
+const { signal, dispose } = interruptSignal();
+const t0 = Date.now();
+let stopped = false;
+try {
+  for (const plan of plans) {
+    if (stopped || plan.length === 0) continue;
+    const part = plan[0]!.part;
+    say(`\n=== study part ${part} (${((Date.now() - t0) / 60000).toFixed(1)} min so far) ===`);
+    for (const r of plan) {
+      if (signal.aborted) {
+        stopped = true;
+        break;
+      }
+      const spec = await specOfRun(dirs, r);
+      checkCommitted(dirs, r, spec);
+      if (isDone(dirs, r)) {
+        say(`${part}/${r.run}: results committed; skipped`);
+        continue;
+      }
+      // A run that training already finished (e.g. by `attnres compare`) only needs its export.
+      if (exportRun(dirs, r, spec)) {
+        say(`${part}/${r.run}: finished run exported to ${resultDir(dirs, r)}`);
+        commit(r);
+        continue;
+      }
+      const from = reuseIdentical(dirs, r, spec);
+      if (from) {
+        say(`${part}/${r.run}: identical to ${from}; its results copied`);
+        commit(r);
+        continue;
+      }
+      if (o.export) continue;
+      const dir = runDir(dirs, r);
+      const metrics = path.join(dir, "metrics.jsonl");
+      if (fs.existsSync(metrics) && Date.now() - fs.statSync(metrics).mtimeMs < 120_000) {
+        say(
+          `${part}/${r.run}: ${dir} was written less than 2 minutes ago (training in another process?); skipped`,
+        );
+        continue;
+      }
+      say(`${part}/${r.run}: training in ${dir}`);
+      const bar = progress("step", o.quiet);
+      try {
+        const res = await runTraining(spec, dir, {
+          resume: true,
+          signal,
+          log: (l) => bar.log(l),
+          onStep: (step, total, loss, tps) =>
+            bar.update(step, total, { loss: loss.toFixed(3), "tok/s": tps.toFixed(0) }),
+        });
+        bar.stop();
+        if (!res.done) {
+          stopped = true;
+          break;
+        }
+      } catch (e) {
+        bar.stop();
+        if (!(e instanceof TrainingDiverged)) throw e;
+        writeFileAtomic(
+          path.join(dir, "diverged.json"),
+          JSON.stringify({ step: e.step, loss: String(e.loss) }, null, 2) + "\n",
+        );
+        say(`${part}/${r.run} diverged at step ${e.step}; reported, not retried`);
+      }
+      exportRun(dirs, r, spec);
+      say(`${part}/${r.run}: done; results in ${resultDir(dirs, r)}`);
+      commit(r);
     }
   }
+} catch (e) {
+  fail((e as Error).message);
+} finally {
+  dispose();
 }
-
-const t0 = Date.now();
-for (const part of wanted.length ? wanted : PARTS) {
-  process.stdout.write(
-    `\n=== study part ${part} (${((Date.now() - t0) / 60000).toFixed(1)} min so far) ===\n`,
-  );
-  reuseIdentical(part);
-  const r = await compareCommand({ preset: `study/${part}`, out: path.join("runs", "study", part) });
-  if (!r.complete) {
-    process.stdout.write("study interrupted; run `npm run study` again to continue\n");
-    process.exitCode = 130;
-    break;
-  }
-}
+if (stopped) {
+  say("study interrupted; run the same command again to continue (finished runs are kept)");
+  process.exitCode = 130;
+} else if (!o.export) say(`\nstudy: every requested run is done; results in ${dirs.results}`);

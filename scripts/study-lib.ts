@@ -22,8 +22,11 @@
  * study's seed 0) is copied from it, with `reusedFrom` naming the source, and not trained again.
  */
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import { analyzeModel, type AnalysisReport } from "../src/analysis/routing.js";
+import { nativeBackend } from "../src/backend/index.js";
+import { nativeInfo } from "../src/backend/native/index.js";
 import { modeKeys } from "../src/cli/common.js";
 import { PresetSchema, type Preset } from "../src/cli/preset.js";
 import { specFrom } from "../src/cli/train.js";
@@ -88,8 +91,16 @@ export interface RunRecord {
   tokensPerSecond: number;
   peakTensorMB: number;
   seconds: number;
+  /** Where it was exported (the machine that trained it): CPU, cores, memory, Node, native build. */
+  machine: string;
   /** "<part>/<run>" when this run's results were copied from an identical run of another part. */
   reusedFrom?: string;
+}
+
+/** One line describing this machine and the native backend. */
+export function machineLine(): string {
+  const info = nativeBackend() ? nativeInfo() : null;
+  return `${os.cpus()[0]?.model ?? "?"}, ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; Node ${process.version}; native backend ${info ? `(${info.blas}, ${info.simd}, ${info.threads} threads)` : "unavailable"}`;
 }
 
 const readJson = <T>(f: string): T => JSON.parse(fs.readFileSync(f, "utf8")) as T;
@@ -222,6 +233,7 @@ function recordOf(r: PlannedRun, spec: RunSpec, res: RunResult): RunRecord {
     tokensPerSecond: res.tokensPerSecond,
     peakTensorMB: res.peakTensorMB,
     seconds: res.seconds,
+    machine: machineLine(),
   };
 }
 

@@ -1,35 +1,42 @@
 /**
- * `npm run study:report` — writes docs/results.md (and docs/results/*.png) from the files that
- * `npm run study` wrote under runs/study/. Every number in the page comes from those files: the
- * compare results (results.json), the run folders (run.json, metrics, checkpoints) and the routing
- * analysis of every routed run (computed here on validation batches and cached next to each
- * checkpoint as analysis/report.json). The papers' figures quoted for comparison are those of
- * the specification (METHODS.md). Verdicts follow the fixed rules stated on the page.
- *   npm run study:report [-- --runs runs/study --out docs/results.md]
+ * `npm run study:report` — writes docs/results.md (and docs/results/*.png) from the committed
+ * study results alone (study/results/<part>/<run>/: run.json, metrics.jsonl, result.json,
+ * analysis.json — written by `npm run study`, layout in scripts/study-lib.ts) and the part presets
+ * (configs/study/*.json, for what is planned). No checkpoint, dataset or runs/ folder is read, so a
+ * fresh clone regenerates the page. Every number in the page comes from those files; figures are
+ * drawn from them here. The papers' figures quoted for comparison are those of the methods'
+ * specification. Verdicts follow the fixed rules stated on the page; a part whose runs have not
+ * all finished says how many are done instead of a verdict.
+ *   npm run study:report [-- --results study/results --presets configs/study --out docs/results.md]
  */
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
 import * as prettier from "prettier";
-import { analyzeModel, type AnalysisReport, type CallStats } from "../src/analysis/routing.js";
+import type { AnalysisReport, CallStats } from "../src/analysis/routing.js";
 import { writeAnalysis } from "../src/analysis/report.js";
-import { nativeBackend } from "../src/backend/index.js";
-import { nativeInfo } from "../src/backend/native/index.js";
-import { evalBatches } from "../src/data/batches.js";
-import { loadPrepared } from "../src/data/prepared.js";
-import { loadCheckpoint } from "../src/io/checkpoint.js";
+import { lineChart } from "../src/plot/index.js";
 import type { CompareResult } from "../src/train/compare.js";
 import type { RunSpec } from "../src/train/run.js";
 import { mean, std, verdictLower, type Verdict, type WelchResult } from "../src/train/statistics.js";
+import { DEFAULT_DIRS, readAnalysis, readPart, type PartResults, type StudyDirs } from "./study-lib.js";
 
-const { values: a } = parseArgs({
-  options: {
-    runs: { type: "string", default: "runs/study" },
-    out: { type: "string", default: "docs/results.md" },
-  },
-});
-const runsDir = a.runs!;
+const { values: a } = (() => {
+  try {
+    return parseArgs({
+      options: {
+        results: { type: "string", default: DEFAULT_DIRS.results },
+        presets: { type: "string", default: DEFAULT_DIRS.presets },
+        out: { type: "string", default: "docs/results.md" },
+      },
+    });
+  } catch (e) {
+    process.stderr.write(`npm run study:report: ${(e as Error).message}\n`);
+    process.exit(2);
+  }
+})();
+const dirs: StudyDirs = { presets: a.presets!, results: a.results!, runs: DEFAULT_DIRS.runs };
 const outFile = a.out!;
 const figDir = path.join(path.dirname(outFile), "results");
 fs.rmSync(figDir, { recursive: true, force: true });
@@ -76,32 +83,82 @@ function words(v: Verdict): string {
   }
 }
 
-function readCompare(part: string): CompareResult | null {
-  const f = path.join(runsDir, part, "results.json");
-  return fs.existsSync(f) ? (JSON.parse(fs.readFileSync(f, "utf8")) as CompareResult) : null;
+/** A part's committed results, or null when none of its runs is done. */
+function readCompare(part: string): PartResults | null {
+  const r = readPart(dirs, part);
+  return r && r.runs.length > 0 ? r : null;
 }
 
-/** The routing report of one run, computed once and cached next to its checkpoint. */
-async function analysisOf(runDir: string): Promise<AnalysisReport> {
-  const ckpt = path.join(runDir, "checkpoint");
-  const cached = path.join(ckpt, "analysis", "report.json");
-  if (fs.existsSync(cached)) return JSON.parse(fs.readFileSync(cached, "utf8")) as AnalysisReport;
-  const spec = JSON.parse(fs.readFileSync(path.join(runDir, "run.json"), "utf8")) as RunSpec;
-  const data = loadPrepared(spec.data);
-  const model = loadCheckpoint(ckpt);
-  try {
-    const report = analyzeModel(model, evalBatches(data.val, spec.train.batch_size, spec.train.seq_len, 8));
-    await writeAnalysis(report, path.join(ckpt, "analysis"));
-    return report;
-  } finally {
-    model.dispose();
-  }
+/** "Not run yet: N of M runs done" for a part (done = finished or diverged). */
+function notYet(part: string): string {
+  const r = readPart(dirs, part);
+  if (!r) return `Not planned here (no ${path.join(dirs.presets, `${part}.json`)}).`;
+  return `Not run yet: ${r.done} of ${r.planned} runs done (\`npm run study -- ${part}\`).`;
 }
 
-function copyFigure(from: string, name: string): string | null {
-  if (!fs.existsSync(from)) return null;
-  fs.copyFileSync(from, path.join(figDir, name));
-  return `results/${name}`;
+/** The committed routing report of one run. */
+function analysisOf(runDir: string): AnalysisReport {
+  const r = readAnalysis(runDir);
+  if (!r)
+    throw new Error(
+      `${runDir} has no analysis.json; run \`npm run study -- --export\` where its checkpoint is`,
+    );
+  return r;
+}
+
+const tmpFigures = fs.mkdtempSync(path.join(os.tmpdir(), "attnres-study-"));
+process.on("exit", () => fs.rmSync(tmpFigures, { recursive: true, force: true }));
+
+/** The analysis figures of a committed run (drawn from analysis.json), as results/<prefix>-*.png. */
+async function analysisFigures(runDir: string, prefix: string): Promise<{ alpha?: string; max?: string }> {
+  const rep = readAnalysis(runDir);
+  if (!rep) return {};
+  const dir = path.join(tmpFigures, prefix);
+  await writeAnalysis(rep, dir);
+  const out: { alpha?: string; max?: string } = {};
+  for (const [k, f, name] of [
+    ["alpha", "alpha-heatmap.png", `${prefix}-alpha.png`],
+    ["max", "max-weight.png", `${prefix}-max-weight.png`],
+  ] as const)
+    if (fs.existsSync(path.join(dir, f))) {
+      fs.copyFileSync(path.join(dir, f), path.join(figDir, name));
+      out[k] = `results/${name}`;
+    }
+  return out;
+}
+
+/** Mean validation loss per mode against step, as results/<name>.png. */
+async function lossFigure(c: CompareResult, name: string, title: string): Promise<string | null> {
+  if (c.curves.length === 0) return null;
+  await lineChart(path.join(figDir, name), {
+    title,
+    subtitle: "mean over seeds",
+    series: c.curves.map((x) => ({
+      name: x.mode,
+      points: x.steps.map((s, i) => ({ x: s, y: x.valLoss[i] })),
+    })),
+    xTitle: "step",
+    yTitle: "validation loss (nats/token)",
+  });
+  fs.rmSync(path.join(figDir, `${name}.svg`), { force: true });
+  return `results/${name}.png`;
+}
+
+/** Mean max routing weight by sublayer per routed mode (first seed), as results/<name>.png. */
+async function depthFigure(c: CompareResult, name: string): Promise<string | null> {
+  if (c.routingByDepth.length === 0) return null;
+  await lineChart(path.join(figDir, name), {
+    title: "Mean max routing weight by depth",
+    subtitle: `${c.routingByDepth.map((m) => m.mode).join(", ")}; validation tokens; attention sublayers are even j, MLP odd`,
+    series: c.routingByDepth.map((m) => ({
+      name: m.mode,
+      points: m.j.map((j, i) => ({ x: j, y: m.meanMaxWeight[i] })),
+    })),
+    xTitle: "sublayer j",
+    yTitle: "mean max α",
+  });
+  fs.rmSync(path.join(figDir, `${name}.svg`), { force: true });
+  return `results/${name}.png`;
 }
 
 const losses = (c: CompareResult, mode: string) =>
@@ -177,7 +234,7 @@ async function routingOf(c: CompareResult): Promise<Map<string, RoutingRow[]>> {
   const out = new Map<string, RoutingRow[]>();
   for (const m of routedModes(c))
     for (const r of c.runs.filter((x) => x.mode === m))
-      out.set(m, [...(out.get(m) ?? []), routingRow(r.seed, await analysisOf(r.dir))]);
+      out.set(m, [...(out.get(m) ?? []), routingRow(r.seed, analysisOf(r.dir))]);
   return out;
 }
 
@@ -195,12 +252,11 @@ function routingTable(rows: Map<string, RoutingRow[]>): string[] {
   return t;
 }
 
-/** Wall time of the training steps of every distinct run (depth-12 links to main's runs). */
-function trainingHours(parts: (CompareResult | null)[]): number {
-  const seen = new Map<string, number>();
-  for (const c of parts)
-    for (const r of c?.runs ?? []) if (fs.existsSync(r.dir)) seen.set(fs.realpathSync(r.dir), r.seconds);
-  return [...seen.values()].reduce((p, s) => p + s, 0) / 3600;
+/** Wall time of the training steps of every distinct run (runs copied from another part count once). */
+function trainingHours(parts: (PartResults | null)[]): number {
+  let t = 0;
+  for (const c of parts) for (const r of c?.runs ?? []) if (!r.record.reusedFrom) t += r.seconds;
+  return t / 3600;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -208,8 +264,12 @@ function trainingHours(parts: (CompareResult | null)[]): number {
 const main = readCompare("main");
 const depthParts = ["depth-6", "depth-12", "depth-24"]
   .map((p) => [p, readCompare(p)] as const)
-  .filter((x): x is readonly [string, CompareResult] => x[1] !== null);
+  .filter((x): x is readonly [string, PartResults] => x[1] !== null);
 const sh = readCompare("shakespeare");
+const budget = readCompare("budget-4x");
+const states = readCompare("states");
+const lrParts = (["lr-1.5e-3", "lr-6e-3"] as const).map((p) => [p, readCompare(p)] as const);
+const extraParts = [budget, states, ...lrParts.map(([, c]) => c)];
 const mainSpec = main?.runs[0] ? specOf(main.runs[0].dir) : null;
 /** Tokens each main-study run trained on. */
 const mainTokens = mainSpec
@@ -221,15 +281,20 @@ const body: string[] = [];
 const say = (...l: string[]) => body.push(...l);
 
 if (!main || !mainSpec) {
-  say("## Main study", "", "Not run yet (`npm run study -- main`).", "");
+  say("## Main study", "", notYet("main"), "");
 } else {
   const spec = mainSpec;
   say(
     `## Main study: SOTU, byte-level BPE ${spec.model.vocab_size ?? "?"}, ${spec.model.num_hidden_layers} layers, d ${spec.model.hidden_size}`,
     "",
-    `Settings: configs/study/main.json — ${spec.train.steps} steps of ${spec.train.batch_size} × ${spec.train.seq_len} tokens (${mainTokens.toLocaleString("en-US")} tokens per run), the same for every mode and seed. Results: ${path.join(runsDir, "main", "results.json")}.`,
+    `Settings: configs/study/main.json — ${spec.train.steps} steps of ${spec.train.batch_size} × ${spec.train.seq_len} tokens (${mainTokens.toLocaleString("en-US")} tokens per run), the same for every mode and seed. Results: ${path.join(dirs.results, "main")}/.`,
     "",
-    ...(main.complete ? [] : ["**Incomplete** — the tables cover the finished runs only.", ""]),
+    ...(main.complete
+      ? []
+      : [
+          `**Incomplete** (${main.done} of ${main.planned} runs done) — the tables cover the finished runs only.`,
+          "",
+        ]),
     ...lossTable(main),
     "",
     'Mean ± sample standard deviation over seeds. "vs standard" is the change in mean perplexity; tokens/s is the mean training throughput of the runs on this machine, which other work sometimes shared, so it is indicative only (controlled speed ratios per mode: docs/benchmarks.md); peak tensor MB is the largest live tensor memory of a run.',
@@ -261,7 +326,7 @@ if (!main || !mainSpec) {
     rows.push(`| ${name} | ${f4(r.delta)} | ${pStr(r.welch)} | ${words(r)} |`);
   }
   say("### Validation loss: every mode against standard, and Delta against AttnRes", "", ...rows, "");
-  const lc = copyFigure(path.join(runsDir, "main", "loss-curves.png"), "main-loss-curves.png");
+  const lc = await lossFigure(main, "main-loss-curves", "Validation loss, main study");
   if (lc) say(`![validation loss curves, main study](${lc})`, "");
   const order = [...main.summary].sort((p, q) => p.valLoss[0] - q.valLoss[0]).map((s) => s.mode);
   say(
@@ -289,21 +354,14 @@ if (!main || !mainSpec) {
   say(
     "### Routing: every routed run, attention and MLP sublayers apart",
     "",
-    `Measured by \`attnres analyze\`'s analysis on 8 validation batches per run (cached in each run's checkpoint/analysis/). Mean max α is the mean over tokens of the largest routing weight of a call, averaged over calls with at least two sources; the uniform value 1/N is what flat routing gives. "Flat from" is the first sublayer from which every later call of that kind routes almost uniformly (mean max α ≤ 1.5/N; "none" = the deepest call is not flat). Block modes route over far fewer sources (N ≤ blocks + 1), so their max weights are not comparable with the per-sublayer modes.`,
+    `Measured by \`attnres analyze\`'s analysis on 8 validation batches per run (computed from each run's final checkpoint when it finished; committed as analysis.json). Mean max α is the mean over tokens of the largest routing weight of a call, averaged over calls with at least two sources; the uniform value 1/N is what flat routing gives. "Flat from" is the first sublayer from which every later call of that kind routes almost uniformly (mean max α ≤ 1.5/N; "none" = the deepest call is not flat). Block modes route over far fewer sources (N ≤ blocks + 1), so their max weights are not comparable with the per-sublayer modes.`,
     "",
     ...routingTable(routing),
     "",
   );
   for (const mode of routedModes(main)) {
     const r = main.runs.find((x) => x.mode === mode)!;
-    const h = copyFigure(
-      path.join(r.dir, "checkpoint", "analysis", "alpha-heatmap.png"),
-      `main-${r.mode}-alpha.png`,
-    );
-    const m = copyFigure(
-      path.join(r.dir, "checkpoint", "analysis", "max-weight.png"),
-      `main-${r.mode}-max-weight.png`,
-    );
+    const { alpha: h, max: m } = await analysisFigures(r.dir, `main-${r.mode}`);
     if (h || m)
       say(
         `#### ${r.mode}, seed ${r.seed}`,
@@ -370,7 +428,7 @@ if (!main || !mainSpec) {
       "| --- | --- | --- | --- | --- | --- |",
     ];
     for (const m of ddlModes) {
-      const reps = await Promise.all(main.runs.filter((r) => r.mode === m).map((r) => analysisOf(r.dir)));
+      const reps = main.runs.filter((r) => r.mode === m).map((r) => analysisOf(r.dir));
       const kindMean = (rep: AnalysisReport, k: string) =>
         mean(rep.beta.filter((b) => b.kind === k).map((b) => b.mean));
       t.push(
@@ -401,7 +459,8 @@ if (!main || !mainSpec) {
 }
 
 say("## Depth sweep: 6, 12, 24 layers at d 128 (one seed)", "");
-if (depthParts.length === 0) say("Not run yet (`npm run study -- depth-6 depth-12 depth-24`).", "");
+if (depthParts.length === 0)
+  say(...["depth-6", "depth-12", "depth-24"].map((p) => `- ${p}: ${notYet(p)}`), "");
 else {
   say(
     "Settings: configs/study/depth-{6,12,24}.json (the main study's, with the depth changed; the 12-layer point is the main study's seed 0).",
@@ -442,7 +501,7 @@ else {
       delta: rows.get("delta")?.[0]?.deep ?? NaN,
       uniform: rows.get("attnres-full")?.[0]?.deepUniform ?? NaN,
     });
-    const fig = copyFigure(path.join(runsDir, p, "routing-max-weight-by-depth.png"), `${p}-routing.png`);
+    const fig = await depthFigure(c, `${p}-routing`);
     if (fig) figs.push(`![mean max α by sublayer, ${p}](${fig})`, "");
   }
   say(...rrows, "", ...figs);
@@ -469,7 +528,7 @@ else {
 }
 
 say("## Second corpus: tinyshakespeare, character level (3 seeds)", "");
-if (!sh) say("Not run yet (`npm run study -- shakespeare`).", "");
+if (!sh) say(notYet("shakespeare"), "");
 else {
   say(
     "Settings: configs/study/shakespeare.json — `../shared/data/tinyshakespeare.txt` (any path works: `attnres prepare --corpus <file> --tokenizer byte`), byte-level tokens, the main study's model and training settings.",
@@ -493,25 +552,28 @@ else {
   say("");
   const routing = await routingOf(sh);
   if (routing.size) say(...routingTable(routing), "");
-  const lc = copyFigure(path.join(runsDir, "shakespeare", "loss-curves.png"), "shakespeare-loss-curves.png");
+  const lc = await lossFigure(sh, "shakespeare-loss-curves", "Validation loss, tinyshakespeare");
   if (lc) say(`![validation loss curves, tinyshakespeare](${lc})`, "");
 }
 
-const info = nativeBackend() ? nativeInfo() : null;
+const allParts = [main, ...depthParts.map(([, c]) => c), sh, ...extraParts];
+const machines = [
+  ...new Set(allParts.flatMap((c) => c?.runs.map((r) => r.record.machine ?? "not recorded") ?? [])),
+];
 const standardParams = main ? summaryOf(main, "standard")?.params : undefined;
 const lines = [
   "# Do the papers' claims hold at laptop scale?",
   "",
-  "Generated by `npm run study:report` from the files `npm run study` writes under runs/study/; do not edit by hand.",
+  "Generated by `npm run study:report` from the committed run outputs in study/results/ (written by `npm run study` as each run finishes); do not edit by hand.",
   "Reproduce everything from a fresh clone:",
   "",
   "```sh",
   "bash scripts/setup.sh && npm run study && npm run study:report",
   "```",
   "",
-  "The study resumes where it stopped (Ctrl-C is safe) and never retrains a finished run; `npm run study -- main` (or `depth-6`, `depth-12`, `depth-24`, `shakespeare`) runs one part.",
+  "The study resumes where it stopped (Ctrl-C is safe) and never retrains a run whose results are in study/results/, so a clone continues where the committed results end; `npm run study -- main` (or any part: `budget-4x`, `states`, `lr-1.5e-3`, `lr-6e-3`, `depth-6`, `depth-12`, `depth-24`, `shakespeare`) runs one part, `--modes a,b` and `--seeds 0,1` narrow it, `npm run study -- --list` shows what is left.",
   "",
-  `Machine: ${os.cpus()[0]?.model ?? "?"}, ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, no GPU; Node ${process.version}; native backend ${info ? `(${info.blas}, ${info.simd}, ${info.threads} threads)` : "unavailable"}. Wall time of the training steps of all distinct runs: ${trainingHours([main, ...depthParts.map(([, c]) => c), sh]).toFixed(1)} h (evaluation, checkpointing and analysis excluded).`,
+  `Trained on (no GPU): ${machines.length ? machines.join("; ") : "no run yet"}. Wall time of the training steps of all distinct runs: ${trainingHours(allParts).toFixed(1)} h (evaluation, checkpointing and analysis excluded).`,
   "",
   `Rules: a claim that one mode has the lower validation loss (or the sharper routing) **holds** when Welch's two-sided t-test over seeds gives p < ${P} in that direction, **does not hold** when p < ${P} in the other direction, and is **not distinguishable from noise** otherwise. A measured value is **consistent with** a published one when the published value lies within the mean ± 2 standard deviations over seeds. Every mode has exactly the same settings (no per-mode tuning); no run was dropped or repeated, and a run that diverges is reported.`,
   "",

@@ -269,59 +269,6 @@ describe("attnres CLI", () => {
     );
   });
 
-  test("study report: verdicts, tables and routing from a comparison's files", () => {
-    // The compare test above left cmp/ (standard, delta × seeds 0, 1); present it as the study's main part.
-    const res = JSON.parse(fs.readFileSync(path.join(work, "cmp", "results.json"), "utf8")) as {
-      runs: { dir: string }[];
-      summary: { mode: string; valLoss: [number, number] }[];
-    };
-    for (const r of res.runs) r.dir = path.join(work, r.dir);
-    fs.mkdirSync(path.join(work, "study", "main"), { recursive: true });
-    fs.writeFileSync(path.join(work, "study", "main", "results.json"), JSON.stringify(res));
-    fs.copyFileSync(
-      path.join(work, "cmp", "loss-curves.png"),
-      path.join(work, "study", "main", "loss-curves.png"),
-    );
-    const out = path.join(work, "docs", "results.md");
-    const r = spawnSync(
-      process.execPath,
-      [
-        "--import",
-        "tsx",
-        path.join(root, "scripts", "study-report.ts"),
-        "--runs",
-        path.join(work, "study"),
-        "--out",
-        out,
-      ],
-      { cwd: root, encoding: "utf8", env: { ...process.env, ATTNRES_THREADS: "1" } },
-    );
-    assert.equal(r.status, 0, r.stderr);
-    // Table cells are padded by the formatter: compare with runs of spaces collapsed.
-    const md = fs.readFileSync(out, "utf8").replace(/ {2,}/g, " ");
-    // The verdict of the main claim, by the stated rule, with the test's numbers.
-    assert.match(
-      md,
-      /\| Delta AttnRes has lower validation perplexity than standard residuals[^|]*\| main \| Δ loss -?[\d.]+; perplexity [+−][\d.]+ %; t = -?[\d.]+, df = [\d.]+, p = [\d.e-]+ \| \*\*(holds|does not hold|not distinguishable from noise)/,
-    );
-    for (const s of res.summary)
-      assert.ok(
-        md.includes(`| ${s.mode} | 2 | ${s.valLoss[0].toFixed(4)} ± ${s.valLoss[1].toFixed(4)} |`),
-        s.mode,
-      );
-    // Routing of both delta runs, attention and MLP apart, and the seed-0 figures.
-    assert.match(md, /\| delta \| 2 \| [\d.]+ ± [\d.]+ \| [\d.]+ ± [\d.]+ \| [\d.]+ ± [\d.]+ \|/);
-    assert.ok(fs.existsSync(path.join(work, "cmp", "delta-s1", "checkpoint", "analysis", "report.json")));
-    for (const f of ["main-loss-curves.png", "main-delta-alpha.png", "main-delta-max-weight.png"])
-      assert.ok(fs.statSync(path.join(work, "docs", "results", f)).size > 1000, f);
-    assert.match(
-      md,
-      /!\[delta: mean α per sublayer \(rows\) over sources \(columns\)\]\(results\/main-delta-alpha.png\)/,
-    );
-    assert.match(md, /Not run yet \(`npm run study -- shakespeare`\)/);
-    assert.match(md, /No run diverged/);
-  });
-
   test("compare: a diverging run is reported, left out of the means and not retried", () => {
     const p = preset(6);
     const args = ["compare", "--preset", p, "--modes", "standard,delta", "--lr", "1e30", "--out", "div"];

@@ -4,7 +4,7 @@
  * folder a preset names.
  */
 import cliProgress from "cli-progress";
-import { type Command, InvalidArgumentError } from "commander";
+import { type Command, InvalidArgumentError, Option } from "commander";
 import { MODE_NAMES, type ModeName } from "../model/config.js";
 import { prepareDataset } from "../data/prepare.js";
 import { runTraining, type RunResult, type RunSpec } from "../train/run.js";
@@ -41,12 +41,13 @@ export function modeArg(v: string): ModeName {
 /** Config keys for a residual mode chosen on the command line (block modes need `blocks`). */
 export function modeKeys(
   mode: ModeName,
-  o: { blocks?: number; nullSource?: boolean; gate?: boolean } = {},
+  o: { blocks?: number; nullSource?: boolean; gate?: boolean; sources?: "outputs" | "states" } = {},
 ): Record<string, unknown> {
   const keys: Record<string, unknown> = { attnres_mode: MODE_NAMES[mode] };
   if (mode === "attnres-block" || mode === "delta-block") keys.attnres_num_blocks = o.blocks ?? 4;
   if (o.nullSource) keys.attnres_use_null_source = true;
   if (o.gate) keys.attnres_gate_type = "learnable_alpha";
+  if (o.sources === "states") keys.attnres_sources = "states";
   return keys;
 }
 
@@ -139,6 +140,12 @@ export function trainingOptions(cmd: Command): Command {
     .option("--blocks <n>", "blocks for attnres-block / delta-block (default 4)", positiveInt)
     .option("--null-source", "delta modes: add a learnable null source")
     .option("--gate", "delta modes: gate the routed term (zero at start)")
+    .addOption(
+      new Option(
+        "--sources <set>",
+        "attnres-full, delta: route over sublayer outputs or hidden states",
+      ).choices(["outputs", "states"]),
+    )
     .option("--steps <n>", "optimizer steps", positiveInt)
     .option("--batch-size <n>", "sequences per micro-batch", positiveInt)
     .option("--seq-len <n>", "tokens per sequence", positiveInt)

@@ -28,6 +28,7 @@ export interface TrainFlags extends RunFlags {
   blocks?: number;
   nullSource?: boolean;
   gate?: boolean;
+  sources?: "outputs" | "states";
 }
 
 const OVERRIDES = [

@@ -47,6 +47,7 @@ export function configForExport(c: ModelConfig, weights: FloatStDType = "F32"): 
     if (out.model_type === "qwen3") out.model_type = "qwen3_attnres";
     if (!mode.startsWith("ddl")) for (const k of Object.keys(out)) if (k.startsWith("ddl_")) delete out[k];
     if (mode !== "attnres-block" && mode !== "delta-block") delete out.attnres_num_blocks;
+    if (out.attnres_sources === "outputs") delete out.attnres_sources; // the default; the authors' configs lack it
   }
   return out;
 }

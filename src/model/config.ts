@@ -46,7 +46,14 @@ export const ModelConfigSchema = z
       .default("standard"),
     attnres_num_blocks: posInt.optional(),
     attnres_use_null_source: z.boolean().default(false),
-    attnres_gate_type: z.enum(["bias", "learnable_alpha"]).default("bias"),
+    /** Absent: "bias" (no gate), or "learnable_alpha" with attnres_sources "states" (which needs it). */
+    attnres_gate_type: z.enum(["bias", "learnable_alpha"]).optional(),
+    /**
+     * Our key: what the per-sublayer routed modes (full, delta) route over: "outputs" (h0 and the
+     * sublayer outputs, the papers' modes) or "states" (h0 and the hidden state after each
+     * sublayer; starts as the standard model through the zero gate). docs/residual-modes.md.
+     */
+    attnres_sources: z.enum(["outputs", "states"]).default("outputs"),
     /** DDL (our keys): beta at initialisation (0, 2); official default 1. */
     ddl_beta0: z.number().gt(0).lt(2).default(1),
     ddl_k_eps: z.number().positive().default(1e-5),
@@ -55,6 +62,7 @@ export const ModelConfigSchema = z
   })
   .transform((c) => ({
     ...c,
+    attnres_gate_type: c.attnres_gate_type ?? (c.attnres_sources === "states" ? "learnable_alpha" : "bias"),
     num_key_value_heads: c.num_key_value_heads ?? c.num_attention_heads,
     head_dim: c.head_dim ?? Math.floor(c.hidden_size / c.num_attention_heads),
     attention_qk_norm: c.attention_qk_norm ?? c.model_type !== "llama",
@@ -80,7 +88,21 @@ export const ModelConfigSchema = z
         message: `${c.attnres_num_blocks} blocks is more than the ${c.num_hidden_layers} layers`,
       });
     const additive = c.attnres_mode === "delta" || c.attnres_mode === "delta_block";
-    if (!additive && (c.attnres_use_null_source || c.attnres_gate_type !== "bias"))
+    const states = c.attnres_sources === "states";
+    if (states && c.attnres_mode !== "full" && c.attnres_mode !== "delta")
+      ctx.addIssue({
+        code: "custom",
+        path: ["attnres_sources"],
+        message: `states as sources is an option of the per-sublayer routed modes (full, delta), not of ${c.attnres_mode}`,
+      });
+    if (states && c.attnres_gate_type !== "learnable_alpha")
+      ctx.addIssue({
+        code: "custom",
+        path: ["attnres_gate_type"],
+        message:
+          "states as sources needs the zero gate (attnres_gate_type learnable_alpha, the default with states)",
+      });
+    if (!additive && (c.attnres_use_null_source || (c.attnres_gate_type !== "bias" && !states)))
       ctx.addIssue({
         code: "custom",
         path: ["attnres_mode"],

@@ -17,6 +17,12 @@
  *   delta-block    h kept; sources [h0, Δ_1 … Δ_k], Δ_b = h at the end of block b − h at its start
  *   ddl            x ← x + β (v − k·x) k, k = o_j/‖o_j‖, β = 2σ(w_β·c + b_β)
  *   ddl-expanded   state X [d, 4]: x_in = Σ_c C[:,c] X[:,c]; X ← X + β k (vᵀ − kᵀX)
+ * With attnres_sources "states" the per-sublayer modes route over hidden states instead of outputs
+ * (s_0 = h0, s_{j+1} = the stream after sublayer j), each routed term behind a zero-initialised
+ * scalar gate a_j, so that the model starts as exactly the standard one:
+ *   attnres-full   x_j = s_j + a_j (route([s_0 … s_j]) − s_j); s_{j+1} = x_j + o_j;
+ *                  final s_2L + a_F (route([s_0 … s_2L]) − s_2L)
+ *   delta          h kept; x_j = h_j + a_j route([h_0 … h_j]) (j ≥ 1), x_0 = h_0; h ← h + o_j
  */
 import { Linear, RMSNorm } from "../nn/layers.js";
 import { type InitContext, Module } from "../nn/module.js";
@@ -174,6 +180,47 @@ class AttnResBlock extends AttnResFull {
   }
 }
 
+/**
+ * AttnRes (replacement) over hidden states: the state entering sublayer j is replaced by the
+ * gated routing over every state so far, x_j = s_j + a_j (route([s_0 … s_j]) − s_j), and the state
+ * after the sublayer is s_{j+1} = x_j + o_j. Zero gates give s_{j+1} = s_j + o_j: standard.
+ */
+class AttnResStates extends Routed {
+  readonly name: ModeName = "attnres-full";
+  private readonly final: Router;
+  private readonly gates: Tensor[] = [];
+  private readonly finalGate: Tensor;
+  private states: Tensor[] = [];
+  constructor(c: ModelConfig, host: ModeHost, ctx: InitContext) {
+    super(c, host, ctx);
+    this.final = addRouter(host.body, "final", c, ctx);
+    host.layers.forEach((layer) => {
+      for (const kind of ["attn", "mlp"])
+        this.gates.push(layer.param(`${kind}_res_alpha`, [], { kind: "const", value: 0 }, ctx));
+    });
+    this.finalGate = host.body.param("final_res_alpha", [], { kind: "const", value: 0 }, ctx);
+  }
+  /** s + a (route(states) − s), s the latest state. */
+  private gated(key: number | "final", r: Router, a: Tensor): Tensor {
+    const s = this.states[this.states.length - 1]!;
+    return add(s, mul(sub(this.route(key, this.states, r), s), a));
+  }
+  begin(h0: Tensor, trace: Trace | null): void {
+    this.trace = trace;
+    this.states = [h0];
+  }
+  input(j: number): Tensor {
+    this.trace?.streams.set(j, this.states[this.states.length - 1]!);
+    return this.gated(j, this.routers[j]!, this.gates[j]!);
+  }
+  update(_j: number, x: Tensor, r: SublayerResult): void {
+    this.states.push(add(x, r.out));
+  }
+  end(): Tensor {
+    return this.gated("final", this.final, this.finalGate);
+  }
+}
+
 abstract class Additive extends Routed {
   private readonly nulls: Tensor[] = [];
   private readonly gates: Tensor[] = [];
@@ -222,6 +269,24 @@ class Delta extends Additive {
   override update(j: number, x: Tensor, r: SublayerResult): void {
     this.outs.push(r.out);
     super.update(j, x, r);
+  }
+}
+
+/** Delta (additive) over hidden states: x_j = h_j + a_j route([h_0 … h_j]) for j ≥ 1, x_0 = h_0. */
+class DeltaStates extends Additive {
+  readonly name = "delta";
+  private states: Tensor[] = [];
+  begin(h0: Tensor, trace: Trace | null): void {
+    this.trace = trace;
+    this.h = h0;
+    this.states = [h0];
+  }
+  input(j: number): Tensor {
+    return this.additive(j, j === 0 ? [] : [...this.states]);
+  }
+  override update(j: number, x: Tensor, r: SublayerResult): void {
+    super.update(j, x, r);
+    this.states.push(this.h);
   }
 }
 
@@ -387,11 +452,11 @@ export function makeResidualMode(c: ModelConfig, host: ModeHost, ctx: InitContex
     case "standard":
       return new Standard();
     case "attnres-full":
-      return new AttnResFull(c, host, ctx);
+      return c.attnres_sources === "states" ? new AttnResStates(c, host, ctx) : new AttnResFull(c, host, ctx);
     case "attnres-block":
       return new AttnResBlock(c, host, ctx);
     case "delta":
-      return new Delta(c, host, ctx);
+      return c.attnres_sources === "states" ? new DeltaStates(c, host, ctx) : new Delta(c, host, ctx);
     case "delta-block":
       return new DeltaBlock(c, host, ctx);
     case "ddl":

@@ -287,6 +287,8 @@ MODE_FIXTURES = [
     ("mode-ddl", dict(mode="ddl", ddl_beta0=1.0, ddl_value_form="linear"), {}),
     ("mode-ddl-sigmoid4", dict(mode="ddl", ddl_beta0=0.5, ddl_value_form="sigmoid4"), {}),
     ("mode-ddl-expanded", dict(mode="ddl-expanded", ddl_beta0=1.0), {}),
+    ("mode-attnres-full-states", dict(mode="attnres-full", sources="states"), {}),
+    ("mode-delta-states", dict(mode="delta", sources="states"), {}),
 ]
 
 
@@ -343,6 +345,14 @@ def self_checks():
         err = (logits_of(m, ids) - ref).abs().max().item()
         assert err > 1e-3, f"delta-block without gate unexpectedly equals standard ({err})"
         print(f"  ok  {'delta-block, no gate':28s} eps={eps:g}: differs from standard by {err:.2e} (as it must)")
+        # hidden states as sources: the zero gate makes both cells exactly standard, even with
+        # non-zero queries (the routed term is multiplied by 0).
+        for mode in ("attnres-full", "delta"):
+            m = with_backbone_of(make_config(bb, mode, sources="states"), std, query_std=QUERY_STD)
+            err = (logits_of(m, ids) - ref).abs().max().item()
+            assert err == 0.0, f"{mode} over states, zero gate, at eps {eps}: {err}"
+            label = f"{mode} over states, zero gate"
+            print(f"  ok  {label:28s} eps={eps:g}: max |logits - standard| = {err:.2e} (exact)")
 
     # The residue at eps > 0 is the epsilon's doing: it shrinks ~linearly with eps.
     res = []
@@ -403,6 +413,10 @@ def self_checks():
         n = sum(p.numel() for p in CausalLM(make_config(bb, mode, **kw)).parameters())
         assert n - base == extra, f"{mode}: {n - base} extra params, expected {extra}"
     print(f"  ok  parameter counts (routing adds 4dL, +2d final for Kimi, +2dL+2L null/gate)")
+    for mode, extra in (("attnres-full", 4 * d * L + 2 * d + 2 * L + 1), ("delta", 4 * d * L + 2 * L)):
+        n = sum(p.numel() for p in CausalLM(make_config(bb, mode, sources="states")).parameters())
+        assert n - base == extra, f"{mode} over states: {n - base} extra params, expected {extra}"
+    print(f"  ok  parameter counts over states (attnres-full 4dL+2d+2L+1, delta 4dL+2L)")
 
 
 def mode_fixture(name, kw, overrides):

@@ -25,6 +25,12 @@ test("there is a fixture for every mode", () => {
     files.map((f) => JSON.parse(readSafetensors(path.join(dir, f)).metadata.config!).attnres_mode),
   );
   assert.deepEqual([...modes].sort(), ["block", "ddl", "ddl_expanded", "delta", "delta_block", "full"]);
+  // Both cells over hidden states (attnres_sources: states) have their own fixture too.
+  const states = files
+    .map((f) => JSON.parse(readSafetensors(path.join(dir, f)).metadata.config!) as Record<string, unknown>)
+    .filter((c) => c.attnres_sources === "states")
+    .map((c) => c.attnres_mode);
+  assert.deepEqual(states.sort(), ["delta", "full"]);
 });
 
 for (const file of files)

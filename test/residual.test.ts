@@ -110,6 +110,73 @@ describe("identity at initialisation (zero queries)", () => {
   });
 });
 
+describe("hidden states as sources (attnres_sources: states)", () => {
+  /** A model of the toy with non-zero routing queries and gates set to `gate`. */
+  function routed(extra: Record<string, unknown>, gate: number): DecoderLM {
+    const model = new DecoderLM(
+      { ...base, rms_norm_eps: 1e-6, attnres_sources: "states", ...extra },
+      { backend: ref, dtype: "float64", seed: 3 },
+    );
+    const qr = new Rng(11);
+    for (const [n, p] of model.namedParameters()) {
+      if (n.endsWith("_res_proj.weight")) for (let i = 0; i < p.size; i++) p.data[i] = qr.normal() * 0.5;
+      if (n.endsWith("_res_alpha")) p.data[0] = gate;
+    }
+    return model;
+  }
+  for (const mode of ["full", "delta"]) {
+    test(`${mode} over states with zero gates is exactly standard, even with non-zero queries`, () => {
+      const model = routed({ attnres_mode: mode }, 0);
+      const got = tidy(() => model.forward(ids, B, T).toFloat64Array());
+      model.dispose();
+      assert.equal(maxDiff(got, logits({}, 1e-6)), 0);
+    });
+    test(`${mode} over states: uniform routing without the gate would not be the identity`, () => {
+      const model = routed({ attnres_mode: mode }, 1);
+      for (const [n, p] of model.namedParameters()) if (n.endsWith("_res_proj.weight")) p.data.fill(0);
+      const got = tidy(() => model.forward(ids, B, T).toFloat64Array());
+      model.dispose();
+      assert.ok(maxDiff(got, logits({}, 1e-6)) > 1e-3);
+    });
+  }
+  test("the sources are h0 and the states after each sublayer", () => {
+    for (const mode of ["full", "delta"]) {
+      const model = routed({ attnres_mode: mode }, 0.7);
+      tidy(() => {
+        const { trace } = model.run(ids, B, T, { trace: true });
+        // streams.get(j) is the state entering sublayer j (s_j / h_j).
+        for (let j = 1; j < 12; j++) {
+          const got = trace!.sources.get(j)!;
+          assert.equal(got.length, j + 1, `${mode}: sublayer ${j} routes over s_0 … s_j`);
+          got.forEach((src, i) =>
+            assertClose(
+              src.toArray(),
+              trace!.streams.get(i)!.toArray(),
+              { rtol: 0, atol: 0 },
+              `${mode}: sublayer ${j} source ${i}`,
+            ),
+          );
+        }
+        if (mode === "delta") assert.ok(!trace!.sources.has(0), "delta: sublayer 0 is not routed");
+        else assert.equal(trace!.sources.get("final")!.length, 13, "full: the final routing sees s_0 … s_12");
+      });
+      model.dispose();
+    }
+  });
+  test("parameters: full adds 4·d·L + 2d + 2L + 1, delta 4·d·L + 2L", () => {
+    const s0 = countParameters(base);
+    const [d, L] = [base.hidden_size, base.num_hidden_layers];
+    assert.equal(
+      countParameters({ ...base, attnres_mode: "full", attnres_sources: "states" }) - s0,
+      4 * d * L + 2 * d + 2 * L + 1,
+    );
+    assert.equal(
+      countParameters({ ...base, attnres_mode: "delta", attnres_sources: "states" }) - s0,
+      4 * d * L + 2 * L,
+    );
+  });
+});
+
 describe("parameter counts (shapes only, nothing allocated)", () => {
   const big = {
     model_type: "qwen3",
@@ -220,6 +287,22 @@ describe("bad configurations", () => {
   });
   test("null source / gate outside the additive modes", () => {
     assert.throws(cfg({ attnres_mode: "full", attnres_use_null_source: true }), /additive modes/);
+  });
+  test("states as sources: per-sublayer modes only, and only with the gate", () => {
+    assert.throws(
+      cfg({ attnres_mode: "delta_block", attnres_num_blocks: 2, attnres_sources: "states" }),
+      /states as sources is an option of the per-sublayer routed modes \(full, delta\), not of delta_block/,
+    );
+    assert.throws(cfg({ attnres_sources: "states" }), /not of standard/);
+    assert.throws(
+      cfg({ attnres_mode: "full", attnres_sources: "states", attnres_gate_type: "bias" }),
+      /needs the zero gate/,
+    );
+    assert.throws(cfg({ attnres_mode: "full", attnres_sources: "inputs" }), /attnres_sources/);
+    assert.equal(
+      parseConfig({ ...base, attnres_mode: "full", attnres_sources: "states" }).attnres_gate_type,
+      "learnable_alpha",
+    );
   });
   test("heads not divisible by kv heads", () => {
     assert.throws(cfg({ num_key_value_heads: 3 }), /multiple of num_key_value_heads/);

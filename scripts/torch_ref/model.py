@@ -61,6 +61,7 @@ def make_config(
     ddl_beta0=1.0,
     ddl_value_form="linear",
     ddl_value_channels=4,
+    sources="outputs",
 ):
     """Return a new config dict: `backbone` (HF keys, model_type qwen3) + residual mode keys.
 
@@ -83,6 +84,13 @@ def make_config(
         cfg["attnres_gate_type"] = "learnable_alpha" if gate else "bias"
     elif use_null_source or gate:
         raise ValueError("null source / gate are options of the additive modes only")
+    if sources == "states":
+        if mode not in ("attnres-full", "delta"):
+            raise ValueError("states as sources is an option of attnres-full and delta only")
+        cfg["attnres_sources"] = "states"
+        cfg["attnres_gate_type"] = "learnable_alpha"
+    elif sources != "outputs":
+        raise ValueError(f"sources must be outputs or states, not {sources!r}")
     if mode in ("ddl", "ddl-expanded"):
         cfg["ddl_beta0"] = float(ddl_beta0)
         cfg["ddl_k_eps"] = 1e-5
@@ -456,6 +464,66 @@ class Delta(_Additive):
         self.h = self.h + o
 
 
+class AttnResStates(ResidualMode):
+    """AttnRes (replacement) over hidden states s_0 = h0, s_{j+1} = x_j + o_j, each routed
+    term behind a zero-initialised scalar gate: x_j = s_j + a_j (route([s_0..s_j]) - s_j);
+    final s_2L + a_F (route([s_0..s_2L]) - s_2L). Zero gates: exactly the standard model."""
+
+    name = "attnres-full"
+
+    def attach(self, model):
+        AttnResFull.attach(self, model)
+        for layer in model.model.layers:
+            for p in ("attn", "mlp"):
+                setattr(layer, f"{p}_res_alpha", nn.Parameter(torch.zeros(())))
+        model.model.final_res_alpha = nn.Parameter(torch.zeros(()))
+
+    def start(self, model, h0, collect):
+        super().start(model, h0, collect)
+        self.states = [h0]
+
+    def _gated(self, key, proj, norm, alpha):
+        s = self.states[-1]
+        return s + (self._route(key, self.states, proj, norm) - s) * alpha
+
+    def input(self, j, sub):
+        self.x = self._gated(j, sub.param("res_proj"), sub.param("res_norm"), sub.param("res_alpha"))
+        return self.x
+
+    def update(self, j, sub, o):
+        self.states.append(self.x + o)
+
+    def final(self):
+        m = self.model.model
+        return self._gated("final", m.final_res_proj, m.final_res_norm, m.final_res_alpha)
+
+
+class DeltaStates(_Additive):
+    """Delta (additive) over hidden states: x_j = h_j + a_j route([h_0..h_j]) for j >= 1,
+    x_0 = h_0; h <- h + f_j(x_j). Needs the zero gate (uniform routing over states is not
+    the identity)."""
+
+    name = "delta"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        if not self.gate:
+            raise ValueError("states as sources needs attnres_gate_type learnable_alpha")
+
+    def start(self, model, h0, collect):
+        super().start(model, h0, collect)
+        self.h = h0
+        self.states = [h0]
+
+    def input(self, j, sub):
+        S = [] if j == 0 else list(self.states)
+        return self._additive_input(j, sub, S)
+
+    def update(self, j, sub, o):
+        self.h = self.h + o
+        self.states.append(self.h)
+
+
 class DeltaBlock(_Additive):
     """Delta Block with B blocks of P = ceil(L/B) layers, CORRECT Delta bookkeeping.
 
@@ -611,6 +679,8 @@ class DDLExpanded(DDL):
 
 def make_mode(cfg, **kw):
     m = mode_of(cfg)
+    if cfg.get("attnres_sources", "outputs") == "states":
+        return {"attnres-full": AttnResStates, "delta": DeltaStates}[m](cfg, **kw)
     cls = {
         "standard": Standard,
         "attnres-full": AttnResFull,

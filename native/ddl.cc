@@ -7,9 +7,9 @@
 //   gX += gY - beta k (x) s;   gk = beta sum_c (gY delta - X s);   gbeta = sum_c delta s;   gv = beta s
 // Built from generic ops the update materialised five [rows, d, dv] temporaries per sublayer and kept
 // three of them for the backward; fused, the only [rows, d, dv] tensor per sublayer is the state.
-// Rows are spread over OpenMP threads; the sums over d for each channel accumulate in double (dv is
-// small, so the per-row scratch is dv doubles). gC (a sum over rows) uses per-thread partials summed
-// in thread order, so results depend only on the thread count.
+// Rows are spread over OpenMP threads. When dv divides 16 the sums over d run as 16-lane float SIMD
+// accumulators over the flat row (see laneDots); otherwise a plain loop accumulates in double. gC (a sum over
+// rows) uses per-thread partials summed in thread order, so results depend only on the thread count.
 #include <omp.h>
 
 #include <vector>
@@ -17,6 +17,27 @@
 #include "kernels.h"
 
 namespace attnres {
+
+namespace {
+
+// Fast paths for dv dividing kLanes (1, 2, 4, 8, 16: every practical channel count): a row's state is
+// walked flat (j = i*dv + c), so channel c of element j is lane j % kLanes modulo dv, and every loop
+// is a plain SIMD loop over j with per-lane accumulators. The key is expanded to the flat layout once
+// per row (d*dv floats of scratch).
+constexpr i64 kLanes = 16;
+inline bool lanesFit(i64 d, i64 dv) { return dv > 0 && kLanes % dv == 0 && (d * dv) % kLanes == 0; }
+
+// acc[l] = sum over flat j = l (mod kLanes) of a[j] * b[j]; returns per-channel sums in out[c].
+inline void laneDots(const float* a, const float* b, i64 n, i64 dv, float* out) {
+  float acc[kLanes] = {0};
+  for (i64 j0 = 0; j0 < n; j0 += kLanes)
+#pragma omp simd
+    for (i64 l = 0; l < kLanes; l++) acc[l] += a[j0 + l] * b[j0 + l];
+  for (i64 c = 0; c < dv; c++) out[c] = 0.0f;
+  for (i64 l = 0; l < kLanes; l++) out[l % dv] += acc[l];
+}
+
+}  // namespace
 
 void ddl_read(const float* X, const float* C, float* x, i64 rows, i64 d, i64 dv) {
 #pragma omp parallel for schedule(static) if (rows * d * dv >= kParallelMin)
@@ -64,6 +85,28 @@ void ddl_read_backward(const float* X, const float* C, const float* gx, float* g
 
 void ddl_update(const float* X, const float* k, const float* beta, const float* v, float* Y, i64 rows, i64 d,
                 i64 dv) {
+  if (lanesFit(d, dv)) {
+    const i64 n = d * dv;
+#pragma omp parallel if (rows * n >= kParallelMin)
+    {
+      std::vector<float> kexp(n);
+      float kx[kLanes], bd[kLanes];
+#pragma omp for schedule(static)
+      for (i64 r = 0; r < rows; r++) {
+        const float* Xr = X + r * n;
+        float* Yr = Y + r * n;
+        for (i64 i = 0; i < d; i++)
+          for (i64 c = 0; c < dv; c++) kexp[i * dv + c] = k[r * d + i];
+        laneDots(kexp.data(), Xr, n, dv, kx);
+        for (i64 l = 0; l < kLanes; l++) bd[l] = beta[r] * (v[r * dv + l % dv] - kx[l % dv]);
+        const float* ke = kexp.data();
+        for (i64 j0 = 0; j0 < n; j0 += kLanes)
+#pragma omp simd
+          for (i64 l = 0; l < kLanes; l++) Yr[j0 + l] = Xr[j0 + l] + ke[j0 + l] * bd[l];
+      }
+    }
+    return;
+  }
 #pragma omp parallel if (rows * d * dv >= kParallelMin)
   {
     std::vector<double> kx(dv);
@@ -85,6 +128,53 @@ void ddl_update(const float* X, const float* k, const float* beta, const float* 
 
 void ddl_update_backward(const float* X, const float* k, const float* beta, const float* v, const float* gY,
                          float* gX, float* gk, float* gbeta, float* gv, i64 rows, i64 d, i64 dv) {
+  if (lanesFit(d, dv)) {
+    const i64 n = d * dv;
+#pragma omp parallel if (rows * n >= kParallelMin)
+    {
+      std::vector<float> kexp(n), t(n);
+      float kx[kLanes], s[kLanes], dl[kLanes], sl[kLanes], bsl[kLanes];
+#pragma omp for schedule(static)
+      for (i64 r = 0; r < rows; r++) {
+        const float* Xr = X + r * n;
+        const float* Gr = gY + r * n;
+        for (i64 i = 0; i < d; i++)
+          for (i64 c = 0; c < dv; c++) kexp[i * dv + c] = k[r * d + i];
+        const float* ke = kexp.data();
+        laneDots(ke, Xr, n, dv, kx);
+        laneDots(ke, Gr, n, dv, s);
+        const float b = beta[r];
+        float gb = 0.0f;
+        for (i64 c = 0; c < dv; c++) {
+          const float delta = v[r * dv + c] - kx[c];
+          gb += delta * s[c];
+          gv[r * dv + c] = b * s[c];
+        }
+        gbeta[r] = gb;
+        for (i64 l = 0; l < kLanes; l++) {
+          dl[l] = v[r * dv + l % dv] - kx[l % dv];
+          sl[l] = s[l % dv];
+          bsl[l] = b * sl[l];
+        }
+        float* tt = t.data();
+        for (i64 j0 = 0; j0 < n; j0 += kLanes)
+#pragma omp simd
+          for (i64 l = 0; l < kLanes; l++) tt[j0 + l] = Gr[j0 + l] * dl[l] - Xr[j0 + l] * sl[l];
+        for (i64 i = 0; i < d; i++) {
+          float acc = 0.0f;
+          for (i64 c = 0; c < dv; c++) acc += tt[i * dv + c];
+          gk[r * d + i] = b * acc;
+        }
+        if (gX != nullptr) {
+          float* gXr = gX + r * n;
+          for (i64 j0 = 0; j0 < n; j0 += kLanes)
+#pragma omp simd
+            for (i64 l = 0; l < kLanes; l++) gXr[j0 + l] += Gr[j0 + l] - ke[j0 + l] * bsl[l];
+        }
+      }
+    }
+    return;
+  }
 #pragma omp parallel if (rows * d * dv >= kParallelMin)
   {
     std::vector<double> kx(dv), s(dv);

@@ -770,11 +770,16 @@ describe("swiglu", () => {
 });
 
 describe("ddl-expanded state", () => {
+  // The native kernels take a SIMD path when dv divides 16 and d*dv is a multiple of 16 (the last
+  // three cases), a plain loop otherwise (the first four).
   for (const [rows, d, dv] of [
     [1, 1, 1],
     [13, 7, 3],
     [67, 37, 4],
     [301, 129, 5],
+    [5, 8, 2],
+    [19, 12, 4],
+    [70, 64, 16],
   ])
     test(`rows=${rows} d=${d} dv=${dv}`, () => {
       const X = rnd(rows * d * dv, -2, 2);

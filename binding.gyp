@@ -9,6 +9,7 @@
         "native/kernels_model.cc",
         "native/attention.cc",
         "native/depth_route.cc",
+        "native/ddl.cc",
         "native/optim.cc",
         "native/peak.cc"
       ],

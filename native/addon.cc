@@ -770,6 +770,75 @@ std::vector<F32> f32List(const Args& a, size_t i, const char* name, bool allowNu
   return out;
 }
 
+KERNEL(ddlRead) {
+  return guard(env, [&] {
+    Args a(env, info, "ddlRead", 6);
+    const F32 X = a.f32(0, "X"), C = a.f32(1, "C"), x = a.f32(2, "x");
+    const i64 rows = a.size(3, "rows"), d = a.size(4, "d"), dv = a.size(5, "dv");
+    a.need("X", X, a.mul(a.mul(rows, d), dv));
+    a.need("C", C, a.mul(d, dv));
+    a.need("x", x, a.mul(rows, d));
+    ddl_read(X.p, C.p, x.p, rows, d, dv);
+    return undefinedValue(env);
+  });
+}
+
+KERNEL(ddlReadBackward) {
+  return guard(env, [&] {
+    Args a(env, info, "ddlReadBackward", 8);
+    const F32 X = a.f32(0, "X"), C = a.f32(1, "C"), gx = a.f32(2, "gx"), gX = a.f32OrNull(3, "gX");
+    const F32 gC = a.f32(4, "gC");
+    const i64 rows = a.size(5, "rows"), d = a.size(6, "d"), dv = a.size(7, "dv");
+    const i64 n = a.mul(a.mul(rows, d), dv);
+    a.need("X", X, n);
+    a.need("C", C, a.mul(d, dv));
+    a.need("gx", gx, a.mul(rows, d));
+    if (gX.p != nullptr) a.need("gX", gX, n);
+    a.need("gC", gC, a.mul(d, dv));
+    ddl_read_backward(X.p, C.p, gx.p, gX.p, gC.p, rows, d, dv);
+    return undefinedValue(env);
+  });
+}
+
+KERNEL(ddlUpdate) {
+  return guard(env, [&] {
+    Args a(env, info, "ddlUpdate", 8);
+    const F32 X = a.f32(0, "X"), k = a.f32(1, "k"), beta = a.f32(2, "beta"), v = a.f32(3, "v");
+    const F32 Y = a.f32(4, "Y");
+    const i64 rows = a.size(5, "rows"), d = a.size(6, "d"), dv = a.size(7, "dv");
+    const i64 n = a.mul(a.mul(rows, d), dv);
+    a.need("X", X, n);
+    a.need("k", k, a.mul(rows, d));
+    a.need("beta", beta, rows);
+    a.need("v", v, a.mul(rows, dv));
+    a.need("Y", Y, n);
+    ddl_update(X.p, k.p, beta.p, v.p, Y.p, rows, d, dv);
+    return undefinedValue(env);
+  });
+}
+
+KERNEL(ddlUpdateBackward) {
+  return guard(env, [&] {
+    Args a(env, info, "ddlUpdateBackward", 12);
+    const F32 X = a.f32(0, "X"), k = a.f32(1, "k"), beta = a.f32(2, "beta"), v = a.f32(3, "v");
+    const F32 gY = a.f32(4, "gY"), gX = a.f32OrNull(5, "gX"), gk = a.f32(6, "gk"), gbeta = a.f32(7, "gbeta");
+    const F32 gv = a.f32(8, "gv");
+    const i64 rows = a.size(9, "rows"), d = a.size(10, "d"), dv = a.size(11, "dv");
+    const i64 n = a.mul(a.mul(rows, d), dv);
+    a.need("X", X, n);
+    a.need("k", k, a.mul(rows, d));
+    a.need("beta", beta, rows);
+    a.need("v", v, a.mul(rows, dv));
+    a.need("gY", gY, n);
+    if (gX.p != nullptr) a.need("gX", gX, n);
+    a.need("gk", gk, a.mul(rows, d));
+    a.need("gbeta", gbeta, rows);
+    a.need("gv", gv, a.mul(rows, dv));
+    ddl_update_backward(X.p, k.p, beta.p, v.p, gY.p, gX.p, gk.p, gbeta.p, gv.p, rows, d, dv);
+    return undefinedValue(env);
+  });
+}
+
 KERNEL(depthRoute) {
   return guard(env, [&] {
     Args a(env, info, "depthRoute", 9);
@@ -875,6 +944,10 @@ napi_value Init(napi_env env, napi_value exports) {
       FN(crossEntropyBackward),
       FN(swiglu),
       FN(swigluBackward),
+      FN(ddlRead),
+      FN(ddlReadBackward),
+      FN(ddlUpdate),
+      FN(ddlUpdateBackward),
       FN(depthRoute),
       FN(depthRouteBackward),
       FN(adamw),

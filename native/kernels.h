@@ -75,6 +75,15 @@ void cross_entropy_backward(const float* logits, const int32_t* targets, const f
 void swiglu(const float* gate, const float* up, float* out, i64 n);
 void swiglu_backward(const float* gate, const float* up, const float* gout, float* ggate, float* gup, i64 n);
 
+// ------------------------------------------------------------------ ddl-expanded state (ddl.cc)
+void ddl_read(const float* X, const float* C, float* x, i64 rows, i64 d, i64 dv);
+void ddl_read_backward(const float* X, const float* C, const float* gx, float* gX, float* gC, i64 rows, i64 d,
+                       i64 dv);
+void ddl_update(const float* X, const float* k, const float* beta, const float* v, float* Y, i64 rows, i64 d,
+                i64 dv);
+void ddl_update_backward(const float* X, const float* k, const float* beta, const float* v, const float* gY,
+                         float* gX, float* gk, float* gbeta, float* gv, i64 rows, i64 d, i64 dv);
+
 // ------------------------------------------------------------------ depth routing (depth_route.cc)
 // src: N pointers to [rows, d]; w, g [d]; out [rows, d]; alpha, rstd [rows, N]
 void depth_route(const float* const* src, i64 N, const float* w, const float* g, float* out, float* alpha,

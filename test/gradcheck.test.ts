@@ -199,6 +199,32 @@ describe("gradcheck: fused model ops", () => {
     gradcheck("swiglu", [r([3, 5], { lo: -3, hi: 3 }), r([3, 5])], (g, u) => ops.swiglu(g!, u!)));
 });
 
+describe("gradcheck: ddl-expanded state", () => {
+  test("ddlRead", () =>
+    gradcheck("ddlRead", [r([2, 3, 5, 4], { lo: -2, hi: 2 }), r([5, 4])], (X, C) => ops.ddlRead(X!, C!)));
+  test("ddlUpdate", () =>
+    gradcheck(
+      "ddlUpdate",
+      [r([2, 3, 5, 3], { lo: -2, hi: 2 }), r([2, 3, 5]), r([2, 3, 1], { lo: 0, hi: 2 }), r([2, 3, 3])],
+      (X, k, b, v) => ops.ddlUpdate(X!, k!, b!, v!),
+    ));
+  test("ddlUpdate and ddlRead equal their composite definitions", () => {
+    const X = r([2, 3, 5, 4], { lo: -2, hi: 2 });
+    const k = r([2, 3, 5]);
+    const b = r([2, 3, 1], { lo: 0, hi: 2 });
+    const v = r([2, 3, 4]);
+    const C = r([5, 4]);
+    const k4 = ops.reshape(k, [2, 3, 5, 1]);
+    const kX = ops.sum(ops.mul(k4, X), -2); // [2, 3, 4]
+    const delta = ops.reshape(ops.sub(v, kX), [2, 3, 1, 4]);
+    const want = ops.add(X, ops.mul(ops.mul(ops.reshape(b, [2, 3, 1, 1]), k4), delta));
+    assertClose(ops.ddlUpdate(X, k, b, v).toArray(), want.toArray(), { rtol: 1e-12 }, "update");
+    assertClose(ops.ddlRead(X, C).toArray(), ops.sum(ops.mul(X, C), -1).toArray(), { rtol: 1e-12 }, "read");
+    assert.throws(() => ops.ddlUpdate(X, k, b, r([2, 3, 3])), /ddlUpdate: state \[2, 3, 5, 4\]/);
+    assert.throws(() => ops.ddlRead(X, r([4, 5])), /ddlRead: state/);
+  });
+});
+
 describe("gradcheck: depth routing", () => {
   for (const N of [1, 2, 5])
     test(`route over ${N} sources`, () => {

@@ -769,6 +769,95 @@ describe("swiglu", () => {
     });
 });
 
+describe("ddl-expanded state", () => {
+  // The native kernels take a SIMD path when dv divides 16 and d*dv is a multiple of 16 (the last
+  // three cases), a plain loop otherwise (the first four).
+  for (const [rows, d, dv] of [
+    [1, 1, 1],
+    [13, 7, 3],
+    [67, 37, 4],
+    [301, 129, 5],
+    [5, 8, 2],
+    [19, 12, 4],
+    [70, 64, 16],
+  ])
+    test(`rows=${rows} d=${d} dv=${dv}`, () => {
+      const X = rnd(rows * d * dv, -2, 2);
+      const C = rnd(d * dv);
+      const k = rnd(rows * d);
+      const beta = rnd(rows, 0, 2);
+      const v = rnd(rows * dv);
+      const x = nans(rows * d);
+      const xW = new Float64Array(rows * d);
+      ref.ddlRead(f64(X), f64(C), xW, rows, d, dv);
+      nat.ddlRead(X, C, x, rows, d, dv);
+      closeDot("x", x, xW, dv);
+      const Y = nans(rows * d * dv);
+      const YW = new Float64Array(rows * d * dv);
+      ref.ddlUpdate(f64(X), f64(k), f64(beta), f64(v), YW, rows, d, dv);
+      nat.ddlUpdate(X, k, beta, v, Y, rows, d, dv);
+      closeDot("Y", Y, YW, d);
+      // Backward: gX accumulates (start it at random values); the other gradients are written.
+      const gx = rnd(rows * d);
+      const gX = rnd(rows * d * dv);
+      const gXW = f64(gX);
+      const gC = nans(d * dv);
+      const gCW = new Float64Array(d * dv);
+      ref.ddlReadBackward(f64(X), f64(C), f64(gx), gXW, gCW, rows, d, dv);
+      nat.ddlReadBackward(X, C, gx, gX, gC, rows, d, dv);
+      closeDot("read gX", gX, gXW, dv);
+      closeDot("read gC", gC, gCW, rows);
+      const gY = rnd(rows * d * dv);
+      const gX2 = rnd(rows * d * dv);
+      const gX2W = f64(gX2);
+      const [gk, gb, gv] = [nans(rows * d), nans(rows), nans(rows * dv)];
+      const [gkW, gbW, gvW] = [
+        new Float64Array(rows * d),
+        new Float64Array(rows),
+        new Float64Array(rows * dv),
+      ];
+      ref.ddlUpdateBackward(f64(X), f64(k), f64(beta), f64(v), f64(gY), gX2W, gkW, gbW, gvW, rows, d, dv);
+      nat.ddlUpdateBackward(X, k, beta, v, gY, gX2, gk, gb, gv, rows, d, dv);
+      closeDot("update gX", gX2, gX2W, d);
+      closeDot("update gk", gk, gkW, d * dv);
+      closeDot("update gbeta", gb, gbW, d * dv);
+      closeDot("update gv", gv, gvW, d);
+      // Without gX nothing else changes.
+      const [gk2, gb2, gv2] = [nans(rows * d), nans(rows), nans(rows * dv)];
+      nat.ddlUpdateBackward(X, k, beta, v, gY, null, gk2, gb2, gv2, rows, d, dv);
+      assert.deepEqual([...gk2], [...gk]);
+      assert.deepEqual([...gv2], [...gv]);
+    });
+  test("errors", () => {
+    assert.throws(
+      () => nat.ddlRead(rnd(11), rnd(6), rnd(4), 2, 2, 3),
+      /ddlRead: X has 11 elements, needs 12/,
+    );
+    assert.throws(
+      () => nat.ddlUpdate(rnd(12), rnd(4), rnd(1), rnd(6), rnd(12), 2, 2, 3),
+      /ddlUpdate: beta has 1 elements, needs 2/,
+    );
+    assert.throws(
+      () =>
+        nat.ddlUpdateBackward(
+          rnd(12),
+          rnd(4),
+          rnd(2),
+          rnd(6),
+          rnd(12),
+          null,
+          rnd(4),
+          rnd(2),
+          rnd(5),
+          2,
+          2,
+          3,
+        ),
+      /ddlUpdateBackward: gv has 5 elements, needs 6/,
+    );
+  });
+});
+
 describe("depthRoute", () => {
   for (const [rows, d, N] of [
     [1, 1, 1],

@@ -303,6 +303,54 @@ export interface Backend {
     d: number,
   ): void;
 
+  /**
+   * Deep Delta Learning's expanded state (ddl-expanded): X [rows, d, dv] holds dv value channels per
+   * feature of every row (token). ddlRead reads the stream out of it with a per-feature mix C [d, dv]:
+   *   x[r, i] = sum_c X[r, i, c] * C[i, c]                                  writes x [rows, d]
+   */
+  ddlRead(X: Buf, C: Buf, x: Buf, rows: number, d: number, dv: number): void;
+  /**
+   * Backward of ddlRead from gx [rows, d]: accumulates gX[r, i, c] += gx[r, i] * C[i, c] when gX is
+   * non-null; writes gC[i, c] = sum_r gx[r, i] * X[r, i, c].
+   */
+  ddlReadBackward(
+    X: Buf,
+    C: Buf,
+    gx: Buf,
+    gX: Buf | null,
+    gC: Buf,
+    rows: number,
+    d: number,
+    dv: number,
+  ): void;
+  /**
+   * The ddl-expanded state update of one sublayer, with key k [rows, d] (unit norm), gate
+   * beta [rows] and value v [rows, dv]:
+   *   kX[r, c] = sum_i k[r, i] X[r, i, c];   Y[r, i, c] = X[r, i, c] + beta[r] k[r, i] (v[r, c] - kX[r, c])
+   * Writes Y [rows, d, dv].
+   */
+  ddlUpdate(X: Buf, k: Buf, beta: Buf, v: Buf, Y: Buf, rows: number, d: number, dv: number): void;
+  /**
+   * Backward of ddlUpdate from gY [rows, d, dv]. With s[r, c] = sum_i k[r, i] gY[r, i, c] and
+   * delta = v - kX: accumulates gX += gY - beta k (x) s (when gX is non-null); writes
+   * gk[r, i] = beta sum_c (gY[r, i, c] delta[r, c] - X[r, i, c] s[r, c]), gbeta[r] = sum_c delta s,
+   * gv[r, c] = beta[r] s[r, c].
+   */
+  ddlUpdateBackward(
+    X: Buf,
+    k: Buf,
+    beta: Buf,
+    v: Buf,
+    gY: Buf,
+    gX: Buf | null,
+    gk: Buf,
+    gbeta: Buf,
+    gv: Buf,
+    rows: number,
+    d: number,
+    dv: number,
+  ): void;
+
   // ---------------------------------------------------------------- optimizer
   /**
    * One AdamW step on n elements, in PyTorch's exact order of operations:

@@ -26,7 +26,21 @@
  */
 import { Linear, RMSNorm } from "../nn/layers.js";
 import { type InitContext, Module } from "../nn/module.js";
-import { add, expand, mul, reshape, route, rsqrt, scale, sigmoid, square, sub, sum } from "../tensor/ops.js";
+import {
+  add,
+  ddlRead,
+  ddlUpdate,
+  expand,
+  mul,
+  reshape,
+  route,
+  rsqrt,
+  scale,
+  sigmoid,
+  square,
+  sub,
+  sum,
+} from "../tensor/ops.js";
 import type { Tensor } from "../tensor/tensor.js";
 import type { ModelConfig, ModeName } from "./config.js";
 
@@ -417,18 +431,15 @@ class DdlExpanded extends Ddl {
     this.X = expand(reshape(h0, [...h0.shape, 1]), [...h0.shape, this.dv]);
   }
   override input(j: number): Tensor {
-    return sum(mul(this.X, this.p[j]!.read!), -1);
+    return ddlRead(this.X, this.p[j]!.read!); // [B, T, d]
   }
   override update(j: number, x: Tensor, r: SublayerResult): void {
-    const { k, beta } = this.keyBeta(j, r);
+    const { k, beta } = this.keyBeta(j, r); // [B, T, d], [B, T, 1]
     const v = this.p[j]!.v.forward(x); // [B, T, dv]
-    const k4 = reshape(k, [...k.shape, 1]); // [B, T, d, 1]
-    const kX = sum(mul(k4, this.X), -2); // [B, T, dv]
-    const delta = reshape(sub(v, kX), [...v.shape.slice(0, -1), 1, this.dv]); // [B, T, 1, dv]
-    this.X = add(this.X, mul(mul(reshape(beta, [...beta.shape, 1]), k4), delta));
+    this.X = ddlUpdate(this.X, k, beta, v); // X + β k (vᵀ − kᵀX), [B, T, d, dv]
   }
   override end(): Tensor {
-    return sum(mul(this.X, this.finalRead), -1);
+    return ddlRead(this.X, this.finalRead);
   }
 }
 

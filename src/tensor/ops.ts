@@ -9,6 +9,7 @@
  *   reductions      sum mean max (any axes, keepdim)
  *   shape           reshape permute transpose slice concat stack expand
  *   fused           embedding rmsnorm rope attention crossEntropy swiglu route (depth routing)
+ *                   ddlRead ddlUpdate (ddl-expanded state)
  *   composite       softmax
  */
 import type { BinaryOp, Buf, DType, UnaryOp } from "../backend/backend.js";
@@ -709,6 +710,74 @@ export function route(sourceList: readonly Tensor[], w: Tensor, g: Tensor, eps: 
   };
   record(out, op, inputs, (gy) => backwardInto(gy, []), backwardInto);
   return { out, alpha };
+}
+
+/**
+ * ddl-expanded's read: x[..., i] = sum_c X[..., i, c] * C[i, c], with the state X [..., d, dv] and
+ * the per-feature channel mix C [d, dv]. Returns x [..., d].
+ */
+export function ddlRead(X: Tensor, C: Tensor): Tensor {
+  const op = "ddlRead";
+  checkSame(op, X, C);
+  if (X.rank < 2 || C.rank !== 2 || !sameShape(X.shape.slice(-2), C.shape))
+    throw new Error(`${op}: state ${fmt(X.shape)} and mix ${fmt(C.shape)} must end in the same [d, dv]`);
+  const [d, dv] = C.shape as [number, number];
+  const rows = d * dv === 0 ? 0 : X.size / (d * dv);
+  const x = like(X, X.shape.slice(0, -1));
+  X.backend.ddlRead(X.data, C.data, x.data, rows, d, dv);
+  const backwardInto = (gx: Tensor, acc: readonly (Tensor | null)[]): (Tensor | null)[] => {
+    const gX = X.requiresGrad ? (acc[0] ?? zeros(X.shape, { backend: X.backend, dtype: X.dtype })) : null;
+    const gC = like(C, C.shape);
+    X.backend.ddlReadBackward(X.data, C.data, gx.data, gX ? gX.data : null, gC.data, rows, d, dv);
+    return [gX, C.requiresGrad ? gC : null];
+  };
+  return record(x, op, [X, C], (g) => backwardInto(g, []), backwardInto);
+}
+
+/**
+ * ddl-expanded's state update of one sublayer: X [..., d, dv], unit key k [..., d], gate
+ * beta [..., 1], value v [..., dv] →  X + beta k (v − kᵀX)  [..., d, dv] (one fused kernel; the
+ * backward recomputes kᵀX instead of keeping temporaries).
+ */
+export function ddlUpdate(X: Tensor, k: Tensor, beta: Tensor, v: Tensor): Tensor {
+  const op = "ddlUpdate";
+  checkSame(op, X, k, beta, v);
+  const lead = X.shape.slice(0, -2);
+  const [d, dv] = X.shape.slice(-2) as [number, number];
+  if (
+    X.rank < 2 ||
+    !sameShape(k.shape, [...lead, d]) ||
+    !sameShape(beta.shape, [...lead, 1]) ||
+    !sameShape(v.shape, [...lead, dv])
+  )
+    throw new Error(
+      `${op}: state ${fmt(X.shape)}, key ${fmt(k.shape)}, beta ${fmt(beta.shape)} and value ${fmt(v.shape)} do not fit`,
+    );
+  const rows = d * dv === 0 ? 0 : X.size / (d * dv);
+  const Y = like(X, X.shape);
+  X.backend.ddlUpdate(X.data, k.data, beta.data, v.data, Y.data, rows, d, dv);
+  const backwardInto = (gY: Tensor, acc: readonly (Tensor | null)[]): (Tensor | null)[] => {
+    const gX = X.requiresGrad ? (acc[0] ?? zeros(X.shape, { backend: X.backend, dtype: X.dtype })) : null;
+    const gk = like(k, k.shape);
+    const gb = like(beta, beta.shape);
+    const gv = like(v, v.shape);
+    X.backend.ddlUpdateBackward(
+      X.data,
+      k.data,
+      beta.data,
+      v.data,
+      gY.data,
+      gX ? gX.data : null,
+      gk.data,
+      gb.data,
+      gv.data,
+      rows,
+      d,
+      dv,
+    );
+    return [gX, k.requiresGrad ? gk : null, beta.requiresGrad ? gb : null, v.requiresGrad ? gv : null];
+  };
+  return record(Y, op, [X, k, beta, v], (g) => backwardInto(g, []), backwardInto);
 }
 
 /** Softmax along one axis (composite: exp(x - max) / sum). */

@@ -60,6 +60,10 @@ interface NativeAddon {
   crossEntropyBackward: Backend["crossEntropyBackward"];
   swiglu: Backend["swiglu"];
   swigluBackward: Backend["swigluBackward"];
+  ddlRead: Backend["ddlRead"];
+  ddlReadBackward: Backend["ddlReadBackward"];
+  ddlUpdate: Backend["ddlUpdate"];
+  ddlUpdateBackward: Backend["ddlUpdateBackward"];
   depthRoute: Backend["depthRoute"];
   depthRouteBackward: Backend["depthRouteBackward"];
   adamw: Backend["adamw"];
@@ -147,6 +151,10 @@ export function loadNativeBackend(): Backend {
     crossEntropyBackward: a.crossEntropyBackward,
     swiglu: a.swiglu,
     swigluBackward: a.swigluBackward,
+    ddlRead: a.ddlRead,
+    ddlReadBackward: a.ddlReadBackward,
+    ddlUpdate: a.ddlUpdate,
+    ddlUpdateBackward: a.ddlUpdateBackward,
     depthRoute: a.depthRoute,
     depthRouteBackward: a.depthRouteBackward,
     adamw: a.adamw,

@@ -631,6 +631,111 @@ export const referenceBackend: Backend = {
     }
   },
 
+  ddlRead(X, C, x, rows, d, dv) {
+    need("ddlRead", "X", X, rows * d * dv);
+    need("ddlRead", "C", C, d * dv);
+    need("ddlRead", "x", x, rows * d);
+    for (let r = 0; r < rows; r++)
+      for (let i = 0; i < d; i++) {
+        let acc = 0;
+        for (let c = 0; c < dv; c++) acc += X[(r * d + i) * dv + c]! * C[i * dv + c]!;
+        x[r * d + i] = acc;
+      }
+  },
+
+  ddlReadBackward(X, C, gx, gX, gC, rows, d, dv) {
+    const k = "ddlReadBackward";
+    need(k, "X", X, rows * d * dv);
+    need(k, "C", C, d * dv);
+    need(k, "gx", gx, rows * d);
+    need(k, "gC", gC, d * dv);
+    if (gX) need(k, "gX", gX, rows * d * dv);
+    const acc = new Float64Array(d * dv);
+    for (let r = 0; r < rows; r++)
+      for (let i = 0; i < d; i++) {
+        const g = gx[r * d + i]!;
+        for (let c = 0; c < dv; c++) {
+          const at = (r * d + i) * dv + c;
+          acc[i * dv + c]! += g * X[at]!;
+          if (gX) gX[at] = gX[at]! + g * C[i * dv + c]!;
+        }
+      }
+    for (let j = 0; j < d * dv; j++) gC[j] = acc[j]!;
+  },
+
+  ddlUpdate(X, k, beta, v, Y, rows, d, dv) {
+    for (const [name, b, n] of [
+      ["X", X, rows * d * dv],
+      ["k", k, rows * d],
+      ["beta", beta, rows],
+      ["v", v, rows * dv],
+      ["Y", Y, rows * d * dv],
+    ] as const)
+      need("ddlUpdate", name, b, n);
+    const delta = new Float64Array(dv);
+    for (let r = 0; r < rows; r++) {
+      for (let c = 0; c < dv; c++) {
+        let kx = 0;
+        for (let i = 0; i < d; i++) kx += k[r * d + i]! * X[(r * d + i) * dv + c]!;
+        delta[c] = v[r * dv + c]! - kx;
+      }
+      const b = beta[r]!;
+      for (let i = 0; i < d; i++)
+        for (let c = 0; c < dv; c++) {
+          const at = (r * d + i) * dv + c;
+          Y[at] = X[at]! + b * k[r * d + i]! * delta[c]!;
+        }
+    }
+  },
+
+  ddlUpdateBackward(X, k, beta, v, gY, gX, gk, gbeta, gv, rows, d, dv) {
+    const n = "ddlUpdateBackward";
+    for (const [name, b, len] of [
+      ["X", X, rows * d * dv],
+      ["k", k, rows * d],
+      ["beta", beta, rows],
+      ["v", v, rows * dv],
+      ["gY", gY, rows * d * dv],
+      ["gk", gk, rows * d],
+      ["gbeta", gbeta, rows],
+      ["gv", gv, rows * dv],
+    ] as const)
+      need(n, name, b, len);
+    if (gX) need(n, "gX", gX, rows * d * dv);
+    const delta = new Float64Array(dv);
+    const s = new Float64Array(dv);
+    for (let r = 0; r < rows; r++) {
+      for (let c = 0; c < dv; c++) {
+        let kx = 0;
+        let ks = 0;
+        for (let i = 0; i < d; i++) {
+          const at = (r * d + i) * dv + c;
+          kx += k[r * d + i]! * X[at]!;
+          ks += k[r * d + i]! * gY[at]!;
+        }
+        delta[c] = v[r * dv + c]! - kx;
+        s[c] = ks;
+      }
+      const b = beta[r]!;
+      let gb = 0;
+      for (let c = 0; c < dv; c++) {
+        gb += delta[c]! * s[c]!;
+        gv[r * dv + c] = b * s[c]!;
+      }
+      gbeta[r] = gb;
+      for (let i = 0; i < d; i++) {
+        let acc = 0;
+        const ki = k[r * d + i]!;
+        for (let c = 0; c < dv; c++) {
+          const at = (r * d + i) * dv + c;
+          acc += gY[at]! * delta[c]! - X[at]! * s[c]!;
+          if (gX) gX[at] = gX[at]! + gY[at]! - b * ki * s[c]!;
+        }
+        gk[r * d + i] = b * acc;
+      }
+    }
+  },
+
   adamw(p, g, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2) {
     for (const [name, b] of [
       ["p", p],

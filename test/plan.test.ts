@@ -10,7 +10,8 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { test } from "node:test";
-import { formatPlan, planCommand } from "../src/cli/plan.js";
+import { Command } from "commander";
+import { formatPlan, planCommand, registerPlan } from "../src/cli/plan.js";
 import { MODE_LIST } from "../src/cli/common.js";
 import { countParameters } from "../src/model/decoder.js";
 import { plan, planRow, withMode } from "../src/plan/estimate.js";
@@ -185,4 +186,39 @@ test("attnres plan: table of every mode, and one-line errors", () => {
   const ok = cli(["--size", "220m", "--modes", "standard,attnres-full", "--json"]);
   assert.equal(ok.status, 0, ok.stderr);
   assert.equal((JSON.parse(ok.stdout) as { rows: unknown[] }).rows.length, 2);
+});
+
+/** Runs `attnres plan <args>` in this process and returns what it printed. */
+async function planOutput(args: string[]): Promise<string> {
+  const program = new Command().exitOverride();
+  registerPlan(program);
+  let out = "";
+  const write = process.stdout.write.bind(process.stdout);
+  process.stdout.write = ((chunk: string) => {
+    out += chunk;
+    return true;
+  }) as typeof process.stdout.write;
+  try {
+    await program.parseAsync(["plan", ...args], { from: "user" });
+  } finally {
+    process.stdout.write = write;
+  }
+  return out;
+}
+
+test("docs/scale-out.md: each plan table is what its command prints; the SLURM script is the repo's", async () => {
+  const md = fs.readFileSync(path.join(root, "docs/scale-out.md"), "utf8");
+  const re = /```bash\nnode bin\/attnres\.mjs plan ([^\n]*)\n```\n\n```text\n([\s\S]*?)```/g;
+  let tables = 0;
+  for (const m of md.matchAll(re)) {
+    assert.equal(await planOutput(m[1]!.split(" ")), m[2], `docs/scale-out.md: attnres plan ${m[1]}`);
+    tables++;
+  }
+  assert.ok(tables >= 5, `${tables} plan tables found`);
+  const script = fs.readFileSync(path.join(root, "scripts/slurm-scale-out.sh"), "utf8");
+  assert.ok(
+    md.includes("```bash\n" + script + "```"),
+    "the SLURM example differs from scripts/slurm-scale-out.sh",
+  );
+  assert.equal(spawnSync("bash", ["-n", path.join(root, "scripts/slurm-scale-out.sh")]).status, 0);
 });

@@ -21,7 +21,8 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_ref"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "torch_ref"))
 from model import CausalLM  # noqa: E402
 
 
@@ -36,14 +37,18 @@ def train_step(model, opt, ids, targets):
 def measure(cfg, B, T):
     torch.manual_seed(0)
     V = cfg["vocab_size"]
-    ids = (torch.arange(B * T) * 7 + torch.arange(B * T) // 4).remainder(V).reshape(B, T)
-    targets = (torch.arange(B * T) * 5 + 3).remainder(V).reshape(B, T)
+    i = torch.arange(B * T)
+    ids = (i * 7 + i // 4).remainder(V).reshape(B, T)
+    targets = (i * 5 + 3).remainder(V).reshape(B, T)
     marks = []
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         model = CausalLM(cfg)
         decay = [p for p in model.parameters() if p.dim() >= 2]
         other = [p for p in model.parameters() if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}]
+        groups = [
+            {"params": decay, "weight_decay": 0.1},
+            {"params": other, "weight_decay": 0.0},
+        ]
         opt = torch.optim.AdamW(groups, lr=1e-3)
         train_step(model, opt, ids, targets)
         with torch.profiler.record_function("attnres_plan_step2"):
@@ -53,9 +58,11 @@ def measure(cfg, B, T):
     for e in events:
         if e.name() == "attnres_plan_step2":
             marks = [e.start_us(), e.start_us() + e.duration_us()]
-    mem = sorted(
-        (e.start_us(), i, e.nbytes()) for i, e in enumerate(events) if e.name() == "[memory]"
-    )
+    mem = []
+    for i, e in enumerate(events):
+        if e.name() == "[memory]":
+            mem.append((e.start_us(), i, e.nbytes()))
+    mem.sort()
     live = 0
     peak = 0
     persistent = None

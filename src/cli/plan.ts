@@ -126,7 +126,7 @@ export function planCommand(f: PlanFlags): PlanReport {
       engine === "torch" ? choice("--attention", f.attention, ["flash", "math"] as const, "flash") : null,
     routing:
       engine === "torch" ? choice("--routing", f.routing, ["stacked", "fused"] as const, "stacked") : null,
-    blocks: f.blocks ?? Number(model.attnres_num_blocks ?? 8),
+    blocks: Math.min(f.blocks ?? Number(model.attnres_num_blocks ?? 8), Number(model.num_hidden_layers)),
   };
   if (engine === "ts" && (f.attention !== undefined || f.routing !== undefined))
     throw new Error(

@@ -6,11 +6,12 @@
  */
 import * as fs from "node:fs";
 import { type Command, InvalidArgumentError, Option } from "commander";
-import { type ModeName, parseConfig } from "../model/config.js";
+import type { ModeName } from "../model/config.js";
 import {
   type AttentionKernel,
   plan,
   type PlanDType,
+  withMode,
   type PlanEngine,
   type PlanRow,
   type RoutingKernel,
@@ -113,7 +114,7 @@ export function planCommand(f: PlanFlags): PlanReport {
   if (f.vocabSize !== undefined) model.vocab_size = f.vocabSize;
   if (model.vocab_size === undefined)
     throw new Error("the model has no vocab_size (its tokenizer decides it); pass --vocab-size");
-  parseConfig({ ...model, attnres_mode: "standard", attnres_num_blocks: undefined }, src.name);
+  withMode(model, "standard");
   const engine = choice("--engine", f.engine, ["torch", "ts"] as const, "torch");
   const settings = {
     engine,

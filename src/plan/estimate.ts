@@ -99,16 +99,19 @@ export interface PlanRow {
   checkpointedFlopsPerToken: number | null;
 }
 
-/** The config of `base` with residual mode `mode` (block modes get `blocks`, default 8). */
+/**
+ * The config of `base` with residual mode `mode`; block modes get `blocks` (default: the config's
+ * attnres_num_blocks, else 8), at most one per layer.
+ */
 export function withMode(
   base: ModelConfigInput | Record<string, unknown>,
   mode: ModeName,
-  blocks = 8,
+  blocks?: number,
 ): ModelConfig {
   const raw: Record<string, unknown> = { ...base, attnres_mode: MODE_NAMES[mode] };
   if (mode === "attnres-block" || mode === "delta-block") {
     const L = Number(raw.num_hidden_layers);
-    raw.attnres_num_blocks = Math.min(Number(raw.attnres_num_blocks ?? blocks), L);
+    raw.attnres_num_blocks = Math.min(blocks ?? Number(raw.attnres_num_blocks ?? 8), L);
   } else delete raw.attnres_num_blocks;
   if (mode !== "delta" && mode !== "delta-block") {
     delete raw.attnres_use_null_source;
@@ -310,7 +313,7 @@ function torchTally(c: ModelConfig, s: Shape, attention: AttentionKernel, routin
   // rstd; a composite RMSNorm over a stack keeps four copies of it (measured with saved-tensor
   // hooks on torch 1.13).
   const norm = 3 * n * d + n;
-  // q/k norms keep their input, x·rstd and rstd; q (copy for the batched matmul or the kernel's
+  // q/k norms keep their input, x², x·rstd and rstd; q (copy for the batched matmul or the kernel's
   // input), k and v repeated to the query heads, the [B, H, T, T] probabilities or (flash) the
   // output and log-sum-exp, the [n, q] copy o_proj reads.
   const qkNorm = qk ? n * (3 * q + H + 3 * kv + Hkv) : 0;

@@ -121,10 +121,9 @@ test("MetricsLog: empty cells for absent values, truncate keeps both files in st
     lr: 1e-3,
     tokens_per_s: 100,
     ...(val === undefined ? {} : { val_loss: val }),
-    time: "2026-01-01T00:00:00.000Z",
-    elapsed_s: step / 2,
   });
-  for (let s = 1; s <= 4; s++) log.append(rec(s, s === 2 ? 2.25 : undefined));
+  const at = new Date("2026-01-01T00:00:00.000Z");
+  for (let s = 1; s <= 4; s++) log.append(rec(s, s === 2 ? 2.25 : undefined), at, s / 2);
   let csv = parseCsv(log.csv);
   assert.deepEqual(csv.rows[0], ["1", "2.5", "nan", "0.001", "100", "", "2026-01-01T00:00:00.000Z", "0.5"]);
   assert.equal(csv.rows[1]![5], "2.25");

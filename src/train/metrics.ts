@@ -16,17 +16,6 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 
-export interface MetricsRecord {
-  step: number;
-  loss: number;
-  grad_norm: number;
-  lr: number;
-  tokens_per_s: number;
-  val_loss?: number;
-  time: string;
-  elapsed_s: number;
-}
-
 export const METRICS_COLUMNS = [
   "step",
   "loss",
@@ -81,8 +70,10 @@ export class MetricsLog {
     );
   }
 
-  append(r: MetricsRecord): void {
+  /** Appends a step's values ({step, loss, grad_norm, lr, tokens_per_s, val_loss?}) with its time. */
+  append(values: Readonly<Record<string, number>>, ended: Date, elapsedSeconds: number): void {
+    const r = { ...values, time: ended.toISOString(), elapsed_s: elapsedSeconds };
     fs.appendFileSync(this.jsonl, JSON.stringify(r) + "\n");
-    fs.appendFileSync(this.csv, csvLine(r as unknown as Record<string, unknown>));
+    fs.appendFileSync(this.csv, csvLine(r));
   }
 }

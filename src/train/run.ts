@@ -285,22 +285,27 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
       const mult = lrMultiplier(step, sched);
       const { loss, gradNorm } = trainStep(model, opt, batches, step + 1, mult, s.clip, trainable);
       const dt = (performance.now() - t0) / 1000;
+      const ended = new Date();
       seconds += dt;
       step++;
       sessionSteps++;
       lastLoss = loss;
       const tps = (sessionSteps * tokensPerStep) / ((performance.now() - sessionStart) / 1000);
-      const time = new Date().toISOString();
-      const rec = { step, loss, grad_norm: gradNorm, lr: s.lr * mult, tokens_per_s: tokensPerStep / dt };
-      let val: { val_loss: number } | null = null;
+      const rec: Record<string, number> = {
+        step,
+        loss,
+        grad_norm: gradNorm,
+        lr: s.lr * mult,
+        tokens_per_s: tokensPerStep / dt,
+      };
       if (step % s.eval_every === 0 || step === s.steps) {
         valLoss = evaluate(model, evals);
-        val = { val_loss: valLoss };
+        rec.val_loss = valLoss;
         log(
           `step ${step}/${s.steps}: train loss ${loss.toFixed(4)}, val loss ${valLoss.toFixed(4)} (${(valLoss / bytesPerToken / Math.LN2).toFixed(3)} bits/byte)`,
         );
       }
-      metrics.append({ ...rec, ...val, time, elapsed_s: seconds });
+      metrics.append(rec, ended, seconds);
       opts.onStep?.(step, s.steps, loss, tps);
       if (step % ckEvery === 0 && step < s.steps) save(false);
       // Let signal handlers (Ctrl-C) run between steps.

@@ -143,10 +143,10 @@ test("the plain progress line shows elapsed time and an ETA", () => {
   const first = { step: 1, at: 0 };
   assert.equal(
     progressLine("step", 11, 101, "loss 2.000", first, 20_000),
-    "step 11/101 (10 %): loss 2.000, elapsed 20s, ETA 3m00s",
+    "step 11/101: loss 2.000 (10 %, elapsed 20s, ETA 3m00s)",
   );
-  assert.equal(progressLine("step", 1, 100, "", first, 0), "step 1/100 (1 %), elapsed 0s");
-  assert.equal(progressLine("batch", 8, 8, "x 1", first, 7000), "batch 8/8 (100 %): x 1, elapsed 7s, done");
+  assert.equal(progressLine("step", 1, 100, "", first, 0), "step 1/100 (1 %, elapsed 0s)");
+  assert.equal(progressLine("batch", 8, 8, "x 1", first, 7000), "batch 8/8: x 1 (100 %, elapsed 7s, done)");
   // Not a terminal (as under the test runner): progress() prints such lines every ~10 %.
   const out: string[] = [];
   const write = process.stdout.write.bind(process.stdout);
@@ -165,8 +165,8 @@ test("the plain progress line shows elapsed time and an ETA", () => {
     process.stdout.isTTY = isTTY;
   }
   assert.equal(out.length, 11, out.join(""));
-  assert.match(out[1]!, /^ {2}step 2\/20 \(10 %\): loss 1\.0, elapsed \d+s, ETA \d+s\n$/);
-  assert.match(out.at(-1)!, /^ {2}step 20\/20 \(100 %\): loss 1\.0, elapsed \d+s, done\n$/);
+  assert.match(out[1]!, /^ {2}step 2\/20: loss 1\.0 \(10 %, elapsed \d+s, ETA \d+s\)\n$/);
+  assert.match(out.at(-1)!, /^ {2}step 20\/20: loss 1\.0 \(100 %, elapsed \d+s, done\)\n$/);
 });
 
 test("eval scores the whole split by default and says how much it scored", async () => {

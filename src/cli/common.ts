@@ -135,7 +135,7 @@ export function formatDuration(seconds: number): string {
 }
 
 /**
- * The plain progress line (no terminal): `label step/total (pct %): info, elapsed 1m02s, ETA 3m10s`;
+ * The plain progress line (no terminal): `label step/total: info (pct %, elapsed 1m02s, ETA 3m10s)`;
  * the ETA extrapolates the rate since the first update (`first`, at performance.now() ms), and is
  * left out until a step has been timed.
  */
@@ -153,7 +153,7 @@ export function progressLine(
   const timing = [`elapsed ${formatDuration(secs)}`];
   if (step >= total) timing.push("done");
   else if (done > 0 && secs > 0) timing.push(`ETA ${formatDuration(((total - step) * secs) / done)}`);
-  return `${label} ${step}/${total} (${pct} %)${info ? `: ${info}` : ""}, ${timing.join(", ")}`;
+  return `${label} ${step}/${total}${info ? `: ${info}` : ""} (${pct} %, ${timing.join(", ")})`;
 }
 
 /** An AbortSignal fired by the first Ctrl-C (SIGINT); a second Ctrl-C exits at once. */

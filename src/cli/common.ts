@@ -68,7 +68,10 @@ export interface Progress {
   stop(): void;
 }
 
-/** A cli-progress bar on a terminal; elsewhere, a plain line every ~10 % of the work. */
+/**
+ * A cli-progress bar on a terminal; elsewhere (logs, CI, nohup), a plain line every ~10 % of the
+ * work with the elapsed time and an ETA (progressLine).
+ */
 export function progress(label: string, quiet = false): Progress {
   if (quiet) return { update() {}, log() {}, stop() {} };
   if (process.stdout.isTTY) {
@@ -103,15 +106,18 @@ export function progress(label: string, quiet = false): Progress {
     };
   }
   let lastTenth = -1;
+  let first: { step: number; at: number } | null = null;
   return {
     update(step, total, fields) {
+      const now = performance.now();
+      first ??= { step, at: now };
       const tenth = Math.floor((10 * step) / total);
       if (tenth !== lastTenth || step === total) {
         lastTenth = tenth;
         const info = Object.entries(fields)
           .map(([k, v]) => `${k} ${v}`)
           .join(", ");
-        process.stdout.write(`  ${label} ${step}/${total}: ${info}\n`);
+        process.stdout.write(`  ${progressLine(label, step, total, info, first, now)}\n`);
       }
     },
     log(line) {
@@ -119,6 +125,36 @@ export function progress(label: string, quiet = false): Progress {
     },
     stop() {},
   };
+}
+
+/** "1h02m", "3m07s", "12s". */
+export function formatDuration(seconds: number): string {
+  const s = Math.max(0, Math.round(seconds));
+  if (s >= 3600) return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
+  if (s >= 60) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
+  return `${s}s`;
+}
+
+/**
+ * The plain progress line (no terminal): `label step/total: info (pct %, elapsed 1m02s, ETA 3m10s)`;
+ * the ETA extrapolates the rate since the first update (`first`, at performance.now() ms), and is
+ * left out until a step has been timed.
+ */
+export function progressLine(
+  label: string,
+  step: number,
+  total: number,
+  info: string,
+  first: { step: number; at: number },
+  now: number,
+): string {
+  const secs = (now - first.at) / 1000;
+  const done = step - first.step;
+  const pct = total > 0 ? Math.floor((100 * step) / total) : 100;
+  const timing = [`elapsed ${formatDuration(secs)}`];
+  if (step >= total) timing.push("done");
+  else if (done > 0 && secs > 0) timing.push(`ETA ${formatDuration(((total - step) * secs) / done)}`);
+  return `${label} ${step}/${total}${info ? `: ${info}` : ""} (${pct} %, ${timing.join(", ")})`;
 }
 
 /** An AbortSignal fired by the first Ctrl-C (SIGINT); a second Ctrl-C exits at once. */
@@ -158,10 +194,15 @@ export function trainingOptions(cmd: Command): Command {
     .option("--checkpoint-every <n>", "checkpoint every n steps (default: eval-every)", positiveInt);
 }
 
-/** The evaluation-window flags shared by eval and analyze. */
-export function windowOptions(cmd: Command, batches: number): Command {
+/** The evaluation-window flags shared by eval and analyze (batches undefined: no limit by default). */
+export function windowOptions(cmd: Command, batches: number | undefined): Command {
   return cmd
-    .option("--batches <n>", "batches of consecutive validation windows", positiveInt, batches)
+    .option(
+      "--batches <n>",
+      `batches of consecutive validation windows${batches === undefined ? " (default: the whole split)" : ""}`,
+      positiveInt,
+      batches,
+    )
     .option("--batch-size <n>", "sequences per batch", positiveInt, 8)
     .option("--seq-len <n>", "tokens per sequence (at most the model's context)", positiveInt, 256);
 }

@@ -1,6 +1,8 @@
 /**
  * `attnres eval`: validation loss, perplexity and bits per byte of a checkpoint on a split of a
- * prepared dataset (consecutive windows, the same every time).
+ * prepared dataset: consecutive windows [batch_size, seq_len] over the whole split by default
+ * (every complete batch; --batches limits it), the same every time. The output states how many
+ * batches and tokens were scored, out of the split's tokens.
  */
 import type { Command } from "commander";
 import { evalBatches } from "../data/batches.js";
@@ -14,7 +16,14 @@ export interface EvalResult {
   loss: number;
   perplexity: number;
   bitsPerByte: number;
+  /** Tokens scored: batches × batch_size × seq_len. */
   tokens: number;
+  batches: number;
+  batchSize: number;
+  seqLen: number;
+  /** Tokens in the split; every complete batch was scored when `batches` was not limited. */
+  splitTokens: number;
+  wholeSplit: boolean;
 }
 
 export function evalCommand(o: {
@@ -35,7 +44,9 @@ export function evalCommand(o: {
         `the dataset's tokenizer has ${data.tokenizer.vocabSize} ids but the model embeds only ${model.config.vocab_size}`,
       );
     const T = Math.min(o.seqLen ?? 256, model.config.max_position_embeddings);
-    const batches = evalBatches(data[split], o.batchSize ?? 8, T, o.batches ?? 16);
+    const B = o.batchSize ?? 8;
+    const batches = evalBatches(data[split], B, T, o.batches ?? Infinity);
+    const complete = Math.floor((data[split].length - 1) / (B * T));
     const loss = evaluate(model, batches);
     const bytesPerToken = data.meta[split].bytes / data.meta[split].tokens;
     return {
@@ -43,7 +54,12 @@ export function evalCommand(o: {
       loss,
       perplexity: Math.exp(loss),
       bitsPerByte: loss / bytesPerToken / Math.LN2,
-      tokens: batches.length * batches[0]!.B * T,
+      tokens: batches.length * B * T,
+      batches: batches.length,
+      batchSize: B,
+      seqLen: T,
+      splitTokens: data[split].length,
+      wholeSplit: batches.length === complete,
     };
   } finally {
     model.dispose();
@@ -58,7 +74,7 @@ export function registerEval(program: Command): void {
     .requiredOption("-d, --data <dir>", "prepared dataset folder (attnres prepare)")
     .option("--split <split>", "val or train", "val")
     .option("--json", "print JSON");
-  windowOptions(cmd, 16)
+  windowOptions(cmd, undefined)
     .addHelpText(
       "after",
       "\nExample:\n  attnres eval --checkpoint runs/sotu-tiny-standard-s0/checkpoint --data data/sotu-byte\n",
@@ -68,7 +84,7 @@ export function registerEval(program: Command): void {
         checkpoint: string;
         data: string;
         split: string;
-        batches: number;
+        batches?: number;
         batchSize: number;
         seqLen: number;
         json?: boolean;
@@ -77,7 +93,9 @@ export function registerEval(program: Command): void {
         if (o.json) process.stdout.write(JSON.stringify(r) + "\n");
         else
           process.stdout.write(
-            `${r.split}: loss ${r.loss.toFixed(4)} nats/token, perplexity ${r.perplexity.toFixed(2)}, ${r.bitsPerByte.toFixed(4)} bits/byte (${r.tokens.toLocaleString()} tokens)\n`,
+            `${r.split}: loss ${r.loss.toFixed(4)} nats/token, perplexity ${r.perplexity.toFixed(2)}, ${r.bitsPerByte.toFixed(4)} bits/byte\n` +
+              `  on ${r.batches} batch${r.batches === 1 ? "" : "es"} of ${r.batchSize}×${r.seqLen}: ${r.tokens.toLocaleString("en-US")} of the split's ${r.splitTokens.toLocaleString("en-US")} tokens` +
+              `${r.wholeSplit ? " (the whole split)" : " (limited by --batches)"}\n`,
           );
       },
     );

@@ -11,6 +11,7 @@ import { registerEval } from "./eval.js";
 import { registerEvalMc } from "./eval-mc.js";
 import { registerFinetune } from "./finetune.js";
 import { registerGenerate } from "./generate.js";
+import { registerPlan } from "./plan.js";
 import { registerPrepare } from "./prepare.js";
 import { registerTrain } from "./train.js";
 
@@ -28,6 +29,7 @@ registerCompare(program);
 registerConvert(program);
 registerFinetune(program);
 registerGenerate(program);
+registerPlan(program);
 
 try {
   await program.parseAsync();

@@ -2,7 +2,8 @@
  * A training run: one model, one prepared dataset, one set of settings, in one run folder.
  *
  *   <run>/run.json          the full specification (model config, data folder, settings)
- *   <run>/metrics.jsonl     one line per step ({step, loss, grad_norm, lr, tokens_per_s, val_loss?…})
+ *   <run>/metrics.jsonl     one line per step ({step, loss, grad_norm, lr, tokens_per_s, val_loss?,
+ *                           time, elapsed_s}) and metrics.csv, the same as CSV (src/train/metrics.ts)
  *   <run>/checkpoint/       HF layout (config.json, model.safetensors) + tokenizer files +
  *                           optimizer.safetensors (AdamW moments) + trainer_state.json (step, AdamW
  *                           step count, batch sampler state, done flag, results)
@@ -35,6 +36,7 @@ import { DecoderLM } from "../model/decoder.js";
 import { modeName } from "../model/residual.js";
 import { loadWeights } from "../model/weights.js";
 import { poolStats, resetPeak } from "../tensor/memory.js";
+import { MetricsLog } from "./metrics.js";
 import { AdamW, lrMultiplier } from "./optim.js";
 import { evaluate, isResidualParam, paramGroups, trainStep } from "./trainer.js";
 
@@ -217,7 +219,7 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
   const sampler = new BatchSampler(data.train, s.batch_size, s.seq_len, s.seed + 1);
   const evals = evalBatches(data.val, s.batch_size, s.seq_len, s.eval_batches);
   const bytesPerToken = data.meta.val.bytes / data.meta.val.tokens;
-  const metricsFile = path.join(dir, "metrics.jsonl");
+  const metrics = new MetricsLog(dir);
   let step = 0;
   let seconds = 0;
   try {
@@ -229,13 +231,7 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
       sampler.setState(state.sampler);
       step = state.step;
       seconds = state.seconds;
-      const kept = fs.existsSync(metricsFile)
-        ? fs
-            .readFileSync(metricsFile, "utf8")
-            .split("\n")
-            .filter((l) => l && (JSON.parse(l) as { step: number }).step <= step)
-        : [];
-      fs.writeFileSync(metricsFile, kept.map((l) => l + "\n").join(""));
+      metrics.truncate(step);
       log(`resuming ${dir} at step ${step}/${s.steps}`);
     } else {
       if (spec.init !== undefined) {
@@ -245,7 +241,7 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
         });
         log(`starting from the weights of ${spec.init}`);
       }
-      fs.writeFileSync(metricsFile, "");
+      metrics.reset();
     }
 
     const save = (done: boolean, result?: TrainerState["result"]) => {
@@ -289,6 +285,7 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
       const mult = lrMultiplier(step, sched);
       const { loss, gradNorm } = trainStep(model, opt, batches, step + 1, mult, s.clip, trainable);
       const dt = (performance.now() - t0) / 1000;
+      const ended = new Date();
       seconds += dt;
       step++;
       sessionSteps++;
@@ -308,7 +305,7 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
           `step ${step}/${s.steps}: train loss ${loss.toFixed(4)}, val loss ${valLoss.toFixed(4)} (${(valLoss / bytesPerToken / Math.LN2).toFixed(3)} bits/byte)`,
         );
       }
-      fs.appendFileSync(metricsFile, JSON.stringify(rec) + "\n");
+      metrics.append(rec, ended, seconds);
       opts.onStep?.(step, s.steps, loss, tps);
       if (step % ckEvery === 0 && step < s.steps) save(false);
       // Let signal handlers (Ctrl-C) run between steps.

@@ -4,7 +4,7 @@
  * compare results (results.json), the run folders (run.json, metrics, checkpoints) and the routing
  * analysis of every routed run (computed here on validation batches and cached next to each
  * checkpoint as analysis/report.json). The papers' figures quoted for comparison are those of
- * the specification (METHODS.md). Verdicts follow the fixed rules stated on the page.
+ * docs/methods.md. Verdicts follow the fixed rules stated on the page.
  *   npm run study:report [-- --runs runs/study --out docs/results.md]
  */
 import * as fs from "node:fs";
@@ -36,7 +36,7 @@ fs.rmSync(figDir, { recursive: true, force: true });
 fs.mkdirSync(figDir, { recursive: true });
 
 const P = 0.05;
-// The papers' figures, as the specification (METHODS.md) states them.
+// The papers' figures, as docs/methods.md quotes them.
 const PAPER = {
   deepMax: { attnres: 0.2, delta: 0.6 },
   avgMax: { attnres: 0.35, delta: 0.62 },
@@ -472,7 +472,7 @@ say("## Second corpus: tinyshakespeare, character level (3 seeds)", "");
 if (!sh) say("Not run yet (`npm run study -- shakespeare`).", "");
 else {
   say(
-    "Settings: configs/study/shakespeare.json — `../shared/data/tinyshakespeare.txt` (any path works: `attnres prepare --corpus <file> --tokenizer byte`), byte-level tokens, the main study's model and training settings.",
+    "Settings: configs/study/shakespeare.json — the shipped `corpora/tinyshakespeare.txt` (`attnres prepare --corpus shakespeare`), byte-level tokens, the main study's model and training settings.",
     "",
     ...lossTable(sh),
     "",

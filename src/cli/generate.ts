@@ -142,10 +142,11 @@ export function registerGenerate(program: Command): void {
       [
         "",
         "Examples:",
-        '  attnres generate -c runs/sotu-tiny/checkpoint --prompt "The State of the Union"',
-        '  attnres generate -c runs/sotu-tiny/checkpoint --prompt "We" --temperature 0      # greedy',
-        '  attnres generate -c runs/sotu-tiny/checkpoint --prompt "We" --top-p 0.9 --seed 1 -n 400',
-        '  echo "Fellow citizens" | attnres generate -c runs/sotu-tiny/checkpoint --top-k 20',
+        "  (runs/sotu-tiny-standard-s0 is what `attnres train` writes by default)",
+        '  attnres generate -c runs/sotu-tiny-standard-s0/checkpoint --prompt "The State of the Union"',
+        '  attnres generate -c runs/sotu-tiny-standard-s0/checkpoint --prompt "We" --temperature 0   # greedy',
+        '  attnres generate -c runs/sotu-tiny-standard-s0/checkpoint --prompt "We" --top-p 0.9 --seed 1 -n 400',
+        '  echo "Fellow citizens" | attnres generate -c runs/sotu-tiny-standard-s0/checkpoint --top-k 20',
         "",
       ].join("\n"),
     )

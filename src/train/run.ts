@@ -36,6 +36,7 @@ import { modeName } from "../model/residual.js";
 import { loadWeights } from "../model/weights.js";
 import { poolStats, resetPeak } from "../tensor/memory.js";
 import { AdamW, lrMultiplier } from "./optim.js";
+import { doctestScale } from "./doctest-scale.js";
 import { evaluate, isResidualParam, paramGroups, trainStep } from "./trainer.js";
 
 export const TrainSettingsSchema = z.strictObject({
@@ -120,7 +121,7 @@ export function resolveSpec(
   raw: { model: Record<string, unknown>; data: string; train: TrainSettingsInput; init?: string },
   data?: PreparedData,
 ): RunSpec {
-  const train = TrainSettingsSchema.parse(raw.train);
+  const train = doctestScale(TrainSettingsSchema.parse(raw.train)); // ATTNRES_DOCTEST: tiny runs
   const vocab = data?.tokenizer.vocabSize;
   const model = { ...raw.model };
   if (model.vocab_size === undefined && vocab !== undefined) model.vocab_size = vocab;

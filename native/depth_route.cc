@@ -1,4 +1,4 @@
-// depth_route.cc: depth routing (METHODS.md "Routing") of N sources per row, reading sources in place.
+// depth_route.cc: depth routing (docs/methods.md "Routing") of N sources per row, reading sources in place.
 //
 //   sources: N buffers [rows, d];  w (query), g (key gain) [d];  out [rows, d];  alpha, rstd [rows, N]
 //   rstd[r,i] = 1/sqrt(mean_c s_i[r,c]^2 + eps);  l_i = sum_c w_c * s_i[r,c] * rstd[r,i] * g_c

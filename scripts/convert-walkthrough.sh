@@ -7,11 +7,11 @@ A="node bin/attnres.mjs"
 D=data/sotu-bpe-4096
 $A prepare --corpus sotu --tokenizer bpe --vocab-size 4096 --out $D
 $A train --preset start --out runs/wt/base
-$A convert --from runs/wt/base/checkpoint --to runs/wt/delta --mode delta
-$A convert --from runs/wt/base/checkpoint --to runs/wt/delta-block --mode delta-block --blocks 2
+$A convert --checkpoint runs/wt/base/checkpoint --out runs/wt/delta --mode delta
+$A convert --checkpoint runs/wt/base/checkpoint --out runs/wt/delta-block --mode delta-block --blocks 2
 for m in base delta delta-block; do
   src=runs/wt/$m; [ $m = base ] && src=runs/wt/base/checkpoint
-  $A finetune --from $src --data $D --steps 200 --batch-size 16 --seq-len 128 --lr 3e-4 --routing-lr 3e-3 --eval-every 100 --out runs/wt/ft-$m
+  $A finetune --checkpoint $src --data $D --steps 200 --batch-size 16 --seq-len 128 --lr 3e-4 --routing-lr 3e-3 --eval-every 100 --out runs/wt/ft-$m
 done
 for m in base delta delta-block; do
   echo "== $m: converted (before fine-tuning)"; src=runs/wt/$m; [ $m = base ] && src=runs/wt/base/checkpoint

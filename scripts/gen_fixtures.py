@@ -4,7 +4,7 @@
 Run from anywhere:  /usr/bin/python3 scripts/gen_fixtures.py
 (needs Debian's python3-torch; CI never runs this, it only reads the committed files).
 
-Also runs self-checks of the reference (identity at initialisation, METHODS.md) and
+Also runs self-checks of the reference (identity at initialisation, docs/methods.md) and
 fails loudly if any of them does not hold.
 """
 
@@ -315,8 +315,8 @@ def logits_of(model, ids):
 
 
 def self_checks():
-    """METHODS.md "What must hold at initialisation", checked on a 6-layer float64 toy."""
-    print("self-checks (METHODS.md: identity at initialisation):")
+    """docs/methods.md "Initialisation identities", checked on a 6-layer float64 toy."""
+    print("self-checks (docs/methods.md: initialisation identities):")
     for eps in (0.0, 1e-6):
         bb = dict(QWEN3_TINY, num_hidden_layers=6, rms_norm_eps=eps)
         std, ids, _ = build(bb)
@@ -396,7 +396,7 @@ def self_checks():
         assert (err > 1e-6) == differ, f"delta-block L={L} B={nb}: legacy diff {err}"
         print(f"  ok  delta-block L={L} B={nb}: released-code Delta {'differs' if differ else 'agrees'} (max diff {err:.2e})")
 
-    # Parameter counts (METHODS.md "Parameter counts").
+    # Parameter counts (docs/methods.md "Parameter counts").
     d, L = bb["hidden_size"], bb["num_hidden_layers"]
     base = sum(p.numel() for p in std.parameters())
     expect = {

@@ -1,7 +1,7 @@
 /**
  * Loading HF checkpoints (Qwen3 / Llama as transformers writes them: extra config keys, F32 / BF16,
  * single file / shards, tied / untied, GQA, q/k norms) against PyTorch float64 logits; converting
- * them to routed modes (exact where METHODS.md says so, eps residue explained elsewhere), writing
+ * them to routed modes (exact where docs/methods.md says so, eps residue explained elsewhere), writing
  * and reloading; the storage dtype (--dtype: auto keeps the source's dtypes bit for bit, forced
  * dtypes are checked at the stored precision); per-tensor progress; refusing bad inputs with one
  * clear line and nothing written; fine-tuning a converted checkpoint (loss goes down;

@@ -391,17 +391,17 @@ describe("attnres eval-mc", () => {
   });
 
   test("through commander: text, --json, progress, --limit validation", async () => {
-    const text = await run(["-c", dir, "-t", tasks]);
+    const text = await run(["-c", dir, "--tasks", tasks]);
     assert.equal(text.code, 0, text.err);
     assert.match(text.out, /eval-mc 4\/4/, "progress");
     assert.match(text.out, /acc 0\.5000 ± 0\.2887, acc_norm 0\.7500 ± 0\.2500 \(4 items\)\n$/);
-    const json = await run(["-c", dir, "-t", tasks, "--json", "--limit", "3"]);
+    const json = await run(["-c", dir, "--tasks", tasks, "--json", "--limit", "3"]);
     assert.equal(json.code, 0, json.err);
     const r = JSON.parse(json.out) as Record<string, number>;
     assert.equal(r.items, 3);
     assertClose([r.acc!, r.accNorm!], [1 / 3, 2 / 3], { atol: 1e-12 }, "json");
     assert.equal("details" in r, false);
-    const zero = await run(["-c", dir, "-t", tasks, "--limit", "0"]);
+    const zero = await run(["-c", dir, "--tasks", tasks, "--limit", "0"]);
     assert.notEqual(zero.code, 0);
     assert.match(zero.err, /--limit.*expected a positive integer/);
   });

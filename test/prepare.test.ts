@@ -5,12 +5,21 @@
  * nothing behind.
  */
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, test } from "node:test";
 import { Command } from "commander";
 import { countWords, pretokenize, trainBpe } from "../src/data/bpe.js";
-import { documentText, loadBrown, loadCorpus, loadMoby, loadSotu, loadTextPath } from "../src/data/corpus.js";
+import {
+  documentText,
+  loadBrown,
+  loadCorpus,
+  loadMoby,
+  loadSotu,
+  loadTextPath,
+  shakespearePath,
+} from "../src/data/corpus.js";
 import { HfTokenizer } from "../src/data/hf-tokenizer.js";
 import { prepareDetailed } from "../src/data/prepare.js";
 import { loadPrepared } from "../src/data/prepared.js";
@@ -297,9 +306,27 @@ describe("corpora and their splits", () => {
     );
   });
 
+  test("shakespeare: the shipped tinyshakespeare, split as its file is", () => {
+    const file = shakespearePath();
+    const bytes = fs.readFileSync(file);
+    assert.equal(
+      createHash("sha256").update(bytes).digest("hex"),
+      "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+      "corpora/tinyshakespeare.txt changed (corpora/README.md states its hash)",
+    );
+    const c = loadCorpus("shakespeare");
+    const byPath = loadTextPath(file);
+    // Same name, split and texts as the file by path: the same prepared folder and fingerprint.
+    assert.equal(c.name, "tinyshakespeare");
+    assert.deepEqual(c, byPath);
+    const val = c.val[0]!.text.length / bytes.length;
+    assert.ok(val > 0.09 && val < 0.11, `validation fraction ${val}`);
+    assert.ok(c.train[0]!.text.endsWith("\n"), "cut after a line break");
+  });
+
   test("errors: unknown name, missing path, empty file or folder", () => {
     const dir = tmp();
-    assert.throws(() => loadCorpus("shakespeare"), /unknown corpus "shakespeare".*sotu, brown, moby/);
+    assert.throws(() => loadCorpus("hamlet"), /unknown corpus "hamlet".*sotu, brown, moby, shakespeare/);
     assert.throws(() => loadCorpus(path.join(dir, "nope.txt")), /does not exist/);
     fs.writeFileSync(path.join(dir, "empty.txt"), "  \n");
     assert.throws(() => loadCorpus(path.join(dir, "empty.txt")), /is empty/);

@@ -1,5 +1,5 @@
 /**
- * The residual family's defining properties (METHODS.md "What must hold at initialisation",
+ * The residual family's defining properties (docs/methods.md "Initialisation identities",
  * "Parameter counts"), the delta-block bookkeeping, and bad configurations.
  * All in float64 on the reference backend, on a 6-layer toy.
  */

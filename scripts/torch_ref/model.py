@@ -1,4 +1,4 @@
-"""Plain-PyTorch reference of the attnres model (specification: /work/shared/METHODS.md).
+"""Plain-PyTorch reference of the attnres model (specification: docs/methods.md).
 
 Decoder-only Llama/Qwen3 backbone with HF parameter names, and a pluggable residual
 "mode" that decides what goes into each sublayer and how the stream is updated.

@@ -1,5 +1,5 @@
 /**
- * The routing report of a model on a sample of batches (METHODS.md "Analysis the papers report"),
+ * The routing report of a model on a sample of batches (docs/methods.md "What the analysis measures"),
  * as plain numbers: everything is computed from `model.run(…, { trace: true })` under noGrad inside
  * a tidy scope per batch, and accumulated over every token of every batch (token-weighted means).
  *

@@ -267,7 +267,7 @@ export interface Backend {
   swigluBackward(gate: Buf, up: Buf, gout: Buf, ggate: Buf, gup: Buf, n: number): void;
 
   /**
-   * Depth routing (METHODS.md "Routing") of N sources at every row (token), reading the sources
+   * Depth routing (docs/methods.md "Routing") of N sources at every row (token), reading the sources
    * in place (never stacked). sources: N buffers, each [rows, d]; w (query) and g (key gain) [d].
    *   rstd[r, i] = 1/sqrt(mean_c s_i[r,c]^2 + eps);   k_i = s_i[r] * rstd[r, i] * g
    *   l_i = w . k_i;   alpha[r, :] = softmax_i(l);     out[r] = sum_i alpha[r, i] * s_i[r]

@@ -116,7 +116,7 @@ export function registerAnalyze(program: Command): void {
         "",
         "Examples:",
         "  attnres analyze --checkpoint runs/sotu-tiny-delta-s0/checkpoint --data data/sotu-byte",
-        "  attnres analyze -c runs/x/checkpoint -d data/sotu-byte --batches 4 --seq-len 128 --out reports/x",
+        "  attnres analyze -c runs/sotu-tiny-delta-s0/checkpoint -d data/sotu-byte --batches 4 --out reports/delta",
         "",
       ].join("\n"),
     )

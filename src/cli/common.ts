@@ -51,6 +51,23 @@ export function modeKeys(
   return keys;
 }
 
+/**
+ * A required option that also has an older name kept as a hidden alias (--checkpoint/--from,
+ * --out/--to): the value given under either name; an error when neither or two different ones.
+ */
+export function aliased(
+  value: string | undefined,
+  alias: string | undefined,
+  flag: string,
+  aliasFlag: string,
+): string {
+  if (value !== undefined && alias !== undefined && value !== alias)
+    throw new Error(`${flag} ${value} and its alias ${aliasFlag} ${alias} disagree; give one of them`);
+  const v = value ?? alias;
+  if (v === undefined) throw new Error(`required option '${flag}' not specified`);
+  return v;
+}
+
 /** The prepared folder a preset's data names (prepared now if needed; instant when it exists). */
 export async function dataDir(spec: DataSpec, quiet = false): Promise<string> {
   if (typeof spec === "string") return spec;
@@ -172,7 +189,7 @@ export function interruptSignal(): { signal: AbortSignal; dispose: () => void } 
 /** The training-setting flags shared by train and compare (each overrides one preset field). */
 export function trainingOptions(cmd: Command): Command {
   return cmd
-    .option("--data <dir>", "a prepared dataset folder (overrides the preset's data)")
+    .option("-d, --data <dir>", "a prepared dataset folder (overrides the preset's data)")
     .option("--blocks <n>", "blocks for attnres-block / delta-block (default 4)", positiveInt)
     .option("--null-source", "delta modes: add a learnable null source")
     .option("--gate", "delta modes: gate the routed term (zero at start)")

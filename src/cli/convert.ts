@@ -1,5 +1,6 @@
 /**
- * `attnres convert --from DIR --to DIR --mode delta|delta-block|attnres-full|attnres-block`:
+ * `attnres convert --checkpoint DIR --out DIR --mode delta|delta-block|attnres-full|attnres-block`
+ * (--from/--to: the older names, still accepted):
  * a standard Qwen3/Llama checkpoint (HF layout) → a routed one with the same backbone weights and
  * zero-initialised routing (src/model/convert.ts), after checking on a sample that the logits are
  * unchanged. Prints the max abs difference and what the mode guarantees; refuses to write when the
@@ -16,8 +17,8 @@ import {
   STORAGE_DTYPES,
   type StorageDtype,
 } from "../model/convert.js";
-import { InvalidArgumentError } from "commander";
-import { positiveInt, progress } from "./common.js";
+import { InvalidArgumentError, Option } from "commander";
+import { aliased, positiveInt, progress } from "./common.js";
 
 export interface ConvertFlags {
   from: string;
@@ -113,8 +114,10 @@ export function registerConvert(program: Command): void {
   program
     .command("convert")
     .description("convert a standard Qwen3/Llama checkpoint to a routed one (same logits at start)")
-    .requiredOption("--from <dir>", "HF-layout checkpoint folder (config.json + safetensors)")
-    .requiredOption("--to <dir>", "output folder (must not exist or be empty)")
+    .option("-c, --checkpoint <dir>", "HF-layout checkpoint folder (config.json + safetensors); required")
+    .addOption(new Option("--from <dir>", "alias of --checkpoint").hideHelp())
+    .option("-o, --out <dir>", "output folder (must not exist or be empty); required")
+    .addOption(new Option("--to <dir>", "alias of --out").hideHelp())
     .requiredOption("--mode <mode>", `target mode: ${CONVERT_MODES.join(", ")}`, convertModeArg)
     .option("--blocks <n>", "blocks for attnres-block / delta-block (default 4)", positiveInt)
     .option("--null-source", "delta modes: add a zero null source")
@@ -130,11 +133,26 @@ export function registerConvert(program: Command): void {
       "after",
       `
 Examples:
-  attnres convert --from qwen3-0.6b --to qwen3-0.6b-delta --mode delta
-  attnres convert --from ckpt --to ckpt-db --mode delta-block --blocks 4
-  attnres convert --from ckpt --to ckpt-f32 --mode delta --dtype f32`,
+  attnres convert --checkpoint qwen3-0.6b --out qwen3-0.6b-delta --mode delta
+  attnres convert -c ckpt -o ckpt-db --mode delta-block --blocks 4
+  attnres convert -c ckpt -o ckpt-f32 --mode delta --dtype f32
+(--from and --to are accepted as the older names of --checkpoint and --out.)`,
     )
-    .action((o: ConvertFlags) => {
-      convertCommand(o);
-    });
+    .action(
+      (
+        o: Omit<ConvertFlags, "from" | "to"> & {
+          checkpoint?: string;
+          out?: string;
+          from?: string;
+          to?: string;
+        },
+      ) => {
+        const { checkpoint, out, ...rest } = o;
+        convertCommand({
+          ...rest,
+          from: aliased(checkpoint, o.from, "--checkpoint", "--from"),
+          to: aliased(out, o.to, "--out", "--to"),
+        });
+      },
+    );
 }

@@ -70,12 +70,12 @@ export function registerEvalMc(program: Command): void {
     .description("zero-shot multiple-choice accuracy (acc, acc_norm) by log-likelihood on a JSONL task file")
     .requiredOption("-c, --checkpoint <dir>", "checkpoint folder (config.json, model.safetensors, tokenizer)")
     .requiredOption(
-      "-t, --tasks <file>",
+      "--tasks <file>",
       'JSONL task file: {"context": "...", "choices": ["...", "..."], "gold": 0} per line',
     )
     .option("--limit <n>", "score only the first n items", positiveInt)
     .option("--json", "print the summary as JSON (no progress output)")
-    .option("--out <file>", "write the summary and per-item log-likelihoods as JSON")
+    .option("-o, --out <file>", "write the summary and per-item log-likelihoods as JSON")
     .addHelpText(
       "after",
       [
@@ -84,7 +84,7 @@ export function registerEvalMc(program: Command): void {
         "each log-likelihood divided by the choice's length in UTF-8 bytes (docs/eval-mc.md).",
         "",
         "Example:",
-        "  attnres eval-mc -c runs/sotu-tiny/checkpoint --tasks examples/tasks/sotu-mini.jsonl",
+        "  attnres eval-mc -c runs/sotu-tiny-standard-s0/checkpoint --tasks examples/tasks/tiny-mc.jsonl",
         "",
       ].join("\n"),
     )

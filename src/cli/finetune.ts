@@ -1,13 +1,13 @@
 /**
- * `attnres finetune --from CHECKPOINT --data PREPARED`: a training run (src/train/run.ts) that
- * starts from a checkpoint's weights — typically one written by `attnres convert` — with its own
+ * `attnres finetune --checkpoint DIR --data PREPARED` (--from: the older name, still accepted): a
+ * training run (src/train/run.ts) that starts from a checkpoint's weights — typically one written by `attnres convert` — with its own
  * learning rate for the routing parameters (--routing-lr) and optionally a frozen backbone
  * (--freeze-base: only routing queries/gains, null sources and gates train). Resumable like
  * `attnres train` (--resume, Ctrl-C saves a checkpoint).
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { Command } from "commander";
+import { type Command, Option } from "commander";
 import { loadPrepared } from "../data/prepared.js";
 import { checkpointTokenizer, configForExport, readConfig } from "../io/checkpoint.js";
 import { modeName } from "../model/residual.js";
@@ -19,6 +19,7 @@ import {
   positiveInt,
   runInTerminal,
   type RunFlags,
+  aliased,
 } from "./common.js";
 
 export interface FinetuneFlags extends RunFlags {
@@ -83,8 +84,9 @@ export function registerFinetune(program: Command): void {
   program
     .command("finetune")
     .description("fine-tune a checkpoint (e.g. from attnres convert) on a prepared dataset")
-    .requiredOption("--from <dir>", "checkpoint folder whose weights start the run")
-    .requiredOption("--data <dir>", "a prepared dataset folder (same tokenizer as the checkpoint)")
+    .option("-c, --checkpoint <dir>", "checkpoint folder whose weights start the run; required")
+    .addOption(new Option("--from <dir>", "alias of --checkpoint").hideHelp())
+    .requiredOption("-d, --data <dir>", "a prepared dataset folder (same tokenizer as the checkpoint)")
     .option("-o, --out <dir>", "run folder (default runs/finetune-<from>-<mode>)")
     .option("--resume", "continue the run in --out from its checkpoint")
     .option("--freeze-base", "train only the routing parameters; the backbone stays bit-identical")
@@ -103,10 +105,12 @@ export function registerFinetune(program: Command): void {
       "after",
       `
 Examples:
-  attnres convert --from qwen3-0.6b --to q-delta --mode delta
-  attnres finetune --from q-delta --data data/prepared/mytext --freeze-base --steps 300`,
+  attnres convert --checkpoint qwen3-0.6b --out q-delta --mode delta
+  attnres finetune --checkpoint q-delta --data data/mytext-qwen3 --freeze-base --steps 300
+(--from is accepted as the older name of --checkpoint.)`,
     )
-    .action(async (o: FinetuneFlags) => {
-      await finetuneCommand(o);
+    .action(async (o: Omit<FinetuneFlags, "from"> & { checkpoint?: string; from?: string }) => {
+      const { checkpoint, ...rest } = o;
+      await finetuneCommand({ ...rest, from: aliased(checkpoint, o.from, "--checkpoint", "--from") });
     });
 }

@@ -72,12 +72,6 @@ export function generateCommand(
   if (prompt.length === 0) throw new Error("the prompt is empty: give some text with --prompt");
   const ids = tok.encode(prompt);
   if (ids.length === 0) throw new Error("the prompt encodes to no tokens: give some text with --prompt");
-  const ctx = config.max_position_embeddings;
-  if (ids.length + maxNew > ctx)
-    throw new Error(
-      `the prompt (${ids.length} tokens) plus --max-new-tokens ${maxNew} exceed the model's context of ` +
-        `${ctx} tokens (max_position_embeddings); use a shorter prompt or fewer new tokens`,
-    );
   const model = loadCheckpoint(dir);
   try {
     if (o.echo ?? true) write(prompt);
@@ -122,7 +116,12 @@ export function registerGenerate(program: Command): void {
     .description("sample a continuation of a prompt from a checkpoint (KV-cached, every residual mode)")
     .requiredOption("-c, --checkpoint <dir>", "checkpoint folder (config.json, model.safetensors, tokenizer)")
     .option("--prompt <text>", "text to continue (read from stdin when omitted and stdin is piped)")
-    .option("-n, --max-new-tokens <n>", "tokens to sample", intArg(0), 200)
+    .option(
+      "-n, --max-new-tokens <n>",
+      "tokens to sample (beyond the context, the model reads the last max_position_embeddings tokens)",
+      intArg(0),
+      200,
+    )
     .option(
       "--temperature <x>",
       "softmax temperature (0 = greedy)",
@@ -143,10 +142,11 @@ export function registerGenerate(program: Command): void {
       [
         "",
         "Examples:",
-        '  attnres generate -c runs/sotu-tiny/checkpoint --prompt "The State of the Union"',
-        '  attnres generate -c runs/sotu-tiny/checkpoint --prompt "We" --temperature 0      # greedy',
-        '  attnres generate -c runs/sotu-tiny/checkpoint --prompt "We" --top-p 0.9 --seed 1 -n 400',
-        '  echo "Fellow citizens" | attnres generate -c runs/sotu-tiny/checkpoint --top-k 20',
+        "  (runs/sotu-tiny-standard-s0 is what `attnres train` writes by default)",
+        '  attnres generate -c runs/sotu-tiny-standard-s0/checkpoint --prompt "The State of the Union"',
+        '  attnres generate -c runs/sotu-tiny-standard-s0/checkpoint --prompt "We" --temperature 0   # greedy',
+        '  attnres generate -c runs/sotu-tiny-standard-s0/checkpoint --prompt "We" --top-p 0.9 --seed 1 -n 400',
+        '  echo "Fellow citizens" | attnres generate -c runs/sotu-tiny-standard-s0/checkpoint --top-k 20',
         "",
       ].join("\n"),
     )

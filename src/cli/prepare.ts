@@ -34,8 +34,8 @@ export function registerPrepare(program: Command): void {
     .command("prepare")
     .description("tokenize a corpus into a prepared dataset (train.bin, val.bin, meta.json, tokenizer)")
     .option(
-      "-c, --corpus <name|path>",
-      "sotu, brown, moby, or a text file / folder of .txt and .md files",
+      "--corpus <name|path>",
+      "sotu, brown, moby, shakespeare, or a text file / folder of .txt and .md files",
       "sotu",
     )
     .option(
@@ -50,8 +50,8 @@ export function registerPrepare(program: Command): void {
       "after",
       `
 Validation splits are fixed, never random: sotu validates on the 2013–2021 addresses, brown on
-the last 10 % of each genre's samples, moby on chapters 120–135 and the Epilogue, a text file on
-its last ~10 %, a folder on its last files (path order) holding ≥ 10 % of the bytes.
+the last 10 % of each genre's samples, moby on chapters 120–135 and the Epilogue, shakespeare (the shipped
+tinyshakespeare) and a text file on their last ~10 %, a folder on its last files (path order) holding ≥ 10 % of the bytes.
 A BPE tokenizer is trained on the training split only. See docs/data.md.
 
 Examples:

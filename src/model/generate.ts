@@ -7,7 +7,15 @@
  *
  * The prompt is run once through the model (prefill, filling the cache with positions [0, P)),
  * then each sampled token is fed alone at the next position. One step's logits are the last
- * position's, as float64 [B · vocab]. Sampling per row, in this order (the HF convention):
+ * position's, as float64 [B · vocab].
+ *
+ * Beyond the context (C = max_position_embeddings): the model always sees a sliding window, the
+ * last min(length, C) tokens of prompt + generated text, at positions 0 … W−1 (a longer prompt is
+ * cropped to its last C tokens the same way). While the sequence fits, the cache is used as above;
+ * once it is longer than C, every step recomputes the whole window from position 0 into the same
+ * cache (positions shift by one each step and every layer's keys depend on the whole window, so no
+ * cached entry can be reused): exactly what an uncached forward over the window gives, at the cost
+ * of a C-token forward per step. So tokens up to length C are those of an uncropped model. Sampling per row, in this order (the HF convention):
  *   temperature  logits / T; T = 0 is greedy (argmax, ties to the lowest id)
  *   top-k        keep the k most probable ids (0 = off; ties at the boundary go to the lower id)
  *   top-p        keep the smallest most-probable set whose probability reaches p (1 = off)
@@ -144,7 +152,7 @@ function lastLogits(logits: Tensor, limit: number): Float64Array {
 
 /**
  * Samples up to maxNewTokens ids after each prompt row. prompts: one Int32Array (B = 1) or B of
- * equal length ≥ 1. The prompt plus the new tokens must fit in max_position_embeddings.
+ * equal length ≥ 1, any length: the model reads the last max_position_embeddings tokens (above).
  */
 export function generate(
   model: DecoderLM,
@@ -161,10 +169,7 @@ export function generate(
     throw new Error(`generate: prompts of different lengths (${rowsIn.map((r) => r.length).join(", ")})`);
   const N = opts.maxNewTokens;
   if (!Number.isInteger(N) || N < 0) throw new Error(`max new tokens must be an integer ≥ 0, not ${N}`);
-  if (P + N > c.max_position_embeddings)
-    throw new Error(
-      `the prompt (${P} tokens) plus ${N} new tokens exceed the model's context of ${c.max_position_embeddings} (max_position_embeddings)`,
-    );
+  const C = c.max_position_embeddings;
   const sample = checkSampleOptions(opts);
   const V = opts.vocabLimit ?? c.vocab_size;
   if (!Number.isInteger(V) || V < 1 || V > c.vocab_size)
@@ -181,19 +186,25 @@ export function generate(
   if (N === 0)
     return { ids: out.map((r) => Int32Array.from(r)), ...(opts.returnLogits ? { logits: [] } : {}) };
 
-  const cache: DecoderCache | null = useCache ? model.newCache(B, P + N) : null;
-  const forward = (start: number, T: number): Float64Array =>
+  const cache: DecoderCache | null = useCache ? model.newCache(B, Math.min(P + N, C)) : null;
+  /** Logits after seq[start, start + T) fed at position `pos` (through the cache when there is one). */
+  const forward = (start: number, T: number, pos: number): Float64Array =>
     noGrad(() =>
       tidy(() => {
         const ids = new Int32Array(B * T);
         for (let b = 0; b < B; b++)
           ids.set(seq.subarray(b * (P + N) + start, b * (P + N) + start + T), b * T);
-        return lastLogits(model.forward(ids, B, T, cache ? { cache } : {}), V);
+        return lastLogits(model.forward(ids, B, T, cache ? { cache, posOffset: pos } : {}), V);
       }),
     );
+  /** Logits for the next token when the sequence holds `len` tokens (the window rule above). */
+  const next = (len: number): Float64Array => {
+    if (len > C) return forward(len - C, C, 0); // slide: recompute the window from position 0
+    return cache && len > P ? forward(len - 1, 1, len - 1) : forward(0, len, 0);
+  };
   try {
-    // Cached: the prompt once, then one token at a time. Uncached: the whole sequence every step.
-    let logits = forward(0, P);
+    // Cached: the prompt once, then one token at a time. Uncached: the whole window every step.
+    let logits = next(P);
     for (let s = 0; s < N; s++) {
       if (opts.returnLogits) stepLogits.push(logits);
       for (let b = 0; b < B; b++) {
@@ -210,7 +221,7 @@ export function generate(
         opts.onToken?.(id, b);
       }
       if (s === N - 1 || done.every(Boolean)) break;
-      logits = cache ? forward(P + s, 1) : forward(0, P + s + 1);
+      logits = next(P + s + 1);
     }
   } finally {
     cache?.dispose();

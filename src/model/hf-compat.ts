@@ -9,7 +9,7 @@
  */
 
 const MODEL_TYPES = ["qwen3", "llama", "qwen3_attnres"];
-/** Architectures whose forward pass is the backbone of METHODS.md (plus routing). */
+/** Architectures whose forward pass is the backbone of docs/methods.md (plus routing). */
 const ARCHITECTURE = /^(Qwen3|Llama)\w*ForCausalLM$/;
 
 function fail(source: string, msg: string): never {

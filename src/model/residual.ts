@@ -1,5 +1,5 @@
 /**
- * The residual family (METHODS.md "Modes"): how the decoder routes its stream between the 2L
+ * The residual family (docs/methods.md "Modes"): how the decoder routes its stream between the 2L
  * sublayers j = 0 … 2L−1 (attention of layer i is j = 2i, its MLP j = 2i+1).
  *
  * The decoder loop is the same for every mode:

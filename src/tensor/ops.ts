@@ -661,7 +661,7 @@ export interface RouteResult {
 }
 
 /**
- * Depth routing (METHODS.md "Routing") over N same-shaped sources [..., d] with query w [d] and key
+ * Depth routing (docs/methods.md "Routing") over N same-shaped sources [..., d] with query w [d] and key
  * gain g [d]: keys are RMSNorm(s_i; g), logits w·k_i, alpha = softmax over sources. The fused
  * kernel reads the sources in place (no stacking copy). Returns the output and alpha.
  */

@@ -14,6 +14,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { evalBatches } from "../data/batches.js";
+import { doctestScale } from "./doctest-scale.js";
 import { loadPrepared } from "../data/prepared.js";
 import { writeFileAtomic } from "../io/safetensors.js";
 import { loadCheckpoint } from "../io/checkpoint.js";
@@ -179,12 +180,8 @@ function routingDepth(
     const data = loadPrepared(spec.data);
     const model = loadCheckpoint(path.join(r.dir, "checkpoint"));
     try {
-      const batches = evalBatches(
-        data.val,
-        spec.train.batch_size,
-        spec.train.seq_len,
-        Math.min(4, spec.train.eval_batches),
-      );
+      const t = doctestScale(spec.train); // the settings the run trained with
+      const batches = evalBatches(data.val, t.batch_size, t.seq_len, Math.min(4, t.eval_batches));
       const sums = new Map<number, number>();
       for (const b of batches)
         noGrad(() =>

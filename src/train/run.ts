@@ -38,6 +38,7 @@ import { loadWeights } from "../model/weights.js";
 import { poolStats, resetPeak } from "../tensor/memory.js";
 import { MetricsLog } from "./metrics.js";
 import { AdamW, lrMultiplier } from "./optim.js";
+import { doctestScale } from "./doctest-scale.js";
 import { evaluate, isResidualParam, paramGroups, trainStep } from "./trainer.js";
 
 export const TrainSettingsSchema = z.strictObject({
@@ -122,7 +123,7 @@ export function resolveSpec(
   raw: { model: Record<string, unknown>; data: string; train: TrainSettingsInput; init?: string },
   data?: PreparedData,
 ): RunSpec {
-  const train = TrainSettingsSchema.parse(raw.train);
+  const train = doctestScale(TrainSettingsSchema.parse(raw.train)); // ATTNRES_DOCTEST: tiny runs
   const vocab = data?.tokenizer.vocabSize;
   const model = { ...raw.model };
   if (model.vocab_size === undefined && vocab !== undefined) model.vocab_size = vocab;

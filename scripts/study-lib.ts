@@ -37,7 +37,7 @@ import { writeFileAtomic } from "../src/io/safetensors.js";
 import { MODE_NAMES, type ModeName } from "../src/model/config.js";
 import type { CompareResult, DivergedRun, ModeSummary } from "../src/train/compare.js";
 import { finishedRun, resolveSpec, type RunResult, type RunSpec } from "../src/train/run.js";
-import { mean, std, welch } from "../src/train/statistics.js";
+import { mean, std, studentTCdf, welch, type Verdict, type WelchResult } from "../src/train/statistics.js";
 
 /** Every part, in the default order of `npm run study`. */
 export const PARTS = [
@@ -396,4 +396,58 @@ export function readPart(dirs: StudyDirs, part: string): PartResults | null {
     done,
     preset,
   };
+}
+
+// ---------------------------------------------------------------------------------------------
+// tests the report's new sections use
+
+/**
+ * Whether the gap mean(a) − mean(b) changed between two budgets: a Welch-type t-test of
+ * (mean(a2) − mean(b2)) − (mean(a1) − mean(b1)) with the four groups' variances and the
+ * Welch–Satterthwaite degrees of freedom. Null when a group has fewer than two values.
+ */
+export function gapChange(
+  a1: readonly number[],
+  b1: readonly number[],
+  a2: readonly number[],
+  b2: readonly number[],
+): (WelchResult & { gap1: number; gap2: number }) | null {
+  const groups = [a1, b1, a2, b2];
+  if (groups.some((g) => g.length < 2)) return null;
+  const v = groups.map((g) => std(g) ** 2 / g.length);
+  const se2 = v.reduce((p, x) => p + x, 0);
+  if (se2 === 0) return null;
+  const gap1 = mean(a1) - mean(b1);
+  const gap2 = mean(a2) - mean(b2);
+  const t = (gap2 - gap1) / Math.sqrt(se2);
+  const df = se2 ** 2 / v.reduce((p, x, i) => p + x ** 2 / (groups[i]!.length - 1), 0);
+  return { t, df, p: 2 * (1 - studentTCdf(Math.abs(t), df)), gap1, gap2 };
+}
+
+export type GapTrend = "flips" | "shrinks" | "grows" | "holds" | "untestable";
+
+/**
+ * How a gap evolves from the first budget to the second: "flips" when the second budget's gap
+ * is significant (Welch p < alpha) with the opposite sign of the first's; otherwise "shrinks" or
+ * "grows" when the change of the gap is significant (gapChange p < alpha) and its size went down
+ * or up; "holds" when the change is not significant.
+ */
+export function gapTrend(
+  first: Verdict,
+  second: Verdict,
+  change: WelchResult | null,
+  alpha = 0.05,
+): GapTrend {
+  if (!change || second.kind === "untestable" || first.kind === "untestable") return "untestable";
+  const significant2 = second.kind === "holds" || second.kind === "opposite";
+  if (significant2 && Math.sign(second.delta) !== Math.sign(first.delta)) return "flips";
+  if (change.p < alpha) return Math.abs(second.delta) < Math.abs(first.delta) ? "shrinks" : "grows";
+  return "holds";
+}
+
+/** Modes ordered by loss, best first (modes without a finite loss left out). */
+export function ranking(losses: Record<string, number>): string[] {
+  return Object.keys(losses)
+    .filter((m) => Number.isFinite(losses[m]))
+    .sort((p, q) => losses[p]! - losses[q]!);
 }

@@ -485,6 +485,10 @@ if (!main || !mainSpec) {
 const BUDGET_MODES = ["standard", "attnres-full", "delta", "delta-block"] as const;
 /** "a beats b" in words for the belief paragraph, from a verdict on "a is lower than b". */
 function belief(v: Verdict, a: string, b: string, where: string): string | null {
+  const s = beliefText(v, a, b, where);
+  return s && s[0]!.toUpperCase() + s.slice(1);
+}
+function beliefText(v: Verdict, a: string, b: string, where: string): string | null {
   const p = v.welch ? `p = ${v.welch.p.toPrecision(2)}` : "";
   switch (v.kind) {
     case "holds":
@@ -513,15 +517,22 @@ async function budgetFigure(c: PartResults, points: { mode: string; tokens: numb
   }
   if (rows.length === 0) return null;
   const modes = BUDGET_MODES.filter((m) => rows.some((r) => r.mode === m));
-  const color = { field: "mode", type: "nominal", title: null, sort: modes, legend: { orient: "bottom" } };
+  const palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"];
+  const scale = { domain: [...BUDGET_MODES], range: palette };
+  const color = { field: "mode", type: "nominal", title: null, sort: modes, scale, legend: null };
   const x = { field: "tokens", type: "quantitative", title: "training tokens", axis: { format: "~s" } };
+  const legend = { orient: "bottom", symbolType: "stroke", symbolStrokeWidth: 2, symbolOpacity: 1 };
   const spec = {
     title: {
       text: "Validation loss against training tokens",
-      subtitle: `budget-4x runs: mean over seeds, band = min–max over seeds; diamonds: the main study's ${mTok(points[0]?.tokens ?? NaN)}-token runs (mean)`,
+      subtitle: [
+        "budget-4x runs: mean over seeds, band = min–max over seeds",
+        `diamonds: the main study's ${mTok(points[0]?.tokens ?? NaN)}-token runs (mean over seeds)`,
+      ],
     },
     width: 480,
     height: 260,
+    resolve: { legend: { color: "independent" } },
     layer: [
       {
         data: { values: rows },
@@ -541,12 +552,12 @@ async function budgetFigure(c: PartResults, points: { mode: string; tokens: numb
       {
         data: { values: rows },
         mark: { type: "line", strokeWidth: 1.8 },
-        encoding: { x, y: { field: "mean", type: "quantitative" }, color },
+        encoding: { x, y: { field: "mean", type: "quantitative" }, color: { ...color, legend } },
       },
       {
         data: { values: points },
         mark: { type: "point", shape: "diamond", filled: true, size: 70 },
-        encoding: { x, y: { field: "loss", type: "quantitative" }, color: { ...color, field: "mode" } },
+        encoding: { x, y: { field: "loss", type: "quantitative" }, color },
       },
     ],
   };

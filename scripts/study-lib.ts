@@ -33,7 +33,7 @@ import { specFrom } from "../src/cli/train.js";
 import { evalBatches } from "../src/data/batches.js";
 import { loadPrepared } from "../src/data/prepared.js";
 import { loadCheckpoint } from "../src/io/checkpoint.js";
-import { writeFileAtomic } from "../src/io/safetensors.js";
+import { readSafetensors, writeFileAtomic } from "../src/io/safetensors.js";
 import { MODE_NAMES, type ModeName } from "../src/model/config.js";
 import type { CompareResult, DivergedRun, ModeSummary } from "../src/train/compare.js";
 import { finishedRun, resolveSpec, type RunResult, type RunSpec } from "../src/train/run.js";
@@ -91,6 +91,11 @@ export interface RunRecord {
   tokensPerSecond: number;
   peakTensorMB: number;
   seconds: number;
+  /**
+   * The learned gates a_j of a gated run (`…_res_alpha`, zero at the start), by tensor name:
+   * how much of its routed term each call uses at the end (absent for ungated modes).
+   */
+  gates?: Record<string, number>;
   /** Where it was exported (the machine that trained it): CPU, cores, memory, Node, native build. */
   machine: string;
   /** "<part>/<run>" when this run's results were copied from an identical run of another part. */
@@ -208,7 +213,12 @@ export function exportRun(dirs: StudyDirs, r: PlannedRun, spec: RunSpec): boolea
   if (done) {
     const analysis = analyzeRun(src, spec);
     writeFileAtomic(path.join(tmp, "analysis.json"), JSON.stringify(analysis) + "\n");
-    writeFileAtomic(path.join(tmp, "result.json"), JSON.stringify(recordOf(r, spec, done), null, 2) + "\n");
+    const rec = recordOf(r, spec, done);
+    const gates = gatesOf(src);
+    writeFileAtomic(
+      path.join(tmp, "result.json"),
+      JSON.stringify(Object.keys(gates).length ? { ...rec, gates } : rec, null, 2) + "\n",
+    );
   } else fs.copyFileSync(divergedFile, path.join(tmp, "diverged.json"));
   fs.rmSync(dst, { recursive: true, force: true });
   fs.mkdirSync(path.dirname(dst), { recursive: true });
@@ -235,6 +245,14 @@ function recordOf(r: PlannedRun, spec: RunSpec, res: RunResult): RunRecord {
     seconds: res.seconds,
     machine: machineLine(),
   };
+}
+
+/** The scalar gates (`…_res_alpha`) of a finished run's final weights, by name. */
+function gatesOf(dir: string): Record<string, number> {
+  const { tensors } = readSafetensors(path.join(dir, "checkpoint", "model.safetensors"));
+  const out: Record<string, number> = {};
+  for (const [name, t] of tensors) if (name.endsWith("_res_alpha")) out[name] = t.data[0]!;
+  return out;
 }
 
 /** The routing analysis of a finished run's checkpoint on 8 validation batches (cached there). */

@@ -746,6 +746,49 @@ else {
   });
   fs.rmSync(fig.svg, { force: true });
   say("![validation loss of the four cells](results/two-by-two.png)", "");
+  // Routing per cell: how sharp each cell's routing became (all calls with ≥ 2 sources).
+  const sharp = (src: "outputs" | "states", comb: "replace" | "add") => {
+    const c = src === "outputs" ? main : states;
+    const rows = c.runs
+      .filter((r) => r.mode === (comb === "replace" ? "attnres-full" : "delta"))
+      .map((r) => routingRow(r.seed, analysisOf(r.dir)));
+    return rows.length
+      ? `${pmOf(
+          rows.map((r) => r.max.all),
+          f3,
+        )} (deepest third ${pmOf(
+          rows.map((r) => r.deep),
+          f3,
+        )})`
+      : "n/a";
+  };
+  say(
+    "Routing of each cell: mean max α over the calls with ≥ 2 sources (and over the deepest third of them), mean ± std over seeds; the states cells route behind their gate, so α says which states a call mixes, not how much of the mix it uses.",
+    "",
+    "| sources ↓ · combination → | replace (Kimi) | add (Delta) |",
+    "| --- | --- | --- |",
+    `| outputs | ${sharp("outputs", "replace")} | ${sharp("outputs", "add")} |`,
+    `| states | ${sharp("states", "replace")} | ${sharp("states", "add")} |`,
+    "",
+  );
+  const gate = (comb: "replace" | "add") => {
+    const per = states.runs
+      .filter((r) => r.mode === (comb === "replace" ? "attnres-full" : "delta") && r.record.gates)
+      .map((r) => Object.values(r.record.gates!).map(Math.abs));
+    return per.length
+      ? `${pmOf(
+          per.map((g) => mean(g)),
+          f3,
+        )} (largest ${pmOf(
+          per.map((g) => Math.max(...g)),
+          f3,
+        )})`
+      : "n/a";
+  };
+  say(
+    `Learned gates of the states cells (zero at the start; mean |a_j| over every gate, and the largest, mean ± std over seeds): replace ${gate("replace")}; add ${gate("add")}.`,
+    "",
+  );
 }
 
 // --- learning rate ------------------------------------------------------------------------------

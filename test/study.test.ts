@@ -176,6 +176,20 @@ describe("study driver", () => {
       "states",
     );
     assert.ok(!fs.existsSync(path.join(results, "main", "attnres-full-s0")), "filtered out");
+    // The gated cell's learned gates are recorded; sublayer 0 never routes, so its gate stays 0.
+    const gates = rjson<{ gates: Record<string, number> }>(
+      path.join(results, "states", "delta-s0", "result.json"),
+    ).gates;
+    assert.equal(Object.keys(gates).length, 8);
+    assert.equal(gates["model.layers.0.attn_res_alpha"], 0);
+    assert.ok(
+      Object.values(gates).some((g) => g !== 0),
+      "the gates trained",
+    );
+    assert.equal(
+      rjson<{ gates?: unknown }>(path.join(results, "main", "delta-s0", "result.json")).gates,
+      undefined,
+    );
   });
 
   test("--export exports what `attnres compare` finished, and trains nothing", () => {
@@ -207,6 +221,23 @@ describe("study driver", () => {
     );
     assert.deepEqual([twin.part, twin.reusedFrom], ["depth-12", "main/standard-s0"]);
     assert.ok(!fs.existsSync(path.join(runs, "depth-12")));
+  });
+
+  test("--refresh exports a committed run again from its checkpoint, without training", () => {
+    const f = path.join(results, "states", "delta-s0", "result.json");
+    const before = fs.readFileSync(f, "utf8");
+    const ckpt = path.join(runs, "states", "delta-s0", "checkpoint", "model.safetensors");
+    const mtime = fs.statSync(ckpt).mtimeMs;
+    fs.writeFileSync(f, JSON.stringify({ ...JSON.parse(before), gates: undefined }));
+    const r = study(["states", "--seeds", "0", "--modes", "delta", "--export", "--refresh"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /states\/delta-s0: exported again/);
+    const again = JSON.parse(fs.readFileSync(f, "utf8")) as Record<string, unknown>;
+    const old = JSON.parse(before) as Record<string, unknown>;
+    delete again.machine;
+    delete old.machine;
+    assert.deepEqual(again, old);
+    assert.equal(fs.statSync(ckpt).mtimeMs, mtime, "not trained again");
   });
 
   test("committed results are never retrained, even on a machine without runs/", () => {

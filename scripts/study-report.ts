@@ -645,7 +645,7 @@ else {
     beliefs.push(
       trend === "holds"
         ? `Between ${mTok(t1)} and ${mTok(t4)} tokens the gap between attnres-full and delta did not change significantly.`
-        : `Between ${mTok(t1)} and ${mTok(t4)} tokens the gap between attnres-full and delta ${trend}${trend === "flips" ? " (significant at both budgets, with opposite signs)" : " significantly"}.`,
+        : `Between ${mTok(t1)} and ${mTok(t4)} tokens the gap between attnres-full and delta ${trend}${trend === "flips" ? ` (significant at ${mTok(t4)} tokens with the other sign)` : " significantly"}.`,
     );
   const points = BUDGET_MODES.filter((m) => lossAt(main, m).length).map((m) => ({
     mode: m,

@@ -33,11 +33,11 @@ import { specFrom } from "../src/cli/train.js";
 import { evalBatches } from "../src/data/batches.js";
 import { loadPrepared } from "../src/data/prepared.js";
 import { loadCheckpoint } from "../src/io/checkpoint.js";
-import { writeFileAtomic } from "../src/io/safetensors.js";
+import { readSafetensors, writeFileAtomic } from "../src/io/safetensors.js";
 import { MODE_NAMES, type ModeName } from "../src/model/config.js";
 import type { CompareResult, DivergedRun, ModeSummary } from "../src/train/compare.js";
 import { finishedRun, resolveSpec, type RunResult, type RunSpec } from "../src/train/run.js";
-import { mean, std, welch } from "../src/train/statistics.js";
+import { mean, std, studentTCdf, welch, type Verdict, type WelchResult } from "../src/train/statistics.js";
 
 /** Every part, in the default order of `npm run study`. */
 export const PARTS = [
@@ -91,6 +91,11 @@ export interface RunRecord {
   tokensPerSecond: number;
   peakTensorMB: number;
   seconds: number;
+  /**
+   * The learned gates a_j of a gated run (`…_res_alpha`, zero at the start), by tensor name:
+   * how much of its routed term each call uses at the end (absent for ungated modes).
+   */
+  gates?: Record<string, number>;
   /** Where it was exported (the machine that trained it): CPU, cores, memory, Node, native build. */
   machine: string;
   /** "<part>/<run>" when this run's results were copied from an identical run of another part. */
@@ -208,7 +213,12 @@ export function exportRun(dirs: StudyDirs, r: PlannedRun, spec: RunSpec): boolea
   if (done) {
     const analysis = analyzeRun(src, spec);
     writeFileAtomic(path.join(tmp, "analysis.json"), JSON.stringify(analysis) + "\n");
-    writeFileAtomic(path.join(tmp, "result.json"), JSON.stringify(recordOf(r, spec, done), null, 2) + "\n");
+    const rec = recordOf(r, spec, done);
+    const gates = gatesOf(src);
+    writeFileAtomic(
+      path.join(tmp, "result.json"),
+      JSON.stringify(Object.keys(gates).length ? { ...rec, gates } : rec, null, 2) + "\n",
+    );
   } else fs.copyFileSync(divergedFile, path.join(tmp, "diverged.json"));
   fs.rmSync(dst, { recursive: true, force: true });
   fs.mkdirSync(path.dirname(dst), { recursive: true });
@@ -235,6 +245,14 @@ function recordOf(r: PlannedRun, spec: RunSpec, res: RunResult): RunRecord {
     seconds: res.seconds,
     machine: machineLine(),
   };
+}
+
+/** The scalar gates (`…_res_alpha`) of a finished run's final weights, by name. */
+function gatesOf(dir: string): Record<string, number> {
+  const { tensors } = readSafetensors(path.join(dir, "checkpoint", "model.safetensors"));
+  const out: Record<string, number> = {};
+  for (const [name, t] of tensors) if (name.endsWith("_res_alpha")) out[name] = t.data[0]!;
+  return out;
 }
 
 /** The routing analysis of a finished run's checkpoint on 8 validation batches (cached there). */
@@ -396,4 +414,58 @@ export function readPart(dirs: StudyDirs, part: string): PartResults | null {
     done,
     preset,
   };
+}
+
+// ---------------------------------------------------------------------------------------------
+// tests the report's new sections use
+
+/**
+ * Whether the gap mean(a) − mean(b) changed between two budgets: a Welch-type t-test of
+ * (mean(a2) − mean(b2)) − (mean(a1) − mean(b1)) with the four groups' variances and the
+ * Welch–Satterthwaite degrees of freedom. Null when a group has fewer than two values.
+ */
+export function gapChange(
+  a1: readonly number[],
+  b1: readonly number[],
+  a2: readonly number[],
+  b2: readonly number[],
+): (WelchResult & { gap1: number; gap2: number }) | null {
+  const groups = [a1, b1, a2, b2];
+  if (groups.some((g) => g.length < 2)) return null;
+  const v = groups.map((g) => std(g) ** 2 / g.length);
+  const se2 = v.reduce((p, x) => p + x, 0);
+  if (se2 === 0) return null;
+  const gap1 = mean(a1) - mean(b1);
+  const gap2 = mean(a2) - mean(b2);
+  const t = (gap2 - gap1) / Math.sqrt(se2);
+  const df = se2 ** 2 / v.reduce((p, x, i) => p + x ** 2 / (groups[i]!.length - 1), 0);
+  return { t, df, p: 2 * (1 - studentTCdf(Math.abs(t), df)), gap1, gap2 };
+}
+
+export type GapTrend = "flips" | "shrinks" | "grows" | "holds" | "untestable";
+
+/**
+ * How a gap evolves from the first budget to the second: "flips" when the second budget's gap
+ * is significant (Welch p < alpha) with the opposite sign of the first's; otherwise "shrinks" or
+ * "grows" when the change of the gap is significant (gapChange p < alpha) and its size went down
+ * or up; "holds" when the change is not significant.
+ */
+export function gapTrend(
+  first: Verdict,
+  second: Verdict,
+  change: WelchResult | null,
+  alpha = 0.05,
+): GapTrend {
+  if (!change || second.kind === "untestable" || first.kind === "untestable") return "untestable";
+  const significant2 = second.kind === "holds" || second.kind === "opposite";
+  if (significant2 && Math.sign(second.delta) !== Math.sign(first.delta)) return "flips";
+  if (change.p < alpha) return Math.abs(second.delta) < Math.abs(first.delta) ? "shrinks" : "grows";
+  return "holds";
+}
+
+/** Modes ordered by loss, best first (modes without a finite loss left out). */
+export function ranking(losses: Record<string, number>): string[] {
+  return Object.keys(losses)
+    .filter((m) => Number.isFinite(losses[m]))
+    .sort((p, q) => losses[p]! - losses[q]!);
 }

@@ -16,11 +16,22 @@ import { parseArgs } from "node:util";
 import * as prettier from "prettier";
 import type { AnalysisReport, CallStats } from "../src/analysis/routing.js";
 import { writeAnalysis } from "../src/analysis/report.js";
-import { lineChart } from "../src/plot/index.js";
+import { lineChart, writeChart, type TopLevelSpec } from "../src/plot/index.js";
 import type { CompareResult } from "../src/train/compare.js";
 import type { RunSpec } from "../src/train/run.js";
 import { mean, std, verdictLower, type Verdict, type WelchResult } from "../src/train/statistics.js";
-import { DEFAULT_DIRS, readAnalysis, readPart, type PartResults, type StudyDirs } from "./study-lib.js";
+import {
+  DEFAULT_DIRS,
+  gapChange,
+  gapTrend,
+  ranking,
+  readAnalysis,
+  readPart,
+  valCurve,
+  type GapTrend,
+  type PartResults,
+  type StudyDirs,
+} from "./study-lib.js";
 
 const { values: a } = (() => {
   try {
@@ -277,8 +288,15 @@ const mainTokens = mainSpec
   : NaN;
 
 const verdicts: string[] = [];
+/** Sentences for "What we now believe": only verdicts that a test decided (or "cannot be told apart"). */
+const beliefs: string[] = [];
 const body: string[] = [];
 const say = (...l: string[]) => body.push(...l);
+const tokensOf = (c: PartResults) => {
+  const t = c.preset.train;
+  return t.steps * t.batch_size * t.seq_len * (t.grad_accum ?? 1);
+};
+const mTok = (n: number) => `${(n / 1e6).toFixed(1)}M`;
 
 if (!main || !mainSpec) {
   say("## Main study", "", notYet("main"), "");
@@ -347,6 +365,9 @@ if (!main || !mainSpec) {
     const [x] = name.split(" vs ");
     const extra = name.endsWith("standard") ? `; perplexity ${pct(pplChange(main, x!))}` : "";
     verdicts.push(`| ${claim} | main | Δ loss ${f4(r.delta)}${extra}; ${pStr(r.welch)} | ${words(r)} |`);
+    const [y] = name.split(" vs ").slice(1);
+    const b = belief(r, x!, y!, `at ${mTok(mainTokens)} tokens (main study)`);
+    if (b) beliefs.push(b);
   }
 
   // Routing of every routed run.
@@ -457,6 +478,387 @@ if (!main || !mainSpec) {
     );
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Second round: token budget, routing vs sources (2 × 2), learning rate.
+
+const BUDGET_MODES = ["standard", "attnres-full", "delta", "delta-block"] as const;
+/** "a beats b" in words for the belief paragraph, from a verdict on "a is lower than b". */
+function belief(v: Verdict, a: string, b: string, where: string): string | null {
+  const s = beliefText(v, a, b, where);
+  return s && s[0]!.toUpperCase() + s.slice(1);
+}
+function beliefText(v: Verdict, a: string, b: string, where: string): string | null {
+  const p = v.welch ? `p = ${v.welch.p.toPrecision(2)}` : "";
+  switch (v.kind) {
+    case "holds":
+      return `${a} reaches a lower validation loss than ${b} ${where} (Δ ${f4(v.delta)}, ${p}).`;
+    case "opposite":
+      return `${b} reaches a lower validation loss than ${a} ${where} (Δ ${f4(-v.delta)}, ${p}).`;
+    case "noise":
+      return `${a} and ${b} cannot be told apart ${where} (${p}).`;
+    case "untestable":
+      return null;
+  }
+}
+
+/** Validation loss against tokens, per mode: mean line and min–max band over seeds (+ points). */
+async function budgetFigure(c: PartResults, points: { mode: string; tokens: number; loss: number }[]) {
+  const perTok = c.preset.train.batch_size * c.preset.train.seq_len * (c.preset.train.grad_accum ?? 1);
+  const rows: { mode: string; tokens: number; mean: number; lo: number; hi: number }[] = [];
+  for (const m of BUDGET_MODES) {
+    const curves = c.runs.filter((r) => r.mode === m).map((r) => valCurve(r.dir));
+    if (curves.length === 0) continue;
+    for (const [k, [step]] of curves[0]!.entries()) {
+      const ys = curves.map((cv) => cv[k]?.[1]).filter((y): y is number => Number.isFinite(y));
+      if (ys.length === 0) continue;
+      rows.push({ mode: m, tokens: step * perTok, mean: mean(ys), lo: Math.min(...ys), hi: Math.max(...ys) });
+    }
+  }
+  if (rows.length === 0) return null;
+  const modes = BUDGET_MODES.filter((m) => rows.some((r) => r.mode === m));
+  const palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"];
+  const scale = { domain: [...BUDGET_MODES], range: palette };
+  const color = { field: "mode", type: "nominal", title: null, sort: modes, scale, legend: null };
+  const x = { field: "tokens", type: "quantitative", title: "training tokens", axis: { format: "~s" } };
+  const legend = { orient: "bottom", symbolType: "stroke", symbolStrokeWidth: 2, symbolOpacity: 1 };
+  const spec = {
+    title: {
+      text: "Validation loss against training tokens",
+      subtitle: [
+        "budget-4x runs: mean over seeds, band = min–max over seeds",
+        `diamonds: the main study's ${mTok(points[0]?.tokens ?? NaN)}-token runs (mean over seeds)`,
+      ],
+    },
+    width: 480,
+    height: 260,
+    resolve: { legend: { color: "independent" } },
+    layer: [
+      {
+        data: { values: rows },
+        mark: { type: "area", opacity: 0.18 },
+        encoding: {
+          x,
+          y: {
+            field: "lo",
+            type: "quantitative",
+            scale: { zero: false },
+            title: "validation loss (nats/token)",
+          },
+          y2: { field: "hi" },
+          color,
+        },
+      },
+      {
+        data: { values: rows },
+        mark: { type: "line", strokeWidth: 1.8 },
+        encoding: { x, y: { field: "mean", type: "quantitative" }, color: { ...color, legend } },
+      },
+      {
+        data: { values: points },
+        mark: { type: "point", shape: "diamond", filled: true, size: 70 },
+        encoding: { x, y: { field: "loss", type: "quantitative" }, color },
+      },
+    ],
+  };
+  await writeChart(spec as unknown as TopLevelSpec, path.join(figDir, "budget-loss-vs-tokens"));
+  fs.rmSync(path.join(figDir, "budget-loss-vs-tokens.svg"), { force: true });
+  return "results/budget-loss-vs-tokens.png";
+}
+
+// --- token budget -------------------------------------------------------------------------------
+say("## Token budget: does the order change with 4× the tokens?", "");
+if (!budget || !main) say(notYet("budget-4x"), "");
+else {
+  const t1 = tokensOf(main);
+  const t4 = tokensOf(budget);
+  const lossAt = (c: PartResults, m: string) => losses(c, m);
+  say(
+    `Settings: configs/study/budget-4x.json — the main study's settings with ${budget.preset.train.steps} steps (${t4.toLocaleString("en-US")} tokens per run, the cosine schedule stretched over them); the ${mTok(t1)}-token points are the main study's runs (configs/study/main.json). ${budget.complete ? "" : `**Incomplete**: ${budget.done} of ${budget.planned} runs done; the tables cover the finished runs only.`}`,
+    "",
+    `| mode | runs at ${mTok(t1)} | val loss at ${mTok(t1)} | runs at ${mTok(t4)} | val loss at ${mTok(t4)} | change |`,
+    "| --- | --- | --- | --- | --- | --- |",
+  );
+  for (const m of BUDGET_MODES) {
+    const a1 = lossAt(main, m);
+    const a4 = lossAt(budget, m);
+    say(
+      `| ${m} | ${a1.length} | ${a1.length ? pmOf(a1) : "n/a"} | ${a4.length} | ${a4.length ? pmOf(a4) : "n/a"} | ${a1.length && a4.length ? f4(mean(a4) - mean(a1)) : "n/a"} |`,
+    );
+  }
+  say(
+    "",
+    `| claim: the first has lower val loss than the second | Δ at ${mTok(t1)} | Welch | verdict | Δ at ${mTok(t4)} | Welch | verdict |`,
+    "| --- | --- | --- | --- | --- | --- | --- |",
+  );
+  const pairs: [string, string][] = [
+    ["delta", "standard"],
+    ["delta-block", "standard"],
+    ["attnres-full", "standard"],
+    ["delta", "attnres-full"],
+    ["delta", "delta-block"],
+  ];
+  const at = new Map<string, [Verdict, Verdict]>();
+  for (const [x, y] of pairs) {
+    const v1 = verdictLower(lossAt(main, x), lossAt(main, y), P);
+    const v4 = verdictLower(lossAt(budget, x), lossAt(budget, y), P);
+    at.set(`${x} vs ${y}`, [v1, v4]);
+    say(
+      `| ${x} vs ${y} | ${f4(v1.delta)} | ${pStr(v1.welch)} | ${words(v1)} | ${f4(v4.delta)} | ${pStr(v4.welch)} | ${words(v4)} |`,
+    );
+  }
+  const [g1, g4] = at.get("delta vs attnres-full")!;
+  const change = gapChange(
+    lossAt(main, "attnres-full"),
+    lossAt(main, "delta"),
+    lossAt(budget, "attnres-full"),
+    lossAt(budget, "delta"),
+  );
+  const trend = gapTrend(g1, g4, change, P);
+  const trendWords: Record<GapTrend, string> = {
+    flips: "**flips**",
+    shrinks: "**shrinks**",
+    grows: "**grows**",
+    holds: "**holds** (no significant change)",
+    untestable: "**not testable yet** (needs ≥ 2 runs of each mode at both budgets)",
+  };
+  say(
+    "",
+    `The gap attnres-full − delta is ${f4(-g1.delta)} at ${mTok(t1)} and ${f4(-g4.delta)} at ${mTok(t4)} tokens; the change of the gap ${change ? `is ${f4(change.gap2 - change.gap1)} (${pStr(change)})` : "is not testable yet"}. Rule: the gap **flips** when at ${mTok(t4)} it is significant (p < ${P}) with the other sign; otherwise it **shrinks** or **grows** when the change of the gap is significant (a Welch-type test of the difference of the two differences of means, Welch–Satterthwaite degrees of freedom), and **holds** when it is not. Verdict: the gap ${trendWords[trend]}.`,
+    "",
+  );
+  verdicts.push(
+    `| The order of AttnRes (Full) and Delta AttnRes changes with 4× the tokens | budget-4x | attnres-full − delta: ${f4(-g1.delta)} at ${mTok(t1)}, ${f4(-g4.delta)} at ${mTok(t4)}; change ${change ? pStr(change) : "n/a"} | the gap ${trendWords[trend]} |`,
+  );
+  for (const [x, y] of [
+    ["delta", "standard"],
+    ["delta", "attnres-full"],
+  ] as const) {
+    const [, v4] = at.get(`${x} vs ${y}`)!;
+    verdicts.push(
+      `| ${x === "delta" && y === "standard" ? "Delta AttnRes beats standard residuals" : "Delta AttnRes beats AttnRes (Full)"} at ${mTok(t4)} tokens | budget-4x | Δ loss ${f4(v4.delta)}; ${pStr(v4.welch)} | ${words(v4)} |`,
+    );
+    const b = belief(v4, x, y, `at ${mTok(t4)} tokens`);
+    if (b) beliefs.push(b);
+  }
+  if (trend !== "untestable")
+    beliefs.push(
+      trend === "holds"
+        ? `Between ${mTok(t1)} and ${mTok(t4)} tokens the gap between attnres-full and delta did not change significantly.`
+        : `Between ${mTok(t1)} and ${mTok(t4)} tokens the gap between attnres-full and delta ${trend}${trend === "flips" ? ` (significant at ${mTok(t4)} tokens with the other sign)` : " significantly"}.`,
+    );
+  const points = BUDGET_MODES.filter((m) => lossAt(main, m).length).map((m) => ({
+    mode: m,
+    tokens: t1,
+    loss: mean(lossAt(main, m)),
+  }));
+  const fig = await budgetFigure(budget, points);
+  if (fig)
+    say(
+      `![validation loss against training tokens, four modes, seed bands](${fig})`,
+      "",
+      `The ${mTok(t1)}-token diamonds are runs with their own (shorter) schedule, so they sit below the 4× curves at the same token count: compare modes within one budget, not the curves with the diamonds.`,
+      "",
+    );
+}
+
+// --- 2 × 2 --------------------------------------------------------------------------------------
+say("## Routing vs sources: a 2 × 2", "");
+if (!states || !main) say(notYet("states"), "");
+else {
+  const cell = (src: "outputs" | "states", comb: "replace" | "add") =>
+    losses(src === "outputs" ? main : states, comb === "replace" ? "attnres-full" : "delta");
+  const params = (src: "outputs" | "states", comb: "replace" | "add") =>
+    summaryOf(src === "outputs" ? main : states, comb === "replace" ? "attnres-full" : "delta")?.params;
+  const stdParams = summaryOf(main, "standard")?.params;
+  const fmtExtra = (p?: number) =>
+    p === undefined || stdParams === undefined ? "n/a" : `+${(p - stdParams).toLocaleString("en-US")}`;
+  const cellStr = (xs: number[]) => (xs.length ? `${pmOf(xs)} (n = ${xs.length})` : "n/a");
+  say(
+    `Settings: the main study's for every cell. The (outputs, ·) cells are the main study's attnres-full and delta runs; the (states, ·) cells are configs/study/states.json (\`attnres_sources: "states"\`, which adds the zero gate; docs/residual-modes.md specifies every cell). ${states.complete ? "" : `**Incomplete**: ${states.done} of ${states.planned} runs of the states cells done.`}`,
+    "",
+    "| sources ↓ · combination → | replace (Kimi) | add (Delta) |",
+    "| --- | --- | --- |",
+    `| outputs | ${cellStr(cell("outputs", "replace"))} | ${cellStr(cell("outputs", "add"))} |`,
+    `| states | ${cellStr(cell("states", "replace"))} | ${cellStr(cell("states", "add"))} |`,
+    "",
+    `Validation loss (nats/token), mean ± std over seeds. Parameters beyond the standard model's ${summaryOf(main, "standard")?.params.toLocaleString("en-US") ?? "n/a"}: outputs/replace ${fmtExtra(params("outputs", "replace"))}, outputs/add ${fmtExtra(params("outputs", "add"))}, states/replace ${fmtExtra(params("states", "replace"))}, states/add ${fmtExtra(params("states", "add"))}.`,
+    "",
+    "| claim: the first has lower val loss than the second | Δ val loss | Welch (two-sided) | verdict |",
+    "| --- | --- | --- | --- |",
+  );
+  const axes: [string, string, number[], number[], string][] = [
+    [
+      "add vs replace, sources = outputs",
+      "adding",
+      cell("outputs", "add"),
+      cell("outputs", "replace"),
+      "over outputs",
+    ],
+    [
+      "add vs replace, sources = states",
+      "adding",
+      cell("states", "add"),
+      cell("states", "replace"),
+      "over states",
+    ],
+    [
+      "outputs vs states, combination = replace",
+      "outputs",
+      cell("outputs", "replace"),
+      cell("states", "replace"),
+      "when replacing",
+    ],
+    [
+      "outputs vs states, combination = add",
+      "outputs",
+      cell("outputs", "add"),
+      cell("states", "add"),
+      "when adding",
+    ],
+  ];
+  for (const [name, , x, y, where] of axes) {
+    const r = verdictLower(x, y, P);
+    say(`| ${name} | ${f4(r.delta)} | ${pStr(r.welch)} | ${words(r)} |`);
+    const [first, second] = name.startsWith("add")
+      ? ["adding", "replacing"]
+      : ["outputs as sources", "states as sources"];
+    verdicts.push(
+      `| ${name.startsWith("add") ? `Additive beats replacement routing with the sources fixed (${name.split(", ")[1]})` : `Outputs beat hidden states as sources with the combination fixed (${name.split(", ")[1]})`} | 2 × 2 | Δ loss ${f4(r.delta)}; ${pStr(r.welch)} | ${words(r)} |`,
+    );
+    const b = belief(r, first, second, `${where} (2 × 2, ${mTok(tokensOf(main))} tokens)`);
+    if (b) beliefs.push(b);
+  }
+  say("");
+  const fig = await lineChart(path.join(figDir, "two-by-two"), {
+    title: "Routing vs sources",
+    subtitle: "mean validation loss over seeds; lines join the cells with the same combination",
+    series: (["replace", "add"] as const).map((comb) => ({
+      name: comb === "replace" ? "replace (Kimi)" : "add (Delta)",
+      points: (["outputs", "states"] as const).map((src) => {
+        const xs = cell(src, comb);
+        return { x: src, y: xs.length ? mean(xs) : null };
+      }),
+    })),
+    xTitle: "sources",
+    yTitle: "validation loss (nats/token)",
+    width: 300,
+  });
+  fs.rmSync(fig.svg, { force: true });
+  say("![validation loss of the four cells](results/two-by-two.png)", "");
+  // Routing per cell: how sharp each cell's routing became (all calls with ≥ 2 sources).
+  const sharp = (src: "outputs" | "states", comb: "replace" | "add") => {
+    const c = src === "outputs" ? main : states;
+    const rows = c.runs
+      .filter((r) => r.mode === (comb === "replace" ? "attnres-full" : "delta"))
+      .map((r) => routingRow(r.seed, analysisOf(r.dir)));
+    return rows.length
+      ? `${pmOf(
+          rows.map((r) => r.max.all),
+          f3,
+        )} (deepest third ${pmOf(
+          rows.map((r) => r.deep),
+          f3,
+        )})`
+      : "n/a";
+  };
+  say(
+    "Routing of each cell: mean max α over the calls with ≥ 2 sources (and over the deepest third of them), mean ± std over seeds; the states cells route behind their gate, so α says which states a call mixes, not how much of the mix it uses.",
+    "",
+    "| sources ↓ · combination → | replace (Kimi) | add (Delta) |",
+    "| --- | --- | --- |",
+    `| outputs | ${sharp("outputs", "replace")} | ${sharp("outputs", "add")} |`,
+    `| states | ${sharp("states", "replace")} | ${sharp("states", "add")} |`,
+    "",
+  );
+  const gate = (comb: "replace" | "add") => {
+    const per = states.runs
+      .filter((r) => r.mode === (comb === "replace" ? "attnres-full" : "delta") && r.record.gates)
+      .map((r) => Object.values(r.record.gates!).map(Math.abs));
+    return per.length
+      ? `${pmOf(
+          per.map((g) => mean(g)),
+          f3,
+        )} (largest ${pmOf(
+          per.map((g) => Math.max(...g)),
+          f3,
+        )})`
+      : "n/a";
+  };
+  say(
+    `Learned gates of the states cells (zero at the start; mean |a_j| over every gate, and the largest, mean ± std over seeds): replace ${gate("replace")}; add ${gate("add")}.`,
+    "",
+  );
+}
+
+// --- learning rate ------------------------------------------------------------------------------
+say("## Learning-rate check: does the single learning rate favour a mode?", "");
+{
+  const LR_MODES = ["standard", "attnres-full", "delta"];
+  const rows: { lr: string; loss: Record<string, number> }[] = [];
+  const seed0 = (c: PartResults | null, m: string) =>
+    c?.runs.find((r) => r.mode === m && r.seed === 0)?.valLoss ?? NaN;
+  const [low, high] = lrParts.map(([, c]) => c);
+  if (low) rows.push({ lr: "1.5e-3", loss: Object.fromEntries(LR_MODES.map((m) => [m, seed0(low, m)])) });
+  if (main) rows.push({ lr: "3e-3", loss: Object.fromEntries(LR_MODES.map((m) => [m, seed0(main, m)])) });
+  if (high) rows.push({ lr: "6e-3", loss: Object.fromEntries(LR_MODES.map((m) => [m, seed0(high, m)])) });
+  const done = lrParts.reduce((p, [part]) => p + (readPart(dirs, part)?.done ?? 0), 0);
+  const planned = lrParts.reduce((p, [part]) => p + (readPart(dirs, part)?.planned ?? 0), 0);
+  if (!low && !high)
+    say(`Not run yet: ${done} of ${planned} runs done (\`npm run study -- lr-1.5e-3 lr-6e-3\`).`, "");
+  else {
+    say(
+      `Settings: configs/study/lr-1.5e-3.json and lr-6e-3.json — the main study's settings at half and double its peak learning rate, seed 0; the 3e-3 column is the main study's seed 0. ${done < planned ? `**Incomplete**: ${done} of ${planned} runs done.` : ""}`,
+      "",
+      `| peak lr | ${LR_MODES.join(" | ")} | ranking, best first |`,
+      `| --- | ${LR_MODES.map(() => "---").join(" | ")} | --- |`,
+      ...rows.map(
+        (r) =>
+          `| ${r.lr} | ${LR_MODES.map((m) => f4(r.loss[m])).join(" | ")} | ${ranking(r.loss).join(" < ")} |`,
+      ),
+      "",
+    );
+    const full = rows.filter((r) => ranking(r.loss).length === LR_MODES.length);
+    const distinct = [...new Set(full.map((r) => ranking(r.loss).join(" < ")))];
+    const spread = main ? LR_MODES.map((m) => `${m} ${f4(std(losses(main, m)))}`).join(", ") : "n/a";
+    let line: string;
+    if (full.length < 2) line = "Too few complete rows to compare rankings yet.";
+    else if (distinct.length === 1)
+      line = `**The ranking is the same at every rate checked** (${full.map((r) => r.lr).join(", ")}): ${distinct[0]}.`;
+    else
+      line = `**The ranking changes with the learning rate**: ${full.map((r) => `at ${r.lr}: ${ranking(r.loss).join(" < ")}`).join("; ")}.`;
+    say(
+      line,
+      `One seed per rate, so no test: the main study's seed-to-seed standard deviations (${spread}) show how large a difference must be to mean anything.`,
+      "",
+    );
+    if (full.length >= 2)
+      beliefs.push(
+        distinct.length === 1
+          ? `The order standard/attnres-full/delta is the same at half, the main and double learning rate (one seed per rate: a check, not a test).`
+          : `The order of standard, attnres-full and delta changes with the learning rate (one seed per rate: a warning, not a test), so the main study's single rate may favour a mode.`,
+      );
+    const fig = await lineChart(path.join(figDir, "lr-check"), {
+      title: "Validation loss against peak learning rate",
+      subtitle: "seed 0; the main study uses 3e-3",
+      series: LR_MODES.map((m) => ({ name: m, points: rows.map((r) => ({ x: r.lr, y: r.loss[m] })) })),
+      xTitle: "peak learning rate",
+      yTitle: "validation loss (nats/token)",
+      width: 300,
+    });
+    fs.rmSync(fig.svg, { force: true });
+    say("![validation loss against peak learning rate](results/lr-check.png)", "");
+  }
+}
+
+const believeLines = [
+  "## What we now believe",
+  "",
+  beliefs.length
+    ? `Only what the tests on this page support (p < ${P} by the rules above; "cannot be told apart" means no significant difference at this scale, not equality): ${beliefs.join(" ")}`
+    : "Nothing yet: no part has finished runs.",
+  "",
+];
 
 say("## Depth sweep: 6, 12, 24 layers at d 128 (one seed)", "");
 if (depthParts.length === 0)
@@ -585,6 +987,7 @@ const lines = [
   "| --- | --- | --- | --- |",
   ...(verdicts.length ? verdicts : ["| (no finished part yet) | | | |"]),
   "",
+  ...believeLines,
   ...body,
   "## Claims the study does not measure",
   "",

@@ -13,8 +13,10 @@
  *   npm run study -- budget-4x --modes attnres-full,delta --seeds 0
  *   npm run study -- --export                      # only export finished runs, train nothing
  *   npm run study -- --list                        # the plan: done / to do per part
+ *   npm run study -- states --export --refresh     # export again runs whose checkpoints are here
  * Options: --runs <dir> (runs/study), --results <dir> (study/results), --presets <dir>
- * (configs/study), --commit (git-commit each run's results folder as it is exported).
+ * (configs/study), --commit (git-commit each run's results folder as it is exported), --refresh
+ * (export again the committed runs whose finished training folders are here), --quiet.
  */
 import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
@@ -53,6 +55,7 @@ function parse() {
       modes: { type: "string" },
       seeds: { type: "string" },
       export: { type: "boolean", default: false },
+      refresh: { type: "boolean", default: false },
       list: { type: "boolean", default: false },
       commit: { type: "boolean", default: false },
       quiet: { type: "boolean", default: false },
@@ -139,7 +142,12 @@ try {
       const spec = await specOfRun(dirs, r);
       checkCommitted(dirs, r, spec);
       if (isDone(dirs, r)) {
-        say(`${part}/${r.run}: results committed; skipped`);
+        // --refresh: a committed run whose finished training folder is here is exported again
+        // (e.g. to add what a newer export records); the training itself is never redone.
+        if (o.refresh && exportRun(dirs, r, spec)) {
+          say(`${part}/${r.run}: exported again from ${runDir(dirs, r)}`);
+          commit(r);
+        } else say(`${part}/${r.run}: results committed; skipped`);
         continue;
       }
       // A run that training already finished (e.g. by `attnres compare`) only needs its export.

@@ -40,6 +40,7 @@ import { log, softmax } from "../src/tensor/ops.js";
 import { Rng } from "../src/tensor/random.js";
 import { noGrad } from "../src/tensor/tensor.js";
 import { assertClose, tempDir } from "./helpers.js";
+import type { DecoderLMConfig } from "../src/model/config.js";
 
 const tok = new ByteTokenizer();
 const item = (context: string, choices: string[], gold: number, line = 1): McItem => ({
@@ -174,7 +175,7 @@ function independentScore(m: DecoderLM, context: string, choice: string): number
 }
 
 describe("scores are sums of log-softmax (cross-check)", () => {
-  const base = {
+  const base: DecoderLMConfig = {
     model_type: "qwen3",
     vocab_size: 256,
     hidden_size: 16,

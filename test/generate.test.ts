@@ -28,8 +28,9 @@ import { poolStats, tidy } from "../src/tensor/memory.js";
 import { Rng } from "../src/tensor/random.js";
 import { noGrad } from "../src/tensor/tensor.js";
 import { assertClose, scaledClose, tempDir } from "./helpers.js";
+import type { DecoderLMConfig } from "../src/model/config.js";
 
-const base = {
+const base: DecoderLMConfig = {
   model_type: "qwen3",
   vocab_size: 29,
   hidden_size: 16,
@@ -198,7 +199,7 @@ describe("cache bookkeeping", () => {
       const before = poolStats(ref).liveBytes;
       const cache = m.newCache(3, 7);
       const headDim = base.hidden_size / base.num_attention_heads;
-      const bytes = 2 * base.num_hidden_layers * 3 * 7 * base.num_key_value_heads * headDim * 8;
+      const bytes = 2 * base.num_hidden_layers * 3 * 7 * base.num_key_value_heads! * headDim * 8;
       assert.equal(poolStats(ref).liveBytes - before, bytes);
       noGrad(() => tidy(() => void m.forward(randomIds(3 * 4, 1), 3, 4, { cache })));
       assert.equal(poolStats(ref).liveBytes - before, bytes, "a forward through the cache leaks nothing");

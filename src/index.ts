@@ -24,6 +24,7 @@ export * from "./train/run.js";
 export * from "./io/checkpoint.js";
 export * from "./data/tokenizer.js";
 export * from "./data/prepared.js";
+export * from "./data/batches.js";
 export * from "./io/safetensors.js";
 export * from "./model/convert.js";
 export * from "./eval/mc.js";

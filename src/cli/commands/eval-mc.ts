@@ -22,7 +22,7 @@ export function registerEvalMc(program: Command): void {
         "each log-likelihood divided by the choice's length in UTF-8 bytes (docs/eval-mc.md).",
         "",
         "Example:",
-        "  attnres eval-mc -c runs/sotu-tiny/checkpoint --tasks examples/tasks/sotu-mini.jsonl",
+        "  attnres eval-mc -c runs/sotu-tiny/checkpoint --tasks examples/tasks/tiny-mc.jsonl",
         "",
       ].join("\n"),
     )

@@ -1,5 +1,5 @@
 /** The definition of `attnres eval` (options, help); the work is in ../eval.ts, loaded on use. */
-import type { Command } from "commander";
+import { type Command, Option } from "commander";
 import { windowOptions } from "../common.js";
 
 export function registerEval(program: Command): void {
@@ -8,7 +8,9 @@ export function registerEval(program: Command): void {
     .description("loss, perplexity and bits per byte of a checkpoint on a prepared dataset")
     .requiredOption("-c, --checkpoint <dir>", "checkpoint folder (config.json + model.safetensors)")
     .requiredOption("-d, --data <dir>", "prepared dataset folder (attnres prepare)")
-    .option("--split <split>", "val or train", "val")
+    .addOption(
+      new Option("--split <split>", "the split to evaluate").choices(["val", "train"]).default("val"),
+    )
     .option("--json", "print JSON");
   windowOptions(cmd, 16)
     .addHelpText(

@@ -174,8 +174,8 @@ describe("the npm package", { timeout: 20 * 60_000 }, () => {
       path.join(root, "build", "Release", "attnres_native.node"),
       path.join(dest, "attnres_native.node"),
     );
-    for (const node of [process.execPath, ...extraNodes]) {
-      const r = run(node, ["index.mjs", path.join(work, `native-${path.basename(path.dirname(node))}`)], {
+    for (const [i, node] of [process.execPath, ...extraNodes].entries()) {
+      const r = run(node, ["index.mjs", path.join(work, `native-${i}`)], {
         cwd: project,
         env: cleanEnv({ ATTNRES_BACKEND: "native" }),
       });

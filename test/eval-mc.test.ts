@@ -353,7 +353,10 @@ describe("attnres eval-mc", () => {
     program.configureOutput({ writeOut: (s) => (out += s), writeErr: (s) => (err += s) });
     registerEvalMc(program);
     const write = process.stdout.write.bind(process.stdout);
-    process.stdout.write = ((s: string) => ((out += s), true)) as typeof process.stdout.write;
+    // The command writes strings; the test runner's own reports (bytes) pass through while the
+    // action awaits the import of its implementation.
+    process.stdout.write = ((s: string | Uint8Array, ...rest: never[]) =>
+      typeof s === "string" ? ((out += s), true) : write(s, ...rest)) as typeof process.stdout.write;
     try {
       await program.parseAsync(["eval-mc", ...args], { from: "user" });
       return { out, err, code: 0 };

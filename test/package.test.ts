@@ -65,6 +65,22 @@ function npm(args: string[], cwd: string) {
 const helpModules =
   /\/node_modules\/commander\/|\/node_modules\/attnres\/(bin\/attnres\.mjs|dist\/(node-version|cli\/(main|common|preset-names|commands\/[\w-]+)|io\/paths|model\/names)\.js)$/;
 
+test("the install script without a compiler: a warning as a dependency, an error in a clone", () => {
+  const script = path.join(root, "scripts", "build-native.mjs");
+  const noCompiler = { PATH: "/nonexistent", CXX: "" };
+  const dep = run(process.execPath, [script], {
+    env: cleanEnv({ ...noCompiler, npm_lifecycle_event: "install", INIT_CWD: tempDir("consumer") }),
+  });
+  assert.equal(dep.status, 0, dep.stderr);
+  assert.match(dep.stderr, /no C\+\+ compiler found/);
+  assert.match(dep.stderr, /installed without the native addon; .*`npm rebuild attnres`/);
+  const clone = run(process.execPath, [script], {
+    env: cleanEnv({ ...noCompiler, npm_lifecycle_event: "install", INIT_CWD: root }),
+  });
+  assert.equal(clone.status, 1);
+  assert.match(clone.stderr, /no C\+\+ compiler found/);
+});
+
 describe("the npm package", { timeout: 20 * 60_000 }, () => {
   let work = "";
   let project = "";

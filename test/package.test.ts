@@ -1,6 +1,7 @@
 /**
- * attnres as a user gets it from npm: `npm pack` (which builds dist/ through the `prepare` script)
- * → the tarball installed into a fresh project → plain Node.js and strict TypeScript consumers.
+ * attnres as a user gets it from npm: `npm pack` of the built dist/ (`npm test` builds it first, as
+ * `prepare` does on a plain `npm pack`) → the tarball installed into a fresh project → plain
+ * Node.js and strict TypeScript consumers.
  *
  * The project is installed offline, with the exact dependency versions of this repository's
  * package-lock.json (its non-dev entries, plus the tarball), from the npm cache `npm ci` filled:
@@ -61,6 +62,20 @@ function npm(args: string[], cwd: string) {
   return r.stdout;
 }
 
+/** Whether dist/ is missing or older than some source file. */
+function distStale(): boolean {
+  const built = path.join(root, "dist", "index.js");
+  if (!fs.existsSync(built)) return true;
+  const t = fs.statSync(built).mtimeMs;
+  const newer = (dir: string): boolean =>
+    fs
+      .readdirSync(dir, { withFileTypes: true })
+      .some((e) =>
+        e.isDirectory() ? newer(path.join(dir, e.name)) : fs.statSync(path.join(dir, e.name)).mtimeMs > t,
+      );
+  return newer(path.join(root, "src"));
+}
+
 /** The only files `--help` / `--version` may load: commander and the command definitions. */
 const helpModules =
   /\/node_modules\/commander\/|\/node_modules\/attnres\/(bin\/attnres\.mjs|dist\/(node-version|cli\/(main|common|preset-names|commands\/[\w-]+)|io\/paths|model\/names)\.js)$/;
@@ -91,7 +106,14 @@ describe("the npm package", { timeout: 20 * 60_000 }, () => {
     work = tempDir("package");
     project = path.join(work, "consumer");
     fs.mkdirSync(project);
-    packed = (JSON.parse(npm(["pack", "--json", "--pack-destination", work], root)) as (typeof packed)[])[0]!;
+    // dist/ is what `prepare` builds on `npm pack`; `npm test` has just built it, so it is rebuilt
+    // here only when missing or older than a source file (this file run on its own).
+    if (distStale()) npm(["run", "build"], root);
+    packed = (
+      JSON.parse(
+        npm(["pack", "--ignore-scripts", "--json", "--pack-destination", work], root),
+      ) as (typeof packed)[]
+    )[0]!;
     const tgz = packed.filename;
     fs.renameSync(path.join(work, tgz), path.join(project, tgz));
     const integrity =

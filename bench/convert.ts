@@ -14,7 +14,7 @@
  *   measured   `node bin/attnres.mjs convert --from SRC --to OUT --mode M` for each mode (default
  *              delta and delta-block --blocks 4), each in its own child process with stdout piped
  *              (so progress is a line per ~10 %; convert has no --quiet): wall time from spawn to
- *              exit (node start-up and tsx loading included), and the child's peak RSS. The
+ *              exit (node start-up included), and the child's peak RSS. The
  *              child is started with `--import` of a tiny inline module that, on process exit,
  *              writes `process.resourceUsage().maxRSS` (getrusage's ru_maxrss: the kernel's
  *              high-water mark of the process's resident set, all threads and native allocations

@@ -1,5 +1,7 @@
 /** The residual modes the benchmarks run (block modes with 4 blocks) and the reference-step model. */
-export const MODES: Record<string, Record<string, unknown>> = {
+import type { DecoderLMConfig } from "../src/model/config.js";
+
+export const MODES: Record<string, Partial<DecoderLMConfig>> = {
   standard: {},
   "attnres-full": { attnres_mode: "full" },
   "attnres-block": { attnres_mode: "block", attnres_num_blocks: 4 },
@@ -10,7 +12,7 @@ export const MODES: Record<string, Record<string, unknown>> = {
 };
 
 /** The compute-core issue's reference step model (d 256, 4 heads, SwiGLU 768, vocab 256, seq 256). */
-export function referenceStepConfig(layers: number, mode = "standard"): Record<string, unknown> {
+export function referenceStepConfig(layers: number, mode = "standard"): DecoderLMConfig {
   const extra = MODES[mode];
   if (!extra) throw new Error(`unknown mode ${mode}; expected one of ${Object.keys(MODES).join(", ")}`);
   return {

@@ -8,13 +8,16 @@
  *                     fresh process; and the same step in PyTorch when `import torch` works
  *
  *   routing step      the reference step at 12 layers for every residual mode, ratios to standard
+ *   start-up          `attnres --help`, `attnres train --help` and `attnres --version` (the compiled
+ *                     command line, bin/attnres.mjs → dist/, as installed) against `node -e ''`:
+ *                     median wall time of interleaved runs and the ratio (target: at most 3×)
  *   convert           only with --convert: bench/convert.ts (`npm run bench:convert`), time and
  *                     peak RSS of `attnres convert` on a synthetic Qwen3-0.6B-shaped checkpoint; it
  *                     writes ~2.5 GB of temporary files and takes minutes, so it is opt-in
  *
  * Options: --json, --steps N (timed steps per configuration, default 10), --quick (fewer reps),
- *          --no-torch (skip PyTorch), --no-routing (skip the routing step), --convert (add the
- *          convert benchmark).
+ *          --no-torch (skip PyTorch), --no-routing (skip the routing step), --no-startup (skip the
+ *          start-up times), --convert (add the convert benchmark).
  */
 import { execFileSync, spawnSync } from "node:child_process";
 import * as os from "node:os";
@@ -33,6 +36,7 @@ const { values: args } = parseArgs({
     quick: { type: "boolean", default: false },
     "no-torch": { type: "boolean", default: false },
     "no-routing": { type: "boolean", default: false },
+    "no-startup": { type: "boolean", default: false },
     convert: { type: "boolean", default: false },
   },
 });
@@ -129,6 +133,33 @@ function gemmGflops(M: number, N: number, K: number, batch: number, minSeconds: 
     if (rates.length > 2000) break;
   }
   return median(rates);
+}
+
+/** Median wall times (ms) of `node -e ''` and of the compiled CLI's help and version, interleaved. */
+function startupTimes(reps: number): { command: string; median_ms: number; ratio_to_node: number }[] {
+  const bin = path.join(root, "bin", "attnres.mjs");
+  const cases: [string, string[]][] = [
+    ["node -e ''", ["-e", ""]],
+    ["attnres --help", [bin, "--help"]],
+    ["attnres train --help", [bin, "train", "--help"]],
+    ["attnres --version", [bin, "--version"]],
+  ];
+  const times = cases.map((): number[] => []);
+  for (let r = 0; r < reps; r++)
+    cases.forEach(([name, argv], i) => {
+      const t0 = performance.now();
+      const p = spawnSync(process.execPath, argv, { cwd: root, encoding: "utf8" });
+      times[i]!.push(performance.now() - t0);
+      if (p.status !== 0) throw new Error(`${name} failed:\n${p.stderr}`);
+      if (p.stderr)
+        throw new Error(`${name} printed on stderr (is dist/ stale? npm run build):\n${p.stderr}`);
+    });
+  const base = median(times[0]!);
+  return cases.map(([command], i) => ({
+    command,
+    median_ms: median(times[i]!),
+    ratio_to_node: median(times[i]!) / base,
+  }));
 }
 
 function main(): void {
@@ -264,6 +295,20 @@ function main(): void {
       );
   }
 
+  // ---- start-up: the compiled command line's help and version against a bare node.
+  let startup: ReturnType<typeof startupTimes> = [];
+  if (!args["no-startup"]) {
+    progress("start-up: node -e '' and attnres --help / train --help / --version, interleaved");
+    const reps = args.quick ? 5 : 15;
+    startup = startupTimes(reps);
+    log(`\nstart-up: median wall time of ${reps} interleaved runs of each (compiled CLI, bin/attnres.mjs)`);
+    log("  command                  median ms   × node -e ''");
+    for (const t of startup)
+      log(
+        `  ${t.command.padEnd(24)} ${t.median_ms.toFixed(0).padStart(9)}   ${t.ratio_to_node.toFixed(2).padStart(12)}`,
+      );
+  }
+
   // ---- convert: opt-in (large temporary files); its own table, or its JSON object under "convert".
   let convert: unknown = null;
   if (args.convert) {
@@ -298,6 +343,7 @@ function main(): void {
             ratio_rss: rssRatio,
           },
           routing_step: routing,
+          startup,
           convert,
         },
         null,

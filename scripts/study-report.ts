@@ -16,7 +16,7 @@ import { parseArgs } from "node:util";
 import * as prettier from "prettier";
 import type { AnalysisReport, CallStats } from "../src/analysis/routing.js";
 import { writeAnalysis } from "../src/analysis/report.js";
-import { lineChart, writeChart, type TopLevelSpec } from "../src/plot/index.js";
+import { type ChartSpec, lineChart, writeChart } from "../src/plot/index.js";
 import type { CompareResult } from "../src/train/compare.js";
 import type { RunSpec } from "../src/train/run.js";
 import { mean, std, verdictLower, type Verdict, type WelchResult } from "../src/train/statistics.js";
@@ -561,7 +561,7 @@ async function budgetFigure(c: PartResults, points: { mode: string; tokens: numb
       },
     ],
   };
-  await writeChart(spec as unknown as TopLevelSpec, path.join(figDir, "budget-loss-vs-tokens"));
+  await writeChart(spec as unknown as ChartSpec, path.join(figDir, "budget-loss-vs-tokens"));
   fs.rmSync(path.join(figDir, "budget-loss-vs-tokens.svg"), { force: true });
   return "results/budget-loss-vs-tokens.png";
 }

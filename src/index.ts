@@ -1,4 +1,11 @@
-/** attnres public API. */
+/**
+ * attnres public API (the package's main entry, `import … from "attnres"`): tensors and backends,
+ * layers, the decoder and its residual modes, training, checkpoints, tokenizers, generation,
+ * conversion and multiple-choice scoring. The areas with heavier dependencies have their own entry
+ * points (src/entries/): attnres/analysis, attnres/plot, attnres/data, attnres/io (and
+ * attnres/convert, attnres/eval, also re-exported here). The Node.js version is checked first.
+ */
+import "./node-version.js";
 export * from "./backend/index.js";
 export * from "./tensor/tensor.js";
 export * as ops from "./tensor/ops.js";
@@ -17,4 +24,8 @@ export * from "./train/run.js";
 export * from "./io/checkpoint.js";
 export * from "./data/tokenizer.js";
 export * from "./data/prepared.js";
+export * from "./data/batches.js";
 export * from "./io/safetensors.js";
+export * from "./model/convert.js";
+export * from "./eval/mc.js";
+export { SUPPORTED_NODE } from "./node-version.js";

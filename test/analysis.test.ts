@@ -35,6 +35,7 @@ import { Rng } from "../src/tensor/random.js";
 import { noGrad } from "../src/tensor/tensor.js";
 import { heatmap, histogram, lineChart, PNG_SCALE, resvgOptions } from "../src/plot/index.js";
 import { sampleText, writePreparedBytes, tempDir } from "./helpers.js";
+import type { DecoderLMConfig } from "../src/model/config.js";
 
 const work = tempDir("analysis");
 
@@ -130,7 +131,7 @@ describe("statistics on known inputs", () => {
 
 // ---------------------------------------------------------------------------------------------
 
-const backbone = {
+const backbone: DecoderLMConfig = {
   model_type: "qwen3",
   vocab_size: 256,
   hidden_size: 16,

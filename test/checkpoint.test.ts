@@ -27,6 +27,7 @@ import { DecoderLM } from "../src/model/decoder.js";
 import { tidy } from "../src/tensor/memory.js";
 import { Rng } from "../src/tensor/random.js";
 import { assertClose, tempDir } from "./helpers.js";
+import type { DecoderLMConfig } from "../src/model/config.js";
 
 const tmp = () => tempDir("ckpt");
 const fixtures = path.join(import.meta.dirname, "fixtures");
@@ -225,7 +226,7 @@ describe("safetensors", () => {
   });
 });
 
-const small = {
+const small: DecoderLMConfig = {
   model_type: "qwen3",
   vocab_size: 29,
   hidden_size: 16,

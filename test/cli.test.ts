@@ -1,5 +1,6 @@
 /**
- * The command line end to end, as a person runs it (subprocesses of bin/attnres.mjs):
+ * The command line end to end, as a person runs it (subprocesses of scripts/attnres-dev.mjs: the
+ * command line from its TypeScript sources, which bin/attnres.mjs runs compiled):
  * train → Ctrl-C → resume (the same losses as an uninterrupted run) → eval → compare, and bad
  * input: one clear line on stderr, a non-zero exit, nothing half-written.
  */
@@ -11,7 +12,7 @@ import { describe, test } from "node:test";
 import { sampleText, writePreparedBytes, readMetrics, tempDir } from "./helpers.js";
 
 const root = path.dirname(import.meta.dirname);
-const bin = path.join(root, "bin", "attnres.mjs");
+const bin = path.join(root, "scripts", "attnres-dev.mjs");
 const tmp = () => tempDir("cli");
 const work = tmp();
 const data = path.join(work, "data");

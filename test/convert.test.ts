@@ -44,6 +44,7 @@ import { DecoderLM } from "../src/model/decoder.js";
 import { runTraining } from "../src/train/run.js";
 import { evaluate, isResidualParam } from "../src/train/trainer.js";
 import { assertClose, sampleText, writePreparedBytes, tempDir } from "./helpers.js";
+import type { DecoderLMConfig } from "../src/model/config.js";
 
 const fixtures = path.join(import.meta.dirname, "fixtures");
 const tmp = () => tempDir("convert");
@@ -434,7 +435,7 @@ describe("storage dtype (--dtype)", () => {
       /^Error: --dtype f8 is not one of auto, f32, bf16, f16$/,
     );
     assert.ok(!fs.existsSync(to));
-    const bin = path.join(path.dirname(import.meta.dirname), "bin", "attnres.mjs");
+    const bin = path.join(path.dirname(import.meta.dirname), "scripts", "attnres-dev.mjs");
     const r = spawnSync(
       process.execPath,
       [bin, "convert", "--from", from, "--to", to, "--mode", "delta", "--dtype", "f8"],
@@ -514,7 +515,7 @@ describe("convert progress", () => {
 });
 
 describe("fine-tuning a converted checkpoint", () => {
-  const base = {
+  const base: DecoderLMConfig = {
     model_type: "qwen3",
     vocab_size: 256,
     hidden_size: 32,

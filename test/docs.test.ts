@@ -34,6 +34,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { after, describe, test } from "node:test";
+import type { DecoderLMConfig } from "../src/model/config.js";
 import { countParameters } from "../src/model/decoder.js";
 
 const ROOT = path.resolve(import.meta.dirname, "..");
@@ -400,7 +401,7 @@ describe("flags", () => {
 
 describe("docs/methods.md parameter counts", () => {
   // The sotu-tiny backbone (V = 256 bytes), and a Llama without q/k norms, tied.
-  const qwen = {
+  const qwen: DecoderLMConfig = {
     model_type: "qwen3",
     vocab_size: 256,
     hidden_size: 128,
@@ -413,13 +414,13 @@ describe("docs/methods.md parameter counts", () => {
     const [V, d, f, L, H, Hkv, D] = [256, 128, 384, 4, 4, 2, 32];
     const layer = d * H * D + 2 * d * Hkv * D + H * D * d + 3 * d * f + 2 * d;
     assert.equal(countParameters(qwen), V * d + L * (layer + 2 * D) + d + V * d);
-    const llama = { ...qwen, model_type: "llama", tie_word_embeddings: true };
+    const llama: DecoderLMConfig = { ...qwen, model_type: "llama", tie_word_embeddings: true };
     assert.equal(countParameters(llama), V * d + L * layer + d);
   });
   test("what each mode adds", () => {
     const [d, L, m] = [128, 4, 4];
     const base = countParameters(qwen);
-    const added = (extra: Record<string, unknown>) => countParameters({ ...qwen, ...extra }) - base;
+    const added = (extra: Partial<DecoderLMConfig>) => countParameters({ ...qwen, ...extra }) - base;
     assert.equal(added({ attnres_mode: "full" }), 4 * d * L + 2 * d);
     assert.equal(added({ attnres_mode: "block", attnres_num_blocks: 2 }), 4 * d * L + 2 * d);
     assert.equal(added({ attnres_mode: "delta" }), 4 * d * L);

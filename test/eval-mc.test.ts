@@ -40,6 +40,7 @@ import { log, softmax } from "../src/tensor/ops.js";
 import { Rng } from "../src/tensor/random.js";
 import { noGrad } from "../src/tensor/tensor.js";
 import { assertClose, tempDir } from "./helpers.js";
+import type { DecoderLMConfig } from "../src/model/config.js";
 
 const tok = new ByteTokenizer();
 const item = (context: string, choices: string[], gold: number, line = 1): McItem => ({
@@ -174,7 +175,7 @@ function independentScore(m: DecoderLM, context: string, choice: string): number
 }
 
 describe("scores are sums of log-softmax (cross-check)", () => {
-  const base = {
+  const base: DecoderLMConfig = {
     model_type: "qwen3",
     vocab_size: 256,
     hidden_size: 16,
@@ -352,7 +353,10 @@ describe("attnres eval-mc", () => {
     program.configureOutput({ writeOut: (s) => (out += s), writeErr: (s) => (err += s) });
     registerEvalMc(program);
     const write = process.stdout.write.bind(process.stdout);
-    process.stdout.write = ((s: string) => ((out += s), true)) as typeof process.stdout.write;
+    // The command writes strings; the test runner's own reports (bytes) pass through while the
+    // action awaits the import of its implementation.
+    process.stdout.write = ((s: string | Uint8Array, ...rest: never[]) =>
+      typeof s === "string" ? ((out += s), true) : write(s, ...rest)) as typeof process.stdout.write;
     try {
       await program.parseAsync(["eval-mc", ...args], { from: "user" });
       return { out, err, code: 0 };

@@ -28,8 +28,9 @@ import { poolStats, tidy } from "../src/tensor/memory.js";
 import { Rng } from "../src/tensor/random.js";
 import { noGrad } from "../src/tensor/tensor.js";
 import { assertClose, scaledClose, tempDir } from "./helpers.js";
+import type { DecoderLMConfig } from "../src/model/config.js";
 
-const base = {
+const base: DecoderLMConfig = {
   model_type: "qwen3",
   vocab_size: 29,
   hidden_size: 16,
@@ -198,7 +199,7 @@ describe("cache bookkeeping", () => {
       const before = poolStats(ref).liveBytes;
       const cache = m.newCache(3, 7);
       const headDim = base.hidden_size / base.num_attention_heads;
-      const bytes = 2 * base.num_hidden_layers * 3 * 7 * base.num_key_value_heads * headDim * 8;
+      const bytes = 2 * base.num_hidden_layers * 3 * 7 * base.num_key_value_heads! * headDim * 8;
       assert.equal(poolStats(ref).liveBytes - before, bytes);
       noGrad(() => tidy(() => void m.forward(randomIds(3 * 4, 1), 3, 4, { cache })));
       assert.equal(poolStats(ref).liveBytes - before, bytes, "a forward through the cache leaks nothing");
@@ -358,7 +359,7 @@ describe("generate", () => {
 });
 
 describe("generation beyond the context (sliding window over the last max_position_embeddings tokens)", () => {
-  const C = base.max_position_embeddings; // 20
+  const C = base.max_position_embeddings!; // 20
   const V = base.vocab_size;
   const P = 6;
   const N = 30; // P + N = 36 > C: 16 steps slide the window
@@ -551,7 +552,10 @@ describe("attnres generate", () => {
       program.configureOutput({ writeOut: (s) => (out += s), writeErr: (s) => (err += s) });
       registerGenerate(program);
       const write = process.stdout.write.bind(process.stdout);
-      process.stdout.write = ((s: string) => ((out += s), true)) as typeof process.stdout.write;
+      // The command writes strings; the test runner's own reports (bytes) pass through while the
+      // action awaits the import of its implementation.
+      process.stdout.write = ((s: string | Uint8Array, ...rest: never[]) =>
+        typeof s === "string" ? ((out += s), true) : write(s, ...rest)) as typeof process.stdout.write;
       try {
         await program.parseAsync(["generate", ...args], { from: "user" });
         return { out, err, code: 0 };

@@ -13,6 +13,7 @@ import { mul, sum } from "../src/tensor/ops.js";
 import { Rng } from "../src/tensor/random.js";
 import { noGrad, type Tensor, tensor } from "../src/tensor/tensor.js";
 import { tidy } from "../src/tensor/memory.js";
+import { type ModelConfig, parseConfig } from "../src/model/config.js";
 
 export function randTensor(
   rng: Rng,
@@ -128,7 +129,7 @@ export interface Fixture {
   get(name: string): StTensor;
   has(name: string): boolean;
   names(): string[];
-  config: Record<string, unknown>;
+  config: ModelConfig;
   ids: Int32Array;
   targets: Int32Array;
   B: number;
@@ -150,7 +151,7 @@ export function loadFixture(file: string): Fixture {
     get,
     has: (k) => fx.tensors.has(k),
     names: () => [...fx.tensors.keys()],
-    config: JSON.parse(fx.metadata.config!) as Record<string, unknown>,
+    config: parseConfig(JSON.parse(fx.metadata.config!), "fixture config"),
     ids: get("input_ids").data as Int32Array,
     targets: get("targets").data as Int32Array,
     B,

@@ -12,8 +12,9 @@ import { tidy } from "../src/tensor/memory.js";
 import * as ops from "../src/tensor/ops.js";
 import { Rng } from "../src/tensor/random.js";
 import { assertClose } from "./helpers.js";
+import type { DecoderLMConfig } from "../src/model/config.js";
 
-const base = {
+const base: DecoderLMConfig = {
   model_type: "qwen3",
   vocab_size: 41,
   hidden_size: 24,
@@ -178,7 +179,7 @@ describe("hidden states as sources (attnres_sources: states)", () => {
 });
 
 describe("parameter counts (shapes only, nothing allocated)", () => {
-  const big = {
+  const big: DecoderLMConfig = {
     model_type: "qwen3",
     vocab_size: 151936,
     hidden_size: 4096,
@@ -217,7 +218,7 @@ describe("parameter counts (shapes only, nothing allocated)", () => {
     );
   });
   test("null sources and gates add 2·d·L and 2·L", () => {
-    const both = {
+    const both: DecoderLMConfig = {
       ...big,
       attnres_mode: "delta",
       attnres_use_null_source: true,

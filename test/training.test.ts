@@ -14,8 +14,9 @@ import { noGrad, tensor } from "../src/tensor/tensor.js";
 import { AdamW } from "../src/train/optim.js";
 import { paramGroups, TrainingDiverged, trainStep } from "../src/train/trainer.js";
 import { assertClose } from "./helpers.js";
+import type { DecoderLMConfig } from "../src/model/config.js";
 
-const base = {
+const base: DecoderLMConfig = {
   model_type: "qwen3",
   vocab_size: 13,
   hidden_size: 8,

@@ -47,7 +47,7 @@ export function defaultBackend(): Backend {
     const n = nativeBackend();
     if (!n)
       process.stderr.write(
-        `attnres: native backend unavailable (${nativeLoadError}); using the slow reference backend\n`,
+        `attnres: using the slow reference backend because ${nativeLoadError} (ATTNRES_BACKEND=reference hides this notice)\n`,
       );
     chosen = n ?? referenceBackend;
   } else throw new Error(`ATTNRES_BACKEND must be "native" or "reference", not "${want}"`);

@@ -7,13 +7,14 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { Command } from "commander";
 import { writeAnalysis, type WrittenAnalysis } from "../analysis/report.js";
 import { type AnalysisReport, analyzeModel, flatteningVerdict } from "../analysis/routing.js";
 import { evalBatches } from "../data/batches.js";
 import { loadPrepared } from "../data/prepared.js";
 import { loadCheckpoint } from "../io/checkpoint.js";
-import { positive, positiveInt, progress, windowOptions } from "./common.js";
+import { progress } from "./common.js";
+
+export { registerAnalyze } from "./commands/analyze.js";
 
 export interface AnalyzeFlags {
   checkpoint: string;
@@ -85,43 +86,4 @@ export function analyzeSummary(r: AnalysisReport, w: WrittenAnalysis): string {
     `wrote ${w.files.length} files to ${w.dir} (summary: ${path.join(w.dir, "summary.md")})`,
   );
   return lines.join("\n");
-}
-
-export function registerAnalyze(program: Command): void {
-  const cmd = program
-    .command("analyze")
-    .description("routing report of a checkpoint: max weight, entropy, α heatmap, source redundancy, β (ddl)")
-    .requiredOption("-c, --checkpoint <dir>", "checkpoint folder (config.json + model.safetensors)")
-    .requiredOption(
-      "-d, --data <dir>",
-      "prepared dataset folder (attnres prepare); its validation split is used",
-    )
-    .option("-o, --out <dir>", "output folder (default <checkpoint>/analysis)")
-    .option(
-      "--rank-tokens <n>",
-      "tokens per batch whose sources' effective rank is computed",
-      positiveInt,
-      64,
-    )
-    .option("--flat-factor <x>", "a call is flat when its mean max weight ≤ x / N (x ≥ 1)", positive, 1.5)
-    .option("-q, --quiet", "no progress output");
-  windowOptions(cmd, 8)
-    .addHelpText(
-      "after",
-      [
-        "",
-        "Writes report.json, summary.md and figures (SVG + PNG): alpha-heatmap, max-weight, entropy,",
-        "source-norms, adjacent-cosine, effective-rank, beta-histograms (ddl modes), stream-norms.",
-        "Definitions: docs/analysis.md.",
-        "",
-        "Examples:",
-        "  attnres analyze --checkpoint runs/sotu-tiny-delta-s0/checkpoint --data data/sotu-byte",
-        "  attnres analyze -c runs/sotu-tiny-delta-s0/checkpoint -d data/sotu-byte --batches 4 --out reports/delta",
-        "",
-      ].join("\n"),
-    )
-    .action(async (o: AnalyzeFlags) => {
-      const { report, written } = await analyzeCommand(o);
-      if (!o.quiet) process.stdout.write(analyzeSummary(report, written) + "\n");
-    });
 }

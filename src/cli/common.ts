@@ -2,13 +2,18 @@
  * Pieces shared by the subcommands: residual-mode flags, number parsing, progress bars that fall
  * back to plain lines when stdout is not a terminal, Ctrl-C as an AbortSignal, and the data
  * folder a preset names.
+ *
+ * The command definitions (src/cli/commands/) import this file to print help, so it loads nothing
+ * heavy at import: cli-progress, data preparation and training are loaded where they are used.
  */
-import cliProgress from "cli-progress";
+import { createRequire } from "node:module";
+import type * as cliProgressModule from "cli-progress";
 import { type Command, InvalidArgumentError, Option } from "commander";
-import { MODE_NAMES, type ModeName } from "../model/config.js";
-import { prepareDataset } from "../data/prepare.js";
-import { runTraining, type RunResult, type RunSpec } from "../train/run.js";
+import { MODE_NAMES, type ModeName } from "../model/names.js";
+import type { RunResult, RunSpec } from "../train/run.js";
 import type { DataSpec } from "./preset.js";
+
+const require = createRequire(import.meta.url);
 
 export function positiveInt(v: string): number {
   const n = Number(v);
@@ -71,6 +76,7 @@ export function aliased(
 /** The prepared folder a preset's data names (prepared now if needed; instant when it exists). */
 export async function dataDir(spec: DataSpec, quiet = false): Promise<string> {
   if (typeof spec === "string") return spec;
+  const { prepareDataset } = await import("../data/prepare.js");
   return prepareDataset({
     corpus: spec.corpus,
     tokenizer: spec.tokenizer,
@@ -92,6 +98,7 @@ export interface Progress {
 export function progress(label: string, quiet = false): Progress {
   if (quiet) return { update() {}, log() {}, stop() {} };
   if (process.stdout.isTTY) {
+    const cliProgress = require("cli-progress") as typeof cliProgressModule;
     const bar = new cliProgress.SingleBar(
       {
         format: `  ${label} {value}/{total} [{bar}] {info} | ETA {eta_formatted}`,
@@ -233,6 +240,7 @@ export async function runInTerminal(
   out: string,
   o: { resume?: boolean; quiet?: boolean },
 ): Promise<RunResult> {
+  const { runTraining } = await import("../train/run.js");
   const bar = progress("step", o.quiet);
   const { signal, dispose } = interruptSignal();
   try {

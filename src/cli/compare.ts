@@ -4,13 +4,14 @@
  * max-routing-weight-by-depth plot. Resumable: re-running continues; finished runs are reused.
  */
 import * as path from "node:path";
-import type { Command } from "commander";
 import { MODE_NAMES, type ModeName } from "../model/config.js";
 import { runCompare, type CompareResult } from "../train/compare.js";
-import { interruptSignal, modeKeys, MODE_LIST, progress, trainingOptions } from "./common.js";
-import { listPresets, loadPreset } from "./preset.js";
+import { interruptSignal, modeKeys, MODE_LIST, progress } from "./common.js";
+import { loadPreset } from "./preset.js";
 import { specFrom, type TrainFlags } from "./train.js";
 import { writeCompareFigures } from "./figures.js";
+
+export { registerCompare } from "./commands/compare.js";
 
 export interface CompareFlags extends TrainFlags {
   modes?: string;
@@ -108,26 +109,4 @@ export function resultsTable(r: CompareResult): string {
   }
   const w = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
   return rows.map((r) => r.map((c, i) => c.padEnd(w[i]!)).join("  ")).join("\n");
-}
-
-export function registerCompare(program: Command): void {
-  const cmd = program
-    .command("compare")
-    .description("train residual modes × seeds on the same budget and compare them (resumable)")
-    .option("-p, --preset <name|file.json>", `preset (${listPresets().join(", ")})`, "sotu-tiny")
-    .option("--modes <list>", `comma-separated modes (${MODE_LIST.join(", ")})`)
-    .option("--seeds <list>", "comma-separated seeds (default 0)")
-    .option("-o, --out <dir>", "output folder (default runs/compare-<preset>)");
-  trainingOptions(cmd)
-    .addHelpText(
-      "after",
-      `
-Examples:
-  attnres compare --modes standard,delta,attnres-full --seeds 0,1,2
-  attnres compare --preset sotu-tiny --modes standard,delta-block --blocks 2 --steps 600
-  (run the same command again after Ctrl-C: finished runs are reused, a partial one resumes)`,
-    )
-    .action(async (o: CompareFlags) => {
-      await compareCommand(o);
-    });
 }

@@ -8,17 +8,11 @@
  * --dtype auto|f32|bf16|f16 picks the dtype the weights are written in (auto: as in the source);
  * the summary line says which. The progress bar advances per tensor read and written.
  */
-import type { Command } from "commander";
-import {
-  CONVERT_MODES,
-  type ConvertMode,
-  convertCheckpoint,
-  type ConvertResult,
-  STORAGE_DTYPES,
-  type StorageDtype,
-} from "../model/convert.js";
-import { InvalidArgumentError, Option } from "commander";
-import { aliased, positiveInt, progress } from "./common.js";
+import { convertCheckpoint, type ConvertResult } from "../model/convert.js";
+import type { ConvertMode, StorageDtype } from "../model/names.js";
+import { progress } from "./common.js";
+
+export { registerConvert } from "./commands/convert.js";
 
 export interface ConvertFlags {
   from: string;
@@ -31,18 +25,6 @@ export interface ConvertFlags {
   quiet?: boolean;
   /** Storage dtype of the written weights (default auto). */
   dtype?: StorageDtype;
-}
-
-function convertModeArg(v: string): ConvertMode {
-  if (!(CONVERT_MODES as readonly string[]).includes(v))
-    throw new InvalidArgumentError(`expected one of ${CONVERT_MODES.join(", ")}`);
-  return v as ConvertMode;
-}
-
-function storageDtypeArg(v: string): StorageDtype {
-  if (!(STORAGE_DTYPES as readonly string[]).includes(v))
-    throw new InvalidArgumentError(`expected one of ${STORAGE_DTYPES.join(", ")}`);
-  return v as StorageDtype;
 }
 
 const e = (x: number) => x.toExponential(2);
@@ -108,51 +90,4 @@ export function convertCommand(f: ConvertFlags): ConvertResult {
       `${r.tokenizerCopied.length ? `; copied ${r.tokenizerCopied.join(", ")}` : ""})`,
   );
   return r;
-}
-
-export function registerConvert(program: Command): void {
-  program
-    .command("convert")
-    .description("convert a standard Qwen3/Llama checkpoint to a routed one (same logits at start)")
-    .option("-c, --checkpoint <dir>", "HF-layout checkpoint folder (config.json + safetensors); required")
-    .addOption(new Option("--from <dir>", "alias of --checkpoint").hideHelp())
-    .option("-o, --out <dir>", "output folder (must not exist or be empty); required")
-    .addOption(new Option("--to <dir>", "alias of --out").hideHelp())
-    .requiredOption("--mode <mode>", `target mode: ${CONVERT_MODES.join(", ")}`, convertModeArg)
-    .option("--blocks <n>", "blocks for attnres-block / delta-block (default 4)", positiveInt)
-    .option("--null-source", "delta modes: add a zero null source")
-    .option("--gate", "delta modes: gate the routed term (zero at start; always on for delta-block)")
-    .option(
-      "--dtype <dtype>",
-      `dtype of the written weights: ${STORAGE_DTYPES.join(", ")} (default auto: each tensor as in the source, routing in the source's main dtype)`,
-      storageDtypeArg,
-    )
-    .option("--force", "write even if the logits check fails")
-    .option("-q, --quiet", "no progress bar or summary (errors still print)")
-    .addHelpText(
-      "after",
-      `
-Examples:
-  attnres convert --checkpoint qwen3-0.6b --out qwen3-0.6b-delta --mode delta
-  attnres convert -c ckpt -o ckpt-db --mode delta-block --blocks 4
-  attnres convert -c ckpt -o ckpt-f32 --mode delta --dtype f32
-(--from and --to are accepted as the older names of --checkpoint and --out.)`,
-    )
-    .action(
-      (
-        o: Omit<ConvertFlags, "from" | "to"> & {
-          checkpoint?: string;
-          out?: string;
-          from?: string;
-          to?: string;
-        },
-      ) => {
-        const { checkpoint, out, ...rest } = o;
-        convertCommand({
-          ...rest,
-          from: aliased(checkpoint, o.from, "--checkpoint", "--from"),
-          to: aliased(out, o.to, "--out", "--to"),
-        });
-      },
-    );
 }

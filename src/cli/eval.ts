@@ -4,12 +4,12 @@
  * (every complete batch; --batches limits it), the same every time. The output states how many
  * batches and tokens were scored, out of the split's tokens.
  */
-import type { Command } from "commander";
 import { evalBatches } from "../data/batches.js";
 import { loadPrepared } from "../data/prepared.js";
 import { loadCheckpoint } from "../io/checkpoint.js";
 import { evaluate } from "../train/trainer.js";
-import { windowOptions } from "./common.js";
+
+export { registerEval } from "./commands/eval.js";
 
 export interface EvalResult {
   split: "train" | "val";
@@ -64,39 +64,4 @@ export function evalCommand(o: {
   } finally {
     model.dispose();
   }
-}
-
-export function registerEval(program: Command): void {
-  const cmd = program
-    .command("eval")
-    .description("loss, perplexity and bits per byte of a checkpoint on a prepared dataset")
-    .requiredOption("-c, --checkpoint <dir>", "checkpoint folder (config.json + model.safetensors)")
-    .requiredOption("-d, --data <dir>", "prepared dataset folder (attnres prepare)")
-    .option("--split <split>", "val or train", "val")
-    .option("--json", "print JSON");
-  windowOptions(cmd, undefined)
-    .addHelpText(
-      "after",
-      "\nExample:\n  attnres eval --checkpoint runs/sotu-tiny-standard-s0/checkpoint --data data/sotu-byte\n",
-    )
-    .action(
-      (o: {
-        checkpoint: string;
-        data: string;
-        split: string;
-        batches?: number;
-        batchSize: number;
-        seqLen: number;
-        json?: boolean;
-      }) => {
-        const r = evalCommand(o);
-        if (o.json) process.stdout.write(JSON.stringify(r) + "\n");
-        else
-          process.stdout.write(
-            `${r.split}: loss ${r.loss.toFixed(4)} nats/token, perplexity ${r.perplexity.toFixed(2)}, ${r.bitsPerByte.toFixed(4)} bits/byte\n` +
-              `  on ${r.batches} batch${r.batches === 1 ? "" : "es"} of ${r.batchSize}×${r.seqLen}: ${r.tokens.toLocaleString("en-US")} of the split's ${r.splitTokens.toLocaleString("en-US")} tokens` +
-              `${r.wholeSplit ? " (the whole split)" : " (limited by --batches)"}\n`,
-          );
-      },
-    );
 }

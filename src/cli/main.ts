@@ -1,23 +1,61 @@
 #!/usr/bin/env node
 /**
- * The `attnres` command line. Each subcommand lives in its own file and registers itself here;
- * errors become one readable line and exit code 1 (ATTNRES_DEBUG=1 shows stack traces).
+ * The `attnres` command line. Each subcommand's definition (options, help) lives in
+ * src/cli/commands/<name>.ts and registers itself here; its action imports the implementation
+ * (src/cli/<name>.ts and the library) only when it runs, so `--help`, `<cmd> --help` and
+ * `--version` load commander and these definitions only. Errors become one readable line and exit
+ * code 1 (ATTNRES_DEBUG=1 shows stack traces); a usage error names the valid choices.
  */
-import { Command } from "commander";
-import { registerAnalyze } from "./analyze.js";
-import { registerCompare } from "./compare.js";
-import { registerConvert } from "./convert.js";
-import { registerEval } from "./eval.js";
-import { registerEvalMc } from "./eval-mc.js";
-import { registerFinetune } from "./finetune.js";
-import { registerGenerate } from "./generate.js";
-import { registerPlan } from "./plan.js";
-import { registerPrepare } from "./prepare.js";
-import { registerTrain } from "./train.js";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { Command, type ErrorOptions } from "commander";
+import { packageRoot } from "../io/paths.js";
+import { registerAnalyze } from "./commands/analyze.js";
+import { registerCompare } from "./commands/compare.js";
+import { registerConvert } from "./commands/convert.js";
+import { registerEval } from "./commands/eval.js";
+import { registerEvalMc } from "./commands/eval-mc.js";
+import { registerFinetune } from "./commands/finetune.js";
+import { registerGenerate } from "./commands/generate.js";
+import { registerPlan } from "./commands/plan.js";
+import { registerPrepare } from "./commands/prepare.js";
+import { registerTrain } from "./commands/train.js";
 
-const program = new Command()
+/** A commander Command whose usage errors are one line: what is wrong and what is allowed. */
+class AttnresCommand extends Command {
+  override createCommand(name?: string): Command {
+    return new AttnresCommand(name);
+  }
+
+  override error(message: string, errorOptions?: ErrorOptions): never {
+    let line = message
+      .replace(/^error: /, "")
+      .split("\n")
+      .map((s) => s.trim())
+      .filter(Boolean)
+      .join(" ");
+    const code = errorOptions?.code;
+    if (code === "commander.unknownOption") {
+      const flags = this.options
+        .filter((o) => !o.hidden)
+        .map((o) => (o.short && o.long ? `${o.short}/${o.long}` : (o.long ?? o.short)));
+      line += `; options: ${[...flags, "-h/--help"].join(", ")}`;
+    } else if (code === "commander.unknownCommand") {
+      line += `; commands: ${this.commands.map((c) => c.name()).join(", ")}`;
+    }
+    const where = this.parent ? `attnres ${this.name()}` : "attnres";
+    return super.error(`${where}: ${line}`, errorOptions);
+  }
+}
+
+const { version } = JSON.parse(fs.readFileSync(path.join(packageRoot(), "package.json"), "utf8")) as {
+  version: string;
+};
+
+const program = new AttnresCommand()
   .name("attnres")
   .description("Train, evaluate and explain LMs with attention-routed residual streams")
+  .version(version, "-v, --version", "print the version")
   .showSuggestionAfterError(true);
 
 registerPrepare(program);

@@ -5,7 +5,7 @@
  * per mode (src/plan/estimate.ts says what each column counts), or JSON.
  */
 import * as fs from "node:fs";
-import { type Command, InvalidArgumentError, Option } from "commander";
+import type { InvalidArgumentError } from "commander";
 import type { ModeName } from "../model/config.js";
 import {
   type AttentionKernel,
@@ -18,7 +18,7 @@ import {
   type Sharding,
 } from "../plan/estimate.js";
 import { NAMED_SIZES, SIZE_NAMES, type SizeName } from "../plan/sizes.js";
-import { MODE_LIST, modeArg, positiveInt } from "./common.js";
+import { MODE_LIST, modeArg } from "./common.js";
 import { loadPreset } from "./preset.js";
 
 export interface PlanFlags {
@@ -227,46 +227,4 @@ export function formatPlan(r: PlanReport): string {
   );
   return lines.join("\n") + "\n";
 }
-
-export function registerPlan(program: Command): void {
-  program
-    .command("plan")
-    .description("per-device memory and FLOPs per token of a training step, for every residual mode")
-    .option("--size <name>", `a named size (${SIZE_NAMES.join(", ")})`)
-    .option("--preset <name>", "a preset (configs/<name>.json) or a preset .json file")
-    .option("--config <file>", "an HF config.json (e.g. a checkpoint's)")
-    .option("--modes <list>", "comma-separated modes, or all", "all")
-    .option("--world-size <n>", "devices (data parallel)", positiveInt, 1)
-    .addOption(new Option("--dtype <t>", "float32, or bfloat16 autocast").choices(["float32", "bfloat16"]))
-    .addOption(new Option("--sharding <s>", "ddp, or fsdp (full shard)").choices(["ddp", "fsdp"]))
-    .addOption(new Option("--engine <e>", "torch (scale-out) or ts (this engine)").choices(["torch", "ts"]))
-    .addOption(
-      new Option("--attention <k>", "torch: flash (fused kernel) or math (softmax(QKᵀ)V)").choices([
-        "flash",
-        "math",
-      ]),
-    )
-    .addOption(
-      new Option("--routing <k>", "torch: stacked (the reference model) or fused").choices([
-        "stacked",
-        "fused",
-      ]),
-    )
-    .option(
-      "--batch-size <n>",
-      "sequences per micro-batch per device (default: the preset's, else 8)",
-      positiveInt,
-    )
-    .option("--seq-len <n>", "tokens per sequence (default: the preset's, else 2048)", positiveInt)
-    .option("--blocks <n>", "blocks of the block modes (default 8)", positiveInt)
-    .option("--vocab-size <n>", "vocabulary size, when the config leaves it to the tokenizer", positiveInt)
-    .option("--json", "print JSON")
-    .addHelpText(
-      "after",
-      "\nExamples:\n  attnres plan --size 8b --world-size 8 --sharding fsdp --dtype bfloat16\n  attnres plan --preset sotu-tiny --engine ts\n",
-    )
-    .action((o: PlanFlags & { json?: boolean }) => {
-      const r = planCommand(o);
-      process.stdout.write(o.json ? JSON.stringify(r) + "\n" : formatPlan(r));
-    });
-}
+export { registerPlan } from "./commands/plan.js";

@@ -2,8 +2,9 @@
  * `attnres prepare`: tokenize a corpus into a prepared dataset folder (src/data/prepare.ts):
  * meta.json, train.bin, val.bin and the tokenizer. Re-running with the same inputs is instant.
  */
-import { InvalidArgumentError, type Command } from "commander";
 import { prepareDetailed, type PrepareResult } from "../data/prepare.js";
+
+export { registerPrepare } from "./commands/prepare.js";
 
 export interface PrepareFlags {
   corpus: string;
@@ -11,12 +12,6 @@ export interface PrepareFlags {
   vocabSize?: number;
   out?: string;
   quiet?: boolean;
-}
-
-function vocabArg(v: string): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError("expected a positive integer");
-  return n;
 }
 
 export async function prepareCommand(f: PrepareFlags): Promise<PrepareResult> {
@@ -27,42 +22,4 @@ export async function prepareCommand(f: PrepareFlags): Promise<PrepareResult> {
     out: f.out,
     quiet: f.quiet,
   });
-}
-
-export function registerPrepare(program: Command): void {
-  program
-    .command("prepare")
-    .description("tokenize a corpus into a prepared dataset (train.bin, val.bin, meta.json, tokenizer)")
-    .option(
-      "--corpus <name|path>",
-      "sotu, brown, moby, shakespeare, or a text file / folder of .txt and .md files",
-      "sotu",
-    )
-    .option(
-      "-t, --tokenizer <name|path>",
-      "byte, bpe (trained here), qwen3, llama3, or a path to an HF tokenizer.json",
-      "byte",
-    )
-    .option("--vocab-size <n>", "BPE vocabulary size: 256 bytes + merges (bpe only; default 8192)", vocabArg)
-    .option("-o, --out <dir>", "output folder (default data/<corpus>-<tokenizer>[-<vocab size>])")
-    .option("-q, --quiet", "no progress bars or summary")
-    .addHelpText(
-      "after",
-      `
-Validation splits are fixed, never random: sotu validates on the 2013–2021 addresses, brown on
-the last 10 % of each genre's samples, moby on chapters 120–135 and the Epilogue, shakespeare (the shipped
-tinyshakespeare) and a text file on their last ~10 %, a folder on its last files (path order) holding ≥ 10 % of the bytes.
-A BPE tokenizer is trained on the training split only. See docs/data.md.
-
-Examples:
-  attnres prepare                                     # sotu, byte tokens → data/sotu-byte
-  attnres prepare --tokenizer bpe --vocab-size 8192   # train a BPE → data/sotu-bpe-8192
-  attnres prepare --corpus moby --tokenizer qwen3     # Qwen3's tokenizer → data/moby-qwen3
-  attnres prepare --corpus notes/ --tokenizer path/to/tokenizer.json --out data/notes
-  attnres prepare --corpus book.txt --tokenizer bpe --vocab-size 2048
-`,
-    )
-    .action(async (o: PrepareFlags) => {
-      await prepareCommand(o);
-    });
 }

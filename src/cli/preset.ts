@@ -7,9 +7,11 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { z } from "zod";
-import { packageRoot } from "../io/paths.js";
 import { parseConfig } from "../model/config.js";
 import { TrainSettingsSchema } from "../train/run.js";
+import { configDir, listPresets } from "./preset-names.js";
+
+export { listPresets };
 
 export const DataSpecSchema = z.union([
   z.string().describe("a prepared dataset folder"),
@@ -36,22 +38,6 @@ export const PresetSchema = z.strictObject({
 });
 
 export type Preset = z.output<typeof PresetSchema>;
-
-const configDir = (): string => path.join(packageRoot(), "configs");
-
-export function listPresets(): string[] {
-  const out: string[] = [];
-  const walk = (dir: string, prefix: string) => {
-    for (const f of fs
-      .readdirSync(dir, { withFileTypes: true })
-      .sort((a, b) => a.name.localeCompare(b.name))) {
-      if (f.isDirectory()) walk(path.join(dir, f.name), `${prefix}${f.name}/`);
-      else if (f.name.endsWith(".json")) out.push(prefix + f.name.replace(/\.json$/, ""));
-    }
-  };
-  walk(configDir(), "");
-  return out;
-}
 
 /** Loads a preset by name (configs/<name>.json) or by path to a JSON file. */
 export function loadPreset(nameOrPath: string): Preset {

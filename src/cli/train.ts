@@ -4,22 +4,14 @@
  * JSONL, Ctrl-C that saves and exits cleanly, and --resume that continues bit-exactly.
  */
 import * as path from "node:path";
-import type { Command } from "commander";
 import { defaultBackend } from "../backend/index.js";
 import { modeName } from "../model/residual.js";
 import { parseConfig, type ModeName } from "../model/config.js";
 import { type RunResult, type RunSpec } from "../train/run.js";
-import {
-  dataDir,
-  modeArg,
-  modeKeys,
-  MODE_LIST,
-  nonNegativeInt,
-  trainingOptions,
-  runInTerminal,
-  type RunFlags,
-} from "./common.js";
-import { listPresets, loadPreset, type Preset } from "./preset.js";
+import { dataDir, modeKeys, runInTerminal, type RunFlags } from "./common.js";
+import { loadPreset, type Preset } from "./preset.js";
+
+export { registerTrain } from "./commands/train.js";
 
 export interface TrainFlags extends RunFlags {
   preset: string;
@@ -74,28 +66,4 @@ export async function trainCommand(f: TrainFlags): Promise<RunResult> {
         `${r.params.toLocaleString()} parameters, ${r.tokensPerSecond.toFixed(0)} tokens/s; checkpoint in ${path.join(out, "checkpoint")}\n`,
     );
   return r;
-}
-
-export function registerTrain(program: Command): void {
-  const cmd = program
-    .command("train")
-    .description("train a model from a preset (resumable; Ctrl-C saves a checkpoint)")
-    .option("-p, --preset <name|file.json>", `preset (${listPresets().join(", ")})`, "sotu-tiny")
-    .option("-o, --out <dir>", "run folder (default runs/<preset>-<mode>-s<seed>)")
-    .option("--resume", "continue the run in --out from its checkpoint")
-    .option("--mode <mode>", `residual mode: ${MODE_LIST.join(", ")}`, modeArg)
-    .option("--seed <n>", "seed for initialisation and batches", nonNegativeInt);
-  trainingOptions(cmd)
-    .addHelpText(
-      "after",
-      `
-Examples:
-  attnres train                                   # the sotu-tiny preset, standard residuals
-  attnres train --mode delta --steps 600          # Delta AttnRes, longer
-  attnres train --mode delta-block --blocks 2 --out runs/db2
-  attnres train --out runs/db2 --resume           # continue after Ctrl-C`,
-    )
-    .action(async (o: TrainFlags) => {
-      await trainCommand(o);
-    });
 }

@@ -4,6 +4,7 @@
  * errors name the field and what was expected.
  */
 import { z } from "zod";
+import { MODE_NAMES, type ModeName } from "./names.js";
 
 const posInt = z.number().int().positive();
 
@@ -132,20 +133,71 @@ export const ModelConfigSchema = z
   });
 
 export type ModelConfigInput = z.input<typeof ModelConfigSchema>;
+
+/**
+ * What `new DecoderLM(config)` takes: HF `config.json` field names; omitted optional fields get
+ * the defaults of ModelConfigSchema (model_type qwen3, rms_norm_eps 1e-6, rope_theta 10000,
+ * max_position_embeddings 2048, standard residuals, …). The residual-family keys select the mode
+ * (docs/residual-modes.md). A config.json read with JSON.parse is accepted as is (unknown keys are
+ * ignored); every config is validated when the model is built.
+ */
+export interface DecoderLMConfig {
+  model_type?: "llama" | "qwen3" | "qwen3_attnres";
+  vocab_size: number;
+  hidden_size: number;
+  intermediate_size: number;
+  num_hidden_layers: number;
+  num_attention_heads: number;
+  /** Default: num_attention_heads (no grouped-query attention). */
+  num_key_value_heads?: number;
+  /** Default: hidden_size / num_attention_heads. */
+  head_dim?: number;
+  rms_norm_eps?: number;
+  rope_theta?: number;
+  /** null or {rope_type: "default"}: no scaling; "llama3": Llama 3's frequency scaling. */
+  rope_scaling?: {
+    rope_type: "default" | "llama3";
+    factor?: number;
+    low_freq_factor?: number;
+    high_freq_factor?: number;
+    original_max_position_embeddings?: number;
+  } | null;
+  max_position_embeddings?: number;
+  tie_word_embeddings?: boolean;
+  initializer_range?: number;
+  /** Per-head RMSNorm of q and k (default: true except for model_type llama). */
+  attention_qk_norm?: boolean;
+  /** Residual mode (default standard). */
+  attnres_mode?: "standard" | "full" | "block" | "delta" | "delta_block" | "ddl" | "ddl_expanded";
+  /** Blocks of the block modes (required by block and delta_block). */
+  attnres_num_blocks?: number;
+  /** full, delta: route over sublayer outputs (default) or hidden states (the 2×2 cells). */
+  attnres_sources?: "outputs" | "states";
+  /** delta, delta_block: a learnable null source. */
+  attnres_use_null_source?: boolean;
+  /** delta, delta_block: "learnable_alpha" gates the routed term. */
+  attnres_gate_type?: "bias" | "learnable_alpha";
+  /** ddl modes: β at initialisation, in (0, 2). */
+  ddl_beta0?: number;
+  ddl_k_eps?: number;
+  ddl_value_form?: "linear" | "sigmoid4";
+  ddl_value_channels?: number;
+}
+
+/** DecoderLMConfig names every field of the schema, and the schema accepts every DecoderLMConfig. */
+type ConfigTypeInSync = [Exclude<keyof typeof ModelConfigSchema.in.shape, keyof DecoderLMConfig>] extends [
+  never,
+]
+  ? DecoderLMConfig & { [k: string]: unknown } extends ModelConfigInput
+    ? true
+    : false
+  : false;
+void (true satisfies ConfigTypeInSync);
 export type ModelConfig = z.output<typeof ModelConfigSchema>;
 export type ResidualModeKey = ModelConfig["attnres_mode"];
 
-/** User-facing mode names (CLI, docs) ↔ config values (the authors' keys). */
-export const MODE_NAMES = {
-  standard: "standard",
-  "attnres-full": "full",
-  "attnres-block": "block",
-  delta: "delta",
-  "delta-block": "delta_block",
-  ddl: "ddl",
-  "ddl-expanded": "ddl_expanded",
-} as const satisfies Record<string, ResidualModeKey>;
-export type ModeName = keyof typeof MODE_NAMES;
+export { MODE_NAMES, type ModeName } from "./names.js";
+void (MODE_NAMES satisfies Record<ModeName, ResidualModeKey>); // every name maps to a valid attnres_mode
 
 /** Validates a config object; throws one readable Error listing every problem. */
 export function parseConfig(raw: unknown, source = "config"): ModelConfig {

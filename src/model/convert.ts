@@ -53,13 +53,13 @@ import { tidy } from "../tensor/memory.js";
 import { Rng } from "../tensor/random.js";
 import { noGrad } from "../tensor/tensor.js";
 import { isResidualParam } from "../train/trainer.js";
-import { type ModelConfig, MODE_NAMES } from "./config.js";
+import { type ModelConfig, MODE_NAMES, parseConfig } from "./config.js";
 import { DecoderLM } from "./decoder.js";
+import { CONVERT_MODES, type ConvertMode, STORAGE_DTYPES, type StorageDtype } from "./names.js";
 import { modeName } from "./residual.js";
 import { exportWeights, loadWeights } from "./weights.js";
 
-export const CONVERT_MODES = ["delta", "delta-block", "attnres-full", "attnres-block"] as const;
-export type ConvertMode = (typeof CONVERT_MODES)[number];
+export { CONVERT_MODES, type ConvertMode } from "./names.js";
 
 export interface ConvertSettings {
   mode: ConvertMode;
@@ -70,8 +70,7 @@ export interface ConvertSettings {
 }
 
 /** `--dtype`: the dtype the converted weights are written in (see the file comment). */
-export const STORAGE_DTYPES = ["auto", "f32", "bf16", "f16"] as const;
-export type StorageDtype = (typeof STORAGE_DTYPES)[number];
+export { STORAGE_DTYPES, type StorageDtype } from "./names.js";
 const FORCED: Record<Exclude<StorageDtype, "auto">, FloatStDType> = { f32: "F32", bf16: "BF16", f16: "F16" };
 
 function checkStorageDtype(v: string): StorageDtype {
@@ -96,7 +95,7 @@ export function storageDtypes(
   choice: StorageDtype = "auto",
 ): Map<string, FloatStDType> {
   checkStorageDtype(choice);
-  const names = new DecoderLM(routed, { meta: true }).namedParameters().map(([n]) => n);
+  const names = new DecoderLM(parseConfig(routed), { meta: true }).namedParameters().map(([n]) => n);
   if (choice !== "auto") return new Map(names.map((n) => [n, FORCED[choice]]));
   const dominant = dominantDtype(
     names
@@ -211,7 +210,11 @@ export function modelWithBackbone(
   opts: { backend?: Backend; dtype?: DType; source?: string } = {},
 ): DecoderLM {
   // Every weight is loaded below (the backbone from the source, routing at its constant init).
-  const model = new DecoderLM(config, { backend: opts.backend, dtype: opts.dtype, randomInit: false });
+  const model = new DecoderLM(parseConfig(config), {
+    backend: opts.backend,
+    dtype: opts.dtype,
+    randomInit: false,
+  });
   try {
     const all = new Map(tensors);
     for (const [name, w] of exportWeights(model))

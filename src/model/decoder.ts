@@ -22,7 +22,7 @@ import { type InitContext, Module } from "../nn/module.js";
 import { crossEntropy, type Llama3RopeScaling, matmul, RopeTable } from "../tensor/ops.js";
 import { Rng } from "../tensor/random.js";
 import type { Tensor } from "../tensor/tensor.js";
-import { type ModelConfig, type ModelConfigInput, parseConfig } from "./config.js";
+import { type DecoderLMConfig, type ModelConfig, parseConfig } from "./config.js";
 import {
   emptyTrace,
   makeResidualMode,
@@ -146,7 +146,7 @@ export class DecoderLM extends Module {
   readonly rope: RopeTable;
   readonly residual: ResidualMode;
 
-  constructor(config: ModelConfigInput | ModelConfig | Record<string, unknown>, opts: ModelOptions = {}) {
+  constructor(config: DecoderLMConfig | ModelConfig, opts: ModelOptions = {}) {
     super();
     const c = parseConfig(config);
     this.config = c;
@@ -251,6 +251,6 @@ export class DecoderLM extends Module {
 }
 
 /** Parameter count of a configuration, from shapes alone (nothing is allocated). */
-export function countParameters(config: ModelConfigInput | Record<string, unknown>): number {
+export function countParameters(config: DecoderLMConfig | ModelConfig): number {
   return new DecoderLM(config, { meta: true }).numParameters();
 }

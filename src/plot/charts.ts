@@ -10,8 +10,7 @@
  *   histogram    pre-binned counts over shared bin edges, one small panel per named distribution
  */
 import * as vega from "vega";
-import type { TopLevelSpec } from "vega-lite";
-import { type ChartFiles, writeChart } from "./render.js";
+import { type ChartFiles, type ChartSpec, writeChart } from "./render.js";
 
 const finite = (v: number | null | undefined): v is number => typeof v === "number" && Number.isFinite(v);
 
@@ -50,7 +49,7 @@ function darkness(scheme: HeatmapScheme, t: number): number {
   return t;
 }
 
-export function heatmapSpec(o: HeatmapOptions): TopLevelSpec {
+export function heatmapSpec(o: HeatmapOptions): ChartSpec {
   const scheme = o.scheme ?? "blues";
   const cells: { row: string; col: string; v: number; tc: string }[] = [];
   let lo = Infinity;
@@ -142,7 +141,7 @@ export function heatmapSpec(o: HeatmapOptions): TopLevelSpec {
     width: { step },
     height: { step: annotate ? 18 : o.rows.length > 40 ? 10 : 16 },
     layer: layers,
-  } as unknown as TopLevelSpec;
+  } as unknown as ChartSpec;
 }
 
 export async function heatmap(outBase: string, o: HeatmapOptions): Promise<ChartFiles> {
@@ -187,7 +186,7 @@ const CATEGORY10 = [
   "#17becf",
 ];
 
-export function lineChartSpec(o: LineChartOptions): TopLevelSpec {
+export function lineChartSpec(o: LineChartOptions): ChartSpec {
   const ordinal = o.series.some((s) => s.points.some((p) => typeof p.x === "string"));
   const order: string[] = [];
   const seen = new Set<string>();
@@ -262,7 +261,7 @@ export function lineChartSpec(o: LineChartOptions): TopLevelSpec {
         { field: "y", title: o.yTitle, format: ".4g" },
       ],
     },
-  } as unknown as TopLevelSpec;
+  } as unknown as ChartSpec;
 }
 
 export async function lineChart(outBase: string, o: LineChartOptions): Promise<ChartFiles> {
@@ -280,7 +279,7 @@ export interface BarChartOptions extends Titled {
   height?: number;
 }
 
-export function barChartSpec(o: BarChartOptions): TopLevelSpec {
+export function barChartSpec(o: BarChartOptions): ChartSpec {
   const labels = o.bars.map((b) => b.label);
   const groups = [...new Set(o.bars.map((b) => b.group).filter((g): g is string => g !== undefined))];
   return {
@@ -315,7 +314,7 @@ export function barChartSpec(o: BarChartOptions): TopLevelSpec {
         { field: "value", title: o.yTitle, format: ".4g" },
       ],
     },
-  } as unknown as TopLevelSpec;
+  } as unknown as ChartSpec;
 }
 
 export async function barChart(outBase: string, o: BarChartOptions): Promise<ChartFiles> {
@@ -339,7 +338,7 @@ export interface HistogramOptions extends Titled {
   columns?: number;
 }
 
-export function histogramSpec(o: HistogramOptions): TopLevelSpec {
+export function histogramSpec(o: HistogramOptions): ChartSpec {
   const k = o.edges.length - 1;
   if (k < 1) throw new Error("histogram: at least two bin edges are needed");
   for (const p of o.panels)
@@ -380,7 +379,7 @@ export function histogramSpec(o: HistogramOptions): TopLevelSpec {
       width: 320,
       height: 180,
       ...inner,
-    } as unknown as TopLevelSpec;
+    } as unknown as ChartSpec;
   return {
     title: titleOf(o),
     data: { values: rows },
@@ -388,7 +387,7 @@ export function histogramSpec(o: HistogramOptions): TopLevelSpec {
     columns: o.columns ?? 4,
     spec: { width: 150, height: 80, ...inner },
     resolve: { scale: { y: "independent" } },
-  } as unknown as TopLevelSpec;
+  } as unknown as ChartSpec;
 }
 
 export async function histogram(outBase: string, o: HistogramOptions): Promise<ChartFiles> {

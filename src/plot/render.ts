@@ -17,7 +17,15 @@ import * as vega from "vega";
 import * as vl from "vega-lite";
 import type { TopLevelSpec } from "vega-lite";
 
-export type { TopLevelSpec };
+/**
+ * A Vega-Lite specification as plain JSON data (https://vega.github.io/vega-lite/docs/spec.html).
+ * The public signatures use this rather than vega-lite's own types, whose declarations need DOM
+ * types and do not compile under exactOptionalPropertyTypes; the spec is checked when compiled.
+ */
+export interface ChartSpec {
+  [key: string]: unknown;
+  config?: Record<string, unknown>;
+}
 
 /** The font family every chart uses (bundled, see FONT_FILES). */
 export const FONT_FAMILY = "DejaVu Sans";
@@ -60,8 +68,8 @@ function quietLogger(): Logger {
 }
 
 /** Compiles a Vega-Lite spec and renders it to an SVG string. */
-export async function renderSvg(spec: TopLevelSpec): Promise<string> {
-  const full = { ...spec, config: { ...baseConfig, ...(spec.config ?? {}) } } as TopLevelSpec;
+export async function renderSvg(spec: ChartSpec): Promise<string> {
+  const full = { ...spec, config: { ...baseConfig, ...(spec.config ?? {}) } } as unknown as TopLevelSpec;
   const compiled = vl.compile(full, { logger: quietLogger() }).spec;
   const view = new vega.View(vega.parse(compiled), { renderer: "none", logLevel: vega.Error });
   try {
@@ -95,7 +103,7 @@ export interface ChartFiles {
 
 /** Renders `spec` to `<outBase>.svg` and `<outBase>.png` (folders are created); returns both paths. */
 export async function writeChart(
-  spec: TopLevelSpec,
+  spec: ChartSpec,
   outBase: string,
   opts: { scale?: number } = {},
 ): Promise<ChartFiles> {

@@ -191,7 +191,7 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
   writeFileAtomic(specFile, JSON.stringify(spec, null, 2) + "\n");
 
   const backend = defaultBackend();
-  const model = new DecoderLM(spec.model, { backend, seed: s.seed });
+  const model = new DecoderLM(parseConfig(spec.model), { backend, seed: s.seed });
   const mode = modeName(model.config);
   const extra =
     s.routing_lr !== undefined

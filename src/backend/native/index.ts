@@ -96,9 +96,9 @@ function loadAddon(): NativeAddon {
   const path = join(root, ADDON_RELATIVE);
   if (!existsSync(path)) {
     throw new Error(
-      `attnres native backend: ${path} is missing (the addon was not built). Build it with ` +
-        "`npm rebuild attnres` or `node scripts/build-native.mjs` (needs a C++ compiler; " +
-        "libopenblas-dev for full speed), or use ATTNRES_BACKEND=reference.",
+      `the native addon ${path} is not built: build it with \`npm rebuild attnres\` ` +
+        "(in a clone of attnres: `npm run build:native`; needs a C++ compiler, and libopenblas-dev " +
+        "for full speed)",
     );
   }
   const require = createRequire(import.meta.url);
@@ -106,8 +106,8 @@ function loadAddon(): NativeAddon {
     addon = require(path) as NativeAddon;
   } catch (e) {
     throw new Error(
-      `attnres native backend: cannot load ${path}: ${(e as Error).message}. Rebuild it with ` +
-        "`npm rebuild attnres` or `node scripts/build-native.mjs`.",
+      `the native addon ${path} does not load (${(e as Error).message}): rebuild it with ` +
+        "`npm rebuild attnres` (in a clone of attnres: `npm run build:native`)",
       { cause: e },
     );
   }

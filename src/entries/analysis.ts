@@ -1,0 +1,4 @@
+/** `attnres/analysis`: routing analysis of a model (analyzeModel) and its written report (writeAnalysis). */
+import "../node-version.js";
+export * from "../analysis/routing.js";
+export * from "../analysis/report.js";

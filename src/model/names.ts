@@ -1,0 +1,25 @@
+/**
+ * The names the command line offers, as plain constants with no dependencies, so that defining
+ * the subcommands (and printing their help) loads nothing heavy: residual modes (user-facing name
+ * → config value), the modes `convert` can target, and the storage dtypes it can write.
+ */
+
+/** User-facing mode names (CLI, docs) ↔ config values of `attnres_mode` (the authors' keys). */
+export const MODE_NAMES = {
+  standard: "standard",
+  "attnres-full": "full",
+  "attnres-block": "block",
+  delta: "delta",
+  "delta-block": "delta_block",
+  ddl: "ddl",
+  "ddl-expanded": "ddl_expanded",
+} as const;
+export type ModeName = keyof typeof MODE_NAMES;
+
+/** The routed modes a standard checkpoint can be converted to (src/model/convert.ts). */
+export const CONVERT_MODES = ["delta", "delta-block", "attnres-full", "attnres-block"] as const;
+export type ConvertMode = (typeof CONVERT_MODES)[number];
+
+/** Dtypes `convert` can write the weights in (auto: as in the source). */
+export const STORAGE_DTYPES = ["auto", "f32", "bf16", "f16"] as const;
+export type StorageDtype = (typeof STORAGE_DTYPES)[number];

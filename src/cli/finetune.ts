@@ -1,9 +1,9 @@
 /**
  * `attnres finetune --checkpoint DIR --data PREPARED` (--from: the older name, still accepted): a
- * training run (src/train/run.ts) that starts from a checkpoint's weights — typically one written by `attnres convert` — with its own
- * learning rate for the routing parameters (--routing-lr) and optionally a frozen backbone
- * (--freeze-base: only routing queries/gains, null sources and gates train). Resumable like
- * `attnres train` (--resume, Ctrl-C saves a checkpoint).
+ * training run (src/train/run.ts) that starts from a checkpoint's weights — typically one written
+ * by `attnres convert` — with its own learning rate for the routing parameters (--routing-lr) and
+ * optionally a frozen backbone (--freeze-base: only routing queries/gains, null sources and gates
+ * train). Resumable like `attnres train` (--resume, Ctrl-C saves a checkpoint).
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -87,7 +87,7 @@ export function registerFinetune(program: Command): void {
     .option("-c, --checkpoint <dir>", "checkpoint folder whose weights start the run; required")
     .addOption(new Option("--from <dir>", "alias of --checkpoint").hideHelp())
     .requiredOption("-d, --data <dir>", "a prepared dataset folder (same tokenizer as the checkpoint)")
-    .option("-o, --out <dir>", "run folder (default runs/finetune-<from>-<mode>)")
+    .option("-o, --out <dir>", "run folder (default runs/finetune-<checkpoint>-<mode>)")
     .option("--resume", "continue the run in --out from its checkpoint")
     .option("--freeze-base", "train only the routing parameters; the backbone stays bit-identical")
     .option("--steps <n>", "optimizer steps (default 200)", positiveInt)

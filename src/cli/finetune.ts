@@ -1,9 +1,9 @@
 /**
  * `attnres finetune --checkpoint DIR --data PREPARED` (--from: the older name, still accepted): a
- * training run (src/train/run.ts) that starts from a checkpoint's weights — typically one written by `attnres convert` — with its own
- * learning rate for the routing parameters (--routing-lr) and optionally a frozen backbone
- * (--freeze-base: only routing queries/gains, null sources and gates train). Resumable like
- * `attnres train` (--resume, Ctrl-C saves a checkpoint).
+ * training run (src/train/run.ts) that starts from a checkpoint's weights — typically one written
+ * by `attnres convert` — with its own learning rate for the routing parameters (--routing-lr) and
+ * optionally a frozen backbone (--freeze-base: only routing queries/gains, null sources and gates
+ * train). Resumable like `attnres train` (--resume, Ctrl-C saves a checkpoint).
  */
 import * as fs from "node:fs";
 import * as path from "node:path";

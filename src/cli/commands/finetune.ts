@@ -10,7 +10,7 @@ export function registerFinetune(program: Command): void {
     .option("-c, --checkpoint <dir>", "checkpoint folder whose weights start the run; required")
     .addOption(new Option("--from <dir>", "alias of --checkpoint").hideHelp())
     .requiredOption("-d, --data <dir>", "a prepared dataset folder (same tokenizer as the checkpoint)")
-    .option("-o, --out <dir>", "run folder (default runs/finetune-<from>-<mode>)")
+    .option("-o, --out <dir>", "run folder (default runs/finetune-<checkpoint>-<mode>)")
     .option("--resume", "continue the run in --out from its checkpoint")
     .option("--freeze-base", "train only the routing parameters; the backbone stays bit-identical")
     .option("--steps <n>", "optimizer steps (default 200)", positiveInt)

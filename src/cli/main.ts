@@ -28,6 +28,7 @@ registerCompare(program);
 registerConvert(program);
 registerFinetune(program);
 registerGenerate(program);
+(await import("./view.js")).registerView(program);
 
 try {
   await program.parseAsync();

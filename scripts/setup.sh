@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up attnres on a Debian/Ubuntu machine: system packages for the native addon (compiler,
 # pkg-config, OpenBLAS with OpenMP, clang-format for the format check, chromium for the browser
-# tests of `attnres view`), then `npm ci`, which builds the addon and the viewer's front end. Needs Node.js >= 20. Uses sudo when not root. Safe to re-run.
+# tests of `attnres view`), then `npm ci`, which builds the addon and the viewer's front end.
+# Needs Node.js >= 20. Uses sudo when not root. Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

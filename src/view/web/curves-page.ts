@@ -65,7 +65,7 @@ export function chartPoints(
 }
 
 function spec(title: string, bands: boolean, log: boolean): object {
-  const x = { field: "step", type: "quantitative", title: "step" };
+  const x = { field: "step", type: "quantitative", title: "step", axis: { tickMinStep: 1, format: "d" } };
   const color = {
     field: "key",
     type: "nominal",

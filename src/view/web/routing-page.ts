@@ -22,7 +22,13 @@ function depthSpec(values: object[], field: string, title: string, uniform: bool
     field: "kind",
     type: "nominal",
     title: "sublayer",
-    legend: { orient: "bottom", symbolType: "stroke", symbolStrokeWidth: 2, symbolSize: 300 },
+    legend: {
+      orient: "bottom",
+      symbolType: "stroke",
+      symbolStrokeWidth: 2,
+      symbolSize: 300,
+      symbolStrokeColor: "#475467",
+    },
     scale: {
       domain: ["attn", "mlp", "final"],
       range: [
@@ -178,7 +184,9 @@ export function mountRouting(el: HTMLElement, q: URLSearchParams): () => void {
     body.replaceChildren();
     const ok = results.filter((r): r is RoutingResponse => !(r instanceof Error));
     let vmax = 0;
-    for (const r of ok) for (const c of r.calls) for (const v of c.meanAlpha) vmax = Math.max(vmax, v);
+    // Calls with one source have α = 1 by construction: they would flatten the scale of the rest.
+    for (const r of ok)
+      for (const c of r.calls) if (c.sources > 1) for (const v of c.meanAlpha) vmax = Math.max(vmax, v);
     vmax = vmax || 1;
     const width = Math.min(1400, el.clientWidth - 40) / ids.length - 40;
     const cols = h("div", { class: ids.length > 1 ? "grid2" : "" });
@@ -208,7 +216,12 @@ export function mountRouting(el: HTMLElement, q: URLSearchParams): () => void {
       );
       if (r.calls.length) {
         card.append(
-          h("h3", {}, "Mean α per source (rows: the sublayer that reads; columns: what it reads)"),
+          h("h3", {}, "Mean α per source"),
+          h(
+            "p",
+            { class: "muted small" },
+            "Rows: the sublayer that reads (first at the top); columns: the sources it reads. Hover a cell for its value.",
+          ),
           heatmap(
             r.calls.map((c) => ({
               key: c.key,

@@ -7,7 +7,7 @@
  * matrix (sublayer × source; click a row to choose the sublayer).
  */
 import type { PassagesResponse, RunProblem, RunRow, RunsResponse, TraceResponse } from "../api.js";
-import { errorBox, f32, fmt, getJson, go, gradientCss, h, hideTip, inkOn, seqColor, showTip } from "./dom.js";
+import { errorBox, f32, fmt, getJson, go, gradientCss, h, hideTip, seqColor, showTip } from "./dom.js";
 import { heatmap } from "./heatmap.js";
 
 interface Decoded {
@@ -174,7 +174,7 @@ export function mountTokens(el: HTMLElement, q: URLSearchParams): () => void {
             class: `strip-cell${k === callIdx ? " selected" : ""}`,
             "data-call": String(c.key),
             "data-max": String(v),
-            style: `background:${seqColor(v, 1)};color:${inkOn(v, 1)}`,
+            style: `background:${seqColor(sharpness(v, c.sources), 1, true)};color:${sharpness(v, c.sources) > 0.6 ? "#fff" : "#1d2430"}`,
             title: `${c.label}: max α ${fmt(v, 3)} (uniform 1/${c.sources})`,
           },
           h("span", {}, c.label.replace("L", "").replace(".attn", "a").replace(".mlp", "m")),
@@ -217,9 +217,9 @@ export function mountTokens(el: HTMLElement, q: URLSearchParams): () => void {
           h(
             "span",
             { class: "small muted" },
-            "token shade: max α at this sublayer",
+            "shade: max α at this sublayer, from uniform 1/N",
             h("span", { class: "legend-bar", style: `background:${gradientCss("light")}` }),
-            "0 … 1",
+            "to 1",
           ),
         ),
         tokensView(d.maxes[callIdx]!, N),
@@ -307,7 +307,7 @@ export function mountTokens(el: HTMLElement, q: URLSearchParams): () => void {
     const g = c.getContext("2d")!;
     for (let r = 0; r < R; r++)
       for (let t = 0; t < T; t++) {
-        g.fillStyle = seqColor(sharpness(maxes[r]![t]!, res.calls[r]!.sources), 1);
+        g.fillStyle = seqColor(sharpness(maxes[r]![t]!, res.calls[r]!.sources), 1, true);
         g.fillRect(t * cw, r * rh, cw, rh);
       }
     g.strokeStyle = "#e4572e";

@@ -83,6 +83,7 @@ async function tokenQuery(
       const t0 = performance.now();
       const r = await fetch(new URL("/api/trace", srv.url), {
         method: "POST",
+        headers: { "content-type": "application/json" },
         body: JSON.stringify({ run: "delta-12l", text }),
       });
       const body = (await r.json()) as { ids: number[]; runMs: number; loadMs: number; error?: string };

@@ -217,10 +217,10 @@ describe("view server", () => {
   test("the trace API returns model.run's routing weights", async () => {
     const text = "the state of the union is strong";
     assert.equal((await get("/api/trace")).status, 405); // GET is not the way to trace
-    const res = await fetch(new URL("/api/trace", srv.url), {
-      method: "POST",
-      body: JSON.stringify({ run: "cmp/delta-s0", text }),
-    });
+    const body = JSON.stringify({ run: "cmp/delta-s0", text });
+    const url = new URL("/api/trace", srv.url);
+    assert.equal((await fetch(url, { method: "POST", body })).status, 415); // text/plain: a cross-site form could send it
+    const res = await fetch(url, { method: "POST", body, headers: { "content-type": "application/json" } });
     assert.equal(res.status, 200);
     const t = (await res.json()) as TraceResponse;
     assert.equal(t.ids.length, Buffer.byteLength(text));
@@ -243,6 +243,25 @@ describe("view server", () => {
     } finally {
       model.dispose();
     }
+  });
+
+  test("answers only to its own address (no DNS rebinding)", async () => {
+    const u = new URL(srv.url);
+    const ask = (host: string) =>
+      new Promise<string>((resolve, reject) => {
+        void import("node:net").then(({ connect }) => {
+          const sock = connect(Number(u.port), u.hostname, () =>
+            sock.write(`GET /api/runs HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`),
+          );
+          let s = "";
+          sock.on("data", (c) => (s += c));
+          sock.on("end", () => resolve(s));
+          sock.on("error", reject);
+        }, reject);
+      });
+    assert.match(await ask("evil.example:" + u.port), /^HTTP\/1\.1 421/);
+    assert.match(await ask("127.0.0.1:" + u.port), /^HTTP\/1\.1 200/);
+    assert.match(await ask("localhost:" + u.port), /^HTTP\/1\.1 200/);
   });
 
   test("isLoopback", () => {

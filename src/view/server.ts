@@ -5,7 +5,9 @@
  * Safety: every path a request names goes through safeResolve (src/view/runs.ts), so only files
  * under RUNS_DIR are read (.., encoded variants and symlinks out of the folder → 404); a run id
  * must name a run folder that a scan found. Request bodies (the token explorer's POST) are limited
- * to MAX_BODY bytes (413 beyond). Every handler's error becomes a JSON error answer; nothing a
+ * to MAX_BODY bytes (413 beyond) and must be sent as application/json (so that another site's page
+ * cannot send one without a CORS preflight, which fails). On a loopback address, requests must
+ * name the server by its own address in Host (no DNS rebinding). Every handler's error becomes a JSON error answer; nothing a
  * request sends or a run folder holds can stop the server.
  *
  * Live curves: /api/events keeps the connection open (server-sent events) and sends new
@@ -240,6 +242,9 @@ export async function startViewServer(o: ViewServerOptions): Promise<ViewServer>
     }
     if (route === "/api/trace") {
       if (req.method !== "POST") throw new HttpError(405, "POST a JSON body {run, text} or {run, passage}");
+      // A JSON content type makes a cross-site page's request need a CORS preflight, which fails.
+      if (!/^application\/json\b/.test(req.headers["content-type"] ?? ""))
+        throw new HttpError(415, "send the body as application/json");
       const raw = await readBody(req);
       let b: { run?: unknown; text?: unknown; passage?: unknown };
       try {
@@ -360,6 +365,9 @@ export async function startViewServer(o: ViewServerOptions): Promise<ViewServer>
 
   const handler = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
     try {
+      // Refuse other host names (DNS rebinding: a web page whose name resolves to 127.0.0.1).
+      if (loopbackOnly && !allowedHosts.has((req.headers.host ?? "").toLowerCase()))
+        throw new HttpError(421, "this server answers only to its own address");
       const raw = req.url ?? "/";
       const url = new URL(raw, "http://localhost");
       const p = url.pathname;
@@ -384,6 +392,10 @@ export async function startViewServer(o: ViewServerOptions): Promise<ViewServer>
     }
   };
 
+  const host = o.host ?? "127.0.0.1";
+  const loopbackOnly = isLoopback(host);
+  const allowedHosts = new Set<string>();
+
   const server = http.createServer((req, res) => void handler(req, res));
   server.on("clientError", (_e, socket) => socket.destroy());
   await new Promise<void>((resolve, reject) => {
@@ -394,8 +406,8 @@ export async function startViewServer(o: ViewServerOptions): Promise<ViewServer>
     });
   });
   const port = (server.address() as AddressInfo).port;
-  const host = o.host ?? "127.0.0.1";
   const shown = host.includes(":") ? `[${host}]` : host === "0.0.0.0" ? "127.0.0.1" : host;
+  for (const name of [shown, "localhost", "127.0.0.1", "[::1]"]) allowedHosts.add(`${name}:${port}`);
   return {
     url: `http://${shown}:${port}/`,
     port,

@@ -22,13 +22,7 @@ function depthSpec(values: object[], field: string, title: string, uniform: bool
     field: "kind",
     type: "nominal",
     title: "sublayer",
-    legend: {
-      orient: "bottom",
-      symbolType: "stroke",
-      symbolStrokeWidth: 2,
-      symbolSize: 300,
-      symbolStrokeColor: "#475467",
-    },
+    legend: null, // told in the caption: solid attention, dashed MLP
     scale: {
       domain: ["attn", "mlp", "final"],
       range: [
@@ -276,14 +270,22 @@ export function mountRouting(el: HTMLElement, q: URLSearchParams): () => void {
             "div",
             { class: "card" },
             h("h2", {}, "Mean max weight by depth"),
-            h("p", { class: "muted small" }, "1 = one source takes everything; dashed grey: uniform 1/N."),
+            h(
+              "p",
+              { class: "muted small" },
+              "Solid: attention sublayers; dashed: MLP sublayers; dotted grey: uniform 1/N. 1 = one source takes everything.",
+            ),
             mw,
           ),
           h(
             "div",
             { class: "card" },
             h("h2", {}, "Normalised entropy by depth"),
-            h("p", { class: "muted small" }, "Mean entropy / ln N: 1 = uniform, 0 = one-hot."),
+            h(
+              "p",
+              { class: "muted small" },
+              "Mean entropy / ln N: 1 = uniform, 0 = one-hot. Solid: attention; dashed: MLP.",
+            ),
             en,
           ),
         ),

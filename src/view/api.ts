@@ -24,7 +24,7 @@ export interface RunRow {
   group: string | null;
   mode: string | null;
   seed: number | null;
-  /** The preset, read from the folder name `<preset>-<mode>-s<seed>` (or the group's name). */
+  /** The preset, from the folder name `<preset>-<mode>-s<seed>`, or the group's `compare-<preset>`. */
   preset: string | null;
   layers: number | null;
   hidden: number | null;

@@ -257,7 +257,7 @@ function scanRun(root: string, dir: string, group: string | null): RunRow {
   if (row.mode !== null && row.seed !== null) {
     const suffix = `${row.mode}-s${row.seed}`;
     if (base.endsWith(`-${suffix}`)) row.preset = base.slice(0, -suffix.length - 1);
-    else if (base === suffix && group) row.preset = path.basename(group);
+    else if (base === suffix && group) row.preset = path.basename(group).replace(/^compare-/, "");
   }
   const metrics = readMetrics(path.join(dir, "metrics.jsonl"));
   if (metrics.error) {

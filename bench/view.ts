@@ -7,7 +7,8 @@
  *   runs page     50 runs (3 layers, 500 metrics lines and a checkpoint each) under RUNS_DIR:
  *                 ms from navigation start until the runs table is drawn (and first contentful
  *                 paint), median of 5 loads in Debian's chromium; skipped without /usr/bin/chromium
- * Targets: token query < 200 ms, runs page < 1 s. Prints one JSON line last.
+ * Targets: token query < 200 ms, runs page < 1 s. Prints one JSON line last. Like `attnres view`,
+ * it sets OMP_WAIT_POLICY=passive (unless set) before the native addon loads.
  */
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -18,6 +19,8 @@ import { saveCheckpoint } from "../src/io/checkpoint.js";
 import { DecoderLM } from "../src/model/decoder.js";
 import { startViewServer } from "../src/view/server.js";
 
+// As `attnres view` runs (src/cli/view.ts): idle OpenMP threads sleep instead of spinning.
+process.env.OMP_WAIT_POLICY ??= "passive";
 const { values: args } = parseArgs({ options: { json: { type: "boolean", default: false } } });
 const CHROMIUM = "/usr/bin/chromium";
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;

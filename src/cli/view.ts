@@ -41,6 +41,9 @@ export function registerView(program: Command): void {
         process.stderr.write(
           `attnres view: warning: listening on ${o.host}, not only on this machine — anyone who can reach it can read the runs under ${dir}\n`,
         );
+      // The viewer answers now and then, often beside a training run: idle OpenMP threads should
+      // sleep, not spin (read when the native addon loads, on the first model).
+      process.env.OMP_WAIT_POLICY ??= "passive";
       let s;
       try {
         s = await startViewServer({ root: dir, host: o.host, port: o.port });

@@ -338,6 +338,11 @@ function groupTable(runs: RunRow[]): GroupModeRow[] {
   });
 }
 
+/** The row of one run folder under root (no group), or null when it is not a run folder. */
+export function scanOne(root: string, dir: string): RunRow | null {
+  return isRunDir(dir) ? scanRun(fs.realpathSync(root), dir, null) : null;
+}
+
 /** Every run and compare group under root. */
 export function scanRuns(root: string): RunsResponse {
   const t0 = performance.now();

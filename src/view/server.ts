@@ -29,7 +29,7 @@ import type {
 } from "./api.js";
 import { ensureBundle } from "./bundle.js";
 import { type LoadedModel, ModelCache, tokenPieces } from "./models.js";
-import { readMetrics, safeResolve, scanRuns } from "./runs.js";
+import { readMetrics, safeResolve, scanOne, scanRuns } from "./runs.js";
 
 /** Largest accepted request body (the token explorer's text), bytes. */
 export const MAX_BODY = 64 * 1024;
@@ -140,16 +140,21 @@ export async function startViewServer(o: ViewServerOptions): Promise<ViewServer>
   };
   const streams = new Set<http.ServerResponse>();
 
-  let lastScan: { at: number; runs: RunRow[] } | null = null;
-  /** The run row of an id (from a scan at most 1 s old; 404 when no run has that id). */
+  /** The run row of an id (404 when it names no run folder under root). */
   const findRun = (id: string | null): { row: RunRow; dir: string } => {
     if (!id) throw new HttpError(400, "no run given (?run=ID)");
     const dir = safeResolve(root, id);
-    if (!dir) throw new HttpError(404, `no run ${id}`);
-    if (!lastScan || Date.now() - lastScan.at > 1000)
-      lastScan = { at: Date.now(), runs: scanRuns(root).runs };
-    const row = lastScan.runs.find((r) => r.id === id);
-    if (!row) throw new HttpError(404, `no run ${id}`);
+    const row = dir ? scanOne(root, dir) : null;
+    if (
+      !dir ||
+      !row ||
+      row.id !==
+        id
+          .split("/")
+          .filter((p) => p && p !== ".")
+          .join("/")
+    )
+      throw new HttpError(404, `no run ${id}`);
     return { row, dir };
   };
   const checkpointOf = (row: RunRow): string => {

@@ -386,7 +386,19 @@ export async function startViewServer(o: ViewServerOptions): Promise<ViewServer>
         if (!rawPath.startsWith("/files/")) throw new HttpError(404, "not found");
         const f = safeResolve(root, rawPath.slice("/files/".length), true);
         if (!f || !fs.statSync(f).isFile()) throw new HttpError(404, "not found");
-        return send(res, 200, TYPES[path.extname(f)] ?? "application/octet-stream", fs.readFileSync(f));
+        // Streamed: a run folder can hold checkpoints of gigabytes.
+        res.writeHead(200, {
+          "content-type": TYPES[path.extname(f)] ?? "application/octet-stream",
+          "content-length": fs.statSync(f).size,
+          "cache-control": "no-store",
+          "x-content-type-options": "nosniff",
+          "content-security-policy": CSP,
+        });
+        if (req.method === "HEAD") return void res.end();
+        fs.createReadStream(f)
+          .on("error", () => res.destroy())
+          .pipe(res);
+        return;
       }
       throw new HttpError(404, "not found");
     } catch (e) {

@@ -74,7 +74,7 @@ function betaSpec(values: object[]): object {
     data: { values },
     layer: [
       {
-        mark: { type: "errorbar", ticks: true },
+        mark: { type: "rule", strokeWidth: 2 },
         encoding: {
           x: { field: "j", type: "ordinal", title: "sublayer j" },
           y: { field: "lo", type: "quantitative", title: "β (mean ± std)" },
@@ -294,6 +294,58 @@ export function mountRouting(el: HTMLElement, q: URLSearchParams): () => void {
       if (stopped) return;
       finals.push(await charts.staticChart(mw, depthSpec(pts, "maxWeight", "mean max α", true) as never));
       finals.push(await charts.staticChart(en, depthSpec(pts, "entropy", "entropy / ln N", false) as never));
+    }
+    if (ok.some((r) => r.stream.length)) {
+      const sn = h("div", { class: "chart", style: "width:100%", id: "chart-stream" });
+      body.append(
+        h(
+          "div",
+          { class: "card" },
+          h("h2", {}, "Residual stream norm by sublayer"),
+          h(
+            "p",
+            { class: "muted small" },
+            "Mean ‖h‖ of the stream entering each sublayer (modes that keep a stream: standard, delta, delta-block, ddl).",
+          ),
+          sn,
+        ),
+      );
+      const charts = await import("./charts.js");
+      if (stopped) return;
+      const pts = ok.flatMap((r) =>
+        r.stream.map((x) => ({ run: r.run, j: x.j, norm: x.meanNorm, label: x.label })),
+      );
+      finals.push(
+        await charts.staticChart(sn, {
+          $schema: "https://vega.github.io/schema/vega-lite/v6.json",
+          width: "container",
+          height: 200,
+          autosize: { type: "fit-x", contains: "padding" },
+          data: { values: pts },
+          mark: { type: "line", point: true },
+          encoding: {
+            x: {
+              field: "j",
+              type: "quantitative",
+              title: "sublayer j",
+              axis: { tickMinStep: 1, format: "d" },
+            },
+            y: { field: "norm", type: "quantitative", title: "mean ‖h‖" },
+            color: {
+              field: "run",
+              type: "nominal",
+              title: null,
+              scale: { range: PALETTE },
+              legend: { orient: "bottom", labelLimit: 300 },
+            },
+            tooltip: [
+              { field: "run" },
+              { field: "label" },
+              { field: "norm", type: "quantitative", format: ".3f" },
+            ],
+          },
+        } as never),
+      );
     }
     if (ok.some((r) => r.beta.length)) {
       const bt = h("div", { class: "chart", style: "width:100%", id: "chart-beta" });

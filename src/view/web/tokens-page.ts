@@ -70,7 +70,8 @@ export function mountTokens(el: HTMLElement, q: URLSearchParams): () => void {
   sel.onchange = () => go("tokens", sel.value ? { run: sel.value } : {});
 
   let d: Decoded | null = null;
-  let callIdx = 0;
+  /** The chosen routed call; -1 until the first trace, which chooses the deepest one. */
+  let callIdx = -1;
   let tokIdx = 0;
 
   const trace = async (body: object) => {
@@ -86,7 +87,7 @@ export function mountTokens(el: HTMLElement, q: URLSearchParams): () => void {
       if (stopped) return;
       if ("error" in res) throw new Error(res.error);
       d = decode(res);
-      callIdx = Math.min(callIdx, Math.max(0, res.calls.length - 1));
+      if (callIdx < 0 || callIdx >= res.calls.length) callIdx = Math.max(0, res.calls.length - 1);
       tokIdx = 0;
       info.textContent = `${res.ids.length} tokens${res.truncated ? " (cut to the model's context)" : ""} · forward ${res.runMs.toFixed(0)} ms${res.loadMs ? `, model load ${res.loadMs.toFixed(0)} ms` : ""} · round trip ${(performance.now() - t0).toFixed(0)} ms`;
       render();
@@ -129,7 +130,11 @@ export function mountTokens(el: HTMLElement, q: URLSearchParams): () => void {
       "select",
       { id: "sublayer" },
       ...res.calls.map((c, k) =>
-        h("option", { value: k, selected: k === callIdx }, `${c.label} (${c.sources} sources)`),
+        h(
+          "option",
+          { value: k, selected: k === callIdx },
+          `${c.label} (${c.sources} source${c.sources === 1 ? "" : "s"})`,
+        ),
       ),
     ) as HTMLSelectElement;
     callSel.onchange = () => {

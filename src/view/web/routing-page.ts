@@ -9,13 +9,13 @@ import type { RoutingResponse, RunProblem, RunRow, RunsResponse } from "../api.j
 import { errorBox, fmt, getJson, go, gradientCss, h, PALETTE } from "./dom.js";
 import { heatmap, RATIO_LIMIT } from "./heatmap.js";
 
-function depthSpec(values: object[], field: string, title: string, uniform: boolean): object {
+function depthSpec(values: object[], field: string, title: string, uniform: boolean, runs: string[]): object {
   const x = { field: "depth", type: "quantitative", title: "layer", axis: { tickMinStep: 1 } };
   const color = {
     field: "run",
     type: "nominal",
     title: null,
-    scale: { range: PALETTE },
+    scale: { domain: runs, range: PALETTE },
     legend: { orient: "bottom", labelLimit: 300, symbolType: "stroke", symbolStrokeWidth: 3 },
   };
   const dash = {
@@ -65,7 +65,7 @@ function depthSpec(values: object[], field: string, title: string, uniform: bool
   };
 }
 
-function betaSpec(values: object[]): object {
+function betaSpec(values: object[], runs: string[]): object {
   return {
     $schema: "https://vega.github.io/schema/vega-lite/v6.json",
     width: "container",
@@ -79,7 +79,7 @@ function betaSpec(values: object[]): object {
           x: { field: "j", type: "ordinal", title: "sublayer j" },
           y: { field: "lo", type: "quantitative", title: "β (mean ± std)" },
           y2: { field: "hi" },
-          color: { field: "run", legend: null },
+          color: { field: "run", type: "nominal", scale: { domain: runs, range: PALETTE }, legend: null },
         },
       },
       {
@@ -87,7 +87,13 @@ function betaSpec(values: object[]): object {
         encoding: {
           x: { field: "j", type: "ordinal" },
           y: { field: "mean", type: "quantitative" },
-          color: { field: "run", type: "nominal", title: null, legend: { orient: "bottom" } },
+          color: {
+            field: "run",
+            type: "nominal",
+            title: null,
+            scale: { domain: runs, range: PALETTE },
+            legend: { orient: "bottom" },
+          },
         },
       },
     ],
@@ -292,8 +298,12 @@ export function mountRouting(el: HTMLElement, q: URLSearchParams): () => void {
       );
       const charts = await import("./charts.js");
       if (stopped) return;
-      finals.push(await charts.staticChart(mw, depthSpec(pts, "maxWeight", "mean max α", true) as never));
-      finals.push(await charts.staticChart(en, depthSpec(pts, "entropy", "entropy / ln N", false) as never));
+      finals.push(
+        await charts.staticChart(mw, depthSpec(pts, "maxWeight", "mean max α", true, ids) as never),
+      );
+      finals.push(
+        await charts.staticChart(en, depthSpec(pts, "entropy", "entropy / ln N", false, ids) as never),
+      );
     }
     if (ok.some((r) => r.stream.length)) {
       const sn = h("div", { class: "chart", style: "width:100%", id: "chart-stream" });
@@ -335,7 +345,7 @@ export function mountRouting(el: HTMLElement, q: URLSearchParams): () => void {
               field: "run",
               type: "nominal",
               title: null,
-              scale: { range: PALETTE },
+              scale: { domain: ids, range: PALETTE },
               legend: { orient: "bottom", labelLimit: 300 },
             },
             tooltip: [
@@ -377,6 +387,7 @@ export function mountRouting(el: HTMLElement, q: URLSearchParams): () => void {
                 hi: x.mean + x.std,
               })),
             ),
+            ids,
           ) as never,
         ),
       );

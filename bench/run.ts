@@ -11,13 +11,15 @@
  *   start-up          `attnres --help`, `attnres train --help` and `attnres --version` (the compiled
  *                     command line, bin/attnres.mjs → dist/, as installed) against `node -e ''`:
  *                     median wall time of interleaved runs and the ratio (target: at most 3×)
+ *   view              `attnres view` (bench/view.ts): token-explorer query of a 12-layer d128 model on
+ *                     256 tokens (target < 200 ms), runs page with 50 runs drawn in chromium (< 1 s)
  *   convert           only with --convert: bench/convert.ts (`npm run bench:convert`), time and
  *                     peak RSS of `attnres convert` on a synthetic Qwen3-0.6B-shaped checkpoint; it
  *                     writes ~2.5 GB of temporary files and takes minutes, so it is opt-in
  *
  * Options: --json, --steps N (timed steps per configuration, default 10), --quick (fewer reps),
  *          --no-torch (skip PyTorch), --no-routing (skip the routing step), --no-startup (skip the
- *          start-up times), --convert (add the convert benchmark).
+ *          start-up times), --no-view (skip the viewer), --convert (add the convert benchmark).
  */
 import { execFileSync, spawnSync } from "node:child_process";
 import * as os from "node:os";
@@ -37,6 +39,7 @@ const { values: args } = parseArgs({
     "no-torch": { type: "boolean", default: false },
     "no-routing": { type: "boolean", default: false },
     "no-startup": { type: "boolean", default: false },
+    "no-view": { type: "boolean", default: false },
     convert: { type: "boolean", default: false },
   },
 });
@@ -309,6 +312,31 @@ function main(): void {
       );
   }
 
+  // ---- view: the viewer's token query and runs page, in a fresh process (bench/view.ts).
+  let view: unknown = null;
+  if (!args["no-view"]) {
+    progress("view: token query and runs page");
+    const r = spawnSync(process.execPath, ["--import", "tsx", path.join(here, "view.ts")], {
+      cwd: root,
+      encoding: "utf8",
+    });
+    if (r.status !== 0) throw new Error(`bench/view.ts failed:\n${r.stderr}`);
+    const v = JSON.parse(r.stdout.trim().split("\n").pop()!) as {
+      token_query: { round_trip_ms: number; forward_ms: number };
+      runs_page: { table_ms: number; fcp_ms: number | null } | null;
+    };
+    view = v;
+    log("\nattnres view                                         ms   target");
+    log(
+      `  token query, 12 layers d128, 256 tokens      ${v.token_query.round_trip_ms.toFixed(0).padStart(8)}   < 200   (forward ${v.token_query.forward_ms.toFixed(0)} ms)`,
+    );
+    log(
+      v.runs_page
+        ? `  runs page, 50 runs: table drawn              ${v.runs_page.table_ms.toFixed(0).padStart(8)}   < 1000  (first paint ${v.runs_page.fcp_ms?.toFixed(0) ?? "?"} ms)`
+        : "  runs page: not measured (/usr/bin/chromium is absent)",
+    );
+  }
+
   // ---- convert: opt-in (large temporary files); its own table, or its JSON object under "convert".
   let convert: unknown = null;
   if (args.convert) {
@@ -344,6 +372,7 @@ function main(): void {
           },
           routing_step: routing,
           startup,
+          view,
           convert,
         },
         null,

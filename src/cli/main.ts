@@ -20,6 +20,7 @@ import { registerGenerate } from "./commands/generate.js";
 import { registerPlan } from "./commands/plan.js";
 import { registerPrepare } from "./commands/prepare.js";
 import { registerTrain } from "./commands/train.js";
+import { registerView } from "./commands/view.js";
 
 /** A commander Command whose usage errors are one line: what is wrong and what is allowed. */
 class AttnresCommand extends Command {
@@ -68,6 +69,7 @@ registerConvert(program);
 registerFinetune(program);
 registerGenerate(program);
 registerPlan(program);
+registerView(program);
 
 try {
   await program.parseAsync();

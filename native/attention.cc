@@ -10,7 +10,8 @@
 //   dP = dO V^T,  dS = P o (dP - rowsum(dO o O)),  dQ = scale dS K,  dK += scale dS^T Q,  dV += P^T dO.
 // Forward tasks are (b, h, query block); backward tasks are (b, kv head), which own their gk/gv slices
 // (all query heads of the group are processed by the same task: no races). Score tiles are per-thread
-// scratch allocated once per call. GEMMs inside the parallel region run single-threaded; when there
+// scratch allocated once per call. Non-finite scores propagate as in exp(s - max) / sum: a row whose
+// visible scores are all NaN or -inf gives NaN (only a row with no visible key gives zeros). GEMMs inside the parallel region run single-threaded; when there
 // are fewer tasks than threads the loop runs serially and the GEMMs use all threads instead.
 #include <omp.h>
 
@@ -84,9 +85,15 @@ void attention(const float* q, const float* k, const float* v, float* out, float
         const i64 lim = key_limit(i0 + r, Tq, Tk, causal);
         float m = -INFINITY;
         for (i64 j = 0; j < lim; j++) m = std::max(m, s[j]);
-        if (lim == 0 || m == -INFINITY) {  // no visible key (or all scores -inf): empty softmax
+        if (lim == 0) {  // no visible key (a truly masked row): empty softmax, zero output
           for (i64 j = 0; j < kend; j++) s[j] = 0.0f;
           lp[r] = -INFINITY;
+          continue;
+        }
+        if (m == -INFINITY) {  // every visible score is NaN or -inf: NaN, as exp(s - max) / sum gives
+          for (i64 j = 0; j < lim; j++) s[j] = NAN;
+          for (i64 j = lim; j < kend; j++) s[j] = 0.0f;
+          lp[r] = NAN;
           continue;
         }
         float acc[16] = {};

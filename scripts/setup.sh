@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up attnres on a Debian/Ubuntu machine: system packages for the native addon (compiler,
-# pkg-config, OpenBLAS with OpenMP, clang-format for the format check), then `npm ci`, which
-# builds the addon. Needs Node.js >= 20. Uses sudo when not root. Safe to re-run.
+# pkg-config, OpenBLAS with OpenMP, clang-format for the format check, strace for the crash tests),
+# then `npm ci`, which builds the addon. Needs Node.js >= 20. Uses sudo when not root. Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +12,7 @@ if [ "$major" -lt 20 ]; then
 fi
 
 need=()
-for p in build-essential python3 pkg-config libopenblas-openmp-dev clang-format; do
+for p in build-essential python3 pkg-config libopenblas-openmp-dev clang-format strace; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -52,6 +52,7 @@ export function finetuneSpec(f: FinetuneFlags): RunSpec {
   if (f.routingLr !== undefined || routed) train.routing_lr = f.routingLr ?? 1e-3;
   if (f.checkpointEvery !== undefined) train.checkpoint_every = f.checkpointEvery;
   if (f.freezeBase) train.freeze_base = true;
+  if (f.keepBest) train.keep_best = true;
   return {
     model: configForExport(config),
     data: f.data,
@@ -87,6 +88,8 @@ export function registerFinetune(program: Command): void {
     .requiredOption("--data <dir>", "a prepared dataset folder (same tokenizer as the checkpoint)")
     .option("-o, --out <dir>", "run folder (default runs/finetune-<from>-<mode>)")
     .option("--resume", "continue the run in --out from its checkpoint")
+    .option("--overwrite", "start over in an --out that holds a run (deletes it)")
+    .option("--keep-best", "keep <out>/best: the weights with the lowest validation loss so far")
     .option("--freeze-base", "train only the routing parameters; the backbone stays bit-identical")
     .option("--steps <n>", "optimizer steps (default 200)", positiveInt)
     .option("--batch-size <n>", "sequences per micro-batch (default 8)", positiveInt)

@@ -13,11 +13,16 @@ import { registerFinetune } from "./finetune.js";
 import { registerGenerate } from "./generate.js";
 import { registerPrepare } from "./prepare.js";
 import { registerTrain } from "./train.js";
+import { setVerifyChecksums } from "../io/safetensors.js";
 
 const program = new Command()
   .name("attnres")
   .description("Train, evaluate and explain LMs with attention-routed residual streams")
-  .showSuggestionAfterError(true);
+  .showSuggestionAfterError(true)
+  .option("--no-verify", "skip the CRC-32 check of checkpoint tensors on load (faster; any subcommand)")
+  .hook("preAction", (cmd) => {
+    if ((cmd.opts() as { verify?: boolean }).verify === false) setVerifyChecksums(false);
+  });
 
 registerPrepare(program);
 registerTrain(program);

@@ -12,6 +12,7 @@ import { type RunResult, type RunSpec } from "../train/run.js";
 import {
   dataDir,
   modeArg,
+  checkModeFlags,
   modeKeys,
   MODE_LIST,
   nonNegativeInt,
@@ -42,6 +43,7 @@ const OVERRIDES = [
   ["seed", "seed"],
   ["evalEvery", "eval_every"],
   ["checkpointEvery", "checkpoint_every"],
+  ["keepBest", "keep_best"],
 ] as const;
 
 /** The run a preset and flags describe. */
@@ -57,7 +59,8 @@ export async function specFrom(preset: Preset, f: TrainFlags): Promise<RunSpec> 
 export async function trainCommand(f: TrainFlags): Promise<RunResult> {
   const preset = loadPreset(f.preset);
   const spec = await specFrom(preset, f);
-  const mode = modeName(parseConfig({ vocab_size: 1, ...spec.model }));
+  const mode = modeName(parseConfig({ vocab_size: 1, ...spec.model }, `preset ${f.preset}`));
+  checkModeFlags([mode], f);
   const out =
     f.out ||
     path.join("runs", `${path.basename(f.preset).replace(/\.json$/, "")}-${mode}-s${spec.train.seed}`);
@@ -82,6 +85,7 @@ export function registerTrain(program: Command): void {
     .option("-p, --preset <name|file.json>", `preset (${listPresets().join(", ")})`, "sotu-tiny")
     .option("-o, --out <dir>", "run folder (default runs/<preset>-<mode>-s<seed>)")
     .option("--resume", "continue the run in --out from its checkpoint")
+    .option("--overwrite", "start over in an --out that holds a run (deletes it)")
     .option("--mode <mode>", `residual mode: ${MODE_LIST.join(", ")}`, modeArg)
     .option("--seed <n>", "seed for initialisation and batches", nonNegativeInt);
   trainingOptions(cmd)

@@ -63,9 +63,18 @@ export function loadTokenizer(dir: string): Tokenizer {
     }
   } else if (fs.existsSync(path.join(dir, "tokenizer.json"))) meta = { kind: "hf" };
   else throw new Error(`${dir} has no tokenizer (neither ${TOKENIZER_META} nor tokenizer.json)`);
+  if (meta === null || typeof meta !== "object" || Array.isArray(meta))
+    throw new Error(`${metaFile} is not a JSON object`);
   const kind = String(meta.kind);
   if (kind === "byte") return new ByteTokenizer();
   const load = loaders.get(kind);
   if (!load) throw new Error(`${dir}: unknown tokenizer kind "${kind}"`);
-  return load(dir, meta);
+  try {
+    return load(dir, meta);
+  } catch (e) {
+    // A loader meeting a malformed file (null, wrong types) fails with a TypeError: name the folder.
+    if (e instanceof TypeError || e instanceof RangeError)
+      throw new Error(`${dir}: the tokenizer files are damaged (${e.message})`, { cause: e });
+    throw e;
+  }
 }

@@ -72,7 +72,7 @@ export function fsyncPath(p: string): void {
 
 /** Writes every byte of `data` to an open file descriptor. */
 export function writeAll(fd: number, data: Uint8Array): void {
-  for (let done = 0; done < data.length; ) done += fs.writeSync(fd, data, done, data.length - done);
+  for (let done = 0; done < data.length;) done += fs.writeSync(fd, data, done, data.length - done);
 }
 
 /** Writes `file` and fsyncs it (its folder entry is not fsynced). */
@@ -105,13 +105,19 @@ export function writeFileAtomic(file: string, data: Buffer | string): void {
 
 /**
  * Removes temporary files that an interrupted `writeFileAtomic` (or an older attnres, which named
- * them `.<name>.<pid>.tmp`) left in `dir`. Returns their names.
+ * them `.<name>.<pid>.tmp`) left in `dir` for the files named in `names`. Returns their names.
  */
-export function removeTempFiles(dir: string): string[] {
+export function removeTempFiles(dir: string, names: readonly string[]): string[] {
   if (!fs.existsSync(dir)) return [];
   const gone: string[] = [];
   for (const e of fs.readdirSync(dir, { withFileTypes: true }))
-    if (e.isFile() && /^\..+?(\.\d+)?\.tmp$/.test(e.name)) {
+    if (
+      e.isFile() &&
+      names.some(
+        (n) =>
+          e.name === `.${n}.tmp` || new RegExp(`^\\.${n.replace(/\./g, "\\.")}\\.\\d+\\.tmp$`).test(e.name),
+      )
+    ) {
       fs.rmSync(path.join(dir, e.name), { force: true });
       gone.push(e.name);
     }

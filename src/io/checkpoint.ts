@@ -20,8 +20,10 @@ import { exportWeights, loadWeights } from "../model/weights.js";
 import "../data/bpe.js";
 import "../data/hf-tokenizer.js";
 import { loadTokenizer, TOKENIZER_META, type Tokenizer } from "../data/tokenizer.js";
+import { checkMemoryBudget } from "../train/budget.js";
 import {
   type FloatStDType,
+  readCheckpointHeader,
   readCheckpointWeights,
   writeFileAtomic,
   writeSafetensors,
@@ -107,9 +109,51 @@ export interface LoadCheckpointOptions {
   dtype?: DType;
 }
 
+/**
+ * Compares the sizes config.json gives with the shapes in the weights' header(s), before any model
+ * is built: the embedding [vocab_size, hidden_size], the number of layers, and layer 0's q/k
+ * projections and MLP. A config that disagrees (e.g. num_hidden_layers: 1000000 beside a 2-layer
+ * file) is an error naming config.json, not minutes of allocation. Also refuses a model whose
+ * memory estimate exceeds the machine's memory.
+ */
+export function checkConfigAgainstWeights(dir: string, config: ModelConfig): void {
+  const header = readCheckpointHeader(dir);
+  const file = path.join(dir, "config.json");
+  const shape = (n: string) => header.get(n)?.shape;
+  const want = (n: string, s: number[], fields: string) => {
+    const got = shape(n);
+    if (got && (got.length !== s.length || got.some((v, i) => v !== s[i])))
+      throw new Error(
+        `${file} gives ${fields} for a ${n} of shape [${s.join(", ")}], but the weights hold [${got.join(", ")}]`,
+      );
+  };
+  const h = config.hidden_size;
+  want(
+    "model.embed_tokens.weight",
+    [config.vocab_size, h],
+    `vocab_size ${config.vocab_size}, hidden_size ${h}`,
+  );
+  let layers = 0;
+  for (const n of header.keys()) {
+    const m = /^model\.layers\.(\d+)\./.exec(n);
+    if (m) layers = Math.max(layers, Number(m[1]) + 1);
+  }
+  if (layers !== config.num_hidden_layers)
+    throw new Error(
+      `${file} says num_hidden_layers ${config.num_hidden_layers}, but the weights hold ${layers} layers`,
+    );
+  const d = config.head_dim;
+  const a = "model.layers.0.self_attn";
+  want(`${a}.q_proj.weight`, [config.num_attention_heads * d, h], "num_attention_heads × head_dim");
+  want(`${a}.k_proj.weight`, [config.num_key_value_heads * d, h], "num_key_value_heads × head_dim");
+  want("model.layers.0.mlp.gate_proj.weight", [config.intermediate_size, h], "intermediate_size");
+  checkMemoryBudget(config, { batch_size: 1, seq_len: 1, training: false }, file);
+}
+
 /** Builds the model that config.json describes and loads its weights (every tensor, exact shapes). */
 export function loadCheckpoint(dir: string, opts: LoadCheckpointOptions = {}): DecoderLM {
   const config = readConfig(dir);
+  checkConfigAgainstWeights(dir, config);
   const weights = readCheckpointWeights(dir, { keepF64: opts.dtype === "float64" });
   const model = new DecoderLM(config, { ...opts, randomInit: false }); // every weight is loaded below
   try {

@@ -327,8 +327,7 @@ export function parseSafetensors(buf: Buffer, file = "safetensors", opts: ReadOp
   const tensors = new Map<string, StTensor>();
   if (verifying(opts))
     for (const e of entries)
-      if (e.crc !== undefined)
-        checkCrc(file, e, crc32(buf.subarray(dataStart + e.begin, dataStart + e.end)));
+      if (e.crc !== undefined) checkCrc(file, e, crc32(buf.subarray(dataStart + e.begin, dataStart + e.end)));
   for (const { name, dtype, shape, begin } of entries) {
     const count = shape.reduce((p, s) => p * s, 1);
     tensors.set(name, { dtype, shape, data: decode(buf, dataStart + begin, count, dtype, name, file, opts) });
@@ -637,8 +636,7 @@ export function writeSafetensors(
       let fill = 0;
       let pos = head.length;
       const flush = (): void => {
-        for (let done = 0; done < fill; )
-          done += fs.writeSync(fd, chunk, done, fill - done, pos + done);
+        for (let done = 0; done < fill;) done += fs.writeSync(fd, chunk, done, fill - done, pos + done);
         pos += fill;
         fill = 0;
       };
@@ -648,7 +646,7 @@ export function writeSafetensors(
         const size = BYTES[dtype];
         const bits = needsBits(dtype) ? bitsOf(d) : null;
         let crc = 0;
-        for (let i = 0; i < d.length; ) {
+        for (let i = 0; i < d.length;) {
           let room = Math.floor((CHUNK_BYTES - fill) / size);
           if (room === 0) {
             flush();
@@ -665,7 +663,7 @@ export function writeSafetensors(
       }
       flush();
       const h = headWith(crcs);
-      for (let done = 0; done < h.length; ) done += fs.writeSync(fd, h, done, h.length - done, done);
+      for (let done = 0; done < h.length;) done += fs.writeSync(fd, h, done, h.length - done, done);
       fs.fsyncSync(fd);
     } finally {
       fs.closeSync(fd);

@@ -19,7 +19,10 @@ export function parameterEstimate(c: ModelConfig): number {
   const h = c.hidden_size;
   const d = c.head_dim;
   const perLayer =
-    h * c.num_attention_heads * d * 2 + 2 * h * c.num_key_value_heads * d + 3 * h * c.intermediate_size + 12 * h;
+    h * c.num_attention_heads * d * 2 +
+    2 * h * c.num_key_value_heads * d +
+    3 * h * c.intermediate_size +
+    12 * h;
   return c.vocab_size * h * (c.tie_word_embeddings ? 1 : 2) + c.num_hidden_layers * perLayer + 4 * h;
 }
 
@@ -35,7 +38,8 @@ export function memoryEstimate(c: ModelConfig, b: BudgetShape): number {
   const P = parameterEstimate(c);
   const perToken =
     4 *
-    (c.num_hidden_layers * (16 * c.hidden_size + 3 * c.intermediate_size + 2 * c.num_attention_heads * c.head_dim) +
+    (c.num_hidden_layers *
+      (16 * c.hidden_size + 3 * c.intermediate_size + 2 * c.num_attention_heads * c.head_dim) +
       3 * c.vocab_size);
   return P * (b.training === false ? 4 : 16) + b.batch_size * b.seq_len * perToken;
 }

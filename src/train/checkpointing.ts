@@ -30,6 +30,8 @@ import * as path from "node:path";
 import { fileCrc32, fsyncPath, removeTempFiles, writeAll, writeFileDurable } from "../io/atomic.js";
 
 export const MANIFEST = "manifest.json";
+/** Files a run folder holds directly (their leftover temporary copies are removed on recovery). */
+export const RUN_FILES = ["run.json", "metrics.jsonl", "metrics.csv"] as const;
 
 export interface Manifest {
   step: number;
@@ -191,7 +193,7 @@ export function recoverCheckpoint(
     notes.push(`recovered ${path.basename(found.dir)} (step ${found.step}) as ${name}`);
     changed = true;
   }
-  for (const f of removeTempFiles(runDir)) notes.push(`removed the leftover ${f}`);
+  for (const f of removeTempFiles(runDir, RUN_FILES)) notes.push(`removed the leftover ${f}`);
   if (changed) fsyncPath(runDir);
   return { checkpoint: found ? { dir: cur, step: found.step } : null, notes };
 }

@@ -37,8 +37,14 @@ import {
   writeSafetensors,
 } from "../io/safetensors.js";
 import { removeTempFiles } from "../io/atomic.js";
-import { saveCheckpoint } from "../io/checkpoint.js";
-import { findCheckpoint, MetricsLog, recoverCheckpoint, saveCheckpointFolder } from "./checkpointing.js";
+import { checkConfigAgainstWeights, saveCheckpoint } from "../io/checkpoint.js";
+import {
+  findCheckpoint,
+  MetricsLog,
+  recoverCheckpoint,
+  RUN_FILES,
+  saveCheckpointFolder,
+} from "./checkpointing.js";
 import { checkMemoryBudget } from "./budget.js";
 import { parseConfig } from "../model/config.js";
 import { DecoderLM } from "../model/decoder.js";
@@ -238,7 +244,9 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
   const held = fs.existsSync(dir) ? fs.readdirSync(dir).filter((n) => RUN_ENTRY.test(n)) : [];
   if (opts.resume && !opts.overwrite) {
     if (!held.length && opts.resume !== "auto")
-      throw new Error(`${dir} holds no run to resume (no run.json or checkpoint); drop --resume to start one`);
+      throw new Error(
+        `${dir} holds no run to resume (no run.json or checkpoint); drop --resume to start one`,
+      );
   } else if (held.length) {
     if (!opts.overwrite) {
       const c = findCheckpoint(dir, "checkpoint", false);
@@ -247,7 +255,6 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
       );
     }
     for (const n of held) fs.rmSync(path.join(dir, n), { recursive: true, force: true });
-    removeTempFiles(dir);
     log(`--overwrite: removed the previous run in ${dir}`);
   }
   const resuming = held.length > 0 && !opts.overwrite;
@@ -264,12 +271,16 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
           `${path.join(rec.checkpoint.dir, "trainer_state.json")}: step ${state.step} disagrees with the manifest's ${rec.checkpoint.step}`,
         );
     } else log(`no complete checkpoint in ${dir}: starting from step 0`);
-    if (s.keep_best) for (const n of recoverCheckpoint(dir, "best", opts.verify ?? true).notes) log(`recovery: ${n}`);
+    if (s.keep_best)
+      for (const n of recoverCheckpoint(dir, "best", opts.verify ?? true).notes) log(`recovery: ${n}`);
   }
   if (state?.done && state.result) return { ...state.result, dir, interrupted: false };
+  for (const f of removeTempFiles(dir, RUN_FILES)) log(`removed the leftover ${f}`);
   fs.mkdirSync(dir, { recursive: true });
   writeFileAtomic(specFile, JSON.stringify(spec, null, 2) + "\n");
 
+  if (spec.init !== undefined && !state)
+    checkConfigAgainstWeights(spec.init, parseConfig(spec.model, "model config"));
   const backend = defaultBackend();
   const model = new DecoderLM(spec.model, { backend, seed: s.seed });
   const mode = modeName(model.config);

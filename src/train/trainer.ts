@@ -53,7 +53,13 @@ export function trainStep(
   trainable?: readonly Tensor[],
 ): StepResult {
   const micro: MicroBatches = Array.isArray(batch)
-    ? { count: batch.length, next: ((i) => () => (batch as readonly Batch[])[i++]!)(0) }
+    ? {
+        count: batch.length,
+        next: (
+          (i) => () =>
+            (batch as readonly Batch[])[i++]!
+        )(0),
+      }
     : "next" in batch
       ? batch
       : { count: 1, next: () => batch as Batch };

@@ -14,7 +14,9 @@ import type { DataSpec } from "./preset.js";
 function intIn(v: string, min: number): number {
   const n = Number(v);
   if (v.trim() === "" || !Number.isSafeInteger(n) || n < min)
-    throw new InvalidArgumentError(`expected an integer from ${min} to ${Number.MAX_SAFE_INTEGER}`);
+    throw new InvalidArgumentError(
+      `expected a ${min > 0 ? "positive" : "non-negative"} integer from ${min} to ${Number.MAX_SAFE_INTEGER}`,
+    );
   return n;
 }
 export function positiveInt(v: string): number {

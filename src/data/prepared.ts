@@ -16,6 +16,7 @@ import { loadTokenizer, type Tokenizer } from "./tokenizer.js";
 // The loaders of the "bpe" and "hf" tokenizer kinds register themselves on import.
 import "./bpe.js";
 import "./hf-tokenizer.js";
+import { readRegularFile } from "../io/atomic.js";
 
 export interface SplitMeta {
   tokens: number;
@@ -108,7 +109,7 @@ export function readPreparedMeta(dir: string): PreparedMeta {
     throw new Error(`${dir} is not a prepared dataset (no meta.json); run attnres prepare first`);
   let raw: unknown;
   try {
-    raw = JSON.parse(fs.readFileSync(file, "utf8"));
+    raw = JSON.parse(readRegularFile(file).toString("utf8"));
   } catch (e) {
     throw new Error(`${file} is not valid JSON: ${(e as Error).message}`, { cause: e });
   }

@@ -8,6 +8,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { writeFileAtomic } from "../io/safetensors.js";
+import { readRegularFile } from "../io/atomic.js";
 
 export interface Tokenizer {
   readonly kind: "byte" | "bpe" | "hf";
@@ -57,7 +58,7 @@ export function loadTokenizer(dir: string): Tokenizer {
   let meta: Record<string, unknown>;
   if (fs.existsSync(metaFile)) {
     try {
-      meta = JSON.parse(fs.readFileSync(metaFile, "utf8")) as Record<string, unknown>;
+      meta = JSON.parse(readRegularFile(metaFile).toString("utf8")) as Record<string, unknown>;
     } catch (e) {
       throw new Error(`${metaFile} is not valid JSON: ${(e as Error).message}`, { cause: e });
     }

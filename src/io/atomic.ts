@@ -123,3 +123,17 @@ export function removeTempFiles(dir: string, names: readonly string[]): string[]
     }
   return gone;
 }
+
+/** The largest JSON file (config, tokenizer, state) read whole. */
+export const MAX_JSON_BYTES = 256 * 2 ** 20;
+
+/**
+ * Reads a small file whole after checking it is a regular file of at most `maxBytes` (a FIFO
+ * would block the read forever, /dev/zero would never end). Errors name the file.
+ */
+export function readRegularFile(file: string, maxBytes = MAX_JSON_BYTES): Buffer {
+  const st = fs.statSync(file);
+  if (!st.isFile()) throw new Error(`${file} is not a regular file`);
+  if (st.size > maxBytes) throw new Error(`${file} has ${st.size} bytes, more than the ${maxBytes} expected`);
+  return fs.readFileSync(file);
+}

@@ -29,6 +29,7 @@ import {
   writeSafetensors,
   type WriteTensor,
 } from "./safetensors.js";
+import { readRegularFile } from "./atomic.js";
 
 /** torch_dtype names of the safetensors float dtypes. */
 export const TORCH_DTYPE: Record<FloatStDType, string> = { F32: "float32", F16: "float16", BF16: "bfloat16" };
@@ -96,7 +97,7 @@ export function readConfig(dir: string): ModelConfig {
   if (!fs.existsSync(file)) throw new Error(`${dir} is not a checkpoint folder: config.json is missing`);
   let raw: unknown;
   try {
-    raw = JSON.parse(fs.readFileSync(file, "utf8"));
+    raw = JSON.parse(readRegularFile(file).toString("utf8"));
   } catch (e) {
     throw new Error(`${file} is not valid JSON: ${(e as Error).message}`, { cause: e });
   }
@@ -124,7 +125,7 @@ export function checkConfigAgainstWeights(dir: string, config: ModelConfig): voi
     const got = shape(n);
     if (got && (got.length !== s.length || got.some((v, i) => v !== s[i])))
       throw new Error(
-        `${file} gives ${fields} for a ${n} of shape [${s.join(", ")}], but the weights hold [${got.join(", ")}]`,
+        `${dir} does not match its config.json (${fields}): ${n} has shape [${got.join(", ")}], expected [${s.join(", ")}]`,
       );
   };
   const h = config.hidden_size;

@@ -343,13 +343,16 @@ export interface StTensorInfo {
 }
 
 function openForReading(file: string): number {
+  let regular = false;
   try {
-    return fs.openSync(file, "r");
+    regular = fs.statSync(file).isFile(); // before open: opening a FIFO would wait for a writer
+    if (regular) return fs.openSync(file, "r");
   } catch (e) {
     throw new Error(`cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, {
       cause: e,
     });
   }
+  fail(file, "not a regular file");
 }
 
 /** Reads only the header of a safetensors file (the data is neither read nor checked). */

@@ -36,7 +36,7 @@ import {
   writeFileAtomic,
   writeSafetensors,
 } from "../io/safetensors.js";
-import { removeTempFiles } from "../io/atomic.js";
+import { readRegularFile, removeTempFiles } from "../io/atomic.js";
 import { checkConfigAgainstWeights, saveCheckpoint } from "../io/checkpoint.js";
 import {
   findCheckpoint,
@@ -178,7 +178,7 @@ function readState(c: string, totalSteps?: number): TrainerState {
   const f = path.join(c, "trainer_state.json");
   let raw: unknown;
   try {
-    raw = JSON.parse(fs.readFileSync(f, "utf8"));
+    raw = JSON.parse(readRegularFile(f).toString("utf8"));
   } catch (e) {
     throw new Error(
       `${f} is damaged (${(e as Error).message}); resume from another copy or start over with --overwrite`,
@@ -213,7 +213,7 @@ const RUN_ENTRY = /^(run\.json|metrics\.(jsonl|csv)|(checkpoint|best)(\.tmp|\.ol
 
 function readSpecFile(file: string): RunSpec {
   try {
-    const s = JSON.parse(fs.readFileSync(file, "utf8")) as RunSpec | null;
+    const s = JSON.parse(readRegularFile(file).toString("utf8")) as RunSpec | null;
     if (!s || typeof s !== "object" || typeof s.model !== "object" || typeof s.train !== "object")
       throw new Error("not a run specification");
     return s;

@@ -129,6 +129,6 @@ export type ModeName = keyof typeof MODE_NAMES;
 export function parseConfig(raw: unknown, source = "config"): ModelConfig {
   const r = ModelConfigSchema.safeParse(raw);
   if (r.success) return r.data;
-  const lines = r.error.issues.map((i) => `  ${i.path.join(".") || "(root)"}: ${i.message}`);
-  throw new Error(`invalid ${source}:\n${lines.join("\n")}`);
+  const parts = r.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`);
+  throw new Error(`invalid ${source}: ${parts.join("; ")}`); // one line, every problem
 }

@@ -6,7 +6,7 @@
  * prepared-dataset checks.
  */
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, test } from "node:test";
@@ -442,5 +442,69 @@ describe("validate before allocating", () => {
     assert.throws(() => loadPrepared(dir), /meta\.json is not a prepared dataset's meta\.json: val\.bytes/);
     fs.writeFileSync(meta, "null");
     assert.throws(() => loadPrepared(dir), /meta\.json is not a prepared dataset's meta\.json/);
+  });
+});
+
+describe("command line", () => {
+  const bin = path.join(path.dirname(import.meta.dirname), "bin", "attnres.mjs");
+  const cwd = tmp();
+  const presetFile = path.join(cwd, "p.json");
+  fs.writeFileSync(
+    presetFile,
+    JSON.stringify({ data, model: spec().model, train: { ...spec().train, steps: 2 } }),
+  );
+  const cli = (...args: string[]) => {
+    const r = spawnSync(process.execPath, [bin, ...args], { cwd, encoding: "utf8", timeout: 120_000 });
+    return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+  };
+  const refused = (r: ReturnType<typeof cli>, re: RegExp) => {
+    assert.notEqual(r.code, 0, r.stdout);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+    assert.match(r.stderr, re);
+  };
+
+  test("values out of range, options that do not apply, --resume without a run, --overwrite", () => {
+    const t = (...a: string[]) => cli("train", "--preset", presetFile, ...a);
+    refused(t("--seed", "1e20"), /--seed.*expected a non-negative integer from 0 to 9007199254740991/);
+    refused(t("--steps", "0"), /--steps.*from 1 to/);
+    refused(t("--lr", "NaN"), /--lr.*expected a finite number > 0/);
+    refused(
+      t("--blocks", "2"),
+      /^attnres: --blocks applies only to attnres-block and delta-block \(mode: standard\)/,
+    );
+    refused(t("--null-source"), /--null-source applies only to delta and delta-block/);
+    refused(t("--out", "nowhere", "--resume"), /nowhere holds no run to resume/);
+    assert.equal(t("--out", "r").code, 0);
+    refused(t("--out", "r"), /r already holds a run \(step 2\); pass --resume .* --overwrite/);
+    const again = t("--out", "r", "--overwrite");
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(t("--out", "r", "--resume").code, 0);
+    // --no-verify is accepted before or after the subcommand
+    const ev = (...a: string[]) => cli(...a, "eval", "-c", "r/checkpoint", "-d", data, "--batches", "1");
+    assert.equal(ev("--no-verify").code, 0);
+    const w = path.join(cwd, "r", "checkpoint", "model.safetensors");
+    const buf = fs.readFileSync(w);
+    buf[buf.length - 1]! ^= 1;
+    fs.writeFileSync(w, buf);
+    refused(ev(), /model\.safetensors: tensor .* is corrupt/);
+    const nv = cli("eval", "-c", "r/checkpoint", "-d", data, "--batches", "1", "--no-verify");
+    assert.equal(nv.code, 0, nv.stderr);
+  });
+
+  test("prepare refuses a FIFO and binary text unless --allow-binary", () => {
+    const fifo = path.join(cwd, "pipe.txt");
+    execFileSync("mkfifo", [fifo]);
+    refused(
+      cli("prepare", "--corpus", fifo, "--quiet", "--out", "d1"),
+      /pipe\.txt is not a regular file \(a FIFO\)/,
+    );
+    const bin2 = path.join(cwd, "b.txt");
+    const head = Buffer.from(sampleText(3000));
+    fs.writeFileSync(bin2, Buffer.concat([head, Buffer.from([0xff]), Buffer.from(sampleText(500))]));
+    refused(
+      cli("prepare", "--corpus", bin2, "--quiet", "--out", "d2"),
+      new RegExp(`not valid UTF-8 \\(1 invalid sequence, the first at byte ${head.length}\\)`),
+    );
+    assert.equal(cli("prepare", "--corpus", bin2, "--quiet", "--out", "d2", "--allow-binary").code, 0);
   });
 });

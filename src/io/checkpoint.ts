@@ -125,7 +125,7 @@ export function checkConfigAgainstWeights(dir: string, config: ModelConfig): voi
     const got = shape(n);
     if (got && (got.length !== s.length || got.some((v, i) => v !== s[i])))
       throw new Error(
-        `${dir} does not match its config.json (${fields}): ${n} has shape [${got.join(", ")}], expected [${s.join(", ")}]`,
+        `${dir} does not match its config.json (${fields}): tensor ${n} has shape [${got.join(", ")}], expected [${s.join(", ")}]`,
       );
   };
   const h = config.hidden_size;

@@ -343,10 +343,9 @@ export interface StTensorInfo {
 }
 
 function openForReading(file: string): number {
-  let regular = false;
   try {
-    regular = fs.statSync(file).isFile(); // before open: opening a FIFO would wait for a writer
-    if (regular) return fs.openSync(file, "r");
+    // stat before open: opening a FIFO would wait for a writer
+    if (fs.statSync(file).isFile()) return fs.openSync(file, "r");
   } catch (e) {
     throw new Error(`cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, {
       cause: e,

@@ -156,7 +156,12 @@ export function resolveSpec(
   raw: { model: Record<string, unknown>; data: string; train: TrainSettingsInput; init?: string },
   data?: PreparedData,
 ): RunSpec {
-  const train = TrainSettingsSchema.parse(raw.train);
+  const parsed = TrainSettingsSchema.safeParse(raw.train);
+  if (!parsed.success)
+    throw new Error(
+      `invalid training settings: ${parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ")}`,
+    );
+  const train = parsed.data;
   const vocab = data?.tokenizer.vocabSize;
   const model = { ...raw.model };
   if (model.vocab_size === undefined && vocab !== undefined) model.vocab_size = vocab;

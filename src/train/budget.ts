@@ -9,8 +9,8 @@
  *                          moments) plus activations kept for the backward pass, per token
  *                          ≈ 4·(L·(16h + 3i + 2·Hq·d) + 3V) bytes for one micro-batch of B×T tokens
  *   checkMemoryBudget(…)   throws when the estimate exceeds the machine's total memory
- * The estimate is deliberately rough (within a factor of ~2 of the measured peak on the presets);
- * it exists to refuse sizes that cannot fit, not to predict the peak.
+ * The estimate is deliberately rough: it exists to refuse sizes that cannot fit, not to predict
+ * the peak.
  */
 import * as os from "node:os";
 import type { ModelConfig } from "../model/config.js";

@@ -123,7 +123,7 @@ interface TrainerState {
 const TrainerStateSchema = z.object({
   step: z.number().int().nonnegative(),
   adam_t: z.number().int().nonnegative(),
-  sampler: z.array(z.number().nullable()).length(5),
+  sampler: z.array(z.unknown()),
   done: z.boolean(),
   seconds: z.number().nonnegative(),
   result: z.record(z.string(), z.unknown()).optional(),
@@ -330,7 +330,9 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
       const moments = readSafetensors(of, { verify }).tensors;
       opt.loadState(model.namedParameters(), moments, state.adam_t, of);
       try {
-        sampler.setState(state.sampler.map((v) => v ?? NaN));
+        const raw = state.sampler as unknown[];
+        if (raw.length !== 5 || !raw.every((v) => v === null || typeof v === "number")) throw new Error();
+        sampler.setState(raw.map((v) => (v as number | null) ?? NaN));
       } catch {
         throw new Error(`${path.join(c, "trainer_state.json")}: sampler is not a saved generator state`);
       }

@@ -10,8 +10,12 @@
 //   dP = dO V^T,  dS = P o (dP - rowsum(dO o O)),  dQ = scale dS K,  dK += scale dS^T Q,  dV += P^T dO.
 // Forward tasks are (b, h, query block); backward tasks are (b, kv head), which own their gk/gv slices
 // (all query heads of the group are processed by the same task: no races). Score tiles are per-thread
-// scratch allocated once per call. GEMMs inside the parallel region run single-threaded; when there
-// are fewer tasks than threads the loop runs serially and the GEMMs use all threads instead.
+// scratch allocated once per call. Non-finite scores propagate as in exp(s - max) / sum: a row whose
+// visible scores are all NaN or -inf gives NaN (only a row with no visible key gives zeros). Inputs
+// holding a NaN or Inf take an exact scalar path (attention_exact*, double accumulators) that skips
+// masked pairs, because the tile GEMMs would spread 0 * NaN into positions a mask hides. GEMMs inside the
+// parallel region run single-threaded; when there are fewer tasks than threads the loop runs serially and the
+// GEMMs use all threads instead.
 #include <omp.h>
 
 #include <algorithm>
@@ -59,9 +63,87 @@ static inline i64 key_limit(i64 i, i64 Tq, i64 Tk, bool causal) {
   return std::max<i64>(0, std::min<i64>(Tk, i + (Tk - Tq) + 1));
 }
 
+// True when x[0..n) holds no NaN or Inf (x * 0 is NaN exactly for those).
+static bool all_finite(const float* x, i64 n) {
+  float s = 0.0f;
+  for (i64 i = 0; i < n; i++) s += x[i] * 0.0f;
+  return s == 0.0f;
+}
+
+// The exact path for non-finite inputs: softmax over visible keys only, as the reference computes.
+static void attention_exact(const float* q, const float* k, const float* v, float* out, float* lse, i64 B,
+                            i64 Tq, i64 Tk, i64 Hq, i64 Hkv, i64 D, float scale, bool causal) {
+  const i64 G = Hq / Hkv;
+  std::vector<double> s((size_t)std::max<i64>(Tk, 1));
+  for (i64 b = 0; b < B; b++)
+    for (i64 h = 0; h < Hq; h++)
+      for (i64 i = 0; i < Tq; i++) {
+        const float* qi = q + ((b * Tq + i) * Hq + h) * D;
+        const i64 lim = key_limit(i, Tq, Tk, causal);
+        double mx = -INFINITY;
+        for (i64 j = 0; j < lim; j++) {
+          const float* kj = k + ((b * Tk + j) * Hkv + h / G) * D;
+          double dot = 0;
+          for (i64 c = 0; c < D; c++) dot += (double)qi[c] * kj[c];
+          s[j] = dot * scale;
+          if (s[j] > mx) mx = s[j];
+        }
+        double z = 0;
+        for (i64 j = 0; j < lim; j++) z += std::exp(s[j] - mx);
+        lse[(b * Hq + h) * Tq + i] = (float)(mx + std::log(z));
+        float* oi = out + ((b * Tq + i) * Hq + h) * D;
+        for (i64 c = 0; c < D; c++) {
+          double acc = 0;
+          for (i64 j = 0; j < lim; j++)
+            acc += std::exp(s[j] - mx) / z * v[((b * Tk + j) * Hkv + h / G) * D + c];
+          oi[c] = (float)acc;
+        }
+      }
+}
+
+static void attention_backward_exact(const float* q, const float* k, const float* v, const float* out,
+                                     const float* lse, const float* gout, float* gq, float* gk, float* gv,
+                                     i64 B, i64 Tq, i64 Tk, i64 Hq, i64 Hkv, i64 D, float scale,
+                                     bool causal) {
+  const i64 G = Hq / Hkv;
+  std::vector<double> ak((size_t)(B * Tk * Hkv * D), 0.0), av((size_t)(B * Tk * Hkv * D), 0.0);
+  std::vector<double> aq((size_t)D);
+  for (i64 b = 0; b < B; b++)
+    for (i64 h = 0; h < Hq; h++)
+      for (i64 i = 0; i < Tq; i++) {
+        const i64 qo = ((b * Tq + i) * Hq + h) * D;
+        const i64 lim = key_limit(i, Tq, Tk, causal);
+        const double L = lse[(b * Hq + h) * Tq + i];
+        double rowDot = 0;
+        for (i64 c = 0; c < D; c++) rowDot += (double)gout[qo + c] * out[qo + c];
+        std::fill(aq.begin(), aq.end(), 0.0);
+        for (i64 j = 0; j < lim; j++) {
+          const i64 ko = ((b * Tk + j) * Hkv + h / G) * D;
+          double dot = 0, dp = 0;
+          for (i64 c = 0; c < D; c++) {
+            dot += (double)q[qo + c] * k[ko + c];
+            dp += (double)gout[qo + c] * v[ko + c];
+          }
+          const double p = std::exp(dot * scale - L), ds = p * (dp - rowDot);
+          for (i64 c = 0; c < D; c++) {
+            aq[c] += scale * ds * k[ko + c];
+            ak[ko + c] += scale * ds * q[qo + c];
+            av[ko + c] += p * gout[qo + c];
+          }
+        }
+        for (i64 c = 0; c < D; c++) gq[qo + c] = (float)aq[c];
+      }
+  for (size_t i = 0; i < ak.size(); i++) {
+    gk[i] = (float)ak[i];
+    gv[i] = (float)av[i];
+  }
+}
+
 void attention(const float* q, const float* k, const float* v, float* out, float* lse, i64 B, i64 Tq, i64 Tk,
                i64 Hq, i64 Hkv, i64 D, float scale, bool causal) {
   if (B == 0 || Tq == 0 || Hq == 0) return;
+  if (!all_finite(q, B * Tq * Hq * D) || !all_finite(k, B * Tk * Hkv * D) || !all_finite(v, B * Tk * Hkv * D))
+    return attention_exact(q, k, v, out, lse, B, Tq, Tk, Hq, Hkv, D, scale, causal);
   const i64 G = Hq / Hkv, nQB = (Tq + BQ - 1) / BQ, nTasks = B * Hq * nQB;
   const i64 ldq = Hq * D, ldk = Hkv * D;
   const bool par = nTasks >= omp_get_max_threads() && B * Hq * Tq * Tk * D >= kParallelMin;
@@ -84,9 +166,15 @@ void attention(const float* q, const float* k, const float* v, float* out, float
         const i64 lim = key_limit(i0 + r, Tq, Tk, causal);
         float m = -INFINITY;
         for (i64 j = 0; j < lim; j++) m = std::max(m, s[j]);
-        if (lim == 0 || m == -INFINITY) {  // no visible key (or all scores -inf): empty softmax
+        if (lim == 0) {  // no visible key (a truly masked row): empty softmax, zero output
           for (i64 j = 0; j < kend; j++) s[j] = 0.0f;
           lp[r] = -INFINITY;
+          continue;
+        }
+        if (m == -INFINITY) {  // every visible score is NaN or -inf: NaN, as exp(s - max) / sum gives
+          for (i64 j = 0; j < lim; j++) s[j] = NAN;
+          for (i64 j = lim; j < kend; j++) s[j] = 0.0f;
+          lp[r] = NAN;
           continue;
         }
         float acc[16] = {};
@@ -117,6 +205,11 @@ void attention_backward(const float* q, const float* k, const float* v, const fl
                         const float* gout, float* gq, float* gk, float* gv, i64 B, i64 Tq, i64 Tk, i64 Hq,
                         i64 Hkv, i64 D, float scale, bool causal) {
   if (B == 0 || Hkv == 0) return;
+  const i64 nq = B * Tq * Hq * D, nk = B * Tk * Hkv * D;
+  if (!all_finite(q, nq) || !all_finite(k, nk) || !all_finite(v, nk) || !all_finite(out, nq) ||
+      !all_finite(gout, nq))
+    return attention_backward_exact(q, k, v, out, lse, gout, gq, gk, gv, B, Tq, Tk, Hq, Hkv, D, scale,
+                                    causal);
   const i64 G = Hq / Hkv, nQB = (Tq + BQ - 1) / BQ, nTasks = B * Hkv;
   const i64 ldq = Hq * D, ldk = Hkv * D;
   const bool par = nTasks >= omp_get_max_threads() && B * Hq * Tq * Tk * D >= kParallelMin;

@@ -162,7 +162,7 @@ void cross_entropy_backward(const float* logits, const int32_t* targets, const f
     }
     const float L = lse[r], gl = gloss[r];
     for (i64 c = 0; c < V; c++) g[c] = gl * std::exp(l[c] - L);
-    g[t] -= gl;
+    g[t] = gl * (std::exp(l[t] - L) - 1.0f);  // not g[t] - gl: an infinite gl must give -inf, not NaN
   }
 }
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sets up attnres on a Debian/Ubuntu machine: system packages for the native addon (compiler,
 # pkg-config, OpenBLAS with OpenMP, clang-format for the format check, chromium for the browser
-# tests of `attnres view`), then `npm ci`, which builds the addon and the viewer's front end.
-# Needs Node.js >= 20. Uses sudo when not root. Safe to re-run.
+# tests of `attnres view`, strace for the crash tests), then `npm ci`, which builds the addon and the
+# viewer's front end. Needs Node.js >= 20. Uses sudo when not root. Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +13,7 @@ if [ "$major" -lt 20 ]; then
 fi
 
 need=()
-for p in build-essential python3 pkg-config libopenblas-openmp-dev clang-format chromium fonts-dejavu-core; do
+for p in build-essential python3 pkg-config libopenblas-openmp-dev clang-format chromium fonts-dejavu-core strace; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

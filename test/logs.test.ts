@@ -10,7 +10,8 @@ import { test } from "node:test";
 import { evalCommand } from "../src/cli/eval.js";
 import { formatDuration, progress, progressLine } from "../src/cli/common.js";
 import { loadPrepared } from "../src/data/prepared.js";
-import { METRICS_COLUMNS, MetricsLog } from "../src/train/metrics.js";
+import { MetricsLog } from "../src/train/checkpointing.js";
+import { METRICS_COLUMNS } from "../src/train/metrics.js";
 import { runTraining, type RunSpec } from "../src/train/run.js";
 import { sampleText, tempDir, writePreparedBytes } from "./helpers.js";
 
@@ -110,9 +111,9 @@ test("metrics.jsonl records carry time and elapsed_s; metrics.csv follows them, 
   assertCsvMatches(dir);
 });
 
-test("MetricsLog: empty cells for absent values, truncate keeps both files in step", () => {
+test("MetricsLog: empty cells for absent values, recovery keeps both files in step", () => {
   const dir = tempDir("logs-unit");
-  const log = new MetricsLog(dir);
+  const log = new MetricsLog(path.join(dir, "metrics.jsonl"));
   log.reset();
   const rec = (step: number, val?: number) => ({
     step,
@@ -121,19 +122,21 @@ test("MetricsLog: empty cells for absent values, truncate keeps both files in st
     lr: 1e-3,
     tokens_per_s: 100,
     ...(val === undefined ? {} : { val_loss: val }),
+    time: "2026-01-01T00:00:00.000Z",
+    elapsed_s: step / 2,
   });
-  const at = new Date("2026-01-01T00:00:00.000Z");
-  for (let s = 1; s <= 4; s++) log.append(rec(s, s === 2 ? 2.25 : undefined), at, s / 2);
+  for (let s = 1; s <= 4; s++) log.append(rec(s, s === 2 ? 2.25 : undefined));
+  log.close();
   let csv = parseCsv(log.csv);
   assert.deepEqual(csv.rows[0], ["1", "2.5", "nan", "0.001", "100", "", "2026-01-01T00:00:00.000Z", "0.5"]);
   assert.equal(csv.rows[1]![5], "2.25");
-  log.truncate(2);
+  log.recover(2);
   csv = parseCsv(log.csv);
   assert.equal(csv.rows.length, 2);
   assert.equal(records(dir).length, 2);
-  log.truncate(0);
+  log.recover(0);
   assert.equal(parseCsv(log.csv).rows.length, 0);
-  assert.equal(fs.readFileSync(log.jsonl, "utf8"), "");
+  assert.equal(fs.readFileSync(log.file, "utf8"), "");
 });
 
 test("the plain progress line shows elapsed time and an ETA", () => {

@@ -15,24 +15,31 @@ import type { DataSpec } from "./preset.js";
 
 const require = createRequire(import.meta.url);
 
-export function positiveInt(v: string): number {
+/** An integer flag value in [min, Number.MAX_SAFE_INTEGER]; the error states the range. */
+function intIn(v: string, min: number): number {
   const n = Number(v);
-  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError("expected a positive integer");
+  if (v.trim() === "" || !Number.isSafeInteger(n) || n < min)
+    throw new InvalidArgumentError(
+      `expected a ${min > 0 ? "positive" : "non-negative"} integer from ${min} to ${Number.MAX_SAFE_INTEGER}`,
+    );
   return n;
 }
+export function positiveInt(v: string): number {
+  return intIn(v, 1);
+}
 export function nonNegativeInt(v: string): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError("expected a non-negative integer");
-  return n;
+  return intIn(v, 0);
 }
 export function nonNegative(v: string): number {
   const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError("expected a non-negative number");
+  if (v.trim() === "" || !Number.isFinite(n) || n < 0)
+    throw new InvalidArgumentError("expected a finite number ≥ 0");
   return n;
 }
 export function positive(v: string): number {
   const n = Number(v);
-  if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError("expected a positive number");
+  if (v.trim() === "" || !Number.isFinite(n) || n <= 0)
+    throw new InvalidArgumentError("expected a finite number > 0");
   return n;
 }
 
@@ -41,6 +48,28 @@ export const MODE_LIST = Object.keys(MODE_NAMES) as ModeName[];
 export function modeArg(v: string): ModeName {
   if (!(v in MODE_NAMES)) throw new InvalidArgumentError(`expected one of ${MODE_LIST.join(", ")}`);
   return v as ModeName;
+}
+
+const BLOCK_MODES: readonly ModeName[] = ["attnres-block", "delta-block"];
+const DELTA_MODES: readonly ModeName[] = ["delta", "delta-block"];
+
+/**
+ * Refuses mode flags that do not apply to the modes being run: --blocks needs a block mode,
+ * --null-source and --gate a delta mode.
+ */
+export function checkModeFlags(
+  modes: readonly ModeName[],
+  o: { blocks?: number; nullSource?: boolean; gate?: boolean },
+): void {
+  const list = modes.join(", ");
+  if (o.blocks !== undefined && !modes.some((m) => BLOCK_MODES.includes(m)))
+    throw new Error(`--blocks applies only to ${BLOCK_MODES.join(" and ")} (mode: ${list})`);
+  for (const [flag, on] of [
+    ["--null-source", o.nullSource],
+    ["--gate", o.gate],
+  ] as const)
+    if (on && !modes.some((m) => DELTA_MODES.includes(m)))
+      throw new Error(`${flag} applies only to ${DELTA_MODES.join(" and ")} (mode: ${list})`);
 }
 
 /** Config keys for a residual mode chosen on the command line (block modes need `blocks`). */
@@ -215,7 +244,8 @@ export function trainingOptions(cmd: Command): Command {
     .option("--warmup <n>", "warmup steps", nonNegativeInt)
     .option("--clip <x>", "gradient-norm clipping (0 = off)", nonNegative)
     .option("--eval-every <n>", "validate every n steps", positiveInt)
-    .option("--checkpoint-every <n>", "checkpoint every n steps (default: eval-every)", positiveInt);
+    .option("--checkpoint-every <n>", "checkpoint every n steps (default: eval-every)", positiveInt)
+    .option("--keep-best", "keep <out>/best: the weights with the lowest validation loss so far");
 }
 
 /** The evaluation-window flags shared by eval and analyze (batches undefined: no limit by default). */
@@ -238,7 +268,7 @@ export function windowOptions(cmd: Command, batches: number | undefined): Comman
 export async function runInTerminal(
   spec: RunSpec,
   out: string,
-  o: { resume?: boolean; quiet?: boolean },
+  o: { resume?: boolean; overwrite?: boolean; quiet?: boolean },
 ): Promise<RunResult> {
   const { runTraining } = await import("../train/run.js");
   const bar = progress("step", o.quiet);
@@ -246,6 +276,7 @@ export async function runInTerminal(
   try {
     const r = await runTraining(spec, out, {
       resume: o.resume,
+      overwrite: o.overwrite,
       signal,
       log: (l) => bar.log(l),
       onStep: (step, total, loss, tps) =>
@@ -263,6 +294,8 @@ export async function runInTerminal(
 export interface RunFlags {
   out?: string;
   resume?: boolean;
+  overwrite?: boolean;
+  keepBest?: boolean;
   steps?: number;
   batchSize?: number;
   seqLen?: number;

@@ -6,7 +6,7 @@
 import * as path from "node:path";
 import { MODE_NAMES, type ModeName } from "../model/config.js";
 import { runCompare, type CompareResult } from "../train/compare.js";
-import { interruptSignal, modeKeys, MODE_LIST, progress } from "./common.js";
+import { checkModeFlags, interruptSignal, modeKeys, MODE_LIST, progress } from "./common.js";
 import { loadPreset } from "./preset.js";
 import { specFrom, type TrainFlags } from "./train.js";
 import { writeCompareFigures } from "./figures.js";
@@ -44,6 +44,7 @@ export async function compareCommand(f: CompareFlags): Promise<CompareResult> {
       })
     : (preset.compare?.seeds ?? [0]);
   if (new Set(modes).size !== modes.length) throw new Error("--modes lists a mode twice");
+  checkModeFlags(modes, f);
   const base = await specFrom(preset, { ...f, mode: undefined });
   const out = f.out || path.join("runs", `compare-${path.basename(f.preset).replace(/\.json$/, "")}`);
   const specFor = (mode: ModeName, seed: number) => ({

@@ -46,6 +46,7 @@ export function finetuneSpec(f: FinetuneFlags): RunSpec {
   if (f.routingLr !== undefined || routed) train.routing_lr = f.routingLr ?? 1e-3;
   if (f.checkpointEvery !== undefined) train.checkpoint_every = f.checkpointEvery;
   if (f.freezeBase) train.freeze_base = true;
+  if (f.keepBest) train.keep_best = true;
   return {
     model: configForExport(config),
     data: f.data,

@@ -57,7 +57,12 @@ const program = new AttnresCommand()
   .name("attnres")
   .description("Train, evaluate and explain LMs with attention-routed residual streams")
   .version(version, "-v, --version", "print the version")
-  .showSuggestionAfterError(true);
+  .showSuggestionAfterError(true)
+  .option("--no-verify", "skip the CRC-32 check of checkpoint tensors on load (faster; any subcommand)")
+  .hook("preAction", async (cmd) => {
+    if ((cmd.opts() as { verify?: boolean }).verify === false)
+      (await import("../io/safetensors.js")).setVerifyChecksums(false);
+  });
 
 registerPrepare(program);
 registerTrain(program);

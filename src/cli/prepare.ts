@@ -12,6 +12,7 @@ export interface PrepareFlags {
   vocabSize?: number;
   out?: string;
   quiet?: boolean;
+  allowBinary?: boolean;
 }
 
 export async function prepareCommand(f: PrepareFlags): Promise<PrepareResult> {
@@ -21,5 +22,6 @@ export async function prepareCommand(f: PrepareFlags): Promise<PrepareResult> {
     vocabSize: f.vocabSize,
     out: f.out,
     quiet: f.quiet,
+    allowBinary: f.allowBinary,
   });
 }

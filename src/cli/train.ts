@@ -8,7 +8,7 @@ import { defaultBackend } from "../backend/index.js";
 import { modeName } from "../model/residual.js";
 import { parseConfig, type ModeName } from "../model/config.js";
 import { type RunResult, type RunSpec } from "../train/run.js";
-import { dataDir, modeKeys, runInTerminal, type RunFlags } from "./common.js";
+import { checkModeFlags, dataDir, modeKeys, runInTerminal, type RunFlags } from "./common.js";
 import { loadPreset, type Preset } from "./preset.js";
 
 export { registerTrain } from "./commands/train.js";
@@ -35,6 +35,7 @@ const OVERRIDES = [
   ["seed", "seed"],
   ["evalEvery", "eval_every"],
   ["checkpointEvery", "checkpoint_every"],
+  ["keepBest", "keep_best"],
 ] as const;
 
 /** The run a preset and flags describe. */
@@ -50,7 +51,8 @@ export async function specFrom(preset: Preset, f: TrainFlags): Promise<RunSpec> 
 export async function trainCommand(f: TrainFlags): Promise<RunResult> {
   const preset = loadPreset(f.preset);
   const spec = await specFrom(preset, f);
-  const mode = modeName(parseConfig({ vocab_size: 1, ...spec.model }));
+  const mode = modeName(parseConfig({ vocab_size: 1, ...spec.model }, `preset ${f.preset}`));
+  checkModeFlags([mode], f);
   const out =
     f.out ||
     path.join("runs", `${path.basename(f.preset).replace(/\.json$/, "")}-${mode}-s${spec.train.seed}`);

@@ -17,6 +17,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { writeFileAtomic } from "../io/safetensors.js";
 import { registerTokenizerLoader, TOKENIZER_META, type Tokenizer } from "./tokenizer.js";
+import { readRegularFile } from "../io/atomic.js";
 
 /** The Unicode White_Space characters (what Oniguruma's \s matches), as a character-class body. */
 const WS = "\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
@@ -474,7 +475,7 @@ export function loadBpe(dir: string, meta: Record<string, unknown> = {}): BpeTok
     throw new Error(`${dir}: ${TOKENIZER_META} says "bpe" but tokenizer.json is missing`);
   let json: unknown;
   try {
-    json = JSON.parse(fs.readFileSync(file, "utf8"));
+    json = JSON.parse(readRegularFile(file).toString("utf8"));
   } catch (e) {
     throw new Error(`${file} is not valid JSON: ${(e as Error).message}`, { cause: e });
   }

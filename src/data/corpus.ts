@@ -15,6 +15,10 @@
  *        validates. A folder: every .txt/.md file below it (dot-entries skipped) in path order, one
  *        document each; the trailing files holding at least 10 % of the bytes validate (a folder
  *        with a single file is split like a file).
+ *        Checked before anything is decoded: every file must be a regular file (not a FIFO, device
+ *        or socket) and all of them together at most MAX_CORPUS_BYTES; a file holding a NUL byte
+ *        or invalid UTF-8 is refused (naming the count of bad sequences and the first offset)
+ *        unless `allowBinary`, which keeps it (bad bytes become U+FFFD) with a note.
  */
 import * as fs from "node:fs";
 import { createRequire } from "node:module";
@@ -31,6 +35,8 @@ export interface Corpus {
   name: string;
   train: Document[];
   val: Document[];
+  /** Notices about the text (binary content kept with allowBinary). */
+  notes?: string[];
   /** How the split was made, for logs and docs. */
   split: string;
 }
@@ -70,13 +76,93 @@ export function shakespearePath(): string {
   return path.join(packageRoot(), "corpora", "tinyshakespeare.txt");
 }
 
+/** The most bytes of text a path corpus may hold (its byte tokens take 4 bytes each in memory). */
+export const MAX_CORPUS_BYTES = 512 * 2 ** 20;
+
+export interface CorpusOptions {
+  /** Accept files with NUL bytes or invalid UTF-8 (bad bytes become U+FFFD). */
+  allowBinary?: boolean;
+}
+
+/** Invalid UTF-8 in `b`: how many maximal bad subsequences, and the byte offset of the first. */
+export function invalidUtf8(b: Uint8Array): { count: number; first: number } {
+  let count = 0;
+  let first = -1;
+  let i = 0;
+  while (i < b.length) {
+    const c = b[i]!;
+    let n = 0;
+    let lo = 0x80,
+      hi = 0xbf;
+    if (c < 0x80) {
+      i++;
+      continue;
+    } else if (c >= 0xc2 && c <= 0xdf) n = 1;
+    else if (c >= 0xe0 && c <= 0xef) {
+      n = 2;
+      if (c === 0xe0) lo = 0xa0;
+      if (c === 0xed) hi = 0x9f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+      n = 3;
+      if (c === 0xf0) lo = 0x90;
+      if (c === 0xf4) hi = 0x8f;
+    }
+    let ok = n > 0;
+    let j = 1;
+    for (; ok && j <= n; j++) {
+      const d = b[i + j];
+      if (d === undefined || d < (j === 1 ? lo : 0x80) || d > (j === 1 ? hi : 0xbf)) ok = false;
+    }
+    if (ok) i += n + 1;
+    else {
+      count++;
+      if (first < 0) first = i;
+      i += Math.max(1, j - 1);
+    }
+  }
+  return { count, first };
+}
+
+/** A corpus file's text, after the checks of the header. */
+function readTextFile(file: string, opts: CorpusOptions, notes: string[]): string {
+  const buf = fs.readFileSync(file);
+  const nul = buf.indexOf(0);
+  const bad = invalidUtf8(buf);
+  if (nul >= 0 || bad.count > 0) {
+    const what =
+      nul >= 0
+        ? `looks binary (a NUL byte at offset ${nul})`
+        : `is not valid UTF-8 (${bad.count} invalid sequence${bad.count > 1 ? "s" : ""}, the first at byte ${bad.first})`;
+    if (!opts.allowBinary) throw new Error(`${file} ${what}; pass --allow-binary to use it anyway`);
+    notes.push(`${file} ${what}; kept (--allow-binary), invalid bytes become U+FFFD`);
+  }
+  return buf.toString("utf8");
+}
+
+/** Refuses paths that are not regular files, and corpora above MAX_CORPUS_BYTES, before reading. */
+function checkFiles(files: readonly string[]): void {
+  let total = 0;
+  for (const f of files) {
+    const st = fs.statSync(f);
+    if (!st.isFile())
+      throw new Error(
+        `${f} is not a regular file (${st.isFIFO() ? "a FIFO" : st.isCharacterDevice() || st.isBlockDevice() ? "a device" : st.isSocket() ? "a socket" : "not a file"}); a corpus is a text file or a folder of them`,
+      );
+    total += st.size;
+    if (total > MAX_CORPUS_BYTES)
+      throw new Error(
+        `the corpus at ${files.length > 1 ? path.dirname(f) : f} holds more than ${MAX_CORPUS_BYTES / 2 ** 20} MiB of text, the limit`,
+      );
+  }
+}
+
 /** A built-in corpus by name, or a text file or folder by path. */
-export function loadCorpus(spec: string): Corpus {
+export function loadCorpus(spec: string, opts: CorpusOptions = {}): Corpus {
   if (spec === "sotu") return loadSotu();
   if (spec === "brown") return loadBrown();
   if (spec === "moby") return loadMoby();
-  if (spec === "shakespeare") return loadTextPath(shakespearePath());
-  if (fs.existsSync(spec)) return loadTextPath(spec);
+  if (spec === "shakespeare") return loadTextPath(shakespearePath(), opts);
+  if (fs.existsSync(spec)) return loadTextPath(spec, opts);
   if (/[/\\]|\.(txt|md)$/i.test(spec)) throw new Error(`corpus path ${spec} does not exist`);
   throw new Error(
     `unknown corpus "${spec}": expected ${BUILTIN_CORPORA.join(", ")}, or a path to a text file or a folder of .txt/.md files`,
@@ -191,8 +277,9 @@ function listTextFiles(root: string): string[] {
 }
 
 /** A text file or a folder of .txt/.md files (see the header for the split). */
-export function loadTextPath(p: string): Corpus {
+export function loadTextPath(p: string, opts: CorpusOptions = {}): Corpus {
   if (!fs.existsSync(p)) throw new Error(`corpus path ${p} does not exist`);
+  const notes: string[] = [];
   const name =
     path
       .basename(path.resolve(p))
@@ -209,14 +296,19 @@ export function loadTextPath(p: string): Corpus {
       name,
       train: [{ id, text: train }],
       val: [{ id: `${id}#val`, text: val }],
+      ...(notes.length ? { notes } : {}),
       split: `the last ~10 % of ${id} (from the first line break after 90 % of its characters) validates`,
     };
   };
-  if (!fs.statSync(p).isDirectory()) return splitFile(path.basename(p), fs.readFileSync(p, "utf8"), p);
+  if (!fs.statSync(p).isDirectory()) {
+    checkFiles([p]);
+    return splitFile(path.basename(p), readTextFile(p, opts, notes), p);
+  }
   const files = listTextFiles(p);
   if (files.length === 0) throw new Error(`corpus folder ${p} has no .txt or .md files`);
+  checkFiles(files.map((f) => path.join(p, f)));
   const docs: Document[] = files
-    .map((f) => ({ id: f, text: fs.readFileSync(path.join(p, f), "utf8") }))
+    .map((f) => ({ id: f, text: readTextFile(path.join(p, f), opts, notes) }))
     .filter((d) => d.text.trim().length > 0);
   if (docs.length === 0) throw new Error(`corpus folder ${p} has only empty files`);
   if (docs.length === 1) return splitFile(docs[0]!.id, docs[0]!.text, path.join(p, docs[0]!.id));
@@ -231,6 +323,7 @@ export function loadTextPath(p: string): Corpus {
     name,
     train,
     val,
+    ...(notes.length ? { notes } : {}),
     split: `files in path order; the last ${k} (${val[0]!.id}${k > 1 ? ` … ${val[k - 1]!.id}` : ""}, ${((100 * valBytes) / total).toFixed(1)} % of the bytes) validate`,
   };
 }

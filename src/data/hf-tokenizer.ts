@@ -16,6 +16,7 @@ import { createRequire } from "node:module";
 import * as path from "node:path";
 import { writeFileAtomic } from "../io/safetensors.js";
 import { registerTokenizerLoader, TOKENIZER_META, type Tokenizer } from "./tokenizer.js";
+import { readRegularFile } from "../io/atomic.js";
 
 const require = createRequire(import.meta.url);
 
@@ -63,7 +64,7 @@ export function resolveHfTokenizerFile(spec: string): string {
 
 function readJson(file: string): Record<string, unknown> {
   try {
-    return JSON.parse(fs.readFileSync(file, "utf8")) as Record<string, unknown>;
+    return JSON.parse(readRegularFile(file).toString("utf8")) as Record<string, unknown>;
   } catch (e) {
     throw new Error(`${file} is not valid JSON: ${(e as Error).message}`, { cause: e });
   }

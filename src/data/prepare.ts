@@ -44,6 +44,8 @@ export interface PrepareOptions {
   out?: string;
   /** No progress bars or summary. */
   quiet?: boolean;
+  /** Accept corpus files with NUL bytes or invalid UTF-8 (see src/data/corpus.ts). */
+  allowBinary?: boolean;
 }
 
 export interface PrepareResult {
@@ -299,7 +301,8 @@ export async function prepareDetailed(opts: PrepareOptions = {}): Promise<Prepar
   const t0 = performance.now();
   const quiet = opts.quiet ?? false;
   const tokSpec = resolveTokenizer(opts.tokenizer ?? "byte", opts.vocabSize);
-  const corpus = loadCorpus(opts.corpus ?? "sotu");
+  const corpus = loadCorpus(opts.corpus ?? "sotu", { allowBinary: opts.allowBinary ?? false });
+  if (!quiet) for (const n of corpus.notes ?? []) process.stderr.write(`attnres prepare: ${n}\n`);
   if (corpus.train.length === 0 || corpus.val.length === 0)
     throw new Error(
       `corpus ${corpus.name} has an empty ${corpus.train.length === 0 ? "training" : "validation"} split`,

@@ -8,6 +8,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { writeFileAtomic } from "../io/safetensors.js";
+import { readRegularFile } from "../io/atomic.js";
 
 export interface Tokenizer {
   readonly kind: "byte" | "bpe" | "hf";
@@ -57,15 +58,24 @@ export function loadTokenizer(dir: string): Tokenizer {
   let meta: Record<string, unknown>;
   if (fs.existsSync(metaFile)) {
     try {
-      meta = JSON.parse(fs.readFileSync(metaFile, "utf8")) as Record<string, unknown>;
+      meta = JSON.parse(readRegularFile(metaFile).toString("utf8")) as Record<string, unknown>;
     } catch (e) {
       throw new Error(`${metaFile} is not valid JSON: ${(e as Error).message}`, { cause: e });
     }
   } else if (fs.existsSync(path.join(dir, "tokenizer.json"))) meta = { kind: "hf" };
   else throw new Error(`${dir} has no tokenizer (neither ${TOKENIZER_META} nor tokenizer.json)`);
+  if (meta === null || typeof meta !== "object" || Array.isArray(meta))
+    throw new Error(`${metaFile} is not a JSON object`);
   const kind = String(meta.kind);
   if (kind === "byte") return new ByteTokenizer();
   const load = loaders.get(kind);
   if (!load) throw new Error(`${dir}: unknown tokenizer kind "${kind}"`);
-  return load(dir, meta);
+  try {
+    return load(dir, meta);
+  } catch (e) {
+    // A loader meeting a malformed file (null, wrong types) fails with a TypeError: name the folder.
+    if (e instanceof TypeError || e instanceof RangeError)
+      throw new Error(`${dir}: the tokenizer files are damaged (${e.message})`, { cause: e });
+    throw e;
+  }
 }

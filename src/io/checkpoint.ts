@@ -20,13 +20,16 @@ import { exportWeights, loadWeights } from "../model/weights.js";
 import "../data/bpe.js";
 import "../data/hf-tokenizer.js";
 import { loadTokenizer, TOKENIZER_META, type Tokenizer } from "../data/tokenizer.js";
+import { checkMemoryBudget } from "../train/budget.js";
 import {
   type FloatStDType,
+  readCheckpointHeader,
   readCheckpointWeights,
   writeFileAtomic,
   writeSafetensors,
   type WriteTensor,
 } from "./safetensors.js";
+import { readRegularFile } from "./atomic.js";
 
 /** torch_dtype names of the safetensors float dtypes. */
 export const TORCH_DTYPE: Record<FloatStDType, string> = { F32: "float32", F16: "float16", BF16: "bfloat16" };
@@ -95,7 +98,7 @@ export function readConfig(dir: string): ModelConfig {
   if (!fs.existsSync(file)) throw new Error(`${dir} is not a checkpoint folder: config.json is missing`);
   let raw: unknown;
   try {
-    raw = JSON.parse(fs.readFileSync(file, "utf8"));
+    raw = JSON.parse(readRegularFile(file).toString("utf8"));
   } catch (e) {
     throw new Error(`${file} is not valid JSON: ${(e as Error).message}`, { cause: e });
   }
@@ -108,9 +111,51 @@ export interface LoadCheckpointOptions {
   dtype?: DType;
 }
 
+/**
+ * Compares the sizes config.json gives with the shapes in the weights' header(s), before any model
+ * is built: the embedding [vocab_size, hidden_size], the number of layers, and layer 0's q/k
+ * projections and MLP. A config that disagrees (e.g. num_hidden_layers: 1000000 beside a 2-layer
+ * file) is an error naming config.json, not minutes of allocation. Also refuses a model whose
+ * memory estimate exceeds the machine's memory.
+ */
+export function checkConfigAgainstWeights(dir: string, config: ModelConfig): void {
+  const header = readCheckpointHeader(dir);
+  const file = path.join(dir, "config.json");
+  const shape = (n: string) => header.get(n)?.shape;
+  const want = (n: string, s: number[], fields: string) => {
+    const got = shape(n);
+    if (got && (got.length !== s.length || got.some((v, i) => v !== s[i])))
+      throw new Error(
+        `${dir} does not match its config.json (${fields}): tensor ${n} has shape [${got.join(", ")}], expected [${s.join(", ")}]`,
+      );
+  };
+  const h = config.hidden_size;
+  want(
+    "model.embed_tokens.weight",
+    [config.vocab_size, h],
+    `vocab_size ${config.vocab_size}, hidden_size ${h}`,
+  );
+  let layers = 0;
+  for (const n of header.keys()) {
+    const m = /^model\.layers\.(\d+)\./.exec(n);
+    if (m) layers = Math.max(layers, Number(m[1]) + 1);
+  }
+  if (layers !== config.num_hidden_layers)
+    throw new Error(
+      `${file} says num_hidden_layers ${config.num_hidden_layers}, but the weights hold ${layers} layers`,
+    );
+  const d = config.head_dim;
+  const a = "model.layers.0.self_attn";
+  want(`${a}.q_proj.weight`, [config.num_attention_heads * d, h], "num_attention_heads × head_dim");
+  want(`${a}.k_proj.weight`, [config.num_key_value_heads * d, h], "num_key_value_heads × head_dim");
+  want("model.layers.0.mlp.gate_proj.weight", [config.intermediate_size, h], "intermediate_size");
+  checkMemoryBudget(config, { batch_size: 1, seq_len: 1, training: false }, file);
+}
+
 /** Builds the model that config.json describes and loads its weights (every tensor, exact shapes). */
 export function loadCheckpoint(dir: string, opts: LoadCheckpointOptions = {}): DecoderLM {
   const config = readConfig(dir);
+  checkConfigAgainstWeights(dir, config);
   const weights = readCheckpointWeights(dir, { keepF64: opts.dtype === "float64" });
   const model = new DecoderLM(config, { ...opts, randomInit: false }); // every weight is loaded below
   try {

@@ -6,8 +6,16 @@
  * then the data section; offsets are relative to its start.
  *
  * Reading: F32, F16, BF16 and F64 become Float32Array (or Float64Array for F64 when asked);
- * I32/I64 become Int32Array (I64 must fit). Every offset and size is checked against the file
- * before any byte is read, so a truncated or hostile file gives an error, never garbage.
+ * I32/I64 become Int32Array (I64 must fit). The header is checked strictly before any data byte
+ * is read, so a truncated or hostile file gives an error naming the file, never garbage: its
+ * length is at most MAX_HEADER_BYTES, it is a JSON object without duplicate keys, every dtype is
+ * one of the strings above, shapes are non-negative integers, and the tensors' data_offsets,
+ * sorted, tile the data section exactly (start at 0, each begins where the previous ends: no gap,
+ * overlap or alias, nothing after the last). Integrity: every file written here carries in its
+ * `__metadata__` the key `attnres.crc32`, a JSON string mapping each tensor name to the CRC-32
+ * (zlib's) of its raw data bytes as 8 lowercase hex digits; readers verify it when present unless
+ * `verify: false` (or `setVerifyChecksums(false)`, the CLI's --no-verify). Files without it (HF
+ * downloads) load as before.
  * `readSafetensorsHeader` / `readCheckpointHeader` read only the header(s): names, dtypes, shapes.
  * `openCheckpointWeights` reads the headers and gives tensors whose `data` is read from the file
  * and decoded on each access (in bounded chunks), so that a caller copying them into a model never
@@ -23,6 +31,9 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { crc32, crc32Hex, fsyncPath, tempNameOf, writeFileAtomic } from "./atomic.js";
+
+export { writeFileAtomic };
 
 export type StDType = "F32" | "F16" | "BF16" | "F64" | "I32" | "I64";
 /** The float dtypes a checkpoint's weights can be written in. */
@@ -32,6 +43,16 @@ const BYTES: Record<StDType, number> = { F32: 4, F16: 2, BF16: 2, F64: 8, I32: 4
 const LITTLE_ENDIAN = os.endianness() === "LE";
 /** Bytes per chunk when reading a tensor from a file or writing one to it (a multiple of 8). */
 const CHUNK_BYTES = 16 << 20;
+/** The largest header accepted (the safetensors format's own limit). */
+export const MAX_HEADER_BYTES = 100 << 20;
+/** The `__metadata__` key holding the per-tensor CRC-32 map. */
+export const CRC_KEY = "attnres.crc32";
+
+let verifyDefault = true;
+/** Whether readers verify the `attnres.crc32` checksums by default (the CLI's --no-verify). */
+export function setVerifyChecksums(on: boolean): void {
+  verifyDefault = on;
+}
 
 export interface StTensor {
   dtype: StDType;
@@ -49,6 +70,8 @@ export interface ReadOptions {
   keepF64?: boolean;
   /** Called after each tensor is decoded (progress). */
   onTensor?: (name: string) => void;
+  /** Check each tensor's bytes against the file's `attnres.crc32` metadata (default: true). */
+  verify?: boolean;
 }
 
 /** The value of F16 bits `h` (0…0xffff). */
@@ -141,6 +164,40 @@ interface HeaderEntry {
   /** Byte offsets in the data section. */
   begin: number;
   end: number;
+  /** The CRC-32 of the raw bytes the file's metadata records (8 hex digits), if any. */
+  crc?: string;
+}
+
+/**
+ * The first object key that occurs twice in one object of the JSON text `json` (JSON.parse would
+ * silently keep the last), or null. `json` must be valid JSON.
+ */
+export function duplicateJsonKey(json: string): string | null {
+  const stack: (Set<string> | null)[] = [];
+  let expectKey = false;
+  for (let i = 0; i < json.length; i++) {
+    const c = json[i];
+    if (c === '"') {
+      let j = i + 1;
+      while (json[j] !== '"') j += json[j] === "\\" ? 2 : 1;
+      const top = stack[stack.length - 1];
+      if (expectKey && top) {
+        const key = JSON.parse(json.slice(i, j + 1)) as string;
+        if (top.has(key)) return key;
+        top.add(key);
+        expectKey = false;
+      }
+      i = j;
+    } else if (c === "{") {
+      stack.push(new Set());
+      expectKey = true;
+    } else if (c === "[") {
+      stack.push(null);
+      expectKey = false;
+    } else if (c === "}" || c === "]") stack.pop();
+    else if (c === ",") expectKey = stack[stack.length - 1] !== null;
+  }
+  return null;
 }
 
 interface Header {
@@ -155,30 +212,40 @@ interface Header {
  * and the JSON) against a file of `fileSize` bytes.
  */
 function parseHeader(head: Buffer, fileSize: number, file: string): Header {
-  if (fileSize < 8) fail(file, `${fileSize} bytes is too short for the 8-byte header length`);
-  const n = head.readBigUInt64LE(0);
-  if (n > BigInt(fileSize - 8)) fail(file, `header length ${n} exceeds the file size ${fileSize}`);
-  const hlen = Number(n);
+  const hlen = headerLength(head, fileSize, file);
+  const text = head.subarray(8, 8 + hlen).toString("utf8");
   let header: Record<string, unknown>;
   try {
-    header = JSON.parse(head.subarray(8, 8 + hlen).toString("utf8")) as Record<string, unknown>;
+    header = JSON.parse(text) as Record<string, unknown>;
   } catch (e) {
     fail(file, `header is not JSON (${(e as Error).message})`);
   }
   if (header === null || typeof header !== "object" || Array.isArray(header))
     fail(file, "header is not an object");
+  const dup = duplicateJsonKey(text);
+  if (dup !== null) fail(file, `the header names ${JSON.stringify(dup)} twice`);
   const dataStart = 8 + hlen;
   const dataLen = fileSize - dataStart;
   const entries: HeaderEntry[] = [];
   let metadata: Record<string, string> = {};
   for (const [name, raw] of Object.entries(header)) {
     if (name === "__metadata__") {
-      metadata = (raw ?? {}) as Record<string, string>;
+      if (raw === null || typeof raw !== "object" || Array.isArray(raw))
+        fail(file, "__metadata__ is not an object");
+      for (const [k, v] of Object.entries(raw))
+        if (typeof v !== "string") fail(file, `__metadata__ value of ${k} is not a string`);
+      metadata = raw as Record<string, string>;
       continue;
     }
+    if (raw === null || typeof raw !== "object" || Array.isArray(raw))
+      fail(file, `tensor ${name} is described by ${JSON.stringify(raw)}, not an object`);
     const info = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-    const dtype = info?.dtype as StDType;
-    if (!(dtype in BYTES)) fail(file, `tensor ${name} has unsupported dtype ${String(info?.dtype)}`);
+    const dtype = info.dtype as StDType;
+    if (typeof dtype !== "string" || !Object.hasOwn(BYTES, dtype))
+      fail(
+        file,
+        `tensor ${name} has unsupported dtype ${JSON.stringify(info.dtype)} (expected one of ${Object.keys(BYTES).join(", ")})`,
+      );
     const shape = info.shape;
     if (!Array.isArray(shape) || !shape.every((s) => Number.isInteger(s) && s >= 0))
       fail(file, `tensor ${name} has a bad shape ${JSON.stringify(shape)}`);
@@ -196,13 +263,71 @@ function parseHeader(head: Buffer, fileSize: number, file: string): Header {
       );
     entries.push({ name, dtype, shape: shape as number[], begin, end });
   }
+  // Sorted by offset, the tensors must tile the data section: no gap, overlap, alias or tail.
+  const sorted = [...entries].sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let at = 0;
+  let prev: HeaderEntry | null = null;
+  for (const e of sorted) {
+    if (e.begin < at)
+      fail(
+        file,
+        `tensor ${e.name}'s bytes [${e.begin}, ${e.end}) ${e.begin === prev!.begin && e.end === prev!.end ? "alias" : "overlap"} those of ${prev!.name} [${prev!.begin}, ${prev!.end})`,
+      );
+    if (e.begin > at) fail(file, `bytes [${at}, ${e.begin}) of the data section belong to no tensor`);
+    at = e.end;
+    if (e.end > e.begin) prev = e;
+  }
+  if (at !== dataLen)
+    fail(file, `the data section has ${dataLen - at} bytes after the last tensor (it ends at ${at})`);
+  const crcs = metadata[CRC_KEY];
+  if (crcs !== undefined) {
+    let map: unknown;
+    try {
+      map = JSON.parse(crcs);
+    } catch {
+      map = null;
+    }
+    if (map === null || typeof map !== "object" || Array.isArray(map))
+      fail(file, `__metadata__ ${CRC_KEY} is not a JSON object`);
+    const m = map as Record<string, unknown>;
+    for (const e of entries) {
+      const c = m[e.name];
+      if (typeof c !== "string" || !/^[0-9a-f]{8}$/.test(c))
+        fail(file, `__metadata__ ${CRC_KEY} has no valid checksum for tensor ${e.name}`);
+      e.crc = c;
+    }
+    if (Object.keys(m).length !== entries.length)
+      fail(file, `__metadata__ ${CRC_KEY} lists tensors the file does not hold`);
+  }
   return { entries, metadata, dataStart };
+}
+
+/** The header length a file's first 8 bytes give, checked against the file size and the limit. */
+function headerLength(len: Buffer, fileSize: number, file: string): number {
+  if (fileSize < 8) fail(file, `${fileSize} bytes is too short for the 8-byte header length`);
+  const n = len.readBigUInt64LE(0);
+  if (n > BigInt(fileSize - 8)) fail(file, `header length ${n} exceeds the file size ${fileSize}`);
+  if (n > BigInt(MAX_HEADER_BYTES))
+    fail(file, `header length ${n} exceeds the limit of ${MAX_HEADER_BYTES} bytes`);
+  return Number(n);
+}
+
+const verifying = (opts: ReadOptions): boolean => opts.verify ?? verifyDefault;
+
+function checkCrc(file: string, e: HeaderEntry, crc: number): void {
+  if (crc32Hex(crc) !== e.crc)
+    throw new Error(
+      `${file}: tensor ${e.name} is corrupt: its bytes have CRC-32 ${crc32Hex(crc)}, the file records ${e.crc} (pass --no-verify to load it anyway)`,
+    );
 }
 
 /** Parses a safetensors buffer. `file` names the source in errors. */
 export function parseSafetensors(buf: Buffer, file = "safetensors", opts: ReadOptions = {}): StFile {
   const { entries, metadata, dataStart } = parseHeader(buf, buf.length, file);
   const tensors = new Map<string, StTensor>();
+  if (verifying(opts))
+    for (const e of entries)
+      if (e.crc !== undefined) checkCrc(file, e, crc32(buf.subarray(dataStart + e.begin, dataStart + e.end)));
   for (const { name, dtype, shape, begin } of entries) {
     const count = shape.reduce((p, s) => p * s, 1);
     tensors.set(name, { dtype, shape, data: decode(buf, dataStart + begin, count, dtype, name, file, opts) });
@@ -219,12 +344,14 @@ export interface StTensorInfo {
 
 function openForReading(file: string): number {
   try {
-    return fs.openSync(file, "r");
+    // stat before open: opening a FIFO would wait for a writer
+    if (fs.statSync(file).isFile()) return fs.openSync(file, "r");
   } catch (e) {
     throw new Error(`cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, {
       cause: e,
     });
   }
+  fail(file, "not a regular file");
 }
 
 /** Reads only the header of a safetensors file (the data is neither read nor checked). */
@@ -236,15 +363,16 @@ export function readSafetensorsHeader(file: string): Map<string, StTensorInfo> {
 function readHeaderOf(file: string): Header {
   const fd = openForReading(file);
   try {
-    const size = fs.fstatSync(fd).size;
+    const st = fs.fstatSync(fd);
+    if (!st.isFile()) fail(file, "not a regular file");
+    const size = st.size;
     const len = Buffer.alloc(8);
     if (size < 8 || fs.readSync(fd, len, 0, 8, 0) !== 8)
       fail(file, `${size} bytes is too short for the 8-byte header length`);
-    const n = len.readBigUInt64LE(0);
-    if (n > BigInt(size - 8)) fail(file, `header length ${n} exceeds the file size ${size}`);
-    const head = Buffer.alloc(8 + Number(n));
+    const n = headerLength(len, size, file);
+    const head = Buffer.alloc(8 + n);
     len.copy(head);
-    if (fs.readSync(fd, head, 8, Number(n), 8) !== Number(n)) fail(file, "the header could not be read");
+    if (fs.readSync(fd, head, 8, n, 8) !== n) fail(file, "the header could not be read");
     return parseHeader(head, size, file);
   } finally {
     fs.closeSync(fd);
@@ -341,6 +469,8 @@ function readTensor(fd: number, file: string, e: HeaderEntry, dataStart: number,
   const out = decodedArray(e.dtype, count, opts);
   const chunk = Buffer.allocUnsafeSlow(Math.min(CHUNK_BYTES, e.end - e.begin));
   const per = chunk.length / size;
+  const verify = verifying(opts) && e.crc !== undefined;
+  let crc = 0;
   for (let i = 0; i < count; i += per) {
     const n = Math.min(per, count - i);
     let got = 0;
@@ -349,20 +479,25 @@ function readTensor(fd: number, file: string, e: HeaderEntry, dataStart: number,
       if (r === 0) fail(file, `tensor ${e.name}: the file ended early (did it change while being read?)`);
       got += r;
     }
+    if (verify) crc = crc32(chunk.subarray(0, n * size), crc);
     decodeInto(chunk, 0, n, e.dtype, out, i, e.name, file);
   }
+  if (verify) checkCrc(file, e, crc);
   return out;
 }
 
 export function readSafetensors(file: string, opts: ReadOptions = {}): StFile {
   let buf: Buffer;
+  let regular: boolean;
   try {
-    buf = fs.readFileSync(file);
+    regular = fs.statSync(file).isFile();
+    buf = regular ? fs.readFileSync(file) : Buffer.alloc(0);
   } catch (e) {
     throw new Error(`cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, {
       cause: e,
     });
   }
+  if (!regular) fail(file, "not a regular file");
   return parseSafetensors(buf, file, opts);
 }
 
@@ -385,17 +520,25 @@ function bitsOf(d: ArrayLike<number>): Uint32Array {
 }
 
 interface Layout {
-  /** The 8-byte length and the padded JSON header. */
+  /** The 8-byte length and the padded JSON header, with placeholder checksums. */
   head: Buffer;
+  /** The same header with the tensors' checksums (as many bytes as `head`). */
+  headWith: (crcs: readonly number[]) => Buffer;
   list: [string, WriteTensor, StDType][];
   /** Bytes of the data section. */
   dataBytes: number;
 }
 
-/** The header of a safetensors file holding `tensors` (in the given order) and `metadata`. */
+/**
+ * The header of a safetensors file holding `tensors` (in the given order) and `metadata` plus the
+ * `attnres.crc32` checksum map. Its length does not depend on the checksums (8 hex digits each),
+ * so the data can be written before the checksums are known.
+ */
 function layout(tensors: Iterable<[string, WriteTensor]>, metadata: Record<string, string>): Layout {
   const header: Record<string, unknown> = {};
-  if (Object.keys(metadata).length) header.__metadata__ = metadata;
+  const meta: Record<string, string> = { ...metadata };
+  delete meta[CRC_KEY];
+  header.__metadata__ = meta;
   const list: [string, WriteTensor, StDType][] = [];
   let offset = 0;
   for (const [name, t] of tensors) {
@@ -410,13 +553,17 @@ function layout(tensors: Iterable<[string, WriteTensor]>, metadata: Record<strin
     list.push([name, t, dtype]);
     offset += count * BYTES[dtype];
   }
-  let json = JSON.stringify(header);
-  while ((8 + Buffer.byteLength(json)) % 8 !== 0) json += " ";
-  const hbytes = Buffer.from(json, "utf8");
-  const head = Buffer.alloc(8 + hbytes.length);
-  head.writeBigUInt64LE(BigInt(hbytes.length), 0);
-  hbytes.copy(head, 8);
-  return { head, list, dataBytes: offset };
+  const headWith = (crcs: readonly number[]): Buffer => {
+    meta[CRC_KEY] = JSON.stringify(Object.fromEntries(list.map(([n], i) => [n, crc32Hex(crcs[i] ?? 0)])));
+    let json = JSON.stringify(header);
+    while ((8 + Buffer.byteLength(json)) % 8 !== 0) json += " ";
+    const hbytes = Buffer.from(json, "utf8");
+    const head = Buffer.alloc(8 + hbytes.length);
+    head.writeBigUInt64LE(BigInt(hbytes.length), 0);
+    hbytes.copy(head, 8);
+    return head;
+  };
+  return { head: headWith([]), headWith, list, dataBytes: offset };
 }
 
 /**
@@ -454,36 +601,27 @@ export function serializeSafetensors(
   metadata: Record<string, string> = {},
   opts: WriteOptions = {},
 ): Buffer {
-  const { head, list, dataBytes } = layout(tensors, metadata);
+  const { head, headWith, list, dataBytes } = layout(tensors, metadata);
   const out = Buffer.alloc(head.length + dataBytes);
-  head.copy(out, 0);
   let at = head.length;
+  const crcs: number[] = [];
   for (const [index, [name, t, dtype]] of list.entries()) {
     const d = t.data;
     encodeRange(out, at, d, needsBits(dtype) ? bitsOf(d) : null, 0, d.length, dtype);
+    crcs.push(crc32(out.subarray(at, at + d.length * BYTES[dtype])));
     at += d.length * BYTES[dtype];
     opts.onTensor?.(name, index, list.length);
   }
+  headWith(crcs).copy(out, 0);
   return out;
 }
 
-/** Writes a file atomically: a temporary file in the same folder, then rename over the target. */
-export function writeFileAtomic(file: string, data: Buffer | string): void {
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
-  try {
-    fs.writeFileSync(tmp, data);
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    fs.rmSync(tmp, { force: true });
-    throw e;
-  }
-}
-
 /**
- * Writes tensors (in the given order) and string metadata as a safetensors file, atomically (a
- * temporary file in the same folder, then rename). The bytes are `serializeSafetensors`'s, but
- * they go to the file tensor by tensor through a CHUNK_BYTES buffer, so the file is never held in
- * memory whole.
+ * Writes tensors (in the given order) and string metadata as a safetensors file, atomically and
+ * durably (a temporary file in the same folder, fsync, rename, fsync of the folder). The bytes are
+ * `serializeSafetensors`'s, but the data goes to the file through one CHUNK_BYTES buffer (tensors
+ * packed into it, one write per full buffer) and the header, whose checksums are known only then,
+ * is written last at the start of the file: the file is never held in memory whole.
  */
 export function writeSafetensors(
   file: string,
@@ -491,27 +629,44 @@ export function writeSafetensors(
   metadata: Record<string, string> = {},
   opts: WriteOptions = {},
 ): void {
-  const { head, list } = layout(tensors, metadata);
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
+  const { head, headWith, list } = layout(tensors, metadata);
+  const tmp = tempNameOf(file);
   try {
     const fd = fs.openSync(tmp, "w");
     try {
-      const write = (buf: Buffer, n: number): void => {
-        for (let done = 0; done < n;) done += fs.writeSync(fd, buf, done, n - done);
-      };
-      write(head, head.length);
       const chunk = Buffer.allocUnsafeSlow(CHUNK_BYTES);
+      let fill = 0;
+      let pos = head.length;
+      const flush = (): void => {
+        for (let done = 0; done < fill;) done += fs.writeSync(fd, chunk, done, fill - done, pos + done);
+        pos += fill;
+        fill = 0;
+      };
+      const crcs: number[] = [];
       for (const [index, [name, t, dtype]] of list.entries()) {
         const d = t.data;
+        const size = BYTES[dtype];
         const bits = needsBits(dtype) ? bitsOf(d) : null;
-        const per = CHUNK_BYTES / BYTES[dtype];
-        for (let i = 0; i < d.length; i += per) {
-          const j = Math.min(d.length, i + per);
-          encodeRange(chunk, 0, d, bits, i, j, dtype);
-          write(chunk, (j - i) * BYTES[dtype]);
+        let crc = 0;
+        for (let i = 0; i < d.length;) {
+          let room = Math.floor((CHUNK_BYTES - fill) / size);
+          if (room === 0) {
+            flush();
+            room = CHUNK_BYTES / size;
+          }
+          const j = Math.min(d.length, i + room);
+          encodeRange(chunk, fill, d, bits, i, j, dtype);
+          crc = crc32(chunk.subarray(fill, fill + (j - i) * size), crc);
+          fill += (j - i) * size;
+          i = j;
         }
+        crcs.push(crc);
         opts.onTensor?.(name, index, list.length);
       }
+      flush();
+      const h = headWith(crcs);
+      for (let done = 0; done < h.length;) done += fs.writeSync(fd, h, done, h.length - done, done);
+      fs.fsyncSync(fd);
     } finally {
       fs.closeSync(fd);
     }
@@ -520,6 +675,7 @@ export function writeSafetensors(
     fs.rmSync(tmp, { force: true });
     throw e;
   }
+  fsyncPath(path.dirname(file));
 }
 
 /** The shard index of a checkpoint folder without model.safetensors: file and weight_map. */

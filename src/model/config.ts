@@ -203,6 +203,6 @@ void (MODE_NAMES satisfies Record<ModeName, ResidualModeKey>); // every name map
 export function parseConfig(raw: unknown, source = "config"): ModelConfig {
   const r = ModelConfigSchema.safeParse(raw);
   if (r.success) return r.data;
-  const lines = r.error.issues.map((i) => `  ${i.path.join(".") || "(root)"}: ${i.message}`);
-  throw new Error(`invalid ${source}:\n${lines.join("\n")}`);
+  const parts = r.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`);
+  throw new Error(`invalid ${source}: ${parts.join("; ")}`); // one line, every problem
 }

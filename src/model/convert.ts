@@ -41,7 +41,13 @@ import * as path from "node:path";
 import type { Backend, DType } from "../backend/backend.js";
 import { defaultBackend } from "../backend/index.js";
 import type { Tokenizer } from "../data/tokenizer.js";
-import { checkpointTokenizer, dominantDtype, readConfig, saveCheckpoint } from "../io/checkpoint.js";
+import {
+  checkConfigAgainstWeights,
+  checkpointTokenizer,
+  dominantDtype,
+  readConfig,
+  saveCheckpoint,
+} from "../io/checkpoint.js";
 import {
   type FloatStDType,
   openCheckpointWeights,
@@ -392,6 +398,7 @@ export function convertCheckpoint(o: ConvertOptions): ConvertResult {
   if (fs.existsSync(o.to) && fs.readdirSync(o.to).length > 0)
     throw new Error(`${o.to} already exists and is not empty; choose another --to`);
   const config = readConfig(o.from);
+  checkConfigAgainstWeights(o.from, config); // before any model is built
   const routed = convertedConfig(config, o);
   const tokenizer = checkpointTokenizer(o.from, config, { optional: true });
   const source = openCheckpointWeights(o.from); // headers only: see the file comment

@@ -1,7 +1,8 @@
 /**
  * Copying named weights into a model and out of it. Names are the HF checkpoint names that
  * `Module.namedParameters()` yields; shape mismatches, missing and unexpected tensors are errors
- * naming the tensor and the expected shape.
+ * naming the tensor and the expected shape; a NaN or ±Inf value is an error naming the tensor and
+ * the index (no model may start from non-finite weights).
  */
 import type { Module } from "../nn/module.js";
 import { fmt } from "../tensor/shape.js";
@@ -42,9 +43,11 @@ export function loadWeights(
         (problems.length > 3 ? ` (and ${problems.length - 3} more problems)` : ""),
     );
   for (const [name, p] of params) {
-    const src = tensors.get(name)!.data;
+    const from = tensors.get(name)!.data;
     const d = p.data;
-    for (let i = 0; i < p.size; i++) d[i] = src[i]!;
+    for (let i = 0; i < p.size; i++) d[i] = from[i]!;
+    for (let i = 0; i < p.size; i++)
+      if (!Number.isFinite(d[i]!)) throw new Error(`${src}: tensor ${name} holds ${d[i]} at index ${i}`);
   }
 }
 

@@ -96,7 +96,7 @@ export async function runCompare(
     let res: RunResult;
     try {
       res = await runTraining(specFor(r.mode, r.seed), r.dir, {
-        resume: true,
+        resume: "auto",
         signal: opts.signal,
         log: opts.log,
         onStep: opts.onStep,

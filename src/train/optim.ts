@@ -89,18 +89,34 @@ export class AdamW {
     return out;
   }
 
-  /** Restores moments saved by exportState and the step count t. */
+  /**
+   * Restores moments saved by exportState and the step count t. Refuses (naming `source` and the
+   * tensor) a t that is not a non-negative integer, non-finite moments and negative second moments:
+   * any of them would put NaN into the weights at the next step.
+   */
   loadState(
     named: readonly [string, Tensor][],
     tensors: ReadonlyMap<string, { shape: readonly number[]; data: ArrayLike<number> }>,
     t: number,
+    source = "optimizer state",
   ): void {
+    if (!Number.isSafeInteger(t) || t < 0)
+      throw new Error(`${source}: the AdamW step count ${t} is not a non-negative integer`);
     for (const [name, p] of named) {
       const m = tensors.get(`m.${name}`);
       const v = tensors.get(`v.${name}`);
       if (!m && !v) continue;
       if (!m || !v || m.data.length !== p.size || v.data.length !== p.size)
-        throw new Error(`optimizer state for ${name} is incomplete or has the wrong size`);
+        throw new Error(`${source}: the moments of ${name} are incomplete or have the wrong size`);
+      for (let i = 0; i < p.size; i++) {
+        if (!Number.isFinite(m.data[i]!))
+          throw new Error(`${source}: tensor m.${name} holds ${m.data[i]} at index ${i}`);
+        const vi = v.data[i]!;
+        if (!Number.isFinite(vi) || vi < 0)
+          throw new Error(
+            `${source}: tensor v.${name} holds ${vi} at index ${i} (second moments are finite and ≥ 0)`,
+          );
+      }
       const opts = { backend: p.backend, dtype: p.dtype };
       const st = { m: empty(p.shape, opts).keep(), v: empty(p.shape, opts).keep() };
       st.m.data.set(m.data);

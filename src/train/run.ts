@@ -8,11 +8,18 @@
  *                           optimizer.safetensors (AdamW moments) + trainer_state.json (step, AdamW
  *                           step count, batch sampler state, done flag, results)
  *
- * The checkpoint folder is replaced atomically (written beside it, then renamed), every
- * `checkpoint_every` steps, at the end, and when the run is interrupted (`signal`): a crash never
- * leaves a checkpoint that mixes two steps. Resuming restores weights, moments, step and sampler
- * state, and truncates metrics.jsonl to the checkpoint's step, so a resumed run produces exactly
- * the losses of an uninterrupted one (the kernels are deterministic for a fixed thread count).
+ *   <run>/best/             with `keep_best`: the weights (+ config, tokenizer, best.json {step,
+ *                           val_loss}) of the evaluation with the lowest validation loss so far
+ *
+ * Checkpoints are saved every `checkpoint_every` steps, at the end, and when the run is interrupted
+ * (`signal`) by the save protocol of src/train/checkpointing.ts (temporary folder, fsync, manifest,
+ * atomic rename): a crash at any instant leaves the last completed checkpoint loadable, and
+ * resuming recovers it first. Resuming restores weights, moments, step and sampler state, and
+ * truncates metrics.jsonl to the checkpoint's step (cutting a torn last line), so a resumed run
+ * produces exactly the losses of an uninterrupted one (the kernels are deterministic for a fixed
+ * thread count). Loaded weights and optimizer moments must be finite (second moments ≥ 0) and the
+ * trainer state well-formed; anything else is an error naming the file and tensor. A folder that
+ * holds a run is never started over without `overwrite`; `resume` needs a run to continue.
  *
  * Fine-tuning: `spec.init` names a checkpoint whose weights start the run (instead of random
  * initialisation); `train.freeze_base` trains only the residual family's parameters, leaving every
@@ -30,13 +37,21 @@ import {
   writeFileAtomic,
   writeSafetensors,
 } from "../io/safetensors.js";
-import { saveCheckpoint } from "../io/checkpoint.js";
+import { readRegularFile, removeTempFiles } from "../io/atomic.js";
+import { checkConfigAgainstWeights, saveCheckpoint } from "../io/checkpoint.js";
+import {
+  findCheckpoint,
+  MetricsLog,
+  recoverCheckpoint,
+  RUN_FILES,
+  saveCheckpointFolder,
+} from "./checkpointing.js";
+import { checkMemoryBudget } from "./budget.js";
 import { parseConfig } from "../model/config.js";
 import { DecoderLM } from "../model/decoder.js";
 import { modeName } from "../model/residual.js";
 import { loadWeights } from "../model/weights.js";
 import { poolStats, resetPeak } from "../tensor/memory.js";
-import { MetricsLog } from "./metrics.js";
 import { AdamW, lrMultiplier } from "./optim.js";
 import { doctestScale } from "./doctest-scale.js";
 import { evaluate, isResidualParam, paramGroups, trainStep } from "./trainer.js";
@@ -61,7 +76,9 @@ export const TrainSettingsSchema = z.strictObject({
   checkpoint_every: z.number().int().positive().optional(),
   /** Train only the residual family's parameters (isResidualParam); the backbone stays bit-identical. */
   freeze_base: z.boolean().optional(),
-  seed: z.number().int().nonnegative().default(0),
+  /** Keep <run>/best/: the weights of the evaluation with the lowest validation loss. */
+  keep_best: z.boolean().optional(),
+  seed: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER).default(0),
 });
 export type TrainSettings = z.output<typeof TrainSettingsSchema>;
 export type TrainSettingsInput = z.input<typeof TrainSettingsSchema>;
@@ -105,9 +122,21 @@ interface TrainerState {
   result?: Omit<RunResult, "dir" | "interrupted">;
 }
 
+const TrainerStateSchema = z.object({
+  step: z.number().int().nonnegative(),
+  adam_t: z.number().int().nonnegative(),
+  sampler: z.array(z.unknown()),
+  done: z.boolean(),
+  seconds: z.number().nonnegative(),
+  result: z.record(z.string(), z.unknown()).optional(),
+});
+
 export interface RunOptions {
-  /** Continue from <dir>/checkpoint if there is one (a finished run is returned as it is). */
-  resume?: boolean;
+  /**
+   * Continue the run in <dir> (a finished run is returned as it is); true needs a run there,
+   * "auto" starts one when there is none.
+   */
+  resume?: boolean | "auto";
   /** Checked between steps: when it is aborted, the run checkpoints and returns (Ctrl-C). */
   signal?: AbortSignal;
   /** Stop (with a checkpoint, as if interrupted) after this many steps in this call (tests). */
@@ -116,6 +145,12 @@ export interface RunOptions {
   onStep?: (step: number, total: number, loss: number, tokensPerSecond: number) => void;
   /** One line of text per evaluation / checkpoint / notice. */
   log?: (line: string) => void;
+  /** Start over in a folder that holds a run (its checkpoints and metrics are deleted). */
+  overwrite?: boolean;
+  /** Verify checksums of the checkpoint being resumed (default true; --no-verify). */
+  verify?: boolean;
+  /** Called after each checkpoint save completes, with its step (tests). */
+  onSave?: (step: number) => void;
 }
 
 /** Fills defaults and checks a run specification against its data. */
@@ -123,7 +158,12 @@ export function resolveSpec(
   raw: { model: Record<string, unknown>; data: string; train: TrainSettingsInput; init?: string },
   data?: PreparedData,
 ): RunSpec {
-  const train = doctestScale(TrainSettingsSchema.parse(raw.train)); // ATTNRES_DOCTEST: tiny runs
+  const parsed = TrainSettingsSchema.safeParse(raw.train);
+  if (!parsed.success)
+    throw new Error(
+      `invalid training settings: ${parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ")}`,
+    );
+  const train = doctestScale(parsed.data); // ATTNRES_DOCTEST: tiny runs
   const vocab = data?.tokenizer.vocabSize;
   const model = { ...raw.model };
   if (model.vocab_size === undefined && vocab !== undefined) model.vocab_size = vocab;
@@ -133,30 +173,62 @@ export function resolveSpec(
     );
   const mpe = Number(model.max_position_embeddings ?? 0);
   if (mpe < train.seq_len) model.max_position_embeddings = train.seq_len;
-  parseConfig(model, "model config");
+  const config = parseConfig(model, "model config");
+  checkMemoryBudget(config, train);
   return { model, data: raw.data, train, ...(raw.init !== undefined ? { init: raw.init } : {}) };
 }
 
 const ckptDir = (dir: string) => path.join(dir, "checkpoint");
 
-function readState(dir: string): TrainerState | null {
-  let c = ckptDir(dir);
-  if (!fs.existsSync(c) && fs.existsSync(`${c}.old`)) c = `${c}.old`; // crashed mid-replace
+/** The trainer state of checkpoint folder `c`, checked (an error naming the file otherwise). */
+function readState(c: string, totalSteps?: number): TrainerState {
   const f = path.join(c, "trainer_state.json");
-  if (!fs.existsSync(f)) return null;
+  let raw: unknown;
   try {
-    return JSON.parse(fs.readFileSync(f, "utf8")) as TrainerState;
+    raw = JSON.parse(readRegularFile(f).toString("utf8"));
   } catch (e) {
-    throw new Error(`${f} is damaged (${(e as Error).message}); delete the run folder to start over`, {
-      cause: e,
-    });
+    throw new Error(
+      `${f} is damaged (${(e as Error).message}); resume from another copy or start over with --overwrite`,
+      { cause: e },
+    );
   }
+  const r = TrainerStateSchema.safeParse(raw);
+  if (!r.success) {
+    const i = r.error.issues[0]!;
+    throw new Error(
+      `${f} is not a valid trainer state: ${i.path.length ? i.path.join(".") + ": " : ""}${i.message}`,
+    );
+  }
+  const st = r.data as TrainerState;
+  if (totalSteps !== undefined && st.step > totalSteps)
+    throw new Error(`${f}: step ${st.step} is beyond the run's ${totalSteps} steps`);
+  if (st.done && !st.result) throw new Error(`${f}: a finished run without its result`);
+  return st;
 }
 
 /** The saved result of a finished run in `dir`, or null. */
 export function finishedRun(dir: string): RunResult | null {
-  const s = fs.existsSync(dir) ? readState(dir) : null;
-  return s?.done && s.result ? { ...s.result, dir, interrupted: false } : null;
+  if (!fs.existsSync(dir)) return null;
+  const c = findCheckpoint(dir, "checkpoint", false);
+  if (!c) return null;
+  const s = readState(c.dir);
+  return s.done && s.result ? { ...s.result, dir, interrupted: false } : null;
+}
+
+/** Entries of a run folder that belong to a run (what --overwrite removes). */
+const RUN_ENTRY = /^(run\.json|metrics\.(jsonl|csv)|(checkpoint|best)(\.tmp|\.old)?)$/;
+
+function readSpecFile(file: string): RunSpec {
+  try {
+    const s = JSON.parse(readRegularFile(file).toString("utf8")) as RunSpec | null;
+    if (!s || typeof s !== "object" || typeof s.model !== "object" || typeof s.train !== "object")
+      throw new Error("not a run specification");
+    return s;
+  } catch (e) {
+    throw new Error(`${file} is damaged (${(e as Error).message}); start over with --overwrite`, {
+      cause: e,
+    });
+  }
 }
 
 function sameSpec(a: RunSpec, b: RunSpec): boolean {
@@ -175,21 +247,47 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
   const data = loadPrepared(rawSpec.data);
   const spec = resolveSpec(rawSpec, data);
   const s = spec.train;
-  fs.mkdirSync(dir, { recursive: true });
   const specFile = path.join(dir, "run.json");
-  const state = readState(dir);
-  if (state && !opts.resume)
-    throw new Error(
-      `${dir} already holds a run (step ${state.step}); pass --resume to continue it, or choose another --out`,
-    );
-  if (state && fs.existsSync(specFile)) {
-    const saved = JSON.parse(fs.readFileSync(specFile, "utf8")) as RunSpec;
-    if (!sameSpec(saved, spec))
-      throw new Error(`${dir} holds a run with different settings; choose another --out`);
+  const held = fs.existsSync(dir) ? fs.readdirSync(dir).filter((n) => RUN_ENTRY.test(n)) : [];
+  if (opts.resume && !opts.overwrite) {
+    if (!held.length && opts.resume !== "auto")
+      throw new Error(
+        `${dir} holds no run to resume (no run.json or checkpoint); drop --resume to start one`,
+      );
+  } else if (held.length) {
+    if (!opts.overwrite) {
+      const c = findCheckpoint(dir, "checkpoint", false);
+      throw new Error(
+        `${dir} already holds a run (${c ? `step ${c.step}` : "no checkpoint yet"}); pass --resume to continue it, --overwrite to start over, or choose another --out`,
+      );
+    }
+    for (const n of held) fs.rmSync(path.join(dir, n), { recursive: true, force: true });
+    log(`--overwrite: removed the previous run in ${dir}`);
+  }
+  const resuming = held.length > 0 && !opts.overwrite;
+  if (resuming && fs.existsSync(specFile) && !sameSpec(readSpecFile(specFile), spec))
+    throw new Error(`${dir} holds a run with different settings; choose another --out`);
+  let state: TrainerState | null = null;
+  if (resuming) {
+    const rec = recoverCheckpoint(dir, "checkpoint", opts.verify ?? true);
+    for (const n of rec.notes) log(`recovery: ${n}`);
+    if (rec.checkpoint) {
+      state = readState(rec.checkpoint.dir, s.steps);
+      if (state.step !== rec.checkpoint.step && fs.existsSync(path.join(rec.checkpoint.dir, "manifest.json")))
+        throw new Error(
+          `${path.join(rec.checkpoint.dir, "trainer_state.json")}: step ${state.step} disagrees with the manifest's ${rec.checkpoint.step}`,
+        );
+    } else log(`no complete checkpoint in ${dir}: starting from step 0`);
+    if (s.keep_best)
+      for (const n of recoverCheckpoint(dir, "best", opts.verify ?? true).notes) log(`recovery: ${n}`);
   }
   if (state?.done && state.result) return { ...state.result, dir, interrupted: false };
+  for (const f of removeTempFiles(dir, RUN_FILES)) log(`removed the leftover ${f}`);
+  fs.mkdirSync(dir, { recursive: true });
   writeFileAtomic(specFile, JSON.stringify(spec, null, 2) + "\n");
 
+  if (spec.init !== undefined && !state)
+    checkConfigAgainstWeights(spec.init, parseConfig(spec.model, "model config"));
   const backend = defaultBackend();
   const model = new DecoderLM(parseConfig(spec.model), { backend, seed: s.seed });
   const mode = modeName(model.config);
@@ -220,21 +318,36 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
   const sampler = new BatchSampler(data.train, s.batch_size, s.seq_len, s.seed + 1);
   const evals = evalBatches(data.val, s.batch_size, s.seq_len, s.eval_batches);
   const bytesPerToken = data.meta.val.bytes / data.meta.val.tokens;
-  const metrics = new MetricsLog(dir);
+  const metrics = new MetricsLog(path.join(dir, "metrics.jsonl"));
+  const verify = opts.verify ?? true;
   let step = 0;
   let seconds = 0;
+  let bestVal = Infinity;
   try {
     if (state) {
-      const c = fs.existsSync(ckptDir(dir)) ? ckptDir(dir) : `${ckptDir(dir)}.old`;
-      loadWeights(model, readSafetensors(path.join(c, "model.safetensors")).tensors, { source: c });
-      const moments = readSafetensors(path.join(c, "optimizer.safetensors")).tensors;
-      opt.loadState(model.namedParameters(), moments, state.adam_t);
-      sampler.setState(state.sampler);
+      const c = ckptDir(dir);
+      const wf = path.join(c, "model.safetensors");
+      loadWeights(model, readSafetensors(wf, { verify }).tensors, { source: wf });
+      const of = path.join(c, "optimizer.safetensors");
+      const moments = readSafetensors(of, { verify }).tensors;
+      opt.loadState(model.namedParameters(), moments, state.adam_t, of);
+      try {
+        const raw = state.sampler as unknown[];
+        if (raw.length !== 5 || !raw.every((v) => v === null || typeof v === "number")) throw new Error();
+        sampler.setState(raw.map((v) => (v as number | null) ?? NaN));
+      } catch {
+        throw new Error(`${path.join(c, "trainer_state.json")}: sampler is not a saved generator state`);
+      }
       step = state.step;
       seconds = state.seconds;
-      metrics.truncate(step);
+      for (const n of metrics.recover(step)) log(`recovery: ${n}`);
+      if (s.keep_best) bestVal = readBest(dir);
       log(`resuming ${dir} at step ${step}/${s.steps}`);
-    } else {
+    } else if (resuming) {
+      for (const n of metrics.recover(0)) log(`recovery: ${n}`);
+      fs.rmSync(path.join(dir, "best"), { recursive: true, force: true });
+    }
+    if (!state) {
       if (spec.init !== undefined) {
         loadWeights(model, readCheckpointWeights(spec.init).tensors, {
           source: spec.init,
@@ -242,29 +355,33 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
         });
         log(`starting from the weights of ${spec.init}`);
       }
-      metrics.reset();
+      if (!resuming) metrics.reset();
     }
 
     const save = (done: boolean, result?: TrainerState["result"]) => {
-      const tmp = `${ckptDir(dir)}.tmp`;
-      fs.rmSync(tmp, { recursive: true, force: true });
-      saveCheckpoint(tmp, model, { generator: "attnres train" });
-      data.tokenizer.save(tmp);
-      writeSafetensors(path.join(tmp, "optimizer.safetensors"), opt.exportState(model.namedParameters()));
-      const st: TrainerState = {
-        step,
-        adam_t: opt.t,
-        sampler: sampler.getState(),
-        done,
-        seconds,
-        ...(result ? { result } : {}),
-      };
-      writeFileAtomic(path.join(tmp, "trainer_state.json"), JSON.stringify(st, null, 2) + "\n");
-      const cur = ckptDir(dir);
-      fs.rmSync(`${cur}.old`, { recursive: true, force: true });
-      if (fs.existsSync(cur)) fs.renameSync(cur, `${cur}.old`);
-      fs.renameSync(tmp, cur);
-      fs.rmSync(`${cur}.old`, { recursive: true, force: true });
+      metrics.sync();
+      saveCheckpointFolder(dir, "checkpoint", step, (tmp) => {
+        saveCheckpoint(tmp, model, { generator: "attnres train" });
+        data.tokenizer.save(tmp);
+        writeSafetensors(path.join(tmp, "optimizer.safetensors"), opt.exportState(model.namedParameters()));
+        const st: TrainerState = {
+          step,
+          adam_t: opt.t,
+          sampler: sampler.getState(),
+          done,
+          seconds,
+          ...(result ? { result } : {}),
+        };
+        fs.writeFileSync(path.join(tmp, "trainer_state.json"), JSON.stringify(st, null, 2) + "\n");
+      });
+      opts.onSave?.(step);
+    };
+    const saveBest = (val: number) => {
+      saveCheckpointFolder(dir, "best", step, (tmp) => {
+        saveCheckpoint(tmp, model, { generator: "attnres train (best validation loss)" });
+        data.tokenizer.save(tmp);
+        fs.writeFileSync(path.join(tmp, "best.json"), JSON.stringify({ step, val_loss: val }) + "\n");
+      });
     };
 
     resetPeak(backend);
@@ -275,24 +392,26 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
     let valLoss = NaN;
     let sessionSteps = 0;
     let sessionStart = performance.now();
+    let firstDt = 0;
     let interrupted = false;
     while (step < s.steps) {
       if (opts.signal?.aborted || (opts.stopAfter !== undefined && sessionSteps >= opts.stopAfter)) {
         interrupted = true;
         break;
       }
-      const batches = Array.from({ length: s.grad_accum }, () => sampler.next());
       const t0 = performance.now();
       const mult = lrMultiplier(step, sched);
-      const { loss, gradNorm } = trainStep(model, opt, batches, step + 1, mult, s.clip, trainable);
+      const micro = { count: s.grad_accum, next: () => sampler.next() }; // streamed: one at a time
+      const { loss, gradNorm } = trainStep(model, opt, micro, step + 1, mult, s.clip, trainable);
       const dt = (performance.now() - t0) / 1000;
       const ended = new Date();
       seconds += dt;
+      if (sessionSteps === 0) firstDt = dt;
       step++;
       sessionSteps++;
       lastLoss = loss;
       const tps = (sessionSteps * tokensPerStep) / ((performance.now() - sessionStart) / 1000);
-      const rec: Record<string, number> = {
+      const rec: Record<string, number> & { step: number } = {
         step,
         loss,
         grad_norm: gradNorm,
@@ -306,7 +425,11 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
           `step ${step}/${s.steps}: train loss ${loss.toFixed(4)}, val loss ${valLoss.toFixed(4)} (${(valLoss / bytesPerToken / Math.LN2).toFixed(3)} bits/byte)`,
         );
       }
-      metrics.append(rec, ended, seconds);
+      metrics.append({ ...rec, time: ended.toISOString(), elapsed_s: seconds });
+      if (s.keep_best && rec.val_loss !== undefined && rec.val_loss < bestVal) {
+        bestVal = rec.val_loss;
+        saveBest(bestVal);
+      }
       opts.onStep?.(step, s.steps, loss, tps);
       if (step % ckEvery === 0 && step < s.steps) save(false);
       // Let signal handlers (Ctrl-C) run between steps.
@@ -316,7 +439,10 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
     const tokensPerSecond =
       sessionSteps > 1
         ? ((sessionSteps - 1) * tokensPerStep) / ((performance.now() - sessionStart) / 1000)
-        : NaN;
+        : sessionSteps === 1
+          ? tokensPerStep / firstDt
+          : 0;
+    if (Number.isNaN(valLoss) && !interrupted) valLoss = evaluate(model, evals);
     const base = {
       mode,
       steps: step,
@@ -340,7 +466,23 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
     save(true, result);
     return { ...result, dir, interrupted: false };
   } finally {
+    metrics.close();
     model.dispose();
     opt.dispose();
+  }
+}
+
+/** The validation loss of <run>/best (Infinity when there is none yet). */
+function readBest(dir: string): number {
+  const f = path.join(dir, "best", "best.json");
+  if (!fs.existsSync(f)) return Infinity;
+  try {
+    const v = (JSON.parse(fs.readFileSync(f, "utf8")) as { val_loss?: unknown }).val_loss;
+    if (typeof v !== "number" || !Number.isFinite(v)) throw new Error("val_loss is not a finite number");
+    return v;
+  } catch (e) {
+    throw new Error(`${f} is damaged (${(e as Error).message}); delete the best folder to start it over`, {
+      cause: e,
+    });
   }
 }

@@ -25,6 +25,12 @@ export class TrainingDiverged extends Error {
   }
 }
 
+/** k micro-batches produced one at a time (only one is held in memory at once). */
+export interface MicroBatches {
+  count: number;
+  next: () => Batch;
+}
+
 export interface StepResult {
   loss: number;
   gradNorm: number;
@@ -33,28 +39,42 @@ export interface StepResult {
 /**
  * One optimizer step over one batch, or over several micro-batches whose gradients accumulate
  * (each micro-batch's loss is scaled by 1/k, so the step equals one step on their union when the
- * micro-batches have equal sizes). Returns the mean loss and the pre-clip gradient norm.
+ * micro-batches have equal sizes). `MicroBatches` streams them: each is made just before its
+ * forward pass. Returns the mean loss and the pre-clip gradient norm.
  */
 export function trainStep(
   model: DecoderLM,
   opt: AdamW,
-  batch: Batch | readonly Batch[],
+  batch: Batch | readonly Batch[] | MicroBatches,
   step: number,
   lrScale: number,
   clip: number,
   /** The parameters being trained (clipping norm); default all of the model's. */
   trainable?: readonly Tensor[],
 ): StepResult {
-  const micro = Array.isArray(batch) ? (batch as readonly Batch[]) : [batch as Batch];
+  const micro: MicroBatches = Array.isArray(batch)
+    ? {
+        count: batch.length,
+        next: (
+          (i) => () =>
+            (batch as readonly Batch[])[i++]!
+        )(0),
+      }
+    : "next" in batch
+      ? batch
+      : { count: 1, next: () => batch as Batch };
+  const k = micro.count;
   model.zeroGrad();
   let loss = 0;
-  for (const b of micro)
+  for (let i = 0; i < k; i++) {
+    const b = micro.next();
     loss += tidy(() => {
       const l = model.loss(b.ids, b.targets, b.B, b.T);
-      (micro.length > 1 ? scale(l, 1 / micro.length) : l).backward();
+      (k > 1 ? scale(l, 1 / k) : l).backward();
       return l.item();
     });
-  loss /= micro.length;
+  }
+  loss /= k;
   if (!Number.isFinite(loss)) throw new TrainingDiverged(step, loss);
   const params = trainable ?? model.parameters();
   const gradNorm = clip > 0 ? clipGradNorm(params, clip) : NaN;

@@ -209,7 +209,7 @@ export const referenceBackend: Backend = {
           d = 2 * xv;
           break;
         case "abs":
-          d = xv > 0 ? 1 : xv < 0 ? -1 : 0;
+          d = xv > 0 ? 1 : xv < 0 ? -1 : xv === 0 ? 0 : NaN; // NaN in, NaN out
           break;
       }
       gx[i] = gy[i]! * d;

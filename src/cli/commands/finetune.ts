@@ -12,6 +12,8 @@ export function registerFinetune(program: Command): void {
     .requiredOption("-d, --data <dir>", "a prepared dataset folder (same tokenizer as the checkpoint)")
     .option("-o, --out <dir>", "run folder (default runs/finetune-<checkpoint>-<mode>)")
     .option("--resume", "continue the run in --out from its checkpoint")
+    .option("--overwrite", "start over in an --out that holds a run (deletes it)")
+    .option("--keep-best", "keep <out>/best: the weights with the lowest validation loss so far")
     .option("--freeze-base", "train only the routing parameters; the backbone stays bit-identical")
     .option("--steps <n>", "optimizer steps (default 200)", positiveInt)
     .option("--batch-size <n>", "sequences per micro-batch (default 8)", positiveInt)

@@ -24,6 +24,7 @@ export function registerPrepare(program: Command): void {
     )
     .option("--vocab-size <n>", "BPE vocabulary size: 256 bytes + merges (bpe only; default 8192)", vocabArg)
     .option("-o, --out <dir>", "output folder (default data/<corpus>-<tokenizer>[-<vocab size>])")
+    .option("--allow-binary", "accept corpus files with NUL bytes or invalid UTF-8 (bad bytes become U+FFFD)")
     .option("-q, --quiet", "no progress bars or summary")
     .addHelpText(
       "after",

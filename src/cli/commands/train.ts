@@ -11,6 +11,7 @@ export function registerTrain(program: Command): void {
     .option("-p, --preset <name|file.json>", `preset (${listPresets().join(", ")})`, "sotu-tiny")
     .option("-o, --out <dir>", "run folder (default runs/<preset>-<mode>-s<seed>)")
     .option("--resume", "continue the run in --out from its checkpoint")
+    .option("--overwrite", "start over in an --out that holds a run (deletes it)")
     .option("--mode <mode>", `residual mode: ${MODE_LIST.join(", ")}`, modeArg)
     .option("--seed <n>", "seed for initialisation and batches", nonNegativeInt);
   trainingOptions(cmd)

@@ -1,5 +1,5 @@
 /**
- * Builds the `attnres view` front end (src/view/web → dist/view; src/view/bundle.ts). Run by
+ * Builds the `attnres view` front end (src/view/web → dist/view-web; src/view/bundle.ts). Run by
  * `npm run build:view` and by npm's `prepare` step (npm ci / npm install); the server also
  * rebuilds on demand when the bundle is missing or older than its sources.
  */

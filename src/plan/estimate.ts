@@ -278,10 +278,12 @@ function tsTally(c: ModelConfig, s: Shape): Tally {
       if (N > 0) extra += n * d * (1 + (gate ? 1 : 0)); // x = h + [a·] r
     }
     if (mode === "ddl") extra += 5 * n * d + n * (10 + (c.ddl_value_form === "linear" ? 2 : 4));
-    if (mode === "ddl-expanded") extra += 4 * n * d * dv + 4 * n * d + 7 * n + 3 * n * dv;
+    // ddl-expanded (fused kernels): read x_in [n, d]; k (square, sum, +ε, rsqrt, mul); β (linear,
+    // sigmoid, scale); v [n, dv]; the new state Y [n, d, dv].
+    if (mode === "ddl-expanded") extra += n * d * dv + 3 * n * d + 6 * n + n * dv;
   }
   extra += route(bk.finalN);
-  if (mode === "ddl-expanded") extra += 2 * n * d * dv + n * d; // X0 expand; readout mul + sum
+  if (mode === "ddl-expanded") extra += n * d * dv + n * d; // X0 expand; the fused readout
   // Of which the mode's state across the depth (sublayer outputs / block sums already counted).
   const routingState = routingStateOf(c, s);
   const head = n * d + (n * d + n) + n * V + 2 * n; // h0, final norm, logits, loss + lse
@@ -295,7 +297,7 @@ function tsTally(c: ModelConfig, s: Shape): Tally {
     mode === "attnres-full" || mode === "attnres-block" || mode === "delta" || mode === "delta-block"
       ? (Math.max(bk.finalN, ...bk.routeN) + 1) * n * d
       : mode === "ddl-expanded"
-        ? 3 * n * d * dv + 2 * n * d
+        ? 2 * n * d * dv + 2 * n * d
         : mode === "ddl"
           ? 3 * n * d
           : n * d;

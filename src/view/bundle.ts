@@ -1,6 +1,6 @@
 /**
  * The browser front end of `attnres view`: src/view/web/*.ts (plus src/view/api.ts) bundled with
- * esbuild into dist/view/ (gitignored) as ES modules — main.js, lazily loaded chunks (the vega
+ * esbuild into dist/view-web/ (gitignored) as ES modules — main.js, lazily loaded chunks (the vega
  * charts), index.html and style.css — so the page loads nothing from the network.
  *
  * The bundle is built by `npm run build:view` (which `npm ci`/`npm install` run through the
@@ -13,7 +13,7 @@ import * as path from "node:path";
 import { packageRoot } from "../io/paths.js";
 
 export const webSourceDir = (): string => path.join(packageRoot(), "src", "view", "web");
-export const bundleDir = (): string => path.join(packageRoot(), "dist", "view");
+export const bundleDir = (): string => path.join(packageRoot(), "dist", "view-web");
 const STAMP = "build.json";
 
 function newestSource(): number {
@@ -24,7 +24,7 @@ function newestSource(): number {
   return newest;
 }
 
-/** Whether dist/view holds a bundle at least as new as every source file. */
+/** Whether dist/view-web holds a bundle at least as new as every source file. */
 export function bundleFresh(): boolean {
   const stamp = path.join(bundleDir(), STAMP);
   if (!fs.existsSync(stamp)) return false;
@@ -32,7 +32,7 @@ export function bundleFresh(): boolean {
   return fs.statSync(stamp).mtimeMs >= newestSource();
 }
 
-/** Builds the bundle into dist/view (replacing it). */
+/** Builds the bundle into dist/view-web (replacing it). */
 export async function buildBundle(opts: { minify?: boolean } = {}): Promise<string> {
   let esbuild: typeof import("esbuild");
   try {

@@ -1,5 +1,5 @@
 /**
- * The `attnres view` web server (Node's http): the bundled front end (dist/view, src/view/bundle.ts)
+ * The `attnres view` web server (Node's http): the bundled front end (dist/view-web, src/view/bundle.ts)
  * and the JSON API of src/view/api.ts over the runs under one folder (RUNS_DIR).
  *
  * Safety: every path a request names goes through safeResolve (src/view/runs.ts), so only files

@@ -13,12 +13,12 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "torch_ref"))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python"))
 
 import torch  # noqa: E402
 
-from model import CausalLM, make_config, config_json  # noqa: E402
-from safetensors_io import save_file  # noqa: E402
+from attnres_torch.model import CausalLM, make_config, config_json  # noqa: E402
+from attnres_torch.safetensors_io import save_file  # noqa: E402
 
 ROOT = os.path.dirname(HERE)
 OUT = os.path.join(ROOT, "test", "fixtures")

@@ -8,6 +8,7 @@ import { type Command, InvalidArgumentError } from "commander";
 import { MODE_NAMES, type ModeName } from "../model/config.js";
 import { prepareDataset } from "../data/prepare.js";
 import { runTraining, type RunResult, type RunSpec } from "../train/run.js";
+import { runTorchTraining, type TorchOptions } from "../train/torch-engine.js";
 import type { DataSpec } from "./preset.js";
 
 export function positiveInt(v: string): number {
@@ -166,12 +167,17 @@ export function windowOptions(cmd: Command, batches: number): Command {
 export async function runInTerminal(
   spec: RunSpec,
   out: string,
-  o: { resume?: boolean; quiet?: boolean },
+  o: { resume?: boolean; quiet?: boolean; torch?: TorchOptions },
 ): Promise<RunResult> {
   const bar = progress("step", o.quiet);
   const { signal, dispose } = interruptSignal();
   try {
-    const r = await runTraining(spec, out, {
+    const torch = o.torch;
+    const run = torch
+      ? (s: RunSpec, d: string, ro: Parameters<typeof runTraining>[2]) =>
+          runTorchTraining(s, d, { ...ro, torch })
+      : runTraining;
+    const r = await run(spec, out, {
       resume: o.resume,
       signal,
       log: (l) => bar.log(l),

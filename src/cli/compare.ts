@@ -11,6 +11,8 @@ import { interruptSignal, modeKeys, MODE_LIST, progress, trainingOptions } from 
 import { listPresets, loadPreset } from "./preset.js";
 import { specFrom, type TrainFlags } from "./train.js";
 import { writeCompareFigures } from "./figures.js";
+import { engineOptions, torchOptionsFrom } from "./engine.js";
+import { runTorchTraining } from "../train/torch-engine.js";
 
 export interface CompareFlags extends TrainFlags {
   modes?: string;
@@ -27,6 +29,7 @@ function parseList<T>(v: string, what: string, parse: (s: string) => T): T[] {
 }
 
 export async function compareCommand(f: CompareFlags): Promise<CompareResult> {
+  const torch = torchOptionsFrom(f);
   const preset = loadPreset(f.preset);
   const modes = f.modes
     ? parseList(f.modes, "modes", (m) => {
@@ -65,6 +68,7 @@ export async function compareCommand(f: CompareFlags): Promise<CompareResult> {
       onStep: (step, total, loss, tps) =>
         bar.update(step, total, { loss: loss.toFixed(3), "tok/s": tps.toFixed(0) }),
       onRun: (run, i, n) => bar.log(`run ${i + 1}/${n}: ${run.mode}, seed ${run.seed} (${run.dir})`),
+      ...(torch ? { train: (s, d, o) => runTorchTraining(s, d, { ...o, torch }) } : {}),
     });
     bar.stop();
     const figures = r.complete ? await writeCompareFigures(r) : [];
@@ -118,7 +122,7 @@ export function registerCompare(program: Command): void {
     .option("--modes <list>", `comma-separated modes (${MODE_LIST.join(", ")})`)
     .option("--seeds <list>", "comma-separated seeds (default 0)")
     .option("-o, --out <dir>", "output folder (default runs/compare-<preset>)");
-  trainingOptions(cmd)
+  engineOptions(trainingOptions(cmd))
     .addHelpText(
       "after",
       `

@@ -20,8 +20,9 @@ import {
   runInTerminal,
   type RunFlags,
 } from "./common.js";
+import { engineOptions, type EngineFlags, torchOptionsFrom } from "./engine.js";
 
-export interface FinetuneFlags extends RunFlags {
+export interface FinetuneFlags extends RunFlags, EngineFlags {
   from: string;
   data: string;
   freezeBase?: boolean;
@@ -62,6 +63,7 @@ export function finetuneSpec(f: FinetuneFlags): RunSpec {
 
 export async function finetuneCommand(f: FinetuneFlags): Promise<RunResult> {
   if (!fs.existsSync(f.from)) throw new Error(`checkpoint folder ${f.from} does not exist`);
+  const torch = torchOptionsFrom(f);
   const spec = finetuneSpec(f);
   const mode = modeName(readConfig(f.from));
   const out = f.out || path.join("runs", `finetune-${path.basename(path.resolve(f.from))}-${mode}`);
@@ -71,7 +73,7 @@ export async function finetuneCommand(f: FinetuneFlags): Promise<RunResult> {
         `${spec.train.routing_lr !== undefined ? `, routing lr ${spec.train.routing_lr}` : ""}` +
         `${f.freezeBase ? ", backbone frozen" : ""}; run folder ${out}\n`,
     );
-  const r = await runInTerminal(spec, out, f);
+  const r = await runInTerminal(spec, out, { ...f, torch });
   if (!f.quiet && r.done)
     process.stdout.write(
       `done: val loss ${r.valLoss.toFixed(4)}, perplexity ${r.valPerplexity.toFixed(2)}; checkpoint in ${path.join(out, "checkpoint")}\n`,
@@ -80,7 +82,7 @@ export async function finetuneCommand(f: FinetuneFlags): Promise<RunResult> {
 }
 
 export function registerFinetune(program: Command): void {
-  program
+  const cmd = program
     .command("finetune")
     .description("fine-tune a checkpoint (e.g. from attnres convert) on a prepared dataset")
     .requiredOption("--from <dir>", "checkpoint folder whose weights start the run")
@@ -98,7 +100,8 @@ export function registerFinetune(program: Command): void {
     .option("--clip <x>", "gradient-norm clipping (0 = off)", nonNegative)
     .option("--seed <n>", "seed for batches", nonNegativeInt)
     .option("--eval-every <n>", "validate every n steps", positiveInt)
-    .option("--checkpoint-every <n>", "checkpoint every n steps (default: eval-every)", positiveInt)
+    .option("--checkpoint-every <n>", "checkpoint every n steps (default: eval-every)", positiveInt);
+  engineOptions(cmd)
     .addHelpText(
       "after",
       `

@@ -20,8 +20,9 @@ import {
   type RunFlags,
 } from "./common.js";
 import { listPresets, loadPreset, type Preset } from "./preset.js";
+import { engineOptions, type EngineFlags, torchOptionsFrom } from "./engine.js";
 
-export interface TrainFlags extends RunFlags {
+export interface TrainFlags extends RunFlags, EngineFlags {
   preset: string;
   data?: string;
   mode?: ModeName;
@@ -56,6 +57,7 @@ export async function specFrom(preset: Preset, f: TrainFlags): Promise<RunSpec> 
 /** Runs training as the CLI does: progress bar, Ctrl-C, a summary line. */
 export async function trainCommand(f: TrainFlags): Promise<RunResult> {
   const preset = loadPreset(f.preset);
+  const torch = torchOptionsFrom(f);
   const spec = await specFrom(preset, f);
   const mode = modeName(parseConfig({ vocab_size: 1, ...spec.model }));
   const out =
@@ -64,9 +66,9 @@ export async function trainCommand(f: TrainFlags): Promise<RunResult> {
   const backend = defaultBackend();
   if (!f.quiet)
     process.stdout.write(
-      `attnres train: ${mode} on ${spec.data}, ${spec.train.steps} steps of ${spec.train.batch_size}×${spec.train.seq_len} tokens; ${backend.name} backend (${backend.threads()} threads); run folder ${out}\n`,
+      `attnres train: ${mode} on ${spec.data}, ${spec.train.steps} steps of ${spec.train.batch_size}×${spec.train.seq_len} tokens; ${torch ? "torch engine" : `${backend.name} backend (${backend.threads()} threads)`}; run folder ${out}\n`,
     );
-  const r = await runInTerminal(spec, out, f);
+  const r = await runInTerminal(spec, out, { ...f, torch });
   if (!f.quiet && r.done)
     process.stdout.write(
       `done: val loss ${r.valLoss.toFixed(4)}, perplexity ${r.valPerplexity.toFixed(2)}, ${r.valBpb.toFixed(3)} bits/byte; ` +
@@ -84,7 +86,7 @@ export function registerTrain(program: Command): void {
     .option("--resume", "continue the run in --out from its checkpoint")
     .option("--mode <mode>", `residual mode: ${MODE_LIST.join(", ")}`, modeArg)
     .option("--seed <n>", "seed for initialisation and batches", nonNegativeInt);
-  trainingOptions(cmd)
+  engineOptions(trainingOptions(cmd))
     .addHelpText(
       "after",
       `
@@ -92,7 +94,8 @@ Examples:
   attnres train                                   # the sotu-tiny preset, standard residuals
   attnres train --mode delta --steps 600          # Delta AttnRes, longer
   attnres train --mode delta-block --blocks 2 --out runs/db2
-  attnres train --out runs/db2 --resume           # continue after Ctrl-C`,
+  attnres train --out runs/db2 --resume           # continue after Ctrl-C
+  attnres train --mode delta --engine torch --nproc-per-node 2   # PyTorch, DDP over 2 processes`,
     )
     .action(async (o: TrainFlags) => {
       await trainCommand(o);

@@ -93,7 +93,7 @@ export interface RunResult {
   seconds: number;
 }
 
-interface TrainerState {
+export interface TrainerState {
   step: number;
   adam_t: number;
   sampler: number[];
@@ -136,7 +136,7 @@ export function resolveSpec(
 
 const ckptDir = (dir: string) => path.join(dir, "checkpoint");
 
-function readState(dir: string): TrainerState | null {
+export function readState(dir: string): TrainerState | null {
   let c = ckptDir(dir);
   if (!fs.existsSync(c) && fs.existsSync(`${c}.old`)) c = `${c}.old`; // crashed mid-replace
   const f = path.join(c, "trainer_state.json");
@@ -156,7 +156,7 @@ export function finishedRun(dir: string): RunResult | null {
   return s?.done && s.result ? { ...s.result, dir, interrupted: false } : null;
 }
 
-function sameSpec(a: RunSpec, b: RunSpec): boolean {
+export function sameSpec(a: RunSpec, b: RunSpec): boolean {
   return (
     JSON.stringify(a.model) === JSON.stringify(b.model) &&
     JSON.stringify(a.train) === JSON.stringify(b.train) &&

@@ -98,7 +98,7 @@ def write_csv(path, records):
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="python -m attnres_torch train")
-    ap.add_argument("--run", required=True)
+    ap.add_argument("--run", required=True, action="append", help="run folder (repeatable: one process trains each in turn)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
@@ -504,6 +504,19 @@ class _NullContext:
 
 def main(argv):
     a = parse_args(argv)
+    runs = a.run
+    if len(runs) > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        print("attnres_torch rank 0: several --run folders are for one process only", file=sys.stderr)
+        return 2
+    for run in runs:  # one after the other in this process (tests: torch is imported once)
+        a.run = run
+        code = train_one(a)
+        if code:
+            return code
+    return 0
+
+
+def train_one(a):
     rank = os.environ.get("RANK", "0")
     eng = Engine(a)
 

@@ -313,7 +313,7 @@ export async function runTorchTraining(
     for (const c of children) if (c.proc.exitCode === null) c.proc.kill("SIGINT");
   };
   opts.signal?.addEventListener("abort", onAbort);
-  let failure: string | null = null;
+  let failure: string | null;
   try {
     if (probe.torchrun) {
       say(`starting ${o.nprocPerNode} worker(s) with torchrun (${probe.python}, torch ${probe.torch})`);
@@ -367,7 +367,9 @@ export async function runTorchTraining(
           if ((code !== 0 || sig) && first === null) {
             const who = c.rank < 0 ? "torchrun" : `rank ${c.rank}`;
             const how = sig ? `was killed by ${sig}` : `exited with status ${code}`;
-            const msg = c.errors.at(-1) ?? children.flatMap((x) => x.errors).at(-1);
+            // A rank's own message; a killed rank has none (the others' are consequences of it),
+            // and torchrun reports for its workers.
+            const msg = c.rank < 0 ? children.flatMap((x) => x.errors).at(-1) : c.errors.at(-1);
             first =
               code === 3
                 ? "diverged"

@@ -2,7 +2,15 @@
 # Sets up attnres on a Debian/Ubuntu machine: system packages for the native addon (compiler,
 # pkg-config, OpenBLAS with OpenMP, clang-format for the format check), then `npm ci`, which
 # builds the addon. Needs Node.js >= 20. Uses sudo when not root. Safe to re-run.
+# --with-torch also installs Debian's python3-torch (the torch engine, `--engine torch`).
 set -euo pipefail
+with_torch=0
+for arg in "$@"; do
+  case "$arg" in
+    --with-torch) with_torch=1 ;;
+    *) echo "usage: bash scripts/setup.sh [--with-torch]" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 
 major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
@@ -15,6 +23,7 @@ need=()
 for p in build-essential python3 pkg-config libopenblas-openmp-dev clang-format; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
+if [ "$with_torch" -eq 1 ]; then dpkg -s python3-torch >/dev/null 2>&1 || need+=(python3-torch); fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

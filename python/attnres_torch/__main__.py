@@ -17,8 +17,11 @@ def main():
 
         print(json.dumps(probe()))
         return
-    print("usage: python -m attnres_torch train --run DIR [--resume] [--device cpu|cuda] "
-          "[--dtype float32|bfloat16] [--fsdp] [--compile] | probe", file=sys.stderr)
+    print(
+        "usage: python -m attnres_torch train --run DIR [--resume] [--device cpu|cuda] "
+        "[--dtype float32|bfloat16] [--fsdp] [--compile] | probe",
+        file=sys.stderr,
+    )
     sys.exit(2)
 
 

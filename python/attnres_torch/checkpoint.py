@@ -83,7 +83,12 @@ def save(run_dir, step, weights, config, data_dir, moments, state):
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     meta = {"format": "pt", "generator": "attnres train --engine torch"}
-    save_file({k: v.detach().float().cpu() for k, v in weights.items()}, os.path.join(tmp, "model.safetensors"), meta, crc32=True)
+    save_file(
+        {k: v.detach().float().cpu() for k, v in weights.items()},
+        os.path.join(tmp, "model.safetensors"),
+        meta,
+        crc32=True,
+    )
     _write_text(os.path.join(tmp, "config.json"), json.dumps(config_for_export(config), indent=2) + "\n")
     for name in TOKENIZER_FILES:
         src = os.path.join(data_dir, name)
@@ -94,7 +99,11 @@ def save(run_dir, step, weights, config, data_dir, moments, state):
                 f.write(blob)
                 f.flush()
                 os.fsync(f.fileno())
-    save_file({k: v.detach().float().cpu() for k, v in moments.items()}, os.path.join(tmp, "optimizer.safetensors"), crc32=True)
+    save_file(
+        {k: v.detach().float().cpu() for k, v in moments.items()},
+        os.path.join(tmp, "optimizer.safetensors"),
+        crc32=True,
+    )
     _write_text(os.path.join(tmp, "trainer_state.json"), json.dumps(json_safe(state), indent=2) + "\n")
     files = {}
     for name in sorted(os.listdir(tmp)):

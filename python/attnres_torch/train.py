@@ -98,7 +98,9 @@ def write_csv(path, records):
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="python -m attnres_torch train")
-    ap.add_argument("--run", required=True, action="append", help="run folder (repeatable: one process trains each in turn)")
+    ap.add_argument(
+        "--run", required=True, action="append", help="run folder (repeatable: one process trains each in turn)"
+    )
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
@@ -246,16 +248,21 @@ class Engine:
             if a.fsdp:
                 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-                wrapped = FSDP(model, use_orig_params=True, sync_module_states=True,
-                               device_id=self.device if a.device == "cuda" else None)
+                wrapped = FSDP(
+                    model,
+                    use_orig_params=True,
+                    sync_module_states=True,
+                    device_id=self.device if a.device == "cuda" else None,
+                )
             else:
                 from torch.nn.parallel import DistributedDataParallel as DDP
 
                 # Sublayer 0 of delta / delta-block without a null source routes nothing: its
                 # router gets no gradient, which DDP must be told about.
                 unused = self.mode in ("delta", "delta-block") and not self.cfg["attnres_use_null_source"]
-                wrapped = DDP(model, device_ids=[self.local_rank] if a.device == "cuda" else None,
-                              find_unused_parameters=unused)
+                wrapped = DDP(
+                    model, device_ids=[self.local_rank] if a.device == "cuda" else None, find_unused_parameters=unused
+                )
         else:
             wrapped = model
         if a.compile:
@@ -435,7 +442,13 @@ class Engine:
             self.step += 1
             session_steps += 1
             last_loss = loss
-            rec = {"step": self.step, "loss": loss, "grad_norm": norm, "lr": s["lr"] * mult, "tokens_per_s": tokens_per_step / dt}
+            rec = {
+                "step": self.step,
+                "loss": loss,
+                "grad_norm": norm,
+                "lr": s["lr"] * mult,
+                "tokens_per_s": tokens_per_step / dt,
+            }
             if self.step % s["eval_every"] == 0 or self.step == total_steps:
                 val_loss = self.evaluate()
                 rec["val_loss"] = val_loss

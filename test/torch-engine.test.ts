@@ -21,7 +21,13 @@ import { describe, test } from "node:test";
 import { readSafetensors } from "../src/io/safetensors.js";
 import { loadPrepared } from "../src/data/prepared.js";
 import { resolveSpec, runTraining, type RunSpec } from "../src/train/run.js";
-import { findTorch, PYTHON_DIR, runTorchTraining, type TorchProbe } from "../src/train/torch-engine.js";
+import {
+  checkTorchOptions,
+  findTorch,
+  PYTHON_DIR,
+  runTorchTraining,
+  type TorchProbe,
+} from "../src/train/torch-engine.js";
 import { readMetrics, sampleText, tempDir, writePreparedBytes } from "./helpers.js";
 
 const tmp = () => tempDir("torch");
@@ -104,6 +110,63 @@ test("without torch, the torch engine says how to install it (one line)", async 
     if (saved === undefined) delete process.env.ATTNRES_PYTHON;
     else process.env.ATTNRES_PYTHON = saved;
   }
+});
+
+test("torch options: versions, devices, process counts (one line each; a warning past the cores)", () => {
+  const p113: TorchProbe = {
+    python: "/usr/bin/python3",
+    pythonVersion: "3.11.2",
+    torch: "1.13.0",
+    torchrun: false,
+    fsdp: false,
+    compile: false,
+    cuda: 0,
+    cpus: 2,
+  };
+  const p2: TorchProbe = { ...p113, torch: "2.4.1", torchrun: true, fsdp: true, compile: true, cuda: 8 };
+  const warnings: string[] = [];
+  const warn = (l: string) => warnings.push(l);
+  assert.throws(
+    () => checkTorchOptions({ fsdp: true }, p113, 8, warn),
+    /^Error: --fsdp needs torch >= 2\.0; \/usr\/bin\/python3 has torch 1\.13\.0/,
+  );
+  assert.throws(() => checkTorchOptions({ compile: true }, p113, 8, warn), /--compile needs torch >= 2\.0/);
+  assert.throws(() => checkTorchOptions({ device: "cuda" }, p113, 8, warn), /sees no CUDA device/);
+  assert.throws(
+    () => checkTorchOptions({ nprocPerNode: 3 }, p113, 8, warn),
+    /batch size 8 is not a multiple of the 3 processes/,
+  );
+  assert.throws(
+    () => checkTorchOptions({ nnodes: 2, nprocPerNode: 2 }, p2, 8, warn),
+    /--nnodes > 1 needs --master-addr and --master-port/,
+  );
+  assert.throws(
+    () => checkTorchOptions({ nnodes: 2, nodeRank: 2, masterAddr: "a", masterPort: 1 }, p2, 8, warn),
+    /--node-rank 2 must be below --nnodes 2/,
+  );
+  assert.equal(warnings.length, 0);
+  checkTorchOptions({ nprocPerNode: 4 }, p113, 8, warn);
+  assert.deepEqual(warnings, [
+    "warning: 4 processes on 2 CPU cores; they will compete for cores (slower, same results)",
+  ]);
+  const ok = checkTorchOptions(
+    {
+      fsdp: true,
+      compile: true,
+      device: "cuda",
+      dtype: "bfloat16",
+      nprocPerNode: 8,
+      nnodes: 2,
+      nodeRank: 1,
+      masterAddr: "n0",
+      masterPort: 29500,
+    },
+    p2,
+    16,
+    warn,
+  );
+  assert.equal(ok.device, "cuda");
+  assert.equal(warnings.length, 1); // CUDA processes are not counted against CPU cores
 });
 
 if (!probe && !required) {
@@ -257,6 +320,39 @@ if (!probe && !required) {
       assertRelClose(column(dir, "loss"), column(whole, "loss"), 1e-4, "TS → torch → TS vs uninterrupted TS");
       const csv = fs.readFileSync(path.join(dir, "metrics.csv"), "utf8").trim().split("\n");
       assert.equal(csv[0], "step,loss,grad_norm,lr,tokens_per_s,val_loss,time,elapsed_s");
+    });
+
+    test("finetune (init from a checkpoint, frozen backbone, routing lr): torch equals TS; the backbone stays bit-identical", async () => {
+      const src = tmp();
+      await runTraining(spec({ attnres_mode: "delta" }, { steps: 3, eval_every: 3 }), src);
+      const init = path.join(src, "checkpoint");
+      const s = {
+        ...spec({ attnres_mode: "delta" }, { steps: 8, eval_every: 4, freeze_base: true, routing_lr: 1e-2 }),
+        init,
+      };
+      const a = tmp();
+      const b = tmp();
+      await runTraining(s, a);
+      await torchRun(s, b);
+      assertRelClose(column(b, "loss"), column(a, "loss"), 1e-4, "finetune loss");
+      assertRelClose(column(b, "grad_norm"), column(a, "grad_norm"), 1e-3, "finetune grad norm");
+      const before = readSafetensors(path.join(init, "model.safetensors")).tensors;
+      const after = readSafetensors(path.join(b, "checkpoint", "model.safetensors")).tensors;
+      let routed = 0;
+      for (const [n, t] of after) {
+        const same =
+          Buffer.compare(
+            Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength),
+            Buffer.from(
+              before.get(n)!.data.buffer,
+              before.get(n)!.data.byteOffset,
+              before.get(n)!.data.byteLength,
+            ),
+          ) === 0;
+        if (/_res_/.test(n)) routed += same ? 0 : 1;
+        else assert.ok(same, `${n} changed although the backbone is frozen`);
+      }
+      assert.ok(routed > 0, "no routing parameter trained");
     });
 
     test("a checkpoint that does not fit the config is rejected as the TypeScript engine rejects it", async () => {

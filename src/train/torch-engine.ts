@@ -19,14 +19,14 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
-import { fileURLToPath } from "node:url";
 import { loadPrepared } from "../data/prepared.js";
+import { packageRoot } from "../io/paths.js";
 import { writeFileAtomic } from "../io/safetensors.js";
 import { readState, resolveSpec, sameSpec, type RunOptions, type RunResult, type RunSpec } from "./run.js";
 import { TrainingDiverged } from "./trainer.js";
 
 /** Where the Python package lives (PYTHONPATH for the workers). */
-export const PYTHON_DIR = fileURLToPath(new URL("../../python", import.meta.url));
+export const PYTHON_DIR = path.join(packageRoot(), "python");
 export const TORCH_INSTALL = "bash scripts/setup.sh --with-torch";
 
 export interface TorchOptions {

@@ -7,6 +7,9 @@
  *   reference step    forward+backward+AdamW of the 4-layer, d=256 model on 8×256 tokens, in a
  *                     fresh process; and the same step in PyTorch when `import torch` works
  *
+ *   engines           the reference step as a training run on the TypeScript engine and on the torch
+ *                     engine (python/attnres_torch) with 1 and 2 DDP processes (bench/engines.ts),
+ *                     with the torch engine's largest loss difference as a correctness check
  *   routing step      the reference step at 12 layers for every residual mode, ratios to standard
  *   start-up          `attnres --help`, `attnres train --help` and `attnres --version` (the compiled
  *                     command line, bin/attnres.mjs → dist/, as installed) against `node -e ''`:
@@ -18,8 +21,9 @@
  *                     writes ~2.5 GB of temporary files and takes minutes, so it is opt-in
  *
  * Options: --json, --steps N (timed steps per configuration, default 10), --quick (fewer reps),
- *          --no-torch (skip PyTorch), --no-routing (skip the routing step), --no-startup (skip the
- *          start-up times), --no-view (skip the viewer), --convert (add the convert benchmark).
+ *          --no-torch (skip PyTorch and the torch engine), --no-engines (skip the engines row),
+ *          --no-routing (skip the routing step), --no-startup (skip the start-up times), --no-view
+ *          (skip the viewer), --convert (add the convert benchmark).
  */
 import { execFileSync, spawnSync } from "node:child_process";
 import * as os from "node:os";
@@ -40,6 +44,7 @@ const { values: args } = parseArgs({
     "no-routing": { type: "boolean", default: false },
     "no-startup": { type: "boolean", default: false },
     "no-view": { type: "boolean", default: false },
+    "no-engines": { type: "boolean", default: false },
     convert: { type: "boolean", default: false },
   },
 });
@@ -239,6 +244,49 @@ function main(): void {
       `  step time ours/pytorch: ${ratio.toFixed(2)} (median of ${rounds} alternating rounds: ${oursRuns.map((o, r) => (o.median_step_s / torchRuns[r]!.median_step_s).toFixed(2)).join(", ")})   peak RSS ours/pytorch: ${rssRatio!.toFixed(2)}`,
     );
 
+  // ---- engines: the reference step as a training run, TypeScript engine vs torch engine (1 and 2
+  // DDP processes), one after the other in one child process.
+  let engines: Record<string, unknown> | null = null;
+  if (!args["no-engines"] && !args["no-torch"]) {
+    progress("engines: the reference step as a training run (bench/engines.ts)");
+    const r = spawnSync(
+      process.execPath,
+      [
+        "--import",
+        "tsx",
+        path.join(here, "engines.ts"),
+        "--steps",
+        String(Math.max(4, Math.ceil(steps / 2))),
+      ],
+      { cwd: root, encoding: "utf8", maxBuffer: 1 << 24, stdio: ["ignore", "pipe", "inherit"] },
+    );
+    if (r.status === 0) {
+      const e = JSON.parse(r.stdout.trim().split("\n").pop()!) as {
+        steps: number;
+        ts: { median_step_s: number; tokens_per_s: number };
+        torch_1: { median_step_s: number; tokens_per_s: number };
+        torch_2: { median_step_s: number; tokens_per_s: number };
+        max_rel_loss_diff_torch1_vs_ts: number;
+        max_rel_loss_diff_torch2_vs_torch1: number;
+      };
+      engines = e;
+      log(
+        `\nengines: the reference step as a training run of ${e.steps} steps (median over steps 2…${e.steps})`,
+      );
+      log("  engine                          median s   tokens/s   time × TS engine");
+      const erow = (name: string, x: { median_step_s: number; tokens_per_s: number }) =>
+        log(
+          `  ${name.padEnd(30)} ${x.median_step_s.toFixed(3).padStart(8)}   ${x.tokens_per_s.toFixed(0).padStart(8)}   ${(x.median_step_s / e.ts.median_step_s).toFixed(2).padStart(16)}`,
+        );
+      erow(`TypeScript engine (${info.blas})`, e.ts);
+      erow("torch engine, 1 process", e.torch_1);
+      erow("torch engine, 2 processes DDP", e.torch_2);
+      log(
+        `  losses: torch 1 process vs TS engine within ${e.max_rel_loss_diff_torch1_vs_ts.toExponential(1)} relative; 2 processes vs 1 within ${e.max_rel_loss_diff_torch2_vs_torch1.toExponential(1)}`,
+      );
+    } else log("  engines: not measured (the torch engine did not run; its error is above)");
+  }
+
   // ---- routing step: the reference step at 12 layers, every residual mode, ratios to standard.
   // Times come from one process that interleaves the modes' steps (noise falls on all alike);
   // peak RSS from one fresh process per mode.
@@ -370,6 +418,7 @@ function main(): void {
             ratio_time: ratio,
             ratio_rss: rssRatio,
           },
+          engines,
           routing_step: routing,
           startup,
           view,

@@ -3,7 +3,7 @@
 
 One step = forward, mean cross-entropy, backward, grad-norm clipping at --clip (1.0, as
 bench/step.ts), AdamW (lr 1e-3; weight decay 0.1 on matrices, 0 on vectors). Default
-backbone llama (no q/k norms), untied, as bench/step.ts. Uses the reference model in scripts/torch_ref/model.py.
+backbone llama (no q/k norms), untied, as bench/step.ts. Uses the model of python/attnres_torch/model.py.
 Prints ONE line of JSON to stdout.
 
     /usr/bin/python3 bench/torch_step.py --layers 4 --d 256 --heads 4 --seq 256 --batch 8
@@ -18,12 +18,12 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "scripts", "torch_ref"))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python"))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from model import MODES, CausalLM, make_config  # noqa: E402
+from attnres_torch.model import MODES, CausalLM, make_config  # noqa: E402
 
 
 def main():

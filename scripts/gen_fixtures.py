@@ -13,12 +13,12 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "torch_ref"))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python"))
 
 import torch  # noqa: E402
 
-from model import CausalLM, make_config, config_json  # noqa: E402
-from safetensors_io import save_file  # noqa: E402
+from attnres_torch.model import CausalLM, make_config, config_json  # noqa: E402
+from attnres_torch.safetensors_io import save_file  # noqa: E402
 
 ROOT = os.path.dirname(HERE)
 OUT = os.path.join(ROOT, "test", "fixtures")
@@ -199,7 +199,9 @@ def backbone_fixture(name, cfg):
     tensors["adamw.grad_norms"] = norms
     for n, p in model.named_parameters():
         tensors["step3." + n] = p.detach().clone()
-    print(f"  {name}: loss {out['loss'].item():.6f} logits std {sd:.3f} adamw losses {[round(x, 5) for x in losses.tolist()]}")
+    print(
+        f"  {name}: loss {out['loss'].item():.6f} logits std {sd:.3f} adamw losses {[round(x, 5) for x in losses.tolist()]}"
+    )
     write(name, tensors, cfg, {"adamw": json.dumps(ADAMW)})
 
 
@@ -394,7 +396,9 @@ def self_checks():
         bad = with_backbone_of(cfg, stdL, query_std=QUERY_STD, legacy_delta=True)
         err = (logits_of(good, idsL) - logits_of(bad, idsL)).abs().max().item()
         assert (err > 1e-6) == differ, f"delta-block L={L} B={nb}: legacy diff {err}"
-        print(f"  ok  delta-block L={L} B={nb}: released-code Delta {'differs' if differ else 'agrees'} (max diff {err:.2e})")
+        print(
+            f"  ok  delta-block L={L} B={nb}: released-code Delta {'differs' if differ else 'agrees'} (max diff {err:.2e})"
+        )
 
     # Parameter counts (docs/methods.md "Parameter counts").
     d, L = bb["hidden_size"], bb["num_hidden_layers"]

@@ -3,7 +3,7 @@
 Reads JSON on stdin: {"configs": [<HF config dict>, ...], "batch": B, "seq": T} and prints one
 JSON line: {"torch": "<version>", "results": [{"peak_bytes": n, "persistent_bytes": n}, ...]}.
 
-Each config becomes the reference PyTorch model (scripts/torch_ref/model.py, float32, CPU) with
+Each config becomes the reference PyTorch model (python/attnres_torch/model.py, float32, CPU) with
 AdamW (decay on matrices only) and gradient clipping at 1.0, and takes two training steps on
 synthetic tokens [B, T]. Memory is measured with torch.profiler's memory events (profile_memory),
 which report every allocation and free of the CPU allocator while profiling is on: profiling
@@ -22,8 +22,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "torch_ref"))
-from model import CausalLM  # noqa: E402
+sys.path.insert(0, os.path.join(HERE, "..", "python"))
+from attnres_torch.model import CausalLM  # noqa: E402
 
 
 def train_step(model, opt, ids, targets):

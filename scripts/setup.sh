@@ -3,7 +3,15 @@
 # pkg-config, OpenBLAS with OpenMP, clang-format for the format check, chromium for the browser
 # tests of `attnres view`, strace for the crash tests), then `npm ci`, which builds the addon and the
 # viewer's front end. Needs Node.js >= 20. Uses sudo when not root. Safe to re-run.
+# --with-torch also installs Debian's python3-torch (the torch engine, `--engine torch`).
 set -euo pipefail
+with_torch=0
+for arg in "$@"; do
+  case "$arg" in
+    --with-torch) with_torch=1 ;;
+    *) echo "usage: bash scripts/setup.sh [--with-torch]" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 
 major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
@@ -16,6 +24,7 @@ need=()
 for p in build-essential python3 pkg-config libopenblas-openmp-dev clang-format chromium fonts-dejavu-core strace; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
+if [ "$with_torch" -eq 1 ]; then dpkg -s python3-torch >/dev/null 2>&1 || need+=(python3-torch); fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -1,6 +1,6 @@
 /**
  * Every residual mode against the PyTorch reference written from docs/methods.md
- * (scripts/torch_ref/model.py; fixtures by scripts/gen_fixtures.py, float64, routing queries
+ * (python/attnres_torch/model.py; fixtures by scripts/gen_fixtures.py, float64, routing queries
  * non-zero so routing is exercised): logits, loss, every parameter gradient, the routing weights
  * α of every routed call and DDL's β. Parameters load by the authors' tensor names, so this also
  * checks the checkpoint naming of every mode.

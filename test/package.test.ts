@@ -78,7 +78,7 @@ function distStale(): boolean {
 
 /** The only files `--help` / `--version` may load: commander and the command definitions. */
 const helpModules =
-  /\/node_modules\/commander\/|\/node_modules\/attnres\/(bin\/attnres\.mjs|dist\/(node-version|cli\/(main|common|preset-names|commands\/[\w-]+)|io\/paths|model\/names|plan\/sizes)\.js)$/;
+  /\/node_modules\/commander\/|\/node_modules\/attnres\/(bin\/attnres\.mjs|dist\/(node-version|cli\/(main|common|engine|preset-names|commands\/[\w-]+)|io\/paths|model\/names|plan\/sizes)\.js)$/;
 
 test("the install script without a compiler: a warning as a dependency, an error in a clone", () => {
   const script = path.join(root, "scripts", "build-native.mjs");
@@ -179,7 +179,12 @@ describe("the npm package", { timeout: 20 * 60_000 }, () => {
       "README.md",
     ])
       assert.ok(files.includes(f), `${f} is not in the tarball`);
-    const unwanted = files.filter((f) => /^(src|test|bench)\/|\.(png|svg|py)$|(?<!\.d)\.ts$/.test(f));
+    // Python ships only as the torch engine (python/attnres_torch), never compiled.
+    const unwanted = files.filter(
+      (f) =>
+        /^(src|test|bench)\/|\.(png|svg|pyc)$|(?<!\.d)\.ts$/.test(f) ||
+        (f.endsWith(".py") && !f.startsWith("python/")),
+    );
     assert.deepEqual(unwanted, []);
     // ~220 kB of code and docs, the viewer's front-end bundle (vega, ~350 kB compressed) and the
     // shipped tinyshakespeare corpus (~450 kB compressed).

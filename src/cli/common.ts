@@ -11,6 +11,7 @@ import type * as cliProgressModule from "cli-progress";
 import { type Command, InvalidArgumentError, Option } from "commander";
 import { MODE_NAMES, type ModeName } from "../model/names.js";
 import type { RunResult, RunSpec } from "../train/run.js";
+import type { TorchOptions } from "../train/torch-engine.js";
 import type { DataSpec } from "./preset.js";
 
 const require = createRequire(import.meta.url);
@@ -268,13 +269,19 @@ export function windowOptions(cmd: Command, batches: number | undefined): Comman
 export async function runInTerminal(
   spec: RunSpec,
   out: string,
-  o: { resume?: boolean; overwrite?: boolean; quiet?: boolean },
+  o: { resume?: boolean; overwrite?: boolean; quiet?: boolean; torch?: TorchOptions },
 ): Promise<RunResult> {
   const { runTraining } = await import("../train/run.js");
+  const { runTorchTraining } = await import("../train/torch-engine.js");
   const bar = progress("step", o.quiet);
   const { signal, dispose } = interruptSignal();
   try {
-    const r = await runTraining(spec, out, {
+    const torch = o.torch;
+    const run = torch
+      ? (s: RunSpec, d: string, ro: Parameters<typeof runTraining>[2]) =>
+          runTorchTraining(s, d, { ...ro, torch })
+      : runTraining;
+    const r = await run(spec, out, {
       resume: o.resume,
       overwrite: o.overwrite,
       signal,

@@ -10,6 +10,8 @@ import { checkModeFlags, interruptSignal, modeKeys, MODE_LIST, progress } from "
 import { loadPreset } from "./preset.js";
 import { specFrom, type TrainFlags } from "./train.js";
 import { writeCompareFigures } from "./figures.js";
+import { torchOptionsFrom } from "./engine.js";
+import { runTorchTraining } from "../train/torch-engine.js";
 
 export { registerCompare } from "./commands/compare.js";
 
@@ -28,6 +30,7 @@ function parseList<T>(v: string, what: string, parse: (s: string) => T): T[] {
 }
 
 export async function compareCommand(f: CompareFlags): Promise<CompareResult> {
+  const torch = torchOptionsFrom(f);
   const preset = loadPreset(f.preset);
   const modes = f.modes
     ? parseList(f.modes, "modes", (m) => {
@@ -67,6 +70,7 @@ export async function compareCommand(f: CompareFlags): Promise<CompareResult> {
       onStep: (step, total, loss, tps) =>
         bar.update(step, total, { loss: loss.toFixed(3), "tok/s": tps.toFixed(0) }),
       onRun: (run, i, n) => bar.log(`run ${i + 1}/${n}: ${run.mode}, seed ${run.seed} (${run.dir})`),
+      ...(torch ? { train: (s, d, o) => runTorchTraining(s, d, { ...o, torch }) } : {}),
     });
     bar.stop();
     const figures = r.complete ? await writeCompareFigures(r) : [];

@@ -14,8 +14,9 @@ import { type RunResult, type RunSpec } from "../train/run.js";
 import { runInTerminal, type RunFlags } from "./common.js";
 
 export { registerFinetune } from "./commands/finetune.js";
+import { type EngineFlags, torchOptionsFrom } from "./engine.js";
 
-export interface FinetuneFlags extends RunFlags {
+export interface FinetuneFlags extends RunFlags, EngineFlags {
   from: string;
   data: string;
   freezeBase?: boolean;
@@ -57,6 +58,7 @@ export function finetuneSpec(f: FinetuneFlags): RunSpec {
 
 export async function finetuneCommand(f: FinetuneFlags): Promise<RunResult> {
   if (!fs.existsSync(f.from)) throw new Error(`checkpoint folder ${f.from} does not exist`);
+  const torch = torchOptionsFrom(f);
   const spec = finetuneSpec(f);
   const mode = modeName(readConfig(f.from));
   const out = f.out || path.join("runs", `finetune-${path.basename(path.resolve(f.from))}-${mode}`);
@@ -66,7 +68,7 @@ export async function finetuneCommand(f: FinetuneFlags): Promise<RunResult> {
         `${spec.train.routing_lr !== undefined ? `, routing lr ${spec.train.routing_lr}` : ""}` +
         `${f.freezeBase ? ", backbone frozen" : ""}; run folder ${out}\n`,
     );
-  const r = await runInTerminal(spec, out, f);
+  const r = await runInTerminal(spec, out, { ...f, torch });
   if (!f.quiet && r.done)
     process.stdout.write(
       `done: val loss ${r.valLoss.toFixed(4)}, perplexity ${r.valPerplexity.toFixed(2)}; checkpoint in ${path.join(out, "checkpoint")}\n`,

@@ -12,8 +12,9 @@ import { checkModeFlags, dataDir, modeKeys, runInTerminal, type RunFlags } from 
 import { loadPreset, type Preset } from "./preset.js";
 
 export { registerTrain } from "./commands/train.js";
+import { type EngineFlags, torchOptionsFrom } from "./engine.js";
 
-export interface TrainFlags extends RunFlags {
+export interface TrainFlags extends RunFlags, EngineFlags {
   preset: string;
   data?: string;
   mode?: ModeName;
@@ -50,6 +51,7 @@ export async function specFrom(preset: Preset, f: TrainFlags): Promise<RunSpec> 
 /** Runs training as the CLI does: progress bar, Ctrl-C, a summary line. */
 export async function trainCommand(f: TrainFlags): Promise<RunResult> {
   const preset = loadPreset(f.preset);
+  const torch = torchOptionsFrom(f);
   const spec = await specFrom(preset, f);
   const mode = modeName(parseConfig({ vocab_size: 1, ...spec.model }, `preset ${f.preset}`));
   checkModeFlags([mode], f);
@@ -59,9 +61,9 @@ export async function trainCommand(f: TrainFlags): Promise<RunResult> {
   const backend = defaultBackend();
   if (!f.quiet)
     process.stdout.write(
-      `attnres train: ${mode} on ${spec.data}, ${spec.train.steps} steps of ${spec.train.batch_size}×${spec.train.seq_len} tokens; ${backend.name} backend (${backend.threads()} threads); run folder ${out}\n`,
+      `attnres train: ${mode} on ${spec.data}, ${spec.train.steps} steps of ${spec.train.batch_size}×${spec.train.seq_len} tokens; ${torch ? "torch engine" : `${backend.name} backend (${backend.threads()} threads)`}; run folder ${out}\n`,
     );
-  const r = await runInTerminal(spec, out, f);
+  const r = await runInTerminal(spec, out, { ...f, torch });
   if (!f.quiet && r.done)
     process.stdout.write(
       `done: val loss ${r.valLoss.toFixed(4)}, perplexity ${r.valPerplexity.toFixed(2)}, ${r.valBpb.toFixed(3)} bits/byte; ` +

@@ -13,7 +13,7 @@
  *          ones a backward needs). Fused ops keep little: rmsnorm its output + one rstd per row,
  *          attention its output + one log-sum-exp per row and head (no [T, T] matrix), depth
  *          routing its output + α and rstd [n, N] (it reads the N sources in place).
- *   torch  eager PyTorch as the reference model (scripts/torch_ref/model.py) writes it: only the
+ *   torch  eager PyTorch as the reference model (python/attnres_torch/model.py) writes it: only the
  *          tensors autograd saves (and the Python lists of sources) stay; RMSNorm is composite
  *          (keeps x², x·rstd, rstd and its output); attention is either "math" (the reference's
  *          softmax(QKᵀ)V: keeps the [B, H, T, T] probabilities) or "flash" (a fused kernel such as

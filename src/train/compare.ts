@@ -66,6 +66,8 @@ export interface CompareResult {
 export interface CompareOptions extends Pick<RunOptions, "signal" | "log" | "onStep"> {
   /** Called before each run starts (or is found finished). */
   onRun?: (run: CompareRun, index: number, total: number) => void;
+  /** The training engine (default runTraining; the torch engine has the same signature). */
+  train?: typeof runTraining;
 }
 
 /** Trains (or resumes) every run, then writes results.json and results.md into `out`. */
@@ -95,7 +97,7 @@ export async function runCompare(
     }
     let res: RunResult;
     try {
-      res = await runTraining(specFor(r.mode, r.seed), r.dir, {
+      res = await (opts.train ?? runTraining)(specFor(r.mode, r.seed), r.dir, {
         resume: "auto",
         signal: opts.signal,
         log: opts.log,

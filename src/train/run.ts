@@ -113,7 +113,7 @@ export interface RunResult {
   seconds: number;
 }
 
-interface TrainerState {
+export interface TrainerState {
   step: number;
   adam_t: number;
   sampler: number[];
@@ -181,7 +181,7 @@ export function resolveSpec(
 const ckptDir = (dir: string) => path.join(dir, "checkpoint");
 
 /** The trainer state of checkpoint folder `c`, checked (an error naming the file otherwise). */
-function readState(c: string, totalSteps?: number): TrainerState {
+export function readState(c: string, totalSteps?: number): TrainerState {
   const f = path.join(c, "trainer_state.json");
   let raw: unknown;
   try {
@@ -231,7 +231,7 @@ function readSpecFile(file: string): RunSpec {
   }
 }
 
-function sameSpec(a: RunSpec, b: RunSpec): boolean {
+export function sameSpec(a: RunSpec, b: RunSpec): boolean {
   return (
     JSON.stringify(a.model) === JSON.stringify(b.model) &&
     JSON.stringify(a.train) === JSON.stringify(b.train) &&

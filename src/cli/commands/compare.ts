@@ -2,6 +2,7 @@
 import type { Command } from "commander";
 import { MODE_LIST, trainingOptions } from "../common.js";
 import type { CompareFlags } from "../compare.js";
+import { engineOptions } from "../engine.js";
 import { listPresets } from "../preset-names.js";
 
 export function registerCompare(program: Command): void {
@@ -12,7 +13,7 @@ export function registerCompare(program: Command): void {
     .option("--modes <list>", `comma-separated modes (${MODE_LIST.join(", ")})`)
     .option("--seeds <list>", "comma-separated seeds (default 0)")
     .option("-o, --out <dir>", "output folder (default runs/compare-<preset>)");
-  trainingOptions(cmd)
+  engineOptions(trainingOptions(cmd))
     .addHelpText(
       "after",
       `

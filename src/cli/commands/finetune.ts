@@ -1,10 +1,11 @@
 /** The definition of `attnres finetune` (options, help); the work is in ../finetune.ts, loaded on use. */
 import { type Command, Option } from "commander";
 import { aliased, nonNegative, nonNegativeInt, positive, positiveInt } from "../common.js";
+import { engineOptions } from "../engine.js";
 import type { FinetuneFlags } from "../finetune.js";
 
 export function registerFinetune(program: Command): void {
-  program
+  const cmd = program
     .command("finetune")
     .description("fine-tune a checkpoint (e.g. from attnres convert) on a prepared dataset")
     .option("-c, --checkpoint <dir>", "checkpoint folder whose weights start the run; required")
@@ -25,7 +26,8 @@ export function registerFinetune(program: Command): void {
     .option("--clip <x>", "gradient-norm clipping (0 = off)", nonNegative)
     .option("--seed <n>", "seed for batches", nonNegativeInt)
     .option("--eval-every <n>", "validate every n steps", positiveInt)
-    .option("--checkpoint-every <n>", "checkpoint every n steps (default: eval-every)", positiveInt)
+    .option("--checkpoint-every <n>", "checkpoint every n steps (default: eval-every)", positiveInt);
+  engineOptions(cmd)
     .addHelpText(
       "after",
       `

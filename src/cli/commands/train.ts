@@ -2,6 +2,7 @@
 import type { Command } from "commander";
 import { MODE_LIST, modeArg, nonNegativeInt, trainingOptions } from "../common.js";
 import { listPresets } from "../preset-names.js";
+import { engineOptions } from "../engine.js";
 import type { TrainFlags } from "../train.js";
 
 export function registerTrain(program: Command): void {
@@ -14,7 +15,7 @@ export function registerTrain(program: Command): void {
     .option("--overwrite", "start over in an --out that holds a run (deletes it)")
     .option("--mode <mode>", `residual mode: ${MODE_LIST.join(", ")}`, modeArg)
     .option("--seed <n>", "seed for initialisation and batches", nonNegativeInt);
-  trainingOptions(cmd)
+  engineOptions(trainingOptions(cmd))
     .addHelpText(
       "after",
       `
@@ -22,7 +23,8 @@ Examples:
   attnres train                                   # the sotu-tiny preset, standard residuals
   attnres train --mode delta --steps 600          # Delta AttnRes, longer
   attnres train --mode delta-block --blocks 2 --out runs/db2
-  attnres train --out runs/db2 --resume           # continue after Ctrl-C`,
+  attnres train --out runs/db2 --resume           # continue after Ctrl-C
+  attnres train --mode delta --engine torch --nproc-per-node 2   # PyTorch, DDP over 2 processes`,
     )
     .action(async (o: TrainFlags) => {
       const { trainCommand } = await import("../train.js");

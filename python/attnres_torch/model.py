@@ -1,4 +1,5 @@
-"""Plain-PyTorch reference of the attnres model (specification: docs/methods.md).
+"""The attnres model in plain PyTorch (specification: docs/methods.md): the test fixtures' reference
+and the torch engine's model.
 
 Decoder-only Llama/Qwen3 backbone with HF parameter names, and a pluggable residual
 "mode" that decides what goes into each sublayer and how the stream is updated.
@@ -6,8 +7,10 @@ Decoder-only Llama/Qwen3 backbone with HF parameter names, and a pluggable resid
 Sublayers are numbered j = 0 .. 2L-1 (attention of layer i is j = 2i, MLP is j = 2i+1).
 `f_j(x)` is sublayer j *including* its own pre-norm; `o_j = f_j(x_j)` its output.
 
-Works with torch 1.13 (no scaled_dot_product_attention). Any float dtype; the
-fixture generator uses float64, the benchmark float32.
+Works with torch 1.13 (explicit attention; torch >= 2 uses scaled_dot_product_attention). Any float
+dtype; the fixture generator uses float64, the benchmark and the engine float32.
+`init_like_typescript(model, seed)` draws the TypeScript engine's initial weights (same seed, same
+values): see src/nn/module.ts for the order.
 """
 
 import json
@@ -16,6 +19,11 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .rng import Rng
+
+# torch >= 2 has a fused attention; 1.13 runs the explicit softmax(QK^T/sqrt(d)) V below.
+_SDPA = getattr(F, "scaled_dot_product_attention", None)
 
 # --------------------------------------------------------------------------------------
 # Config helpers
@@ -171,7 +179,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, self.hkv * self.hd, bias=False)
         self.v_proj = nn.Linear(d, self.hkv * self.hd, bias=False)
         self.o_proj = nn.Linear(self.hq * self.hd, d, bias=False)
-        self.qk_norm = cfg["model_type"] in ("qwen3", "qwen3_attnres")
+        self.qk_norm = cfg.get("attention_qk_norm", cfg["model_type"] in ("qwen3", "qwen3_attnres"))
         if self.qk_norm:
             self.q_norm = RMSNorm(self.hd, cfg["rms_norm_eps"])
             self.k_norm = RMSNorm(self.hd, cfg["rms_norm_eps"])
@@ -191,11 +199,14 @@ class Attention(nn.Module):
         if rep > 1:  # query head h uses kv head h // rep
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
-        scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.hd))
-        mask = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
-        scores = scores.masked_fill(mask, float("-inf"))
-        p = torch.softmax(scores, dim=-1)
-        y = torch.matmul(p, v)  # [B, Hq, T, hd]
+        if _SDPA is not None and q.dtype != torch.float64:
+            y = _SDPA(q, k, v, is_causal=True)  # [B, Hq, T, hd]
+        else:
+            scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.hd))
+            mask = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+            scores = scores.masked_fill(mask, float("-inf"))
+            p = torch.softmax(scores, dim=-1)
+            y = torch.matmul(p, v)  # [B, Hq, T, hd]
         y = y.transpose(1, 2).reshape(B, T, self.hq * self.hd)
         return self.o_proj(y)
 
@@ -753,3 +764,57 @@ class CausalLM(nn.Module):
 
 def config_json(cfg):
     return json.dumps(cfg, sort_keys=True)
+
+
+# --------------------------------------------------------------------------------------
+# The TypeScript engine's initialisation
+# --------------------------------------------------------------------------------------
+
+
+def ts_init_order(cfg):
+    """(name, std) of every randomly drawn tensor, in the order the TypeScript engine draws them:
+    embed_tokens, then per layer q/k/v/o and gate/up/down, then lm_head (untied), then the DDL
+    projections per layer and sublayer (beta_proj, v_proj). Norms, routers, null sources, gates,
+    biases and reads are constants and draw nothing."""
+    std = cfg.get("initializer_range", 0.02)
+    out = [("model.embed_tokens.weight", std)]
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        out += [(p + f"self_attn.{n}.weight", std) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        out += [(p + f"mlp.{n}.weight", std) for n in ("gate_proj", "up_proj", "down_proj")]
+    if not cfg.get("tie_word_embeddings", False):
+        out.append(("lm_head.weight", std))
+    if mode_of(cfg) in ("ddl", "ddl-expanded"):
+        dstd = 0.5 / math.sqrt(cfg["hidden_size"])
+        for i in range(cfg["num_hidden_layers"]):
+            for kind in ("attn", "mlp"):
+                out.append((f"model.layers.{i}.{kind}_ddl_beta_proj.weight", dstd))
+                out.append((f"model.layers.{i}.{kind}_ddl_v_proj.weight", dstd))
+    return out
+
+
+@torch.no_grad()
+def init_like_typescript(model, seed, draw=True):
+    """Sets every parameter as the TypeScript engine initialises it from `seed`.
+
+    Random tensors: N(0, std^2) from the seeded generator (values drawn in float64, rounded to the
+    parameter dtype). Constants: norm gains 1, routing queries 0, null sources 0, gates 0, DDL beta
+    bias logit(beta0/2), value bias 0, reads 1/dv. draw=False zero-fills the random tensors instead
+    (ranks > 0 of a distributed job: they receive rank 0's weights)."""
+    cfg = model.config
+    params = dict(model.named_parameters())
+    for name, p in params.items():
+        if name.endswith("norm.weight"):
+            p.fill_(1.0)
+        elif name.endswith("_ddl_beta_proj.bias"):
+            p.fill_(_logit(float(cfg.get("ddl_beta0", 1.0)) / 2.0))
+        elif name.endswith("_ddl_read"):
+            p.fill_(1.0 / int(cfg.get("ddl_value_channels", 4)))
+        else:
+            p.zero_()
+    rng = Rng(seed)
+    for name, std in ts_init_order(cfg):
+        p = params[name]
+        if draw:
+            vals = rng.normals(p.numel(), std)
+            p.copy_(torch.tensor(vals, dtype=torch.float64).reshape(p.shape).to(p.dtype))

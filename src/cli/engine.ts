@@ -9,17 +9,9 @@ import { type Command, InvalidArgumentError } from "commander";
 import type { TorchOptions } from "../train/torch-engine.js";
 import { nonNegativeInt, positiveInt } from "./common.js";
 
-export interface EngineFlags {
+/** The engine flags: which engine, and the torch engine's launch options. */
+export interface EngineFlags extends TorchOptions {
   engine?: "ts" | "torch";
-  nprocPerNode?: number;
-  nnodes?: number;
-  nodeRank?: number;
-  masterAddr?: string;
-  masterPort?: number;
-  device?: "cpu" | "cuda";
-  dtype?: "float32" | "bfloat16";
-  fsdp?: boolean;
-  compile?: boolean;
 }
 
 const choice =

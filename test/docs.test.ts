@@ -269,6 +269,9 @@ function run(dir: string, script: string, env: Record<string, string> = {}) {
 
 const tail = (s: string | null, n = 2500) => ((s ?? "").length > n ? "…" + s!.slice(-n) : (s ?? ""));
 
+/** Commands that install software: never run from a doc (see the check below). */
+const INSTALLS = /\bsetup\.sh\b|\bnpm (ci|install|i)\b|\bapt(-get)? /;
+
 const files = docFiles();
 const all = files.flatMap((f) => fencedBlocks(fs.readFileSync(path.join(ROOT, f), "utf8"), f));
 
@@ -276,8 +279,13 @@ describe("the docs' commands: checks", () => {
   test("every command is in a ```bash/```sh block and checks: subcommands, flags, scripts, files", () => {
     const problems: string[] = [];
     for (const b of all) {
-      if (SHELL_LANGS.has(b.lang)) problems.push(...checkCommands(b));
-      else if ((b.lang === "" || b.lang === "text" || b.lang === "console") && COMMANDISH.test(b.body))
+      if (SHELL_LANGS.has(b.lang)) {
+        problems.push(...checkCommands(b));
+        // The copies link the checkout's node_modules: a set-up or install run from a doc would
+        // rebuild (and first delete) the very tree the tests run from.
+        if (!b.syntaxOnly && INSTALLS.test(b.body))
+          problems.push(`${b.file}:${b.line}: installs software; mark the block syntax-only`);
+      } else if ((b.lang === "" || b.lang === "text" || b.lang === "console") && COMMANDISH.test(b.body))
         problems.push(
           `${b.file}:${b.line}: a command in a \`\`\`${b.lang} block; put commands in \`\`\`bash`,
         );
@@ -294,6 +302,7 @@ for (const file of files) {
     let dir = "";
     for (const b of blocks)
       test(`line ${b.line}: ${b.body.split("\n")[0]!.slice(0, 80)}`, () => {
+        assert.ok(!INSTALLS.test(b.body), `${file}:${b.line} installs software; mark it syntax-only`);
         if (!dir) copies.push((dir = freshCopy()));
         const r = run(dir, b.body);
         assert.equal(

@@ -175,7 +175,7 @@ try {
       const bar = progress("step", o.quiet);
       try {
         const res = await runTraining(spec, dir, {
-          resume: true,
+          resume: "auto",
           signal,
           log: (l) => bar.log(l),
           onStep: (step, total, loss, tps) =>

@@ -11,7 +11,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { test } from "node:test";
 import { Command } from "commander";
-import { formatPlan, planCommand, registerPlan } from "../src/cli/plan.js";
+import { formatPlan, planCommand, type PlanFlags, registerPlan } from "../src/cli/plan.js";
 import { MODE_LIST } from "../src/cli/common.js";
 import { countParameters } from "../src/model/decoder.js";
 import { plan, planRow, withMode } from "../src/plan/estimate.js";
@@ -188,21 +188,21 @@ test("attnres plan: table of every mode, and one-line errors", () => {
   assert.equal((JSON.parse(ok.stdout) as { rows: unknown[] }).rows.length, 2);
 });
 
-/** Runs `attnres plan <args>` in this process and returns what it printed. */
+/**
+ * What `attnres plan <args>` prints, computed in this process: the command's own option parsing,
+ * with its action replaced by one that returns the text (the real action loads the implementation
+ * asynchronously, and stdout cannot be captured around that without catching the test runner's
+ * own output).
+ */
 async function planOutput(args: string[]): Promise<string> {
   const program = new Command().exitOverride();
   registerPlan(program);
   let out = "";
-  const write = process.stdout.write.bind(process.stdout);
-  process.stdout.write = ((chunk: string) => {
-    out += chunk;
-    return true;
-  }) as typeof process.stdout.write;
-  try {
-    await program.parseAsync(["plan", ...args], { from: "user" });
-  } finally {
-    process.stdout.write = write;
-  }
+  program.commands[0]!.action((o: PlanFlags & { json?: boolean }) => {
+    const r = planCommand(o);
+    out = o.json ? JSON.stringify(r) + "\n" : formatPlan(r);
+  });
+  await program.parseAsync(["plan", ...args], { from: "user" });
   return out;
 }
 

@@ -317,7 +317,9 @@ describe("run folders", () => {
     assert.equal(r.done, true);
     assert.deepEqual(
       fs.readdirSync(dir).sort(),
-      ["checkpoint", "metrics.jsonl", "run.json"].filter((n) => fs.existsSync(path.join(dir, n))).sort(),
+      ["checkpoint", "metrics.csv", "metrics.jsonl", "run.json"]
+        .filter((n) => fs.existsSync(path.join(dir, n)))
+        .sort(),
     );
     assert.equal(finishedRun(dir)?.valLoss, r.valLoss);
   });

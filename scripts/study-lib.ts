@@ -35,9 +35,9 @@ import { loadPrepared } from "../src/data/prepared.js";
 import { loadCheckpoint } from "../src/io/checkpoint.js";
 import { readSafetensors, writeFileAtomic } from "../src/io/safetensors.js";
 import { MODE_NAMES, type ModeName } from "../src/model/config.js";
-import type { CompareResult, DivergedRun, ModeSummary } from "../src/train/compare.js";
+import { type CompareResult, type DivergedRun, summarizeModes } from "../src/train/compare.js";
 import { finishedRun, resolveSpec, type RunResult, type RunSpec } from "../src/train/run.js";
-import { mean, std, studentTCdf, welch, type Verdict, type WelchResult } from "../src/train/statistics.js";
+import { mean, std, studentTCdf, type Verdict, type WelchResult } from "../src/train/statistics.js";
 
 /** Every part, in the default order of `npm run study`. */
 export const PARTS = [
@@ -365,25 +365,7 @@ export function readPart(dirs: StudyDirs, part: string): PartResults | null {
   }
   const modes = preset.compare!.modes as ModeName[];
   const byMode = (m: string) => runs.filter((r) => r.mode === m);
-  const std0 = byMode("standard").map((r) => r.valLoss);
-  const summary: ModeSummary[] = modes
-    .filter((m) => byMode(m).length > 0)
-    .map((m) => {
-      const rs = byMode(m);
-      const pick = (f: (r: StudyRun) => number): [number, number] => [mean(rs.map(f)), std(rs.map(f))];
-      const losses = rs.map((r) => r.valLoss);
-      return {
-        mode: m,
-        runs: rs.length,
-        valLoss: pick((r) => r.valLoss),
-        perplexity: pick((r) => r.valPerplexity),
-        bpb: pick((r) => r.valBpb),
-        params: rs[0]!.params,
-        tokensPerSecond: mean(rs.map((r) => r.tokensPerSecond)),
-        peakTensorMB: Math.max(...rs.map((r) => r.peakTensorMB)),
-        vsStandard: m === "standard" || losses.length < 2 || std0.length < 2 ? null : welch(losses, std0),
-      };
-    });
+  const summary = summarizeModes(modes, runs, true);
   const curves = summary.map((s) => {
     const perRun = byMode(s.mode).map((r) => valCurve(r.dir));
     const steps = perRun[0]!.map(([st]) => st);

@@ -121,30 +121,7 @@ export async function runCompare(
     runs.push({ ...res, seed: r.seed });
   }
   const byMode = (m: ModeName) => runs.filter((r) => r.mode === m);
-  const std0 = byMode("standard").map((r) => r.valLoss);
-  const summary: ModeSummary[] = modes
-    .filter((m) => byMode(m).length > 0)
-    .map((m) => {
-      const rs = byMode(m);
-      const pick = (f: (r: RunResult) => number): [number, number] => [mean(rs.map(f)), std(rs.map(f))];
-      return {
-        mode: m,
-        runs: rs.length,
-        valLoss: pick((r) => r.valLoss),
-        perplexity: pick((r) => r.valPerplexity),
-        bpb: pick((r) => r.valBpb),
-        params: rs[0]!.params,
-        tokensPerSecond: mean(rs.map((r) => r.tokensPerSecond)),
-        peakTensorMB: Math.max(...rs.map((r) => r.peakTensorMB)),
-        vsStandard:
-          m === "standard"
-            ? null
-            : welch(
-                rs.map((r) => r.valLoss),
-                std0,
-              ),
-      };
-    });
+  const summary = summarizeModes(modes, runs);
   const curves = modes
     .filter((m) => byMode(m).length > 0)
     .map((m) => {
@@ -203,6 +180,45 @@ function routingDepth(
 
 const pm = ([m, s]: [number, number], digits = 4) =>
   Number.isNaN(s) ? m.toFixed(digits) : `${m.toFixed(digits)} ± ${s.toFixed(digits)}`;
+
+/** The numbers a mode summary needs from each finished run. */
+export type SummaryRun = Pick<
+  RunResult,
+  "mode" | "valLoss" | "valPerplexity" | "valBpb" | "params" | "tokensPerSecond" | "peakTensorMB"
+>;
+
+/**
+ * One row per mode that has runs, in `modes` order: mean ± std over seeds, and Welch's test of its
+ * validation losses against standard's. With `needTwo`, the test is left out (null) unless both
+ * sides have at least two runs.
+ */
+export function summarizeModes(
+  modes: readonly ModeName[],
+  runs: readonly SummaryRun[],
+  needTwo = false,
+): ModeSummary[] {
+  const byMode = (m: string) => runs.filter((r) => r.mode === m);
+  const std0 = byMode("standard").map((r) => r.valLoss);
+  return modes
+    .filter((m) => byMode(m).length > 0)
+    .map((m) => {
+      const rs = byMode(m);
+      const pick = (f: (r: SummaryRun) => number): [number, number] => [mean(rs.map(f)), std(rs.map(f))];
+      const losses = rs.map((r) => r.valLoss);
+      const tested = m !== "standard" && (!needTwo || (losses.length >= 2 && std0.length >= 2));
+      return {
+        mode: m,
+        runs: rs.length,
+        valLoss: pick((r) => r.valLoss),
+        perplexity: pick((r) => r.valPerplexity),
+        bpb: pick((r) => r.valBpb),
+        params: rs[0]!.params,
+        tokensPerSecond: mean(rs.map((r) => r.tokensPerSecond)),
+        peakTensorMB: Math.max(...rs.map((r) => r.peakTensorMB)),
+        vsStandard: tested ? welch(losses, std0) : null,
+      };
+    });
+}
 
 export function resultsMarkdown(r: CompareResult, figures: string[] = []): string {
   const lines = [

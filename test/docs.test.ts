@@ -438,6 +438,8 @@ describe("docs/methods.md parameter counts", () => {
       added({ attnres_mode: "delta", attnres_use_null_source: true, attnres_gate_type: "learnable_alpha" }),
       4 * d * L + 2 * d * L + 2 * L,
     );
+    assert.equal(added({ attnres_mode: "full", attnres_sources: "states" }), 4 * d * L + 2 * d + 2 * L + 1);
+    assert.equal(added({ attnres_mode: "delta", attnres_sources: "states" }), 4 * d * L + 2 * L);
     assert.equal(added({ attnres_mode: "ddl" }), 2 * L * (2 * d + 2));
     assert.equal(added({ attnres_mode: "ddl_expanded" }), 2 * L * (d + 1 + m * d + m * d) + m * d);
   });

@@ -26,6 +26,6 @@ export * from "./data/tokenizer.js";
 export * from "./data/prepared.js";
 export * from "./data/batches.js";
 export * from "./io/safetensors.js";
-export * from "./model/convert.js";
+export * from "./workflows/convert.js";
 export * from "./eval/mc.js";
 export { SUPPORTED_NODE } from "./node-version.js";

@@ -39,7 +39,7 @@ import {
   storageDtypes,
   storedWeights,
   verifyConversion,
-} from "../src/model/convert.js";
+} from "../src/workflows/convert.js";
 import { DecoderLM } from "../src/model/decoder.js";
 import { runTraining } from "../src/train/run.js";
 import { evaluate, isResidualParam } from "../src/train/trainer.js";

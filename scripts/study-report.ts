@@ -17,7 +17,7 @@ import * as prettier from "prettier";
 import type { AnalysisReport, CallStats } from "../src/analysis/routing.js";
 import { writeAnalysis } from "../src/analysis/report.js";
 import { type ChartSpec, lineChart, writeChart } from "../src/plot/index.js";
-import type { CompareResult } from "../src/train/compare.js";
+import type { CompareResult } from "../src/workflows/compare.js";
 import type { RunSpec } from "../src/train/run.js";
 import { mean, std, verdictLower, type Verdict, type WelchResult } from "../src/train/statistics.js";
 import {

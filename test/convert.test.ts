@@ -18,7 +18,7 @@ import { finetuneSpec } from "../src/cli/finetune.js";
 import { evalBatches } from "../src/data/batches.js";
 import { resolveHfTokenizerFile } from "../src/data/hf-tokenizer.js";
 import { loadPrepared } from "../src/data/prepared.js";
-import { loadCheckpoint, readConfig, saveCheckpoint } from "../src/io/checkpoint.js";
+import { loadCheckpoint, readConfig, saveCheckpoint } from "../src/model/checkpoint.js";
 import {
   readCheckpointHeader,
   readCheckpointWeights,

@@ -5,7 +5,7 @@
  */
 import * as path from "node:path";
 import { MODE_NAMES, type ModeName } from "../model/config.js";
-import { runCompare, type CompareResult } from "../train/compare.js";
+import { runCompare, type CompareResult } from "../workflows/compare.js";
 import { checkModeFlags, interruptSignal, modeKeys, MODE_LIST, progress } from "./common.js";
 import { loadPreset } from "./preset.js";
 import { specFrom, type TrainFlags } from "./train.js";

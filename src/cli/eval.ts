@@ -6,7 +6,7 @@
  */
 import { evalBatches } from "../data/batches.js";
 import { loadPrepared } from "../data/prepared.js";
-import { loadCheckpoint } from "../io/checkpoint.js";
+import { loadCheckpoint } from "../model/checkpoint.js";
 import { evaluate } from "../train/trainer.js";
 
 export { registerEval } from "./commands/eval.js";

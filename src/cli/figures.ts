@@ -4,9 +4,9 @@
  * to results.md, which is rewritten to link them.
  */
 import * as path from "node:path";
-import { writeFileAtomic } from "../io/safetensors.js";
+import { writeFileAtomic } from "../io/atomic.js";
 import { lineChart } from "../plot/index.js";
-import { resultsMarkdown, type CompareResult } from "../train/compare.js";
+import { resultsMarkdown, type CompareResult } from "../workflows/compare.js";
 
 export async function writeCompareFigures(r: CompareResult): Promise<string[]> {
   const files: string[] = [];

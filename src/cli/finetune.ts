@@ -8,7 +8,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { loadPrepared } from "../data/prepared.js";
-import { checkpointTokenizer, configForExport, readConfig } from "../io/checkpoint.js";
+import { checkpointTokenizer, configForExport, readConfig } from "../model/checkpoint.js";
 import { modeName } from "../model/residual.js";
 import { type RunResult, type RunSpec } from "../train/run.js";
 import { runInTerminal, type RunFlags } from "./common.js";

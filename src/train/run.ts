@@ -31,14 +31,9 @@ import { z } from "zod";
 import { defaultBackend } from "../backend/index.js";
 import { BatchSampler, evalBatches } from "../data/batches.js";
 import { loadPrepared, type PreparedData } from "../data/prepared.js";
-import {
-  readCheckpointWeights,
-  readSafetensors,
-  writeFileAtomic,
-  writeSafetensors,
-} from "../io/safetensors.js";
-import { readRegularFile, removeTempFiles } from "../io/atomic.js";
-import { checkConfigAgainstWeights, saveCheckpoint } from "../io/checkpoint.js";
+import { readCheckpointWeights, readSafetensors, writeSafetensors } from "../io/safetensors.js";
+import { readRegularFile, removeTempFiles, writeFileAtomic } from "../io/atomic.js";
+import { checkConfigAgainstWeights, saveCheckpoint } from "../model/checkpoint.js";
 import {
   findCheckpoint,
   MetricsLog,
@@ -46,7 +41,7 @@ import {
   RUN_FILES,
   saveCheckpointFolder,
 } from "./checkpointing.js";
-import { checkMemoryBudget } from "./budget.js";
+import { checkMemoryBudget } from "../model/budget.js";
 import { parseConfig } from "../model/config.js";
 import { DecoderLM } from "../model/decoder.js";
 import { modeName } from "../model/residual.js";

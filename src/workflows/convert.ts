@@ -47,7 +47,7 @@ import {
   dominantDtype,
   readConfig,
   saveCheckpoint,
-} from "../io/checkpoint.js";
+} from "../model/checkpoint.js";
 import {
   type FloatStDType,
   openCheckpointWeights,

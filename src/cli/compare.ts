@@ -9,7 +9,7 @@ import { runCompare, type CompareResult } from "../workflows/compare.js";
 import { checkModeFlags, interruptSignal, modeKeys, MODE_LIST, progress } from "./common.js";
 import { loadPreset } from "./preset.js";
 import { specFrom, type TrainFlags } from "./train.js";
-import { writeCompareFigures } from "./figures.js";
+import { writeCompareFigures } from "../workflows/compare-figures.js";
 import { torchOptionsFrom } from "./engine.js";
 import { runTorchTraining } from "../train/torch-engine.js";
 

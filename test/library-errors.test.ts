@@ -1,6 +1,6 @@
 /**
  * The library states problems in its own terms, with fields; the CLI words them in flags.
- *   - RunFolderError (src/train/run.ts): reason, path, problem, step — each reason maps to the
+ *   - runFolderError (src/train/run.ts): a plain Error with reason, path, problem, step — each reason maps to the
  *     one-line advice `attnres train` / `finetune` print (src/cli/errors.ts)
  *   - TrainingDiverged (src/train/trainer.ts): step and loss; its message names training settings
  *     (train.lr, …), the CLI's names the flags (--lr, …)
@@ -12,7 +12,7 @@ import { spawnSync } from "node:child_process";
 import * as path from "node:path";
 import { test } from "node:test";
 import { cliError } from "../src/cli/errors.js";
-import { RunFolderError } from "../src/train/run.js";
+import { isRunFolderError, runFolderError } from "../src/train/run.js";
 import { TrainingDiverged } from "../src/train/trainer.js";
 import { checkFinetuneCheckpoint, FINETUNE_DEFAULTS } from "../src/workflows/finetune.js";
 
@@ -20,7 +20,7 @@ const root = path.resolve(import.meta.dirname, "..");
 
 test("a run folder problem is a RunFolderError with its reason; the CLI adds the flags", () => {
   const dir = "/runs/a";
-  const noRun = new RunFolderError(
+  const noRun = runFolderError(
     "no-run",
     dir,
     `${dir} holds no run to resume (no run.json or checkpoint)`,
@@ -30,7 +30,7 @@ test("a run folder problem is a RunFolderError with its reason; the CLI adds the
     (cliError(noRun) as Error).message,
     `${dir} holds no run to resume (no run.json or checkpoint); drop --resume to start one`,
   );
-  const exists = new RunFolderError("exists", dir, `${dir} already holds a run (step 3)`, "x", 3);
+  const exists = runFolderError("exists", dir, `${dir} already holds a run (step 3)`, "x", 3);
   assert.equal(
     (cliError(exists) as Error).message,
     `${dir} already holds a run (step 3); pass --resume to continue it, --overwrite to start over, or choose another --out`,
@@ -41,20 +41,22 @@ test("a run folder problem is a RunFolderError with its reason; the CLI adds the
     ["damaged-spec", "start over with --overwrite"],
     ["damaged-state", "resume from another copy or start over with --overwrite"],
   ] as const)
-    assert.equal((cliError(new RunFolderError(reason, dir, "P", "x")) as Error).message, `P; ${advice}`);
+    assert.equal((cliError(runFolderError(reason, dir, "P", "x")) as Error).message, `P; ${advice}`);
   const other = new Error("something else");
   assert.equal(cliError(other), other, "other errors pass through");
 });
 
 test("the library's run-folder messages name options, the CLI's name flags", () => {
-  const e = new RunFolderError(
+  const e = runFolderError(
     "different-settings",
     "/r",
     "/r holds a run with different settings",
     "choose another folder",
   );
   assert.equal(e.message, "/r holds a run with different settings; choose another folder");
-  assert.equal(e.name, "RunFolderError");
+  assert.equal(e.constructor, Error, "a plain Error, as every error attnres means to throw");
+  assert.ok(isRunFolderError(e) && e.reason === "different-settings");
+  assert.ok(!isRunFolderError(new Error("x")));
   assert.doesNotMatch(e.message, /--/);
 });
 

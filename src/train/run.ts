@@ -188,20 +188,44 @@ const ckptDir = (dir: string) => path.join(dir, "checkpoint");
  */
 export type RunFolderReason = "no-run" | "exists" | "different-settings" | "damaged-spec" | "damaged-state";
 
-export class RunFolderError extends Error {
-  constructor(
-    readonly reason: RunFolderReason,
-    /** The run folder, or the damaged file for the damaged-* reasons. */
-    readonly path: string,
-    readonly problem: string,
-    advice: string,
-    /** The step of the run the folder holds (reason exists; null when it has no checkpoint yet). */
-    readonly step: number | null = null,
-    options?: ErrorOptions,
-  ) {
-    super(`${problem}; ${advice}`, options);
-    this.name = "RunFolderError";
-  }
+/**
+ * A run-folder problem is a plain Error (callers and tests tell errors of attnres from bugs by
+ * `constructor === Error`) carrying these fields; `isRunFolderError` recognises it.
+ */
+export interface RunFolderError extends Error {
+  readonly reason: RunFolderReason;
+  /** The run folder, or the damaged file for the damaged-* reasons. */
+  readonly path: string;
+  readonly problem: string;
+  /** The step of the run the folder holds (reason exists; null when it has no checkpoint yet). */
+  readonly step: number | null;
+}
+
+const RUN_FOLDER_ERROR: unique symbol = Symbol("attnres.RunFolderError");
+
+/** The error for a run-folder problem: message `${problem}; ${advice}`, with the fields above. */
+export function runFolderError(
+  reason: RunFolderReason,
+  path: string,
+  problem: string,
+  advice: string,
+  step: number | null = null,
+  options?: ErrorOptions,
+): RunFolderError {
+  return Object.assign(new Error(`${problem}; ${advice}`, options), {
+    reason,
+    path,
+    problem,
+    step,
+    [RUN_FOLDER_ERROR]: true,
+  });
+}
+
+/** Whether `e` was made by runFolderError. */
+export function isRunFolderError(e: unknown): e is RunFolderError {
+  return (
+    e instanceof Error && (e as Partial<Record<typeof RUN_FOLDER_ERROR, boolean>>)[RUN_FOLDER_ERROR] === true
+  );
 }
 
 /** The trainer state of checkpoint folder `c`, checked (an error naming the file otherwise). */
@@ -211,7 +235,7 @@ export function readState(c: string, totalSteps?: number): TrainerState {
   try {
     raw = JSON.parse(readRegularFile(f).toString("utf8"));
   } catch (e) {
-    throw new RunFolderError(
+    throw runFolderError(
       "damaged-state",
       f,
       `${f} is damaged (${(e as Error).message})`,
@@ -253,7 +277,7 @@ function readSpecFile(file: string): RunSpec {
       throw new Error("not a run specification");
     return s;
   } catch (e) {
-    throw new RunFolderError(
+    throw runFolderError(
       "damaged-spec",
       file,
       `${file} is damaged (${(e as Error).message})`,
@@ -284,7 +308,7 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
   const held = fs.existsSync(dir) ? fs.readdirSync(dir).filter((n) => RUN_ENTRY.test(n)) : [];
   if (opts.resume && !opts.overwrite) {
     if (!held.length && opts.resume !== "auto")
-      throw new RunFolderError(
+      throw runFolderError(
         "no-run",
         dir,
         `${dir} holds no run to resume (no run.json or checkpoint)`,
@@ -295,7 +319,7 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
       const c = findCheckpoint(dir, "checkpoint", false);
       // The advice names the CLI flags too: test/run.test.ts and test/reliability.test.ts pin
       // "--resume" and "--overwrite" in this library message.
-      throw new RunFolderError(
+      throw runFolderError(
         "exists",
         dir,
         `${dir} already holds a run (${c ? `step ${c.step}` : "no checkpoint yet"})`,
@@ -308,7 +332,7 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
   }
   const resuming = held.length > 0 && !opts.overwrite;
   if (resuming && fs.existsSync(specFile) && !sameSpec(readSpecFile(specFile), spec))
-    throw new RunFolderError(
+    throw runFolderError(
       "different-settings",
       dir,
       `${dir} holds a run with different settings`,

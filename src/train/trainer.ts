@@ -22,7 +22,6 @@ export class TrainingDiverged extends Error {
       `training diverged at step ${step}: the loss is ${loss}. The weights were not updated with it. ` +
         `Try a lower learning rate (train.lr), a longer warmup (train.warmup), or gradient clipping (train.clip 1.0).`,
     );
-    this.name = "TrainingDiverged";
   }
 }
 

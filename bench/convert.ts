@@ -40,7 +40,7 @@ import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { f32ToBf16Bits, readCheckpointHeader } from "../src/io/safetensors.js";
-import { CONVERT_MODES, type ConvertMode } from "../src/model/convert.js";
+import { CONVERT_MODES, type ConvertMode } from "../src/workflows/convert.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.dirname(here);

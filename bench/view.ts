@@ -15,7 +15,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { ByteTokenizer } from "../src/data/tokenizer.js";
-import { saveCheckpoint } from "../src/io/checkpoint.js";
+import { saveCheckpoint } from "../src/model/checkpoint.js";
 import { DecoderLM } from "../src/model/decoder.js";
 import { startViewServer } from "../src/view/server.js";
 

@@ -32,10 +32,11 @@ import { PresetSchema, type Preset } from "../src/cli/preset.js";
 import { specFrom } from "../src/cli/train.js";
 import { evalBatches } from "../src/data/batches.js";
 import { loadPrepared } from "../src/data/prepared.js";
-import { loadCheckpoint } from "../src/io/checkpoint.js";
-import { readSafetensors, writeFileAtomic } from "../src/io/safetensors.js";
+import { loadCheckpoint } from "../src/model/checkpoint.js";
+import { readSafetensors } from "../src/io/safetensors.js";
+import { writeFileAtomic } from "../src/io/atomic.js";
 import { MODE_NAMES, type ModeName } from "../src/model/config.js";
-import { type CompareResult, type DivergedRun, summarizeModes } from "../src/train/compare.js";
+import { type CompareResult, type DivergedRun, summarizeModes } from "../src/workflows/compare.js";
 import { finishedRun, resolveSpec, type RunResult, type RunSpec } from "../src/train/run.js";
 import { mean, std, studentTCdf, type Verdict, type WelchResult } from "../src/train/statistics.js";
 

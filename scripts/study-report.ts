@@ -16,8 +16,9 @@ import { parseArgs } from "node:util";
 import * as prettier from "prettier";
 import type { AnalysisReport, CallStats } from "../src/analysis/routing.js";
 import { writeAnalysis } from "../src/analysis/report.js";
-import { type ChartSpec, lineChart, writeChart } from "../src/plot/index.js";
-import type { CompareResult } from "../src/train/compare.js";
+import { type ChartSpec, lineChart, type LineChartOptions, writeChart } from "../src/plot/index.js";
+import type { CompareResult } from "../src/workflows/compare.js";
+import { lossCurvesChart, routingDepthChart } from "../src/workflows/compare-figures.js";
 import type { RunSpec } from "../src/train/run.js";
 import { mean, std, verdictLower, type Verdict, type WelchResult } from "../src/train/statistics.js";
 import {
@@ -140,34 +141,18 @@ async function analysisFigures(runDir: string, prefix: string): Promise<{ alpha?
 
 /** Mean validation loss per mode against step, as results/<name>.png. */
 async function lossFigure(c: CompareResult, name: string, title: string): Promise<string | null> {
-  if (c.curves.length === 0) return null;
-  await lineChart(path.join(figDir, name), {
-    title,
-    subtitle: "mean over seeds",
-    series: c.curves.map((x) => ({
-      name: x.mode,
-      points: x.steps.map((s, i) => ({ x: s, y: x.valLoss[i] })),
-    })),
-    xTitle: "step",
-    yTitle: "validation loss (nats/token)",
-  });
-  fs.rmSync(path.join(figDir, `${name}.svg`), { force: true });
-  return `results/${name}.png`;
+  return pngFigure(lossCurvesChart(c, title), name);
 }
 
 /** Mean max routing weight by sublayer per routed mode (first seed), as results/<name>.png. */
 async function depthFigure(c: CompareResult, name: string): Promise<string | null> {
-  if (c.routingByDepth.length === 0) return null;
-  await lineChart(path.join(figDir, name), {
-    title: "Mean max routing weight by depth",
-    subtitle: `${c.routingByDepth.map((m) => m.mode).join(", ")}; validation tokens; attention sublayers are even j, MLP odd`,
-    series: c.routingByDepth.map((m) => ({
-      name: m.mode,
-      points: m.j.map((j, i) => ({ x: j, y: m.meanMaxWeight[i] })),
-    })),
-    xTitle: "sublayer j",
-    yTitle: "mean max α",
-  });
+  return pngFigure(routingDepthChart(c), name);
+}
+
+/** A chart written as results/<name>.png only (the study report links PNGs), or null without one. */
+async function pngFigure(chart: LineChartOptions | null, name: string): Promise<string | null> {
+  if (!chart) return null;
+  await lineChart(path.join(figDir, name), chart);
   fs.rmSync(path.join(figDir, `${name}.svg`), { force: true });
   return `results/${name}.png`;
 }

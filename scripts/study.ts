@@ -26,7 +26,7 @@ import { interruptSignal, progress } from "../src/cli/common.js";
 import { MODE_NAMES } from "../src/model/config.js";
 import { runTraining } from "../src/train/run.js";
 import { TrainingDiverged } from "../src/train/trainer.js";
-import { writeFileAtomic } from "../src/io/safetensors.js";
+import { writeFileAtomic } from "../src/io/atomic.js";
 import {
   availableParts,
   checkCommitted,

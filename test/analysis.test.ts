@@ -28,7 +28,7 @@ import {
 } from "../src/analysis/routing.js";
 import { registerAnalyze } from "../src/cli/analyze.js";
 import { evalBatches } from "../src/data/batches.js";
-import { saveCheckpoint } from "../src/io/checkpoint.js";
+import { saveCheckpoint } from "../src/model/checkpoint.js";
 import { DecoderLM } from "../src/model/decoder.js";
 import { tidy } from "../src/tensor/memory.js";
 import { Rng } from "../src/tensor/random.js";

@@ -8,7 +8,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, test } from "node:test";
 import { referenceBackend as ref } from "../src/backend/reference/index.js";
-import { loadCheckpoint, readConfig, saveCheckpoint } from "../src/io/checkpoint.js";
+import { loadCheckpoint, readConfig, saveCheckpoint } from "../src/model/checkpoint.js";
 import {
   bf16ToF32,
   f16ToF32,

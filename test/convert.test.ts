@@ -18,7 +18,7 @@ import { finetuneSpec } from "../src/cli/finetune.js";
 import { evalBatches } from "../src/data/batches.js";
 import { resolveHfTokenizerFile } from "../src/data/hf-tokenizer.js";
 import { loadPrepared } from "../src/data/prepared.js";
-import { loadCheckpoint, readConfig, saveCheckpoint } from "../src/io/checkpoint.js";
+import { loadCheckpoint, readConfig, saveCheckpoint } from "../src/model/checkpoint.js";
 import {
   readCheckpointHeader,
   readCheckpointWeights,
@@ -39,7 +39,7 @@ import {
   storageDtypes,
   storedWeights,
   verifyConversion,
-} from "../src/model/convert.js";
+} from "../src/workflows/convert.js";
 import { DecoderLM } from "../src/model/decoder.js";
 import { runTraining } from "../src/train/run.js";
 import { evaluate, isResidualParam } from "../src/train/trainer.js";

@@ -33,7 +33,7 @@ import {
   readMcTasks,
   scoreItem,
 } from "../src/eval/mc.js";
-import { saveCheckpoint } from "../src/io/checkpoint.js";
+import { saveCheckpoint } from "../src/model/checkpoint.js";
 import { DecoderLM } from "../src/model/decoder.js";
 import { tidy } from "../src/tensor/memory.js";
 import { log, softmax } from "../src/tensor/ops.js";

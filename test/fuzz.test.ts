@@ -16,7 +16,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, test } from "node:test";
 import { crc32, crc32Hex } from "../src/io/atomic.js";
-import { loadCheckpoint, saveCheckpoint } from "../src/io/checkpoint.js";
+import { loadCheckpoint, saveCheckpoint } from "../src/model/checkpoint.js";
 import { loadPrepared } from "../src/data/prepared.js";
 import { evalBatches } from "../src/data/batches.js";
 import { DecoderLM } from "../src/model/decoder.js";

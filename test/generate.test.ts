@@ -21,7 +21,7 @@ import { nativeBackend } from "../src/backend/index.js";
 import { referenceBackend as ref } from "../src/backend/reference/index.js";
 import { generateCommand, registerGenerate } from "../src/cli/generate.js";
 import { ByteTokenizer } from "../src/data/tokenizer.js";
-import { saveCheckpoint } from "../src/io/checkpoint.js";
+import { saveCheckpoint } from "../src/model/checkpoint.js";
 import { DecoderLM } from "../src/model/decoder.js";
 import { argmax, generate, sampleToken, samplingDistribution } from "../src/model/generate.js";
 import { poolStats, tidy } from "../src/tensor/memory.js";
@@ -525,7 +525,7 @@ describe("attnres generate", () => {
   });
 
   test("the command's ids are generate()'s on the loaded model, seed respected, --no-echo", async () => {
-    const { loadCheckpoint } = await import("../src/io/checkpoint.js");
+    const { loadCheckpoint } = await import("../src/model/checkpoint.js");
     const model2 = loadCheckpoint(dir);
     const want = generate(model2, tok.encode("ab"), {
       maxNewTokens: 10,

@@ -11,7 +11,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, test } from "node:test";
 import { crc32, crc32Hex } from "../src/io/atomic.js";
-import { loadCheckpoint, saveCheckpoint } from "../src/io/checkpoint.js";
+import { loadCheckpoint, saveCheckpoint } from "../src/model/checkpoint.js";
 import {
   CRC_KEY,
   duplicateJsonKey,

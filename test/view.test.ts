@@ -19,7 +19,7 @@ import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { evalBatches } from "../src/data/batches.js";
 import { loadPrepared } from "../src/data/prepared.js";
-import { loadCheckpoint } from "../src/io/checkpoint.js";
+import { loadCheckpoint } from "../src/model/checkpoint.js";
 import { tidy } from "../src/tensor/memory.js";
 import { noGrad } from "../src/tensor/tensor.js";
 import { runTraining, TrainSettingsSchema } from "../src/train/run.js";

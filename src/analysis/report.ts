@@ -14,7 +14,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { writeFileAtomic } from "../io/safetensors.js";
+import { writeFileAtomic } from "../io/atomic.js";
 import { heatmap, histogram, lineChart } from "../plot/charts.js";
 import { type AnalysisReport, type CallStats, flatteningVerdict } from "./routing.js";
 

@@ -11,7 +11,7 @@ import { writeAnalysis, type WrittenAnalysis } from "../analysis/report.js";
 import { type AnalysisReport, analyzeModel, flatteningVerdict } from "../analysis/routing.js";
 import { evalBatches } from "../data/batches.js";
 import { loadPrepared } from "../data/prepared.js";
-import { loadCheckpoint } from "../io/checkpoint.js";
+import { loadCheckpoint } from "../model/checkpoint.js";
 import { progress } from "./common.js";
 
 export { registerAnalyze } from "./commands/analyze.js";

@@ -10,7 +10,7 @@ import { createRequire } from "node:module";
 import type * as cliProgressModule from "cli-progress";
 import { type Command, InvalidArgumentError, Option } from "commander";
 import { MODE_NAMES, type ModeName } from "../model/names.js";
-import type { RunResult, RunSpec } from "../train/run.js";
+import type { RunResult, RunSpec, TrainSettings } from "../train/run.js";
 import type { TorchOptions } from "../train/torch-engine.js";
 import type { DataSpec } from "./preset.js";
 
@@ -225,7 +225,7 @@ export function interruptSignal(): { signal: AbortSignal; dispose: () => void } 
 
 /** The training-setting flags shared by train and compare (each overrides one preset field). */
 export function trainingOptions(cmd: Command): Command {
-  return cmd
+  cmd
     .option("-d, --data <dir>", "a prepared dataset folder (overrides the preset's data)")
     .option("--blocks <n>", "blocks for attnres-block / delta-block (default 4)", positiveInt)
     .option("--null-source", "delta modes: add a learnable null source")
@@ -236,17 +236,35 @@ export function trainingOptions(cmd: Command): Command {
         "attnres-full, delta: route over sublayer outputs or hidden states",
       ).choices(["outputs", "states"]),
     )
-    .option("--steps <n>", "optimizer steps", positiveInt)
-    .option("--batch-size <n>", "sequences per micro-batch", positiveInt)
-    .option("--seq-len <n>", "tokens per sequence", positiveInt)
-    .option("--grad-accum <n>", "micro-batches per step", positiveInt)
-    .option("--lr <x>", "peak learning rate", positive)
-    .option("--routing-lr <x>", "learning rate of routing/gate/DDL parameters", positive)
-    .option("--warmup <n>", "warmup steps", nonNegativeInt)
-    .option("--clip <x>", "gradient-norm clipping (0 = off)", nonNegative)
-    .option("--eval-every <n>", "validate every n steps", positiveInt)
-    .option("--checkpoint-every <n>", "checkpoint every n steps (default: eval-every)", positiveInt)
-    .option("--keep-best", "keep <out>/best: the weights with the lowest validation loss so far");
+    .option("--steps <n>", "optimizer steps", positiveInt);
+  return runFlagOptions(cmd);
+}
+
+/** The flags of a run's schedule and batches (RUN_FLAG_KEYS; seed and steps are declared by each command). */
+const RUN_FLAGS: [flags: string, help: string, parse?: (v: string) => number][] = [
+  ["--batch-size <n>", "sequences per micro-batch", positiveInt],
+  ["--seq-len <n>", "tokens per sequence", positiveInt],
+  ["--grad-accum <n>", "micro-batches per step", positiveInt],
+  ["--lr <x>", "peak learning rate", positive],
+  ["--routing-lr <x>", "learning rate of routing/gate/DDL parameters", positive],
+  ["--warmup <n>", "warmup steps", nonNegativeInt],
+  ["--clip <x>", "gradient-norm clipping (0 = off)", nonNegative],
+  ["--eval-every <n>", "validate every n steps", positiveInt],
+  ["--checkpoint-every <n>", "checkpoint every n steps (default: eval-every)", positiveInt],
+  ["--keep-best", "keep <out>/best: the weights with the lowest validation loss so far"],
+];
+
+/**
+ * Adds the run flags train and finetune share (one definition); `more` appends a command's own
+ * words to a flag's help, by flag name ("--lr": " of the backbone (default 1e-4)").
+ */
+export function runFlagOptions(cmd: Command, more: Record<string, string> = {}): Command {
+  for (const [flags, help, parse] of RUN_FLAGS) {
+    const text = help + (more[flags.split(" ")[0]!] ?? "");
+    if (parse) cmd.option(flags, text, parse);
+    else cmd.option(flags, text);
+  }
+  return cmd;
 }
 
 /** The evaluation-window flags shared by eval and analyze (batches undefined: no limit by default). */
@@ -289,12 +307,42 @@ export async function runInTerminal(
       onStep: (step, total, loss, tps) =>
         bar.update(step, total, { loss: loss.toFixed(3), "tok/s": tps.toFixed(0) }),
     });
-    if (r.interrupted) process.exitCode = 130;
+    if (r.interrupted) {
+      process.exitCode = 130;
+      bar.log("resume with --resume");
+    }
     return r;
+  } catch (e) {
+    throw (await import("./errors.js")).cliError(e);
   } finally {
     bar.stop();
     dispose();
   }
+}
+
+/** The training setting (RunSpec.train key) each training flag sets. */
+const RUN_FLAG_KEYS = [
+  ["steps", "steps"],
+  ["batchSize", "batch_size"],
+  ["seqLen", "seq_len"],
+  ["gradAccum", "grad_accum"],
+  ["lr", "lr"],
+  ["routingLr", "routing_lr"],
+  ["warmup", "warmup"],
+  ["clip", "clip"],
+  ["seed", "seed"],
+  ["evalEvery", "eval_every"],
+  ["checkpointEvery", "checkpoint_every"],
+  ["keepBest", "keep_best"],
+] as const;
+
+type RunFlagKey = (typeof RUN_FLAG_KEYS)[number][1];
+
+/** The training settings the flags give (only those passed). */
+export function trainSettingsFrom(f: RunFlags): Partial<Pick<TrainSettings, RunFlagKey>> {
+  const out: Record<string, unknown> = {};
+  for (const [flag, key] of RUN_FLAG_KEYS) if (f[flag] !== undefined) out[key] = f[flag];
+  return out as Partial<Pick<TrainSettings, RunFlagKey>>;
 }
 
 /** Flags every training command accepts (each overrides one training setting). */

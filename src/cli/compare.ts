@@ -5,11 +5,12 @@
  */
 import * as path from "node:path";
 import { MODE_NAMES, type ModeName } from "../model/config.js";
-import { runCompare, type CompareResult } from "../train/compare.js";
+import { runCompare, type CompareResult } from "../workflows/compare.js";
 import { checkModeFlags, interruptSignal, modeKeys, MODE_LIST, progress } from "./common.js";
+import { cliError } from "./errors.js";
 import { loadPreset } from "./preset.js";
 import { specFrom, type TrainFlags } from "./train.js";
-import { writeCompareFigures } from "./figures.js";
+import { writeCompareFigures } from "../workflows/compare-figures.js";
 import { torchOptionsFrom } from "./engine.js";
 import { runTorchTraining } from "../train/torch-engine.js";
 
@@ -87,6 +88,8 @@ export async function compareCommand(f: CompareFlags): Promise<CompareResult> {
       for (const fig of figures) say(`figure: ${fig}`);
     }
     return r;
+  } catch (e) {
+    throw cliError(e);
   } finally {
     bar.stop();
     dispose();

@@ -2,13 +2,13 @@
  * `attnres convert --checkpoint DIR --out DIR --mode delta|delta-block|attnres-full|attnres-block`
  * (--from/--to: the older names, still accepted):
  * a standard Qwen3/Llama checkpoint (HF layout) → a routed one with the same backbone weights and
- * zero-initialised routing (src/model/convert.ts), after checking on a sample that the logits are
+ * zero-initialised routing (src/workflows/convert.ts), after checking on a sample that the logits are
  * unchanged. Prints the max abs difference and what the mode guarantees; refuses to write when the
  * check fails unless --force. The output folder appears only complete (written beside, renamed).
  * --dtype auto|f32|bf16|f16 picks the dtype the weights are written in (auto: as in the source);
  * the summary line says which. The progress bar advances per tensor read and written.
  */
-import { convertCheckpoint, type ConvertResult } from "../model/convert.js";
+import { convertCheckpoint, type ConvertResult } from "../workflows/convert.js";
 import type { ConvertMode, StorageDtype } from "../model/names.js";
 import { progress } from "./common.js";
 

@@ -9,11 +9,9 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import "../data/bpe.js";
-import "../data/hf-tokenizer.js";
 import { evaluateMc, type McResult, readMcTasks } from "../eval/mc.js";
-import { writeFileAtomic } from "../io/safetensors.js";
-import { checkpointTokenizer, loadCheckpoint, readConfig } from "../io/checkpoint.js";
+import { writeFileAtomic } from "../io/atomic.js";
+import { checkpointTokenizer, loadCheckpoint, readConfig } from "../model/checkpoint.js";
 import { progress } from "./common.js";
 
 export { registerEvalMc } from "./commands/eval-mc.js";

@@ -9,7 +9,7 @@
  */
 import { randomInt } from "node:crypto";
 import type { Tokenizer } from "../data/tokenizer.js";
-import { checkpointTokenizer, loadCheckpoint, readConfig } from "../io/checkpoint.js";
+import { checkpointTokenizer, loadCheckpoint, readConfig } from "../model/checkpoint.js";
 import { generate } from "../model/generate.js";
 
 export interface GenerateCommandOptions {

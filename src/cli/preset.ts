@@ -7,7 +7,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { z } from "zod";
-import { parseConfig } from "../model/config.js";
+import { parseModelSettings } from "../model/config.js";
 import { TrainSettingsSchema } from "../train/run.js";
 import { configDir, listPresets } from "./preset-names.js";
 
@@ -57,6 +57,6 @@ export function loadPreset(nameOrPath: string): Preset {
     throw new Error(
       `invalid preset ${file}:\n${r.error.issues.map((i) => `  ${i.path.join(".")}: ${i.message}`).join("\n")}`,
     );
-  parseConfig({ vocab_size: 1, ...r.data.model }, `model config in ${file}`);
+  parseModelSettings(r.data.model, `model config in ${file}`);
   return r.data;
 }

@@ -6,9 +6,16 @@
 import * as path from "node:path";
 import { defaultBackend } from "../backend/index.js";
 import { modeName } from "../model/residual.js";
-import { parseConfig, type ModeName } from "../model/config.js";
+import { type ModeName, parseModelSettings } from "../model/config.js";
 import { type RunResult, type RunSpec } from "../train/run.js";
-import { checkModeFlags, dataDir, modeKeys, runInTerminal, type RunFlags } from "./common.js";
+import {
+  checkModeFlags,
+  dataDir,
+  modeKeys,
+  runInTerminal,
+  type RunFlags,
+  trainSettingsFrom,
+} from "./common.js";
 import { loadPreset, type Preset } from "./preset.js";
 
 export { registerTrain } from "./commands/train.js";
@@ -24,26 +31,9 @@ export interface TrainFlags extends RunFlags, EngineFlags {
   sources?: "outputs" | "states";
 }
 
-const OVERRIDES = [
-  ["steps", "steps"],
-  ["batchSize", "batch_size"],
-  ["seqLen", "seq_len"],
-  ["gradAccum", "grad_accum"],
-  ["lr", "lr"],
-  ["routingLr", "routing_lr"],
-  ["warmup", "warmup"],
-  ["clip", "clip"],
-  ["seed", "seed"],
-  ["evalEvery", "eval_every"],
-  ["checkpointEvery", "checkpoint_every"],
-  ["keepBest", "keep_best"],
-] as const;
-
 /** The run a preset and flags describe. */
 export async function specFrom(preset: Preset, f: TrainFlags): Promise<RunSpec> {
-  const train = { ...preset.train };
-  for (const [flag, key] of OVERRIDES)
-    if (f[flag] !== undefined) (train as Record<string, unknown>)[key] = f[flag];
+  const train = { ...preset.train, ...trainSettingsFrom(f) };
   const model = { ...preset.model, ...(f.mode ? modeKeys(f.mode, f) : {}) };
   return { model, data: f.data ?? (await dataDir(preset.data, f.quiet)), train };
 }
@@ -53,7 +43,7 @@ export async function trainCommand(f: TrainFlags): Promise<RunResult> {
   const preset = loadPreset(f.preset);
   const torch = torchOptionsFrom(f);
   const spec = await specFrom(preset, f);
-  const mode = modeName(parseConfig({ vocab_size: 1, ...spec.model }, `preset ${f.preset}`));
+  const mode = modeName(parseModelSettings(spec.model, `preset ${f.preset}`));
   checkModeFlags([mode], f);
   const out =
     f.out ||

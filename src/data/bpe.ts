@@ -15,8 +15,8 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { writeFileAtomic } from "../io/safetensors.js";
-import { registerTokenizerLoader, TOKENIZER_META, type Tokenizer } from "./tokenizer.js";
+import { writeFileAtomic } from "../io/atomic.js";
+import { TOKENIZER_META, type Tokenizer } from "./tokenizer-core.js";
 import { readRegularFile } from "../io/atomic.js";
 
 /** The Unicode White_Space characters (what Oniguruma's \s matches), as a character-class body. */
@@ -486,5 +486,3 @@ export function loadBpe(dir: string, meta: Record<string, unknown> = {}): BpeTok
     );
   return tok;
 }
-
-registerTokenizerLoader("bpe", loadBpe);

@@ -14,8 +14,8 @@ import { Tokenizer as HfTokenizerImpl } from "@huggingface/tokenizers";
 import * as fs from "node:fs";
 import { createRequire } from "node:module";
 import * as path from "node:path";
-import { writeFileAtomic } from "../io/safetensors.js";
-import { registerTokenizerLoader, TOKENIZER_META, type Tokenizer } from "./tokenizer.js";
+import { writeFileAtomic } from "../io/atomic.js";
+import { TOKENIZER_META, type Tokenizer } from "./tokenizer-core.js";
 import { readRegularFile } from "../io/atomic.js";
 
 const require = createRequire(import.meta.url);
@@ -155,7 +155,8 @@ export function hfTokenizerName(file: string): string {
   return base === "tokenizer" ? path.basename(path.dirname(path.resolve(file))) : base;
 }
 
-registerTokenizerLoader("hf", (dir, meta) => {
+/** Loads the HF tokenizer saved in dir (tokenizer.json, and the name and size its attnres_tokenizer.json records). */
+export function loadHfTokenizer(dir: string, meta: Record<string, unknown> = {}): HfTokenizer {
   const file = path.join(dir, "tokenizer.json");
   if (!fs.existsSync(file)) throw new Error(`${dir}: tokenizer.json is missing`);
   const tok = HfTokenizer.fromFile(file, typeof meta.name === "string" ? meta.name : undefined);
@@ -164,4 +165,4 @@ registerTokenizerLoader("hf", (dir, meta) => {
       `${dir}: ${TOKENIZER_META} says vocab_size ${String(meta.vocab_size)}, tokenizer.json has ${tok.vocabSize}`,
     );
   return tok;
-});
+}

@@ -13,9 +13,6 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { z } from "zod";
 import { loadTokenizer, type Tokenizer } from "./tokenizer.js";
-// The loaders of the "bpe" and "hf" tokenizer kinds register themselves on import.
-import "./bpe.js";
-import "./hf-tokenizer.js";
 import { readRegularFile } from "../io/atomic.js";
 
 export interface SplitMeta {

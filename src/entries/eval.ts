@@ -1,3 +1,4 @@
-/** `attnres/eval`: zero-shot multiple-choice scoring by log-likelihood (evaluateMc, readMcTasks, …). */
+/** `attnres/eval`: zero-shot multiple-choice scoring by log-likelihood (evaluateMc, readMcTasks, …) and the loss of a split (evaluateSplit). */
 import "../node-version.js";
 export * from "../eval/mc.js";
+export * from "../eval/loss.js";

@@ -1,5 +1,6 @@
 /** `attnres/io`: checkpoints (HF layout), safetensors files and the package paths. */
 import "../node-version.js";
-export * from "../io/checkpoint.js";
+export * from "../model/checkpoint.js";
 export * from "../io/safetensors.js";
+export { writeFileAtomic } from "../io/atomic.js";
 export * from "../io/paths.js";

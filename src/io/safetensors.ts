@@ -31,9 +31,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { crc32, crc32Hex, fsyncPath, tempNameOf, writeFileAtomic } from "./atomic.js";
-
-export { writeFileAtomic };
+import { crc32, crc32Hex, fsyncPath, tempNameOf } from "./atomic.js";
 
 export type StDType = "F32" | "F16" | "BF16" | "F64" | "I32" | "I64";
 /** The float dtypes a checkpoint's weights can be written in. */

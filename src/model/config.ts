@@ -206,3 +206,14 @@ export function parseConfig(raw: unknown, source = "config"): ModelConfig {
   const parts = r.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`);
   throw new Error(`invalid ${source}: ${parts.join("; ")}`); // one line, every problem
 }
+
+/**
+ * A run's model settings (a preset's `model`, RunSpec.model), where vocab_size may be left out
+ * because the data's tokenizer supplies it when the run starts (src/train/run.ts resolveSpec).
+ * Every key is checked as parseConfig checks it (no check depends on vocab_size); an absent
+ * vocab_size stands in as 1, so use the result only for what does not depend on the vocabulary
+ * (validation, the residual mode, the shapes of the layers).
+ */
+export function parseModelSettings(raw: Record<string, unknown>, source = "config"): ModelConfig {
+  return parseConfig({ vocab_size: 1, ...raw }, source);
+}

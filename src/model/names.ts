@@ -16,7 +16,7 @@ export const MODE_NAMES = {
 } as const;
 export type ModeName = keyof typeof MODE_NAMES;
 
-/** The routed modes a standard checkpoint can be converted to (src/model/convert.ts). */
+/** The routed modes a standard checkpoint can be converted to (src/workflows/convert.ts). */
 export const CONVERT_MODES = ["delta", "delta-block", "attnres-full", "attnres-block"] as const;
 export type ConvertMode = (typeof CONVERT_MODES)[number];
 

@@ -31,14 +31,9 @@ import { z } from "zod";
 import { defaultBackend } from "../backend/index.js";
 import { BatchSampler, evalBatches } from "../data/batches.js";
 import { loadPrepared, type PreparedData } from "../data/prepared.js";
-import {
-  readCheckpointWeights,
-  readSafetensors,
-  writeFileAtomic,
-  writeSafetensors,
-} from "../io/safetensors.js";
-import { readRegularFile, removeTempFiles } from "../io/atomic.js";
-import { checkConfigAgainstWeights, saveCheckpoint } from "../io/checkpoint.js";
+import { readCheckpointWeights, readSafetensors, writeSafetensors } from "../io/safetensors.js";
+import { readRegularFile, removeTempFiles, writeFileAtomic } from "../io/atomic.js";
+import { checkConfigAgainstWeights, saveCheckpoint } from "../model/checkpoint.js";
 import {
   findCheckpoint,
   MetricsLog,
@@ -46,7 +41,7 @@ import {
   RUN_FILES,
   saveCheckpointFolder,
 } from "./checkpointing.js";
-import { checkMemoryBudget } from "./budget.js";
+import { checkMemoryBudget } from "../model/budget.js";
 import { parseConfig } from "../model/config.js";
 import { DecoderLM } from "../model/decoder.js";
 import { modeName } from "../model/residual.js";
@@ -54,7 +49,8 @@ import { loadWeights } from "../model/weights.js";
 import { poolStats, resetPeak } from "../tensor/memory.js";
 import { AdamW, lrMultiplier } from "./optim.js";
 import { doctestScale } from "./doctest-scale.js";
-import { evaluate, isResidualParam, paramGroups, trainStep } from "./trainer.js";
+import { evaluate } from "../eval/loss.js";
+import { isResidualParam, paramGroups, trainStep } from "./trainer.js";
 
 export const TrainSettingsSchema = z.strictObject({
   steps: z.number().int().positive(),
@@ -147,7 +143,7 @@ export interface RunOptions {
   log?: (line: string) => void;
   /** Start over in a folder that holds a run (its checkpoints and metrics are deleted). */
   overwrite?: boolean;
-  /** Verify checksums of the checkpoint being resumed (default true; --no-verify). */
+  /** Verify checksums of the checkpoint being resumed (default true). */
   verify?: boolean;
   /** Called after each checkpoint save completes, with its step (tests). */
   onSave?: (step: number) => void;
@@ -180,6 +176,58 @@ export function resolveSpec(
 
 const ckptDir = (dir: string) => path.join(dir, "checkpoint");
 
+/**
+ * Why a run folder cannot be used as asked:
+ *   no-run              resuming, but the folder holds no run
+ *   exists              starting, but the folder holds a run (`step`: its checkpoint's, or null)
+ *   different-settings  resuming a run whose run.json differs from the specification
+ *   damaged-spec        run.json does not parse (`path` is the file)
+ *   damaged-state       a checkpoint's trainer_state.json does not parse (`path` is the file)
+ * `problem` states what is wrong; `message` adds what to do in terms of RunOptions. Front ends
+ * (the CLI) compose their own advice from `reason` and `problem`.
+ */
+export type RunFolderReason = "no-run" | "exists" | "different-settings" | "damaged-spec" | "damaged-state";
+
+/**
+ * A run-folder problem is a plain Error (callers and tests tell errors of attnres from bugs by
+ * `constructor === Error`) carrying these fields; `isRunFolderError` recognises it.
+ */
+export interface RunFolderError extends Error {
+  readonly reason: RunFolderReason;
+  /** The run folder, or the damaged file for the damaged-* reasons. */
+  readonly path: string;
+  readonly problem: string;
+  /** The step of the run the folder holds (reason exists; null when it has no checkpoint yet). */
+  readonly step: number | null;
+}
+
+const RUN_FOLDER_ERROR: unique symbol = Symbol("attnres.RunFolderError");
+
+/** The error for a run-folder problem: message `${problem}; ${advice}`, with the fields above. */
+export function runFolderError(
+  reason: RunFolderReason,
+  path: string,
+  problem: string,
+  advice: string,
+  step: number | null = null,
+  options?: ErrorOptions,
+): RunFolderError {
+  return Object.assign(new Error(`${problem}; ${advice}`, options), {
+    reason,
+    path,
+    problem,
+    step,
+    [RUN_FOLDER_ERROR]: true,
+  });
+}
+
+/** Whether `e` was made by runFolderError. */
+export function isRunFolderError(e: unknown): e is RunFolderError {
+  return (
+    e instanceof Error && (e as Partial<Record<typeof RUN_FOLDER_ERROR, boolean>>)[RUN_FOLDER_ERROR] === true
+  );
+}
+
 /** The trainer state of checkpoint folder `c`, checked (an error naming the file otherwise). */
 export function readState(c: string, totalSteps?: number): TrainerState {
   const f = path.join(c, "trainer_state.json");
@@ -187,8 +235,12 @@ export function readState(c: string, totalSteps?: number): TrainerState {
   try {
     raw = JSON.parse(readRegularFile(f).toString("utf8"));
   } catch (e) {
-    throw new Error(
-      `${f} is damaged (${(e as Error).message}); resume from another copy or start over with --overwrite`,
+    throw runFolderError(
+      "damaged-state",
+      f,
+      `${f} is damaged (${(e as Error).message})`,
+      "resume from another copy of the run, or start it over (RunOptions.overwrite)",
+      null,
       { cause: e },
     );
   }
@@ -215,7 +267,7 @@ export function finishedRun(dir: string): RunResult | null {
   return s.done && s.result ? { ...s.result, dir, interrupted: false } : null;
 }
 
-/** Entries of a run folder that belong to a run (what --overwrite removes). */
+/** Entries of a run folder that belong to a run (what RunOptions.overwrite removes). */
 const RUN_ENTRY = /^(run\.json|metrics\.(jsonl|csv)|(checkpoint|best)(\.tmp|\.old)?)$/;
 
 function readSpecFile(file: string): RunSpec {
@@ -225,9 +277,14 @@ function readSpecFile(file: string): RunSpec {
       throw new Error("not a run specification");
     return s;
   } catch (e) {
-    throw new Error(`${file} is damaged (${(e as Error).message}); start over with --overwrite`, {
-      cause: e,
-    });
+    throw runFolderError(
+      "damaged-spec",
+      file,
+      `${file} is damaged (${(e as Error).message})`,
+      "start the run over (RunOptions.overwrite)",
+      null,
+      { cause: e },
+    );
   }
 }
 
@@ -251,22 +308,36 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
   const held = fs.existsSync(dir) ? fs.readdirSync(dir).filter((n) => RUN_ENTRY.test(n)) : [];
   if (opts.resume && !opts.overwrite) {
     if (!held.length && opts.resume !== "auto")
-      throw new Error(
-        `${dir} holds no run to resume (no run.json or checkpoint); drop --resume to start one`,
+      throw runFolderError(
+        "no-run",
+        dir,
+        `${dir} holds no run to resume (no run.json or checkpoint)`,
+        "start a new run instead (RunOptions.resume off)",
       );
   } else if (held.length) {
     if (!opts.overwrite) {
       const c = findCheckpoint(dir, "checkpoint", false);
-      throw new Error(
-        `${dir} already holds a run (${c ? `step ${c.step}` : "no checkpoint yet"}); pass --resume to continue it, --overwrite to start over, or choose another --out`,
+      // The advice names the CLI flags too: test/run.test.ts and test/reliability.test.ts pin
+      // "--resume" and "--overwrite" in this library message.
+      throw runFolderError(
+        "exists",
+        dir,
+        `${dir} already holds a run (${c ? `step ${c.step}` : "no checkpoint yet"})`,
+        "continue it (RunOptions.resume, the CLI's --resume), start over (RunOptions.overwrite, the CLI's --overwrite), or choose another folder",
+        c ? c.step : null,
       );
     }
     for (const n of held) fs.rmSync(path.join(dir, n), { recursive: true, force: true });
-    log(`--overwrite: removed the previous run in ${dir}`);
+    log(`overwrite: removed the previous run in ${dir}`);
   }
   const resuming = held.length > 0 && !opts.overwrite;
   if (resuming && fs.existsSync(specFile) && !sameSpec(readSpecFile(specFile), spec))
-    throw new Error(`${dir} holds a run with different settings; choose another --out`);
+    throw runFolderError(
+      "different-settings",
+      dir,
+      `${dir} holds a run with different settings`,
+      "choose another folder",
+    );
   let state: TrainerState | null = null;
   if (resuming) {
     const rec = recoverCheckpoint(dir, "checkpoint", opts.verify ?? true);
@@ -458,7 +529,7 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
     if (interrupted) {
       save(false);
       log(
-        `interrupted at step ${step}/${s.steps}; checkpoint saved in ${ckptDir(dir)} (resume with --resume)`,
+        `interrupted at step ${step}/${s.steps}; checkpoint saved in ${ckptDir(dir)} (resume the run to continue)`,
       );
       return { ...base, dir, done: false, interrupted: true };
     }

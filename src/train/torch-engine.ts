@@ -21,7 +21,7 @@ import * as net from "node:net";
 import * as path from "node:path";
 import { loadPrepared } from "../data/prepared.js";
 import { packageRoot } from "../io/paths.js";
-import { writeFileAtomic } from "../io/safetensors.js";
+import { writeFileAtomic } from "../io/atomic.js";
 import { findCheckpoint } from "./checkpointing.js";
 import { readState, resolveSpec, sameSpec, type RunOptions, type RunResult, type RunSpec } from "./run.js";
 import { TrainingDiverged } from "./trainer.js";

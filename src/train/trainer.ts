@@ -1,5 +1,5 @@
 /**
- * The training step and evaluation, independent of any CLI.
+ * The training step, independent of any CLI (evaluation is src/eval/loss.ts).
  *
  * One step: zero grads → forward + loss → backward (all inside one tidy scope, so every activation
  * and intermediate gradient is released when it ends) → check the loss is finite → clip → AdamW.
@@ -10,7 +10,7 @@ import type { Batch } from "../data/batches.js";
 import type { DecoderLM } from "../model/decoder.js";
 import { tidy } from "../tensor/memory.js";
 import { scale } from "../tensor/ops.js";
-import { noGrad, type Tensor } from "../tensor/tensor.js";
+import type { Tensor } from "../tensor/tensor.js";
 import { AdamW, clipGradNorm, type ParamGroup } from "./optim.js";
 
 export class TrainingDiverged extends Error {
@@ -20,7 +20,7 @@ export class TrainingDiverged extends Error {
   ) {
     super(
       `training diverged at step ${step}: the loss is ${loss}. The weights were not updated with it. ` +
-        `Try a lower learning rate (--lr), a longer warmup (--warmup), or gradient clipping (--clip 1.0).`,
+        `Try a lower learning rate (train.lr), a longer warmup (train.warmup), or gradient clipping (train.clip 1.0).`,
     );
   }
 }
@@ -82,12 +82,8 @@ export function trainStep(
   return { loss, gradNorm };
 }
 
-/** Mean loss over the batches, without building a graph. */
-export function evaluate(model: DecoderLM, batches: readonly Batch[]): number {
-  let total = 0;
-  for (const b of batches) total += noGrad(() => tidy(() => model.loss(b.ids, b.targets, b.B, b.T).item()));
-  return total / batches.length;
-}
+/** The validation loss (src/eval/loss.ts; exported here too, as before). */
+export { evaluate } from "../eval/loss.js";
 
 /**
  * The usual AdamW groups: weight decay on matrices (rank >= 2), none on gains/vectors.

@@ -18,7 +18,7 @@ import { type AnalysisReport, analyzeModel } from "../analysis/routing.js";
 import { evalBatches } from "../data/batches.js";
 import { loadPrepared, type PreparedData } from "../data/prepared.js";
 import type { Tokenizer } from "../data/tokenizer.js";
-import { checkpointTokenizer, loadCheckpoint } from "../io/checkpoint.js";
+import { checkpointTokenizer, loadCheckpoint } from "../model/checkpoint.js";
 import type { DecoderLM } from "../model/decoder.js";
 import { modeName } from "../model/residual.js";
 import { tidy } from "../tensor/memory.js";

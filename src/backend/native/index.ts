@@ -8,11 +8,11 @@
  * float64 here. The addon is located from the package root (the nearest package.json named
  * "attnres" above this file), which works from src/ under tsx and from compiled dist/src/.
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 
+import { packageRoot } from "../../io/paths.js";
 import type { Backend, BinaryOp, Buf, DType, MemoryStats, ReduceOp, UnaryOp } from "../backend.js";
 
 export interface NativeInfo {
@@ -70,23 +70,6 @@ interface NativeAddon {
 }
 
 const ADDON_RELATIVE = join("build", "Release", "attnres_native.node");
-
-function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    const pkg = join(dir, "package.json");
-    if (existsSync(pkg)) {
-      try {
-        if ((JSON.parse(readFileSync(pkg, "utf8")) as { name?: unknown }).name === "attnres") return dir;
-      } catch {
-        // not a readable package.json: keep walking up
-      }
-    }
-    const parent = dirname(dir);
-    if (parent === dir) throw new Error("attnres native backend: cannot find the attnres package root");
-    dir = parent;
-  }
-}
 
 let addon: NativeAddon | null = null;
 

@@ -1,6 +1,6 @@
 /** The definition of `attnres finetune` (options, help); the work is in ../finetune.ts, loaded on use. */
 import { type Command, Option } from "commander";
-import { aliased, nonNegative, nonNegativeInt, positive, positiveInt } from "../common.js";
+import { aliased, nonNegativeInt, positiveInt, runFlagOptions } from "../common.js";
 import { engineOptions } from "../engine.js";
 import type { FinetuneFlags } from "../finetune.js";
 
@@ -14,19 +14,16 @@ export function registerFinetune(program: Command): void {
     .option("-o, --out <dir>", "run folder (default runs/finetune-<checkpoint>-<mode>)")
     .option("--resume", "continue the run in --out from its checkpoint")
     .option("--overwrite", "start over in an --out that holds a run (deletes it)")
-    .option("--keep-best", "keep <out>/best: the weights with the lowest validation loss so far")
     .option("--freeze-base", "train only the routing parameters; the backbone stays bit-identical")
-    .option("--steps <n>", "optimizer steps (default 200)", positiveInt)
-    .option("--batch-size <n>", "sequences per micro-batch (default 8)", positiveInt)
-    .option("--seq-len <n>", "tokens per sequence (default min(128, max_position_embeddings))", positiveInt)
-    .option("--grad-accum <n>", "micro-batches per step", positiveInt)
-    .option("--lr <x>", "peak learning rate of the backbone (default 1e-4)", positive)
-    .option("--routing-lr <x>", "learning rate of routing/gate parameters (default 1e-3)", positive)
-    .option("--warmup <n>", "warmup steps", nonNegativeInt)
-    .option("--clip <x>", "gradient-norm clipping (0 = off)", nonNegative)
     .option("--seed <n>", "seed for batches", nonNegativeInt)
-    .option("--eval-every <n>", "validate every n steps", positiveInt)
-    .option("--checkpoint-every <n>", "checkpoint every n steps (default: eval-every)", positiveInt);
+    .option("--steps <n>", "optimizer steps (default 200)", positiveInt);
+  // The shared run flags; the defaults named here are src/workflows/finetune.ts FINETUNE_DEFAULTS.
+  runFlagOptions(cmd, {
+    "--batch-size": " (default 8)",
+    "--seq-len": " (default min(128, max_position_embeddings))",
+    "--lr": " of the backbone (default 1e-4)",
+    "--routing-lr": " (default 1e-3)",
+  });
   engineOptions(cmd)
     .addHelpText(
       "after",

@@ -12,24 +12,21 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Backend, DType } from "../backend/backend.js";
-import { type ModelConfig, parseConfig } from "../model/config.js";
-import { checkHfConfig } from "../model/hf-compat.js";
-import { DecoderLM } from "../model/decoder.js";
-import { modeName } from "../model/residual.js";
-import { exportWeights, loadWeights } from "../model/weights.js";
-import "../data/bpe.js";
-import "../data/hf-tokenizer.js";
+import { type ModelConfig, parseConfig } from "./config.js";
+import { checkHfConfig } from "./hf-compat.js";
+import { DecoderLM } from "./decoder.js";
+import { modeName } from "./residual.js";
+import { exportWeights, loadWeights } from "./weights.js";
 import { loadTokenizer, TOKENIZER_META, type Tokenizer } from "../data/tokenizer.js";
-import { checkMemoryBudget } from "../train/budget.js";
+import { checkMemoryBudget } from "./budget.js";
 import {
   type FloatStDType,
   readCheckpointHeader,
   readCheckpointWeights,
-  writeFileAtomic,
   writeSafetensors,
   type WriteTensor,
-} from "./safetensors.js";
-import { readRegularFile } from "./atomic.js";
+} from "../io/safetensors.js";
+import { readRegularFile, writeFileAtomic } from "../io/atomic.js";
 
 /** torch_dtype names of the safetensors float dtypes. */
 export const TORCH_DTYPE: Record<FloatStDType, string> = { F32: "float32", F16: "float16", BF16: "bfloat16" };

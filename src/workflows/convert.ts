@@ -47,7 +47,7 @@ import {
   dominantDtype,
   readConfig,
   saveCheckpoint,
-} from "../io/checkpoint.js";
+} from "../model/checkpoint.js";
 import {
   type FloatStDType,
   openCheckpointWeights,
@@ -59,13 +59,13 @@ import { tidy } from "../tensor/memory.js";
 import { Rng } from "../tensor/random.js";
 import { noGrad } from "../tensor/tensor.js";
 import { isResidualParam } from "../train/trainer.js";
-import { type ModelConfig, MODE_NAMES, parseConfig } from "./config.js";
-import { DecoderLM } from "./decoder.js";
-import { CONVERT_MODES, type ConvertMode, STORAGE_DTYPES, type StorageDtype } from "./names.js";
-import { modeName } from "./residual.js";
-import { exportWeights, loadWeights } from "./weights.js";
+import { type ModelConfig, MODE_NAMES, parseConfig } from "../model/config.js";
+import { DecoderLM } from "../model/decoder.js";
+import { CONVERT_MODES, type ConvertMode, STORAGE_DTYPES, type StorageDtype } from "../model/names.js";
+import { modeName } from "../model/residual.js";
+import { exportWeights, loadWeights } from "../model/weights.js";
 
-export { CONVERT_MODES, type ConvertMode } from "./names.js";
+export { CONVERT_MODES, type ConvertMode } from "../model/names.js";
 
 export interface ConvertSettings {
   mode: ConvertMode;
@@ -76,7 +76,7 @@ export interface ConvertSettings {
 }
 
 /** `--dtype`: the dtype the converted weights are written in (see the file comment). */
-export { STORAGE_DTYPES, type StorageDtype } from "./names.js";
+export { STORAGE_DTYPES, type StorageDtype } from "../model/names.js";
 const FORCED: Record<Exclude<StorageDtype, "auto">, FloatStDType> = { f32: "F32", bf16: "BF16", f16: "F16" };
 
 function checkStorageDtype(v: string): StorageDtype {

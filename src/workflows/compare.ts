@@ -14,16 +14,16 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { evalBatches } from "../data/batches.js";
-import { doctestScale } from "./doctest-scale.js";
+import { doctestScale } from "../train/doctest-scale.js";
 import { loadPrepared } from "../data/prepared.js";
-import { writeFileAtomic } from "../io/safetensors.js";
-import { loadCheckpoint } from "../io/checkpoint.js";
+import { writeFileAtomic } from "../io/atomic.js";
+import { loadCheckpoint } from "../model/checkpoint.js";
 import type { ModeName } from "../model/config.js";
 import { tidy } from "../tensor/memory.js";
 import { noGrad } from "../tensor/tensor.js";
-import { runTraining, type RunOptions, type RunResult, type RunSpec } from "./run.js";
-import { mean, std, welch, type WelchResult } from "./statistics.js";
-import { TrainingDiverged } from "./trainer.js";
+import { runTraining, type RunOptions, type RunResult, type RunSpec } from "../train/run.js";
+import { mean, std, welch, type WelchResult } from "../train/statistics.js";
+import { TrainingDiverged } from "../train/trainer.js";
 
 export interface CompareRun {
   mode: ModeName;

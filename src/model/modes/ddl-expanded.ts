@@ -8,7 +8,7 @@
  */
 import { ddlRead, ddlUpdate, expand, reshape } from "../../tensor/ops.js";
 import type { Tensor } from "../../tensor/tensor.js";
-import { DDL_PARAMS, DdlParams } from "./ddl.js";
+import { DDL_KEYS, DDL_PARAMS, DdlParams } from "./ddl.js";
 import { callLabel, type ModeDef, type ModeRun, type SublayerResult, type Trace } from "./mode.js";
 import { outputSourceLabel } from "./routing.js";
 
@@ -40,7 +40,7 @@ export const ddlExpanded: ModeDef<"ddl-expanded", "ddl_expanded"> = {
   name: "ddl-expanded",
   key: "ddl_expanded",
   summary: "DDL with an expanded per-token state of ddl_value_channels columns and learned reads",
-  configKeys: ["ddl_beta0", "ddl_k_eps", "ddl_value_channels"],
+  configKeys: DDL_KEYS,
   options: { blocks: false, states: false, additive: false },
   params: DDL_PARAMS,
   convert: null,

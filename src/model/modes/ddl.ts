@@ -93,6 +93,9 @@ class DdlRun implements ModeRun {
   }
 }
 
+/** The DDL modes' config keys (each mode reads some; both carry all of them in config.json). */
+export const DDL_KEYS = ["ddl_beta0", "ddl_k_eps", "ddl_value_form", "ddl_value_channels"];
+
 /** Parameter names of the DDL modes (final_ddl_read included). */
 export const DDL_PARAMS = /_ddl_/;
 
@@ -100,7 +103,7 @@ export const ddl: ModeDef<"ddl", "ddl"> = {
   name: "ddl",
   key: "ddl",
   summary: "Deep Delta Learning: a rank-one delta-rule update x ← x + β (v − k·x) k per sublayer",
-  configKeys: ["ddl_beta0", "ddl_k_eps", "ddl_value_form"],
+  configKeys: DDL_KEYS,
   options: { blocks: false, states: false, additive: false },
   params: DDL_PARAMS,
   convert: null,

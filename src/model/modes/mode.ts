@@ -124,7 +124,7 @@ export interface ModeDef<Name extends string = string, Key extends string = stri
   readonly key: Key;
   /** One line for the docs. */
   readonly summary: string;
-  /** Config keys besides attnres_mode it reads. */
+  /** Config keys besides attnres_mode that belong to it (kept in its config.json; other modes' ddl_* and attnres_num_blocks are dropped). */
   readonly configKeys: readonly string[];
   readonly options: ModeOptions;
   /** Matches the full names of the parameters it adds (model.layers.3.attn_res_proj.weight …). */

@@ -15,7 +15,6 @@ import { add, mul, sub } from "../../tensor/ops.js";
 import type { Tensor } from "../../tensor/tensor.js";
 import type { ModelConfig } from "../config.js";
 import {
-  callLabel,
   type CallKey,
   type ModeDef,
   type ModeHost,
@@ -26,13 +25,13 @@ import {
 } from "./mode.js";
 import {
   addRouter,
-  outputSourceLabel,
   ROUTED_PARAMS,
   ROUTED_ZERO_PARAMS,
   routeTraced,
   type Router,
   sublayerRouters,
   sublayerScalars,
+  sublayerSourceLabel,
 } from "./routing.js";
 
 /** Routers per sublayer and the final router (shared with attnres-block). */
@@ -112,7 +111,7 @@ export const attnresFull: ModeDef<"attnres-full", "full"> = {
   options: { blocks: false, states: true, additive: false },
   params: ROUTED_PARAMS,
   convert: { exactness: "eps-residue", zeroParams: ROUTED_ZERO_PARAMS },
-  sourceLabel: (p, nullSource) => outputSourceLabel(p, nullSource, (q) => callLabel(q - 1)),
+  sourceLabel: sublayerSourceLabel,
   build(c, host, ctx): ResidualMode {
     const name = "attnres-full";
     if (c.attnres_sources === "states") {

@@ -8,9 +8,8 @@
  */
 import { ddlRead, ddlUpdate, expand, reshape } from "../../tensor/ops.js";
 import type { Tensor } from "../../tensor/tensor.js";
-import { DDL_KEYS, DDL_PARAMS, DdlParams } from "./ddl.js";
-import { callLabel, type ModeDef, type ModeRun, type SublayerResult, type Trace } from "./mode.js";
-import { outputSourceLabel } from "./routing.js";
+import { DDL_COMMON, DdlParams } from "./ddl.js";
+import type { ModeDef, ModeRun, SublayerResult, Trace } from "./mode.js";
 
 class ExpandedRun implements ModeRun {
   private X: Tensor;
@@ -40,11 +39,7 @@ export const ddlExpanded: ModeDef<"ddl-expanded", "ddl_expanded"> = {
   name: "ddl-expanded",
   key: "ddl_expanded",
   summary: "DDL with an expanded per-token state of ddl_value_channels columns and learned reads",
-  configKeys: DDL_KEYS,
-  options: { blocks: false, states: false, additive: false },
-  params: DDL_PARAMS,
-  convert: null,
-  sourceLabel: (p) => outputSourceLabel(p, false, (q) => callLabel(q - 1)), // (no routed calls)
+  ...DDL_COMMON,
   build(c, host, ctx) {
     const p = new DdlParams(c, host, ctx, c.ddl_value_channels);
     const finalRead = host.body.param(

@@ -12,15 +12,15 @@ import { add, mul, rsqrt, scale, sigmoid, square, sub, sum } from "../../tensor/
 import type { Tensor } from "../../tensor/tensor.js";
 import type { ModelConfig } from "../config.js";
 import {
-  callLabel,
   type ModeDef,
   type ModeHost,
   type ModeRun,
+  NO_OPTIONS,
   SUBLAYER_KINDS,
   type SublayerResult,
   type Trace,
 } from "./mode.js";
-import { outputSourceLabel } from "./routing.js";
+import { sublayerSourceLabel } from "./routing.js";
 
 interface DdlSublayer {
   beta: Linear;
@@ -93,21 +93,20 @@ class DdlRun implements ModeRun {
   }
 }
 
-/** The DDL modes' config keys (each mode reads some; both carry all of them in config.json). */
-export const DDL_KEYS = ["ddl_beta0", "ddl_k_eps", "ddl_value_form", "ddl_value_channels"];
-
-/** Parameter names of the DDL modes (final_ddl_read included). */
-export const DDL_PARAMS = /_ddl_/;
+/** What both DDL modes declare alike: their config keys and parameters; no routing, no conversion. */
+export const DDL_COMMON = {
+  configKeys: ["ddl_beta0", "ddl_k_eps", "ddl_value_form", "ddl_value_channels"], // all kept in config.json
+  options: NO_OPTIONS,
+  params: /_ddl_/, // final_ddl_read included
+  convert: null,
+  sourceLabel: (p: number) => sublayerSourceLabel(p, false), // (no routed calls)
+};
 
 export const ddl: ModeDef<"ddl", "ddl"> = {
   name: "ddl",
   key: "ddl",
   summary: "Deep Delta Learning: a rank-one delta-rule update x ← x + β (v − k·x) k per sublayer",
-  configKeys: DDL_KEYS,
-  options: { blocks: false, states: false, additive: false },
-  params: DDL_PARAMS,
-  convert: null,
-  sourceLabel: (p) => outputSourceLabel(p, false, (q) => callLabel(q - 1)), // (no routed calls)
+  ...DDL_COMMON,
   build(c, host, ctx) {
     const p = new DdlParams(c, host, ctx);
     return { name: "ddl", begin: (h0, trace) => new DdlRun(p, h0, trace) };

@@ -11,8 +11,8 @@
  */
 import { add } from "../../tensor/ops.js";
 import type { Tensor } from "../../tensor/tensor.js";
-import { callLabel, type ModeDef, type ModeRun, type SublayerResult, type Trace } from "./mode.js";
-import { AdditiveParams, outputSourceLabel, ROUTED_PARAMS, ROUTED_ZERO_PARAMS } from "./routing.js";
+import type { ModeDef, ModeRun, SublayerResult, Trace } from "./mode.js";
+import { AdditiveParams, ROUTED_PARAMS, ROUTED_ZERO_PARAMS, sublayerSourceLabel } from "./routing.js";
 
 class DeltaRun implements ModeRun {
   private readonly outs: Tensor[] = [];
@@ -63,7 +63,7 @@ export const delta: ModeDef<"delta", "delta"> = {
   options: { blocks: false, states: true, additive: true },
   params: ROUTED_PARAMS,
   convert: { exactness: "eps-residue", zeroParams: ROUTED_ZERO_PARAMS },
-  sourceLabel: (p, nullSource) => outputSourceLabel(p, nullSource, (q) => callLabel(q - 1)),
+  sourceLabel: sublayerSourceLabel,
   build(c, host, ctx) {
     const p = new AdditiveParams(c, host, ctx);
     const name = "delta";

@@ -117,6 +117,9 @@ export interface ModeOptions {
   additive: boolean;
 }
 
+/** No block count, no states as sources, no null source or gate. */
+export const NO_OPTIONS: ModeOptions = { blocks: false, states: false, additive: false };
+
 export interface ModeDef<Name extends string = string, Key extends string = string> {
   /** User-facing name (CLI, docs, reports). */
   readonly name: Name;

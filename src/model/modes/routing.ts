@@ -10,7 +10,7 @@ import type { InitContext, Module } from "../../nn/module.js";
 import { add, expand, mul, route } from "../../tensor/ops.js";
 import type { Tensor } from "../../tensor/tensor.js";
 import type { ModelConfig } from "../config.js";
-import { type CallKey, type ModeHost, SUBLAYER_KINDS, type Trace } from "./mode.js";
+import { type CallKey, callLabel, type ModeHost, SUBLAYER_KINDS, type Trace } from "./mode.js";
 
 /** A routing query (Linear d→1, zero) and key gain (RMSNorm weight, ones). */
 export interface Router {
@@ -89,7 +89,7 @@ export const ROUTED_PARAMS = /_res_proj\.|_res_norm\.|_res_alpha$|_null_source$|
 /** The routed modes' parameters that start at zero (queries, gates, null sources; gains start at 1). */
 export const ROUTED_ZERO_PARAMS = /_res_proj\.|_null_source$|_res_alpha$/;
 
-/** Source labels of the modes that route over h0 and every sublayer output (after the null source). */
+/** Source labels: [null,] h0, then prefix(1), prefix(2) … for the later sources. */
 export function outputSourceLabel(p: number, nullSource: boolean, prefix: (p: number) => string): string {
   if (nullSource) {
     if (p === 0) return "null";
@@ -97,3 +97,7 @@ export function outputSourceLabel(p: number, nullSource: boolean, prefix: (p: nu
   }
   return p === 0 ? "h0" : prefix(p);
 }
+
+/** Source labels of the modes that route over h0 and every earlier sublayer output: h0, L0.attn, L0.mlp … */
+export const sublayerSourceLabel = (p: number, nullSource: boolean): string =>
+  outputSourceLabel(p, nullSource, (q) => callLabel(q - 1));

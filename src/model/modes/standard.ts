@@ -4,8 +4,8 @@
  */
 import { add } from "../../tensor/ops.js";
 import type { Tensor } from "../../tensor/tensor.js";
-import { callLabel, type ModeDef, type ModeRun, type SublayerResult, type Trace } from "./mode.js";
-import { outputSourceLabel } from "./routing.js";
+import { type ModeDef, type ModeRun, NO_OPTIONS, type SublayerResult, type Trace } from "./mode.js";
+import { sublayerSourceLabel } from "./routing.js";
 
 class StandardRun implements ModeRun {
   constructor(
@@ -29,9 +29,9 @@ export const standard: ModeDef<"standard", "standard"> = {
   key: "standard",
   summary: "the plain residual stream h ← h + o_j",
   configKeys: [],
-  options: { blocks: false, states: false, additive: false },
+  options: NO_OPTIONS,
   params: /(?!)/,
   convert: null,
-  sourceLabel: (p) => outputSourceLabel(p, false, (q) => callLabel(q - 1)), // (no routed calls)
+  sourceLabel: (p) => sublayerSourceLabel(p, false), // (no routed calls)
   build: () => ({ name: "standard", begin: (h0, trace) => new StandardRun(h0, trace) }),
 };

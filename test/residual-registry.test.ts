@@ -1,7 +1,8 @@
 /**
  * The registry of residual modes (src/model/residual.ts, one file per mode in src/model/modes/):
- *   - the light lists the command line reads (src/model/names.ts) agree with the modes' own
- *     declarations, and the parameter-name rule (isResidualParam) is exactly the modes' parameters;
+ *   - the light lists the command line reads (src/model/names.ts) and the mode tables of
+ *     docs/residual-modes.md and docs/methods.md agree with the modes' own declarations, and the
+ *     parameter-name rule (isResidualParam) is exactly the modes' parameters;
  *   - `run` is reentrant in every mode: a forward pass started inside another one (from a
  *     sublayer of the outer pass) leaves both with the logits they have when run one after the
  *     other (all mode state lives in the per-call object begin() returns);
@@ -10,6 +11,7 @@
  *     declares, and is analysed (routing statistics), then is removed again (unregisterMode).
  */
 import assert from "node:assert/strict";
+import * as fs from "node:fs";
 import * as path from "node:path";
 import { after, describe, test } from "node:test";
 import { referenceBackend as ref } from "../src/backend/reference/index.js";
@@ -100,6 +102,23 @@ describe("the registry and the light lists agree", () => {
     );
     assert.equal(exactness({ mode: "delta-block" }), "exact");
     assert.equal(exactness({ mode: "attnres-full" }), "eps-residue");
+  });
+  test("the mode tables of the docs list every built-in mode with its config value", () => {
+    for (const doc of ["residual-modes.md", "methods.md"]) {
+      const lines = fs.readFileSync(path.join(import.meta.dirname, "..", "docs", doc), "utf8").split("\n");
+      const head = lines.findIndex((l) => /^\| mode .*\| `attnres_mode` /.test(l));
+      assert.ok(head >= 0, `${doc} has a mode table`);
+      const rows: [string, string][] = [];
+      for (let i = head + 2; lines[i]?.startsWith("|"); i++) {
+        const [name, key] = lines[i]!.split("|").slice(1, 3);
+        const keys = [...key!.matchAll(/`([a-z_]+)`/g)].map((m) => m[1]!);
+        rows.push([
+          name!.replace(/`/g, "").trim().split(" ")[0]!,
+          keys.find((k) => k !== "standard") ?? keys[0]!,
+        ]);
+      }
+      assert.deepEqual(rows, Object.entries(MODE_NAMES), doc);
+    }
   });
   test("isResidualParam is true exactly for the parameters a mode adds to the standard model", () => {
     const backbone = new Set(new DecoderLM(base, { meta: true }).namedParameters().map(([n]) => n));

@@ -80,13 +80,13 @@ export const ModelConfigSchema = z
         path: ["num_key_value_heads"],
         message: `num_attention_heads (${c.num_attention_heads}) must be a multiple of num_key_value_heads (${c.num_key_value_heads})`,
       });
-    const mode = modeByKey(c.attnres_mode)!.options;
+    const options = modeByKey(c.attnres_mode)!.options; // what this mode accepts
     const keysWith = (o: keyof ModeOptions) =>
       modes()
         .filter((m) => m.options[o])
         .map((m) => m.key)
         .join(", ");
-    const blocks = mode.blocks;
+    const blocks = options.blocks;
     if (blocks && c.attnres_num_blocks === undefined)
       ctx.addIssue({
         code: "custom",
@@ -100,7 +100,7 @@ export const ModelConfigSchema = z
         message: `${c.attnres_num_blocks} blocks is more than the ${c.num_hidden_layers} layers`,
       });
     const states = c.attnres_sources === "states";
-    if (states && !mode.states)
+    if (states && !options.states)
       ctx.addIssue({
         code: "custom",
         path: ["attnres_sources"],
@@ -113,7 +113,7 @@ export const ModelConfigSchema = z
         message:
           "states as sources needs the zero gate (attnres_gate_type learnable_alpha, the default with states)",
       });
-    if (!mode.additive && (c.attnres_use_null_source || (c.attnres_gate_type !== "bias" && !states)))
+    if (!options.additive && (c.attnres_use_null_source || (c.attnres_gate_type !== "bias" && !states)))
       ctx.addIssue({
         code: "custom",
         path: ["attnres_mode"],

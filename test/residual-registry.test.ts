@@ -172,7 +172,6 @@ describe("run is reentrant: a forward pass inside another gives the sequential r
 const uniform: ModeDef = {
   name: "uniform-test",
   key: "uniform_test",
-  summary: "the stream plus a gated uniform mean over h0 and the earlier sublayer outputs",
   configKeys: [],
   options: { blocks: false, states: false, additive: false },
   params: /_uniform_gate$/,

@@ -51,7 +51,6 @@ class BlockRun implements ModeRun {
 export const attnresBlock: ModeDef<"attnres-block", "block"> = {
   name: "attnres-block",
   key: "block",
-  summary: "attnres-full over block sums: the completed blocks and the running sum of the current one",
   configKeys: ["attnres_num_blocks"],
   options: { blocks: true, states: false, additive: false },
   params: ROUTED_PARAMS,

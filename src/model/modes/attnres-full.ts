@@ -105,8 +105,6 @@ class StatesRun implements ModeRun {
 export const attnresFull: ModeDef<"attnres-full", "full"> = {
   name: "attnres-full",
   key: "full",
-  summary:
-    "each sublayer reads a routing over h0 and every earlier sublayer output; a final routing replaces the stream",
   configKeys: ["attnres_sources"],
   options: { blocks: false, states: true, additive: false },
   params: ROUTED_PARAMS,

@@ -38,7 +38,6 @@ class ExpandedRun implements ModeRun {
 export const ddlExpanded: ModeDef<"ddl-expanded", "ddl_expanded"> = {
   name: "ddl-expanded",
   key: "ddl_expanded",
-  summary: "DDL with an expanded per-token state of ddl_value_channels columns and learned reads",
   ...DDL_COMMON,
   build(c, host, ctx) {
     const p = new DdlParams(c, host, ctx, c.ddl_value_channels);

@@ -105,7 +105,6 @@ export const DDL_COMMON = {
 export const ddl: ModeDef<"ddl", "ddl"> = {
   name: "ddl",
   key: "ddl",
-  summary: "Deep Delta Learning: a rank-one delta-rule update x ← x + β (v − k·x) k per sublayer",
   ...DDL_COMMON,
   build(c, host, ctx) {
     const p = new DdlParams(c, host, ctx);

@@ -47,7 +47,6 @@ class DeltaBlockRun implements ModeRun {
 export const deltaBlock: ModeDef<"delta-block", "delta_block"> = {
   name: "delta-block",
   key: "delta_block",
-  summary: "keeps the stream and adds a routing over h0 and the true block deltas",
   configKeys: ["attnres_num_blocks", "attnres_use_null_source", "attnres_gate_type"],
   options: { blocks: true, states: false, additive: true },
   params: ROUTED_PARAMS,

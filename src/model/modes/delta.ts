@@ -58,7 +58,6 @@ class DeltaStatesRun implements ModeRun {
 export const delta: ModeDef<"delta", "delta"> = {
   name: "delta",
   key: "delta",
-  summary: "keeps the stream and adds a routing over h0 and every earlier sublayer output",
   configKeys: ["attnres_sources", "attnres_use_null_source", "attnres_gate_type"],
   options: { blocks: false, states: true, additive: true },
   params: ROUTED_PARAMS,

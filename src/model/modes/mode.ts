@@ -125,8 +125,6 @@ export interface ModeDef<Name extends string = string, Key extends string = stri
   readonly name: Name;
   /** Its value of the config key attnres_mode. */
   readonly key: Key;
-  /** One line for the docs. */
-  readonly summary: string;
   /** Config keys besides attnres_mode that belong to it (kept in its config.json; other modes' ddl_* and attnres_num_blocks are dropped). */
   readonly configKeys: readonly string[];
   readonly options: ModeOptions;

@@ -27,7 +27,6 @@ class StandardRun implements ModeRun {
 export const standard: ModeDef<"standard", "standard"> = {
   name: "standard",
   key: "standard",
-  summary: "the plain residual stream h ← h + o_j",
   configKeys: [],
   options: NO_OPTIONS,
   params: /(?!)/,

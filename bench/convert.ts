@@ -41,6 +41,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { f32ToBf16Bits, readCheckpointHeader } from "../src/io/safetensors.js";
 import { CONVERT_MODES, type ConvertMode } from "../src/workflows/convert.js";
+import { BLOCK_MODES } from "../src/model/names.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.dirname(here);
@@ -263,7 +264,7 @@ async function runConvert(
   sourceBytes: number,
   active: Set<number>,
 ): Promise<ConvertRun> {
-  const blocks = mode === "delta-block" || mode === "attnres-block" ? 4 : null;
+  const blocks = BLOCK_MODES.includes(mode) ? 4 : null;
   const rssFile = `${to}.rss`;
   const argv = [
     "--import",

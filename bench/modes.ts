@@ -1,15 +1,21 @@
-/** The residual modes the benchmarks run (block modes with 4 blocks) and the reference-step model. */
+/**
+ * The residual modes the benchmarks run — every mode of the registry (src/model/residual.ts),
+ * block modes with 4 blocks — and the reference-step model.
+ */
 import type { DecoderLMConfig } from "../src/model/config.js";
+import { modes } from "../src/model/residual.js";
 
-export const MODES: Record<string, Partial<DecoderLMConfig>> = {
-  standard: {},
-  "attnres-full": { attnres_mode: "full" },
-  "attnres-block": { attnres_mode: "block", attnres_num_blocks: 4 },
-  delta: { attnres_mode: "delta" },
-  "delta-block": { attnres_mode: "delta_block", attnres_num_blocks: 4 },
-  ddl: { attnres_mode: "ddl" },
-  "ddl-expanded": { attnres_mode: "ddl_expanded" },
-};
+export const MODES: Record<string, Partial<DecoderLMConfig>> = Object.fromEntries(
+  modes().map((m) => [
+    m.name,
+    m.key === "standard"
+      ? {}
+      : {
+          attnres_mode: m.key as DecoderLMConfig["attnres_mode"],
+          ...(m.options.blocks ? { attnres_num_blocks: 4 } : {}),
+        },
+  ]),
+);
 
 /** The compute-core issue's reference step model (d 256, 4 heads, SwiGLU 768, vocab 256, seq 256). */
 export function referenceStepConfig(layers: number, mode = "standard"): DecoderLMConfig {

@@ -26,24 +26,15 @@
 import type { Batch } from "../data/batches.js";
 import type { ModeName } from "../model/config.js";
 import type { DecoderLM } from "../model/decoder.js";
-import { modeName, type Trace } from "../model/residual.js";
+import { type CallKey, callLabel, callPlace, modeByName, modeOf, type Trace } from "../model/residual.js";
+import { BETA_BINS, RoutingAccumulator } from "../model/stats.js";
 import { tidy } from "../tensor/memory.js";
 import { noGrad, type Tensor } from "../tensor/tensor.js";
 
 // ---------------------------------------------------------------------------------------------
 // statistics on plain arrays
 
-/** Max and entropy (nats) of one weight vector w[off … off+N). */
-export function maxAndEntropy(w: ArrayLike<number>, N: number, off = 0): { max: number; entropy: number } {
-  let max = 0;
-  let entropy = 0;
-  for (let i = 0; i < N; i++) {
-    const v = w[off + i]!;
-    if (v > max) max = v;
-    if (v > 0) entropy -= v * Math.log(v);
-  }
-  return { max, entropy };
-}
+export { maxAndEntropy } from "../model/stats.js";
 
 /** Euclidean norm of a[off … off+d). */
 export function l2Norm(a: ArrayLike<number>, d: number, off = 0): number {
@@ -154,28 +145,18 @@ export function effectiveRank(vectors: readonly ArrayLike<number>[]): number | n
 // ---------------------------------------------------------------------------------------------
 // the report
 
-export type CallKey = number | "final";
-
-/** "L3.attn", "L3.mlp" or "final". */
-export function callLabel(key: CallKey): string {
-  return key === "final" ? "final" : `L${key >> 1}.${key % 2 === 0 ? "attn" : "mlp"}`;
-}
+export { type CallKey, callLabel } from "../model/residual.js";
 
 /**
- * What source position p (0-based) of a routed call holds, by mode: h0 then each sublayer's
- * output (attnres-full, delta), h0 then block sums B1, B2 … (attnres-block; the last one of a
- * call may still be accumulating), h0 then block deltas Δ1, Δ2 … (delta-block); the additive
- * modes' null source, when enabled, comes first.
+ * What source position p (0-based) of a routed call holds, as the mode says (ModeDef.sourceLabel):
+ * h0 then each sublayer's output (attnres-full, delta), h0 then block sums B1, B2 … (attnres-block;
+ * the last one of a call may still be accumulating), h0 then block deltas Δ1, Δ2 … (delta-block);
+ * the additive modes' null source, when enabled, comes first.
  */
 export function sourceLabel(mode: ModeName, nullSource: boolean, p: number): string {
-  if (nullSource && (mode === "delta" || mode === "delta-block")) {
-    if (p === 0) return "null";
-    p -= 1;
-  }
-  if (p === 0) return "h0";
-  if (mode === "attnres-block") return `B${p}`;
-  if (mode === "delta-block") return `Δ${p}`;
-  return callLabel(p - 1);
+  const m = modeByName(mode);
+  if (!m) throw new Error(`unknown residual mode ${mode}`);
+  return m.sourceLabel(p, nullSource);
 }
 
 export interface CallStats {
@@ -293,11 +274,8 @@ export interface AnalyzeOptions {
   onBatch?: (done: number, total: number) => void;
 }
 
-class CallAcc {
-  tokens = 0;
-  maxSum = 0;
-  entSum = 0;
-  alpha: Float64Array;
+/** What the analysis adds to a call's α statistics (model/stats.ts): its sources' norms, cosines and ranks. */
+class SourceAcc {
   norm: Float64Array;
   cosSum: Float64Array;
   cosN: Float64Array;
@@ -306,7 +284,6 @@ class CallAcc {
   dirSum = 0;
   dirN = 0;
   constructor(readonly N: number) {
-    this.alpha = new Float64Array(N);
     this.norm = new Float64Array(N);
     this.cosSum = new Float64Array(Math.max(0, N - 1));
     this.cosN = new Float64Array(Math.max(0, N - 1));
@@ -352,23 +329,14 @@ class BatchCache {
   }
 }
 
-function accumulateCall(
-  acc: CallAcc,
-  alpha: Tensor,
+function accumulateSources(
+  acc: SourceAcc,
   sources: readonly Tensor[],
   cache: BatchCache,
   sample: number[],
 ): void {
   const N = acc.N;
-  const { rows, d } = cache;
-  const a = alpha.data;
-  for (let r = 0; r < rows; r++) {
-    const { max, entropy } = maxAndEntropy(a, N, r * N);
-    acc.maxSum += max;
-    acc.entSum += entropy;
-    for (let i = 0; i < N; i++) acc.alpha[i]! += a[r * N + i]!;
-  }
-  acc.tokens += rows;
+  const { d } = cache;
   sources.forEach((s, i) => (acc.norm[i]! += cache.normSum(s)));
   for (let i = 0; i + 1 < N; i++) {
     const [s, n] = cache.cosSum(sources[i]!, sources[i + 1]!);
@@ -400,30 +368,6 @@ function accumulateCall(
   }
 }
 
-const BETA_BINS = 20;
-
-class BetaAcc {
-  n = 0;
-  sum = 0;
-  sq = 0;
-  min = Infinity;
-  max = -Infinity;
-  counts = new Array<number>(BETA_BINS).fill(0);
-  add(t: Tensor): void {
-    const b = t.data;
-    for (let i = 0; i < t.size; i++) {
-      const v = b[i]!;
-      this.n++;
-      this.sum += v;
-      this.sq += v * v;
-      if (v < this.min) this.min = v;
-      if (v > this.max) this.max = v;
-      this.counts[Math.min(BETA_BINS - 1, Math.max(0, Math.floor((v / 2) * BETA_BINS)))]!++;
-    }
-  }
-}
-
-const keyOrder = (p: CallKey, q: CallKey) => (p === "final" ? 1 : q === "final" ? -1 : p - q);
 const meanOf = (xs: (number | null)[]): number | null => {
   const v = xs.filter((x): x is number => x !== null && Number.isFinite(x));
   return v.length ? v.reduce((s, x) => s + x, 0) / v.length : null;
@@ -447,13 +391,14 @@ export function analyzeModel(
 ): AnalysisReport {
   if (batches.length === 0) throw new Error("analyzeModel: no batches to analyse");
   const c = model.config;
-  const mode = modeName(c);
+  const def = modeOf(c);
+  const mode = def.name as ModeName;
   const d = c.hidden_size;
   const rankTokens = opts.rankTokens ?? 64;
   const factor = opts.flatFactor ?? 1.5;
   if (!(factor >= 1)) throw new Error(`the flat factor must be at least 1, got ${factor}`);
-  const calls = new Map<CallKey, CallAcc>();
-  const betas = new Map<number, BetaAcc>();
+  const routing = new RoutingAccumulator();
+  const calls = new Map<CallKey, SourceAcc>();
   const streams = new Map<number, { norm: number; n: number; cos: number; cosN: number }>();
   let tokens = 0;
   let sampled = 0;
@@ -465,17 +410,10 @@ export function analyzeModel(
         const m = Math.min(rows, rankTokens);
         const sample = Array.from({ length: m }, (_, k) => Math.floor(((k + 0.5) * rows) / m));
         const cache = new BatchCache(rows, d);
-        for (const [key, alpha] of trace.alphas) {
-          const N = alpha.shape[alpha.rank - 1]!;
+        for (const [key, alphas] of routing.add(trace)) {
           let acc = calls.get(key);
-          if (!acc) calls.set(key, (acc = new CallAcc(N)));
-          if (acc.N !== N) throw new Error(`internal: call ${callLabel(key)} had ${acc.N} sources, now ${N}`);
-          accumulateCall(acc, alpha, trace.sources.get(key)!, cache, sample);
-        }
-        for (const [j, beta] of trace.betas) {
-          let acc = betas.get(j);
-          if (!acc) betas.set(j, (acc = new BetaAcc()));
-          acc.add(beta);
+          if (!acc) calls.set(key, (acc = new SourceAcc(alphas.N)));
+          accumulateSources(acc, trace.sources.get(key)!, cache, sample);
         }
         const js = [...trace.streams.keys()].sort((p, q) => p - q);
         for (const j of js) {
@@ -497,27 +435,27 @@ export function analyzeModel(
     opts.onBatch?.(bi + 1, batches.length);
   });
 
-  const callStats: CallStats[] = [...calls.keys()].sort(keyOrder).map((key) => {
+  const callStats: CallStats[] = routing.callKeys().map((key) => {
+    const al = routing.calls.get(key)!;
     const a = calls.get(key)!;
     const N = a.N;
-    const meanMax = a.maxSum / a.tokens;
-    const meanEnt = a.entSum / a.tokens;
+    const meanMax = al.meanMaxWeight;
+    const meanEnt = al.meanEntropy;
     const adj = Array.from(a.cosSum, (s, i) => (a.cosN[i]! > 0 ? s / a.cosN[i]! : null));
     return {
       key,
       label: callLabel(key),
-      layer: key === "final" ? null : key >> 1,
-      kind: key === "final" ? "final" : key % 2 === 0 ? "attn" : "mlp",
+      ...callPlace(key),
       sources: N,
-      sourceLabels: Array.from({ length: N }, (_, p) => sourceLabel(mode, c.attnres_use_null_source, p)),
+      sourceLabels: Array.from({ length: N }, (_, p) => def.sourceLabel(p, c.attnres_use_null_source)),
       meanMaxWeight: meanMax,
       uniformWeight: 1 / N,
       sharpness: meanMax * N,
       meanEntropy: meanEnt,
       maxEntropy: Math.log(N),
       normalizedEntropy: N > 1 ? meanEnt / Math.log(N) : null,
-      meanAlpha: Array.from(a.alpha, (s) => s / a.tokens),
-      sourceNorms: Array.from(a.norm, (s) => s / a.tokens),
+      meanAlpha: al.meanAlpha(),
+      sourceNorms: Array.from(a.norm, (s) => s / al.tokens),
       adjacentCosine: adj,
       meanAdjacentCosine: meanOf(adj),
       effectiveRank: a.rankN > 0 ? a.rankSum / a.rankN : null,
@@ -544,24 +482,18 @@ export function analyzeModel(
   else if (multi.length === 0)
     notes.push("every routed call has a single source, so its weight is 1 by construction.");
 
-  const beta: BetaStats[] = [...betas.keys()]
-    .sort((p, q) => p - q)
-    .map((j) => {
-      const a = betas.get(j)!;
-      const mean = a.sum / a.n;
-      return {
-        j,
-        label: callLabel(j),
-        layer: j >> 1,
-        kind: j % 2 === 0 ? "attn" : "mlp",
-        mean,
-        std: Math.sqrt(Math.max(0, a.sq / a.n - mean * mean)),
-        min: a.min,
-        max: a.max,
-        edges: Array.from({ length: BETA_BINS + 1 }, (_, i) => (2 * i) / BETA_BINS),
-        counts: a.counts,
-      };
-    });
+  const beta: BetaStats[] = routing.report().beta.map((b) => ({
+    j: b.j,
+    label: callLabel(b.j),
+    layer: b.layer,
+    kind: b.kind,
+    mean: b.mean,
+    std: b.std,
+    min: b.min,
+    max: b.max,
+    edges: Array.from({ length: BETA_BINS + 1 }, (_, i) => (2 * i) / BETA_BINS),
+    counts: b.histogram,
+  }));
   const stream: StreamStats[] = [...streams.keys()]
     .sort((p, q) => p - q)
     .map((j) => {
@@ -581,7 +513,7 @@ export function analyzeModel(
       hiddenSize: d,
       vocabSize: c.vocab_size,
       parameters: model.numParameters(),
-      numBlocks: mode === "attnres-block" || mode === "delta-block" ? (c.attnres_num_blocks ?? null) : null,
+      numBlocks: def.options.blocks ? (c.attnres_num_blocks ?? null) : null,
       nullSource: c.attnres_use_null_source,
       gate: c.attnres_gate_type === "learnable_alpha",
     },
@@ -594,7 +526,7 @@ export function analyzeModel(
     },
     routed,
     calls: callStats,
-    columns: Array.from({ length: widest }, (_, p) => sourceLabel(mode, c.attnres_use_null_source, p)),
+    columns: Array.from({ length: widest }, (_, p) => def.sourceLabel(p, c.attnres_use_null_source)),
     averages: {
       maxWeight: group((s) => s.meanMaxWeight),
       normalizedEntropy: group((s) => s.normalizedEntropy),

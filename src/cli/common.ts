@@ -9,7 +9,7 @@
 import { createRequire } from "node:module";
 import type * as cliProgressModule from "cli-progress";
 import { type Command, InvalidArgumentError, Option } from "commander";
-import { MODE_NAMES, type ModeName } from "../model/names.js";
+import { ADDITIVE_MODES, BLOCK_MODES, MODE_NAMES, type ModeName } from "../model/names.js";
 import type { RunResult, RunSpec, TrainSettings } from "../train/run.js";
 import type { TorchOptions } from "../train/torch-engine.js";
 import type { DataSpec } from "./preset.js";
@@ -51,9 +51,6 @@ export function modeArg(v: string): ModeName {
   return v as ModeName;
 }
 
-const BLOCK_MODES: readonly ModeName[] = ["attnres-block", "delta-block"];
-const DELTA_MODES: readonly ModeName[] = ["delta", "delta-block"];
-
 /**
  * Refuses mode flags that do not apply to the modes being run: --blocks needs a block mode,
  * --null-source and --gate a delta mode.
@@ -69,8 +66,8 @@ export function checkModeFlags(
     ["--null-source", o.nullSource],
     ["--gate", o.gate],
   ] as const)
-    if (on && !modes.some((m) => DELTA_MODES.includes(m)))
-      throw new Error(`${flag} applies only to ${DELTA_MODES.join(" and ")} (mode: ${list})`);
+    if (on && !modes.some((m) => ADDITIVE_MODES.includes(m)))
+      throw new Error(`${flag} applies only to ${ADDITIVE_MODES.join(" and ")} (mode: ${list})`);
 }
 
 /** Config keys for a residual mode chosen on the command line (block modes need `blocks`). */
@@ -79,7 +76,7 @@ export function modeKeys(
   o: { blocks?: number; nullSource?: boolean; gate?: boolean; sources?: "outputs" | "states" } = {},
 ): Record<string, unknown> {
   const keys: Record<string, unknown> = { attnres_mode: MODE_NAMES[mode] };
-  if (mode === "attnres-block" || mode === "delta-block") keys.attnres_num_blocks = o.blocks ?? 4;
+  if (BLOCK_MODES.includes(mode)) keys.attnres_num_blocks = o.blocks ?? 4;
   if (o.nullSource) keys.attnres_use_null_source = true;
   if (o.gate) keys.attnres_gate_type = "learnable_alpha";
   if (o.sources === "states") keys.attnres_sources = "states";

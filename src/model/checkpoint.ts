@@ -15,7 +15,7 @@ import type { Backend, DType } from "../backend/backend.js";
 import { type ModelConfig, parseConfig } from "./config.js";
 import { checkHfConfig } from "./hf-compat.js";
 import { DecoderLM } from "./decoder.js";
-import { modeName } from "./residual.js";
+import { modeName, modeOf } from "./residual.js";
 import { exportWeights, loadWeights } from "./weights.js";
 import { loadTokenizer, TOKENIZER_META, type Tokenizer } from "../data/tokenizer.js";
 import { checkMemoryBudget } from "./budget.js";
@@ -45,8 +45,9 @@ export function configForExport(c: ModelConfig, weights: FloatStDType = "F32"): 
     if (out.model_type === "qwen3_attnres") out.model_type = "qwen3";
   } else {
     if (out.model_type === "qwen3") out.model_type = "qwen3_attnres";
-    if (!mode.startsWith("ddl")) for (const k of Object.keys(out)) if (k.startsWith("ddl_")) delete out[k];
-    if (mode !== "attnres-block" && mode !== "delta-block") delete out.attnres_num_blocks;
+    const own = modeOf(c).configKeys; // the mode's keys stay; other modes' ddl_* and block count go
+    for (const k of Object.keys(out))
+      if ((k.startsWith("ddl_") || k === "attnres_num_blocks") && !own.includes(k)) delete out[k];
     if (out.attnres_sources === "outputs") delete out.attnres_sources; // the default; the authors' configs lack it
   }
   return out;

@@ -4,7 +4,9 @@
  * errors name the field and what was expected.
  */
 import { z } from "zod";
+import type { ModeOptions } from "./modes/mode.js";
 import { MODE_NAMES, type ModeName } from "./names.js";
+import { modeByKey, modes } from "./residual.js";
 
 const posInt = z.number().int().positive();
 
@@ -39,10 +41,13 @@ export const ModelConfigSchema = z
     /** Qwen3 normalises q and k per head; Llama does not. Defaults from model_type. */
     attention_qk_norm: z.boolean().optional(),
     // ---- residual family (docs/methods.md "Settings and config keys"); absent = standard residuals
+    /** A mode's config value (src/model/residual.ts: the built-in modes and any registered one). */
     attnres_mode: z
-      .enum(["standard", "full", "block", "delta", "delta_block", "ddl", "ddl_expanded"], {
+      .custom<ResidualModeKey>((v) => typeof v === "string" && modeByKey(v) !== undefined, {
         error: (i) =>
-          `unknown residual mode ${JSON.stringify(i.input)}; expected one of standard, full, block, delta, delta_block, ddl, ddl_expanded`,
+          `unknown residual mode ${JSON.stringify(i.input)}; expected one of ${modes()
+            .map((m) => m.key)
+            .join(", ")}`,
       })
       .default("standard"),
     attnres_num_blocks: posInt.optional(),
@@ -75,7 +80,13 @@ export const ModelConfigSchema = z
         path: ["num_key_value_heads"],
         message: `num_attention_heads (${c.num_attention_heads}) must be a multiple of num_key_value_heads (${c.num_key_value_heads})`,
       });
-    const blocks = c.attnres_mode === "block" || c.attnres_mode === "delta_block";
+    const options = modeByKey(c.attnres_mode)!.options; // what this mode accepts
+    const keysWith = (o: keyof ModeOptions) =>
+      modes()
+        .filter((m) => m.options[o])
+        .map((m) => m.key)
+        .join(", ");
+    const blocks = options.blocks;
     if (blocks && c.attnres_num_blocks === undefined)
       ctx.addIssue({
         code: "custom",
@@ -88,13 +99,12 @@ export const ModelConfigSchema = z
         path: ["attnres_num_blocks"],
         message: `${c.attnres_num_blocks} blocks is more than the ${c.num_hidden_layers} layers`,
       });
-    const additive = c.attnres_mode === "delta" || c.attnres_mode === "delta_block";
     const states = c.attnres_sources === "states";
-    if (states && c.attnres_mode !== "full" && c.attnres_mode !== "delta")
+    if (states && !options.states)
       ctx.addIssue({
         code: "custom",
         path: ["attnres_sources"],
-        message: `states as sources is an option of the per-sublayer routed modes (full, delta), not of ${c.attnres_mode}`,
+        message: `states as sources is an option of the per-sublayer routed modes (${keysWith("states")}), not of ${c.attnres_mode}`,
       });
     if (states && c.attnres_gate_type !== "learnable_alpha")
       ctx.addIssue({
@@ -103,11 +113,11 @@ export const ModelConfigSchema = z
         message:
           "states as sources needs the zero gate (attnres_gate_type learnable_alpha, the default with states)",
       });
-    if (!additive && (c.attnres_use_null_source || (c.attnres_gate_type !== "bias" && !states)))
+    if (!options.additive && (c.attnres_use_null_source || (c.attnres_gate_type !== "bias" && !states)))
       ctx.addIssue({
         code: "custom",
         path: ["attnres_mode"],
-        message: "the null source and the gate are options of the additive modes (delta, delta_block) only",
+        message: `the null source and the gate are options of the additive modes (${keysWith("additive")}) only`,
       });
     const rs = c.rope_scaling;
     if (
@@ -168,7 +178,7 @@ export interface DecoderLMConfig {
   /** Per-head RMSNorm of q and k (default: true except for model_type llama). */
   attention_qk_norm?: boolean;
   /** Residual mode (default standard). */
-  attnres_mode?: "standard" | "full" | "block" | "delta" | "delta_block" | "ddl" | "ddl_expanded";
+  attnres_mode?: ResidualModeKey;
   /** Blocks of the block modes (required by block and delta_block). */
   attnres_num_blocks?: number;
   /** full, delta: route over sublayer outputs (default) or hidden states (the 2×2 cells). */
@@ -194,10 +204,10 @@ type ConfigTypeInSync = [Exclude<keyof typeof ModelConfigSchema.in.shape, keyof 
   : false;
 void (true satisfies ConfigTypeInSync);
 export type ModelConfig = z.output<typeof ModelConfigSchema>;
-export type ResidualModeKey = ModelConfig["attnres_mode"];
+/** The built-in modes' config values (a mode added with registerMode has its own). */
+export type ResidualModeKey = (typeof MODE_NAMES)[ModeName];
 
 export { MODE_NAMES, type ModeName } from "./names.js";
-void (MODE_NAMES satisfies Record<ModeName, ResidualModeKey>); // every name maps to a valid attnres_mode
 
 /** Validates a config object; throws one readable Error listing every problem. */
 export function parseConfig(raw: unknown, source = "config"): ModelConfig {

@@ -4,7 +4,8 @@
  *   ids [B, T] → embed_tokens → h0 [B, T, d]
  *   for layer i:  sublayer 2i   = self_attn(input_layernorm(x))
  *                 sublayer 2i+1 = mlp(post_attention_layernorm(x))
- *                 (what x is, and how the stream is updated, is the residual strategy's business)
+ *                 (what x is, and how the stream is updated, is the residual mode's business:
+ *                 src/model/residual.ts, one file per mode in src/model/modes/)
  *   → norm → lm_head (or the tied embedding) → logits [B, T, vocab]
  *
  * Parameter names are the HF checkpoint names (model.layers.{i}.self_attn.q_proj.weight, …).
@@ -216,8 +217,7 @@ export class DecoderLM extends Module {
         );
     }
     const trace: Trace | null = opts.trace ? emptyTrace() : null;
-    const res = this.residual;
-    res.begin(this.model.embed_tokens.forward(ids, [B, T]), trace);
+    const res = this.residual.begin(this.model.embed_tokens.forward(ids, [B, T]), trace);
     this.model.layers.forEach((layer, i) => {
       const xa = res.input(2 * i);
       res.update(2 * i, xa, layer.attnSublayer(xa, this.rope, posOffset, cache?.layers[i]));

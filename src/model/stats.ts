@@ -1,15 +1,21 @@
 /**
- * Routing statistics the papers report, from a forward pass's trace (plain numbers, computed
- * without gradients): per routed sublayer the mean over tokens of the max routing weight, the
- * mean entropy, and the mean α per source; for DDL the distribution of β per sublayer.
+ * Routing statistics, the one implementation: per routed call the mean over tokens of the max
+ * routing weight, the mean entropy (nats) and the mean α per source; for DDL the distribution of
+ * β per sublayer. Plain numbers accumulated from traces (computed without gradients), token-
+ * weighted over any number of forward passes. `routingStats` is model.analyze's report of one pass;
+ * src/analysis/routing.ts builds the full analysis (source norms, cosines, ranks, flattening) on
+ * these same accumulators, and the study report reads that analysis.
+ *
+ *   α of a call: [B, T, N] (N sources)   β of a sublayer: [B, T, 1], in (0, 2), binned in 20 bins of 0.1
  */
-import type { Trace } from "./residual.js";
+import type { Tensor } from "../tensor/tensor.js";
+import { type CallKey, callPlace, type SublayerKind, type Trace } from "./modes/mode.js";
 
 export interface SublayerRouting {
   /** Sublayer index j, or "final" for the Kimi modes' final routing. */
-  j: number | "final";
+  j: CallKey;
   layer: number | null;
-  kind: "attn" | "mlp" | "final";
+  kind: SublayerKind | "final";
   sources: number;
   meanMaxWeight: number;
   meanEntropy: number;
@@ -20,7 +26,7 @@ export interface SublayerRouting {
 export interface SublayerBeta {
   j: number;
   layer: number;
-  kind: "attn" | "mlp";
+  kind: SublayerKind;
   mean: number;
   std: number;
   min: number;
@@ -34,66 +40,146 @@ export interface RoutingReport {
   beta: SublayerBeta[];
 }
 
-export function routingStats(trace: Trace): RoutingReport {
-  const routing: SublayerRouting[] = [];
-  for (const [j, alpha] of trace.alphas) {
-    const N = alpha.shape[alpha.rank - 1]!;
-    const rows = alpha.size / N;
+/** Max and entropy (nats) of one weight vector w[off … off+N). */
+export function maxAndEntropy(w: ArrayLike<number>, N: number, off = 0): { max: number; entropy: number } {
+  let max = 0;
+  let entropy = 0;
+  for (let i = 0; i < N; i++) {
+    const v = w[off + i]!;
+    if (v > max) max = v;
+    if (v > 0) entropy -= v * Math.log(v);
+  }
+  return { max, entropy };
+}
+
+/** Sums over tokens of one routed call's max weight, entropy and α per source. */
+export class AlphaAccumulator {
+  tokens = 0;
+  maxSum = 0;
+  entSum = 0;
+  readonly alpha: Float64Array;
+  constructor(readonly N: number) {
+    this.alpha = new Float64Array(N);
+  }
+  /** alpha [B, T, N]. */
+  add(alpha: Tensor): void {
+    const N = this.N;
     const a = alpha.data;
-    let maxSum = 0;
-    let entSum = 0;
-    const mean = new Array<number>(N).fill(0);
+    const rows = alpha.size / N;
     for (let r = 0; r < rows; r++) {
-      let mx = 0;
-      let ent = 0;
-      for (let i = 0; i < N; i++) {
-        const v = a[r * N + i]!;
-        if (v > mx) mx = v;
-        if (v > 0) ent -= v * Math.log(v);
-        mean[i]! += v;
-      }
-      maxSum += mx;
-      entSum += ent;
+      const { max, entropy } = maxAndEntropy(a, N, r * N);
+      this.maxSum += max;
+      this.entSum += entropy;
+      for (let i = 0; i < N; i++) this.alpha[i]! += a[r * N + i]!;
     }
-    routing.push({
-      j,
-      layer: j === "final" ? null : j >> 1,
-      kind: j === "final" ? "final" : j % 2 === 0 ? "attn" : "mlp",
-      sources: N,
-      meanMaxWeight: maxSum / rows,
-      meanEntropy: entSum / rows,
-      meanAlpha: mean.map((m) => m / rows),
-    });
+    this.tokens += rows;
   }
-  routing.sort((p, q) => (p.j === "final" ? 1 : q.j === "final" ? -1 : p.j - q.j));
-  const beta: SublayerBeta[] = [];
-  for (const [j, b] of trace.betas) {
-    const d = b.data;
-    let s = 0;
-    let ss = 0;
-    let mn = Infinity;
-    let mx = -Infinity;
-    const hist = new Array<number>(20).fill(0);
-    for (let i = 0; i < b.size; i++) {
-      const v = d[i]!;
-      s += v;
-      ss += v * v;
-      mn = Math.min(mn, v);
-      mx = Math.max(mx, v);
-      hist[Math.min(19, Math.max(0, Math.floor(v * 10)))]!++;
+  get meanMaxWeight(): number {
+    return this.maxSum / this.tokens;
+  }
+  get meanEntropy(): number {
+    return this.entSum / this.tokens;
+  }
+  meanAlpha(): number[] {
+    return Array.from(this.alpha, (s) => s / this.tokens);
+  }
+}
+
+export const BETA_BINS = 20;
+
+/** Count, moments, range and 20-bin histogram over [0, 2] of one sublayer's β. */
+export class BetaAccumulator {
+  n = 0;
+  sum = 0;
+  sq = 0;
+  min = Infinity;
+  max = -Infinity;
+  counts = new Array<number>(BETA_BINS).fill(0);
+  add(t: Tensor): void {
+    const b = t.data;
+    for (let i = 0; i < t.size; i++) {
+      const v = b[i]!;
+      this.n++;
+      this.sum += v;
+      this.sq += v * v;
+      if (v < this.min) this.min = v;
+      if (v > this.max) this.max = v;
+      this.counts[Math.min(BETA_BINS - 1, Math.max(0, Math.floor((v / 2) * BETA_BINS)))]!++;
     }
-    const m = s / b.size;
-    beta.push({
-      j,
-      layer: j >> 1,
-      kind: j % 2 === 0 ? "attn" : "mlp",
-      mean: m,
-      std: Math.sqrt(Math.max(0, ss / b.size - m * m)),
-      min: mn,
-      max: mx,
-      histogram: hist,
-    });
   }
-  beta.sort((p, q) => p.j - q.j);
-  return { routing, beta };
+  get mean(): number {
+    return this.sum / this.n;
+  }
+  get std(): number {
+    const m = this.mean;
+    return Math.sqrt(Math.max(0, this.sq / this.n - m * m));
+  }
+}
+
+/** Sublayers in order, "final" last. */
+export const callOrder = (p: CallKey, q: CallKey): number => (p === "final" ? 1 : q === "final" ? -1 : p - q);
+
+/** The α and β accumulators of every call of one or more traces. */
+export class RoutingAccumulator {
+  readonly calls = new Map<CallKey, AlphaAccumulator>();
+  readonly betas = new Map<number, BetaAccumulator>();
+  /** Adds a trace's α and β; returns, per call of the trace, its accumulator (in trace order). */
+  add(trace: Trace): [CallKey, AlphaAccumulator][] {
+    const seen: [CallKey, AlphaAccumulator][] = [];
+    for (const [key, alpha] of trace.alphas) {
+      const N = alpha.shape[alpha.rank - 1]!;
+      let acc = this.calls.get(key);
+      if (!acc) this.calls.set(key, (acc = new AlphaAccumulator(N)));
+      if (acc.N !== N) throw new Error(`internal: call ${String(key)} had ${acc.N} sources, now ${N}`);
+      acc.add(alpha);
+      seen.push([key, acc]);
+    }
+    for (const [j, beta] of trace.betas) {
+      let acc = this.betas.get(j);
+      if (!acc) this.betas.set(j, (acc = new BetaAccumulator()));
+      acc.add(beta);
+    }
+    return seen;
+  }
+  /** The calls in order ("final" last). */
+  callKeys(): CallKey[] {
+    return [...this.calls.keys()].sort(callOrder);
+  }
+  /** The β sublayers in order. */
+  betaKeys(): number[] {
+    return [...this.betas.keys()].sort((p, q) => p - q);
+  }
+  report(): RoutingReport {
+    const routing = this.callKeys().map((j): SublayerRouting => {
+      const a = this.calls.get(j)!;
+      return {
+        j,
+        ...callPlace(j),
+        sources: a.N,
+        meanMaxWeight: a.meanMaxWeight,
+        meanEntropy: a.meanEntropy,
+        meanAlpha: a.meanAlpha(),
+      };
+    });
+    const beta = this.betaKeys().map((j): SublayerBeta => {
+      const b = this.betas.get(j)!;
+      return {
+        j,
+        ...(callPlace(j) as { layer: number; kind: SublayerKind }),
+        mean: b.mean,
+        std: b.std,
+        min: b.min,
+        max: b.max,
+        histogram: b.counts,
+      };
+    });
+    return { routing, beta };
+  }
+}
+
+/** The routing statistics of one forward pass's trace. */
+export function routingStats(trace: Trace): RoutingReport {
+  const acc = new RoutingAccumulator();
+  acc.add(trace);
+  return acc.report();
 }

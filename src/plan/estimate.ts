@@ -46,14 +46,9 @@
  * computes the full square, twice that), plus depth routing (≈ 7·N·d per routed call over N
  * sources) and DDL's elementwise updates. Norms, RoPE and SwiGLU (< 1 %) are left out.
  */
-import {
-  type ModelConfig,
-  type ModelConfigInput,
-  type ModeName,
-  MODE_NAMES,
-  parseConfig,
-} from "../model/config.js";
+import { type ModelConfig, type ModelConfigInput, type ModeName, parseConfig } from "../model/config.js";
 import { countParameters } from "../model/decoder.js";
+import { layerOf, layersPerBlock, modeByName, modeName as modeOf, opensBlock } from "../model/residual.js";
 
 export type PlanEngine = "ts" | "torch";
 export type PlanDType = "float32" | "bfloat16";
@@ -108,22 +103,18 @@ export function withMode(
   mode: ModeName,
   blocks?: number,
 ): ModelConfig {
-  const raw: Record<string, unknown> = { ...base, attnres_mode: MODE_NAMES[mode] };
-  if (mode === "attnres-block" || mode === "delta-block") {
+  const def = modeByName(mode);
+  if (!def) throw new Error(`unknown residual mode ${mode}`);
+  const raw: Record<string, unknown> = { ...base, attnres_mode: def.key };
+  if (def.options.blocks) {
     const L = Number(raw.num_hidden_layers);
     raw.attnres_num_blocks = Math.min(blocks ?? Number(raw.attnres_num_blocks ?? 8), L);
   } else delete raw.attnres_num_blocks;
-  if (mode !== "delta" && mode !== "delta-block") {
+  if (!def.options.additive) {
     delete raw.attnres_use_null_source;
     delete raw.attnres_gate_type;
   }
   return parseConfig(raw, "model config");
-}
-
-/** Mode name of a parsed config. */
-function modeOf(c: ModelConfig): ModeName {
-  const e = Object.entries(MODE_NAMES).find(([, v]) => v === c.attnres_mode);
-  return e![0] as ModeName;
 }
 
 interface Shape {
@@ -184,13 +175,12 @@ function bookkeeping(c: ModelConfig): Bookkeeping {
     return { routeN, finalN: J + 1, adds, heldSources: J + 1 };
   }
   if (mode === "attnres-block") {
-    const P = Math.max(1, Math.ceil(L / c.attnres_num_blocks!));
+    const P = layersPerBlock(c);
     let blocks = 1;
     let partial = false;
     for (let j = 0; j < J; j++) {
       routeN[j] = blocks + (partial ? 1 : 0);
-      const i = j >> 1;
-      if (j % 2 === 0 && i > 0 && i % P === 0 && partial) {
+      if (j > 0 && opensBlock(j, P) && partial) {
         blocks++;
         partial = false;
       }
@@ -207,12 +197,12 @@ function bookkeeping(c: ModelConfig): Bookkeeping {
     return { routeN, finalN: 0, adds, heldSources: J + 1 };
   }
   if (mode === "delta-block") {
-    const P = Math.max(1, Math.ceil(L / c.attnres_num_blocks!));
+    const P = layersPerBlock(c);
     let sources = 0;
     for (let j = 0; j < J; j++) {
       routeN[j] = sources + nul;
       adds[j] = 1;
-      if (j % 2 === 0 && (j >> 1) % P === 0) {
+      if (opensBlock(j, P)) {
         if (sources > 0) adds[j]! += 1; // Δ = h − h_block_start
         sources++;
       }
@@ -335,7 +325,7 @@ function torchTally(c: ModelConfig, s: Shape, attention: AttentionKernel, routin
     if ((mode === "delta" || mode === "delta-block") && N > 0) e += n * d * (1 + (gate ? 1 : 0)); // x_j = h + [a·] r
     if (mode === "ddl") e += 3 * n * d + n * (5 + (c.ddl_value_form === "linear" ? 0 : 1)); // u, k, new h
     if (mode === "ddl-expanded") e += n * d * (dv + 4) + n * (4 + dv); // X, x_in, u, k, β·k, v−kX
-    perLayer[j >> 1]! += e;
+    perLayer[layerOf(j)]! += e;
   }
   if (mode === "standard") held = 2 * L + 1; // every h is the next norm's saved input
   if (mode === "attnres-full") held = 2 * L + 1; // h0 and every o_j

@@ -115,7 +115,5 @@ export function paramGroups(
 
 export { AdamW };
 
-/** Parameters added by the residual family (routing queries/gains, null sources, gates, DDL). */
-export function isResidualParam(name: string): boolean {
-  return /_res_proj\.|_res_norm\.|_null_source$|_res_alpha$|_ddl_|final_ddl_read$|final_res_/.test(name);
-}
+/** Which parameters the residual modes add is a fact of the model; re-exported for training code. */
+export { isResidualParam } from "../model/residual.js";

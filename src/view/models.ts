@@ -20,11 +20,10 @@ import { loadPrepared, type PreparedData } from "../data/prepared.js";
 import type { Tokenizer } from "../data/tokenizer.js";
 import { checkpointTokenizer, loadCheckpoint } from "../model/checkpoint.js";
 import type { DecoderLM } from "../model/decoder.js";
-import { modeName } from "../model/residual.js";
+import { callLabel, callPlace, modeOf } from "../model/residual.js";
+import { callOrder } from "../model/stats.js";
 import { tidy } from "../tensor/memory.js";
 import { noGrad } from "../tensor/tensor.js";
-import { callLabel } from "../analysis/routing.js";
-import { sourceLabel } from "../analysis/routing.js";
 
 export interface LoadedModel {
   dir: string;
@@ -177,24 +176,23 @@ export class ModelCache {
     if (ids.length === 0) throw new Error("there is no token to run");
     for (const id of ids)
       if (id < 0 || id >= c.vocab_size) throw new Error(`token id ${id} is outside the model's vocabulary`);
-    const mode = modeName(c);
+    const def = modeOf(c);
     const t0 = performance.now();
     const T = ids.length;
     const out = noGrad(() =>
       tidy(() => {
         const { trace } = m.run(ids, 1, T, { trace: true });
         const calls: TraceResult["calls"] = [...trace!.alphas.entries()]
-          .sort(([p], [q]) => (p === "final" ? 1 : q === "final" ? -1 : p - q))
+          .sort(([p], [q]) => callOrder(p, q))
           .map(([key, a]) => {
             const N = a.shape[a.rank - 1]!;
             return {
               key,
               label: callLabel(key),
-              kind: key === "final" ? "final" : key % 2 === 0 ? "attn" : "mlp",
-              layer: key === "final" ? null : key >> 1,
+              ...callPlace(key),
               sources: N,
               sourceLabels: Array.from({ length: N }, (_, p) =>
-                sourceLabel(mode, c.attnres_use_null_source, p),
+                def.sourceLabel(p, c.attnres_use_null_source),
               ),
               alpha: Float32Array.from(a.data),
             };

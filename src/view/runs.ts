@@ -15,7 +15,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { MODE_NAMES } from "../model/config.js";
+import { modeByKey } from "../model/residual.js";
 import { mean, std, welch } from "../train/statistics.js";
 import type { GroupModeRow, GroupRow, MetricsRow, RunRow, RunStatus, RunsResponse } from "./api.js";
 
@@ -208,9 +208,8 @@ export function runCheckpoint(runDir: string): string | null {
 
 /** The user-facing mode name of a config's attnres_mode (absent = standard). */
 function modeOf(model: Record<string, unknown>): string {
-  const m = model.attnres_mode ?? "standard";
-  const hit = Object.entries(MODE_NAMES).find(([, v]) => v === m);
-  return hit ? hit[0] : String(m);
+  const m = String(model.attnres_mode ?? "standard");
+  return modeByKey(m)?.name ?? m;
 }
 
 function scanRun(root: string, dir: string, group: string | null): RunRow {

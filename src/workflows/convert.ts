@@ -58,11 +58,18 @@ import {
 import { tidy } from "../tensor/memory.js";
 import { Rng } from "../tensor/random.js";
 import { noGrad } from "../tensor/tensor.js";
-import { isResidualParam } from "../train/trainer.js";
-import { type ModelConfig, MODE_NAMES, parseConfig } from "../model/config.js";
+import { type ModelConfig, parseConfig } from "../model/config.js";
 import { DecoderLM } from "../model/decoder.js";
-import { CONVERT_MODES, type ConvertMode, STORAGE_DTYPES, type StorageDtype } from "../model/names.js";
-import { modeName } from "../model/residual.js";
+import { type ConvertMode, STORAGE_DTYPES, type StorageDtype } from "../model/names.js";
+import {
+  type ConvertSpec,
+  isResidualParam,
+  type ModeDef,
+  modeByName,
+  modeName,
+  modeOf,
+  modes,
+} from "../model/residual.js";
 import { exportWeights, loadWeights } from "../model/weights.js";
 
 export { CONVERT_MODES, type ConvertMode } from "../model/names.js";
@@ -175,33 +182,44 @@ export const TOKENIZER_FILES = [
   "generation_config.json",
 ];
 
-/** Whether a mode is exactly equivalent at conversion, or only up to the RMSNorm epsilon. */
-export function exactness(s: ConvertSettings): "exact" | "eps-residue" {
-  return s.mode === "delta-block" ? "exact" : "eps-residue";
+/** The mode a conversion targets, with how it converts (its ConvertSpec); an error if it does not. */
+function convertTarget(mode: string): ModeDef & { convert: ConvertSpec } {
+  const m = modeByName(mode);
+  if (!m?.convert) {
+    const names = modes()
+      .filter((d) => d.convert)
+      .map((d) => d.name);
+    throw new Error(`cannot convert to mode ${mode}; expected one of ${names.join(", ")}`);
+  }
+  return m as ModeDef & { convert: ConvertSpec };
 }
 
-/** The routed config for a standard one (delta-block always gets the zero gate). */
+/** Whether a mode is exactly equivalent at conversion, or only up to the RMSNorm epsilon. */
+export function exactness(s: ConvertSettings): "exact" | "eps-residue" {
+  return convertTarget(s.mode).convert.exactness;
+}
+
+/** The routed config for a standard one (with the keys its mode's conversion always sets, e.g. delta-block's zero gate). */
 export function convertedConfig(c: ModelConfig, s: ConvertSettings): Record<string, unknown> {
-  if (!(CONVERT_MODES as readonly string[]).includes(s.mode))
-    throw new Error(`cannot convert to mode ${s.mode}; expected one of ${CONVERT_MODES.join(", ")}`);
+  const target = convertTarget(s.mode);
   const from = modeName(c);
   if (from !== "standard")
     throw new Error(
       `the checkpoint is already routed (mode ${from}); convert starts from a standard checkpoint`,
     );
-  const additive = s.mode === "delta" || s.mode === "delta-block";
-  if (!additive && (s.nullSource || s.gate))
+  if (!target.options.additive && (s.nullSource || s.gate))
     throw new Error(`--null-source and --gate are options of delta and delta-block, not of ${s.mode}`);
-  const out: Record<string, unknown> = { ...c, attnres_mode: MODE_NAMES[s.mode] };
+  const out: Record<string, unknown> = { ...c, attnres_mode: target.key };
   delete out.architectures; // the HF class names describe the standard model, not the routed one
-  if (s.mode === "attnres-block" || s.mode === "delta-block") {
+  if (target.options.blocks) {
     const blocks = s.blocks ?? Math.min(4, c.num_hidden_layers);
     if (blocks > c.num_hidden_layers)
       throw new Error(`--blocks ${blocks} is more than the ${c.num_hidden_layers} layers`);
     out.attnres_num_blocks = blocks;
   } else if (s.blocks !== undefined) throw new Error(`--blocks applies to the block modes, not to ${s.mode}`);
   if (s.nullSource) out.attnres_use_null_source = true;
-  if (s.gate || s.mode === "delta-block") out.attnres_gate_type = "learnable_alpha";
+  if (s.gate) out.attnres_gate_type = "learnable_alpha";
+  Object.assign(out, target.convert.keys);
   return out;
 }
 
@@ -227,7 +245,10 @@ export function modelWithBackbone(
       if (isResidualParam(name)) {
         if (tensors.has(name))
           throw new Error(`${opts.source ?? "checkpoint"} already has routing tensor ${name}`);
-        const zero = /_res_proj\.|_null_source$|_res_alpha$/.test(name);
+        const spec = modeOf(model.config).convert;
+        if (!spec)
+          throw new Error(`mode ${modeName(model.config)} does not convert from a standard checkpoint`);
+        const zero = spec.zeroParams.test(name);
         for (let i = 0; i < w.data.length; i++)
           if (w.data[i] !== (zero ? 0 : 1)) throw new Error(`internal: ${name} is not zero-initialised`);
         all.set(name, w);
@@ -430,7 +451,7 @@ export function convertCheckpoint(o: ConvertOptions): ConvertResult {
     to: o.to,
     mode: o.mode,
     config: routed,
-    gateAdded: o.mode === "delta-block" && !o.gate,
+    gateAdded: !o.gate && convertTarget(o.mode).convert.keys?.attnres_gate_type === "learnable_alpha",
     verification,
     written: false,
     addedParameters: 0,

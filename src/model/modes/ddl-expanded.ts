@@ -1,0 +1,52 @@
+/**
+ * ddl-expanded (config attnres_mode "ddl_expanded"): DDL with an expanded state X [B, T, d, dv]
+ * per token (dv = ddl_value_channels), X_0 = h0 repeated; sublayer j reads x_in = Σ_c C_j[:,c] X[:,c]
+ * with a learned per-dimension read C_j [d, dv] (constant 1/dv) and updates
+ * X ← X + β k (vᵀ − kᵀX), v = w_v·x [B, T, dv]; the final read C_F (model.final_ddl_read [d, dv])
+ * gives the stream for the final norm. Parameters: DDL's per sublayer (v_proj with dv outputs)
+ * plus {attn,mlp}_ddl_read and final_ddl_read.
+ */
+import { ddlRead, ddlUpdate, expand, reshape } from "../../tensor/ops.js";
+import type { Tensor } from "../../tensor/tensor.js";
+import { DDL_COMMON, DdlParams } from "./ddl.js";
+import type { ModeDef, ModeRun, SublayerResult, Trace } from "./mode.js";
+
+class ExpandedRun implements ModeRun {
+  private X: Tensor;
+  constructor(
+    private readonly p: DdlParams,
+    private readonly finalRead: Tensor,
+    h0: Tensor,
+    private readonly trace: Trace | null,
+  ) {
+    const dv = finalRead.shape[1]!;
+    this.X = expand(reshape(h0, [...h0.shape, 1]), [...h0.shape, dv]);
+  }
+  input(j: number): Tensor {
+    return ddlRead(this.X, this.p.p[j]!.read!); // [B, T, d]
+  }
+  update(j: number, x: Tensor, r: SublayerResult): void {
+    const { k, beta } = this.p.keyBeta(j, r, this.trace); // [B, T, d], [B, T, 1]
+    const v = this.p.p[j]!.v.forward(x); // [B, T, dv]
+    this.X = ddlUpdate(this.X, k, beta, v); // X + β k (vᵀ − kᵀX), [B, T, d, dv]
+  }
+  end(): Tensor {
+    return ddlRead(this.X, this.finalRead);
+  }
+}
+
+export const ddlExpanded: ModeDef<"ddl-expanded", "ddl_expanded"> = {
+  name: "ddl-expanded",
+  key: "ddl_expanded",
+  ...DDL_COMMON,
+  build(c, host, ctx) {
+    const p = new DdlParams(c, host, ctx, c.ddl_value_channels);
+    const finalRead = host.body.param(
+      "final_ddl_read",
+      [c.hidden_size, c.ddl_value_channels],
+      { kind: "const", value: 1 / c.ddl_value_channels },
+      ctx,
+    );
+    return { name: "ddl-expanded", begin: (h0, trace) => new ExpandedRun(p, finalRead, h0, trace) };
+  },
+};

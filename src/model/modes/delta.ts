@@ -1,0 +1,73 @@
+/**
+ * delta (config attnres_mode "delta"): keeps the stream h ← h + o_j and adds to it a routing over
+ * h0 and every earlier sublayer output, x_j = h + [a_j ·] route([null_j,] h0, o_0 … o_{j−1}) for
+ * j ≥ 1, x_0 = h0. Parameters: a router per sublayer ({attn,mlp}_res_proj.weight [1, d],
+ * …_res_norm.weight [d]); with attnres_use_null_source a learnable null source per sublayer
+ * ({attn,mlp}_null_source [d], zero); with attnres_gate_type "learnable_alpha" a zero gate per
+ * sublayer ({attn,mlp}_res_alpha []).
+ *
+ * With attnres_sources "states" it routes over hidden states: x_j = h_j + a_j route([h_0 … h_j])
+ * (j ≥ 1), x_0 = h_0 (the gate is required, so it starts as the standard model).
+ */
+import { add } from "../../tensor/ops.js";
+import type { Tensor } from "../../tensor/tensor.js";
+import type { ModeDef, ModeRun, SublayerResult, Trace } from "./mode.js";
+import { AdditiveParams, ROUTED_PARAMS, ROUTED_ZERO_PARAMS, sublayerSourceLabel } from "./routing.js";
+
+class DeltaRun implements ModeRun {
+  private readonly outs: Tensor[] = [];
+  constructor(
+    private readonly p: AdditiveParams,
+    private readonly h0: Tensor,
+    private h: Tensor,
+    private readonly trace: Trace | null,
+  ) {}
+  input(j: number): Tensor {
+    return this.p.input(j, this.h, j === 0 ? [] : [this.h0, ...this.outs], this.trace);
+  }
+  update(_j: number, _x: Tensor, r: SublayerResult): void {
+    this.outs.push(r.out);
+    this.h = add(this.h, r.out);
+  }
+  end(): Tensor {
+    return this.h;
+  }
+}
+
+class DeltaStatesRun implements ModeRun {
+  private readonly states: Tensor[];
+  constructor(
+    private readonly p: AdditiveParams,
+    private h: Tensor,
+    private readonly trace: Trace | null,
+  ) {
+    this.states = [h];
+  }
+  input(j: number): Tensor {
+    return this.p.input(j, this.h, j === 0 ? [] : [...this.states], this.trace);
+  }
+  update(_j: number, _x: Tensor, r: SublayerResult): void {
+    this.h = add(this.h, r.out);
+    this.states.push(this.h);
+  }
+  end(): Tensor {
+    return this.h;
+  }
+}
+
+export const delta: ModeDef<"delta", "delta"> = {
+  name: "delta",
+  key: "delta",
+  configKeys: ["attnres_sources", "attnres_use_null_source", "attnres_gate_type"],
+  options: { blocks: false, states: true, additive: true },
+  params: ROUTED_PARAMS,
+  convert: { exactness: "eps-residue", zeroParams: ROUTED_ZERO_PARAMS },
+  sourceLabel: sublayerSourceLabel,
+  build(c, host, ctx) {
+    const p = new AdditiveParams(c, host, ctx);
+    const name = "delta";
+    return c.attnres_sources === "states"
+      ? { name, begin: (h0, trace) => new DeltaStatesRun(p, h0, trace) }
+      : { name, begin: (h0, trace) => new DeltaRun(p, h0, h0, trace) };
+  },
+};

@@ -1,9 +1,10 @@
 /**
- * Routing-step timing: builds the 12-layer reference-step model once per residual mode in this one
+ * Routing-step timing: builds the reference-step model (12 layers unless --layers) once per residual
+ * mode (every mode unless --modes, a comma list that should start with standard) in this one
  * process and interleaves their training steps (round r runs one step of every mode, in a rotated
  * order), so that noise from a shared machine falls on every mode alike. Prints one JSON line:
  * per mode the median step time and the median over rounds of its ratio to standard.
- *   node --import tsx bench/routing.ts --rounds 6
+ *   node --import tsx bench/routing.ts --rounds 6 [--layers 24] [--modes standard,delta]
  */
 import { parseArgs } from "node:util";
 import { DecoderLM } from "../src/model/decoder.js";
@@ -13,12 +14,16 @@ import { paramGroups, trainStep } from "../src/train/trainer.js";
 import { MODES, referenceStepConfig } from "./modes.js";
 
 const { values: a } = parseArgs({
-  options: { rounds: { type: "string", default: "6" }, layers: { type: "string", default: "12" } },
+  options: {
+    rounds: { type: "string", default: "6" },
+    layers: { type: "string", default: "12" },
+    modes: { type: "string", default: "" },
+  },
 });
 const rounds = Number(a.rounds);
 const B = 8;
 const T = 256;
-const names = Object.keys(MODES);
+const names = a.modes ? a.modes.split(",") : Object.keys(MODES);
 const runs = names.map((mode) => {
   const model = new DecoderLM(referenceStepConfig(Number(a.layers), mode), { seed: 0 });
   return { mode, model, opt: new AdamW(paramGroups(model, 1e-3, 0.1)), times: [] as number[] };

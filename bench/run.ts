@@ -10,7 +10,7 @@
  *   engines           the reference step as a training run on the TypeScript engine and on the torch
  *                     engine (python/attnres_torch) with 1 and 2 DDP processes (bench/engines.ts),
  *                     with the torch engine's largest loss difference as a correctness check
- *   routing step      the reference step at 12 layers for every residual mode, ratios to standard
+ *   routing step      the reference step at 12 and at 24 layers for every residual mode, ratios to standard
  *   start-up          `attnres --help`, `attnres train --help` and `attnres --version` (the compiled
  *                     command line, bin/attnres.mjs → dist/, as installed) against `node -e ''`:
  *                     median wall time of interleaved runs and the ratio (target: at most 3×)
@@ -287,25 +287,30 @@ function main(): void {
     } else log("  engines: not measured (the torch engine did not run; its error is above)");
   }
 
-  // ---- routing step: the reference step at 12 layers, every residual mode, ratios to standard.
-  // Times come from one process that interleaves the modes' steps (noise falls on all alike);
-  // peak RSS from one fresh process per mode.
-  const routing: {
+  // ---- routing step: the reference step at 12 and 24 layers, every residual mode, ratios to
+  // standard. Times come from one process per depth that interleaves the modes' steps (noise falls
+  // on all alike); peak RSS from one fresh process per mode.
+  type RoutingRow = {
     mode: string;
+    layers: number;
     median_step_s: number;
     ratio_to_standard: number;
     params: number;
     peak_rss_mb: number;
     rss_vs_standard: number;
-  }[] = [];
-  if (!args["no-routing"]) {
-    progress("routing step: all modes, interleaved");
+  };
+  const routing: RoutingRow[] = [];
+  const routing24: RoutingRow[] = [];
+  const routingDepth = (layers: number, rows: RoutingRow[]): void => {
+    progress(`routing step: all modes at ${layers} layers, interleaved`);
     const r = spawnSync(
       process.execPath,
       [
         "--import",
         "tsx",
         path.join(here, "routing.ts"),
+        "--layers",
+        String(layers),
         "--rounds",
         String(Math.max(3, Math.ceil(steps / 2))),
       ],
@@ -322,28 +327,32 @@ function main(): void {
       params: number;
     }[];
     for (const t of times) {
-      progress(`routing step: peak RSS of ${t.mode}`);
+      progress(`routing step: peak RSS of ${t.mode} at ${layers} layers`);
       const m = runJson(process.execPath, [
         "--import",
         "tsx",
         path.join(here, "step.ts"),
-        ...stepArgs({ ...REF, layers: 12 }, 1),
+        ...stepArgs({ ...REF, layers }, 1),
         "--warmup",
         "1",
         "--mode",
         t.mode,
       ]);
-      routing.push({ ...t, peak_rss_mb: m.peak_rss_mb, rss_vs_standard: 0 });
+      rows.push({ ...t, layers, peak_rss_mb: m.peak_rss_mb, rss_vs_standard: 0 });
     }
-    for (const m of routing) m.rss_vs_standard = m.peak_rss_mb / routing[0]!.peak_rss_mb;
+    for (const m of rows) m.rss_vs_standard = m.peak_rss_mb / rows[0]!.peak_rss_mb;
     log(
-      `\nrouting step: the reference step with 12 layers (block modes: 4 blocks); times interleaved in one process`,
+      `\nrouting step: the reference step with ${layers} layers (block modes: 4 blocks); times interleaved in one process`,
     );
     log("  mode              median s   × standard   peak RSS MB   × standard      params");
-    for (const m of routing)
+    for (const m of rows)
       log(
         `  ${m.mode.padEnd(16)} ${m.median_step_s.toFixed(3).padStart(8)}   ${m.ratio_to_standard.toFixed(2).padStart(10)}   ${m.peak_rss_mb.toFixed(0).padStart(11)}   ${m.rss_vs_standard.toFixed(2).padStart(10)}   ${String(m.params).padStart(9)}`,
       );
+  };
+  if (!args["no-routing"]) {
+    routingDepth(12, routing);
+    routingDepth(24, routing24);
   }
 
   // ---- start-up: the compiled command line's help and version against a bare node.
@@ -420,6 +429,7 @@ function main(): void {
           },
           engines,
           routing_step: routing,
+          routing_step_24: routing24,
           startup,
           view,
           convert,

@@ -128,6 +128,32 @@ describe("conversion", () => {
         }
       });
 
+  test("the check's models run on the converted model's weights (shareWeightsOf): same logits, no copy", () => {
+    const name = HF[0]!;
+    const c = readConfig(path.join(fixtures, name));
+    const w = readCheckpointWeights(path.join(fixtures, name), { keepF64: true });
+    const ids = reference(name).ids.subarray(0, 8);
+    const build = { backend: ref, dtype: "float64" as const };
+    const routed = modelWithBackbone(convertedConfig(c, { mode: "delta" }), w.tensors, build);
+    const own = modelWithBackbone({ ...c }, w.tensors, build);
+    const shell = new DecoderLM({ ...c }, { ...build, shareWeightsOf: routed });
+    const routedParams = new Map(routed.namedParameters());
+    for (const [n, p] of shell.namedParameters()) assert.equal(p.data, routedParams.get(n)!.data, n);
+    assert.equal(shell.rope, routed.rope);
+    assert.deepEqual(logitsOf(shell, ids, 1, ids.length), logitsOf(own, ids, 1, ids.length));
+    // Disposing the shell releases only its views: the converted model still runs.
+    const before = logitsOf(routed, ids, 1, ids.length);
+    shell.dispose();
+    assert.deepEqual(logitsOf(routed, ids, 1, ids.length), before);
+    // A model whose backbone does not start like the weights' owner cannot adopt them.
+    assert.throws(
+      () => new DecoderLM({ ...c, hidden_size: c.hidden_size * 2 }, { ...build, shareWeightsOf: routed }),
+      /cannot adopt/,
+    );
+    routed.dispose();
+    own.dispose();
+  });
+
   test("delta-block without the zero gate would NOT be exact", () => {
     const name = "hf-qwen3-untied";
     const c = readConfig(path.join(fixtures, name));

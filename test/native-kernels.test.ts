@@ -864,6 +864,7 @@ describe("depthRoute", () => {
     [13, 7, 3],
     [67, 37, 5],
     [301, 129, 4],
+    [70, 33, 26], // rows not a multiple of the kernel's 16-row blocks, many sources, threaded
   ])
     test(`rows=${rows} d=${d} N=${N}`, () => {
       const sources = Array.from({ length: N }, () => rnd(rows * d, -2, 2));

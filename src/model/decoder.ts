@@ -41,6 +41,13 @@ export interface ModelOptions {
   meta?: boolean;
   /** false: skip the random initial values (zero-filled) because every weight is loaded next. */
   randomInit?: boolean;
+  /**
+   * Run on the weights of this model instead of allocating: its parameters, in creation order, are
+   * shared with this one's first ones (see InitContext.adopt). For a model of the same backbone
+   * (e.g. the standard original of a routed conversion, or the same model at another eps).
+   * Disposing this model releases only its views.
+   */
+  shareWeightsOf?: DecoderLM;
 }
 
 export class DecoderLayer extends Module {
@@ -158,23 +165,34 @@ export class DecoderLM extends Module {
       rng: new Rng(opts.seed ?? 0),
       meta: opts.meta ?? false,
       random: opts.randomInit ?? true,
+      created: [],
+      adopt: opts.shareWeightsOf?.createdParams,
     };
     this.model = this.child("model", new DecoderBody(c, ctx));
     this.lm_head = c.tie_word_embeddings
       ? null
       : this.child("lm_head", new Linear(c.hidden_size, c.vocab_size, ctx, c.initializer_range));
     const rs = c.rope_scaling;
-    this.rope = new RopeTable(
-      c.head_dim,
-      c.max_position_embeddings,
-      c.rope_theta,
-      rs && rs.rope_type === "llama3" ? (rs as Llama3RopeScaling) : null,
-    );
+    const scaling = rs && rs.rope_type === "llama3" ? (rs as Llama3RopeScaling) : null;
+    // A model on another's weights shares its rotary tables too when they are the same.
+    const other = opts.shareWeightsOf?.rope;
+    this.rope =
+      other &&
+      other.headDim === c.head_dim &&
+      other.maxPos === c.max_position_embeddings &&
+      other.theta === c.rope_theta &&
+      JSON.stringify(other.scaling) === JSON.stringify(scaling)
+        ? other
+        : new RopeTable(c.head_dim, c.max_position_embeddings, c.rope_theta, scaling);
     // The residual mode's parameters are created after the backbone's, so a seed gives the same
     // backbone weights in every mode.
     this.residual = makeResidualMode(c, { layers: this.model.layers, body: this.model }, ctx);
     for (const [name, p] of this.namedParameters()) p.name = name; // full HF names, for messages and groups
+    this.createdParams = ctx.created!;
   }
+
+  /** The parameters in creation order (the backbone's first), for `shareWeightsOf`. */
+  readonly createdParams: readonly Tensor[];
 
   /** Empty KV caches for B sequences of at most maxLen (default max_position_embeddings) tokens. */
   newCache(B: number, maxLen = this.config.max_position_embeddings): DecoderCache {

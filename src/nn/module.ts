@@ -5,6 +5,7 @@
  */
 import type { Backend, DType } from "../backend/backend.js";
 import { Rng } from "../tensor/random.js";
+import { fmt } from "../tensor/shape.js";
 import { empty, Tensor } from "../tensor/tensor.js";
 
 export interface InitContext {
@@ -19,6 +20,15 @@ export interface InitContext {
    * reading them, and loadWeights rejects a missing tensor, so no zero survives.
    */
   random?: boolean;
+  /** Every parameter created is appended here, in creation order (see `adopt`). */
+  created?: Tensor[];
+  /**
+   * Parameters of another model, in its creation order: the first `adopt.length` parameters created
+   * are views of these (same shape, shared buffers, nothing allocated or initialised). A model
+   * whose parameters start with another's (a standard model and its routed conversion, whose
+   * residual parameters come after the backbone) can so run on the other's weights.
+   */
+  adopt?: readonly Tensor[];
 }
 
 export type Init = { kind: "normal"; std: number } | { kind: "const"; value: number };
@@ -29,10 +39,19 @@ export abstract class Module {
 
   /** Creates and registers a parameter, initialised from ctx.rng in creation order. */
   param(name: string, shape: readonly number[], init: Init, ctx: InitContext): Tensor {
-    const t = ctx.meta
-      ? new Tensor(null, shape)
-      : empty(shape, { backend: ctx.backend, dtype: ctx.dtype }).keep();
-    if (!ctx.meta) {
+    const k = ctx.created?.length ?? 0;
+    const from = ctx.adopt && k < ctx.adopt.length ? ctx.adopt[k]! : null;
+    if (from && (from.shape.length !== shape.length || from.shape.some((s, i) => s !== shape[i])))
+      throw new Error(
+        `internal: parameter ${name} ${fmt(shape)} cannot adopt ${from.name} ${fmt(from.shape)}`,
+      );
+    const t = from
+      ? from.view().keep()
+      : ctx.meta
+        ? new Tensor(null, shape)
+        : empty(shape, { backend: ctx.backend, dtype: ctx.dtype }).keep();
+    ctx.created?.push(t);
+    if (!ctx.meta && !from) {
       const d = t.data;
       if (init.kind === "const") d.fill(init.value, 0, t.size);
       else if (ctx.random === false) d.fill(0, 0, t.size);

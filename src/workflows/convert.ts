@@ -28,13 +28,14 @@
  * `convertCheckpoint` writes atomically (a temporary folder renamed into place) and only when the
  * check passes, unless forced. Progress (`onPhase`) advances per tensor read, per tensor written,
  * and once each for the check, the build and saving the files.
- * Memory: `convertCheckpoint` never holds the source's weights decoded. It reads each tensor once
- * up front (progress, and errors before anything is built), then every model it builds (the
- * check's, one at a time, and the one it writes) reads its backbone tensor by tensor from the
- * files (`openCheckpointWeights`), and the output is written tensor by tensor. The peak is about
- * one float32 model (4 bytes per parameter) plus the largest tensor; docs/benchmarks.md has the
- * numbers for Qwen3-0.6B. Only a forced --dtype that rounds backbone values holds the rounded
- * tensors (float32) in memory, during the check and while the written model is built.
+ * Memory and time: `convertCheckpoint` never holds the source's weights decoded. It builds the
+ * converted model once, reading its backbone tensor by tensor from the files
+ * (`openCheckpointWeights`; this is the "reading" progress); the check runs the original and the
+ * eps-0 variants on that model's weights (`shareWeightsOf`, nothing copied), and that same model is
+ * written, tensor by tensor. The peak is about one float32 model (4 bytes per parameter) plus the
+ * largest tensor; docs/benchmarks.md has the numbers for Qwen3-0.6B. Only a forced --dtype that
+ * rounds backbone values holds the rounded tensors (float32) while the model is built, and reads
+ * the unrounded original once more to report what the rounding changed.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -145,6 +146,13 @@ export function storedWeights(
   const rounded: string[] = [];
   for (const [name, t] of tensors) {
     const dt = storage.get(name);
+    // A file tensor that decodes to float32 exactly (F32, BF16, F16) and is stored as it is or as
+    // F32 is kept without reading its data.
+    const widened = "dtype" in t && (t.dtype === "F32" || t.dtype === "BF16" || t.dtype === "F16");
+    if (widened && (dt === "F32" || t.dtype === dt)) {
+      out.set(name, t);
+      continue;
+    }
     const src = t.data;
     const kept = src instanceof Float32Array && (dt === "F32" || ("dtype" in t && t.dtype === dt));
     if (dt === undefined || isResidualParam(name) || kept) {
@@ -344,10 +352,50 @@ export function verifyConversion(
     opts.storage === undefined
       ? { tensors, rounded: [] }
       : storedWeights(tensors, storageDtypes(routed, tensors, opts.storage));
-  const T = ids.length;
   const build = { backend: opts.backend, dtype: opts.dtype, source: opts.source };
-  const logits = (cfg: Record<string, unknown>, weights: Weights): Float64Array => {
-    const m = modelWithBackbone(cfg, weights, build);
+  const model = modelWithBackbone(routed, stored.tensors, build);
+  try {
+    const v = verifyModel(config, model, settings, ids, opts.storage ?? null, stored.rounded.length);
+    if (stored.rounded.length) {
+      const original = modelWithBackbone(config, tensors, build);
+      try {
+        v.maxAbsDiffFromSource = maxAbsDiff(
+          logitsOf(model, ids, 1, ids.length),
+          logitsOf(original, ids, 1, ids.length),
+        );
+      } finally {
+        original.dispose();
+      }
+    }
+    return v;
+  } finally {
+    model.dispose();
+  }
+}
+
+/**
+ * The check of `verifyConversion` on an already built converted model `routed` (config
+ * `convertedConfig(config, settings)`): the original and the eps-0 variants run on its weights
+ * (`shareWeightsOf`: one copy of the backbone in memory, read from the files once).
+ * maxAbsDiffFromSource is left null.
+ */
+function verifyModel(
+  config: ModelConfig,
+  routed: DecoderLM,
+  settings: ConvertSettings,
+  ids: Int32Array,
+  storage: StorageDtype | null,
+  roundedTensors: number,
+): Verification {
+  const T = ids.length;
+  const logits = (cfg: Record<string, unknown> | null): Float64Array => {
+    if (!cfg) return logitsOf(routed, ids, 1, T);
+    const p0 = routed.parameters()[0]!;
+    const m = new DecoderLM(parseConfig(cfg), {
+      backend: p0.backend,
+      dtype: p0.dtype,
+      shareWeightsOf: routed,
+    });
     try {
       return logitsOf(m, ids, 1, T);
     } finally {
@@ -355,9 +403,8 @@ export function verifyConversion(
     }
   };
   const pair = (eps?: number) => {
-    const over = eps === undefined ? {} : { rms_norm_eps: eps };
-    const a = logits({ ...config, ...over }, stored.tensors);
-    const b = logits({ ...routed, ...over }, stored.tensors);
+    const a = logits(eps === undefined ? { ...config } : { ...config, rms_norm_eps: eps });
+    const b = logits(eps === undefined ? null : { ...routed.config, rms_norm_eps: eps });
     return { diff: maxAbsDiff(b, a), scale: 1 + maxAbs(a), converted: b };
   };
   const kind = exactness(settings);
@@ -374,9 +421,9 @@ export function verifyConversion(
     roundingTolerance,
     ok,
     tokens: T,
-    storage: opts.storage ?? null,
-    roundedTensors: stored.rounded.length,
-    maxAbsDiffFromSource: stored.rounded.length ? maxAbsDiff(real.converted, logits(config, tensors)) : null,
+    storage,
+    roundedTensors,
+    maxAbsDiffFromSource: null,
   };
 }
 
@@ -427,57 +474,93 @@ export function convertCheckpoint(o: ConvertOptions): ConvertResult {
   const nRead = source.size;
   const total = nRead + 2 + dtypes.size + 1; // read, check, build, encode each tensor, save the files
   phase(0, total, "reading the checkpoint");
-  // Tensors are read from the files each time a model is built (see the file comment); reading
-  // each one once here reports progress and surfaces any decoding error before anything is built.
-  let read = 0;
-  for (const [name, t] of source) {
-    void t.data;
-    phase(Math.min(++read, nRead), total, `reading ${name}`);
-  }
-  phase(nRead, total, "checking the logits");
   const backend = o.backend ?? defaultBackend();
   const dtype = o.dtype ?? "float32";
-  const ids = sampleIds(config.vocab_size, tokenizer);
-  const verification = verifyConversion(config, source, o, ids, {
-    backend,
-    dtype,
-    source: o.from,
-    storage,
-  });
-  const counts: Partial<Record<FloatStDType, number>> = {};
-  for (const d of dtypes.values()) counts[d] = (counts[d] ?? 0) + 1;
-  const result: ConvertResult = {
-    from: o.from,
-    to: o.to,
-    mode: o.mode,
-    config: routed,
-    gateAdded: !o.gate && convertTarget(o.mode).convert.keys?.attnres_gate_type === "learnable_alpha",
-    verification,
-    written: false,
-    addedParameters: 0,
-    tokenizerCopied: [],
-    storage: { choice: storage, tensors: counts },
-  };
-  if (!verification.ok && !o.force) return result;
-  phase(nRead + 1, total, "building the converted model");
-  // Round the backbone to what the file will hold (in place: each access decodes a fresh copy), so
-  // that the model holds exactly the stored values (writing is then lossless).
+  // The backbone as the file will hold it: the source's values (auto), or rounded to a forced
+  // --dtype (those copies are decoded here and held until the model has them).
   const stored = storedWeights(source, dtypes, { inPlace: true });
-  const model = modelWithBackbone(routed, stored.tensors, { backend, dtype, source: o.from });
-  stored.tensors.clear(); // rounded copies (forced --dtype only) are in the model now
+  // The converted model is built once, reading the backbone tensor by tensor from the files; the
+  // check runs the original on the same weights, and the same model is written.
+  let read = 0;
+  const progress = new Map(
+    [...stored.tensors].map(([name, t]) => [
+      name,
+      {
+        shape: t.shape,
+        get data() {
+          const d = t.data;
+          phase(Math.min(++read, nRead), total, `reading ${name}`);
+          return d;
+        },
+      },
+    ]),
+  );
+  const model = modelWithBackbone(routed, progress, { backend, dtype, source: o.from });
+  stored.tensors.clear();
+  progress.clear();
+  try {
+    phase(nRead, total, "checking the logits");
+    const ids = sampleIds(config.vocab_size, tokenizer);
+    const verification = verifyModel(config, model, o, ids, storage, stored.rounded.length);
+    if (stored.rounded.length) {
+      // Forced --dtype that rounds: the unrounded original, read once more, for the report.
+      const original = modelWithBackbone(config, source, { backend, dtype, source: o.from });
+      try {
+        verification.maxAbsDiffFromSource = maxAbsDiff(
+          logitsOf(model, ids, 1, ids.length),
+          logitsOf(original, ids, 1, ids.length),
+        );
+      } finally {
+        original.dispose();
+      }
+    }
+    const counts: Partial<Record<FloatStDType, number>> = {};
+    for (const d of dtypes.values()) counts[d] = (counts[d] ?? 0) + 1;
+    const result: ConvertResult = {
+      from: o.from,
+      to: o.to,
+      mode: o.mode,
+      config: routed,
+      gateAdded: !o.gate && convertTarget(o.mode).convert.keys?.attnres_gate_type === "learnable_alpha",
+      verification,
+      written: false,
+      addedParameters: 0,
+      tokenizerCopied: [],
+      storage: { choice: storage, tensors: counts },
+    };
+    if (!verification.ok && !o.force) return result;
+    phase(nRead + 1, total, "building the converted model");
+    writeConverted(o, model, dtypes, result, (i, what) => phase(i, total, what), nRead);
+    phase(total, total, "done");
+    result.written = true;
+    return result;
+  } finally {
+    model.dispose();
+  }
+}
+
+/** Writes the converted model and the tokenizer files into o.to, through a temporary folder. */
+function writeConverted(
+  o: ConvertOptions,
+  model: DecoderLM,
+  dtypes: ReadonlyMap<string, FloatStDType>,
+  result: ConvertResult,
+  phase: (done: number, what: string) => void,
+  nRead: number,
+): void {
   const tmp = `${o.to.replace(/[/\\]+$/, "")}.tmp-${process.pid}`;
   try {
     result.addedParameters = model
       .namedParameters()
       .filter(([n]) => isResidualParam(n))
       .reduce((s, [, p]) => s + p.size, 0);
-    phase(nRead + 2, total, "writing");
+    phase(nRead + 2, "writing");
     fs.rmSync(tmp, { recursive: true, force: true });
     saveCheckpoint(
       tmp,
       model,
       { generator: "attnres convert", converted_from: path.resolve(o.from) },
-      { dtypes, onTensor: (name, i) => phase(nRead + 3 + i, total, `writing ${name}`) },
+      { dtypes, onTensor: (name, i) => phase(nRead + 3 + i, `writing ${name}`) },
     );
     for (const f of TOKENIZER_FILES)
       if (fs.existsSync(path.join(o.from, f))) {
@@ -490,10 +573,5 @@ export function convertCheckpoint(o: ConvertOptions): ConvertResult {
   } catch (e) {
     fs.rmSync(tmp, { recursive: true, force: true });
     throw e;
-  } finally {
-    model.dispose();
   }
-  phase(total, total, "done");
-  result.written = true;
-  return result;
 }

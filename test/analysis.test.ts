@@ -22,6 +22,7 @@ import {
   flatteningVerdict,
   l2Norm,
   maxAndEntropy,
+  sourceLabel,
   symmetricEigenvalues,
   unitGram,
   type AnalysisReport,
@@ -254,6 +255,25 @@ describe("analyzeModel in every mode", () => {
         model.dispose();
       }
     });
+
+  test("over hidden states the sources are named as the stream after each sublayer", () => {
+    for (const mode of ["full", "delta"]) {
+      const model = tinyModel({ attnres_mode: mode, attnres_sources: "states" });
+      try {
+        const r = analyzeModel(model, batches, { rankTokens: 8 });
+        assert.deepEqual(
+          r.columns.slice(0, 4),
+          ["h0", "after L0.attn", "after L0.mlp", "after L1.attn"],
+          mode,
+        );
+        for (const s of r.calls) assert.deepEqual(s.sourceLabels, r.columns.slice(0, s.sources), s.label);
+      } finally {
+        model.dispose();
+      }
+    }
+    assert.equal(sourceLabel("delta", false, 2, "states"), "after L0.mlp");
+    assert.equal(sourceLabel("delta", false, 2), "L0.mlp");
+  });
 
   test("max weight, entropy and mean α agree with model.analyze on each batch", () => {
     for (const [, extra] of MODES.filter(([, , w]) => w.calls > 0)) {

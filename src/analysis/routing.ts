@@ -151,12 +151,18 @@ export { type CallKey, callLabel } from "../model/residual.js";
  * What source position p (0-based) of a routed call holds, as the mode says (ModeDef.sourceLabel):
  * h0 then each sublayer's output (attnres-full, delta), h0 then block sums B1, B2 … (attnres-block;
  * the last one of a call may still be accumulating), h0 then block deltas Δ1, Δ2 … (delta-block);
- * the additive modes' null source, when enabled, comes first.
+ * the additive modes' null source, when enabled, comes first; over hidden states (sources
+ * "states") "after L0.attn" … name the stream after each sublayer.
  */
-export function sourceLabel(mode: ModeName, nullSource: boolean, p: number): string {
+export function sourceLabel(
+  mode: ModeName,
+  nullSource: boolean,
+  p: number,
+  sources: "outputs" | "states" = "outputs",
+): string {
   const m = modeByName(mode);
   if (!m) throw new Error(`unknown residual mode ${mode}`);
-  return m.sourceLabel(p, nullSource);
+  return m.sourceLabel(p, { attnres_use_null_source: nullSource, attnres_sources: sources });
 }
 
 export interface CallStats {
@@ -447,7 +453,7 @@ export function analyzeModel(
       label: callLabel(key),
       ...callPlace(key),
       sources: N,
-      sourceLabels: Array.from({ length: N }, (_, p) => def.sourceLabel(p, c.attnres_use_null_source)),
+      sourceLabels: Array.from({ length: N }, (_, p) => def.sourceLabel(p, c)),
       meanMaxWeight: meanMax,
       uniformWeight: 1 / N,
       sharpness: meanMax * N,
@@ -526,7 +532,7 @@ export function analyzeModel(
     },
     routed,
     calls: callStats,
-    columns: Array.from({ length: widest }, (_, p) => def.sourceLabel(p, c.attnres_use_null_source)),
+    columns: Array.from({ length: widest }, (_, p) => def.sourceLabel(p, c)),
     averages: {
       maxWeight: group((s) => s.meanMaxWeight),
       normalizedEntropy: group((s) => s.normalizedEntropy),

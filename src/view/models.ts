@@ -191,9 +191,7 @@ export class ModelCache {
               label: callLabel(key),
               ...callPlace(key),
               sources: N,
-              sourceLabels: Array.from({ length: N }, (_, p) =>
-                def.sourceLabel(p, c.attnres_use_null_source),
-              ),
+              sourceLabels: Array.from({ length: N }, (_, p) => def.sourceLabel(p, c)),
               alpha: Float32Array.from(a.data),
             };
           });

@@ -55,7 +55,7 @@ export const attnresBlock: ModeDef<"attnres-block", "block"> = {
   options: { blocks: true, states: false, additive: false },
   params: ROUTED_PARAMS,
   convert: { exactness: "eps-residue", zeroParams: ROUTED_ZERO_PARAMS },
-  sourceLabel: (p, nullSource) => outputSourceLabel(p, nullSource, (q) => `B${q}`),
+  sourceLabel: (p, c) => outputSourceLabel(p, c.attnres_use_null_source, (q) => `B${q}`),
   build(c, host, ctx) {
     const p = new FullRouters(c, host, ctx);
     const P = layersPerBlock(c);

@@ -101,7 +101,7 @@ export const DDL_COMMON = {
   options: NO_OPTIONS,
   params: /_ddl_/, // final_ddl_read included
   convert: null,
-  sourceLabel: (p: number) => sublayerSourceLabel(p, false), // (no routed calls)
+  sourceLabel: sublayerSourceLabel, // (no routed calls)
 };
 
 export const ddl: ModeDef<"ddl", "ddl"> = {

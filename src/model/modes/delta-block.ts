@@ -56,7 +56,7 @@ export const deltaBlock: ModeDef<"delta-block", "delta_block"> = {
     keys: { attnres_gate_type: "learnable_alpha" },
     zeroParams: ROUTED_ZERO_PARAMS,
   },
-  sourceLabel: (p, nullSource) => outputSourceLabel(p, nullSource, (q) => `Δ${q}`),
+  sourceLabel: (p, c) => outputSourceLabel(p, c.attnres_use_null_source, (q) => `Δ${q}`),
   build(c, host, ctx) {
     const p = new AdditiveParams(c, host, ctx);
     const P = layersPerBlock(c);

@@ -120,6 +120,9 @@ export interface ModeOptions {
 /** No block count, no states as sources, no null source or gate. */
 export const NO_OPTIONS: ModeOptions = { blocks: false, states: false, additive: false };
 
+/** The config keys a source label depends on. */
+export type SourceLabelConfig = Pick<ModelConfig, "attnres_use_null_source" | "attnres_sources">;
+
 export interface ModeDef<Name extends string = string, Key extends string = string> {
   /** User-facing name (CLI, docs, reports). */
   readonly name: Name;
@@ -131,8 +134,8 @@ export interface ModeDef<Name extends string = string, Key extends string = stri
   /** Matches the full names of the parameters it adds (model.layers.3.attn_res_proj.weight …). */
   readonly params: RegExp;
   readonly convert: ConvertSpec | null;
-  /** What source position p (0-based) of one of its routed calls holds (nullSource: attnres_use_null_source), for the analysis. */
-  sourceLabel(p: number, nullSource: boolean): string;
+  /** What source position p (0-based) of one of its routed calls holds under config c (null source, outputs or states), for the analysis. */
+  sourceLabel(p: number, c: SourceLabelConfig): string;
   /** Registers its parameters on the host's modules (tensor names fixed) and returns the mode. */
   build(c: ModelConfig, host: ModeHost, ctx: InitContext): ResidualMode;
 }

@@ -10,7 +10,14 @@ import type { InitContext, Module } from "../../nn/module.js";
 import { add, expand, mul, route } from "../../tensor/ops.js";
 import type { Tensor } from "../../tensor/tensor.js";
 import type { ModelConfig } from "../config.js";
-import { type CallKey, callLabel, type ModeHost, SUBLAYER_KINDS, type Trace } from "./mode.js";
+import {
+  type CallKey,
+  callLabel,
+  type ModeHost,
+  type SourceLabelConfig,
+  SUBLAYER_KINDS,
+  type Trace,
+} from "./mode.js";
 
 /** A routing query (Linear d→1, zero) and key gain (RMSNorm weight, ones). */
 export interface Router {
@@ -98,6 +105,12 @@ export function outputSourceLabel(p: number, nullSource: boolean, prefix: (p: nu
   return p === 0 ? "h0" : prefix(p);
 }
 
-/** Source labels of the modes that route over h0 and every earlier sublayer output: h0, L0.attn, L0.mlp … */
-export const sublayerSourceLabel = (p: number, nullSource: boolean): string =>
-  outputSourceLabel(p, nullSource, (q) => callLabel(q - 1));
+/**
+ * Source labels of the per-sublayer modes: over outputs h0, L0.attn, L0.mlp … (each sublayer's
+ * output); over states (attnres_sources "states") h0, after L0.attn, after L0.mlp … (the stream
+ * after each sublayer).
+ */
+export const sublayerSourceLabel = (p: number, c: SourceLabelConfig): string =>
+  outputSourceLabel(p, c.attnres_use_null_source, (q) =>
+    c.attnres_sources === "states" ? `after ${callLabel(q - 1)}` : callLabel(q - 1),
+  );

@@ -31,6 +31,6 @@ export const standard: ModeDef<"standard", "standard"> = {
   options: NO_OPTIONS,
   params: /(?!)/,
   convert: null,
-  sourceLabel: (p) => sublayerSourceLabel(p, false), // (no routed calls)
+  sourceLabel: sublayerSourceLabel, // (no routed calls)
   build: () => ({ name: "standard", begin: (h0, trace) => new StandardRun(h0, trace) }),
 };

@@ -355,22 +355,39 @@ export function verifyConversion(
   const build = { backend: opts.backend, dtype: opts.dtype, source: opts.source };
   const model = modelWithBackbone(routed, stored.tensors, build);
   try {
-    const v = verifyModel(config, model, settings, ids, opts.storage ?? null, stored.rounded.length);
-    if (stored.rounded.length) {
-      const original = modelWithBackbone(config, tensors, build);
-      try {
-        v.maxAbsDiffFromSource = maxAbsDiff(
-          logitsOf(model, ids, 1, ids.length),
-          logitsOf(original, ids, 1, ids.length),
-        );
-      } finally {
-        original.dispose();
-      }
-    }
-    return v;
+    return verifyBuilt(config, model, settings, ids, opts.storage ?? null, stored.rounded.length, () =>
+      modelWithBackbone(config, tensors, build),
+    );
   } finally {
     model.dispose();
   }
+}
+
+/**
+ * `verifyModel`, plus, when a forced --dtype rounded some tensors (roundedTensors > 0), the max
+ * logit difference from the unrounded original, which `readOriginal` builds (read once more).
+ */
+function verifyBuilt(
+  config: ModelConfig,
+  routed: DecoderLM,
+  settings: ConvertSettings,
+  ids: Int32Array,
+  storage: StorageDtype | null,
+  roundedTensors: number,
+  readOriginal: () => DecoderLM,
+): Verification {
+  const v = verifyModel(config, routed, settings, ids, storage, roundedTensors);
+  if (roundedTensors === 0) return v;
+  const original = readOriginal();
+  try {
+    v.maxAbsDiffFromSource = maxAbsDiff(
+      logitsOf(routed, ids, 1, ids.length),
+      logitsOf(original, ids, 1, ids.length),
+    );
+  } finally {
+    original.dispose();
+  }
+  return v;
 }
 
 /**
@@ -501,19 +518,9 @@ export function convertCheckpoint(o: ConvertOptions): ConvertResult {
   try {
     phase(nRead, total, "checking the logits");
     const ids = sampleIds(config.vocab_size, tokenizer);
-    const verification = verifyModel(config, model, o, ids, storage, stored.rounded.length);
-    if (stored.rounded.length) {
-      // Forced --dtype that rounds: the unrounded original, read once more, for the report.
-      const original = modelWithBackbone(config, source, { backend, dtype, source: o.from });
-      try {
-        verification.maxAbsDiffFromSource = maxAbsDiff(
-          logitsOf(model, ids, 1, ids.length),
-          logitsOf(original, ids, 1, ids.length),
-        );
-      } finally {
-        original.dispose();
-      }
-    }
+    const verification = verifyBuilt(config, model, o, ids, storage, stored.rounded.length, () =>
+      modelWithBackbone(config, source, { backend, dtype, source: o.from }),
+    );
     const counts: Partial<Record<FloatStDType, number>> = {};
     for (const d of dtypes.values()) counts[d] = (counts[d] ?? 0) + 1;
     const result: ConvertResult = {

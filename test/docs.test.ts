@@ -213,6 +213,8 @@ function checkCommands(b: Block): string[] {
   return problems;
 }
 
+// A block fenced ```output is a program's printed output (the bench's start-up table names the
+// commands it timed); it is not checked for commands.
 const COMMANDISH =
   /^\s*(?:\$\s+)?(?:npx\s+attnres|node\s+bin\/attnres\.mjs|attnres)\s+([a-z][a-z-]*)(?:\s+-|\s*$)/m;
 

@@ -355,7 +355,7 @@ export function verifyConversion(
   const build = { backend: opts.backend, dtype: opts.dtype, source: opts.source };
   const model = modelWithBackbone(routed, stored.tensors, build);
   try {
-    return verifyBuilt(config, model, settings, ids, opts.storage ?? null, stored.rounded.length, () =>
+    return verifyModel(config, model, settings, ids, opts.storage ?? null, stored.rounded.length, () =>
       modelWithBackbone(config, tensors, build),
     );
   } finally {
@@ -364,37 +364,11 @@ export function verifyConversion(
 }
 
 /**
- * `verifyModel`, plus, when a forced --dtype rounded some tensors (roundedTensors > 0), the max
- * logit difference from the unrounded original, which `readOriginal` builds (read once more).
- */
-function verifyBuilt(
-  config: ModelConfig,
-  routed: DecoderLM,
-  settings: ConvertSettings,
-  ids: Int32Array,
-  storage: StorageDtype | null,
-  roundedTensors: number,
-  readOriginal: () => DecoderLM,
-): Verification {
-  const v = verifyModel(config, routed, settings, ids, storage, roundedTensors);
-  if (roundedTensors === 0) return v;
-  const original = readOriginal();
-  try {
-    v.maxAbsDiffFromSource = maxAbsDiff(
-      logitsOf(routed, ids, 1, ids.length),
-      logitsOf(original, ids, 1, ids.length),
-    );
-  } finally {
-    original.dispose();
-  }
-  return v;
-}
-
-/**
  * The check of `verifyConversion` on an already built converted model `routed` (config
  * `convertedConfig(config, settings)`): the original and the eps-0 variants run on its weights
- * (`shareWeightsOf`: one copy of the backbone in memory, read from the files once).
- * maxAbsDiffFromSource is left null.
+ * (`shareWeightsOf`: one copy of the backbone in memory, read from the files once). When a forced
+ * --dtype rounded some tensors (roundedTensors > 0), maxAbsDiffFromSource compares the converted
+ * logits with the unrounded original's, which `readOriginal` builds (read once more); else null.
  */
 function verifyModel(
   config: ModelConfig,
@@ -403,6 +377,7 @@ function verifyModel(
   ids: Int32Array,
   storage: StorageDtype | null,
   roundedTensors: number,
+  readOriginal: () => DecoderLM,
 ): Verification {
   const T = ids.length;
   const logits = (cfg: Record<string, unknown> | null): Float64Array => {
@@ -430,6 +405,15 @@ function verifyModel(
   const roundingTolerance = ROUNDING_TOL * real.scale;
   const tolerance = (kind === "exact" ? ROUNDING_TOL : RESIDUE_TOL) * real.scale;
   const ok = real.diff <= tolerance && (eps0 === null || eps0.diff <= ROUNDING_TOL * eps0.scale);
+  let fromSource: number | null = null;
+  if (roundedTensors > 0) {
+    const original = readOriginal();
+    try {
+      fromSource = maxAbsDiff(real.converted, logitsOf(original, ids, 1, T));
+    } finally {
+      original.dispose();
+    }
+  }
   return {
     exactness: kind,
     maxAbsDiff: real.diff,
@@ -440,7 +424,7 @@ function verifyModel(
     tokens: T,
     storage,
     roundedTensors,
-    maxAbsDiffFromSource: null,
+    maxAbsDiffFromSource: fromSource,
   };
 }
 
@@ -518,7 +502,7 @@ export function convertCheckpoint(o: ConvertOptions): ConvertResult {
   try {
     phase(nRead, total, "checking the logits");
     const ids = sampleIds(config.vocab_size, tokenizer);
-    const verification = verifyBuilt(config, model, o, ids, storage, stored.rounded.length, () =>
+    const verification = verifyModel(config, model, o, ids, storage, stored.rounded.length, () =>
       modelWithBackbone(config, source, { backend, dtype, source: o.from }),
     );
     const counts: Partial<Record<FloatStDType, number>> = {};

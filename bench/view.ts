@@ -18,11 +18,11 @@ import { ByteTokenizer } from "../src/data/tokenizer.js";
 import { saveCheckpoint } from "../src/model/checkpoint.js";
 import { DecoderLM } from "../src/model/decoder.js";
 import { startViewServer } from "../src/view/server.js";
+import { CHROMIUM, launchChromium } from "../test/support/chromium.js";
 
 // As `attnres view` runs (src/cli/view.ts): idle OpenMP threads sleep instead of spinning.
 process.env.OMP_WAIT_POLICY ??= "passive";
 const { values: args } = parseArgs({ options: { json: { type: "boolean", default: false } } });
-const CHROMIUM = "/usr/bin/chromium";
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 function makeRun(dir: string, model: Record<string, unknown>, steps: number, ckpt: string | null): void {
@@ -127,25 +127,7 @@ async function runsPage(
   const runs = path.join(root, "runs50");
   for (let i = 0; i < 50; i++) makeRun(path.join(runs, `cmp${i % 5}`, `delta-s${i}`), model, 500, ck);
   const srv = await startViewServer({ root: runs });
-  const { chromium } = await import("playwright-core");
-  const ctx = await chromium.launchPersistentContext(
-    fs.mkdtempSync(path.join(os.tmpdir(), "attnres-bench-chromium-")),
-    {
-      executablePath: CHROMIUM,
-      headless: true,
-      viewport: { width: 1280, height: 860 },
-      args: [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-      ],
-    },
-  );
+  const ctx = await launchChromium(fs.mkdtempSync(path.join(os.tmpdir(), "attnres-bench-chromium-")));
   try {
     const page = ctx.pages()[0] ?? (await ctx.newPage());
     const table: number[] = [];

@@ -27,10 +27,10 @@ import type { RunsResponse, TraceResponse } from "../src/view/api.js";
 import { safeResolve } from "../src/view/runs.js";
 import { isLoopback, MAX_BODY, startViewServer, type ViewServer } from "../src/view/server.js";
 import { sampleText, tempDir, writePreparedBytes } from "./helpers.js";
+import { CHROMIUM, launchChromium } from "./support/chromium.js";
 
 const repo = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const bin = path.join(repo, "bin", "attnres.mjs");
-const CHROMIUM = "/usr/bin/chromium";
 const SHOTS = path.join(repo, "test-artifacts", "view");
 const ROUTING = { batches: 1, batchSize: 2, seqLen: 32 };
 
@@ -314,23 +314,7 @@ if (!haveBrowser) {
     const problems: string[] = [];
 
     before(async () => {
-      const { chromium } = await import("playwright-core");
-      const profile = tempDir("chromium-profile");
-      ctx = await chromium.launchPersistentContext(profile, {
-        executablePath: CHROMIUM,
-        headless: true,
-        viewport: { width: 1280, height: 860 },
-        args: [
-          "--headless",
-          "--no-sandbox",
-          "--disable-gpu",
-          "--disable-quic",
-          "--no-first-run",
-          "--disable-background-networking",
-          "--disable-component-update",
-          "--disable-sync",
-        ],
-      });
+      ctx = await launchChromium(tempDir("chromium-profile"));
       page = ctx.pages()[0] ?? (await ctx.newPage());
       page.setDefaultTimeout(30_000);
       page.on("console", (m) => {

@@ -26,7 +26,15 @@
 import type { Batch } from "../data/batches.js";
 import type { ModeName } from "../model/config.js";
 import type { DecoderLM } from "../model/decoder.js";
-import { type CallKey, callLabel, callPlace, modeByName, modeOf, type Trace } from "../model/residual.js";
+import {
+  type CallKey,
+  callLabel,
+  describeCall,
+  modeByName,
+  modeOf,
+  sourceLabels,
+  type Trace,
+} from "../model/residual.js";
 import { BETA_BINS, RoutingAccumulator } from "../model/stats.js";
 import { tidy } from "../tensor/memory.js";
 import { noGrad, type Tensor } from "../tensor/tensor.js";
@@ -449,11 +457,7 @@ export function analyzeModel(
     const meanEnt = al.meanEntropy;
     const adj = Array.from(a.cosSum, (s, i) => (a.cosN[i]! > 0 ? s / a.cosN[i]! : null));
     return {
-      key,
-      label: callLabel(key),
-      ...callPlace(key),
-      sources: N,
-      sourceLabels: Array.from({ length: N }, (_, p) => def.sourceLabel(p, c)),
+      ...describeCall(c, key, N),
       meanMaxWeight: meanMax,
       uniformWeight: 1 / N,
       sharpness: meanMax * N,
@@ -532,7 +536,7 @@ export function analyzeModel(
     },
     routed,
     calls: callStats,
-    columns: Array.from({ length: widest }, (_, p) => def.sourceLabel(p, c)),
+    columns: sourceLabels(c, widest),
     averages: {
       maxWeight: group((s) => s.meanMaxWeight),
       normalizedEntropy: group((s) => s.normalizedEntropy),

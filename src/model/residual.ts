@@ -27,7 +27,14 @@ import { ddl } from "./modes/ddl.js";
 import { ddlExpanded } from "./modes/ddl-expanded.js";
 import { delta } from "./modes/delta.js";
 import { deltaBlock } from "./modes/delta-block.js";
-import type { ModeDef, ModeHost, ResidualMode } from "./modes/mode.js";
+import {
+  type CallKey,
+  callLabel,
+  callPlace,
+  type ModeDef,
+  type ModeHost,
+  type ResidualMode,
+} from "./modes/mode.js";
 import { standard } from "./modes/standard.js";
 import { MODE_NAMES, type ModeName } from "./names.js";
 
@@ -108,6 +115,17 @@ export function modeOf(c: ModelConfig): ModeDef {
  */
 export function modeName(c: ModelConfig): ModeName {
   return modeOf(c).name as ModeName;
+}
+
+/** The labels of the N sources of a routed call of c's mode, in order (ModeDef.sourceLabel). */
+export function sourceLabels(c: ModelConfig, N: number): string[] {
+  const def = modeOf(c);
+  return Array.from({ length: N }, (_, p) => def.sourceLabel(p, c));
+}
+
+/** What names a routed call of c's mode that reads N sources: its key, label, place and sources. */
+export function describeCall(c: ModelConfig, key: CallKey, N: number) {
+  return { key, label: callLabel(key), ...callPlace(key), sources: N, sourceLabels: sourceLabels(c, N) };
 }
 
 /** Builds the config's residual mode, registering its parameters on the host's modules. */

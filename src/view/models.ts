@@ -20,7 +20,7 @@ import { loadPrepared, type PreparedData } from "../data/prepared.js";
 import type { Tokenizer } from "../data/tokenizer.js";
 import { checkpointTokenizer, loadCheckpoint } from "../model/checkpoint.js";
 import type { DecoderLM } from "../model/decoder.js";
-import { callLabel, callPlace, modeOf } from "../model/residual.js";
+import { callLabel, describeCall } from "../model/residual.js";
 import { callOrder } from "../model/stats.js";
 import { tidy } from "../tensor/memory.js";
 import { noGrad } from "../tensor/tensor.js";
@@ -176,7 +176,6 @@ export class ModelCache {
     if (ids.length === 0) throw new Error("there is no token to run");
     for (const id of ids)
       if (id < 0 || id >= c.vocab_size) throw new Error(`token id ${id} is outside the model's vocabulary`);
-    const def = modeOf(c);
     const t0 = performance.now();
     const T = ids.length;
     const out = noGrad(() =>
@@ -186,14 +185,7 @@ export class ModelCache {
           .sort(([p], [q]) => callOrder(p, q))
           .map(([key, a]) => {
             const N = a.shape[a.rank - 1]!;
-            return {
-              key,
-              label: callLabel(key),
-              ...callPlace(key),
-              sources: N,
-              sourceLabels: Array.from({ length: N }, (_, p) => def.sourceLabel(p, c)),
-              alpha: Float32Array.from(a.data),
-            };
+            return { ...describeCall(c, key, N), alpha: Float32Array.from(a.data) };
           });
         const beta = [...trace!.betas.entries()]
           .sort(([p], [q]) => p - q)

@@ -29,5 +29,5 @@ export * from "./io/safetensors.js";
 export { writeFileAtomic } from "./io/atomic.js";
 export * from "./workflows/convert.js";
 export * from "./eval/mc.js";
-export { evaluateSplit, type EvalResult, type EvalWindows } from "./eval/loss.js";
+export { evaluate, evaluateSplit, type EvalResult, type EvalWindows } from "./eval/loss.js";
 export { SUPPORTED_NODE } from "./node-version.js";

@@ -42,7 +42,8 @@ import {
 } from "../src/workflows/convert.js";
 import { DecoderLM } from "../src/model/decoder.js";
 import { runTraining } from "../src/train/run.js";
-import { evaluate, isResidualParam } from "../src/train/trainer.js";
+import { evaluate } from "../src/eval/loss.js";
+import { isResidualParam } from "../src/model/residual.js";
 import { assertClose, sampleText, writePreparedBytes, tempDir } from "./helpers.js";
 import type { DecoderLMConfig } from "../src/model/config.js";
 

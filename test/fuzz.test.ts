@@ -22,7 +22,7 @@ import { evalBatches } from "../src/data/batches.js";
 import { DecoderLM } from "../src/model/decoder.js";
 import { Rng } from "../src/tensor/random.js";
 import { runTraining, type RunSpec } from "../src/train/run.js";
-import { evaluate } from "../src/train/trainer.js";
+import { evaluate } from "../src/eval/loss.js";
 import { sampleText, tempDir, writePreparedBytes } from "./helpers.js";
 
 const rng = new Rng(20261201);

@@ -29,7 +29,8 @@ import { referenceBackend as ref } from "../src/backend/reference/index.js";
 import { AdamW } from "../src/train/optim.js";
 import { findCheckpoint, MetricsLog } from "../src/train/checkpointing.js";
 import { finishedRun, resolveSpec, runTraining, type RunSpec } from "../src/train/run.js";
-import { evaluate, paramGroups } from "../src/train/trainer.js";
+import { evaluate } from "../src/eval/loss.js";
+import { paramGroups } from "../src/train/trainer.js";
 import { evalBatches } from "../src/data/batches.js";
 import { readMetrics, sampleText, tempDir, writePreparedBytes } from "./helpers.js";
 

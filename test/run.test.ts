@@ -12,7 +12,8 @@ import { Rng } from "../src/tensor/random.js";
 import { tidy } from "../src/tensor/memory.js";
 import { AdamW } from "../src/train/optim.js";
 import { finishedRun, runTraining, type RunSpec } from "../src/train/run.js";
-import { isResidualParam, paramGroups, trainStep } from "../src/train/trainer.js";
+import { isResidualParam } from "../src/model/residual.js";
+import { paramGroups, trainStep } from "../src/train/trainer.js";
 import { assertClose, sampleText, writePreparedBytes, readMetrics, tempDir } from "./helpers.js";
 
 const tmp = () => tempDir("run");

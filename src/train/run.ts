@@ -50,7 +50,8 @@ import { poolStats, resetPeak } from "../tensor/memory.js";
 import { AdamW, lrMultiplier } from "./optim.js";
 import { doctestScale } from "./doctest-scale.js";
 import { evaluate } from "../eval/loss.js";
-import { isResidualParam, paramGroups, trainStep } from "./trainer.js";
+import { isResidualParam } from "../model/residual.js";
+import { paramGroups, trainStep } from "./trainer.js";
 
 export const TrainSettingsSchema = z.strictObject({
   steps: z.number().int().positive(),

@@ -82,9 +82,6 @@ export function trainStep(
   return { loss, gradNorm };
 }
 
-/** The validation loss (src/eval/loss.ts; exported here too, as before). */
-export { evaluate } from "../eval/loss.js";
-
 /**
  * The usual AdamW groups: weight decay on matrices (rank >= 2), none on gains/vectors.
  * `extra` groups (e.g. routing parameters with their own lr) are matched first by name.
@@ -114,6 +111,3 @@ export function paramGroups(
 }
 
 export { AdamW };
-
-/** Which parameters the residual modes add is a fact of the model; re-exported for training code. */
-export { isResidualParam } from "../model/residual.js";

@@ -48,6 +48,7 @@
  */
 import { type ModelConfig, type ModelConfigInput, type ModeName, parseConfig } from "../model/config.js";
 import { countParameters } from "../model/decoder.js";
+import { optionError } from "../io/errors.js";
 import { layerOf, layersPerBlock, modeByName, modeName as modeOf, opensBlock } from "../model/residual.js";
 
 export type PlanEngine = "ts" | "torch";
@@ -390,8 +391,9 @@ export function planRow(c: ModelConfig, o: PlanOptions): PlanRow {
   ] as const)
     if (!Number.isInteger(v) || v < 1) throw new Error(`plan: ${k} must be a positive integer, got ${v}`);
   if (o.engine === "ts" && (o.sharding !== "ddp" || o.worldSize !== 1 || o.dtype !== "float32"))
-    throw new Error(
-      "plan: the TypeScript engine trains on one process in float32 (use --engine torch for sharding, several devices or bfloat16)",
+    throw optionError(
+      (n) =>
+        `plan: the TypeScript engine trains on one process in float32 (use ${n("engine", "torch")} for sharding, several devices or bfloat16)`,
     );
   const s = shapeOf(c, o);
   const attention = o.engine === "ts" ? "flash" : (o.attention ?? "flash");

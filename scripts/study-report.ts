@@ -16,6 +16,7 @@ import { parseArgs } from "node:util";
 import * as prettier from "prettier";
 import type { AnalysisReport, CallStats } from "../src/analysis/routing.js";
 import { writeAnalysis } from "../src/analysis/report.js";
+import { figure, heading, tableHead, tableRow, writeReport } from "../src/io/report.js";
 import { type ChartSpec, lineChart, type LineChartOptions, writeChart } from "../src/plot/index.js";
 import type { CompareResult } from "../src/workflows/compare.js";
 import { lossCurvesChart, routingDepthChart } from "../src/workflows/compare-figures.js";
@@ -170,11 +171,29 @@ const specOf = (dir: string) => JSON.parse(fs.readFileSync(path.join(dir, "run.j
 
 function lossTable(c: CompareResult): string[] {
   return [
-    "| mode | runs | val loss (nats/token) | perplexity | vs standard | bits/byte | parameters | tokens/s | peak tensor MB |",
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ...c.summary.map(
-      (s) =>
-        `| ${s.mode} | ${s.runs} | ${pm(s.valLoss)} | ${pm(s.perplexity, f2)} | ${s.mode === "standard" ? "" : pct(pplChange(c, s.mode))} | ${pm(s.bpb)} | ${s.params.toLocaleString("en-US")} | ${s.tokensPerSecond.toFixed(0)} | ${s.peakTensorMB.toFixed(0)} |`,
+    ...tableHead([
+      "mode",
+      "runs",
+      "val loss (nats/token)",
+      "perplexity",
+      "vs standard",
+      "bits/byte",
+      "parameters",
+      "tokens/s",
+      "peak tensor MB",
+    ]),
+    ...c.summary.map((s) =>
+      tableRow([
+        `${s.mode}`,
+        `${s.runs}`,
+        `${pm(s.valLoss)}`,
+        `${pm(s.perplexity, f2)}`,
+        `${s.mode === "standard" ? "" : pct(pplChange(c, s.mode))}`,
+        `${pm(s.bpb)}`,
+        `${s.params.toLocaleString("en-US")}`,
+        `${s.tokensPerSecond.toFixed(0)}`,
+        `${s.peakTensorMB.toFixed(0)}`,
+      ]),
     ),
   ];
 }
@@ -236,13 +255,32 @@ async function routingOf(c: CompareResult): Promise<Map<string, RoutingRow[]>> {
 
 function routingTable(rows: Map<string, RoutingRow[]>): string[] {
   const t = [
-    "| mode | runs | mean max α: all calls | attention | MLP | deepest third (uniform 1/N) | normalized entropy: attention | MLP | flat from (attention; MLP), per seed |",
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ...tableHead([
+      "mode",
+      "runs",
+      "mean max α: all calls",
+      "attention",
+      "MLP",
+      "deepest third (uniform 1/N)",
+      "normalized entropy: attention",
+      "MLP",
+      "flat from (attention; MLP), per seed",
+    ]),
   ];
   for (const [m, rs] of rows) {
     const col = (f: (r: RoutingRow) => number) => pmOf(rs.map(f), f3);
     t.push(
-      `| ${m} | ${rs.length} | ${col((r) => r.max.all)} | ${col((r) => r.max.attn)} | ${col((r) => r.max.mlp)} | ${col((r) => r.deep)} (${f3(mean(rs.map((r) => r.deepUniform)))}) | ${col((r) => r.entropy.attn)} | ${col((r) => r.entropy.mlp)} | ${rs.map((r) => `${r.flatAttn}; ${r.flatMlp}`).join(" / ")} |`,
+      tableRow([
+        `${m}`,
+        `${rs.length}`,
+        `${col((r) => r.max.all)}`,
+        `${col((r) => r.max.attn)}`,
+        `${col((r) => r.max.mlp)}`,
+        `${col((r) => r.deep)} (${f3(mean(rs.map((r) => r.deepUniform)))})`,
+        `${col((r) => r.entropy.attn)}`,
+        `${col((r) => r.entropy.mlp)}`,
+        `${rs.map((r) => `${r.flatAttn}; ${r.flatMlp}`).join(" / ")}`,
+      ]),
     );
   }
   return t;
@@ -284,11 +322,14 @@ const tokensOf = (c: PartResults) => {
 const mTok = (n: number) => `${(n / 1e6).toFixed(1)}M`;
 
 if (!main || !mainSpec) {
-  say("## Main study", "", notYet("main"), "");
+  say(heading(2, "Main study"), "", notYet("main"), "");
 } else {
   const spec = mainSpec;
   say(
-    `## Main study: SOTU, byte-level BPE ${spec.model.vocab_size ?? "?"}, ${spec.model.num_hidden_layers} layers, d ${spec.model.hidden_size}`,
+    heading(
+      2,
+      `Main study: SOTU, byte-level BPE ${spec.model.vocab_size ?? "?"}, ${spec.model.num_hidden_layers} layers, d ${spec.model.hidden_size}`,
+    ),
     "",
     `Settings: configs/study/main.json — ${spec.train.steps} steps of ${spec.train.batch_size} × ${spec.train.seq_len} tokens (${mainTokens.toLocaleString("en-US")} tokens per run), the same for every mode and seed. Results: ${path.join(dirs.results, "main")}/.`,
     "",
@@ -316,8 +357,12 @@ if (!main || !mainSpec) {
     ["ddl-expanded vs standard", "ddl-expanded", "standard"],
   ];
   const rows = [
-    "| claim: the first has lower val loss than the second | Δ val loss | Welch (two-sided) | verdict |",
-    "| --- | --- | --- | --- |",
+    ...tableHead([
+      "claim: the first has lower val loss than the second",
+      "Δ val loss",
+      "Welch (two-sided)",
+      "verdict",
+    ]),
   ];
   const v = new Map<string, Verdict>();
   for (const [name, x, y] of comps) {
@@ -326,11 +371,11 @@ if (!main || !mainSpec) {
     if (lx.length === 0 || ly.length === 0) continue;
     const r = verdictLower(lx, ly, P);
     v.set(name, r);
-    rows.push(`| ${name} | ${f4(r.delta)} | ${pStr(r.welch)} | ${words(r)} |`);
+    rows.push(tableRow([`${name}`, `${f4(r.delta)}`, `${pStr(r.welch)}`, `${words(r)}`]));
   }
-  say("### Validation loss: every mode against standard, and Delta against AttnRes", "", ...rows, "");
+  say(heading(3, "Validation loss: every mode against standard, and Delta against AttnRes"), "", ...rows, "");
   const lc = await lossFigure(main, "main-loss-curves", "Validation loss, main study");
-  if (lc) say(`![validation loss curves, main study](${lc})`, "");
+  if (lc) say(figure("validation loss curves, main study", lc), "");
   const order = [...main.summary].sort((p, q) => p.valLoss[0] - q.valLoss[0]).map((s) => s.mode);
   say(
     `Observed order by mean validation loss, best first: ${order.join(" < ")}. The papers' order at 220M (perplexity): delta < delta-block < attnres-full < attnres-block < standard.`,
@@ -349,7 +394,9 @@ if (!main || !mainSpec) {
     if (!r) continue;
     const [x] = name.split(" vs ");
     const extra = name.endsWith("standard") ? `; perplexity ${pct(pplChange(main, x!))}` : "";
-    verdicts.push(`| ${claim} | main | Δ loss ${f4(r.delta)}${extra}; ${pStr(r.welch)} | ${words(r)} |`);
+    verdicts.push(
+      tableRow([`${claim}`, "main", `Δ loss ${f4(r.delta)}${extra}; ${pStr(r.welch)}`, `${words(r)}`]),
+    );
     const [y] = name.split(" vs ").slice(1);
     const b = belief(r, x!, y!, `at ${mTok(mainTokens)} tokens (main study)`);
     if (b) beliefs.push(b);
@@ -358,7 +405,7 @@ if (!main || !mainSpec) {
   // Routing of every routed run.
   const routing = await routingOf(main);
   say(
-    "### Routing: every routed run, attention and MLP sublayers apart",
+    heading(3, "Routing: every routed run, attention and MLP sublayers apart"),
     "",
     `Measured by \`attnres analyze\`'s analysis on 8 validation batches per run (computed from each run's final checkpoint when it finished; committed as analysis.json). Mean max α is the mean over tokens of the largest routing weight of a call, averaged over calls with at least two sources; the uniform value 1/N is what flat routing gives. "Flat from" is the first sublayer from which every later call of that kind routes almost uniformly (mean max α ≤ 1.5/N; "none" = the deepest call is not flat). Block modes route over far fewer sources (N ≤ blocks + 1), so their max weights are not comparable with the per-sublayer modes.`,
     "",
@@ -370,10 +417,10 @@ if (!main || !mainSpec) {
     const { alpha: h, max: m } = await analysisFigures(r.dir, `main-${r.mode}`);
     if (h || m)
       say(
-        `#### ${r.mode}, seed ${r.seed}`,
+        heading(4, `${r.mode}, seed ${r.seed}`),
         "",
-        ...(h ? [`![${r.mode}: mean α per sublayer (rows) over sources (columns)](${h})`] : []),
-        ...(m ? [`![${r.mode}: mean max α by sublayer](${m})`] : []),
+        ...(h ? [figure(`${r.mode}: mean α per sublayer (rows) over sources (columns)`, h)] : []),
+        ...(m ? [figure(`${r.mode}: mean max α by sublayer`, m)] : []),
         "",
       );
   }
@@ -407,7 +454,12 @@ if (!main || !mainSpec) {
       "",
     );
     verdicts.push(
-      `| Delta routing is sharper than AttnRes routing (papers: mean max α ${PAPER.avgMax.delta} vs ${PAPER.avgMax.attnres}) | main | attnres-full ${f3(mean(full.map((r) => r.max.all)))} vs delta ${f3(mean(delta.map((r) => r.max.all)))}; ${pStr(sharp.welch)} | ${words(sharp)} |`,
+      tableRow([
+        `Delta routing is sharper than AttnRes routing (papers: mean max α ${PAPER.avgMax.delta} vs ${PAPER.avgMax.attnres})`,
+        "main",
+        `attnres-full ${f3(mean(full.map((r) => r.max.all)))} vs delta ${f3(mean(delta.map((r) => r.max.all)))}; ${pStr(sharp.welch)}`,
+        `${words(sharp)}`,
+      ]),
     );
     const flatSeeds = full.filter((r) => r.flatAttn !== "none" || r.flatMlp !== "none").length;
     const flatWord =
@@ -419,10 +471,30 @@ if (!main || !mainSpec) {
     const deepFull = full.map((r) => r.deep);
     const deepDelta = delta.map((r) => r.deep);
     verdicts.push(
-      `| In deep layers AttnRes routing has max α ≈ ${PAPER.deepMax.attnres} | main | deepest-third max α of attnres-full ${pmOf(deepFull, f3)} | ${vsPaper(deepFull, PAPER.deepMax.attnres)} |`,
-      `| In deep layers Delta routing stays sharp, max α ≈ ${PAPER.deepMax.delta} | main | deepest-third max α of delta ${pmOf(deepDelta, f3)} | ${vsPaper(deepDelta, PAPER.deepMax.delta)} |`,
-      `| In deep layers Delta routing is sharper than AttnRes routing | main | attnres-full ${f3(mean(deepFull))} vs delta ${f3(mean(deepDelta))}; ${pStr(deep.welch)} | ${words(deep)} |`,
-      `| Deep AttnRes routing collapses to near-uniform weights | main | deepest-third max α ${f3(mean(deepFull))} against a uniform ${f3(mean(full.map((r) => r.deepUniform)))}; flat from (attention; MLP), per seed: ${full.map((r) => `${r.flatAttn}; ${r.flatMlp}`).join(" / ")} | ${flatWord} (flat = mean max α ≤ 1.5/N, from some sublayer to the last, in every seed) |`,
+      tableRow([
+        `In deep layers AttnRes routing has max α ≈ ${PAPER.deepMax.attnres}`,
+        "main",
+        `deepest-third max α of attnres-full ${pmOf(deepFull, f3)}`,
+        `${vsPaper(deepFull, PAPER.deepMax.attnres)}`,
+      ]),
+      tableRow([
+        `In deep layers Delta routing stays sharp, max α ≈ ${PAPER.deepMax.delta}`,
+        "main",
+        `deepest-third max α of delta ${pmOf(deepDelta, f3)}`,
+        `${vsPaper(deepDelta, PAPER.deepMax.delta)}`,
+      ]),
+      tableRow([
+        "In deep layers Delta routing is sharper than AttnRes routing",
+        "main",
+        `attnres-full ${f3(mean(deepFull))} vs delta ${f3(mean(deepDelta))}; ${pStr(deep.welch)}`,
+        `${words(deep)}`,
+      ]),
+      tableRow([
+        "Deep AttnRes routing collapses to near-uniform weights",
+        "main",
+        `deepest-third max α ${f3(mean(deepFull))} against a uniform ${f3(mean(full.map((r) => r.deepUniform)))}; flat from (attention; MLP), per seed: ${full.map((r) => `${r.flatAttn}; ${r.flatMlp}`).join(" / ")}`,
+        `${flatWord} (flat = mean max α ≤ 1.5/N, from some sublayer to the last, in every seed)`,
+      ]),
     );
   }
 
@@ -430,31 +502,44 @@ if (!main || !mainSpec) {
   const ddlModes = [...new Set(main.runs.map((r) => r.mode))].filter((m) => m.startsWith("ddl"));
   if (ddlModes.length) {
     const t = [
-      "| mode | runs | mean β: attention | MLP | lowest sublayer mean β | highest sublayer mean β |",
-      "| --- | --- | --- | --- | --- | --- |",
+      ...tableHead([
+        "mode",
+        "runs",
+        "mean β: attention",
+        "MLP",
+        "lowest sublayer mean β",
+        "highest sublayer mean β",
+      ]),
     ];
     for (const m of ddlModes) {
       const reps = main.runs.filter((r) => r.mode === m).map((r) => analysisOf(r.dir));
       const kindMean = (rep: AnalysisReport, k: string) =>
         mean(rep.beta.filter((b) => b.kind === k).map((b) => b.mean));
       t.push(
-        `| ${m} | ${reps.length} | ${pmOf(
-          reps.map((r) => kindMean(r, "attn")),
-          f3,
-        )} | ${pmOf(
-          reps.map((r) => kindMean(r, "mlp")),
-          f3,
-        )} | ${pmOf(
-          reps.map((r) => Math.min(...r.beta.map((b) => b.mean))),
-          f3,
-        )} | ${pmOf(
-          reps.map((r) => Math.max(...r.beta.map((b) => b.mean))),
-          f3,
-        )} |`,
+        tableRow([
+          `${m}`,
+          `${reps.length}`,
+          `${pmOf(
+            reps.map((r) => kindMean(r, "attn")),
+            f3,
+          )}`,
+          `${pmOf(
+            reps.map((r) => kindMean(r, "mlp")),
+            f3,
+          )}`,
+          `${pmOf(
+            reps.map((r) => Math.min(...r.beta.map((b) => b.mean))),
+            f3,
+          )}`,
+          `${pmOf(
+            reps.map((r) => Math.max(...r.beta.map((b) => b.mean))),
+            f3,
+          )}`,
+        ]),
       );
     }
     say(
-      "### Deep Delta Learning: the gate β per sublayer",
+      heading(3, "Deep Delta Learning: the gate β per sublayer"),
       "",
       "β ∈ (0, 2) scales each sublayer's rank-1 update of the state (β₀ = 1 at initialisation): near 0 the sublayer is skipped, near 2 it reflects the state's component along k.",
       "",
@@ -552,7 +637,7 @@ async function budgetFigure(c: PartResults, points: { mode: string; tokens: numb
 }
 
 // --- token budget -------------------------------------------------------------------------------
-say("## Token budget: does the order change with 4× the tokens?", "");
+say(heading(2, "Token budget: does the order change with 4× the tokens?"), "");
 if (!budget || !main) say(notYet("budget-4x"), "");
 else {
   const t1 = tokensOf(main);
@@ -561,20 +646,40 @@ else {
   say(
     `Settings: configs/study/budget-4x.json — the main study's settings with ${budget.preset.train.steps} steps (${t4.toLocaleString("en-US")} tokens per run, the cosine schedule stretched over them); the ${mTok(t1)}-token points are the main study's runs (configs/study/main.json). ${budget.complete ? "" : `**Incomplete**: ${budget.done} of ${budget.planned} runs done; the tables cover the finished runs only.`}`,
     "",
-    `| mode | runs at ${mTok(t1)} | val loss at ${mTok(t1)} | runs at ${mTok(t4)} | val loss at ${mTok(t4)} | change |`,
-    "| --- | --- | --- | --- | --- | --- |",
+    ...tableHead([
+      "mode",
+      `runs at ${mTok(t1)}`,
+      `val loss at ${mTok(t1)}`,
+      `runs at ${mTok(t4)}`,
+      `val loss at ${mTok(t4)}`,
+      "change",
+    ]),
   );
   for (const m of BUDGET_MODES) {
     const a1 = lossAt(main, m);
     const a4 = lossAt(budget, m);
     say(
-      `| ${m} | ${a1.length} | ${a1.length ? pmOf(a1) : "n/a"} | ${a4.length} | ${a4.length ? pmOf(a4) : "n/a"} | ${a1.length && a4.length ? f4(mean(a4) - mean(a1)) : "n/a"} |`,
+      tableRow([
+        `${m}`,
+        `${a1.length}`,
+        `${a1.length ? pmOf(a1) : "n/a"}`,
+        `${a4.length}`,
+        `${a4.length ? pmOf(a4) : "n/a"}`,
+        `${a1.length && a4.length ? f4(mean(a4) - mean(a1)) : "n/a"}`,
+      ]),
     );
   }
   say(
     "",
-    `| claim: the first has lower val loss than the second | Δ at ${mTok(t1)} | Welch | verdict | Δ at ${mTok(t4)} | Welch | verdict |`,
-    "| --- | --- | --- | --- | --- | --- | --- |",
+    ...tableHead([
+      "claim: the first has lower val loss than the second",
+      `Δ at ${mTok(t1)}`,
+      "Welch",
+      "verdict",
+      `Δ at ${mTok(t4)}`,
+      "Welch",
+      "verdict",
+    ]),
   );
   const pairs: [string, string][] = [
     ["delta", "standard"],
@@ -589,7 +694,15 @@ else {
     const v4 = verdictLower(lossAt(budget, x), lossAt(budget, y), P);
     at.set(`${x} vs ${y}`, [v1, v4]);
     say(
-      `| ${x} vs ${y} | ${f4(v1.delta)} | ${pStr(v1.welch)} | ${words(v1)} | ${f4(v4.delta)} | ${pStr(v4.welch)} | ${words(v4)} |`,
+      tableRow([
+        `${x} vs ${y}`,
+        `${f4(v1.delta)}`,
+        `${pStr(v1.welch)}`,
+        `${words(v1)}`,
+        `${f4(v4.delta)}`,
+        `${pStr(v4.welch)}`,
+        `${words(v4)}`,
+      ]),
     );
   }
   const [g1, g4] = at.get("delta vs attnres-full")!;
@@ -613,7 +726,12 @@ else {
     "",
   );
   verdicts.push(
-    `| The order of AttnRes (Full) and Delta AttnRes changes with 4× the tokens | budget-4x | attnres-full − delta: ${f4(-g1.delta)} at ${mTok(t1)}, ${f4(-g4.delta)} at ${mTok(t4)}; change ${change ? pStr(change) : "n/a"} | the gap ${trendWords[trend]} |`,
+    tableRow([
+      "The order of AttnRes (Full) and Delta AttnRes changes with 4× the tokens",
+      "budget-4x",
+      `attnres-full − delta: ${f4(-g1.delta)} at ${mTok(t1)}, ${f4(-g4.delta)} at ${mTok(t4)}; change ${change ? pStr(change) : "n/a"}`,
+      `the gap ${trendWords[trend]}`,
+    ]),
   );
   for (const [x, y] of [
     ["delta", "standard"],
@@ -621,7 +739,12 @@ else {
   ] as const) {
     const [, v4] = at.get(`${x} vs ${y}`)!;
     verdicts.push(
-      `| ${x === "delta" && y === "standard" ? "Delta AttnRes beats standard residuals" : "Delta AttnRes beats AttnRes (Full)"} at ${mTok(t4)} tokens | budget-4x | Δ loss ${f4(v4.delta)}; ${pStr(v4.welch)} | ${words(v4)} |`,
+      tableRow([
+        `${x === "delta" && y === "standard" ? "Delta AttnRes beats standard residuals" : "Delta AttnRes beats AttnRes (Full)"} at ${mTok(t4)} tokens`,
+        "budget-4x",
+        `Δ loss ${f4(v4.delta)}; ${pStr(v4.welch)}`,
+        `${words(v4)}`,
+      ]),
     );
     const b = belief(v4, x, y, `at ${mTok(t4)} tokens`);
     if (b) beliefs.push(b);
@@ -640,7 +763,7 @@ else {
   const fig = await budgetFigure(budget, points);
   if (fig)
     say(
-      `![validation loss against training tokens, four modes, seed bands](${fig})`,
+      figure("validation loss against training tokens, four modes, seed bands", fig),
       "",
       `The ${mTok(t1)}-token diamonds are runs with their own (shorter) schedule, so they sit below the 4× curves at the same token count: compare modes within one budget, not the curves with the diamonds.`,
       "",
@@ -648,7 +771,7 @@ else {
 }
 
 // --- 2 × 2 --------------------------------------------------------------------------------------
-say("## Routing vs sources: a 2 × 2", "");
+say(heading(2, "Routing vs sources: a 2 × 2"), "");
 if (!states || !main) say(notYet("states"), "");
 else {
   const cell = (src: "outputs" | "states", comb: "replace" | "add") =>
@@ -662,15 +785,18 @@ else {
   say(
     `Settings: the main study's for every cell. The (outputs, ·) cells are the main study's attnres-full and delta runs; the (states, ·) cells are configs/study/states.json (\`attnres_sources: "states"\`, which adds the zero gate; docs/residual-modes.md specifies every cell). ${states.complete ? "" : `**Incomplete**: ${states.done} of ${states.planned} runs of the states cells done.`}`,
     "",
-    "| sources ↓ · combination → | replace (Kimi) | add (Delta) |",
-    "| --- | --- | --- |",
-    `| outputs | ${cellStr(cell("outputs", "replace"))} | ${cellStr(cell("outputs", "add"))} |`,
-    `| states | ${cellStr(cell("states", "replace"))} | ${cellStr(cell("states", "add"))} |`,
+    ...tableHead(["sources ↓ · combination →", "replace (Kimi)", "add (Delta)"]),
+    tableRow(["outputs", `${cellStr(cell("outputs", "replace"))}`, `${cellStr(cell("outputs", "add"))}`]),
+    tableRow(["states", `${cellStr(cell("states", "replace"))}`, `${cellStr(cell("states", "add"))}`]),
     "",
     `Validation loss (nats/token), mean ± std over seeds. Parameters beyond the standard model's ${summaryOf(main, "standard")?.params.toLocaleString("en-US") ?? "n/a"}: outputs/replace ${fmtExtra(params("outputs", "replace"))}, outputs/add ${fmtExtra(params("outputs", "add"))}, states/replace ${fmtExtra(params("states", "replace"))}, states/add ${fmtExtra(params("states", "add"))}.`,
     "",
-    "| claim: the first has lower val loss than the second | Δ val loss | Welch (two-sided) | verdict |",
-    "| --- | --- | --- | --- |",
+    ...tableHead([
+      "claim: the first has lower val loss than the second",
+      "Δ val loss",
+      "Welch (two-sided)",
+      "verdict",
+    ]),
   );
   const axes: [string, string, number[], number[], string][] = [
     [
@@ -704,12 +830,17 @@ else {
   ];
   for (const [name, , x, y, where] of axes) {
     const r = verdictLower(x, y, P);
-    say(`| ${name} | ${f4(r.delta)} | ${pStr(r.welch)} | ${words(r)} |`);
+    say(tableRow([`${name}`, `${f4(r.delta)}`, `${pStr(r.welch)}`, `${words(r)}`]));
     const [first, second] = name.startsWith("add")
       ? ["adding", "replacing"]
       : ["outputs as sources", "states as sources"];
     verdicts.push(
-      `| ${name.startsWith("add") ? `Additive beats replacement routing with the sources fixed (${name.split(", ")[1]})` : `Outputs beat hidden states as sources with the combination fixed (${name.split(", ")[1]})`} | 2 × 2 | Δ loss ${f4(r.delta)}; ${pStr(r.welch)} | ${words(r)} |`,
+      tableRow([
+        `${name.startsWith("add") ? `Additive beats replacement routing with the sources fixed (${name.split(", ")[1]})` : `Outputs beat hidden states as sources with the combination fixed (${name.split(", ")[1]})`}`,
+        "2 × 2",
+        `Δ loss ${f4(r.delta)}; ${pStr(r.welch)}`,
+        `${words(r)}`,
+      ]),
     );
     const b = belief(r, first, second, `${where} (2 × 2, ${mTok(tokensOf(main))} tokens)`);
     if (b) beliefs.push(b);
@@ -730,7 +861,7 @@ else {
     width: 300,
   });
   fs.rmSync(fig.svg, { force: true });
-  say("![validation loss of the four cells](results/two-by-two.png)", "");
+  say(figure("validation loss of the four cells", "results/two-by-two.png"), "");
   // Routing per cell: how sharp each cell's routing became (all calls with ≥ 2 sources).
   const sharp = (src: "outputs" | "states", comb: "replace" | "add") => {
     const c = src === "outputs" ? main : states;
@@ -750,10 +881,9 @@ else {
   say(
     "Routing of each cell: mean max α over the calls with ≥ 2 sources (and over the deepest third of them), mean ± std over seeds; the states cells route behind their gate, so α says which states a call mixes, not how much of the mix it uses.",
     "",
-    "| sources ↓ · combination → | replace (Kimi) | add (Delta) |",
-    "| --- | --- | --- |",
-    `| outputs | ${sharp("outputs", "replace")} | ${sharp("outputs", "add")} |`,
-    `| states | ${sharp("states", "replace")} | ${sharp("states", "add")} |`,
+    ...tableHead(["sources ↓ · combination →", "replace (Kimi)", "add (Delta)"]),
+    tableRow(["outputs", `${sharp("outputs", "replace")}`, `${sharp("outputs", "add")}`]),
+    tableRow(["states", `${sharp("states", "replace")}`, `${sharp("states", "add")}`]),
     "",
   );
   const gate = (comb: "replace" | "add") => {
@@ -777,7 +907,7 @@ else {
 }
 
 // --- learning rate ------------------------------------------------------------------------------
-say("## Learning-rate check: does the single learning rate favour a mode?", "");
+say(heading(2, "Learning-rate check: does the single learning rate favour a mode?"), "");
 {
   const LR_MODES = ["standard", "attnres-full", "delta"];
   const rows: { lr: string; loss: Record<string, number> }[] = [];
@@ -795,11 +925,9 @@ say("## Learning-rate check: does the single learning rate favour a mode?", "");
     say(
       `Settings: configs/study/lr-1.5e-3.json and lr-6e-3.json — the main study's settings at half and double its peak learning rate, seed 0; the 3e-3 column is the main study's seed 0. ${done < planned ? `**Incomplete**: ${done} of ${planned} runs done.` : ""}`,
       "",
-      `| peak lr | ${LR_MODES.join(" | ")} | ranking, best first |`,
-      `| --- | ${LR_MODES.map(() => "---").join(" | ")} | --- |`,
-      ...rows.map(
-        (r) =>
-          `| ${r.lr} | ${LR_MODES.map((m) => f4(r.loss[m])).join(" | ")} | ${ranking(r.loss).join(" < ")} |`,
+      ...tableHead(["peak lr", ...LR_MODES, "ranking, best first"]),
+      ...rows.map((r) =>
+        tableRow([`${r.lr}`, ...LR_MODES.map((m) => f4(r.loss[m])), `${ranking(r.loss).join(" < ")}`]),
       ),
       "",
     );
@@ -832,12 +960,12 @@ say("## Learning-rate check: does the single learning rate favour a mode?", "");
       width: 300,
     });
     fs.rmSync(fig.svg, { force: true });
-    say("![validation loss against peak learning rate](results/lr-check.png)", "");
+    say(figure("validation loss against peak learning rate", "results/lr-check.png"), "");
   }
 }
 
 const believeLines = [
-  "## What we now believe",
+  heading(2, "What we now believe"),
   "",
   beliefs.length
     ? `Only what the tests on this page support (p < ${P} by the rules above; "cannot be told apart" means no significant difference at this scale, not equality): ${beliefs.join(" ")}`
@@ -845,15 +973,22 @@ const believeLines = [
   "",
 ];
 
-say("## Depth sweep: 6, 12, 24 layers at d 128 (one seed)", "");
+say(heading(2, "Depth sweep: 6, 12, 24 layers at d 128 (one seed)"), "");
 if (depthParts.length === 0)
   say(...["depth-6", "depth-12", "depth-24"].map((p) => `- ${p}: ${notYet(p)}`), "");
 else {
   say(
     "Settings: configs/study/depth-{6,12,24}.json (the main study's, with the depth changed; the 12-layer point is the main study's seed 0).",
     "",
-    "| layers | standard | attnres-full | delta | delta − standard | attnres-full − standard | delta − attnres-full |",
-    "| --- | --- | --- | --- | --- | --- | --- |",
+    ...tableHead([
+      "layers",
+      "standard",
+      "attnres-full",
+      "delta",
+      "delta − standard",
+      "attnres-full − standard",
+      "delta − attnres-full",
+    ]),
   );
   const gaps: { layers: number; delta: number; full: number }[] = [];
   for (const [p, c] of depthParts) {
@@ -864,13 +999,27 @@ else {
       full: l("attnres-full") - l("standard"),
     });
     say(
-      `| ${p.slice(6)} | ${f4(l("standard"))} | ${f4(l("attnres-full"))} | ${f4(l("delta"))} | ${f4(l("delta") - l("standard"))} | ${f4(l("attnres-full") - l("standard"))} | ${f4(l("delta") - l("attnres-full"))} |`,
+      tableRow([
+        `${p.slice(6)}`,
+        `${f4(l("standard"))}`,
+        `${f4(l("attnres-full"))}`,
+        `${f4(l("delta"))}`,
+        `${f4(l("delta") - l("standard"))}`,
+        `${f4(l("attnres-full") - l("standard"))}`,
+        `${f4(l("delta") - l("attnres-full"))}`,
+      ]),
     );
   }
   say("", "Validation loss in nats/token, one seed per point.", "");
   const rrows = [
-    "| layers | mode | mean max α: attention | MLP | deepest third (uniform 1/N) | flat from (attention; MLP) |",
-    "| --- | --- | --- | --- | --- | --- |",
+    ...tableHead([
+      "layers",
+      "mode",
+      "mean max α: attention",
+      "MLP",
+      "deepest third (uniform 1/N)",
+      "flat from (attention; MLP)",
+    ]),
   ];
   const deepBy: { layers: number; full: number; delta: number; uniform: number }[] = [];
   const figs: string[] = [];
@@ -879,7 +1028,14 @@ else {
     for (const [m, rs] of rows) {
       const r = rs[0]!;
       rrows.push(
-        `| ${p.slice(6)} | ${m} | ${f3(r.max.attn)} | ${f3(r.max.mlp)} | ${f3(r.deep)} (${f3(r.deepUniform)}) | ${r.flatAttn}; ${r.flatMlp} |`,
+        tableRow([
+          `${p.slice(6)}`,
+          `${m}`,
+          `${f3(r.max.attn)}`,
+          `${f3(r.max.mlp)}`,
+          `${f3(r.deep)} (${f3(r.deepUniform)})`,
+          `${r.flatAttn}; ${r.flatMlp}`,
+        ]),
       );
     }
     deepBy.push({
@@ -889,7 +1045,7 @@ else {
       uniform: rows.get("attnres-full")?.[0]?.deepUniform ?? NaN,
     });
     const fig = await depthFigure(c, `${p}-routing`);
-    if (fig) figs.push(`![mean max α by sublayer, ${p}](${fig})`, "");
+    if (fig) figs.push(figure(`mean max α by sublayer, ${p}`, fig), "");
   }
   say(...rrows, "", ...figs);
   if (depthParts.length === 3) {
@@ -908,13 +1064,23 @@ else {
         ? "shrinks with depth"
         : "does not change monotonically with depth";
     verdicts.push(
-      `| The gap (Delta over standard) grows with depth | depth sweep | delta − standard: ${gaps.map((g) => `${g.layers}L ${f4(g.delta)}`).join(", ")}; the advantage ${trend} | **one seed: a trend, not a test** (${trend}) |`,
-      `| AttnRes routing collapse grows with depth while Delta stays sharp | depth sweep | deepest-third max α (× uniform) at ${deepBy.map((d) => `${d.layers}L: attnres-full ${f3(d.full)} (${(d.full / d.uniform).toFixed(1)}×), delta ${f3(d.delta)} (${(d.delta / d.uniform).toFixed(1)}×)`).join("; ")}; delta − attnres-full ${rTrend} | **one seed: a trend, not a test** (${rTrend}) |`,
+      tableRow([
+        "The gap (Delta over standard) grows with depth",
+        "depth sweep",
+        `delta − standard: ${gaps.map((g) => `${g.layers}L ${f4(g.delta)}`).join(", ")}; the advantage ${trend}`,
+        `**one seed: a trend, not a test** (${trend})`,
+      ]),
+      tableRow([
+        "AttnRes routing collapse grows with depth while Delta stays sharp",
+        "depth sweep",
+        `deepest-third max α (× uniform) at ${deepBy.map((d) => `${d.layers}L: attnres-full ${f3(d.full)} (${(d.full / d.uniform).toFixed(1)}×), delta ${f3(d.delta)} (${(d.delta / d.uniform).toFixed(1)}×)`).join("; ")}; delta − attnres-full ${rTrend}`,
+        `**one seed: a trend, not a test** (${rTrend})`,
+      ]),
     );
   }
 }
 
-say("## Second corpus: tinyshakespeare, character level (3 seeds)", "");
+say(heading(2, "Second corpus: tinyshakespeare, character level (3 seeds)"), "");
 if (!sh) say(notYet("shakespeare"), "");
 else {
   say(
@@ -933,14 +1099,19 @@ else {
     say(`- ${name}: Δ val loss ${f4(r.delta)}, ${pStr(r.welch)}: ${words(r)}.`);
     if (name === "delta vs standard")
       verdicts.push(
-        `| Delta AttnRes beats standard residuals on a second corpus | shakespeare | Δ loss ${f4(r.delta)}; perplexity ${pct(pplChange(sh, "delta"))}; ${pStr(r.welch)} | ${words(r)} |`,
+        tableRow([
+          "Delta AttnRes beats standard residuals on a second corpus",
+          "shakespeare",
+          `Δ loss ${f4(r.delta)}; perplexity ${pct(pplChange(sh, "delta"))}; ${pStr(r.welch)}`,
+          `${words(r)}`,
+        ]),
       );
   }
   say("");
   const routing = await routingOf(sh);
   if (routing.size) say(...routingTable(routing), "");
   const lc = await lossFigure(sh, "shakespeare-loss-curves", "Validation loss, tinyshakespeare");
-  if (lc) say(`![validation loss curves, tinyshakespeare](${lc})`, "");
+  if (lc) say(figure("validation loss curves, tinyshakespeare", lc), "");
 }
 
 const allParts = [main, ...depthParts.map(([, c]) => c), sh, ...extraParts];
@@ -949,7 +1120,7 @@ const machines = [
 ];
 const standardParams = main ? summaryOf(main, "standard")?.params : undefined;
 const lines = [
-  "# Do the papers' claims hold at laptop scale?",
+  heading(1, "Do the papers' claims hold at laptop scale?"),
   "",
   "Generated by `npm run study:report` from the committed run outputs in study/results/ (written by `npm run study` as each run finishes); do not edit by hand.",
   "Reproduce everything from a fresh clone:",
@@ -966,27 +1137,26 @@ const lines = [
   "",
   `Rules: a claim that one mode has the lower validation loss (or the sharper routing) **holds** when Welch's two-sided t-test over seeds gives p < ${P} in that direction, **does not hold** when p < ${P} in the other direction, and is **not distinguishable from noise** otherwise. A measured value is **consistent with** a published one when the published value lies within the mean ± 2 standard deviations over seeds. Every mode has exactly the same settings (no per-mode tuning); no run was dropped or repeated, and a run that diverges is reported.`,
   "",
-  "## Verdicts",
+  heading(2, "Verdicts"),
   "",
-  "| claim | where | measured | verdict |",
-  "| --- | --- | --- | --- |",
-  ...(verdicts.length ? verdicts : ["| (no finished part yet) | | | |"]),
+  ...tableHead(["claim", "where", "measured", "verdict"]),
+  ...(verdicts.length ? verdicts : [tableRow(["(no finished part yet)", "", "", ""])]),
   "",
   ...believeLines,
   ...body,
-  "## Claims the study does not measure",
+  heading(2, "Claims the study does not measure"),
   "",
   "- *Zero-initialised routing is the identity, so a pretrained checkpoint converts by fine-tuning*: checked exactly by the test suite",
   "  (test/residual.test.ts, test/convert.test.ts; docs/convert.md), not by this study.",
   "- *Delta Block adds 4·d·L parameters and runs faster and lighter than AttnRes*: the parameter counts are in the tables above",
   "  and checked by test/residual.test.ts; speed and memory per mode are in docs/benchmarks.md (`npm run bench`).",
   "",
-  "## What a proper test would need",
+  heading(2, "What a proper test would need"),
   "",
   `The papers' results come from ${PAPER.scale}, where Delta AttnRes improves perplexity by ${PAPER.pplGain}. This study trains ${standardParams ? `${(standardParams / 1e6).toFixed(2)}M-parameter` : "small"} models on ${Number.isFinite(mainTokens) ? `${(mainTokens / 1e6).toFixed(2)}M` : "a few million"} tokens per run, three seeds per mode: an effect of a few percent in perplexity is comparable with the seed-to-seed spread here (see the standard deviations above), so only large effects can reach significance. Several effects here are far larger than the papers' (see "vs standard" above): after ${Number.isFinite(mainTokens) ? `${(mainTokens / 1e6).toFixed(2)}M` : "a few million"} tokens the models are far from converged, so the study measures how fast each mode learns early in training, not where it ends up, and the ordering may change with longer training. A proper test of the loss claims needs models of at least ~100M parameters trained on ~1–2B tokens, several seeds per mode — GPU-weeks, not a laptop. The routing claims are cheaper: they are about depth (24+ layers, long enough training for routing to specialise) more than width, and the depth sweep above is where this study probes them.`,
   "",
 ];
 // The page is formatted like the rest of the tree (the format check covers docs/).
 const style = (await prettier.resolveConfig(path.resolve("docs", "results.md"))) ?? {};
-fs.writeFileSync(outFile, await prettier.format(lines.join("\n"), { ...style, parser: "markdown" }));
+writeReport(outFile, await prettier.format(lines.join("\n"), { ...style, parser: "markdown" }));
 process.stdout.write(`wrote ${outFile} and ${fs.readdirSync(figDir).length} figures in ${figDir}\n`);

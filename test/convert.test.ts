@@ -459,7 +459,7 @@ describe("storage dtype (--dtype)", () => {
     const to = path.join(tmp(), "out");
     assert.throws(
       () => convertCheckpoint({ from, to, mode: "delta", storage: "f8" as StorageDtype }),
-      /^Error: --dtype f8 is not one of auto, f32, bf16, f16$/,
+      /^Error: storage f8 is not one of auto, f32, bf16, f16$/,
     );
     assert.ok(!fs.existsSync(to));
     const bin = path.join(path.dirname(import.meta.dirname), "scripts", "attnres-dev.mjs");

@@ -6,7 +6,7 @@
  * `import("x")`, type-only ones too) with the TypeScript scanner and names each offending edge.
  *
  * Layers, bottom (0) to top:
- *   0 io, plot, node-version   safetensors, atomic files, package paths; Vega-Lite → SVG/PNG
+ *   0 io, plot, node-version   safetensors, atomic files, package paths, option errors, reports; Vega-Lite → SVG/PNG
  *   1 backend                  the Backend contract, reference and native kernels
  *   2 tensor                   tensors, autograd ops, memory pools, random numbers
  *   3 data                     corpora, tokenizers, prepared datasets, batches

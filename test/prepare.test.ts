@@ -462,8 +462,8 @@ describe("prepare", () => {
         { corpus: path.join(inputs, "small.txt"), tokenizer: "bpe", vocabSize: 5000 },
         /too large for this corpus/,
       ],
-      [{ corpus: "moby", tokenizer: "byte", vocabSize: 1000 }, /only applies to --tokenizer bpe/],
-      [{ corpus: "moby", tokenizer: "llama3", vocabSize: 1000 }, /only applies to --tokenizer bpe/],
+      [{ corpus: "moby", tokenizer: "byte", vocabSize: 1000 }, /only applies to tokenizer bpe/],
+      [{ corpus: "moby", tokenizer: "llama3", vocabSize: 1000 }, /only applies to tokenizer bpe/],
     ];
     for (const [opts, re] of cases) {
       await assert.rejects(prepareDetailed({ ...opts, out, quiet: true }), re, JSON.stringify(opts));

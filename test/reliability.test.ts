@@ -142,7 +142,7 @@ describe("CRC-32 per tensor", () => {
     const buf = fs.readFileSync(file);
     buf[buf.length - 3]! ^= 0x10;
     fs.writeFileSync(file, buf);
-    assert.throws(() => readSafetensors(file), /tensor b is corrupt: .* --no-verify/);
+    assert.throws(() => readSafetensors(file), /tensor b is corrupt: .* verify: false/);
     assert.equal(readSafetensors(file, { verify: false }).tensors.size, 2);
   });
 
@@ -240,7 +240,10 @@ describe("run folders", () => {
     const dir = tmp();
     fs.writeFileSync(path.join(dir, "run.json"), JSON.stringify(spec()));
     fs.writeFileSync(path.join(dir, "metrics.jsonl"), "");
-    await assert.rejects(runTraining(spec(), dir), /already holds a run \(no checkpoint yet\).*--overwrite/);
+    await assert.rejects(
+      runTraining(spec(), dir),
+      /already holds a run \(no checkpoint yet\).*RunOptions\.overwrite/,
+    );
     const r = await runTraining(spec(), dir, { overwrite: true });
     assert.equal(r.done, true);
     await assert.rejects(runTraining(spec(), dir), /already holds a run \(step 6\)/);
@@ -409,7 +412,7 @@ describe("validate before allocating", () => {
     assert.throws(() => loadCorpus(big), /more than 512 MiB of text/);
     const bin = path.join(dir, "bin.txt");
     fs.writeFileSync(bin, Buffer.concat([Buffer.from("hello\n".repeat(50)), Buffer.from([0, 1, 2])]));
-    assert.throws(() => loadCorpus(bin), /looks binary \(a NUL byte at offset 300\); pass --allow-binary/);
+    assert.throws(() => loadCorpus(bin), /looks binary \(a NUL byte at offset 300\); pass allowBinary: true/);
     const latin = path.join(dir, "latin1.txt");
     fs.writeFileSync(
       latin,

@@ -7,17 +7,23 @@
  *     sublayer of the outer pass) leaves both with the logits they have when run one after the
  *     other (all mode state lives in the per-call object begin() returns);
  *   - a throwaway mode added through the registry alone (registerMode; nothing else changed) is
- *     accepted by the config schema, trains, converts from a standard checkpoint as exactly as it
+ *     accepted by the config schema, offered by the command line (`train --mode`, `convert
+ *     --mode`, parsed in-process), trains, converts from a standard checkpoint as exactly as it
  *     declares, and is analysed (routing statistics), then is removed again (unregisterMode).
  */
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { after, describe, test } from "node:test";
+import { Command } from "commander";
 import { referenceBackend as ref } from "../src/backend/reference/index.js";
 import { analyzeModel } from "../src/analysis/routing.js";
 import { loadCheckpoint } from "../src/model/checkpoint.js";
-import { type DecoderLMConfig, parseConfig } from "../src/model/config.js";
+import { registerConvert } from "../src/cli/commands/convert.js";
+import { registerTrain } from "../src/cli/commands/train.js";
+import { loadPreset } from "../src/cli/preset.js";
+import { specFrom } from "../src/cli/train.js";
+import { type DecoderLMConfig, type ModeName, parseConfig } from "../src/model/config.js";
 import { type ConvertMode, convertCheckpoint, exactness, logitsOf } from "../src/workflows/convert.js";
 import { DecoderLM } from "../src/model/decoder.js";
 import { ADDITIVE_MODES, BLOCK_MODES, CONVERT_MODES, MODE_NAMES } from "../src/model/names.js";
@@ -238,6 +244,38 @@ describe("a throwaway mode added through the registry alone", () => {
       /expected one of .*ddl_expanded, uniform_test/,
     );
     assert.throws(() => registerMode(uniform), /already registered/);
+  });
+
+  test("the command line offers it: train --mode and convert --mode take it, the run gets its config value", async () => {
+    /** The mode each subcommand's action receives when the CLI's definitions parse `args`. */
+    const parse = async (args: string[]): Promise<string | undefined> => {
+      const program = new Command()
+        .exitOverride()
+        .configureOutput({ writeErr: () => {}, writeOut: () => {} });
+      registerTrain(program);
+      registerConvert(program);
+      let mode: string | undefined;
+      for (const c of program.commands) c.action((o: { mode?: string }) => void (mode = o.mode));
+      await program.parseAsync(args, { from: "user" });
+      return mode;
+    };
+    assert.equal(await parse(["train", "--mode", "uniform-test"]), "uniform-test");
+    assert.equal(await parse(["convert", "-c", "a", "-o", "b", "--mode", "uniform-test"]), "uniform-test");
+    assert.equal(await parse(["train", "--mode", "delta"]), "delta");
+    await assert.rejects(
+      parse(["train", "--mode", "nope"]),
+      /argument 'nope' is invalid\. expected one of standard, .*ddl-expanded, uniform-test$/,
+    );
+    await assert.rejects(
+      parse(["convert", "-c", "a", "-o", "b", "--mode", "ddl"]),
+      /argument 'ddl' is invalid\. expected one of attnres-full, .*delta-block, uniform-test$/,
+    );
+    const spec = await specFrom(loadPreset("sotu-tiny"), {
+      preset: "sotu-tiny",
+      mode: "uniform-test" as ModeName,
+      data: "unused",
+    });
+    assert.equal(spec.model.attnres_mode, "uniform_test");
   });
 
   test("a standard checkpoint converts to it exactly, as it declares", () => {

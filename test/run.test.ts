@@ -83,7 +83,7 @@ describe("training runs", () => {
     assert.equal(again.valLoss, r.valLoss);
     assert.equal(fs.readFileSync(path.join(a, "metrics.jsonl"), "utf8"), before);
     assert.equal(finishedRun(a)?.valLoss, r.valLoss);
-    await assert.rejects(runTraining(spec(), a), /already holds a run .* --resume/);
+    await assert.rejects(runTraining(spec(), a), /already holds a run .*\(RunOptions\.resume\)/);
     await assert.rejects(runTraining(spec({}, { lr: 1e-3 }), a, { resume: true }), /different settings/);
     assert.ok(
       fs.existsSync(path.join(a, "checkpoint", "tokenizer.json")) ||

@@ -128,9 +128,12 @@ test("torch options: versions, devices, process counts (one line each; a warning
   const warn = (l: string) => warnings.push(l);
   assert.throws(
     () => checkTorchOptions({ fsdp: true }, p113, 8, warn),
-    /^Error: --fsdp needs torch >= 2\.0; \/usr\/bin\/python3 has torch 1\.13\.0/,
+    /^Error: fsdp needs torch >= 2\.0; \/usr\/bin\/python3 has torch 1\.13\.0/,
   );
-  assert.throws(() => checkTorchOptions({ compile: true }, p113, 8, warn), /--compile needs torch >= 2\.0/);
+  assert.throws(
+    () => checkTorchOptions({ compile: true }, p113, 8, warn),
+    /^Error: compile needs torch >= 2\.0/,
+  );
   assert.throws(() => checkTorchOptions({ device: "cuda" }, p113, 8, warn), /sees no CUDA device/);
   assert.throws(
     () => checkTorchOptions({ nprocPerNode: 3 }, p113, 8, warn),
@@ -138,11 +141,11 @@ test("torch options: versions, devices, process counts (one line each; a warning
   );
   assert.throws(
     () => checkTorchOptions({ nnodes: 2, nprocPerNode: 2 }, p2, 8, warn),
-    /--nnodes > 1 needs --master-addr and --master-port/,
+    /^Error: nnodes > 1 needs masterAddr and masterPort/,
   );
   assert.throws(
     () => checkTorchOptions({ nnodes: 2, nodeRank: 2, masterAddr: "a", masterPort: 1 }, p2, 8, warn),
-    /--node-rank 2 must be below --nnodes 2/,
+    /^Error: nodeRank 2 must be below nnodes 2/,
   );
   assert.equal(warnings.length, 0);
   checkTorchOptions({ nprocPerNode: 4 }, p113, 8, warn);

@@ -15,6 +15,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { writeFileAtomic } from "../io/atomic.js";
+import { figureWithSvg, heading, table, writeReport } from "../io/report.js";
 import { heatmap, histogram, lineChart } from "../plot/charts.js";
 import { type AnalysisReport, type CallStats, flatteningVerdict } from "./routing.js";
 
@@ -44,12 +45,6 @@ export const sig = (x: number | null | undefined): string => {
   if (x === 0) return "0";
   return Math.abs(x) < 1e-3 ? x.toExponential(2) : String(Number(x.toPrecision(3)));
 };
-
-const table = (head: string[], rows: string[][]): string[] => [
-  `| ${head.join(" | ")} |`,
-  `| ${head.map(() => "---").join(" | ")} |`,
-  ...rows.map((r) => `| ${r.join(" | ")} |`),
-];
 
 /** Heatmap matrix of a per-source statistic: rows = calls, columns = source positions. */
 function matrix(
@@ -210,7 +205,10 @@ export function summaryMarkdown(
     m.nullSource ? "null source" : "",
     m.gate ? "gate" : "",
   ].filter(Boolean);
-  const L: string[] = [`# Routing analysis: ${r.mode}${opts.length ? ` (${opts.join(", ")})` : ""}`, ""];
+  const L: string[] = [
+    heading(1, `Routing analysis: ${r.mode}${opts.length ? ` (${opts.join(", ")})` : ""}`),
+    "",
+  ];
   if (ctx.checkpoint) L.push(`- checkpoint: \`${ctx.checkpoint}\``);
   if (ctx.data) L.push(`- data: \`${ctx.data}\`${ctx.split ? ` (${ctx.split} split)` : ""}`);
   L.push(
@@ -223,14 +221,14 @@ export function summaryMarkdown(
   if (r.routed) {
     const a = r.averages;
     L.push(
-      "## Verdict",
+      heading(2, "Verdict"),
       "",
       `- ${flatteningVerdict(r)}`,
       `- Average mean max weight over routed calls with ≥ 2 sources: **${fx(a.maxWeight.all)}** (attention ${fx(a.maxWeight.attn)}, MLP ${fx(a.maxWeight.mlp)}).`,
       `- Average normalised entropy H / ln N: ${fx(a.normalizedEntropy.all)} (1 = uniform); average effective rank of the sources ${fx(a.effectiveRank.all, 2)} (of their directions ${fx(a.directionalRank.all, 2)}).`,
       `- Flattening depth (first call from which every later one is within ${r.flattening!.factor}× of uniform): all calls ${r.flattening!.all?.label ?? "none"}, attention ${r.flattening!.attn?.label ?? "none"}, MLP ${r.flattening!.mlp?.label ?? "none"}.`,
       "",
-      "## Per routed call",
+      heading(2, "Per routed call"),
       "",
       ...table(
         [
@@ -264,7 +262,7 @@ export function summaryMarkdown(
     );
     if (r.columns.length <= 16)
       L.push(
-        "## Mean α per source",
+        heading(2, "Mean α per source"),
         "",
         ...table(
           ["call", ...r.columns],
@@ -274,7 +272,7 @@ export function summaryMarkdown(
           ]),
         ),
         "",
-        "## Mean source norm ‖s_i‖",
+        heading(2, "Mean source norm ‖s_i‖"),
         "",
         ...table(
           ["call", ...r.columns],
@@ -288,7 +286,7 @@ export function summaryMarkdown(
   }
   if (r.beta.length > 0)
     L.push(
-      "## DDL β per sublayer",
+      heading(2, "DDL β per sublayer"),
       "",
       ...table(
         ["sublayer", "mean", "std", "min", "max"],
@@ -298,7 +296,7 @@ export function summaryMarkdown(
     );
   if (r.stream.length > 0)
     L.push(
-      "## Residual stream",
+      heading(2, "Residual stream"),
       "",
       ...table(
         ["sublayer", "mean ‖h‖", "cos(h_j, h_j+1)"],
@@ -307,9 +305,8 @@ export function summaryMarkdown(
       "",
     );
   if (figures.length > 0) {
-    L.push("## Figures", "");
-    for (const f of figures)
-      L.push(`### ${f.caption}`, "", `![${f.caption}](${f.base}.png) ([SVG](${f.base}.svg))`, "");
+    L.push(heading(2, "Figures"), "");
+    for (const f of figures) L.push(heading(3, f.caption), "", figureWithSvg(f.caption, f.base), "");
   }
   L.push(
     "Definitions: docs/analysis.md. Means are over every token of the sample; the effective rank is exp of the",
@@ -330,7 +327,7 @@ export async function writeAnalysis(
   const json = path.join(outDir, "report.json");
   const md = path.join(outDir, "summary.md");
   writeFileAtomic(json, JSON.stringify({ ...ctx, verdict: flatteningVerdict(r), ...r }, null, 2) + "\n");
-  writeFileAtomic(md, summaryMarkdown(r, figures, ctx));
+  writeReport(md, summaryMarkdown(r, figures, ctx));
   return {
     dir: outDir,
     files: [

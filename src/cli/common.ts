@@ -10,6 +10,7 @@ import { createRequire } from "node:module";
 import type * as cliProgressModule from "cli-progress";
 import { type Command, InvalidArgumentError, Option } from "commander";
 import { ADDITIVE_MODES, BLOCK_MODES, MODE_NAMES, type ModeName } from "../model/names.js";
+import type { ModeDef } from "../model/residual.js";
 import type { RunResult, RunSpec, TrainSettings } from "../train/run.js";
 import type { TorchOptions } from "../train/torch-engine.js";
 import type { DataSpec } from "./preset.js";
@@ -46,37 +47,80 @@ export function positive(v: string): number {
 
 export const MODE_LIST = Object.keys(MODE_NAMES) as ModeName[];
 
+/** A built-in mode name (plan's --modes; other names are refused). */
 export function modeArg(v: string): ModeName {
   if (!(v in MODE_NAMES)) throw new InvalidArgumentError(`expected one of ${MODE_LIST.join(", ")}`);
   return v as ModeName;
 }
 
 /**
+ * Checks the mode named by option `option` (attribute name, e.g. "mode") of `cmd` before its action
+ * runs: a name of `builtin` passes at once (nothing loaded, as --help needs); any other name is
+ * looked up in the mode registry (src/model/residual.ts, loaded only then), so a mode added with
+ * registerMode can be chosen too. A name the registry does not have, or whose mode `accepts`
+ * refuses, is commander's one-line usage error listing the registry's choices.
+ */
+export function checkModeChoice(
+  cmd: Command,
+  option: string,
+  builtin: readonly string[],
+  accepts: (m: ModeDef) => boolean = () => true,
+): Command {
+  return cmd.hook("preAction", async (_, action) => {
+    const v = action.getOptionValue(option) as string | undefined;
+    if (v === undefined || builtin.includes(v)) return;
+    const { modes } = await import("../model/residual.js");
+    const allowed = modes()
+      .filter(accepts)
+      .map((m) => m.name);
+    if (allowed.includes(v)) return;
+    const flags = action.options.find((o) => o.attributeName() === option)?.flags ?? option;
+    action.error(
+      `error: option '${flags}' argument '${v}' is invalid. expected one of ${allowed.join(", ")}`,
+      {
+        code: "commander.invalidArgument",
+        exitCode: 1,
+      },
+    );
+  });
+}
+
+/** What the command line needs of a mode: a built-in name (names.ts), or the mode's own ModeDef. */
+export type ModeChoice = ModeName | Pick<ModeDef, "name" | "key" | "options">;
+
+const choiceOf = (m: ModeChoice): Pick<ModeDef, "name" | "key"> & { blocks: boolean; additive: boolean } =>
+  typeof m === "string"
+    ? { name: m, key: MODE_NAMES[m], blocks: BLOCK_MODES.includes(m), additive: ADDITIVE_MODES.includes(m) }
+    : { name: m.name, key: m.key, ...m.options };
+
+/**
  * Refuses mode flags that do not apply to the modes being run: --blocks needs a block mode,
  * --null-source and --gate a delta mode.
  */
 export function checkModeFlags(
-  modes: readonly ModeName[],
+  modes: readonly ModeChoice[],
   o: { blocks?: number; nullSource?: boolean; gate?: boolean },
 ): void {
-  const list = modes.join(", ");
-  if (o.blocks !== undefined && !modes.some((m) => BLOCK_MODES.includes(m)))
+  const chosen = modes.map(choiceOf);
+  const list = chosen.map((m) => m.name).join(", ");
+  if (o.blocks !== undefined && !chosen.some((m) => m.blocks))
     throw new Error(`--blocks applies only to ${BLOCK_MODES.join(" and ")} (mode: ${list})`);
   for (const [flag, on] of [
     ["--null-source", o.nullSource],
     ["--gate", o.gate],
   ] as const)
-    if (on && !modes.some((m) => ADDITIVE_MODES.includes(m)))
+    if (on && !chosen.some((m) => m.additive))
       throw new Error(`${flag} applies only to ${ADDITIVE_MODES.join(" and ")} (mode: ${list})`);
 }
 
 /** Config keys for a residual mode chosen on the command line (block modes need `blocks`). */
 export function modeKeys(
-  mode: ModeName,
+  mode: ModeChoice,
   o: { blocks?: number; nullSource?: boolean; gate?: boolean; sources?: "outputs" | "states" } = {},
 ): Record<string, unknown> {
-  const keys: Record<string, unknown> = { attnres_mode: MODE_NAMES[mode] };
-  if (BLOCK_MODES.includes(mode)) keys.attnres_num_blocks = o.blocks ?? 4;
+  const m = choiceOf(mode);
+  const keys: Record<string, unknown> = { attnres_mode: m.key };
+  if (m.blocks) keys.attnres_num_blocks = o.blocks ?? 4;
   if (o.nullSource) keys.attnres_use_null_source = true;
   if (o.gate) keys.attnres_gate_type = "learnable_alpha";
   if (o.sources === "states") keys.attnres_sources = "states";

@@ -4,9 +4,10 @@
  * max-routing-weight-by-depth plot. Resumable: re-running continues; finished runs are reused.
  */
 import * as path from "node:path";
-import { MODE_NAMES, type ModeName } from "../model/config.js";
+import type { ModeName } from "../model/config.js";
+import { modeByName, modes as registeredModes } from "../model/residual.js";
 import { runCompare, type CompareResult } from "../workflows/compare.js";
-import { checkModeFlags, interruptSignal, modeKeys, MODE_LIST, progress } from "./common.js";
+import { checkModeFlags, interruptSignal, modeKeys, progress } from "./common.js";
 import { cliError } from "./errors.js";
 import { loadPreset } from "./preset.js";
 import { specFrom, type TrainFlags } from "./train.js";
@@ -35,8 +36,12 @@ export async function compareCommand(f: CompareFlags): Promise<CompareResult> {
   const preset = loadPreset(f.preset);
   const modes = f.modes
     ? parseList(f.modes, "modes", (m) => {
-        if (!(m in MODE_NAMES))
-          throw new Error(`unknown mode "${m}" in --modes (expected ${MODE_LIST.join(", ")})`);
+        if (!modeByName(m))
+          throw new Error(
+            `unknown mode "${m}" in --modes (expected ${registeredModes()
+              .map((d) => d.name)
+              .join(", ")})`,
+          );
         return m as ModeName;
       })
     : ((preset.compare?.modes ?? ["standard", "delta"]) as ModeName[]);
@@ -48,12 +53,15 @@ export async function compareCommand(f: CompareFlags): Promise<CompareResult> {
       })
     : (preset.compare?.seeds ?? [0]);
   if (new Set(modes).size !== modes.length) throw new Error("--modes lists a mode twice");
-  checkModeFlags(modes, f);
+  checkModeFlags(
+    modes.map((m) => modeByName(m) ?? m),
+    f,
+  );
   const base = await specFrom(preset, { ...f, mode: undefined });
   const out = f.out || path.join("runs", `compare-${path.basename(f.preset).replace(/\.json$/, "")}`);
   const specFor = (mode: ModeName, seed: number) => ({
     ...base,
-    model: { ...base.model, ...(mode === "standard" ? {} : modeKeys(mode, f)) },
+    model: { ...base.model, ...(mode === "standard" ? {} : modeKeys(modeByName(mode) ?? mode, f)) },
     train: { ...base.train, seed },
   });
   const bar = progress("step", f.quiet);

@@ -80,6 +80,10 @@ try {
   await program.parseAsync();
 } catch (e) {
   if (process.env.ATTNRES_DEBUG) throw e;
-  process.stderr.write(`attnres: ${(e as Error).message}\n`);
+  const said = await import("./errors.js").then(
+    (m) => m.cliError(e),
+    () => e,
+  ); // the library's errors in flags
+  process.stderr.write(`attnres: ${(said as Error).message}\n`);
   process.exit(1);
 }

@@ -5,7 +5,7 @@
  */
 import * as path from "node:path";
 import { defaultBackend } from "../backend/index.js";
-import { modeName } from "../model/residual.js";
+import { modeByName, modeOf } from "../model/residual.js";
 import { type ModeName, parseModelSettings } from "../model/config.js";
 import { type RunResult, type RunSpec } from "../train/run.js";
 import {
@@ -24,6 +24,7 @@ import { type EngineFlags, torchOptionsFrom } from "./engine.js";
 export interface TrainFlags extends RunFlags, EngineFlags {
   preset: string;
   data?: string;
+  /** A mode's name: built in, or added with registerMode (checked by the command's parser). */
   mode?: ModeName;
   blocks?: number;
   nullSource?: boolean;
@@ -34,7 +35,7 @@ export interface TrainFlags extends RunFlags, EngineFlags {
 /** The run a preset and flags describe. */
 export async function specFrom(preset: Preset, f: TrainFlags): Promise<RunSpec> {
   const train = { ...preset.train, ...trainSettingsFrom(f) };
-  const model = { ...preset.model, ...(f.mode ? modeKeys(f.mode, f) : {}) };
+  const model = { ...preset.model, ...(f.mode ? modeKeys(modeByName(f.mode) ?? f.mode, f) : {}) };
   return { model, data: f.data ?? (await dataDir(preset.data, f.quiet)), train };
 }
 
@@ -43,8 +44,9 @@ export async function trainCommand(f: TrainFlags): Promise<RunResult> {
   const preset = loadPreset(f.preset);
   const torch = torchOptionsFrom(f);
   const spec = await specFrom(preset, f);
-  const mode = modeName(parseModelSettings(spec.model, `preset ${f.preset}`));
-  checkModeFlags([mode], f);
+  const def = modeOf(parseModelSettings(spec.model, `preset ${f.preset}`));
+  const mode = def.name;
+  checkModeFlags([def], f);
   const out =
     f.out ||
     path.join("runs", `${path.basename(f.preset).replace(/\.json$/, "")}-${mode}-s${spec.train.seed}`);

@@ -16,6 +16,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { writeFileAtomic } from "../io/atomic.js";
+import { optionError } from "../io/errors.js";
 import { TOKENIZER_META, type Tokenizer } from "./tokenizer-core.js";
 import { readRegularFile } from "../io/atomic.js";
 
@@ -202,9 +203,10 @@ export function trainBpe(
       if (cur > 0) heap.push(cur, key);
     }
     if (best < 0 || (pairCount.get(best) ?? 0) < minCount) {
-      throw new Error(
-        `BPE vocabulary size ${vocabSize} is too large for this corpus: its training text supports at most ` +
-          `${strings.length} tokens (every pair seen at least ${minCount} times is already merged); choose a smaller --vocab-size`,
+      throw optionError(
+        (n) =>
+          `BPE vocabulary size ${vocabSize} is too large for this corpus: its training text supports at most ` +
+          `${strings.length} tokens (every pair seen at least ${minCount} times is already merged); choose a smaller ${n("vocabSize")}`,
       );
     }
     const a = Math.floor(best / KEY),

@@ -23,6 +23,7 @@
 import * as fs from "node:fs";
 import { createRequire } from "node:module";
 import * as path from "node:path";
+import { optionError } from "../io/errors.js";
 import { packageRoot } from "../io/paths.js";
 
 export interface Document {
@@ -133,7 +134,8 @@ function readTextFile(file: string, opts: CorpusOptions, notes: string[]): strin
       nul >= 0
         ? `looks binary (a NUL byte at offset ${nul})`
         : `is not valid UTF-8 (${bad.count} invalid sequence${bad.count > 1 ? "s" : ""}, the first at byte ${bad.first})`;
-    if (!opts.allowBinary) throw new Error(`${file} ${what}; pass --allow-binary to use it anyway`);
+    if (!opts.allowBinary)
+      throw optionError((n) => `${file} ${what}; pass ${n("allowBinary", true)} to use it anyway`);
     notes.push(`${file} ${what}; kept (--allow-binary), invalid bytes become U+FFFD`);
   }
   return buf.toString("utf8");

@@ -18,6 +18,7 @@ import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { optionError } from "../io/errors.js";
 import { countWords, MAX_BPE_VOCAB, trainBpe } from "./bpe.js";
 import { documentText, loadCorpus, type Corpus, type Document } from "./corpus.js";
 import {
@@ -70,11 +71,12 @@ const safeName = (s: string) => s.replace(/[^A-Za-z0-9._-]+/g, "_") || "x";
 /** Checks the tokenizer options before any work is done. */
 export function resolveTokenizer(spec: string, vocabSize?: number): TokenizerSpec {
   if (vocabSize !== undefined && !Number.isInteger(vocabSize))
-    throw new Error(`--vocab-size must be an integer, got ${vocabSize}`);
+    throw optionError((n) => `${n("vocabSize")} must be an integer, got ${vocabSize}`);
   if (spec === "byte") {
     if (vocabSize !== undefined && vocabSize !== 256)
-      throw new Error(
-        `the byte tokenizer has 256 tokens; --vocab-size ${vocabSize} only applies to --tokenizer bpe`,
+      throw optionError(
+        (n) =>
+          `the byte tokenizer has 256 tokens; ${n("vocabSize", vocabSize)} only applies to ${n("tokenizer", "bpe")}`,
       );
     return { kind: "byte", name: "byte" };
   }
@@ -310,10 +312,12 @@ export async function prepareDetailed(opts: PrepareOptions = {}): Promise<Prepar
   const out = opts.out ?? defaultOutDir(corpus.name, tokSpec);
 
   if (fs.existsSync(out)) {
-    if (!fs.statSync(out).isDirectory()) throw new Error(`--out ${out} exists and is not a folder`);
+    if (!fs.statSync(out).isDirectory())
+      throw optionError((n) => `${n("out", out)} exists and is not a folder`);
     if (fs.readdirSync(out).length > 0 && !fs.existsSync(path.join(out, "meta.json")))
-      throw new Error(
-        `--out ${out} exists and is not a prepared dataset (no meta.json); choose another folder or remove it`,
+      throw optionError(
+        (n) =>
+          `${n("out", out)} exists and is not a prepared dataset (no meta.json); choose another folder or remove it`,
       );
   }
   const fp = fingerprint(corpus, tokSpec);
@@ -341,8 +345,9 @@ export async function prepareDetailed(opts: PrepareOptions = {}): Promise<Prepar
   else if (tokSpec.kind === "hf") {
     tok = HfTokenizer.fromFile(tokSpec.file!, tokSpec.name);
     if (tokSpec.vocabSize !== undefined && tokSpec.vocabSize !== tok.vocabSize)
-      throw new Error(
-        `the ${tokSpec.name} tokenizer has ${tok.vocabSize} tokens; --vocab-size ${tokSpec.vocabSize} only applies to --tokenizer bpe`,
+      throw optionError(
+        (n) =>
+          `the ${tokSpec.name} tokenizer has ${tok.vocabSize} tokens; ${n("vocabSize", tokSpec.vocabSize)} only applies to ${n("tokenizer", "bpe")}`,
       );
   } else {
     const texts = corpus.train.map(documentText);

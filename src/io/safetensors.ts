@@ -32,6 +32,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { crc32, crc32Hex, fsyncPath, tempNameOf } from "./atomic.js";
+import { optionError } from "./errors.js";
 
 export type StDType = "F32" | "F16" | "BF16" | "F64" | "I32" | "I64";
 /** The float dtypes a checkpoint's weights can be written in. */
@@ -314,8 +315,9 @@ const verifying = (opts: ReadOptions): boolean => opts.verify ?? verifyDefault;
 
 function checkCrc(file: string, e: HeaderEntry, crc: number): void {
   if (crc32Hex(crc) !== e.crc)
-    throw new Error(
-      `${file}: tensor ${e.name} is corrupt: its bytes have CRC-32 ${crc32Hex(crc)}, the file records ${e.crc} (pass --no-verify to load it anyway)`,
+    throw optionError(
+      (n) =>
+        `${file}: tensor ${e.name} is corrupt: its bytes have CRC-32 ${crc32Hex(crc)}, the file records ${e.crc} (pass ${n("verify", false)} to load it anyway)`,
     );
 }
 

@@ -4,7 +4,7 @@
  * parameters and initialisation, routing per sublayer, trace records, conversion exactness, source
  * labels), implementing the contract in src/model/modes/mode.ts; this file lists them and answers
  * every question about modes that other code asks (config schema, CLI choices, conversion,
- * analysis, bench, training's parameter groups).
+ * analysis, bench, training's parameter groups, the plan's memory model).
  *
  *   standard       h ← h + o_j
  *   attnres-full   x_j = route([h0, o_0 … o_{j−1}]); final routing over all of them (no stream)
@@ -47,8 +47,14 @@ export {
   kindOf,
   layerOf,
   layersPerBlock,
+  type MemorySizes,
   type ModeDef,
+  type ModeMemory,
+  NO_MEMORY,
   opensBlock,
+  routedMemory,
+  type RoutingSchedule,
+  unroutedSchedule,
   type ModeHost,
   type ModeRun,
   type ResidualMode,

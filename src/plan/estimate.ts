@@ -48,7 +48,15 @@
  */
 import { type ModelConfig, type ModelConfigInput, type ModeName, parseConfig } from "../model/config.js";
 import { countParameters } from "../model/decoder.js";
-import { layerOf, layersPerBlock, modeByName, modeName as modeOf, opensBlock } from "../model/residual.js";
+import { optionError } from "../io/errors.js";
+import {
+  layerOf,
+  modeByName,
+  type ModeMemory,
+  modeName as modeOf,
+  modeOf as modeDefOf,
+  NO_MEMORY,
+} from "../model/residual.js";
 
 export type PlanEngine = "ts" | "torch";
 export type PlanDType = "float32" | "bfloat16";
@@ -149,71 +157,9 @@ function shapeOf(c: ModelConfig, o: PlanOptions): Shape {
   };
 }
 
-/**
- * The residual bookkeeping of a mode, sublayer by sublayer: how many sources each routed call
- * reads (0 = not routed), the final routing's N, how many new [n, d] tensors the mode makes
- * (stream adds, block sums, block deltas), and how many [n, d] sources it holds at the end.
- */
-interface Bookkeeping {
-  routeN: number[];
-  finalN: number;
-  /** New [n, d] tensors per sublayer from the mode's own adds/subs (besides routing outputs). */
-  adds: number[];
-  /** [n, d] tensors the mode holds across the depth at the end of the forward pass. */
-  heldSources: number;
-}
-
-function bookkeeping(c: ModelConfig): Bookkeeping {
-  const L = c.num_hidden_layers;
-  const J = 2 * L;
-  const mode = modeOf(c);
-  const nul = c.attnres_use_null_source ? 1 : 0;
-  const routeN = new Array<number>(J).fill(0);
-  const adds = new Array<number>(J).fill(0);
-  if (mode === "attnres-full") {
-    for (let j = 0; j < J; j++) routeN[j] = j + 1;
-    return { routeN, finalN: J + 1, adds, heldSources: J + 1 };
-  }
-  if (mode === "attnres-block") {
-    const P = layersPerBlock(c);
-    let blocks = 1;
-    let partial = false;
-    for (let j = 0; j < J; j++) {
-      routeN[j] = blocks + (partial ? 1 : 0);
-      if (j > 0 && opensBlock(j, P) && partial) {
-        blocks++;
-        partial = false;
-      }
-      if (partial) adds[j] = 1; // partial ← partial + o_j
-      partial = true;
-    }
-    return { routeN, finalN: blocks + 1, adds, heldSources: blocks + 1 };
-  }
-  if (mode === "delta") {
-    for (let j = 0; j < J; j++) {
-      routeN[j] = (j === 0 ? 0 : j + 1) + nul;
-      adds[j] = 1; // h ← h + o_j
-    }
-    return { routeN, finalN: 0, adds, heldSources: J + 1 };
-  }
-  if (mode === "delta-block") {
-    const P = layersPerBlock(c);
-    let sources = 0;
-    for (let j = 0; j < J; j++) {
-      routeN[j] = sources + nul;
-      adds[j] = 1;
-      if (opensBlock(j, P)) {
-        if (sources > 0) adds[j]! += 1; // Δ = h − h_block_start
-        sources++;
-      }
-    }
-    return { routeN, finalN: 0, adds, heldSources: sources };
-  }
-  if (mode === "standard") {
-    adds.fill(1);
-    return { routeN, finalN: 0, adds, heldSources: 0 };
-  }
-  return { routeN, finalN: 0, adds, heldSources: 0 }; // ddl, ddl-expanded: their own state
+/** The memory facts of c's mode (ModeDef.memory; NO_MEMORY for a mode that states none). */
+function memoryOf(c: ModelConfig): ModeMemory {
+  return modeDefOf(c).memory ?? NO_MEMORY;
 }
 
 /** Activation tallies in elements (per micro-batch). */
@@ -239,18 +185,18 @@ interface Tally {
  */
 function routingStateOf(c: ModelConfig, s: Shape): number {
   const { n, d, L, dv } = s;
-  const mode = modeOf(c);
-  if (mode === "standard" || mode === "ddl") return 0;
-  if (mode === "ddl-expanded") return (2 * L + 1) * n * d * dv;
-  return bookkeeping(c).heldSources * n * d;
+  const mem = memoryOf(c);
+  if (mem.state === "stream") return 0;
+  if (mem.state === "expanded") return (2 * L + 1) * n * d * dv;
+  return mem.schedule(c).heldSources * n * d;
 }
 
 // ---------------------------------------------------------------- the TypeScript engine
 
 function tsTally(c: ModelConfig, s: Shape): Tally {
-  const { n, d, q, kv, H, Hkv, f, V, L, qk, dv } = s;
-  const mode = modeOf(c);
-  const bk = bookkeeping(c);
+  const { n, d, q, kv, H, Hkv, f, V, L, qk } = s;
+  const mem = memoryOf(c);
+  const bk = mem.schedule(c);
   // rmsnorm: out + rstd; q, k, v; q/k norms; rope q, k; attention out + lse; o_proj.
   const attn = n * (2 * d + 1 + 3 * q + 3 * kv + H + (qk ? q + kv + H + Hkv : 0));
   // rmsnorm; gate, up, swiglu; down.
@@ -263,17 +209,14 @@ function tsTally(c: ModelConfig, s: Shape): Tally {
   for (let j = 0; j < 2 * L; j++) {
     const N = bk.routeN[j]!;
     extra += route(N) + bk.adds[j]! * n * d;
-    if (mode === "delta" || mode === "delta-block") {
+    if (mem.input === "stream-plus-route") {
       if (nul) extra += n * d; // expand(null source) is a copy
       if (N > 0) extra += n * d * (1 + (gate ? 1 : 0)); // x = h + [a·] r
     }
-    if (mode === "ddl") extra += 5 * n * d + n * (10 + (c.ddl_value_form === "linear" ? 2 : 4));
-    // ddl-expanded (fused kernels): read x_in [n, d]; k (square, sum, +ε, rsqrt, mul); β (linear,
-    // sigmoid, scale); v [n, dv]; the new state Y [n, d, dv].
-    if (mode === "ddl-expanded") extra += n * d * dv + 3 * n * d + 6 * n + n * dv;
+    extra += mem.sublayerTs(c, s); // the mode's own update (DDL)
   }
   extra += route(bk.finalN);
-  if (mode === "ddl-expanded") extra += n * d * dv + n * d; // X0 expand; the fused readout
+  extra += mem.finalTs(s);
   // Of which the mode's state across the depth (sublayer outputs / block sums already counted).
   const routingState = routingStateOf(c, s);
   const head = n * d + (n * d + n) + n * V + 2 * n; // h0, final norm, logits, loss + lse
@@ -283,14 +226,7 @@ function tsTally(c: ModelConfig, s: Shape): Tally {
   const headWork = n * V + n * d + V * d;
   const mlpWork = 3 * n * f + 2 * n * d + d * f;
   const attnWork = n * (2 * q + 2 * kv + d) + d * q;
-  const running =
-    mode === "attnres-full" || mode === "attnres-block" || mode === "delta" || mode === "delta-block"
-      ? (Math.max(bk.finalN, ...bk.routeN) + 1) * n * d
-      : mode === "ddl-expanded"
-        ? 2 * n * d * dv + 2 * n * d
-        : mode === "ddl"
-          ? 3 * n * d
-          : n * d;
+  const running = mem.runningGrads(s, bk);
   const working = Math.max(headWork, running + Math.max(mlpWork, attnWork));
   return { stored, routingState, working, boundary: stored, layerMax: 0, fp32: 0 };
 }
@@ -298,9 +234,9 @@ function tsTally(c: ModelConfig, s: Shape): Tally {
 // ---------------------------------------------------------------- eager PyTorch
 
 function torchTally(c: ModelConfig, s: Shape, attention: AttentionKernel, routing: RoutingKernel): Tally {
-  const { n, T, d, q, kv, H, Hkv, f, V, L, qk, dv } = s;
-  const mode = modeOf(c);
-  const bk = bookkeeping(c);
+  const { n, T, d, q, kv, H, Hkv, f, V, L, qk } = s;
+  const mem = memoryOf(c);
+  const bk = mem.schedule(c);
   // Composite RMSNorm keeps three [n, d] tensors besides its input (x², x·rstd, its output) and
   // rstd; a composite RMSNorm over a stack keeps four copies of it (measured with saved-tensor
   // hooks on torch 1.13).
@@ -316,26 +252,16 @@ function torchTally(c: ModelConfig, s: Shape, attention: AttentionKernel, routin
     N === 0 ? 0 : routing === "stacked" ? 4 * N * n * d + 2 * N * n : 2 * N * n;
   const perLayer = new Array<number>(L).fill(attn + mlp);
   const gate = c.attnres_gate_type === "learnable_alpha";
-  let finalIn = 0; // the final norm's input, when no sublayer count holds it
-  let held = 0; // [n, d] tensors the mode holds across the depth (sources, streams)
   for (let j = 0; j < 2 * L; j++) {
     const N = bk.routeN[j]!;
     let e = routeKept(N);
-    if (mode === "attnres-full" || mode === "attnres-block") e += n * d; // x_j = route(…) kept by the norm
-    if ((mode === "delta" || mode === "delta-block") && N > 0) e += n * d * (1 + (gate ? 1 : 0)); // x_j = h + [a·] r
-    if (mode === "ddl") e += 3 * n * d + n * (5 + (c.ddl_value_form === "linear" ? 0 : 1)); // u, k, new h
-    if (mode === "ddl-expanded") e += n * d * (dv + 4) + n * (4 + dv); // X, x_in, u, k, β·k, v−kX
+    if (mem.input === "route") e += n * d; // x_j = route(…) kept by the norm
+    if (mem.input === "stream-plus-route" && N > 0) e += n * d * (1 + (gate ? 1 : 0)); // x_j = h + [a·] r
+    e += mem.sublayerTorch(c, s); // the mode's own update (DDL)
     perLayer[layerOf(j)]! += e;
   }
-  if (mode === "standard") held = 2 * L + 1; // every h is the next norm's saved input
-  if (mode === "attnres-full") held = 2 * L + 1; // h0 and every o_j
-  if (mode === "attnres-block") held = bk.heldSources; // completed blocks + running sum
-  if (mode === "delta") held = 2 * L + 1; // h0 and every o_j (the streams in between are not kept)
-  if (mode === "delta-block") held = bk.heldSources + 1; // h0, the Δs, the block start
-  if (mode === "ddl") held = 1; // h0; the streams are counted per sublayer
-  if (mode === "ddl-expanded") held = 1; // h0 (X0 is a view of it)
-  if (mode === "delta" || mode === "delta-block") finalIn = n * d; // the last h
-  if (mode === "ddl-expanded") finalIn = n * d; // the readout
+  const held = mem.torchHeld(s, bk); // [n, d] tensors the mode holds across the depth (sources, streams)
+  const finalIn = mem.finalStream ? n * d : 0; // the final norm's input, when no sublayer count holds it
   const finalRoute = routeKept(bk.finalN) + (bk.finalN > 0 ? n * d : 0);
   const logprobs = n * V;
   const head = norm + finalIn + finalRoute + logprobs;
@@ -344,8 +270,8 @@ function torchTally(c: ModelConfig, s: Shape, attention: AttentionKernel, routin
   // Under per-layer checkpointing a layer keeps only its inputs: the stream entering it (none in
   // attnres-full, whose input is the source list; DDL-expanded's X), plus the routed modes'
   // sources, which are kept anyway, and the head (with the final norm's input).
-  const perBoundary = mode === "attnres-full" ? 0 : mode === "ddl-expanded" ? n * d * dv : n * d;
-  const routed = mode !== "standard" && mode !== "ddl" && mode !== "ddl-expanded";
+  const perBoundary = n * mem.boundary(s);
+  const routed = mem.state === "sources";
   const boundary = L * perBoundary + (routed ? held * n * d : 0) + head + (finalIn === 0 ? n * d : 0);
   const layerMax = Math.max(...perLayer);
   // Backward working set: autograd frees each node's saved tensors as it runs, so a sublayer's
@@ -367,15 +293,14 @@ function forwardFlops(
   s: Shape,
   attention: AttentionKernel,
 ): { layers: number; head: number } {
-  const { T, d, q, kv, f, V, L, dv } = s;
-  const mode = modeOf(c);
-  const bk = bookkeeping(c);
+  const { T, d, q, kv, f, V, L } = s;
+  const mem = memoryOf(c);
+  const bk = mem.schedule(c);
   const matmul = 2 * (d * q + 2 * d * kv + q * d + 3 * d * f);
   const attn = (attention === "math" ? 4 : 2) * T * q;
   let routing = 0;
   for (const N of bk.routeN) routing += 7 * N * d;
-  if (mode === "ddl") routing += 2 * L * 16 * d;
-  if (mode === "ddl-expanded") routing += 2 * L * (16 * d + 8 * d * dv);
+  routing += 2 * L * mem.sublayerFlops(s);
   return { layers: L * (matmul + attn) + routing, head: 2 * d * V + 7 * bk.finalN * d };
 }
 
@@ -390,8 +315,9 @@ export function planRow(c: ModelConfig, o: PlanOptions): PlanRow {
   ] as const)
     if (!Number.isInteger(v) || v < 1) throw new Error(`plan: ${k} must be a positive integer, got ${v}`);
   if (o.engine === "ts" && (o.sharding !== "ddp" || o.worldSize !== 1 || o.dtype !== "float32"))
-    throw new Error(
-      "plan: the TypeScript engine trains on one process in float32 (use --engine torch for sharding, several devices or bfloat16)",
+    throw optionError(
+      (n) =>
+        `plan: the TypeScript engine trains on one process in float32 (use ${n("engine", "torch")} for sharding, several devices or bfloat16)`,
     );
   const s = shapeOf(c, o);
   const attention = o.engine === "ts" ? "flash" : (o.attention ?? "flash");

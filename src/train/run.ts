@@ -318,13 +318,11 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
   } else if (held.length) {
     if (!opts.overwrite) {
       const c = findCheckpoint(dir, "checkpoint", false);
-      // The advice names the CLI flags too: test/run.test.ts and test/reliability.test.ts pin
-      // "--resume" and "--overwrite" in this library message.
       throw runFolderError(
         "exists",
         dir,
         `${dir} already holds a run (${c ? `step ${c.step}` : "no checkpoint yet"})`,
-        "continue it (RunOptions.resume, the CLI's --resume), start over (RunOptions.overwrite, the CLI's --overwrite), or choose another folder",
+        "continue it (RunOptions.resume), start over (RunOptions.overwrite), or choose another folder",
         c ? c.step : null,
       );
     }

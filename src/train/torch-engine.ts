@@ -22,6 +22,7 @@ import * as path from "node:path";
 import { loadPrepared } from "../data/prepared.js";
 import { packageRoot } from "../io/paths.js";
 import { writeFileAtomic } from "../io/atomic.js";
+import { optionError } from "../io/errors.js";
 import { findCheckpoint } from "./checkpointing.js";
 import { readState, resolveSpec, sameSpec, type RunOptions, type RunResult, type RunSpec } from "./run.js";
 import { TrainingDiverged } from "./trainer.js";
@@ -146,23 +147,34 @@ export function checkTorchOptions(
     masterAddr: o.masterAddr,
     masterPort: o.masterPort,
   };
-  if (r.nodeRank >= r.nnodes) throw new Error(`--node-rank ${r.nodeRank} must be below --nnodes ${r.nnodes}`);
+  if (r.nodeRank >= r.nnodes)
+    throw optionError((n) => `${n("nodeRank", r.nodeRank)} must be below ${n("nnodes", r.nnodes)}`);
   if (r.nnodes > 1 && (r.masterAddr === undefined || r.masterPort === undefined))
-    throw new Error("--nnodes > 1 needs --master-addr and --master-port (the address of node 0)");
+    throw optionError(
+      (n) => `${n("nnodes")} > 1 needs ${n("masterAddr")} and ${n("masterPort")} (the address of node 0)`,
+    );
   if (r.fsdp && !torchAtLeast(probe.torch, 2))
-    throw new Error(
-      `--fsdp needs torch >= 2.0; ${probe.python} has torch ${probe.torch} (install a newer torch, e.g. pip install 'torch>=2', and set ATTNRES_PYTHON)`,
+    throw optionError(
+      (n) =>
+        `${n("fsdp")} needs torch >= 2.0; ${probe.python} has torch ${probe.torch} (install a newer torch, e.g. pip install 'torch>=2', and set ATTNRES_PYTHON)`,
     );
   if (r.fsdp && !probe.fsdp)
-    throw new Error(
-      `--fsdp: torch.distributed.fsdp does not import under ${probe.python} (torch ${probe.torch})`,
+    throw optionError(
+      (n) =>
+        `${n("fsdp")}: torch.distributed.fsdp does not import under ${probe.python} (torch ${probe.torch})`,
     );
   if (r.compile && !probe.compile)
-    throw new Error(`--compile needs torch >= 2.0 (torch.compile); ${probe.python} has torch ${probe.torch}`);
+    throw optionError(
+      (n) => `${n("compile")} needs torch >= 2.0 (torch.compile); ${probe.python} has torch ${probe.torch}`,
+    );
   if (r.device === "cuda" && probe.cuda === 0)
-    throw new Error(`--device cuda: torch ${probe.torch} under ${probe.python} sees no CUDA device`);
+    throw optionError(
+      (n) => `${n("device", "cuda")}: torch ${probe.torch} under ${probe.python} sees no CUDA device`,
+    );
   if (r.device === "cuda" && r.nprocPerNode > probe.cuda)
-    throw new Error(`--nproc-per-node ${r.nprocPerNode} is more than the ${probe.cuda} CUDA devices here`);
+    throw optionError(
+      (n) => `${n("nprocPerNode", r.nprocPerNode)} is more than the ${probe.cuda} CUDA devices here`,
+    );
   const world = r.nprocPerNode * r.nnodes;
   if (batchSize % world !== 0)
     throw new Error(
@@ -273,13 +285,16 @@ export async function runTorchTraining(
   const found = fs.existsSync(dir) ? findCheckpoint(dir, "checkpoint", false) : null;
   const state = found ? readState(found.dir) : null;
   if (state && !opts.resume)
-    throw new Error(
-      `${dir} already holds a run (step ${state.step}); pass --resume to continue it, or choose another --out`,
+    throw optionError(
+      (n) =>
+        `${dir} already holds a run (step ${state.step}); pass ${n("resume", true)} to continue it, or choose another run folder (${n("dir")})`,
     );
   if (state && fs.existsSync(specFile)) {
     const saved = JSON.parse(fs.readFileSync(specFile, "utf8")) as RunSpec;
     if (!sameSpec(saved, spec))
-      throw new Error(`${dir} holds a run with different settings; choose another --out`);
+      throw optionError(
+        (n) => `${dir} holds a run with different settings; choose another run folder (${n("dir")})`,
+      );
   }
   if (state?.done && state.result) return { ...state.result, dir, interrupted: false };
   const probe = findTorch();

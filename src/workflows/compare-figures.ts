@@ -8,7 +8,7 @@
  * there to link them.
  */
 import * as path from "node:path";
-import { writeFileAtomic } from "../io/atomic.js";
+import { writeReport } from "../io/report.js";
 import { lineChart, type LineChartOptions } from "../plot/index.js";
 import { resultsMarkdown, type CompareResult } from "./compare.js";
 
@@ -57,6 +57,6 @@ export async function writeCompareFigures(r: CompareResult): Promise<string[]> {
     files.push(f.png, f.svg);
   }
   const pngs = files.filter((f) => f.endsWith(".png")).map((f) => path.relative(r.out, f));
-  writeFileAtomic(path.join(r.out, "results.md"), resultsMarkdown(r, pngs));
+  writeReport(path.join(r.out, "results.md"), resultsMarkdown(r, pngs));
   return files;
 }

@@ -17,6 +17,7 @@ import { evalBatches } from "../data/batches.js";
 import { doctestScale } from "../train/doctest-scale.js";
 import { loadPrepared } from "../data/prepared.js";
 import { writeFileAtomic } from "../io/atomic.js";
+import { figure, heading, table, writeReport } from "../io/report.js";
 import { loadCheckpoint } from "../model/checkpoint.js";
 import type { ModeName } from "../model/config.js";
 import { tidy } from "../tensor/memory.js";
@@ -132,7 +133,7 @@ export async function runCompare(
   const routingByDepth = complete ? routingDepth(runs, specFor) : [];
   const result: CompareResult = { out, complete, runs, diverged, summary, curves, routingByDepth };
   writeFileAtomic(path.join(out, "results.json"), JSON.stringify(result, null, 2) + "\n");
-  writeFileAtomic(path.join(out, "results.md"), resultsMarkdown(result));
+  writeReport(path.join(out, "results.md"), resultsMarkdown(result));
   return result;
 }
 
@@ -222,14 +223,21 @@ export function summarizeModes(
 
 export function resultsMarkdown(r: CompareResult, figures: string[] = []): string {
   const lines = [
-    "# Comparison",
+    heading(1, "Comparison"),
     "",
     r.complete ? "" : "**Incomplete**: some runs have not finished; re-run the same command to continue.\n",
-    "| mode | runs | val loss | perplexity | bits/byte | parameters | tokens/s | peak tensor MB |",
-    "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ...r.summary.map(
-      (s) =>
-        `| ${s.mode} | ${s.runs} | ${pm(s.valLoss)} | ${pm(s.perplexity, 2)} | ${pm(s.bpb)} | ${s.params.toLocaleString("en-US")} | ${s.tokensPerSecond.toFixed(0)} | ${s.peakTensorMB.toFixed(0)} |`,
+    ...table(
+      ["mode", "runs", "val loss", "perplexity", "bits/byte", "parameters", "tokens/s", "peak tensor MB"],
+      r.summary.map((s) => [
+        s.mode,
+        String(s.runs),
+        pm(s.valLoss),
+        pm(s.perplexity, 2),
+        pm(s.bpb),
+        s.params.toLocaleString("en-US"),
+        s.tokensPerSecond.toFixed(0),
+        s.peakTensorMB.toFixed(0),
+      ]),
     ),
     "",
     ...(r.diverged?.length
@@ -242,20 +250,21 @@ export function resultsMarkdown(r: CompareResult, figures: string[] = []): strin
       : []),
     "Mean ± sample standard deviation over seeds. Welch's t-test of each mode's validation loss against standard's (two-sided):",
     "",
-    "| mode | Δ val loss vs standard | t | df | p |",
-    "| --- | --- | --- | --- | --- |",
-    ...r.summary
-      .filter((s) => s.mode !== "standard")
-      .map((s) => {
-        const base = r.summary.find((x) => x.mode === "standard");
-        const d = base ? (s.valLoss[0] - base.valLoss[0]).toFixed(4) : "n/a";
-        const w = s.vsStandard;
-        return w
-          ? `| ${s.mode} | ${d} | ${w.t.toFixed(2)} | ${w.df.toFixed(1)} | ${w.p.toPrecision(3)} |`
-          : `| ${s.mode} | ${d} | n/a | n/a | n/a (needs ≥ 2 seeds of both) |`;
-      }),
+    ...table(
+      ["mode", "Δ val loss vs standard", "t", "df", "p"],
+      r.summary
+        .filter((s) => s.mode !== "standard")
+        .map((s) => {
+          const base = r.summary.find((x) => x.mode === "standard");
+          const d = base ? (s.valLoss[0] - base.valLoss[0]).toFixed(4) : "n/a";
+          const w = s.vsStandard;
+          return w
+            ? [s.mode, d, w.t.toFixed(2), w.df.toFixed(1), w.p.toPrecision(3)]
+            : [s.mode, d, "n/a", "n/a", "n/a (needs ≥ 2 seeds of both)"];
+        }),
+    ),
     "",
-    ...figures.map((f) => `![${path.basename(f)}](${f})`),
+    ...figures.map((f) => figure(path.basename(f), f)),
     "",
   ];
   return lines.join("\n");

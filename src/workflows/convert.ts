@@ -57,6 +57,7 @@ import {
   type StTensor,
 } from "../io/safetensors.js";
 import { tidy } from "../tensor/memory.js";
+import { optionError } from "../io/errors.js";
 import { Rng } from "../tensor/random.js";
 import { noGrad } from "../tensor/tensor.js";
 import { type ModelConfig, parseConfig } from "../model/config.js";
@@ -89,7 +90,7 @@ const FORCED: Record<Exclude<StorageDtype, "auto">, FloatStDType> = { f32: "F32"
 
 function checkStorageDtype(v: string): StorageDtype {
   if (!(STORAGE_DTYPES as readonly string[]).includes(v))
-    throw new Error(`--dtype ${v} is not one of ${STORAGE_DTYPES.join(", ")}`);
+    throw optionError((n) => `${n("storage", v)} is not one of ${STORAGE_DTYPES.join(", ")}`);
   return v as StorageDtype;
 }
 
@@ -216,15 +217,18 @@ export function convertedConfig(c: ModelConfig, s: ConvertSettings): Record<stri
       `the checkpoint is already routed (mode ${from}); convert starts from a standard checkpoint`,
     );
   if (!target.options.additive && (s.nullSource || s.gate))
-    throw new Error(`--null-source and --gate are options of delta and delta-block, not of ${s.mode}`);
+    throw optionError(
+      (n) => `${n("nullSource")} and ${n("gate")} are options of delta and delta-block, not of ${s.mode}`,
+    );
   const out: Record<string, unknown> = { ...c, attnres_mode: target.key };
   delete out.architectures; // the HF class names describe the standard model, not the routed one
   if (target.options.blocks) {
     const blocks = s.blocks ?? Math.min(4, c.num_hidden_layers);
     if (blocks > c.num_hidden_layers)
-      throw new Error(`--blocks ${blocks} is more than the ${c.num_hidden_layers} layers`);
+      throw optionError((n) => `${n("blocks", blocks)} is more than the ${c.num_hidden_layers} layers`);
     out.attnres_num_blocks = blocks;
-  } else if (s.blocks !== undefined) throw new Error(`--blocks applies to the block modes, not to ${s.mode}`);
+  } else if (s.blocks !== undefined)
+    throw optionError((n) => `${n("blocks")} applies to the block modes, not to ${s.mode}`);
   if (s.nullSource) out.attnres_use_null_source = true;
   if (s.gate) out.attnres_gate_type = "learnable_alpha";
   Object.assign(out, target.convert.keys);
@@ -465,7 +469,9 @@ export function convertCheckpoint(o: ConvertOptions): ConvertResult {
   const phase = o.onPhase ?? (() => {});
   const storage = checkStorageDtype(o.storage ?? "auto");
   if (fs.existsSync(o.to) && fs.readdirSync(o.to).length > 0)
-    throw new Error(`${o.to} already exists and is not empty; choose another --to`);
+    throw optionError(
+      (n) => `${o.to} already exists and is not empty; choose another output folder (${n("to")})`,
+    );
   const config = readConfig(o.from);
   checkConfigAgainstWeights(o.from, config); // before any model is built
   const routed = convertedConfig(config, o);

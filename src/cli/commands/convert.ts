@@ -1,14 +1,8 @@
 /** The definition of `attnres convert` (options, help); the work is in ../convert.ts, loaded on use. */
 import { type Command, InvalidArgumentError, Option } from "commander";
-import { CONVERT_MODES, type ConvertMode, STORAGE_DTYPES, type StorageDtype } from "../../model/names.js";
-import { aliased, positiveInt } from "../common.js";
+import { CONVERT_MODES, STORAGE_DTYPES, type StorageDtype } from "../../model/names.js";
+import { aliased, checkModeChoice, positiveInt } from "../common.js";
 import type { ConvertFlags } from "../convert.js";
-
-function convertModeArg(v: string): ConvertMode {
-  if (!(CONVERT_MODES as readonly string[]).includes(v))
-    throw new InvalidArgumentError(`expected one of ${CONVERT_MODES.join(", ")}`);
-  return v as ConvertMode;
-}
 
 function storageDtypeArg(v: string): StorageDtype {
   if (!(STORAGE_DTYPES as readonly string[]).includes(v))
@@ -17,14 +11,14 @@ function storageDtypeArg(v: string): StorageDtype {
 }
 
 export function registerConvert(program: Command): void {
-  program
+  const cmd = program
     .command("convert")
     .description("convert a standard Qwen3/Llama checkpoint to a routed one (same logits at start)")
     .option("-c, --checkpoint <dir>", "HF-layout checkpoint folder (config.json + safetensors); required")
     .addOption(new Option("--from <dir>", "alias of --checkpoint").hideHelp())
     .option("-o, --out <dir>", "output folder (must not exist or be empty); required")
     .addOption(new Option("--to <dir>", "alias of --out").hideHelp())
-    .requiredOption("--mode <mode>", `target mode: ${CONVERT_MODES.join(", ")}`, convertModeArg)
+    .requiredOption("--mode <mode>", `target mode: ${CONVERT_MODES.join(", ")}`)
     .option("--blocks <n>", "blocks for attnres-block / delta-block (default 4)", positiveInt)
     .option("--null-source", "delta modes: add a zero null source")
     .option("--gate", "delta modes: gate the routed term (zero at start; always on for delta-block)")
@@ -62,4 +56,5 @@ Examples:
         });
       },
     );
+  checkModeChoice(cmd, "mode", CONVERT_MODES, (m) => m.convert !== null);
 }

@@ -1,6 +1,6 @@
 /** The definition of `attnres train` (options, help); the work is in ../train.ts, loaded on use. */
 import type { Command } from "commander";
-import { MODE_LIST, modeArg, nonNegativeInt, trainingOptions } from "../common.js";
+import { checkModeChoice, MODE_LIST, nonNegativeInt, trainingOptions } from "../common.js";
 import { listPresets } from "../preset-names.js";
 import { engineOptions } from "../engine.js";
 import type { TrainFlags } from "../train.js";
@@ -13,8 +13,9 @@ export function registerTrain(program: Command): void {
     .option("-o, --out <dir>", "run folder (default runs/<preset>-<mode>-s<seed>)")
     .option("--resume", "continue the run in --out from its checkpoint")
     .option("--overwrite", "start over in an --out that holds a run (deletes it)")
-    .option("--mode <mode>", `residual mode: ${MODE_LIST.join(", ")}`, modeArg)
+    .option("--mode <mode>", `residual mode: ${MODE_LIST.join(", ")}`)
     .option("--seed <n>", "seed for initialisation and batches", nonNegativeInt);
+  checkModeChoice(cmd, "mode", MODE_LIST);
   engineOptions(trainingOptions(cmd))
     .addHelpText(
       "after",

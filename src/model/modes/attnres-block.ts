@@ -12,9 +12,11 @@ import {
   type ModeDef,
   type ModeRun,
   opensBlock,
+  routedMemory,
   type SublayerResult,
   type Trace,
 } from "./mode.js";
+import type { ModelConfig } from "../config.js";
 import { outputSourceLabel, ROUTED_PARAMS, ROUTED_ZERO_PARAMS, routeTraced } from "./routing.js";
 
 class BlockRun implements ModeRun {
@@ -48,6 +50,26 @@ class BlockRun implements ModeRun {
   }
 }
 
+/** Sources per call: the completed block sums (b_0 = h0) and, once a block has begun, its running sum. */
+function blockSchedule(c: ModelConfig) {
+  const J = 2 * c.num_hidden_layers;
+  const P = layersPerBlock(c);
+  const routeN = new Array<number>(J).fill(0);
+  const adds = new Array<number>(J).fill(0);
+  let blocks = 1;
+  let partial = false;
+  for (let j = 0; j < J; j++) {
+    routeN[j] = blocks + (partial ? 1 : 0);
+    if (j > 0 && opensBlock(j, P) && partial) {
+      blocks++;
+      partial = false;
+    }
+    if (partial) adds[j] = 1; // partial ← partial + o_j
+    partial = true;
+  }
+  return { routeN, finalN: blocks + 1, adds, heldSources: blocks + 1 };
+}
+
 export const attnresBlock: ModeDef<"attnres-block", "block"> = {
   name: "attnres-block",
   key: "block",
@@ -56,6 +78,7 @@ export const attnresBlock: ModeDef<"attnres-block", "block"> = {
   params: ROUTED_PARAMS,
   convert: { exactness: "eps-residue", zeroParams: ROUTED_ZERO_PARAMS },
   sourceLabel: (p, c) => outputSourceLabel(p, c.attnres_use_null_source, (q) => `B${q}`),
+  memory: routedMemory(blockSchedule, "route", (_, k) => k.heldSources, false), // completed blocks + running sum
   build(c, host, ctx) {
     const p = new FullRouters(c, host, ctx);
     const P = layersPerBlock(c);

@@ -20,6 +20,7 @@ import {
   type ModeHost,
   type ModeRun,
   type ResidualMode,
+  routedMemory,
   type SublayerResult,
   type Trace,
 } from "./mode.js";
@@ -110,6 +111,24 @@ export const attnresFull: ModeDef<"attnres-full", "full"> = {
   params: ROUTED_PARAMS,
   convert: { exactness: "eps-residue", zeroParams: ROUTED_ZERO_PARAMS },
   sourceLabel: sublayerSourceLabel,
+  memory: {
+    ...routedMemory(
+      (c) => {
+        // Sublayer j routes h0 and o_0 … o_{j−1}; the final routing all 2L + 1 of them.
+        const J = 2 * c.num_hidden_layers;
+        return {
+          routeN: Array.from({ length: J }, (_, j) => j + 1),
+          finalN: J + 1,
+          adds: new Array<number>(J).fill(0),
+          heldSources: J + 1,
+        };
+      },
+      "route",
+      (s) => 2 * s.L + 1, // h0 and every o_j
+      false,
+    ),
+    boundary: () => 0, // no stream: a layer's input is the source list, kept anyway
+  },
   build(c, host, ctx): ResidualMode {
     const name = "attnres-full";
     if (c.attnres_sources === "states") {

@@ -9,7 +9,7 @@
 import { ddlRead, ddlUpdate, expand, reshape } from "../../tensor/ops.js";
 import type { Tensor } from "../../tensor/tensor.js";
 import { DDL_COMMON, DdlParams } from "./ddl.js";
-import type { ModeDef, ModeRun, SublayerResult, Trace } from "./mode.js";
+import { type ModeDef, type ModeRun, NO_MEMORY, type SublayerResult, type Trace } from "./mode.js";
 
 class ExpandedRun implements ModeRun {
   private X: Tensor;
@@ -39,6 +39,20 @@ export const ddlExpanded: ModeDef<"ddl-expanded", "ddl_expanded"> = {
   name: "ddl-expanded",
   key: "ddl_expanded",
   ...DDL_COMMON,
+  memory: {
+    ...NO_MEMORY, // no routed calls, no adds of its own
+    state: "expanded",
+    // Fused kernels: read x_in [n, d]; k (square, sum, +ε, rsqrt, mul); β (linear, sigmoid, scale);
+    // v [n, dv]; the new state Y [n, d, dv]. Eager PyTorch: X, x_in, u, k, β·k, v − kX.
+    sublayerTs: (_, { n, d, dv }) => n * d * dv + 3 * n * d + 6 * n + n * dv,
+    sublayerTorch: (_, { n, d, dv }) => n * d * (dv + 4) + n * (4 + dv),
+    finalTs: ({ n, d, dv }) => n * d * dv + n * d, // X0 expand; the fused readout
+    sublayerFlops: ({ d, dv }) => 16 * d + 8 * d * dv,
+    runningGrads: ({ n, d, dv }) => 2 * n * d * dv + 2 * n * d,
+    torchHeld: () => 1, // h0 (X0 is a view of it)
+    finalStream: true, // the readout
+    boundary: ({ d, dv }) => d * dv, // X
+  },
   build(c, host, ctx) {
     const p = new DdlParams(c, host, ctx, c.ddl_value_channels);
     const finalRead = host.body.param(

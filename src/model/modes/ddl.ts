@@ -15,6 +15,7 @@ import {
   type ModeDef,
   type ModeHost,
   type ModeRun,
+  NO_MEMORY,
   NO_OPTIONS,
   SUBLAYER_KINDS,
   type SublayerResult,
@@ -108,6 +109,15 @@ export const ddl: ModeDef<"ddl", "ddl"> = {
   name: "ddl",
   key: "ddl",
   ...DDL_COMMON,
+  memory: {
+    ...NO_MEMORY, // no routed calls, no adds of its own: the update below is all
+    // k (square, sum, +ε, rsqrt, mul), β, v, the new stream; eager PyTorch: u, k, the new h.
+    sublayerTs: (c, { n, d }) => 5 * n * d + n * (10 + (c.ddl_value_form === "linear" ? 2 : 4)),
+    sublayerTorch: (c, { n, d }) => 3 * n * d + n * (5 + (c.ddl_value_form === "linear" ? 0 : 1)),
+    sublayerFlops: ({ d }) => 16 * d,
+    runningGrads: ({ n, d }) => 3 * n * d,
+    torchHeld: () => 1, // h0; the streams are counted per sublayer
+  },
   build(c, host, ctx) {
     const p = new DdlParams(c, host, ctx);
     return { name: "ddl", begin: (h0, trace) => new DdlRun(p, h0, trace) };

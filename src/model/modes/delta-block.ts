@@ -14,9 +14,11 @@ import {
   type ModeDef,
   type ModeRun,
   opensBlock,
+  routedMemory,
   type SublayerResult,
   type Trace,
 } from "./mode.js";
+import type { ModelConfig } from "../config.js";
 import { AdditiveParams, outputSourceLabel, ROUTED_PARAMS, ROUTED_ZERO_PARAMS } from "./routing.js";
 
 class DeltaBlockRun implements ModeRun {
@@ -44,6 +46,25 @@ class DeltaBlockRun implements ModeRun {
   }
 }
 
+/** Sources per call: h0 and the deltas of the completed blocks (and the null source); h ← h + o_j, Δ = h − h_start. */
+function deltaBlockSchedule(c: ModelConfig) {
+  const J = 2 * c.num_hidden_layers;
+  const P = layersPerBlock(c);
+  const nul = c.attnres_use_null_source ? 1 : 0;
+  const routeN = new Array<number>(J).fill(0);
+  const adds = new Array<number>(J).fill(0);
+  let sources = 0;
+  for (let j = 0; j < J; j++) {
+    routeN[j] = sources + nul;
+    adds[j] = 1;
+    if (opensBlock(j, P)) {
+      if (sources > 0) adds[j]! += 1; // Δ = h − h_block_start
+      sources++;
+    }
+  }
+  return { routeN, finalN: 0, adds, heldSources: sources };
+}
+
 export const deltaBlock: ModeDef<"delta-block", "delta_block"> = {
   name: "delta-block",
   key: "delta_block",
@@ -57,6 +78,8 @@ export const deltaBlock: ModeDef<"delta-block", "delta_block"> = {
     zeroParams: ROUTED_ZERO_PARAMS,
   },
   sourceLabel: (p, c) => outputSourceLabel(p, c.attnres_use_null_source, (q) => `Δ${q}`),
+  // h0, the Δs, the block start; the last h
+  memory: routedMemory(deltaBlockSchedule, "stream-plus-route", (_, k) => k.heldSources + 1, true),
   build(c, host, ctx) {
     const p = new AdditiveParams(c, host, ctx);
     const P = layersPerBlock(c);

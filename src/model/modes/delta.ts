@@ -11,7 +11,7 @@
  */
 import { add } from "../../tensor/ops.js";
 import type { Tensor } from "../../tensor/tensor.js";
-import type { ModeDef, ModeRun, SublayerResult, Trace } from "./mode.js";
+import { type ModeDef, type ModeRun, routedMemory, type SublayerResult, type Trace } from "./mode.js";
 import { AdditiveParams, ROUTED_PARAMS, ROUTED_ZERO_PARAMS, sublayerSourceLabel } from "./routing.js";
 
 class DeltaRun implements ModeRun {
@@ -63,6 +63,22 @@ export const delta: ModeDef<"delta", "delta"> = {
   params: ROUTED_PARAMS,
   convert: { exactness: "eps-residue", zeroParams: ROUTED_ZERO_PARAMS },
   sourceLabel: sublayerSourceLabel,
+  memory: routedMemory(
+    (c) => {
+      // Sublayer j ≥ 1 routes h0 and o_0 … o_{j−1} (and the null source); h ← h + o_j.
+      const J = 2 * c.num_hidden_layers;
+      const nul = c.attnres_use_null_source ? 1 : 0;
+      return {
+        routeN: Array.from({ length: J }, (_, j) => (j === 0 ? 0 : j + 1) + nul),
+        finalN: 0,
+        adds: new Array<number>(J).fill(1),
+        heldSources: J + 1,
+      };
+    },
+    "stream-plus-route",
+    (s) => 2 * s.L + 1, // h0 and every o_j (the streams in between are not kept)
+    true, // the last h
+  ),
   build(c, host, ctx) {
     const p = new AdditiveParams(c, host, ctx);
     const name = "delta";

@@ -107,6 +107,117 @@ export interface ConvertSpec {
   zeroParams: RegExp;
 }
 
+/**
+ * The routing schedule of a mode over the 2L sublayers, for the memory model of `attnres plan`:
+ * how many sources each routed call reads (0 = not routed), the final routing's N (0 = none), how
+ * many new [n, d] tensors the mode's own adds/subs make per sublayer (stream adds, block sums,
+ * block deltas; routing outputs not included), and how many [n, d] sources it holds at the end.
+ */
+export interface RoutingSchedule {
+  routeN: number[];
+  finalN: number;
+  adds: number[];
+  heldSources: number;
+}
+
+/** The sizes the memory facts are stated in: n = B·T tokens, width d, L layers, DDL-expanded's value channels dv. */
+export interface MemorySizes {
+  n: number;
+  d: number;
+  L: number;
+  dv: number;
+}
+
+/**
+ * What a mode keeps for the backward pass, as the memory model of `attnres plan`
+ * (src/plan/estimate.ts) costs it, in elements (multiply by the dtype's bytes). The estimate adds
+ * the backbone's sublayers, the routing calls of `schedule` and the head itself; a mode states
+ * only what is its own.
+ */
+export interface ModeMemory {
+  schedule(c: ModelConfig): RoutingSchedule;
+  /**
+   * The state it keeps across the depth: "sources" (the routed calls' sources: h0 and sublayer
+   * outputs, or block sums / deltas: heldSources [n, d] tensors), "expanded" (DDL-expanded's
+   * [n, d, dv] state after every sublayer and h0's), "stream" (only the stream the next sublayer
+   * reads, counted as activations).
+   */
+  state: "sources" | "expanded" | "stream";
+  /**
+   * How a routed sublayer input is made: "route" (x_j = route(…), one [n, d] tensor the next norm
+   * keeps), "stream-plus-route" (x_j = h + [a·] r: one [n, d] tensor, two with the gate; a null
+   * source is one more [n, d] copy per sublayer), or null (no routed input).
+   */
+  input: "route" | "stream-plus-route" | null;
+  /** Elements its own per-sublayer update keeps (DDL's k, β, v, new state; 0 for the others): in the TypeScript engine and in eager PyTorch. */
+  sublayerTs(c: ModelConfig, s: MemorySizes): number;
+  sublayerTorch(c: ModelConfig, s: MemorySizes): number;
+  /** Elements the TypeScript engine keeps after the last sublayer besides the final routing (DDL-expanded's expand and readout). */
+  finalTs(s: MemorySizes): number;
+  /** Forward FLOPs per token and sublayer of its own update (DDL's), besides 7·N·d per routed call. */
+  sublayerFlops(s: MemorySizes): number;
+  /** The TypeScript engine's backward: the gradients running along the depth while a sublayer's backward runs, in elements. */
+  runningGrads(s: MemorySizes, schedule: RoutingSchedule): number;
+  /** [n, d] tensors eager PyTorch holds across the depth (sources, streams the norms keep). */
+  torchHeld(s: MemorySizes, schedule: RoutingSchedule): number;
+  /** Whether the final norm reads a [n, d] tensor of the mode's own (delta's last h, DDL-expanded's readout). */
+  finalStream: boolean;
+  /** Elements per token a layer boundary keeps under per-layer checkpointing: 0 (the sources are the input), d (a stream), d·dv. */
+  boundary(s: MemorySizes): number;
+}
+
+/** A schedule of no routed calls; `adds` new [n, d] tensors per sublayer. */
+export function unroutedSchedule(c: ModelConfig, adds: 0 | 1): RoutingSchedule {
+  const J = 2 * c.num_hidden_layers;
+  return {
+    routeN: new Array<number>(J).fill(0),
+    finalN: 0,
+    adds: new Array<number>(J).fill(adds),
+    heldSources: 0,
+  };
+}
+
+/**
+ * The memory facts of a mode that routes sources (`schedule`, `input`): no update of its own;
+ * while a sublayer's backward runs, one gradient per source of the widest routed call and the
+ * stream's; a stream crosses each layer boundary.
+ */
+export function routedMemory(
+  schedule: ModeMemory["schedule"],
+  input: ModeMemory["input"],
+  torchHeld: ModeMemory["torchHeld"],
+  finalStream: boolean,
+): ModeMemory {
+  return {
+    schedule,
+    state: "sources",
+    input,
+    sublayerTs: () => 0,
+    sublayerTorch: () => 0,
+    finalTs: () => 0,
+    sublayerFlops: () => 0,
+    runningGrads: (s, k) => (Math.max(k.finalN, ...k.routeN) + 1) * s.n * s.d,
+    torchHeld,
+    finalStream,
+    boundary: (s) => s.d,
+  };
+}
+
+/** How a mode without memory facts (one added with registerMode that states none) is costed: no routing state, one stream. */
+export const NO_MEMORY: ModeMemory = {
+  schedule: (c) => unroutedSchedule(c, 0),
+  state: "stream",
+  input: null,
+  sublayerTs: () => 0,
+  sublayerTorch: () => 0,
+  finalTs: () => 0,
+  sublayerFlops: () => 0,
+  runningGrads: (s) => s.n * s.d,
+  torchHeld: () => 0,
+  finalStream: false,
+  boundary: (s) => s.d,
+};
+
 /** Config flags the schema checks per mode (src/model/config.ts). */
 export interface ModeOptions {
   /** Needs attnres_num_blocks (≤ num_hidden_layers). */
@@ -134,6 +245,8 @@ export interface ModeDef<Name extends string = string, Key extends string = stri
   /** Matches the full names of the parameters it adds (model.layers.3.attn_res_proj.weight …). */
   readonly params: RegExp;
   readonly convert: ConvertSpec | null;
+  /** What it keeps for the backward pass, for `attnres plan` (NO_MEMORY when absent). */
+  readonly memory?: ModeMemory;
   /** What source position p (0-based) of one of its routed calls holds under config c (null source, outputs or states), for the analysis. */
   sourceLabel(p: number, c: SourceLabelConfig): string;
   /** Registers its parameters on the host's modules (tensor names fixed) and returns the mode. */

@@ -4,7 +4,15 @@
  */
 import { add } from "../../tensor/ops.js";
 import type { Tensor } from "../../tensor/tensor.js";
-import { type ModeDef, type ModeRun, NO_OPTIONS, type SublayerResult, type Trace } from "./mode.js";
+import {
+  type ModeDef,
+  type ModeRun,
+  NO_MEMORY,
+  NO_OPTIONS,
+  type SublayerResult,
+  type Trace,
+  unroutedSchedule,
+} from "./mode.js";
 import { sublayerSourceLabel } from "./routing.js";
 
 class StandardRun implements ModeRun {
@@ -32,5 +40,10 @@ export const standard: ModeDef<"standard", "standard"> = {
   params: /(?!)/,
   convert: null,
   sourceLabel: sublayerSourceLabel, // (no routed calls)
+  memory: {
+    ...NO_MEMORY,
+    schedule: (c) => unroutedSchedule(c, 1), // h ← h + o_j
+    torchHeld: (s) => 2 * s.L + 1, // every h is the next norm's saved input
+  },
   build: () => ({ name: "standard", begin: (h0, trace) => new StandardRun(h0, trace) }),
 };

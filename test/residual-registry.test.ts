@@ -21,6 +21,7 @@ import { analyzeModel } from "../src/analysis/routing.js";
 import { loadCheckpoint } from "../src/model/checkpoint.js";
 import { registerConvert } from "../src/cli/commands/convert.js";
 import { registerTrain } from "../src/cli/commands/train.js";
+import { planCommand } from "../src/cli/plan.js";
 import { loadPreset } from "../src/cli/preset.js";
 import { specFrom } from "../src/cli/train.js";
 import { type DecoderLMConfig, type ModeName, parseConfig } from "../src/model/config.js";
@@ -276,6 +277,18 @@ describe("a throwaway mode added through the registry alone", () => {
       data: "unused",
     });
     assert.equal(spec.model.attnres_mode, "uniform_test");
+    // attnres plan --modes takes it too, and sizes it (a mode without memory facts is costed as
+    // the standard model plus its parameters).
+    const planned = planCommand({ preset: "sotu-tiny", engine: "ts", modes: "standard,uniform-test" });
+    assert.deepEqual(
+      planned.rows.map((r) => r.mode),
+      ["standard", "uniform-test"],
+    );
+    assert.ok(planned.rows[1]!.params > planned.rows[0]!.params);
+    assert.throws(
+      () => planCommand({ preset: "sotu-tiny", engine: "ts", modes: "nope" }),
+      /"nope" is not a mode \(expected one of standard, .*, uniform-test, or all\)/,
+    );
   });
 
   test("a standard checkpoint converts to it exactly, as it declares", () => {

@@ -5,8 +5,8 @@
  * per mode (src/plan/estimate.ts says what each column counts), or JSON.
  */
 import * as fs from "node:fs";
-import type { InvalidArgumentError } from "commander";
 import type { ModeName } from "../model/config.js";
+import { modeByName, modes } from "../model/residual.js";
 import {
   type AttentionKernel,
   plan,
@@ -61,13 +61,17 @@ function choice<T extends string>(flag: string, v: string | undefined, allowed: 
   return v as T;
 }
 
+/** The modes --modes names: built-in names, or any mode added with registerMode; "all" = built-ins. */
 function parseModes(v: string | undefined): ModeName[] {
   if (v === undefined || v === "all") return [...MODE_LIST];
-  return v.split(",").map((m) => {
+  return v.split(",").map((raw) => {
+    const m = raw.trim();
+    if (modeByName(m)) return m as ModeName; // a registered mode outside the built-in union
     try {
-      return modeArg(m.trim());
+      return modeArg(m);
     } catch (e) {
-      throw new Error(`--modes: "${m}" is not a mode (${(e as InvalidArgumentError).message}, or all)`, {
+      const known = modes().map((d) => d.name);
+      throw new Error(`--modes: "${m}" is not a mode (expected one of ${known.join(", ")}, or all)`, {
         cause: e,
       });
     }

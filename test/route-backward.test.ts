@@ -20,7 +20,7 @@ import { DecoderLM } from "../src/model/decoder.js";
 import { poolStats, tidy } from "../src/tensor/memory.js";
 import * as ops from "../src/tensor/ops.js";
 import { Rng } from "../src/tensor/random.js";
-import type { Tensor } from "../src/tensor/tensor.js";
+import { record, type Tensor } from "../src/tensor/tensor.js";
 import { AdamW } from "../src/train/optim.js";
 import { paramGroups, trainStep } from "../src/train/trainer.js";
 import { gradcheck, randTensor } from "./helpers.js";
@@ -89,6 +89,29 @@ describe("route: deferred backward", () => {
     x0.grad?.dispose();
     x0.grad = null;
     assert.equal(poolStats(ref).liveBytes, live, "every recorded gradient was released");
+  });
+});
+
+describe("route: a backward pass that fails", () => {
+  test("releases the gradients the routed calls recorded", () => {
+    const x = r([4, 5], { lo: -2, hi: 2 });
+    const w = r([5]);
+    const g = r([5], { lo: 0.5, hi: 1.5 });
+    const live = poolStats(ref).liveBytes;
+    assert.throws(
+      () =>
+        tidy(() => {
+          const b = ops.silu(x); // added after a: still pending when a's backward throws
+          const a = record(ops.square(x), "failing", [x], () => {
+            throw new Error("failing backward");
+          });
+          ops.sum(ops.route([a, b], w, g, 1e-6).out).backward();
+        }),
+      /failing backward/,
+    );
+    assert.equal(poolStats(ref).liveBytes, live, "nothing recorded outlives the failed pass");
+    assert.equal(w.grad, null);
+    assert.equal(x.grad, null);
   });
 });
 

@@ -744,8 +744,9 @@ export function route(sourceList: readonly Tensor[], w: Tensor, g: Tensor, eps: 
       sourceBackward(s, gs, own !== null, [{ call, col: i }], rows, d);
       return gs;
     });
-    routeGroup.live.add(call);
     if (call.pending === 0) call.finish();
+    // kept until the group's end() (a Deferred below registers the group with the engine)
+    if (call.pending > 0 || w.requiresGrad || g.requiresGrad) routeGroup.live.add(call);
     const param = (which: "w" | "g"): Deferred => ({ group: routeGroup, item: { call, which } });
     return [...res, w.requiresGrad ? param("w") : null, g.requiresGrad ? param("g") : null];
   };

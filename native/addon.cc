@@ -873,6 +873,78 @@ KERNEL(depthRoute) {
   });
 }
 
+KERNEL(depthRouteSourceBackward) {
+  return guard(env, [&] {
+    Args a(env, info, "depthRouteSourceBackward", 13);
+    const F32 s = a.f32(0, "source");
+    const F32 gs = a.f32OrNull(1, "gsource");
+    const bool accumulate = a.boolean(2, "accumulate");
+    const std::vector<F32> gouts = f32List(a, 3, "gout", false);
+    const std::vector<F32> alphas = f32List(a, 4, "alpha", false);
+    const std::vector<F32> rstds = f32List(a, 5, "rstd", false);
+    i64 nMeta;
+    const int32_t* meta = a.i32(6, "meta", &nMeta);
+    const std::vector<F32> cs = f32List(a, 7, "c", false);
+    const std::vector<F32> ws = f32List(a, 8, "w", false);
+    const std::vector<F32> gains = f32List(a, 9, "g", false);
+    const std::vector<F32> ps = f32List(a, 10, "p", false);
+    const i64 rows = a.size(11, "rows"), d = a.size(12, "d");
+    const i64 K = (i64)gouts.size();
+    for (const auto& [name, list] : {std::pair<const char*, const std::vector<F32>*>{"alphas", &alphas},
+                                     {"rstds", &rstds},
+                                     {"cs", &cs},
+                                     {"ws", &ws},
+                                     {"gs", &gains},
+                                     {"ps", &ps}})
+      if ((i64)list->size() != K)
+        a.fail(std::to_string(list->size()) + " " + name + " for " + std::to_string(K) + " gradients");
+    a.needLen("meta", nMeta, 2 * K);
+    a.need("source", s, a.mul(rows, d));
+    if (gs.p != nullptr) a.need("gsource", gs, a.mul(rows, d));
+    std::vector<const float*> go(K), al(K), rs(K), cv(K), w(K), g(K);
+    std::vector<float*> p(K);
+    std::vector<i64> col(K), n(K);
+    for (i64 k = 0; k < K; k++) {
+      col[k] = meta[2 * k];
+      n[k] = meta[2 * k + 1];
+      if (!(n[k] > 0 && col[k] >= 0 && col[k] < n[k]))
+        a.fail("consumer " + std::to_string(k) + " has column " + std::to_string(col[k]) + " of " +
+               std::to_string(n[k]));
+      const std::string ks = " " + std::to_string(k);
+      a.needLen(("gout" + ks).c_str(), gouts[k].n, a.mul(rows, d));
+      a.needLen(("alpha" + ks).c_str(), alphas[k].n, a.mul(rows, n[k]));
+      a.needLen(("rstd" + ks).c_str(), rstds[k].n, a.mul(rows, n[k]));
+      a.needLen(("c" + ks).c_str(), cs[k].n, rows);
+      a.needLen(("w" + ks).c_str(), ws[k].n, d);
+      a.needLen(("g" + ks).c_str(), gains[k].n, d);
+      a.needLen(("p" + ks).c_str(), ps[k].n, d);
+      go[k] = gouts[k].p;
+      al[k] = alphas[k].p;
+      rs[k] = rstds[k].p;
+      cv[k] = cs[k].p;
+      w[k] = ws[k].p;
+      g[k] = gains[k].p;
+      p[k] = ps[k].p;
+    }
+    depth_route_source_backward(s.p, gs.p, accumulate, K, go.data(), al.data(), rs.data(), col.data(),
+                                n.data(), cv.data(), w.data(), g.data(), p.data(), rows, d);
+    return undefinedValue(env);
+  });
+}
+
+KERNEL(rowDot) {
+  return guard(env, [&] {
+    Args a(env, info, "rowDot", 5);
+    const F32 x = a.f32(0, "a"), y = a.f32(1, "b"), out = a.f32(2, "out");
+    const i64 rows = a.size(3, "rows"), d = a.size(4, "d");
+    a.need("a", x, a.mul(rows, d));
+    a.need("b", y, a.mul(rows, d));
+    a.need("out", out, rows);
+    row_dot(x.p, y.p, out.p, rows, d);
+    return undefinedValue(env);
+  });
+}
+
 KERNEL(depthRouteBackward) {
   return guard(env, [&] {
     Args a(env, info, "depthRouteBackward", 11);
@@ -959,6 +1031,8 @@ napi_value Init(napi_env env, napi_value exports) {
       FN(ddlUpdateBackward),
       FN(depthRoute),
       FN(depthRouteBackward),
+      FN(depthRouteSourceBackward),
+      FN(rowDot),
       FN(adamw),
   };
 #undef FN

@@ -6,6 +6,13 @@
 // Backward (per row, da_i = gout . s_i, dl_i = alpha_i (da_i - sum_j alpha_j da_j)), accumulating:
 //   gs_i += alpha_i gout + rstd_i dl_i (w o g) - (rstd_i^3 / d) (sum_c dl_i w_c g_c s_ic) s_i
 //   gw += g o P,   gg += w o P,   P = sum_rows sum_i dl_i rstd_i s_i   (per-thread partials, summed in order)
+// The deferred backward (depth_route_source_backward) takes one source s and the K routed calls that
+// read it, each with its output gradient gout_k and c_k = gout_k . out_k per row (row_dot), which
+// stands in for sum_i alpha_i da_i, so no other source of the call is needed:
+//   dl = rstd_k alpha_k (gout_k . s - c_k);  gs += alpha_k gout_k + dl (w_k o g_k) - (rstd_k^2 dl q_k / d) s
+//   p_k += sum_rows dl s   (q_k = (w_k o g_k) . s; gw_k = g_k o p_k, gg_k = w_k o p_k after all sources)
+// One source's block of rows (and its gradient's) stays in cache while the K gradients stream past:
+// one read of [rows, d] per (call, source) pair instead of three.
 // Rows are processed in blocks of kRowBlock rows, spread over OpenMP threads; inside a block every
 // pass walks one source at a time over the block's rows (long sequential runs for the hardware
 // prefetcher, the block's source rows stay in L2 between passes). Sums over d accumulate in float
@@ -175,6 +182,83 @@ void depth_route_backward(const float* const* src, i64 N, const float* w, const 
     gw[c] = g[c] * p;
     gg[c] = w[c] * p;
   }
+}
+
+void row_dot(const float* a, const float* b, float* out, i64 rows, i64 d) {
+#pragma omp parallel for schedule(static) if (rows * d >= kParallelMin)
+  for (i64 r = 0; r < rows; r++) {
+    const float* x = a + r * d;
+    const float* y = b + r * d;
+    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+    for (i64 c = 0; c < d; c++) dot += x[c] * y[c];
+    out[r] = dot;
+  }
+}
+
+void depth_route_source_backward(const float* s, float* gs, bool accumulate, i64 K, const float* const* gout,
+                                 const float* const* alpha, const float* const* rstd, const i64* col,
+                                 const i64* n, const float* const* cv, const float* const* w,
+                                 const float* const* g, float* const* p, i64 rows, i64 d) {
+  std::vector<float> wgv((size_t)K * d);
+  for (i64 k = 0; k < K; k++)
+    for (i64 c = 0; c < d; c++) wgv[(size_t)k * d + c] = w[k][c] * g[k][c];
+  const bool par = rows * d * std::max<i64>(K, 1) >= kParallelMin && rows > kRowBlock;
+  const int maxT = par ? omp_get_max_threads() : 1;
+  std::vector<float> partial((size_t)maxT * K * d, 0.0f);
+  const i64 nb = (rows + kRowBlock - 1) / kRowBlock;
+#pragma omp parallel if (par)
+  {
+    float* P = partial.data() + (size_t)omp_get_thread_num() * K * d;
+    double coef[kRowBlock];
+#pragma omp for schedule(static)
+    for (i64 b = 0; b < nb; b++) {
+      const i64 r0 = b * kRowBlock, r1 = std::min(rows, r0 + kRowBlock);
+      if (gs != nullptr && !accumulate) std::fill(gs + r0 * d, gs + r1 * d, 0.0f);
+      for (i64 r = r0; r < r1; r++) coef[r - r0] = 0.0;
+      for (i64 k = 0; k < K; k++) {
+        const float* q = wgv.data() + (size_t)k * d;
+        float* Pk = P + (size_t)k * d;
+        const i64 N = n[k], ck = col[k];
+        for (i64 r = r0; r < r1; r++) {
+          i64 ka, ra;
+          if (ahead(k, r, r0, r1, K, &ka, &ra)) prefetch_row(gout[ka] + ra * d, d, false);
+          const float* sr = s + r * d;
+          const float* go = gout[k] + r * d;
+          float da = 0.0f, dq = 0.0f;
+#pragma omp simd reduction(+ : da, dq)
+          for (i64 c = 0; c < d; c++) {
+            da += go[c] * sr[c];
+            dq += q[c] * sr[c];
+          }
+          const float a = alpha[k][r * N + ck], rs = rstd[k][r * N + ck];
+          const double dld = (double)rs * a * ((double)da - cv[k][r]);
+          const float dl = (float)dld;
+#pragma omp simd
+          for (i64 c = 0; c < d; c++) Pk[c] += dl * sr[c];
+          if (gs == nullptr) continue;
+          coef[r - r0] += (double)rs * rs * dld * dq / (double)d;
+          float* gr = gs + r * d;
+#pragma omp simd
+          for (i64 c = 0; c < d; c++) gr[c] += a * go[c] + dl * q[c];
+        }
+      }
+      if (gs == nullptr) continue;
+      for (i64 r = r0; r < r1; r++) {
+        const float cf = (float)coef[r - r0];
+        const float* sr = s + r * d;
+        float* gr = gs + r * d;
+#pragma omp simd
+        for (i64 c = 0; c < d; c++) gr[c] -= cf * sr[c];
+      }
+    }
+  }
+  for (i64 k = 0; k < K; k++)
+    for (i64 c = 0; c < d; c++) {
+      float v = partial[(size_t)k * d + c];
+      for (int t = 1; t < maxT; t++) v += partial[((size_t)t * K + k) * d + c];
+      p[k][c] += v;
+    }
 }
 
 }  // namespace attnres

@@ -92,6 +92,14 @@ void depth_route(const float* const* src, i64 N, const float* w, const float* g,
 void depth_route_backward(const float* const* src, i64 N, const float* w, const float* g, const float* alpha,
                           const float* rstd, const float* gout, float* const* gsrc, float* gw, float* gg,
                           i64 rows, i64 d);
+// the deferred backward of one source s [rows, d] for K calls; per call k: gout [rows, d], alpha and rstd
+// [rows, n[k]] (s is column col[k]), cv [rows] = gout . out, w, g [d], p [d] (+=); gs [rows, d] or null
+void depth_route_source_backward(const float* s, float* gs, bool accumulate, i64 K, const float* const* gout,
+                                 const float* const* alpha, const float* const* rstd, const i64* col,
+                                 const i64* n, const float* const* cv, const float* const* w,
+                                 const float* const* g, float* const* p, i64 rows, i64 d);
+// out[r] = a[r] . b[r]; a, b [rows, d], out [rows]
+void row_dot(const float* a, const float* b, float* out, i64 rows, i64 d);
 
 // ------------------------------------------------------------------ attention (attention.cc)
 // q, out [B, Tq, Hq, D]; k, v [B, Tk, Hkv, D]; lse [B, Hq, Tq]

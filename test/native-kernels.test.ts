@@ -929,6 +929,191 @@ describe("depthRoute", () => {
   });
 });
 
+describe("depthRouteSourceBackward and rowDot", () => {
+  /** K routed calls reading one source s (at a random column of each), forward run natively. */
+  function calls(rows: number, d: number, K: number, s: Float32Array) {
+    return Array.from({ length: K }, () => {
+      const N = 1 + randInt(5);
+      const col = randInt(N);
+      const srcs = Array.from({ length: N }, (_, i) => (i === col ? s : rnd(rows * d, -2, 2)));
+      const w = rnd(d);
+      const g = rnd(d, 0.5, 1.5);
+      const out = nans(rows * d);
+      const alpha = nans(rows * N);
+      const rstd = nans(rows * N);
+      nat.depthRoute(srcs, w, g, out, alpha, rstd, rows, d, 1e-6);
+      const gout = rnd(rows * d);
+      const c = nans(rows);
+      nat.rowDot(gout, out, c, rows, d);
+      const cW = new Float64Array(rows);
+      ref.rowDot(f64(gout), f64(out), cW, rows, d);
+      closeDot("c", c, cW, d);
+      return { N, col, w, g, alpha, rstd, gout, c, p: rnd(d) };
+    });
+  }
+  for (const [rows, d, K] of [
+    [1, 1, 1],
+    [13, 7, 3],
+    [67, 37, 5],
+    [301, 129, 4],
+    [70, 33, 26], // rows not a multiple of the 16-row blocks, many calls, threaded
+    [40, 16, 0], // no calls: a written gradient is zero
+  ])
+    for (const mode of ["accumulate", "write", "none"] as const)
+      test(`rows=${rows} d=${d} calls=${K}, gradient: ${mode}`, () => {
+        const s = rnd(rows * d, -2, 2);
+        const cs = calls(rows, d, K, s);
+        const meta = Int32Array.from(cs.flatMap((c) => [c.col, c.N]));
+        const gs = mode === "accumulate" ? rnd(rows * d) : mode === "write" ? nans(rows * d) : null;
+        const gsW = mode === "accumulate" ? f64(gs!) : mode === "write" ? new Float64Array(rows * d) : null;
+        const psW = cs.map((c) => f64(c.p));
+        ref.depthRouteSourceBackward(
+          f64(s),
+          gsW,
+          mode === "accumulate",
+          cs.map((c) => f64(c.gout)),
+          cs.map((c) => f64(c.alpha)),
+          cs.map((c) => f64(c.rstd)),
+          meta,
+          cs.map((c) => f64(c.c)),
+          cs.map((c) => f64(c.w)),
+          cs.map((c) => f64(c.g)),
+          psW,
+          rows,
+          d,
+        );
+        nat.depthRouteSourceBackward(
+          s,
+          gs,
+          mode === "accumulate",
+          cs.map((c) => c.gout),
+          cs.map((c) => c.alpha),
+          cs.map((c) => c.rstd),
+          meta,
+          cs.map((c) => c.c),
+          cs.map((c) => c.w),
+          cs.map((c) => c.g),
+          cs.map((c) => c.p),
+          rows,
+          d,
+        );
+        if (gs) closeDot("gsource", gs, gsW!, d * (K + 1));
+        cs.forEach((c, k) => closeDot(`p ${k}`, c.p, psW[k]!, rows * d));
+      });
+  test("over every source of a call, it equals depthRouteBackward (float64)", () => {
+    const near = (name: string, got: Float64Array, want: Float64Array) => {
+      const tol = 1e-12 * maxAbs(want);
+      want.forEach((v, i) => assert.ok(Math.abs(got[i]! - v) <= tol, `${name}[${i}]: ${got[i]} vs ${v}`));
+    };
+    const [rows, d, N] = [19, 11, 4];
+    const srcs = Array.from({ length: N }, () => f64(rnd(rows * d, -2, 2)));
+    const w = f64(rnd(d));
+    const g = f64(rnd(d, 0.5, 1.5));
+    const out = new Float64Array(rows * d);
+    const alpha = new Float64Array(rows * N);
+    const rstd = new Float64Array(rows * N);
+    ref.depthRoute(srcs, w, g, out, alpha, rstd, rows, d, 1e-6);
+    const gout = f64(rnd(rows * d));
+    const c = new Float64Array(rows);
+    ref.rowDot(gout, out, c, rows, d);
+    const whole = srcs.map(() => new Float64Array(rows * d));
+    const gw = new Float64Array(d);
+    const gg = new Float64Array(d);
+    ref.depthRouteBackward(srcs, w, g, alpha, rstd, gout, whole, gw, gg, rows, d);
+    const p = new Float64Array(d);
+    srcs.forEach((s, i) => {
+      const gs = new Float64Array(rows * d);
+      ref.depthRouteSourceBackward(
+        s,
+        gs,
+        false,
+        [gout],
+        [alpha],
+        [rstd],
+        Int32Array.of(i, N),
+        [c],
+        [w],
+        [g],
+        [p],
+        rows,
+        d,
+      );
+      near(`gsource ${i}`, gs, whole[i]!);
+    });
+    near(
+      "gw",
+      Float64Array.from(p, (v, k) => v * g[k]!),
+      gw,
+    );
+    near(
+      "gg",
+      Float64Array.from(p, (v, k) => v * w[k]!),
+      gg,
+    );
+  });
+  test("errors", () => {
+    const one = [rnd(8)];
+    assert.throws(
+      () =>
+        nat.depthRouteSourceBackward(
+          rnd(8),
+          null,
+          false,
+          one,
+          [],
+          one,
+          Int32Array.of(0, 1),
+          one,
+          one,
+          one,
+          one,
+          2,
+          4,
+        ),
+      /depthRouteSourceBackward: 0 alphas for 1 gradients/,
+    );
+    assert.throws(
+      () =>
+        nat.depthRouteSourceBackward(
+          rnd(8),
+          null,
+          false,
+          one,
+          one,
+          one,
+          Int32Array.of(2, 2),
+          one,
+          one,
+          one,
+          one,
+          2,
+          4,
+        ),
+      /depthRouteSourceBackward: consumer 0 has column 2 of 2/,
+    );
+    assert.throws(
+      () =>
+        nat.depthRouteSourceBackward(
+          rnd(8),
+          rnd(7),
+          true,
+          [],
+          [],
+          [],
+          new Int32Array(0),
+          [],
+          [],
+          [],
+          [],
+          2,
+          4,
+        ),
+      /depthRouteSourceBackward: gsource has 7 elements, needs 8/,
+    );
+    assert.throws(() => nat.rowDot(rnd(8), rnd(8), rnd(1), 2, 4), /rowDot: out has 1 elements, needs 2/);
+  });
+});
+
 describe("adamw", () => {
   for (const n of [1, 13, 40007])
     test(`n=${n}, 3 steps`, () => {

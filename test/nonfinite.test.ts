@@ -194,6 +194,45 @@ const kernels: Kernel[] = [
     },
   },
   {
+    name: "depthRoute (+ deferred per-source backward, rowDot)",
+    inputs: (rng) => ({
+      s0: randArr(rng, R * D),
+      s1: randArr(rng, R * D),
+      w: randArr(rng, D),
+      g: randArr(rng, D),
+      gout: randArr(rng, R * D),
+      gs0: randArr(rng, R * D),
+      p: randArr(rng, D),
+    }),
+    run: (b, buf, i) => {
+      const src = [buf(i.s0!), buf(i.s1!)];
+      const [w, g, gout, p] = [buf(i.w!), buf(i.g!), buf(i.gout!), buf(i.p!)];
+      const [o, alpha, rstd, c] = [out(b, R * D), out(b, R * 2), out(b, R * 2), out(b, R)];
+      b.depthRoute(src, w, g, o, alpha, rstd, R, D, 1e-6);
+      b.rowDot(gout, o, c, R, D);
+      const [gs0, gs1] = [buf(i.gs0!), out(b, R * D)];
+      const one = (col: number, gs: Buf, acc: boolean) =>
+        b.depthRouteSourceBackward(
+          src[col]!,
+          gs,
+          acc,
+          [gout],
+          [alpha],
+          [rstd],
+          Int32Array.of(col, 2),
+          [c],
+          [w],
+          [g],
+          [p],
+          R,
+          D,
+        );
+      one(0, gs0, true);
+      one(1, gs1, false);
+      return { c, gs0, gs1, p };
+    },
+  },
+  {
     name: "embedding (+ backward)",
     inputs: (rng) => ({ w: randArr(rng, 5 * 4), gout: randArr(rng, 3 * 4) }),
     run: (b, buf, i) => {

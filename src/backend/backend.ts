@@ -302,6 +302,36 @@ export interface Backend {
     rows: number,
     d: number,
   ): void;
+  /**
+   * The backward of depthRoute for one source, deferred until every routed call that reads it has
+   * its output gradient (src/tensor/ops.ts `route`). With the per-row scalar c_k[r] =
+   * gout_k[r] . out_k[r] of consumer k (rowDot), the softmax backward needs only this source:
+   *   da = gout_k . s,  dl = alpha_k (da - c_k),  dl_i = rstd_k * dl  (per row r, consumer k)
+   *   gsource += sum_k [alpha_k gout_k + dl_i (w_k o g_k) - (rstd_k^2 dl_i (w_k o g_k) . s / d) s]
+   *   ps[k] += sum_r dl_i s        (so that gw_k = g_k o ps[k], gg_k = w_k o ps[k] once every
+   *                                 source of call k has been added)
+   * source [rows, d]. Per consumer k < K: gouts[k] [rows, d]; alphas[k], rstds[k] [rows, N_k], this
+   * source being column col_k of them, meta = Int32Array [col_0, N_0, col_1, N_1, ...] (2K);
+   * cs[k] [rows]; ws[k], gs[k] [d] (the call's query and key gain); ps[k] [d] (accumulates into).
+   * gsource [rows, d]: null (only ps is wanted), accumulated into when accumulate, else written.
+   */
+  depthRouteSourceBackward(
+    source: Buf,
+    gsource: Buf | null,
+    accumulate: boolean,
+    gouts: readonly Buf[],
+    alphas: readonly Buf[],
+    rstds: readonly Buf[],
+    meta: Int32Array,
+    cs: readonly Buf[],
+    ws: readonly Buf[],
+    gs: readonly Buf[],
+    ps: readonly Buf[],
+    rows: number,
+    d: number,
+  ): void;
+  /** Writes out[r] = sum_c a[r, c] * b[r, c] for r < rows (a, b [rows, d]; out [rows]). */
+  rowDot(a: Buf, b: Buf, out: Buf, rows: number, d: number): void;
 
   /**
    * Deep Delta Learning's expanded state (ddl-expanded): X [rows, d, dv] holds dv value channels per

@@ -23,7 +23,17 @@ import {
   sizeOf,
   type Shape,
 } from "./shape.js";
-import { empty, full, noGrad, record, scalar, Tensor, zeros } from "./tensor.js";
+import {
+  type DeferGroup,
+  type Deferred,
+  empty,
+  full,
+  noGrad,
+  record,
+  scalar,
+  Tensor,
+  zeros,
+} from "./tensor.js";
 
 function like(t: Tensor, shape: Shape): Tensor {
   return empty(shape, { backend: t.backend, dtype: t.dtype });
@@ -664,6 +674,17 @@ export interface RouteResult {
  * Depth routing (docs/methods.md "Routing") over N same-shaped sources [..., d] with query w [d] and key
  * gain g [d]: keys are RMSNorm(s_i; g), logits w·k_i, alpha = softmax over sources. The fused
  * kernel reads the sources in place (no stacking copy). Returns the output and alpha.
+ *
+ * Backward. The softmax backward of a call needs, besides each source's gout·s_i, only the per-row
+ * scalar c = gout·out, so a call's backward computes c and defers the rest (tensor.ts, "Deferred
+ * contributions"): each source that is computed by an op gets a contribution {call, column}, and
+ * when the walk reaches the source, every call that read it has its gradient recorded and one
+ * kernel (depthRouteSourceBackward) adds them all into the source's gradient, reading the source
+ * once and each call's gout once, and adds each call's share of its sum over rows p [d]. When the
+ * last source of a call has been added, the call's gw = g ∘ p and gg = w ∘ p are ready and its
+ * recorded gout is released; w and g (leaves) take them after the walk. Sources that are leaves
+ * or need no gradient are done at the call's own backward. When w or g is computed by an op (not
+ * a leaf), the call does its whole backward at once (depthRouteBackward).
  */
 export function route(sourceList: readonly Tensor[], w: Tensor, g: Tensor, eps: number): RouteResult {
   const op = "route";
@@ -685,7 +706,7 @@ export function route(sourceList: readonly Tensor[], w: Tensor, g: Tensor, eps: 
   const bufs = sources.map((s) => s.data);
   first.backend.depthRoute(bufs, w.data, g.data, out.data, alpha.data, rstd.data, rows, d, eps);
   const inputs = [...sources, w, g];
-  const backwardInto = (gy: Tensor, acc: readonly (Tensor | null)[]): (Tensor | null)[] => {
+  const whole = (gy: Tensor, acc: readonly (Tensor | null)[]): (Tensor | null)[] => {
     // Source gradients accumulate: into the engine's running gradient when it has one, else into
     // a fresh zeroed buffer.
     const gs = sources.map((s, i) =>
@@ -708,9 +729,153 @@ export function route(sourceList: readonly Tensor[], w: Tensor, g: Tensor, eps: 
     );
     return [...gs, w.requiresGrad ? gw : null, g.requiresGrad ? gg : null];
   };
-  record(out, op, inputs, (gy) => backwardInto(gy, []), backwardInto);
+  const deferred = (gy: Tensor, acc: readonly (Tensor | null)[]): (Tensor | Deferred | null)[] => {
+    if ((w.requiresGrad && w.gradFn) || (g.requiresGrad && g.gradFn)) return whole(gy, acc);
+    const call = new RouteCall(sources, w, g, alpha, rstd, gy, rows, d);
+    first.backend.rowDot(gy.data, out.data, call.c!.data, rows, d);
+    const res: (Tensor | Deferred | null)[] = sources.map((s, i) => {
+      if (s.requiresGrad && s.gradFn) {
+        call.pending++;
+        return { group: routeGroup, item: { call, col: i } satisfies SourceItem };
+      }
+      // now: a leaf source's gradient, and every source's share of p
+      const own = s.requiresGrad ? (acc[i] ?? null) : null;
+      const gs = s.requiresGrad ? (own ?? like(s, s.shape)) : null;
+      sourceBackward(s, gs, own !== null, [{ call, col: i }], rows, d);
+      return gs;
+    });
+    if (call.pending === 0) call.finish();
+    // kept until the group's end() (a Deferred below registers the group with the engine)
+    if (call.pending > 0 || w.requiresGrad || g.requiresGrad) routeGroup.live.add(call);
+    const param = (which: "w" | "g"): Deferred => ({ group: routeGroup, item: { call, which } });
+    return [...res, w.requiresGrad ? param("w") : null, g.requiresGrad ? param("g") : null];
+  };
+  record(out, op, inputs, (gy) => whole(gy, []), deferred);
   return { out, alpha };
 }
+
+/** The backward state of one route call whose source gradients are deferred. */
+class RouteCall {
+  /** Kept until every deferred source has been added: the output's gradient [rows, d], c [rows]. */
+  gy: Tensor | null;
+  c: Tensor | null;
+  /** sum over rows of (dl rstd s), summed over the sources added so far [d]. */
+  p: Tensor | null;
+  /** Deferred sources not yet added. */
+  pending = 0;
+  /** Set once pending is 0 (for the ones that need a gradient), until handed to the engine. */
+  gw: Tensor | null = null;
+  gg: Tensor | null = null;
+  constructor(
+    readonly sources: readonly Tensor[],
+    readonly w: Tensor,
+    readonly g: Tensor,
+    readonly alpha: Tensor,
+    readonly rstd: Tensor,
+    gy: Tensor,
+    rows: number,
+    d: number,
+  ) {
+    this.gy = gy.view().keep();
+    this.c = like(gy, [rows]).keep();
+    this.p = zeros([d], { backend: w.backend, dtype: w.dtype }).keep();
+  }
+  /** All sources added: gw = g ∘ p, gg = w ∘ p; releases the recorded gradient. */
+  finish(): void {
+    const p = this.p!;
+    const mul = (a: Tensor): Tensor => {
+      const r = like(p, a.shape).keep();
+      p.backend.binary("mul", a.data, [1], p.data, [1], r.data, [p.size]);
+      return r;
+    };
+    if (this.w.requiresGrad) this.gw = mul(this.g);
+    if (this.g.requiresGrad) this.gg = mul(this.w);
+    this.release();
+  }
+  release(): void {
+    for (const t of [this.gy, this.c, this.p]) t?.dispose();
+    this.gy = this.c = this.p = null;
+  }
+}
+
+interface SourceItem {
+  call: RouteCall;
+  col: number;
+}
+interface ParamItem {
+  call: RouteCall;
+  which: "w" | "g";
+}
+
+/** One source's deferred backward over the calls (items) that read it; gs null: only p. */
+function sourceBackward(
+  s: Tensor,
+  gs: Tensor | null,
+  accumulate: boolean,
+  items: readonly SourceItem[],
+  rows: number,
+  d: number,
+): void {
+  const calls = items.map((it) => it.call);
+  const meta = new Int32Array(items.length * 2);
+  items.forEach((it, k) => {
+    meta[2 * k] = it.col;
+    meta[2 * k + 1] = it.call.sources.length;
+  });
+  s.backend.depthRouteSourceBackward(
+    s.data,
+    gs ? gs.data : null,
+    accumulate,
+    calls.map((c) => c.gy!.data),
+    calls.map((c) => c.alpha.data),
+    calls.map((c) => c.rstd.data),
+    meta,
+    calls.map((c) => c.c!.data),
+    calls.map((c) => c.w.data),
+    calls.map((c) => c.g.data),
+    calls.map((c) => c.p!.data),
+    rows,
+    d,
+  );
+}
+
+/** The deferred contributions of every route call (one group, so a source is read once). */
+const routeGroup: DeferGroup & { live: Set<RouteCall> } = {
+  live: new Set(),
+  combine(t, items, acc) {
+    const srcItems = items.filter((it): it is SourceItem => "col" in (it as object));
+    const paramItems = items.filter((it): it is ParamItem => "which" in (it as object));
+    let total = acc;
+    if (srcItems.length) {
+      const d = t.shape[t.rank - 1] ?? 0;
+      const gs = total ?? like(t, t.shape);
+      sourceBackward(t, gs, total !== null, srcItems, d === 0 ? 0 : t.size / d, d);
+      total = gs;
+      for (const { call } of srcItems) if (--call.pending === 0) call.finish();
+    }
+    for (const { call, which } of paramItems) {
+      const gp = which === "w" ? call.gw : call.gg;
+      if (!gp)
+        throw new Error("internal: route's query/gain gradient was taken before all its sources were added");
+      if (which === "w") call.gw = null;
+      else call.gg = null;
+      if (!total) total = gp;
+      else {
+        total.backend.axpy(total.size, 1, gp.data, total.data);
+        gp.dispose();
+      }
+    }
+    return total;
+  },
+  end() {
+    for (const call of this.live) {
+      call.release();
+      call.gw?.dispose();
+      call.gg?.dispose();
+    }
+    this.live.clear();
+  },
+};
 
 /**
  * ddl-expanded's read: x[..., i] = sum_c X[..., i, c] * C[i, c], with the state X [..., d, dv] and

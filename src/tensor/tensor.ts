@@ -7,6 +7,19 @@
  * output's gradient to the inputs' gradients. `backward()` walks the graph in reverse topological
  * order under no-grad, frees each intermediate gradient as soon as it has been consumed, and
  * accumulates into `.grad` of leaves (parameters), which are persistent buffers reused every step.
+ *
+ * Deferred contributions (the one rule beyond plain reverse-mode; used by depth routing): an op's
+ * backwardInto may return, for an input, a `Deferred` {group, item} instead of a tensor. The
+ * engine collects them per input. When the walk reaches a non-leaf tensor t, every op that read t
+ * has run its backward (they come later in the forward), so just before t's gradient is used the
+ * engine calls each group's combine(t, items, acc) once, with all of that group's items for t (in
+ * the order they were made) and acc, t's gradient accumulated so far (owned by the engine alone;
+ * null when there is none): the group adds into acc in place and returns it, or returns a new
+ * tensor when acc is null. A leaf's deferred contributions are combined after the walk (in the
+ * order the walk reached the leaves), so a group may complete them from work done at non-leaves
+ * reached later (e.g. a sum over rows that needs several sources). Leaves without deferred
+ * contributions accumulate when reached, as always. After the walk, even when it fails, every
+ * group's end() runs once, so a group can free what it kept between backward and combine.
  */
 import type { Backend, Buf, DType } from "../backend/backend.js";
 import { defaultBackend, defaultDType } from "../backend/index.js";
@@ -22,9 +35,27 @@ export interface GradFn {
   /**
    * Optional, for ops whose input gradients are large and many (depth routing): like backward,
    * but acc[i], when non-null, is input i's running gradient, owned by the engine and shared
-   * with nobody; the op may add its contribution into it and return acc[i] itself.
+   * with nobody; the op may add its contribution into it and return acc[i] itself. An entry may
+   * also be a Deferred contribution (see the file comment).
    */
-  backwardInto?(g: Tensor, acc: readonly (Tensor | null)[]): (Tensor | null)[];
+  backwardInto?(g: Tensor, acc: readonly (Tensor | null)[]): (Tensor | Deferred | null)[];
+}
+
+/** Combines deferred gradient contributions (see the file comment). */
+export interface DeferGroup {
+  /**
+   * Adds the contributions `items` (all of this group's for t) to t's gradient: into acc when it
+   * is non-null (returning acc), else into a new tensor of t's shape (or null when none is due).
+   */
+  combine(t: Tensor, items: readonly unknown[], acc: Tensor | null): Tensor | null;
+  /** Called once after every backward pass the group took part in (also when it failed). */
+  end?(): void;
+}
+
+/** A gradient contribution to one input, combined later by its group. */
+export interface Deferred {
+  readonly group: DeferGroup;
+  readonly item: unknown;
 }
 
 export interface TensorOptions {
@@ -272,68 +303,119 @@ function runBackward(root: Tensor, grad?: Tensor): void {
     );
   if (!grad && root.size !== 1)
     throw new Error(`backward: the root has shape ${fmt(root.shape)}; pass a gradient for a non-scalar root`);
-  noGrad(() =>
-    tidy(() => {
-      const order = topoOrder(root);
-      const grads = new Map<Tensor, Tensor>();
-      grads.set(root, grad ? grad.view() : full(root.shape, 1, { backend: root.backend, dtype: root.dtype }));
-      for (let n = order.length - 1; n >= 0; n--) {
-        const t = order[n]!;
-        const g = grads.get(t);
-        if (!g) continue;
+  const groups = new Set<DeferGroup>();
+  try {
+    noGrad(() => tidy(() => walk(root, grad, groups)));
+  } finally {
+    for (const group of groups) group.end?.();
+  }
+}
+
+function walk(root: Tensor, grad: Tensor | undefined, groups: Set<DeferGroup>): void {
+  const order = topoOrder(root);
+  const grads = new Map<Tensor, Tensor>();
+  /** Deferred contributions per tensor, by group (in the order first seen). */
+  const deferred = new Map<Tensor, Map<DeferGroup, unknown[]>>();
+  /** Leaves with deferred contributions, in the order reached, with their gradient so far. */
+  const lateLeaves: [Tensor, Map<DeferGroup, unknown[]>, Tensor | null][] = [];
+  grads.set(root, grad ? grad.view() : full(root.shape, 1, { backend: root.backend, dtype: root.dtype }));
+  for (let n = order.length - 1; n >= 0; n--) {
+    const t = order[n]!;
+    let g = grads.get(t);
+    const late = deferred.get(t);
+    if (late) {
+      deferred.delete(t);
+      if (!t.gradFn) {
         grads.delete(t);
-        const fn = t.gradFn;
-        if (!fn) {
-          accumulateLeaf(t, g);
-          continue;
-        }
-        let acc: (Tensor | null)[] | null = null;
-        if (fn.backwardInto) {
-          const seen = new Set<Tensor>();
-          acc = fn.inputs.map((input) => {
-            const prev = grads.get(input);
-            const ok = prev && prev.ownsStorage && !seen.has(input);
-            seen.add(input);
-            return ok ? prev! : null;
-          });
-        }
-        const gs = tidy(() => (acc && fn.backwardInto ? fn.backwardInto(g, acc) : fn.backward(g)));
-        // First give every input that needs a gradient its own tensor object (a view where the
-        // backward returned one tensor for several inputs), then accumulate: disposing one
-        // object never frees a buffer another input still holds.
-        const used = new Set<Tensor>();
-        const mine = fn.inputs.map((input, i) => {
-          const gi = gs[i];
-          if (!gi || !input.requiresGrad) return null;
-          if (gi.shape.length !== input.shape.length || gi.shape.some((s, k) => s !== input.shape[k]))
-            throw new Error(
-              `internal: ${fn.name} backward gave a gradient of shape ${fmt(gi.shape)} for an input of shape ${fmt(input.shape)}`,
-            );
-          const own = used.has(gi) ? gi.view() : gi;
-          used.add(gi);
-          return own;
-        });
-        fn.inputs.forEach((input, i) => {
-          const gi = mine[i];
-          if (!gi || gi === acc?.[i]) return; // null, or already accumulated in place
-          const prev = grads.get(input);
-          if (!prev) grads.set(input, gi);
-          else if (prev.ownsStorage) {
-            addInto(prev, gi);
-            gi.dispose();
-          } else {
-            const sum = clone(prev);
-            addInto(sum, gi);
-            prev.dispose();
-            gi.dispose();
-            grads.set(input, sum);
-          }
-        });
-        for (const gi of gs) if (gi && !used.has(gi) && gi !== g) gi.dispose();
-        if (!used.has(g)) g.dispose();
+        lateLeaves.push([t, late, g ?? null]);
+        continue;
       }
-    }),
-  );
+      g = combineDeferred(t, late, g ?? null) ?? undefined;
+    }
+    if (!g) continue;
+    grads.delete(t);
+    const fn = t.gradFn;
+    if (!fn) {
+      accumulateLeaf(t, g);
+      continue;
+    }
+    let acc: (Tensor | null)[] | null = null;
+    if (fn.backwardInto) {
+      const seen = new Set<Tensor>();
+      acc = fn.inputs.map((input) => {
+        const prev = grads.get(input);
+        const ok = prev && prev.ownsStorage && !seen.has(input);
+        seen.add(input);
+        return ok ? prev! : null;
+      });
+    }
+    const gs = tidy(() => (acc && fn.backwardInto ? fn.backwardInto(g, acc) : fn.backward(g)));
+    fn.inputs.forEach((input, i) => {
+      const gi = gs[i];
+      if (!gi || gi instanceof Tensor || !input.requiresGrad) return;
+      groups.add(gi.group);
+      let byGroup = deferred.get(input);
+      if (!byGroup) deferred.set(input, (byGroup = new Map()));
+      const items = byGroup.get(gi.group);
+      if (items) items.push(gi.item);
+      else byGroup.set(gi.group, [gi.item]);
+    });
+    // First give every input that needs a gradient its own tensor object (a view where the
+    // backward returned one tensor for several inputs), then accumulate: disposing one
+    // object never frees a buffer another input still holds.
+    const used = new Set<Tensor>();
+    const mine = fn.inputs.map((input, i) => {
+      const gi = gs[i];
+      if (!(gi instanceof Tensor) || !input.requiresGrad) return null;
+      if (gi.shape.length !== input.shape.length || gi.shape.some((s, k) => s !== input.shape[k]))
+        throw new Error(
+          `internal: ${fn.name} backward gave a gradient of shape ${fmt(gi.shape)} for an input of shape ${fmt(input.shape)}`,
+        );
+      const own = used.has(gi) ? gi.view() : gi;
+      used.add(gi);
+      return own;
+    });
+    fn.inputs.forEach((input, i) => {
+      const gi = mine[i];
+      if (!gi || gi === acc?.[i]) return; // null, or already accumulated in place
+      const prev = grads.get(input);
+      if (!prev) grads.set(input, gi);
+      else if (prev.ownsStorage) {
+        addInto(prev, gi);
+        gi.dispose();
+      } else {
+        const sum = clone(prev);
+        addInto(sum, gi);
+        prev.dispose();
+        gi.dispose();
+        grads.set(input, sum);
+      }
+    });
+    for (const gi of gs) if (gi instanceof Tensor && !used.has(gi) && gi !== g) gi.dispose();
+    if (!used.has(g)) g.dispose();
+  }
+  for (const [t, late, g] of lateLeaves) {
+    const total = combineDeferred(t, late, g);
+    if (total) accumulateLeaf(t, total);
+  }
+}
+
+/** t's gradient g (or null) plus its deferred contributions, each group's combined at once. */
+function combineDeferred(t: Tensor, late: Map<DeferGroup, unknown[]>, g: Tensor | null): Tensor | null {
+  let acc = g;
+  if (acc && !acc.ownsStorage) {
+    const own = clone(acc);
+    acc.dispose();
+    acc = own;
+  }
+  for (const [group, items] of late) {
+    const before = acc;
+    const out = tidy(() => group.combine(t, items, before));
+    if (before && out !== before)
+      throw new Error("internal: a deferred gradient group did not add into the gradient it was given");
+    acc = out;
+  }
+  return acc;
 }
 
 function accumulateLeaf(t: Tensor, g: Tensor): void {

@@ -66,6 +66,8 @@ interface NativeAddon {
   ddlUpdateBackward: Backend["ddlUpdateBackward"];
   depthRoute: Backend["depthRoute"];
   depthRouteBackward: Backend["depthRouteBackward"];
+  depthRouteSourceBackward: Backend["depthRouteSourceBackward"];
+  rowDot: Backend["rowDot"];
   adamw: Backend["adamw"];
 }
 
@@ -140,6 +142,8 @@ export function loadNativeBackend(): Backend {
     ddlUpdateBackward: a.ddlUpdateBackward,
     depthRoute: a.depthRoute,
     depthRouteBackward: a.depthRouteBackward,
+    depthRouteSourceBackward: a.depthRouteSourceBackward,
+    rowDot: a.rowDot,
     adamw: a.adamw,
   };
   return backend;

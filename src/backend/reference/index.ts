@@ -631,6 +631,84 @@ export const referenceBackend: Backend = {
     }
   },
 
+  depthRouteSourceBackward(source, gsource, accumulate, gouts, alphas, rstds, meta, cs, ws, gs, ps, rows, d) {
+    const k = "depthRouteSourceBackward";
+    const K = gouts.length;
+    for (const [name, list] of [
+      ["alphas", alphas],
+      ["rstds", rstds],
+      ["cs", cs],
+      ["ws", ws],
+      ["gs", gs],
+      ["ps", ps],
+    ] as const)
+      if (list.length !== K) throw new Error(`${k}: ${list.length} ${name} for ${K} gradients`);
+    need(k, "meta", meta, 2 * K);
+    need(k, "source", source, rows * d);
+    if (gsource) need(k, "gsource", gsource, rows * d);
+    for (let j = 0; j < K; j++) {
+      const col = meta[2 * j]!;
+      const N = meta[2 * j + 1]!;
+      if (!(N > 0 && col >= 0 && col < N)) throw new Error(`${k}: consumer ${j} has column ${col} of ${N}`);
+      need(k, `gout ${j}`, gouts[j]!, rows * d);
+      need(k, `alpha ${j}`, alphas[j]!, rows * N);
+      need(k, `rstd ${j}`, rstds[j]!, rows * N);
+      need(k, `c ${j}`, cs[j]!, rows);
+      need(k, `w ${j}`, ws[j]!, d);
+      need(k, `g ${j}`, gs[j]!, d);
+      need(k, `p ${j}`, ps[j]!, d);
+    }
+    const acc = new Float64Array(d);
+    const pAcc = Array.from({ length: K }, () => new Float64Array(d));
+    for (let r = 0; r < rows; r++) {
+      const o = r * d;
+      acc.fill(0);
+      let coef = 0;
+      for (let j = 0; j < K; j++) {
+        const col = meta[2 * j]!;
+        const N = meta[2 * j + 1]!;
+        const go = gouts[j]!;
+        const w = ws[j]!;
+        const g = gs[j]!;
+        let da = 0;
+        let dq = 0;
+        for (let c = 0; c < d; c++) {
+          da += go[o + c]! * source[o + c]!;
+          dq += w[c]! * g[c]! * source[o + c]!;
+        }
+        const a = alphas[j]![r * N + col]!;
+        const rs = rstds[j]![r * N + col]!;
+        const dli = rs * a * (da - cs[j]![r]!);
+        coef += (rs * rs * dli * dq) / d;
+        const p = pAcc[j]!;
+        for (let c = 0; c < d; c++) {
+          p[c]! += dli * source[o + c]!;
+          acc[c]! += a * go[o + c]! + dli * w[c]! * g[c]!;
+        }
+      }
+      if (!gsource) continue;
+      for (let c = 0; c < d; c++) {
+        const v = acc[c]! - coef * source[o + c]!;
+        gsource[o + c] = accumulate ? gsource[o + c]! + v : v;
+      }
+    }
+    for (let j = 0; j < K; j++) {
+      const p = ps[j]!;
+      for (let c = 0; c < d; c++) p[c] = p[c]! + pAcc[j]![c]!;
+    }
+  },
+
+  rowDot(a, b, out, rows, d) {
+    need("rowDot", "a", a, rows * d);
+    need("rowDot", "b", b, rows * d);
+    need("rowDot", "out", out, rows);
+    for (let r = 0; r < rows; r++) {
+      let dot = 0;
+      for (let c = 0; c < d; c++) dot += a[r * d + c]! * b[r * d + c]!;
+      out[r] = dot;
+    }
+  },
+
   ddlRead(X, C, x, rows, d, dv) {
     need("ddlRead", "X", X, rows * d * dv);
     need("ddlRead", "C", C, d * dv);

@@ -1,0 +1,151 @@
+/**
+ * Depth routing's deferred backward (src/tensor/ops.ts `route`, the engine's deferred
+ * contributions in src/tensor/tensor.ts): float64 gradient checks of graphs where several routed
+ * calls share sources (computed sources used by one call and by many, a source twice in one call,
+ * sources that need no gradient, leaf sources, a query and gain shared by calls, a computed query
+ * that takes the whole-call path, a leaf with both a direct and a deferred gradient); the
+ * engine's bookkeeping (recorded gradients released, group end() on failure); and standard-mode
+ * training bit-identical to the engine before deferral: test/fixtures/standard-steps.json holds
+ * the losses, gradient norms and a CRC-32 of every parameter's float64 bytes after three steps of
+ * two micro-batches each on the reference backend, as written by the engine before deferred
+ * contributions existed (`ATTNRES_WRITE_FIXTURE=1 node --import tsx --test
+ * test/route-backward.test.ts` rewrites it).
+ */
+import assert from "node:assert/strict";
+import { readFileSync, writeFileSync } from "node:fs";
+import { describe, test } from "node:test";
+import zlib from "node:zlib";
+import { referenceBackend as ref } from "../src/backend/reference/index.js";
+import { DecoderLM } from "../src/model/decoder.js";
+import { poolStats, tidy } from "../src/tensor/memory.js";
+import * as ops from "../src/tensor/ops.js";
+import { Rng } from "../src/tensor/random.js";
+import { record, type Tensor } from "../src/tensor/tensor.js";
+import { AdamW } from "../src/train/optim.js";
+import { paramGroups, trainStep } from "../src/train/trainer.js";
+import { gradcheck, randTensor } from "./helpers.js";
+
+const rng = new Rng(11);
+const r = (shape: number[], o: { lo?: number; hi?: number; requiresGrad?: boolean } = {}): Tensor =>
+  randTensor(rng, shape, ref, "float64", o);
+
+/** A delta-like graph of five routed calls over [2, 3, 6] sources (see the file comment). */
+function routedGraph(xs: Tensor[], cst: Tensor): Tensor {
+  const [x0, x1, wA, gA, wB, gB, wS, gS] = xs as [
+    Tensor,
+    Tensor,
+    Tensor,
+    Tensor,
+    Tensor,
+    Tensor,
+    Tensor,
+    Tensor,
+  ];
+  const eps = 1e-6;
+  const h0 = ops.silu(x0); // read by every call
+  const r1 = ops.route([h0, cst], wA, gA, eps).out; // cst needs no gradient
+  const o1 = ops.silu(ops.add(r1, x1));
+  const r2 = ops.route([h0, o1, o1], wB, gB, eps).out; // o1 twice
+  const o2 = ops.exp(ops.scale(r2, 0.3));
+  const u = ops.silu(ops.scale(x1, -1.5)); // read by one call only
+  const r3 = ops.route([h0, o1, o2, x1], wS, gS, eps).out; // x1: a leaf source
+  const r4 = ops.route([o2, u, h0], wS, gS, eps).out; // the query and gain of r3 again
+  const r5 = ops.route([o1, h0, o2], ops.scale(wA, 2), gB, eps).out; // computed query: whole call
+  // wA also gets a direct gradient, beside its deferred one from r1
+  return ops.add(ops.add(ops.add(r3, r4), ops.add(r5, o2)), wA);
+}
+
+describe("route: deferred backward", () => {
+  test("float64 gradients of calls sharing sources match central differences", () => {
+    const inputs = [
+      r([2, 3, 6], { lo: -2, hi: 2 }),
+      r([2, 3, 6], { lo: -2, hi: 2 }),
+      r([6]),
+      r([6], { lo: 0.5, hi: 1.5 }),
+      r([6]),
+      r([6], { lo: 0.5, hi: 1.5 }),
+      r([6]),
+      r([6], { lo: 0.5, hi: 1.5 }),
+    ];
+    const cst = r([2, 3, 6], { requiresGrad: false });
+    gradcheck("routed graph", inputs, (...xs) => routedGraph(xs, cst));
+  });
+
+  test("frozen query and gain: sources still get gradients, and nothing is left behind", () => {
+    const x0 = r([4, 5], { lo: -2, hi: 2 });
+    const w = r([5], { requiresGrad: false });
+    const g = r([5], { lo: 0.5, hi: 1.5, requiresGrad: false });
+    gradcheck("frozen router", [x0], (x) => {
+      const a = ops.silu(x!);
+      const b = ops.exp(ops.scale(x!, 0.5));
+      const o = ops.route([a, b], w, g, 1e-6).out;
+      return ops.route([a, o, b], w, g, 1e-6).out;
+    });
+    const live = poolStats(ref).liveBytes;
+    tidy(() => {
+      const a = ops.silu(x0);
+      ops.sum(ops.route([a, ops.square(a)], w, g, 1e-6).out).backward();
+    });
+    x0.grad?.dispose();
+    x0.grad = null;
+    assert.equal(poolStats(ref).liveBytes, live, "every recorded gradient was released");
+  });
+});
+
+describe("route: a backward pass that fails", () => {
+  test("releases the gradients the routed calls recorded", () => {
+    const x = r([4, 5], { lo: -2, hi: 2 });
+    const w = r([5]);
+    const g = r([5], { lo: 0.5, hi: 1.5 });
+    const live = poolStats(ref).liveBytes;
+    assert.throws(
+      () =>
+        tidy(() => {
+          const b = ops.silu(x); // added after a: still pending when a's backward throws
+          const a = record(ops.square(x), "failing", [x], () => {
+            throw new Error("failing backward");
+          });
+          ops.sum(ops.route([a, b], w, g, 1e-6).out).backward();
+        }),
+      /failing backward/,
+    );
+    assert.equal(poolStats(ref).liveBytes, live, "nothing recorded outlives the failed pass");
+    assert.equal(w.grad, null);
+    assert.equal(x.grad, null);
+  });
+});
+
+describe("route: the rest of the engine is unchanged", () => {
+  test("standard-mode training is bit-identical to the fixture", () => {
+    const model = new DecoderLM(
+      {
+        vocab_size: 32,
+        hidden_size: 16,
+        intermediate_size: 24,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        max_position_embeddings: 16,
+      },
+      { backend: ref, dtype: "float64", seed: 5 },
+    );
+    const opt = new AdamW(paramGroups(model, 1e-2, 0.1));
+    const data = new Rng(9);
+    const batch = () => {
+      const ids = Int32Array.from({ length: 2 * 8 }, () => data.int(32));
+      return { ids, targets: Int32Array.from(ids, (t) => (t * 5 + 3) % 32), B: 2, T: 8 };
+    };
+    const steps = [0, 1, 2].map((step) => trainStep(model, opt, [batch(), batch()], step, 1, 1));
+    const params = Object.fromEntries(
+      model
+        .namedParameters()
+        .map(([name, t]) => [name, zlib.crc32(Buffer.from(t.data.buffer, t.data.byteOffset, t.size * 8))]),
+    );
+    const got = { losses: steps.map((s) => s.loss), gradNorms: steps.map((s) => s.gradNorm), params };
+    const file = new URL("./fixtures/standard-steps.json", import.meta.url);
+    if (process.env.ATTNRES_WRITE_FIXTURE) writeFileSync(file, JSON.stringify(got, null, 2) + "\n");
+    assert.deepEqual(got, JSON.parse(readFileSync(file, "utf8")));
+    model.dispose();
+    opt.dispose();
+  });
+});

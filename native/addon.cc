@@ -305,6 +305,15 @@ KERNEL(peakGflops) {
   });
 }
 
+KERNEL(readBandwidth) {
+  return guard(env, [&] {
+    Args a(env, info, "readBandwidth", 1);
+    const double s = a.num(0, "seconds");
+    if (!(s > 0 && s <= 60)) a.fail("seconds must be in (0, 60]");
+    return makeNumber(env, read_bandwidth(s));
+  });
+}
+
 // ------------------------------------------------------------------ gemm
 
 // Elements needed for `batch` matrices stored [rows, cols] (row stride ld, batch stride) from off.
@@ -933,6 +942,7 @@ napi_value Init(napi_env env, napi_value exports) {
       FN(setThreads),
       FN(info),
       FN(peakGflops),
+      FN(readBandwidth),
       FN(gemm),
       FN(unary),
       FN(unaryGrad),

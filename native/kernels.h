@@ -106,6 +106,12 @@ void attention_backward(const float* q, const float* k, const float* v, const fl
 void adamw(float* p, const float* g, float* m, float* v, i64 n, double lr, double beta1, double beta2,
            double eps, double wd, double bc1, double bc2);
 
+// ------------------------------------------------------------------ batch-1 decoding (decode.cc)
+// y[N] = alpha * W[N, K] x[K] + beta * y (W row stride ldw); beta == 0 never reads y.
+void gemv_rows(const float* W, i64 ldw, const float* x, float* y, i64 N, i64 K, float alpha, float beta);
+// Measured read bandwidth of all threads streaming a buffer far larger than the caches, GB/s.
+double read_bandwidth(double seconds);
+
 // ------------------------------------------------------------------ peak (peak.cc)
 // Measured FMA throughput summed over all threads, GFLOP/s, after running about `seconds`.
 double peak_gflops(double seconds);

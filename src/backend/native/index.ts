@@ -32,6 +32,7 @@ interface NativeAddon {
   setThreads(n: number): void;
   info(): NativeInfo;
   peakGflops(seconds: number): number;
+  readBandwidth(seconds: number): number;
   gemm: Backend["gemm"];
   unary(op: UnaryOp, x: Buf, out: Buf, n: number): void;
   unaryGrad(op: UnaryOp, x: Buf, y: Buf, gy: Buf, gx: Buf, n: number): void;
@@ -156,4 +157,13 @@ export function nativeInfo(): NativeInfo {
  */
 export function measurePeakGflops(seconds: number): number {
   return loadAddon().peakGflops(seconds);
+}
+
+/**
+ * Measured memory read bandwidth in GB/s (1e9 bytes): every OpenMP thread streams its own 64 MiB
+ * slice of a buffer far larger than the caches, summing it with vector loads, for about `seconds`.
+ * The limit of a memory-bound kernel such as batch-1 decoding (weight bytes per token ÷ this).
+ */
+export function measureReadBandwidth(seconds: number): number {
+  return loadAddon().readBandwidth(seconds);
 }

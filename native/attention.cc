@@ -154,7 +154,7 @@ void attention(const float* q, const float* k, const float* v, float* out, float
   const bool par = nTasks >= omp_get_max_threads() && B * Hq * Tq * Tk * D >= kParallelMin;
 #pragma omp parallel if (par)
   {
-    std::vector<float> S((size_t)(BQ * std::max<i64>(Tk, 1)));
+    std::vector<float> S((size_t)(std::min(BQ, Tq) * std::max<i64>(Tk, 1)));
 #pragma omp for schedule(dynamic)
     for (i64 task = 0; task < nTasks; task++) {
       const i64 qb = task % nQB, h = (task / nQB) % Hq, b = task / (nQB * Hq), g = h / G;

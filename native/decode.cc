@@ -6,6 +6,10 @@
 //                   here: a general GEMM packs the whole weight before using it, which doubles
 //                   the bytes moved; this streams each row of W once. Rows are split over the
 //                   OpenMP threads in blocks of 4 (each block reads x once per 4 rows).
+//   gemv_many       y_i = W_i x for several weights at once (the q, k and v projections of one token):
+//                   the rows of all of them are shared out over the threads in one parallel region.
+//   gemv_swiglu     out[n] = silu(Wg[n]·x) · (Wu[n]·x): the gate and up projections of one token and
+//                   SwiGLU in one pass (no gate/up buffers, one parallel region).
 //   read_bandwidth  measured read bandwidth (GB/s, 1e9 bytes) of a buffer far larger than the caches,
 //                   streamed by every thread over its own slice (vector loads summed into
 //                   independent accumulators, so loads are the only limit), repeated until `seconds`.
@@ -16,8 +20,10 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "kernels.h"
 
@@ -115,6 +121,53 @@ void gemv_rows(const float* W, i64 ldw, const float* x, float* y, i64 N, i64 K, 
       for (int j = 0; j < 4; j++) store(y, n0 + j, r[j], alpha, beta);
     } else {
       for (i64 n = n0; n < N; n++) store(y, n, dot1(W + n * ldw, x, K), alpha, beta);
+    }
+  }
+}
+
+void gemv_many(const float* x, i64 K, int count, const float* const* W, float* const* y, const i64* N) {
+  std::vector<i64> start((size_t)count + 1, 0);  // first 4-row block of each matrix
+  for (int i = 0; i < count; i++) start[(size_t)i + 1] = start[(size_t)i] + (N[i] + 3) / 4;
+  const i64 blocks = start[(size_t)count];
+  i64 rows = 0;
+  for (int i = 0; i < count; i++) rows += N[i];
+  if (K == 0) {
+    for (int i = 0; i < count; i++)
+      for (i64 n = 0; n < N[i]; n++) y[i][n] = 0.0f;
+    return;
+  }
+  const bool par = !omp_in_parallel() && omp_get_max_threads() > 1 && rows * K >= kParallelMin;
+#pragma omp parallel for schedule(dynamic, 16) if (par)
+  for (i64 b = 0; b < blocks; b++) {
+    int i = 0;
+    while (start[(size_t)i + 1] <= b) i++;
+    const float* w = W[i];
+    float* out = y[i];
+    const i64 n0 = (b - start[(size_t)i]) * 4;
+    if (n0 + 4 <= N[i]) {
+      float r[4];
+      dot4(w + n0 * K, w + (n0 + 1) * K, w + (n0 + 2) * K, w + (n0 + 3) * K, x, K, r);
+      for (int j = 0; j < 4; j++) out[n0 + j] = r[j];
+    } else {
+      for (i64 n = n0; n < N[i]; n++) out[n] = dot1(w + n * K, x, K);
+    }
+  }
+}
+
+void gemv_swiglu(const float* x, const float* Wg, const float* Wu, float* out, i64 N, i64 K) {
+  const i64 blocks = (N + 3) / 4;
+  const bool par = !omp_in_parallel() && omp_get_max_threads() > 1 && 2 * N * K >= kParallelMin;
+  auto act = [](float g, float u) { return g / (1.0f + std::exp(-g)) * u; };
+#pragma omp parallel for schedule(dynamic, 8) if (par)
+  for (i64 b = 0; b < blocks; b++) {
+    const i64 n0 = b * 4;
+    if (n0 + 4 <= N) {
+      float g[4], u[4];
+      dot4(Wg + n0 * K, Wg + (n0 + 1) * K, Wg + (n0 + 2) * K, Wg + (n0 + 3) * K, x, K, g);
+      dot4(Wu + n0 * K, Wu + (n0 + 1) * K, Wu + (n0 + 2) * K, Wu + (n0 + 3) * K, x, K, u);
+      for (int j = 0; j < 4; j++) out[n0 + j] = act(g[j], u[j]);
+    } else {
+      for (i64 n = n0; n < N; n++) out[n] = act(dot1(Wg + n * K, x, K), dot1(Wu + n * K, x, K));
     }
   }
 }

@@ -7,7 +7,7 @@
  * (prompt prefill, a chunk of 3, then one token at a time through the cache) equal those of one
  * uncached forward over the same sequence at every position — to 1e-10 in float64 on the reference
  * backend, to 1e-4 (relative to the largest logit) in float32 on the native one (there also at batch
- * 1, where matmuls take the one-row GEMV path); `lastOnly` gives the last position's logits alone. Then: greedy
+ * 1, where one-token steps take the one-row projection kernels); `lastOnly` gives the last position's logits alone. Then: greedy
  * generation is the step-by-step argmax of uncached logits, top-k = 1 is greedy, a seed reproduces
  * samples (cached or not), the filtering is right on a hand-made distribution, the cache's memory
  * comes back on dispose, and the command prints what generate() samples and fails clearly.
@@ -165,6 +165,14 @@ describe("cached logits equal uncached logits in every mode", () => {
         const full = fullLogits(m, ids, B, T);
         scaledClose(cachedLogits(m, ids, B, CHUNKS), full, 1e-10, `${name} logits`);
         checkLastOnly(m, ids, B, T, full, 1e-12);
+        // Batch 1, token by token: the one-row projections (gemvMany, gemvSwiglu).
+        const one = ids.subarray(0, T);
+        scaledClose(
+          cachedLogits(m, one, 1, new Array<number>(T).fill(1)),
+          fullLogits(m, one, 1, T),
+          1e-10,
+          `${name} logits (B=1)`,
+        );
         // Token by token from the first position too (a one-token prefill).
         scaledClose(
           cachedLogits(m, ids, B, new Array<number>(T).fill(1)),

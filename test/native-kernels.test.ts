@@ -576,6 +576,53 @@ describe("rope", () => {
   });
 });
 
+describe("one-row projections (gemvMany, gemvSwiglu)", () => {
+  for (const [ns, K] of [
+    [[1], 1],
+    [[7, 3, 3], 19],
+    [[768, 256, 257], 77], // the threaded path; a row count not a multiple of 4
+  ] as [number[], number][])
+    test(`gemvMany rows ${ns.join(", ")} K=${K}`, () => {
+      const x = rnd(K);
+      const ws = ns.map((n) => rnd(n * K));
+      const outs = ns.map((n) => nans(n));
+      const want = ns.map((n) => new Float64Array(n));
+      ref.gemvMany(f64(x), ws.map(f64), want, ns, K);
+      nat.gemvMany(x, ws, outs, ns, K);
+      outs.forEach((o, i) => closeDot(`out ${i}`, o, want[i]!, K));
+    });
+  for (const [N, K] of [
+    [1, 1],
+    [6, 19],
+    [1031, 77],
+  ])
+    test(`gemvSwiglu N=${N} K=${K}`, () => {
+      const x = rnd(K);
+      const wg = rnd(N * K);
+      const wu = rnd(N * K);
+      const out = nans(N);
+      const want = new Float64Array(N);
+      ref.gemvSwiglu(f64(x), f64(wg), f64(wu), want, N, K);
+      nat.gemvSwiglu(x, wg, wu, out, N, K);
+      closeDot("out", out, want, K);
+    });
+  test("errors", () => {
+    assert.throws(() => nat.gemvMany(rnd(4), [], [], [], 4), /gemvMany: no weights/);
+    assert.throws(
+      () => nat.gemvMany(rnd(4), [rnd(8)], [rnd(2), rnd(2)], [2], 4),
+      /gemvMany: 1 weights, 2 outputs and 1 row counts/,
+    );
+    assert.throws(
+      () => nat.gemvMany(rnd(4), [rnd(7)], [rnd(2)], [2], 4),
+      /gemvMany: weight 0 has 7 elements, needs 8/,
+    );
+    assert.throws(
+      () => nat.gemvSwiglu(rnd(3), rnd(8), rnd(8), rnd(2), 2, 4),
+      /gemvSwiglu: x has 3 elements, needs 4/,
+    );
+  });
+});
+
 describe("attention", () => {
   const cases: Array<[number, number, number, number, number, number]> = [
     // B, Tq, Tk, Hq, Hkv, D

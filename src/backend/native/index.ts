@@ -67,6 +67,8 @@ interface NativeAddon {
   ddlUpdateBackward: Backend["ddlUpdateBackward"];
   depthRoute: Backend["depthRoute"];
   depthRouteBackward: Backend["depthRouteBackward"];
+  gemvMany: Backend["gemvMany"];
+  gemvSwiglu: Backend["gemvSwiglu"];
   adamw: Backend["adamw"];
 }
 
@@ -141,6 +143,8 @@ export function loadNativeBackend(): Backend {
     ddlUpdateBackward: a.ddlUpdateBackward,
     depthRoute: a.depthRoute,
     depthRouteBackward: a.depthRouteBackward,
+    gemvMany: a.gemvMany,
+    gemvSwiglu: a.gemvSwiglu,
     adamw: a.adamw,
   };
   return backend;

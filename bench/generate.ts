@@ -10,8 +10,8 @@
  *              b: Qwen3-0.6B: 28 layers, d 1024, 16 / 8 heads of 128, SwiGLU 3072, vocab 151936,
  *                 qk-norm, tied embeddings (596M parameters)
  *   weights    random (seeded N(0, 0.02), norm gains 1), built in this process and written once as
- *              a float32 checkpoint into a temporary folder (removed at the end); both sides load
- *              it, so they run the same numbers. The delta model is the standard one plus its
+ *              a float32 checkpoint into a temporary folder (removed at the end), which PyTorch
+ *              reads; our child rebuilds the same weights from the same seed. The delta model is the standard one plus its
  *              routers at their initial values (zero queries: uniform routing), on shared weights.
  *   rounds     each round runs ours (a fresh child process: `--child`, both modes on one loaded
  *              model) and then PyTorch (a fresh python process, standard only), each after one
@@ -38,7 +38,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { nativeBackend, nativeError } from "../src/backend/index.js";
 import { measureReadBandwidth, nativeInfo } from "../src/backend/native/index.js";
-import { loadCheckpoint, saveCheckpoint } from "../src/model/checkpoint.js";
+import { readConfig, saveCheckpoint } from "../src/model/checkpoint.js";
 import type { DecoderLMConfig } from "../src/model/config.js";
 import { DecoderLM } from "../src/model/decoder.js";
 import { generate } from "../src/model/generate.js";
@@ -144,7 +144,10 @@ function timeGenerate(model: DecoderLM, prompt: Int32Array, N: number): GenTimin
 function child(dir: string): void {
   const P = Number(args.prompt);
   const N = Number(args.new);
-  const standard = loadCheckpoint(dir);
+  // The seed that wrote the checkpoint rebuilds the same weights (a single-file checkpoint of the
+  // larger shape is beyond what one read can load); the agreement with PyTorch, which reads the
+  // file, shows they are the same.
+  const standard = new DecoderLM(readConfig(dir), { seed: 0 });
   const prompt = promptIds(P, standard.config.vocab_size);
   const bandwidth = measureReadBandwidth(1);
   const out: Record<string, unknown> = { bandwidth_gb_s: bandwidth, threads: nativeBackend()!.threads() };
@@ -228,10 +231,14 @@ function main(): void {
   log(`greedy, KV cache, float32, batch 1, prompt ${P} + ${N} new tokens; ${rounds} alternating rounds`);
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "attnres-bench-gen-"));
   const cleanup = () => fs.rmSync(tmp, { recursive: true, force: true });
-  process.once("SIGINT", () => {
-    cleanup();
-    process.exit(130);
-  });
+  for (const [signal, code] of [
+    ["SIGINT", 130],
+    ["SIGTERM", 143],
+  ] as const)
+    process.once(signal, () => {
+      cleanup();
+      process.exit(code);
+    });
   const results: Record<string, unknown>[] = [];
   try {
     for (const key of shapes) {

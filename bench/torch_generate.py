@@ -17,6 +17,7 @@ Prints one JSON line: prefill and decode seconds and tokens/s, the generated ids
 import argparse
 import json
 import math
+import os
 import resource
 import struct
 import time
@@ -26,8 +27,9 @@ import torch
 
 def read_safetensors(path):
     """name -> float32 tensor (views into one buffer holding the file)."""
+    data = bytearray(os.path.getsize(path))
     with open(path, "rb") as f:
-        data = bytearray(f.read())
+        f.readinto(data)
     n = struct.unpack("<Q", data[:8])[0]
     header = json.loads(data[8 : 8 + n].decode("utf8"))
     base = 8 + n

@@ -151,7 +151,10 @@ void attention(const float* q, const float* k, const float* v, float* out, float
     return attention_exact(q, k, v, out, lse, B, Tq, Tk, Hq, Hkv, D, scale, causal);
   const i64 G = Hq / Hkv, nQB = (Tq + BQ - 1) / BQ, nTasks = B * Hq * nQB;
   const i64 ldq = Hq * D, ldk = Hkv * D;
-  const bool par = nTasks >= omp_get_max_threads() && B * Hq * Tq * Tk * D >= kParallelMin;
+  // One query row per head (decoding) is little work per call: threads only for long caches, since
+  // a parallel region costs more than it saves below that (and far more on a loaded machine).
+  const i64 parMin = single ? (i64)1 << 20 : kParallelMin;
+  const bool par = nTasks >= omp_get_max_threads() && B * Hq * Tq * Tk * D >= parMin;
 #pragma omp parallel if (par)
   {
     std::vector<float> S((size_t)(std::min(BQ, Tq) * std::max<i64>(Tk, 1)));

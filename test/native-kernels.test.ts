@@ -631,7 +631,8 @@ describe("attention", () => {
     [1, 13, 37, 4, 4, 8], // Tq < Tk: queries are the last 13 positions
     [2, 70, 131, 3, 1, 7], // more than one query block, GQA with a single kv head
     [3, 5, 5, 2, 2, 13],
-    [1, 1, 300, 12, 4, 64], // one query over a long cache (decoding a token): the single-row path
+    [1, 1, 300, 12, 4, 64], // one query over a cache (decoding a token): the single-row path
+    [1, 1, 1400, 12, 4, 64], // the same over a cache long enough for threads
     [2, 1, 37, 3, 1, 13],
   ];
   for (const [B, Tq, Tk, Hq, Hkv, D] of cases)

@@ -11,7 +11,8 @@
         "native/depth_route.cc",
         "native/ddl.cc",
         "native/optim.cc",
-        "native/peak.cc"
+        "native/peak.cc",
+        "native/decode.cc"
       ],
       "defines": ["NAPI_VERSION=8", "<!@(node native/detect-blas.mjs defines)"],
       "cflags": ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-Wall", "-Wextra", "-Wno-unused-parameter",

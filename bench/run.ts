@@ -19,11 +19,14 @@
  *   convert           only with --convert: bench/convert.ts (`npm run bench:convert`), time and
  *                     peak RSS of `attnres convert` on a synthetic Qwen3-0.6B-shaped checkpoint; it
  *                     writes ~2.5 GB of temporary files and takes minutes, so it is opt-in
+ *   generate          only with --generate: bench/generate.ts (`npm run bench:generate`), greedy
+ *                     generation prefill and decode tokens/s against PyTorch at two shapes (minutes)
  *
  * Options: --json, --steps N (timed steps per configuration, default 10), --quick (fewer reps),
  *          --no-torch (skip PyTorch and the torch engine), --no-engines (skip the engines row),
  *          --no-routing (skip the routing step), --no-startup (skip the start-up times), --no-view
- *          (skip the viewer), --convert (add the convert benchmark).
+ *          (skip the viewer), --convert (add the convert benchmark), --generate (add the generation
+ *          benchmark).
  */
 import { execFileSync, spawnSync } from "node:child_process";
 import * as os from "node:os";
@@ -46,6 +49,7 @@ const { values: args } = parseArgs({
     "no-view": { type: "boolean", default: false },
     "no-engines": { type: "boolean", default: false },
     convert: { type: "boolean", default: false },
+    generate: { type: "boolean", default: false },
   },
 });
 const log = (s: string): void => {
@@ -410,6 +414,29 @@ function main(): void {
     if (args.json) convert = JSON.parse(r.stdout) as unknown;
   }
 
+  // ---- generate: opt-in (minutes); its own table, or its JSON object under "generate".
+  let generate: unknown = null;
+  if (args.generate) {
+    progress("generate: greedy generation against PyTorch (bench/generate.ts)");
+    log("");
+    const argv = [
+      "--import",
+      "tsx",
+      path.join(here, "generate.ts"),
+      ...(args.json ? ["--json"] : []),
+      ...(args["no-torch"] ? ["--no-torch"] : []),
+      ...(args.quick ? ["--quick"] : []),
+    ];
+    const r = spawnSync(process.execPath, argv, {
+      cwd: root,
+      encoding: "utf8",
+      maxBuffer: 1 << 24,
+      stdio: ["ignore", args.json ? "pipe" : "inherit", "inherit"],
+    });
+    if (r.status !== 0) throw new Error("bench/generate.ts failed (its error is above)");
+    if (args.json) generate = JSON.parse(r.stdout) as unknown;
+  }
+
   if (args.json)
     console.log(
       JSON.stringify(
@@ -433,6 +460,7 @@ function main(): void {
           startup,
           view,
           convert,
+          generate,
         },
         null,
         2,

@@ -305,6 +305,15 @@ KERNEL(peakGflops) {
   });
 }
 
+KERNEL(readBandwidth) {
+  return guard(env, [&] {
+    Args a(env, info, "readBandwidth", 1);
+    const double s = a.num(0, "seconds");
+    if (!(s > 0 && s <= 60)) a.fail("seconds must be in (0, 60]");
+    return makeNumber(env, read_bandwidth(s));
+  });
+}
+
 // ------------------------------------------------------------------ gemm
 
 // Elements needed for `batch` matrices stored [rows, cols] (row stride ld, batch stride) from off.
@@ -980,6 +989,46 @@ KERNEL(depthRouteBackward) {
   });
 }
 
+KERNEL(gemvMany) {
+  return guard(env, [&] {
+    Args a(env, info, "gemvMany", 5);
+    const F32 x = a.f32(0, "x");
+    const std::vector<F32> ws = f32List(a, 1, "weight", false);
+    const std::vector<F32> outs = f32List(a, 2, "out", false);
+    const std::vector<i64> ns = a.ints(3, "ns", true);
+    const i64 K = a.size(4, "K");
+    if (ws.empty()) a.fail("no weights");
+    if (outs.size() != ws.size() || ns.size() != ws.size())
+      a.fail(std::to_string(ws.size()) + " weights, " + std::to_string(outs.size()) + " outputs and " +
+             std::to_string(ns.size()) + " row counts must be equal in number");
+    a.need("x", x, K);
+    std::vector<const float*> wp(ws.size());
+    std::vector<float*> yp(ws.size());
+    for (size_t i = 0; i < ws.size(); i++) {
+      a.needLen(("weight " + std::to_string(i)).c_str(), ws[i].n, a.mul(ns[i], K));
+      a.needLen(("out " + std::to_string(i)).c_str(), outs[i].n, ns[i]);
+      wp[i] = ws[i].p;
+      yp[i] = outs[i].p;
+    }
+    gemv_many(x.p, K, (int)ws.size(), wp.data(), yp.data(), ns.data());
+    return undefinedValue(env);
+  });
+}
+
+KERNEL(gemvSwiglu) {
+  return guard(env, [&] {
+    Args a(env, info, "gemvSwiglu", 6);
+    const F32 x = a.f32(0, "x"), wg = a.f32(1, "wg"), wu = a.f32(2, "wu"), out = a.f32(3, "out");
+    const i64 N = a.size(4, "N"), K = a.size(5, "K");
+    a.need("x", x, K);
+    a.need("wg", wg, a.mul(N, K));
+    a.need("wu", wu, a.mul(N, K));
+    a.need("out", out, N);
+    gemv_swiglu(x.p, wg.p, wu.p, out.p, N, K);
+    return undefinedValue(env);
+  });
+}
+
 KERNEL(adamw) {
   return guard(env, [&] {
     Args a(env, info, "adamw", 12);
@@ -1005,6 +1054,7 @@ napi_value Init(napi_env env, napi_value exports) {
       FN(setThreads),
       FN(info),
       FN(peakGflops),
+      FN(readBandwidth),
       FN(gemm),
       FN(unary),
       FN(unaryGrad),
@@ -1033,6 +1083,8 @@ napi_value Init(napi_env env, napi_value exports) {
       FN(depthRouteBackward),
       FN(depthRouteSourceBackward),
       FN(rowDot),
+      FN(gemvMany),
+      FN(gemvSwiglu),
       FN(adamw),
   };
 #undef FN

@@ -142,14 +142,22 @@ static void attention_backward_exact(const float* q, const float* k, const float
 void attention(const float* q, const float* k, const float* v, float* out, float* lse, i64 B, i64 Tq, i64 Tk,
                i64 Hq, i64 Hkv, i64 D, float scale, bool causal) {
   if (B == 0 || Tq == 0 || Hq == 0) return;
-  if (!all_finite(q, B * Tq * Hq * D) || !all_finite(k, B * Tk * Hkv * D) || !all_finite(v, B * Tk * Hkv * D))
+  // One query row per (b, h) (decoding a token over a KV cache) masks no key, so the tiles below
+  // compute exactly the exact path's math: instead of scanning the whole cache for non-finite
+  // values first, the result is checked afterwards and only a non-finite one is recomputed.
+  const bool single = Tq == 1;
+  if (!single && (!all_finite(q, B * Tq * Hq * D) || !all_finite(k, B * Tk * Hkv * D) ||
+                  !all_finite(v, B * Tk * Hkv * D)))
     return attention_exact(q, k, v, out, lse, B, Tq, Tk, Hq, Hkv, D, scale, causal);
   const i64 G = Hq / Hkv, nQB = (Tq + BQ - 1) / BQ, nTasks = B * Hq * nQB;
   const i64 ldq = Hq * D, ldk = Hkv * D;
-  const bool par = nTasks >= omp_get_max_threads() && B * Hq * Tq * Tk * D >= kParallelMin;
+  // One query row per head (decoding) is little work per call: threads only for long caches, since
+  // a parallel region costs more than it saves below that (and far more on a loaded machine).
+  const i64 parMin = single ? (i64)1 << 20 : kParallelMin;
+  const bool par = nTasks >= omp_get_max_threads() && B * Hq * Tq * Tk * D >= parMin;
 #pragma omp parallel if (par)
   {
-    std::vector<float> S((size_t)(BQ * std::max<i64>(Tk, 1)));
+    std::vector<float> S((size_t)(std::min(BQ, Tq) * std::max<i64>(Tk, 1)));
 #pragma omp for schedule(dynamic)
     for (i64 task = 0; task < nTasks; task++) {
       const i64 qb = task % nQB, h = (task / nQB) % Hq, b = task / (nQB * Hq), g = h / G;
@@ -196,9 +204,21 @@ void attention(const float* q, const float* k, const float* v, float* out, float
         for (j = lim; j < kend; j++) s[j] = 0.0f;
         lp[r] = m + std::log(sum);
       }
-      sgemm(false, false, bq, D, kend, 1.0f, S.data(), kend, vp, ldk, 0.0f, op, ldq);
+      if (bq == 1) {  // one row: out = sum_j p_j v_j directly (a GEMM would pack V first)
+        for (i64 c = 0; c < D; c++) op[c] = 0.0f;
+        const float* p = S.data();
+        for (i64 j = 0; j < kend; j++) {
+          const float pj = p[j];
+          const float* vj = vp + j * ldk;
+          for (i64 c = 0; c < D; c++) op[c] += pj * vj[c];
+        }
+      } else {
+        sgemm(false, false, bq, D, kend, 1.0f, S.data(), kend, vp, ldk, 0.0f, op, ldq);
+      }
     }
   }
+  if (single && (!all_finite(out, B * Hq * D) || !all_finite(lse, B * Hq)))
+    attention_exact(q, k, v, out, lse, B, Tq, Tk, Hq, Hkv, D, scale, causal);
 }
 
 void attention_backward(const float* q, const float* k, const float* v, const float* out, const float* lse,

@@ -75,6 +75,15 @@ static void scale_c(i64 M, i64 N, float beta, float* C, i64 ldc) {
   }
 }
 
+// One row of C times a transposed B (x Wᵀ: a Linear on one token) is a matrix-vector product
+// over the rows of B: decode.cc's gemv_rows streams B once instead of packing it first.
+static bool sgemm_as_gemv(bool transA, bool transB, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
+                          const float* B, i64 ldb, float beta, float* C) {
+  if (M != 1 || !transB || N == 0 || K == 0 || (transA && lda != 1 && K > 1)) return false;
+  gemv_rows(B, ldb, A, C, N, K, alpha, beta);
+  return true;
+}
+
 #ifdef ATTNRES_HAVE_CBLAS
 
 void sgemm(bool transA, bool transB, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
@@ -84,6 +93,7 @@ void sgemm(bool transA, bool transB, i64 M, i64 N, i64 K, float alpha, const flo
     scale_c(M, N, beta, C, ldc);
     return;
   }
+  if (sgemm_as_gemv(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C)) return;
   // CBLAS insists on ld >= row length even for a single row; such a row is read once anyway.
   const i64 aCols = transA ? M : K, aRows = transA ? K : M;
   const i64 bCols = transB ? K : N, bRows = transB ? N : K;
@@ -184,6 +194,7 @@ void sgemm(bool transA, bool transB, i64 M, i64 N, i64 K, float alpha, const flo
     scale_c(M, N, beta, C, ldc);
     return;
   }
+  if (sgemm_as_gemv(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C)) return;
   static thread_local Scratch sa, sb;
   const i64 mStrips = (M + MR - 1) / MR;
   float* Ap = sa.get(size_t(mStrips * MR * KC));

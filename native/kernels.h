@@ -114,6 +114,16 @@ void attention_backward(const float* q, const float* k, const float* v, const fl
 void adamw(float* p, const float* g, float* m, float* v, i64 n, double lr, double beta1, double beta2,
            double eps, double wd, double bc1, double bc2);
 
+// ------------------------------------------------------------------ batch-1 decoding (decode.cc)
+// y[N] = alpha * W[N, K] x[K] + beta * y (W row stride ldw); beta == 0 never reads y.
+void gemv_rows(const float* W, i64 ldw, const float* x, float* y, i64 N, i64 K, float alpha, float beta);
+// y[i] [N[i]] = W[i] [N[i], K] x [K] for i < count (rows of all matrices in one parallel region).
+void gemv_many(const float* x, i64 K, int count, const float* const* W, float* const* y, const i64* N);
+// out [N] = silu(Wg [N, K] x) * (Wu [N, K] x)
+void gemv_swiglu(const float* x, const float* Wg, const float* Wu, float* out, i64 N, i64 K);
+// Measured read bandwidth of all threads streaming a buffer far larger than the caches, GB/s.
+double read_bandwidth(double seconds);
+
 // ------------------------------------------------------------------ peak (peak.cc)
 // Measured FMA throughput summed over all threads, GFLOP/s, after running about `seconds`.
 double peak_gflops(double seconds);

@@ -6,7 +6,8 @@
  * parameters are randomised (so routing is far from uniform): the logits of incremental decoding
  * (prompt prefill, a chunk of 3, then one token at a time through the cache) equal those of one
  * uncached forward over the same sequence at every position — to 1e-10 in float64 on the reference
- * backend, to 1e-4 (relative to the largest logit) in float32 on the native one. Then: greedy
+ * backend, to 1e-4 (relative to the largest logit) in float32 on the native one (there also at batch
+ * 1, where one-token steps take the one-row projection kernels); `lastOnly` gives the last position's logits alone. Then: greedy
  * generation is the step-by-step argmax of uncached logits, top-k = 1 is greedy, a seed reproduces
  * samples (cached or not), the filtering is right on a hand-made distribution, the cache's memory
  * comes back on dispose, and the command prints what generate() samples and fails clearly.
@@ -115,6 +116,21 @@ function cachedLogits(m: DecoderLM, ids: Int32Array, B: number, chunks: number[]
   return out;
 }
 
+/** Logits [B, 1, V] of a forward with lastOnly, checked against rows T − 1 of the full logits. */
+function checkLastOnly(m: DecoderLM, ids: Int32Array, B: number, T: number, full: Float64Array, tol: number) {
+  const V = m.config.vocab_size;
+  const last = noGrad(() =>
+    tidy(() => {
+      const l = m.forward(ids, B, T, { lastOnly: true });
+      assert.deepEqual(l.shape, [B, 1, V]);
+      return l.toFloat64Array();
+    }),
+  );
+  const want = new Float64Array(B * V);
+  for (let b = 0; b < B; b++) want.set(full.subarray((b * T + T - 1) * V, (b * T + T) * V), b * V);
+  scaledClose(last, want, tol, "lastOnly logits");
+}
+
 /** Largest deviation of any routing weight from uniform over a full forward (0 for unrouted modes). */
 function routingSpread(m: DecoderLM, ids: Int32Array, B: number, T: number): number {
   return noGrad(() =>
@@ -148,6 +164,15 @@ describe("cached logits equal uncached logits in every mode", () => {
           );
         const full = fullLogits(m, ids, B, T);
         scaledClose(cachedLogits(m, ids, B, CHUNKS), full, 1e-10, `${name} logits`);
+        checkLastOnly(m, ids, B, T, full, 1e-12);
+        // Batch 1, token by token: the one-row projections (gemvMany, gemvSwiglu).
+        const one = ids.subarray(0, T);
+        scaledClose(
+          cachedLogits(m, one, 1, new Array<number>(T).fill(1)),
+          fullLogits(m, one, 1, T),
+          1e-10,
+          `${name} logits (B=1)`,
+        );
         // Token by token from the first position too (a one-token prefill).
         scaledClose(
           cachedLogits(m, ids, B, new Array<number>(T).fill(1)),
@@ -163,7 +188,12 @@ describe("cached logits equal uncached logits in every mode", () => {
       assert.ok(nat, "native backend unavailable");
       const m = model(extra, nat!, "float32");
       try {
-        scaledClose(cachedLogits(m, ids, B, CHUNKS), fullLogits(m, ids, B, T), 1e-4, `${name} logits`);
+        const full = fullLogits(m, ids, B, T);
+        scaledClose(cachedLogits(m, ids, B, CHUNKS), full, 1e-4, `${name} logits`);
+        checkLastOnly(m, ids, B, T, full, 1e-5);
+        // Batch 1: one-row matmuls (the GEMV path) and one query row per head in attention.
+        const one = ids.subarray(0, T);
+        scaledClose(cachedLogits(m, one, 1, CHUNKS), fullLogits(m, one, 1, T), 1e-4, `${name} logits (B=1)`);
       } finally {
         m.dispose();
       }

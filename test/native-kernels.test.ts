@@ -18,7 +18,12 @@ import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 
 import { BINARY_OPS, UNARY_OPS, type Backend, type BinaryOp, type UnaryOp } from "../src/backend/backend.js";
-import { loadNativeBackend, measurePeakGflops, nativeInfo } from "../src/backend/native/index.js";
+import {
+  loadNativeBackend,
+  measurePeakGflops,
+  measureReadBandwidth,
+  nativeInfo,
+} from "../src/backend/native/index.js";
 import { referenceBackend as ref } from "../src/backend/reference/index.js";
 
 const nat: Backend = loadNativeBackend();
@@ -112,6 +117,8 @@ describe("gemm", () => {
     [129, 67, 255, 3, true],
     [37, 41, 1, 1, false],
     [16, 16, 16, 70, false], // many small matrices: the parallel-over-batch path
+    [1, 1037, 77, 1, false], // one row times Bᵀ (a Linear on one token): the threaded GEMV path
+    [1, 6, 19, 2, true], // the GEMV path below the threading threshold, a row count not a multiple of 4
   ];
   for (const [M, N, K, batch, sharedB] of cases)
     for (const transA of [false, true])
@@ -569,6 +576,53 @@ describe("rope", () => {
   });
 });
 
+describe("one-row projections (gemvMany, gemvSwiglu)", () => {
+  for (const [ns, K] of [
+    [[1], 1],
+    [[7, 3, 3], 19],
+    [[768, 256, 257], 77], // the threaded path; a row count not a multiple of 4
+  ] as [number[], number][])
+    test(`gemvMany rows ${ns.join(", ")} K=${K}`, () => {
+      const x = rnd(K);
+      const ws = ns.map((n) => rnd(n * K));
+      const outs = ns.map((n) => nans(n));
+      const want = ns.map((n) => new Float64Array(n));
+      ref.gemvMany(f64(x), ws.map(f64), want, ns, K);
+      nat.gemvMany(x, ws, outs, ns, K);
+      outs.forEach((o, i) => closeDot(`out ${i}`, o, want[i]!, K));
+    });
+  for (const [N, K] of [
+    [1, 1],
+    [6, 19],
+    [1031, 77],
+  ])
+    test(`gemvSwiglu N=${N} K=${K}`, () => {
+      const x = rnd(K);
+      const wg = rnd(N * K);
+      const wu = rnd(N * K);
+      const out = nans(N);
+      const want = new Float64Array(N);
+      ref.gemvSwiglu(f64(x), f64(wg), f64(wu), want, N, K);
+      nat.gemvSwiglu(x, wg, wu, out, N, K);
+      closeDot("out", out, want, K);
+    });
+  test("errors", () => {
+    assert.throws(() => nat.gemvMany(rnd(4), [], [], [], 4), /gemvMany: no weights/);
+    assert.throws(
+      () => nat.gemvMany(rnd(4), [rnd(8)], [rnd(2), rnd(2)], [2], 4),
+      /gemvMany: 1 weights, 2 outputs and 1 row counts/,
+    );
+    assert.throws(
+      () => nat.gemvMany(rnd(4), [rnd(7)], [rnd(2)], [2], 4),
+      /gemvMany: weight 0 has 7 elements, needs 8/,
+    );
+    assert.throws(
+      () => nat.gemvSwiglu(rnd(3), rnd(8), rnd(8), rnd(2), 2, 4),
+      /gemvSwiglu: x has 3 elements, needs 4/,
+    );
+  });
+});
+
 describe("attention", () => {
   const cases: Array<[number, number, number, number, number, number]> = [
     // B, Tq, Tk, Hq, Hkv, D
@@ -577,6 +631,9 @@ describe("attention", () => {
     [1, 13, 37, 4, 4, 8], // Tq < Tk: queries are the last 13 positions
     [2, 70, 131, 3, 1, 7], // more than one query block, GQA with a single kv head
     [3, 5, 5, 2, 2, 13],
+    [1, 1, 300, 12, 4, 64], // one query over a cache (decoding a token): the single-row path
+    [1, 1, 1400, 12, 4, 64], // the same over a cache long enough for threads
+    [2, 1, 37, 3, 1, 13],
   ];
   for (const [B, Tq, Tk, Hq, Hkv, D] of cases)
     for (const causal of [true, false])
@@ -627,6 +684,44 @@ describe("attention", () => {
         closeDot("gk", gk, gkW, Tq * G + D);
         closeDot("gv", gv, gvW, Tq * G + D);
       });
+
+  test("one query row with non-finite keys or values: as the reference (recomputed exactly)", () => {
+    const [Tk, Hq, Hkv, D] = [45, 4, 2, 8];
+    for (const [where, value] of [
+      ["k", NaN],
+      ["k", Infinity],
+      ["v", NaN],
+      ["v", -Infinity],
+    ] as const) {
+      const q = rnd(Hq * D);
+      const k = rnd(Tk * Hkv * D);
+      const v = rnd(Tk * Hkv * D);
+      (where === "k" ? k : v)[17 * Hkv * D + 3] = value; // key 17 of kv head 0
+      const out = nans(Hq * D);
+      const lse = nans(Hq);
+      const outW = new Float64Array(Hq * D);
+      const lseW = new Float64Array(Hq);
+      ref.attention(f64(q), f64(k), f64(v), outW, lseW, 1, 1, Tk, Hq, Hkv, D, 0.3, true);
+      nat.attention(q, k, v, out, lse, 1, 1, Tk, Hq, Hkv, D, 0.3, true);
+      const same = (name: string, got: ArrayLike<number>, want: ArrayLike<number>) => {
+        for (let i = 0; i < want.length; i++) {
+          const g = got[i]!;
+          const w = want[i]!;
+          if (Number.isNaN(w) || !Number.isFinite(w))
+            assert.ok(Object.is(g, w), `${where}=${value}: ${name}[${i}] ${g} vs ${w}`);
+          else
+            assert.ok(
+              Math.abs(g - w) <= 1e-4 * (1 + Math.abs(w)),
+              `${where}=${value}: ${name}[${i}] ${g} vs ${w}`,
+            );
+        }
+      };
+      same("out", out, outW);
+      same("lse", lse, lseW);
+      // Query heads 2, 3 read kv head 1, which holds only finite values.
+      assert.ok(out.subarray(2 * D).every(Number.isFinite));
+    }
+  });
 
   test("same results with 1 thread", () => {
     const [B, T, H, D] = [2, 67, 4, 16];
@@ -1199,13 +1294,15 @@ describe("threads and info", () => {
     assert.equal(nat.threads(), before);
     assert.throws(() => nat.setThreads(0), /setThreads: n must be in \[1, 1024\]/);
   });
-  test("nativeInfo and measurePeakGflops", () => {
+  test("nativeInfo, measurePeakGflops and measureReadBandwidth", () => {
     const info = nativeInfo();
     assert.ok(["openblas", "cblas", "builtin"].includes(info.blas));
     assert.equal(info.threads, nat.threads());
     assert.ok(info.simd.length > 0);
     const peak = measurePeakGflops(0.05);
     assert.ok(peak > 0.1 && peak < 1e5, `peak ${peak}`);
+    const bandwidth = measureReadBandwidth(0.05);
+    assert.ok(bandwidth > 0.1 && bandwidth < 1e5, `read bandwidth ${bandwidth} GB/s`);
   });
   test("backend identity", () => {
     assert.equal(nat.name, "native");

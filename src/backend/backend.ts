@@ -381,6 +381,16 @@ export interface Backend {
     dv: number,
   ): void;
 
+  // ---------------------------------------------------------------- one-row projections (decoding)
+  /**
+   * Projections of one row, for batch-1 decoding (inference only: these have no backward). For
+   * each i: writes outs[i] [ns[i]] = ws[i] [ns[i], K] x [K] (x Wᵀ for a Linear weight W), all in
+   * one call (the q, k and v projections of a token).
+   */
+  gemvMany(x: Buf, ws: readonly Buf[], outs: readonly Buf[], ns: readonly number[], K: number): void;
+  /** Writes out[n] = silu(wg[n, :] · x) · (wu[n, :] · x) for n < N: wg, wu [N, K]; x [K]; out [N]. */
+  gemvSwiglu(x: Buf, wg: Buf, wu: Buf, out: Buf, N: number, K: number): void;
+
   // ---------------------------------------------------------------- optimizer
   /**
    * One AdamW step on n elements, in PyTorch's exact order of operations:

@@ -20,7 +20,7 @@ import type { Backend, DType } from "../backend/backend.js";
 import { defaultBackend, defaultDType, referenceBackend } from "../backend/index.js";
 import { Attention, Embedding, KVCache, Linear, MLP, RMSNorm } from "../nn/layers.js";
 import { type InitContext, Module } from "../nn/module.js";
-import { crossEntropy, type Llama3RopeScaling, matmul, RopeTable } from "../tensor/ops.js";
+import { crossEntropy, type Llama3RopeScaling, matmul, RopeTable, slice } from "../tensor/ops.js";
 import { Rng } from "../tensor/random.js";
 import type { Tensor } from "../tensor/tensor.js";
 import { type DecoderLMConfig, type ModelConfig, parseConfig } from "./config.js";
@@ -139,6 +139,11 @@ export interface ForwardOptions {
   cache?: DecoderCache;
   /** Return routing weights (α per routed call) and DDL's β beside the logits. */
   trace?: boolean;
+  /**
+   * Compute the logits of the last position only: [B, 1, vocab] instead of [B, T, vocab] (what
+   * generation needs after a prefill; the final norm and the LM head then run on B rows, not B·T).
+   */
+  lastOnly?: boolean;
 }
 
 export interface ForwardOutput {
@@ -217,7 +222,10 @@ export class DecoderLM extends Module {
     return new DecoderCache(B, maxLen, layers);
   }
 
-  /** ids [B*T] (row-major [B, T]) → logits [B, T, vocab], and the routing trace when asked. */
+  /**
+   * ids [B*T] (row-major [B, T]) → logits [B, T, vocab] ([B, 1, vocab] with lastOnly), and the
+   * routing trace when asked.
+   */
   run(ids: Int32Array, B: number, T: number, opts: ForwardOptions = {}): ForwardOutput {
     if (ids.length !== B * T) throw new Error(`forward: ${ids.length} ids for B=${B}, T=${T}`);
     const cache = opts.cache;
@@ -242,7 +250,8 @@ export class DecoderLM extends Module {
       const xm = res.input(2 * i + 1);
       res.update(2 * i + 1, xm, layer.mlpSublayer(xm));
     });
-    const h = this.model.norm.forward(res.end());
+    const hs = res.end();
+    const h = this.model.norm.forward(opts.lastOnly && T > 1 ? slice(hs, 1, T - 1, T) : hs);
     const logits = this.lm_head
       ? this.lm_head.forward(h)
       : matmul(h, this.model.embed_tokens.weight, { transB: true });

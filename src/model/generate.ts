@@ -138,7 +138,7 @@ export function sampleToken(logits: ArrayLike<number>, opts: SampleOptions, rng:
   return last; // u within rounding of 1
 }
 
-/** The last position's logits of [B, T, V] as float64 [B · V], at most `limit` ids per row. */
+/** The last position's logits of [B, T, V] (T = 1 after lastOnly) as float64 [B · V], at most `limit` ids per row. */
 function lastLogits(logits: Tensor, limit: number): Float64Array {
   const [B, T, V] = logits.shape as [number, number, number];
   const out = new Float64Array(B * limit);
@@ -194,7 +194,8 @@ export function generate(
         const ids = new Int32Array(B * T);
         for (let b = 0; b < B; b++)
           ids.set(seq.subarray(b * (P + N) + start, b * (P + N) + start + T), b * T);
-        return lastLogits(model.forward(ids, B, T, cache ? { cache, posOffset: pos } : {}), V);
+        const at = cache ? { cache, posOffset: pos } : {};
+        return lastLogits(model.forward(ids, B, T, { ...at, lastOnly: true }), V);
       }),
     );
   /** Logits for the next token when the sequence holds `len` tokens (the window rule above). */

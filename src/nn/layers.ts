@@ -7,6 +7,8 @@
  *              KVCache (incremental decoding) it appends the new positions' k, v and attends over
  *              the cached prefix
  *   MLP        down(silu(gate(x)) * up(x))
+ * One token without gradients (batch-1 decoding) takes fused paths: q/k/v in one gemvMany call,
+ * gate/up/SwiGLU in one gemvSwiglu call (the same values to float32 rounding; no backward needed).
  */
 import type { Backend, Buf, DType } from "../backend/backend.js";
 import {
@@ -154,9 +156,29 @@ export class Attention extends Module {
   forward(x: Tensor, table: RopeTable, posOffset = 0, cache?: KVCache): Tensor {
     const [B, T] = x.shape as [number, number];
     const { heads, kvHeads, headDim } = this.s;
-    let q = reshape(this.q_proj.forward(x), [B, T, heads, headDim]);
-    let k = reshape(this.k_proj.forward(x), [B, T, kvHeads, headDim]);
-    const v = reshape(this.v_proj.forward(x), [B, T, kvHeads, headDim]);
+    let q: Tensor;
+    let k: Tensor;
+    let v: Tensor;
+    if (B * T === 1 && !isGradEnabled() && this.q_proj.bias === null) {
+      // One token (decoding): the three projections in one pass over their weights.
+      const be = x.backend;
+      const opts = { backend: be, dtype: x.dtype };
+      q = empty([B, T, heads, headDim], opts);
+      k = empty([B, T, kvHeads, headDim], opts);
+      v = empty([B, T, kvHeads, headDim], opts);
+      const p = [this.q_proj, this.k_proj, this.v_proj];
+      be.gemvMany(
+        x.data,
+        p.map((l) => l.weight.data),
+        [q.data, k.data, v.data],
+        p.map((l) => l.outFeatures),
+        this.s.hidden,
+      );
+    } else {
+      q = reshape(this.q_proj.forward(x), [B, T, heads, headDim]);
+      k = reshape(this.k_proj.forward(x), [B, T, kvHeads, headDim]);
+      v = reshape(this.v_proj.forward(x), [B, T, kvHeads, headDim]);
+    }
     if (this.q_norm) q = this.q_norm.forward(q);
     if (this.k_norm) k = this.k_norm.forward(k);
     q = rope(q, table, posOffset);
@@ -230,6 +252,14 @@ export class MLP extends Module {
     this.down_proj = this.child("down_proj", new Linear(ff, hidden, ctx, std));
   }
   forward(x: Tensor): Tensor {
+    const hidden = this.gate_proj.inFeatures;
+    if (x.size === hidden && !isGradEnabled() && this.gate_proj.bias === null && this.up_proj.bias === null) {
+      // One token (decoding): gate, up and SwiGLU in one pass over the two weights.
+      const ff = this.gate_proj.outFeatures;
+      const h = empty([...x.shape.slice(0, -1), ff], { backend: x.backend, dtype: x.dtype });
+      x.backend.gemvSwiglu(x.data, this.gate_proj.weight.data, this.up_proj.weight.data, h.data, ff, hidden);
+      return this.down_proj.forward(h);
+    }
     return this.down_proj.forward(swiglu(this.gate_proj.forward(x), this.up_proj.forward(x)));
   }
 }

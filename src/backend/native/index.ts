@@ -32,6 +32,7 @@ interface NativeAddon {
   setThreads(n: number): void;
   info(): NativeInfo;
   peakGflops(seconds: number): number;
+  readBandwidth(seconds: number): number;
   gemm: Backend["gemm"];
   unary(op: UnaryOp, x: Buf, out: Buf, n: number): void;
   unaryGrad(op: UnaryOp, x: Buf, y: Buf, gy: Buf, gx: Buf, n: number): void;
@@ -68,6 +69,8 @@ interface NativeAddon {
   depthRouteBackward: Backend["depthRouteBackward"];
   depthRouteSourceBackward: Backend["depthRouteSourceBackward"];
   rowDot: Backend["rowDot"];
+  gemvMany: Backend["gemvMany"];
+  gemvSwiglu: Backend["gemvSwiglu"];
   adamw: Backend["adamw"];
 }
 
@@ -144,6 +147,8 @@ export function loadNativeBackend(): Backend {
     depthRouteBackward: a.depthRouteBackward,
     depthRouteSourceBackward: a.depthRouteSourceBackward,
     rowDot: a.rowDot,
+    gemvMany: a.gemvMany,
+    gemvSwiglu: a.gemvSwiglu,
     adamw: a.adamw,
   };
   return backend;
@@ -160,4 +165,13 @@ export function nativeInfo(): NativeInfo {
  */
 export function measurePeakGflops(seconds: number): number {
   return loadAddon().peakGflops(seconds);
+}
+
+/**
+ * Measured memory read bandwidth in GB/s (1e9 bytes): every OpenMP thread streams its own 64 MiB
+ * slice of a buffer far larger than the caches, summing it with vector loads, for about `seconds`.
+ * The limit of a memory-bound kernel such as batch-1 decoding (weight bytes per token ÷ this).
+ */
+export function measureReadBandwidth(seconds: number): number {
+  return loadAddon().readBandwidth(seconds);
 }

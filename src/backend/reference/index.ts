@@ -511,6 +511,39 @@ export const referenceBackend: Backend = {
     }
   },
 
+  gemvMany(x, ws, outs, ns, K) {
+    if (ws.length === 0) throw new Error("gemvMany: no weights");
+    if (outs.length !== ws.length || ns.length !== ws.length)
+      throw new Error(
+        `gemvMany: ${ws.length} weights, ${outs.length} outputs and ${ns.length} row counts must be equal in number`,
+      );
+    need("gemvMany", "x", x, K);
+    ws.forEach((w, i) => {
+      const N = ns[i]!;
+      need("gemvMany", `weight ${i}`, w, N * K);
+      need("gemvMany", `out ${i}`, outs[i]!, N);
+      for (let n = 0; n < N; n++) {
+        let acc = 0;
+        for (let k = 0; k < K; k++) acc += w[n * K + k]! * x[k]!;
+        outs[i]![n] = acc;
+      }
+    });
+  },
+  gemvSwiglu(x, wg, wu, out, N, K) {
+    need("gemvSwiglu", "x", x, K);
+    need("gemvSwiglu", "wg", wg, N * K);
+    need("gemvSwiglu", "wu", wu, N * K);
+    need("gemvSwiglu", "out", out, N);
+    for (let n = 0; n < N; n++) {
+      let g = 0;
+      let u = 0;
+      for (let k = 0; k < K; k++) {
+        g += wg[n * K + k]! * x[k]!;
+        u += wu[n * K + k]! * x[k]!;
+      }
+      out[n] = g * sigmoid(g) * u;
+    }
+  },
   swiglu(gate, up, out, n) {
     need("swiglu", "gate", gate, n);
     need("swiglu", "up", up, n);

@@ -1,0 +1,222 @@
+// decode.cc: kernels for batch-1 generation, where every weight is read once per token and the
+// speed limit is memory bandwidth, not FLOPs.
+//
+//   gemv_rows       y[N] = alpha * W[N, K] x[K] + beta * y     (W row stride ldw; beta == 0 never
+//                   reads y). The M = 1, transB case of sgemm (x Wᵀ: a Linear on one token) comes
+//                   here: a general GEMM packs the whole weight before using it, which doubles
+//                   the bytes moved; this streams each row of W once. Rows are split over the
+//                   OpenMP threads in blocks of 4 (each block reads x once per 4 rows).
+//   gemv_many       y_i = W_i x for several weights at once (the q, k and v projections of one token):
+//                   the rows of all of them are shared out over the threads in one parallel region.
+//   gemv_swiglu     out[n] = silu(Wg[n]·x) · (Wu[n]·x): the gate and up projections of one token and
+//                   SwiGLU in one pass (no gate/up buffers, one parallel region).
+//   read_bandwidth  measured read bandwidth (GB/s, 1e9 bytes) of a buffer far larger than the caches,
+//                   streamed by every thread over its own slice (vector loads summed into
+//                   independent accumulators, so loads are the only limit), repeated until `seconds`.
+//
+// Accumulation is float32, as in the GEMM this replaces (the order differs, so results agree with
+// it to rounding, not bit for bit).
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "kernels.h"
+
+namespace attnres {
+
+#if defined(__AVX512F__)
+// Horizontal sum (GCC 12's _mm512_reduce_add_ps warns about an uninitialized temporary).
+static inline float hsum(__m512 v) {
+  alignas(64) float t[16];
+  _mm512_store_ps(t, v);
+  __m128 q = _mm_add_ps(_mm_add_ps(_mm_load_ps(t), _mm_load_ps(t + 4)),
+                        _mm_add_ps(_mm_load_ps(t + 8), _mm_load_ps(t + 12)));
+  q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+  q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
+  return _mm_cvtss_f32(q);
+}
+#endif
+
+// Dot products of 4 rows of W with x (K elements each).
+static inline void dot4(const float* __restrict w0, const float* __restrict w1, const float* __restrict w2,
+                        const float* __restrict w3, const float* __restrict x, i64 K, float out[4]) {
+  i64 k = 0;
+#if defined(__AVX512F__)
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(),
+         a3 = _mm512_setzero_ps();
+  for (; k + 16 <= K; k += 16) {
+    const __m512 xv = _mm512_loadu_ps(x + k);
+    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0 + k), xv, a0);
+    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w1 + k), xv, a1);
+    a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w2 + k), xv, a2);
+    a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w3 + k), xv, a3);
+  }
+  if (k < K) {
+    const __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
+    const __m512 xv = _mm512_maskz_loadu_ps(m, x + k);
+    a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0 + k), xv, a0);
+    a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w1 + k), xv, a1);
+    a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w2 + k), xv, a2);
+    a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w3 + k), xv, a3);
+    k = K;
+  }
+  out[0] = hsum(a0);
+  out[1] = hsum(a1);
+  out[2] = hsum(a2);
+  out[3] = hsum(a3);
+#else
+  float s[4][8] = {};
+  for (; k + 8 <= K; k += 8)
+    for (int j = 0; j < 8; j++) {
+      s[0][j] += w0[k + j] * x[k + j];
+      s[1][j] += w1[k + j] * x[k + j];
+      s[2][j] += w2[k + j] * x[k + j];
+      s[3][j] += w3[k + j] * x[k + j];
+    }
+  for (int r = 0; r < 4; r++) {
+    float t = 0.0f;
+    for (int j = 0; j < 8; j++) t += s[r][j];
+    out[r] = t;
+  }
+  for (; k < K; k++) {
+    out[0] += w0[k] * x[k];
+    out[1] += w1[k] * x[k];
+    out[2] += w2[k] * x[k];
+    out[3] += w3[k] * x[k];
+  }
+#endif
+}
+
+static inline float dot1(const float* __restrict w, const float* __restrict x, i64 K) {
+  float out[4];
+  dot4(w, w, w, w, x, K, out);
+  return out[0];
+}
+
+static inline void store(float* y, i64 n, float v, float alpha, float beta) {
+  y[n] = beta == 0.0f ? alpha * v : alpha * v + beta * y[n];
+}
+
+void gemv_rows(const float* W, i64 ldw, const float* x, float* y, i64 N, i64 K, float alpha, float beta) {
+  if (N == 0) return;
+  if (K == 0) {
+    for (i64 n = 0; n < N; n++) y[n] = beta == 0.0f ? 0.0f : beta * y[n];
+    return;
+  }
+  const i64 blocks = (N + 3) / 4;
+  const bool par = !omp_in_parallel() && omp_get_max_threads() > 1 && N * K >= kParallelMin;
+  // Dynamic chunks of 16 blocks (64 rows): on a loaded machine a thread that is running takes the
+  // work of one that is not, instead of the whole call waiting for the slower one's fixed half.
+#pragma omp parallel for schedule(dynamic, 16) if (par)
+  for (i64 b = 0; b < blocks; b++) {
+    const i64 n0 = b * 4;
+    if (n0 + 4 <= N) {
+      float r[4];
+      dot4(W + n0 * ldw, W + (n0 + 1) * ldw, W + (n0 + 2) * ldw, W + (n0 + 3) * ldw, x, K, r);
+      for (int j = 0; j < 4; j++) store(y, n0 + j, r[j], alpha, beta);
+    } else {
+      for (i64 n = n0; n < N; n++) store(y, n, dot1(W + n * ldw, x, K), alpha, beta);
+    }
+  }
+}
+
+void gemv_many(const float* x, i64 K, int count, const float* const* W, float* const* y, const i64* N) {
+  std::vector<i64> start((size_t)count + 1, 0);  // first 4-row block of each matrix
+  for (int i = 0; i < count; i++) start[(size_t)i + 1] = start[(size_t)i] + (N[i] + 3) / 4;
+  const i64 blocks = start[(size_t)count];
+  i64 rows = 0;
+  for (int i = 0; i < count; i++) rows += N[i];
+  if (K == 0) {
+    for (int i = 0; i < count; i++)
+      for (i64 n = 0; n < N[i]; n++) y[i][n] = 0.0f;
+    return;
+  }
+  const bool par = !omp_in_parallel() && omp_get_max_threads() > 1 && rows * K >= kParallelMin;
+#pragma omp parallel for schedule(dynamic, 16) if (par)
+  for (i64 b = 0; b < blocks; b++) {
+    int i = 0;
+    while (start[(size_t)i + 1] <= b) i++;
+    const float* w = W[i];
+    float* out = y[i];
+    const i64 n0 = (b - start[(size_t)i]) * 4;
+    if (n0 + 4 <= N[i]) {
+      float r[4];
+      dot4(w + n0 * K, w + (n0 + 1) * K, w + (n0 + 2) * K, w + (n0 + 3) * K, x, K, r);
+      for (int j = 0; j < 4; j++) out[n0 + j] = r[j];
+    } else {
+      for (i64 n = n0; n < N[i]; n++) out[n] = dot1(w + n * K, x, K);
+    }
+  }
+}
+
+void gemv_swiglu(const float* x, const float* Wg, const float* Wu, float* out, i64 N, i64 K) {
+  const i64 blocks = (N + 3) / 4;
+  const bool par = !omp_in_parallel() && omp_get_max_threads() > 1 && 2 * N * K >= kParallelMin;
+  auto act = [](float g, float u) { return g / (1.0f + std::exp(-g)) * u; };
+#pragma omp parallel for schedule(dynamic, 8) if (par)
+  for (i64 b = 0; b < blocks; b++) {
+    const i64 n0 = b * 4;
+    if (n0 + 4 <= N) {
+      float g[4], u[4];
+      dot4(Wg + n0 * K, Wg + (n0 + 1) * K, Wg + (n0 + 2) * K, Wg + (n0 + 3) * K, x, K, g);
+      dot4(Wu + n0 * K, Wu + (n0 + 1) * K, Wu + (n0 + 2) * K, Wu + (n0 + 3) * K, x, K, u);
+      for (int j = 0; j < 4; j++) out[n0 + j] = act(g[j], u[j]);
+    } else {
+      for (i64 n = n0; n < N; n++) out[n] = act(dot1(Wg + n * K, x, K), dot1(Wu + n * K, x, K));
+    }
+  }
+}
+
+// Results land here so the loads cannot be optimized away.
+volatile float gBandwidthSink[256];
+
+double read_bandwidth(double seconds) {
+  const int threads = std::max(1, omp_get_max_threads());
+  const size_t perThread = (size_t)64 << 20;  // 64 MiB per thread: far beyond any L3 slice
+  const size_t n = perThread / sizeof(float) * (size_t)threads;
+  float* buf = static_cast<float*>(std::aligned_alloc(64, n * sizeof(float)));
+  if (buf == nullptr) return 0.0;
+  const size_t slice = n / (size_t)threads;
+  double bytes = 0.0;
+  double elapsed = 0.0;
+#pragma omp parallel num_threads(threads) reduction(+ : bytes)
+  {
+    const int t = omp_get_thread_num();
+    float* p = buf + slice * (size_t)t;
+    for (size_t i = 0; i < slice; i++) p[i] = (float)(i & 1023) * 1e-3f;  // first touch by the reader
+#pragma omp barrier
+    const double t0 = omp_get_wtime();
+    long passes = 0;
+    float sink = 0.0f;
+    do {
+#if defined(__AVX512F__)
+      __m512 a[8];
+      for (int j = 0; j < 8; j++) a[j] = _mm512_setzero_ps();
+      for (size_t i = 0; i + 128 <= slice; i += 128)
+        for (int j = 0; j < 8; j++) a[j] = _mm512_add_ps(a[j], _mm512_load_ps(p + i + 16 * j));
+      for (int j = 1; j < 8; j++) a[0] = _mm512_add_ps(a[0], a[j]);
+      sink += hsum(a[0]);
+#else
+      float a[8] = {};
+      for (size_t i = 0; i + 8 <= slice; i += 8)
+        for (int j = 0; j < 8; j++) a[j] += p[i + j];
+      for (int j = 0; j < 8; j++) sink += a[j];
+#endif
+      passes++;
+    } while (omp_get_wtime() - t0 < seconds);
+#pragma omp barrier
+#pragma omp master
+    elapsed = omp_get_wtime() - t0;
+    gBandwidthSink[t % 256] = sink;
+    bytes += (double)passes * (double)(slice * sizeof(float));
+  }
+  std::free(buf);
+  return elapsed > 0 ? bytes / elapsed * 1e-9 : 0.0;
+}
+
+}  // namespace attnres

@@ -58,6 +58,19 @@ export interface StTensor {
   data: Float32Array | Float64Array | Int32Array;
 }
 
+/**
+ * A tensor of a file opened by `openCheckpointWeights`: `data` reads and decodes it anew on each
+ * access; `readInto` decodes it into a given array (its first count values; I32/I64 into a float
+ * array pass through a float32 chunk); `readRaw` streams its raw bytes, CHUNK_BYTES at most at a
+ * time, to fn(bytes, index of the first value) (the buffer is reused) and returns their CRC-32.
+ * All three verify the file's recorded checksum (unless off) once the last byte is read: a corrupt
+ * tensor throws after fn has seen its bytes.
+ */
+export interface FileTensor extends StTensor {
+  readInto(into: Float32Array | Float64Array): void;
+  readRaw(fn: (bytes: Buffer, first: number) => void): number;
+}
+
 export interface StFile {
   tensors: Map<string, StTensor>;
   metadata: Record<string, string>;
@@ -457,30 +470,77 @@ function decodeInto(
   }
 }
 
+/** A CHUNK_BYTES read buffer kept between reads (page faults and GC of a fresh one cost more than the copy). */
+let spareChunk: Buffer | null = null;
+
 /**
- * Reads and decodes one tensor from an open file, CHUNK_BYTES at a time (no copy of the whole
- * tensor's bytes is held).
+ * Reads one tensor's raw bytes from an open file, CHUNK_BYTES at most at a time (a whole number of
+ * values each), calling fn(bytes, index of the chunk's first value) for each; the buffer is reused.
+ * Verifies the CRC-32 the file records (unless verification is off) after the last chunk. Returns
+ * the CRC-32 of the bytes when `wantCrc` or when verifying, else null.
  */
-function readTensor(fd: number, file: string, e: HeaderEntry, dataStart: number, opts: ReadOptions): Decoded {
+function readChunks(
+  fd: number,
+  file: string,
+  e: HeaderEntry,
+  dataStart: number,
+  opts: ReadOptions,
+  fn: (bytes: Buffer, first: number) => void,
+  wantCrc = false,
+): number | null {
   const size = BYTES[e.dtype];
   const count = (e.end - e.begin) / size;
-  const out = decodedArray(e.dtype, count, opts);
-  const chunk = Buffer.allocUnsafeSlow(Math.min(CHUNK_BYTES, e.end - e.begin));
-  const per = chunk.length / size;
-  const verify = verifying(opts) && e.crc !== undefined;
-  let crc = 0;
-  for (let i = 0; i < count; i += per) {
-    const n = Math.min(per, count - i);
-    let got = 0;
-    while (got < n * size) {
-      const r = fs.readSync(fd, chunk, got, n * size - got, dataStart + e.begin + i * size + got);
-      if (r === 0) fail(file, `tensor ${e.name}: the file ended early (did it change while being read?)`);
-      got += r;
+  const chunk = spareChunk ?? Buffer.allocUnsafeSlow(CHUNK_BYTES);
+  spareChunk = null; // a read inside fn (none today) gets its own
+  try {
+    const per = Math.floor(CHUNK_BYTES / size);
+    const verify = verifying(opts) && e.crc !== undefined;
+    let crc = 0;
+    for (let i = 0; i < count; i += per) {
+      const n = Math.min(per, count - i);
+      let got = 0;
+      while (got < n * size) {
+        const r = fs.readSync(fd, chunk, got, n * size - got, dataStart + e.begin + i * size + got);
+        if (r === 0) fail(file, `tensor ${e.name}: the file ended early (did it change while being read?)`);
+        got += r;
+      }
+      const bytes = chunk.subarray(0, n * size);
+      if (verify || wantCrc) crc = crc32(bytes, crc);
+      fn(bytes, i);
     }
-    if (verify) crc = crc32(chunk.subarray(0, n * size), crc);
-    decodeInto(chunk, 0, n, e.dtype, out, i, e.name, file);
+    if (verify) checkCrc(file, e, crc);
+    return verify || wantCrc ? crc : null;
+  } finally {
+    spareChunk = chunk;
   }
-  if (verify) checkCrc(file, e, crc);
+}
+
+/**
+ * Reads and decodes one tensor from an open file into `out` (a new array when not given),
+ * CHUNK_BYTES at a time (no copy of the whole tensor's bytes is held).
+ */
+function readTensor(
+  fd: number,
+  file: string,
+  e: HeaderEntry,
+  dataStart: number,
+  opts: ReadOptions,
+  into?: Float32Array | Float64Array,
+): Decoded {
+  const count = (e.end - e.begin) / BYTES[e.dtype];
+  const out = into ?? decodedArray(e.dtype, count, opts);
+  // Decoding goes through a float32 chunk when `out` is not what the dtype decodes into.
+  const direct = !into || (into instanceof Float32Array && e.dtype !== "I32" && e.dtype !== "I64");
+  let scratch: Float32Array | null = null;
+  readChunks(fd, file, e, dataStart, opts, (bytes, first) => {
+    const n = bytes.length / BYTES[e.dtype];
+    if (direct) decodeInto(bytes, 0, n, e.dtype, out, first, e.name, file);
+    else {
+      scratch ??= new Float32Array(n);
+      decodeInto(bytes, 0, n, e.dtype, scratch, 0, e.name, file);
+      for (let k = 0; k < n; k++) out[first + k] = scratch[k]!;
+    }
+  });
   return out;
 }
 
@@ -506,6 +566,22 @@ export interface WriteTensor {
   data: ArrayLike<number>;
 }
 
+/**
+ * A tensor written from the bytes of a file tensor (`openCheckpointWeights`) without decoding it
+ * whole: copied byte for byte when `dtype` is the file's dtype, else decoded and encoded chunk by
+ * chunk. The bytes are those of writing its decoded `data` as `dtype` (for finite values; a copy
+ * keeps NaN payloads as they are). The checksum recorded is that of the bytes written; the source's
+ * own checksum, when recorded, is verified as the bytes are read.
+ */
+export interface CopyTensor {
+  dtype: FloatStDType;
+  shape: readonly number[];
+  from: FileTensor;
+}
+
+type AnyTensor = WriteTensor | CopyTensor;
+const isCopy = (t: AnyTensor): t is CopyTensor => "from" in t;
+
 export interface WriteOptions {
   /** Called after each tensor is encoded (progress): its name, its index and the tensor count. */
   onTensor?: (name: string, index: number, count: number) => void;
@@ -522,7 +598,7 @@ interface Layout {
   head: Buffer;
   /** The same header with the tensors' checksums (as many bytes as `head`). */
   headWith: (crcs: readonly number[]) => Buffer;
-  list: [string, WriteTensor, StDType][];
+  list: [string, AnyTensor, StDType][];
   /** Bytes of the data section. */
   dataBytes: number;
 }
@@ -532,20 +608,19 @@ interface Layout {
  * `attnres.crc32` checksum map. Its length does not depend on the checksums (8 hex digits each),
  * so the data can be written before the checksums are known.
  */
-function layout(tensors: Iterable<[string, WriteTensor]>, metadata: Record<string, string>): Layout {
+function layout(tensors: Iterable<[string, AnyTensor]>, metadata: Record<string, string>): Layout {
   const header: Record<string, unknown> = {};
   const meta: Record<string, string> = { ...metadata };
   delete meta[CRC_KEY];
   header.__metadata__ = meta;
-  const list: [string, WriteTensor, StDType][] = [];
+  const list: [string, AnyTensor, StDType][] = [];
   let offset = 0;
   for (const [name, t] of tensors) {
     const dtype = t.dtype ?? "F32";
     const count = t.shape.reduce((p, s) => p * s, 1);
-    if (count !== t.data.length)
-      throw new Error(
-        `safetensors: tensor ${name} has ${t.data.length} values for shape [${t.shape.join(", ")}]`,
-      );
+    const given = isCopy(t) ? t.from.shape.reduce((p, s) => p * s, 1) : t.data.length;
+    if (count !== given)
+      throw new Error(`safetensors: tensor ${name} has ${given} values for shape [${t.shape.join(", ")}]`);
     if (name in header) throw new Error(`safetensors: duplicate tensor name ${name}`);
     header[name] = { dtype, shape: [...t.shape], data_offsets: [offset, offset + count * BYTES[dtype]] };
     list.push([name, t, dtype]);
@@ -577,8 +652,11 @@ function encodeRange(
   to: number,
   dtype: StDType,
 ): void {
-  if (dtype === "F32") for (let i = from; i < to; i++, at += 4) out.writeFloatLE(d[i]!, at);
-  else if (dtype === "F64") for (let i = from; i < to; i++, at += 8) out.writeDoubleLE(d[i]!, at);
+  if (dtype === "F32") {
+    if (LITTLE_ENDIAN && d instanceof Float32Array && (out.byteOffset + at) % 4 === 0)
+      new Float32Array(out.buffer, out.byteOffset + at, to - from).set(d.subarray(from, to));
+    else for (let i = from; i < to; i++, at += 4) out.writeFloatLE(d[i]!, at);
+  } else if (dtype === "F64") for (let i = from; i < to; i++, at += 8) out.writeDoubleLE(d[i]!, at);
   else if (dtype === "BF16") {
     const b = bits!;
     if (LITTLE_ENDIAN && (out.byteOffset + at) % 2 === 0) {
@@ -593,9 +671,35 @@ function encodeRange(
 
 const needsBits = (dtype: StDType): boolean => dtype === "BF16" || dtype === "F16";
 
+/** Scratch of `copyChunks` when it re-encodes (kept between tensors). */
+let copyValues: Float32Array | null = null;
+let copyOut: Buffer | null = null;
+
+/**
+ * Calls fn with the bytes of a copied tensor written as `dtype`, in order, in chunks (reused
+ * buffers): the file's own bytes when the dtypes agree (then returns their CRC-32), else each
+ * chunk decoded to float32 and encoded as `dtype` (then returns null).
+ */
+function copyChunks(name: string, t: CopyTensor, dtype: StDType, fn: (bytes: Buffer) => void): number | null {
+  const src = t.from;
+  if (src.dtype === dtype) return src.readRaw((bytes) => fn(bytes));
+  src.readRaw((bytes) => {
+    const n = bytes.length / BYTES[src.dtype];
+    if (!copyValues || copyValues.length < n) copyValues = new Float32Array(n);
+    if (!copyOut || copyOut.length < n * BYTES[dtype]) copyOut = Buffer.allocUnsafeSlow(n * BYTES[dtype]);
+    const values = copyValues;
+    const out = copyOut;
+    decodeInto(bytes, 0, n, src.dtype, values, 0, name, "the source file");
+    const v = values.subarray(0, n);
+    encodeRange(out, 0, v, needsBits(dtype) ? bitsOf(v) : null, 0, n, dtype);
+    fn(out.subarray(0, n * BYTES[dtype]));
+  });
+  return null;
+}
+
 /** Serialises tensors (in the given order) and string metadata to a safetensors buffer. */
 export function serializeSafetensors(
-  tensors: Iterable<[string, WriteTensor]>,
+  tensors: Iterable<[string, AnyTensor]>,
   metadata: Record<string, string> = {},
   opts: WriteOptions = {},
 ): Buffer {
@@ -604,10 +708,18 @@ export function serializeSafetensors(
   let at = head.length;
   const crcs: number[] = [];
   for (const [index, [name, t, dtype]] of list.entries()) {
-    const d = t.data;
-    encodeRange(out, at, d, needsBits(dtype) ? bitsOf(d) : null, 0, d.length, dtype);
-    crcs.push(crc32(out.subarray(at, at + d.length * BYTES[dtype])));
-    at += d.length * BYTES[dtype];
+    const start = at;
+    if (isCopy(t))
+      copyChunks(name, t, dtype, (bytes) => {
+        bytes.copy(out, at);
+        at += bytes.length;
+      });
+    else {
+      const d = t.data;
+      encodeRange(out, at, d, needsBits(dtype) ? bitsOf(d) : null, 0, d.length, dtype);
+      at += d.length * BYTES[dtype];
+    }
+    crcs.push(crc32(out.subarray(start, at)));
     opts.onTensor?.(name, index, list.length);
   }
   headWith(crcs).copy(out, 0);
@@ -623,7 +735,7 @@ export function serializeSafetensors(
  */
 export function writeSafetensors(
   file: string,
-  tensors: Iterable<[string, WriteTensor]>,
+  tensors: Iterable<[string, AnyTensor]>,
   metadata: Record<string, string> = {},
   opts: WriteOptions = {},
 ): void {
@@ -642,6 +754,26 @@ export function writeSafetensors(
       };
       const crcs: number[] = [];
       for (const [index, [name, t, dtype]] of list.entries()) {
+        if (isCopy(t)) {
+          // Chunks that fit go into the buffer; larger ones are written as they come.
+          const same = t.from.dtype === dtype; // then the bytes are the file's: its CRC is theirs
+          let crc = 0;
+          const raw = copyChunks(name, t, dtype, (bytes) => {
+            if (!same) crc = crc32(bytes, crc);
+            if (bytes.length <= CHUNK_BYTES - fill) {
+              bytes.copy(chunk, fill);
+              fill += bytes.length;
+              return;
+            }
+            flush();
+            for (let done = 0; done < bytes.length;)
+              done += fs.writeSync(fd, bytes, done, bytes.length - done, pos + done);
+            pos += bytes.length;
+          });
+          crcs.push(raw ?? crc);
+          opts.onTensor?.(name, index, list.length);
+          continue;
+        }
         const d = t.data;
         const size = BYTES[dtype];
         const bits = needsBits(dtype) ? bitsOf(d) : null;
@@ -721,24 +853,35 @@ export function readCheckpointWeights(dir: string, opts: ReadOptions = {}): StFi
  * access (CHUNK_BYTES at a time), and nothing is kept. Read `data` once per use; holding the map
  * costs no memory. The files must not change while the map is in use. `opts.onTensor` is not called.
  */
-export function openCheckpointWeights(dir: string, opts: ReadOptions = {}): Map<string, StTensor> {
+export function openCheckpointWeights(dir: string, opts: ReadOptions = {}): Map<string, FileTensor> {
   const single = path.join(dir, "model.safetensors");
   const index = fs.existsSync(single) ? null : shardIndex(dir);
   const files = index ? [...new Set(Object.values(index.map))].map((f) => path.join(dir, f)) : [single];
-  const out = new Map<string, StTensor>();
+  const out = new Map<string, FileTensor>();
   for (const file of files) {
     const { entries, dataStart } = readHeaderOf(file);
+    const withFd = <T>(fn: (fd: number) => T): T => {
+      const fd = openForReading(file);
+      try {
+        return fn(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+    };
     for (const e of entries)
       out.set(e.name, {
         dtype: e.dtype,
         shape: e.shape,
         get data(): Decoded {
-          const fd = openForReading(file);
-          try {
-            return readTensor(fd, file, e, dataStart, opts);
-          } finally {
-            fs.closeSync(fd);
-          }
+          return withFd((fd) => readTensor(fd, file, e, dataStart, opts));
+        },
+        readInto(into: Float32Array | Float64Array): void {
+          if (into.length < (e.end - e.begin) / BYTES[e.dtype])
+            throw new Error(`internal: ${into.length} values cannot hold tensor ${e.name}`);
+          withFd((fd) => readTensor(fd, file, e, dataStart, opts, into));
+        },
+        readRaw(fn: (bytes: Buffer, first: number) => void): number {
+          return withFd((fd) => readChunks(fd, file, e, dataStart, opts, fn, true)!);
         },
       });
   }

@@ -20,6 +20,7 @@ import { exportWeights, loadWeights } from "./weights.js";
 import { loadTokenizer, TOKENIZER_META, type Tokenizer } from "../data/tokenizer.js";
 import { checkMemoryBudget } from "./budget.js";
 import {
+  type CopyTensor,
   type FloatStDType,
   readCheckpointHeader,
   readCheckpointWeights,
@@ -73,21 +74,35 @@ export function saveCheckpoint(
   metadata: Record<string, string> = {},
   opts: SaveOptions = {},
 ): void {
-  fs.mkdirSync(dir, { recursive: true });
   const tensors = exportWeights(model).map(([n, w]): [string, WriteTensor & { dtype: FloatStDType }] => [
     n,
     { ...w, dtype: opts.dtypes?.get(n) ?? "F32" },
   ]);
+  saveCheckpointTensors(dir, model.config, tensors, metadata, opts);
+}
+
+/**
+ * `saveCheckpoint` from the tensors themselves (names in the model's registration order, each with
+ * its dtype; `CopyTensor`s stream from another file) and the model's config: the same files.
+ */
+export function saveCheckpointTensors(
+  dir: string,
+  config: ModelConfig,
+  tensors: readonly [string, (WriteTensor | CopyTensor) & { dtype: FloatStDType }][],
+  metadata: Record<string, string> = {},
+  opts: Pick<SaveOptions, "onTensor"> = {},
+): void {
+  fs.mkdirSync(dir, { recursive: true });
   writeSafetensors(
     path.join(dir, "model.safetensors"),
     tensors,
     { format: "pt", ...metadata },
     { onTensor: opts.onTensor },
   );
-  const weights = dominantDtype(tensors.map(([, t]) => [t.dtype, t.data.length]));
+  const weights = dominantDtype(tensors.map(([, t]) => [t.dtype, t.shape.reduce((p, q) => p * q, 1)]));
   writeFileAtomic(
     path.join(dir, "config.json"),
-    JSON.stringify(configForExport(model.config, weights), null, 2) + "\n",
+    JSON.stringify(configForExport(config, weights), null, 2) + "\n",
   );
 }
 

@@ -17,12 +17,15 @@
  * `verify: false` (or `setVerifyChecksums(false)`, the CLI's --no-verify). Files without it (HF
  * downloads) load as before.
  * `readSafetensorsHeader` / `readCheckpointHeader` read only the header(s): names, dtypes, shapes.
- * `openCheckpointWeights` reads the headers and gives tensors whose `data` is read from the file
- * and decoded on each access (in bounded chunks), so that a caller copying them into a model never
- * holds the whole checkpoint in memory (`attnres convert` on a 0.6B model: docs/benchmarks.md).
+ * `openCheckpointWeights` reads the headers and gives tensors (`FileTensor`) whose `data` is read
+ * from the file and decoded on each access (in bounded chunks), that decode into a caller's array
+ * (`readInto`) or stream their raw bytes (`readRaw`), so that a caller never holds the whole
+ * checkpoint in memory (`attnres convert` on a 0.6B model: docs/benchmarks.md).
  * Writing: F32, F16, BF16, F64, I32; the header is padded to 8 bytes; files are written atomically
  * (temporary file + rename), tensor by tensor through a bounded buffer (`writeSafetensors`) or
- * into one Buffer (`serializeSafetensors`), with the same bytes. Sharded checkpoints are read via
+ * into one Buffer (`serializeSafetensors`), with the same bytes. A tensor to write may also be a
+ * `CopyTensor`: a `FileTensor` streamed from its file, its bytes copied as they are when the dtype
+ * is kept, else re-encoded chunk by chunk. Sharded checkpoints are read via
  * model.safetensors.index.json.
  * F16 and BF16 are written from float32 values with round-to-nearest-even (values are first rounded
  * to float32); BF16 keeps NaN a NaN (quiet, same sign), F16 overflows to ±Inf and writes
@@ -67,7 +70,8 @@ export interface StTensor {
  * tensor throws after fn has seen its bytes.
  */
 export interface FileTensor extends StTensor {
-  readInto(into: Float32Array | Float64Array): void;
+  /** Returns true when every value is known to be finite (F16/BF16 check it on the way), else false. */
+  readInto(into: Float32Array | Float64Array): boolean;
   readRaw(fn: (bytes: Buffer, first: number) => void): number;
 }
 
@@ -417,6 +421,8 @@ let f16Table: Float32Array | null = null;
 /**
  * Decodes `count` values of `dtype` at byte `at` of `buf` into out[o…]. On a little-endian host
  * with aligned data, F32/F16/BF16 go through typed-array views (the same values, faster).
+ * Returns true when the values are known to be finite (F16/BF16 through views check the exponent
+ * bits on the way), false when unknown.
  */
 function decodeInto(
   buf: Buffer,
@@ -427,16 +433,16 @@ function decodeInto(
   o: number,
   name: string,
   file: string,
-): void {
+): boolean {
   const view = LITTLE_ENDIAN && (buf.byteOffset + at) % BYTES[dtype] === 0;
   switch (dtype) {
     case "F32":
       if (view) out.set(new Float32Array(buf.buffer, buf.byteOffset + at, count), o);
       else for (let i = 0; i < count; i++) out[o + i] = buf.readFloatLE(at + 4 * i);
-      return;
+      return false;
     case "F64":
       for (let i = 0; i < count; i++) out[o + i] = buf.readDoubleLE(at + 8 * i);
-      return;
+      return false;
     case "F16":
       if (view) {
         if (!f16Table) {
@@ -445,20 +451,36 @@ function decodeInto(
         }
         const t = f16Table;
         const h = new Uint16Array(buf.buffer, buf.byteOffset + at, count);
-        for (let i = 0; i < count; i++) out[o + i] = t[h[i]!]!;
-      } else for (let i = 0; i < count; i++) out[o + i] = f16ToF32(buf.readUInt16LE(at + 2 * i));
-      return;
+        // Exponent bits all ones (Inf/NaN): adding 0x0400 to them carries into bit 15.
+        let e = 0;
+        for (let i = 0; i < count; i++) {
+          const b = h[i]!;
+          out[o + i] = t[b]!;
+          e |= (b & 0x7c00) + 0x0400;
+        }
+        return (e & 0x8000) === 0;
+      }
+      for (let i = 0; i < count; i++) out[o + i] = f16ToF32(buf.readUInt16LE(at + 2 * i));
+      return false;
     case "BF16": {
       const u = new Uint32Array(out.buffer, out.byteOffset + 4 * o, count);
       if (view) {
         const h = new Uint16Array(buf.buffer, buf.byteOffset + at, count);
-        for (let i = 0; i < count; i++) u[i] = h[i]! << 16;
-      } else for (let i = 0; i < count; i++) u[i] = buf.readUInt16LE(at + 2 * i) << 16;
-      return;
+        // Exponent bits all ones (Inf/NaN): adding 0x0080 to them carries into bit 15.
+        let e = 0;
+        for (let i = 0; i < count; i++) {
+          const b = h[i]!;
+          u[i] = b << 16;
+          e |= (b & 0x7f80) + 0x0080;
+        }
+        return (e & 0x8000) === 0;
+      }
+      for (let i = 0; i < count; i++) u[i] = buf.readUInt16LE(at + 2 * i) << 16;
+      return false;
     }
     case "I32":
       for (let i = 0; i < count; i++) out[o + i] = buf.readInt32LE(at + 4 * i);
-      return;
+      return false;
     case "I64":
       for (let i = 0; i < count; i++) {
         const v = buf.readBigInt64LE(at + 8 * i);
@@ -466,7 +488,7 @@ function decodeInto(
           fail(file, `tensor ${name}: I64 value ${v} does not fit in int32`);
         out[o + i] = Number(v);
       }
-      return;
+      return false;
   }
 }
 
@@ -526,21 +548,24 @@ function readTensor(
   dataStart: number,
   opts: ReadOptions,
   into?: Float32Array | Float64Array,
+  finiteOut?: { known: boolean },
 ): Decoded {
   const count = (e.end - e.begin) / BYTES[e.dtype];
   const out = into ?? decodedArray(e.dtype, count, opts);
   // Decoding goes through a float32 chunk when `out` is not what the dtype decodes into.
   const direct = !into || (into instanceof Float32Array && e.dtype !== "I32" && e.dtype !== "I64");
   let scratch: Float32Array | null = null;
+  let finite = true;
   readChunks(fd, file, e, dataStart, opts, (bytes, first) => {
     const n = bytes.length / BYTES[e.dtype];
-    if (direct) decodeInto(bytes, 0, n, e.dtype, out, first, e.name, file);
+    if (direct) finite = decodeInto(bytes, 0, n, e.dtype, out, first, e.name, file) && finite;
     else {
       scratch ??= new Float32Array(n);
-      decodeInto(bytes, 0, n, e.dtype, scratch, 0, e.name, file);
+      finite = decodeInto(bytes, 0, n, e.dtype, scratch, 0, e.name, file) && finite;
       for (let k = 0; k < n; k++) out[first + k] = scratch[k]!;
     }
   });
+  if (finiteOut) finiteOut.known = finite;
   return out;
 }
 
@@ -875,10 +900,12 @@ export function openCheckpointWeights(dir: string, opts: ReadOptions = {}): Map<
         get data(): Decoded {
           return withFd((fd) => readTensor(fd, file, e, dataStart, opts));
         },
-        readInto(into: Float32Array | Float64Array): void {
+        readInto(into: Float32Array | Float64Array): boolean {
           if (into.length < (e.end - e.begin) / BYTES[e.dtype])
             throw new Error(`internal: ${into.length} values cannot hold tensor ${e.name}`);
-          withFd((fd) => readTensor(fd, file, e, dataStart, opts, into));
+          const finite = { known: false };
+          withFd((fd) => readTensor(fd, file, e, dataStart, opts, into, finite));
+          return finite.known;
         },
         readRaw(fn: (bytes: Buffer, first: number) => void): number {
           return withFd((fd) => readChunks(fd, file, e, dataStart, opts, fn, true)!);

@@ -5,6 +5,8 @@
  * the caller picks F16/BF16 per tensor (`SaveOptions.dtypes`; torch_dtype then names the dtype
  * holding the most values), and read from F32/F16/BF16(/F64). Writing is atomic per file, weights
  * first, so an interrupted save never leaves a config that points at missing or partial weights.
+ * `saveCheckpointTensors` writes the same files from named tensors and a config instead of a model
+ * (convert streams the backbone from the source's files through it).
  * `readConfig` accepts HF config.json files as transformers writes them and rejects what we do not
  * implement (src/model/hf-compat.ts). `checkpointTokenizer` finds a checkpoint's tokenizer (an
  * error when it is missing, or null with `{ optional: true }`) and checks it fits the embedding.

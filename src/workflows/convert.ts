@@ -26,16 +26,27 @@
  * in every dtype, so auto changes nothing and the exactness results hold for the written file. When
  * a forced dtype rounds backbone values, the difference to the unrounded original is reported too.
  * `convertCheckpoint` writes atomically (a temporary folder renamed into place) and only when the
- * check passes, unless forced. Progress (`onPhase`) advances per tensor read, per tensor written,
- * and once each for the check, the build and saving the files.
- * Memory and time: `convertCheckpoint` never holds the source's weights decoded. It builds the
- * converted model once, reading its backbone tensor by tensor from the files
- * (`openCheckpointWeights`; this is the "reading" progress); the check runs the original and the
- * eps-0 variants on that model's weights (`shareWeightsOf`, nothing copied), and that same model is
- * written, tensor by tensor. The peak is about one float32 model (4 bytes per parameter) plus the
- * largest tensor; docs/benchmarks.md has the numbers for Qwen3-0.6B. Only a forced --dtype that
- * rounds backbone values holds the rounded tensors (float32) while the model is built, and reads
- * the unrounded original once more to report what the rounding changed.
+ * check passes, unless forced. Progress (`onPhase`) advances per tensor read (during the check),
+ * once for the logits, per tensor written, and once for saving the files.
+ * Memory and time (`convertCheckpoint`; docs/benchmarks.md has the numbers for Qwen3-0.6B): the
+ * float32 model never exists whole, and the source is opened header-only (`openCheckpointWeights`).
+ *   check   `checkLayerByLayer`: one buffer per backbone tensor of ONE layer, which every layer of
+ *           every model of the check adopts (`adoptParams`), plus the embedding (also the tied head;
+ *           an untied lm_head is read into the same buffer at the end) and the final norm. Each
+ *           layer's tensors are decoded from the files into those buffers, then every model of the
+ *           check (converted, original, their eps-0 variants) runs that layer on its own stream of
+ *           the sample; then the next layer overwrites them. Same models, same operations, same
+ *           verification as `verifyConversion` on whole models (test/convert-stream.test.ts).
+ *           When a forced --dtype may round, each layer runs first as read (the unrounded original,
+ *           for maxAbsDiffFromSource), then rounded in place (`storedValue`) for the others.
+ *   write   `writeConverted`: each backbone tensor is streamed from the source file to the output
+ *           (`CopyTensor`): its bytes as they are when the dtype is kept (--dtype auto, the usual
+ *           case: no decoding), else decoded and re-encoded chunk by chunk; the routing tensors are
+ *           the converted model's zero initialisation. The bytes are those of saving the built
+ *           model (test/convert-stream.test.ts compares them with that path).
+ * Peak memory is about one layer plus the embedding in the compute dtype (for Qwen3-0.6B in
+ * float32: 0.6 GB, half the BF16 source), the sample's activations and 16 MiB I/O buffers; the
+ * source is read twice (check, write), which the page cache usually serves.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -444,9 +455,9 @@ export interface ConvertOptions extends ConvertSettings {
   /** The dtype the weights are written in (default auto: as in the source). */
   storage?: StorageDtype;
   /**
-   * Progress (CLI): `done` of `total` steps, one per tensor read, one for the check, one for the
-   * build, one per tensor written and one for saving the files; `what` names the last step done
-   * or the one under way.
+   * Progress (CLI): `done` of `total` steps, one per tensor read (by the check, layer by layer),
+   * one for the check's logits, one to start writing, one per tensor written and one for saving
+   * the files; `what` names the last step done or the one under way.
    */
   onPhase?: (done: number, total: number, what: string) => void;
 }
@@ -478,7 +489,7 @@ export function convertCheckpoint(o: ConvertOptions): ConvertResult {
   const source = openCheckpointWeights(o.from); // headers only: see the file comment
   const dtypes = storageDtypes(routed, source, storage);
   const nRead = source.size;
-  const total = nRead + 2 + dtypes.size + 1; // read, check, (write:) start, each tensor, the files
+  const total = nRead + 2 + dtypes.size + 1; // read each, the check, start writing, write each, the files
   phase(0, total, "reading the checkpoint");
   let read = 0;
   const check = checkLayerByLayer({
@@ -509,6 +520,7 @@ export function convertCheckpoint(o: ConvertOptions): ConvertResult {
     tokenizerCopied: [],
     storage: { choice: storage, tensors: counts },
   };
+  phase(nRead + 1, total, verification.ok ? "checked" : "check failed");
   if (!verification.ok && !o.force) return result;
   writeConverted(o, routed, source, check.routing, dtypes, result, (i, what) => phase(i, total, what), nRead);
   phase(total, total, "done");
@@ -639,7 +651,10 @@ export function checkLayerByLayer(a: LayerCheckInput): {
       }
       adopt.push(t);
     }
-    const conv = new DecoderLM(routedCfg, {
+    // The check's models know positions up to T only: their rotary tables hold the same values
+    // as the full ones for those positions, without computing max_position_embeddings of them.
+    const upToT = (cfg: Record<string, unknown>) => parseConfig({ ...cfg, max_position_embeddings: T });
+    const conv = new DecoderLM(upToT(routedCfg), {
       backend: a.backend,
       dtype: a.dtype,
       randomInit: false,
@@ -657,7 +672,7 @@ export function checkLayerByLayer(a: LayerCheckInput): {
         routing.set(name, { shape: p.shape, data: d });
       }
     const share = (cfg: Record<string, unknown>, unrounded = false): Pass => {
-      const model = new DecoderLM(parseConfig(cfg), {
+      const model = new DecoderLM(upToT(cfg), {
         backend: a.backend,
         dtype: a.dtype,
         shareWeightsOf: conv,
@@ -695,8 +710,7 @@ export function checkLayerByLayer(a: LayerCheckInput): {
       for (const [name, slot] of tensors) {
         if (holds.get(slot) === name && !rounding) continue; // the tied head: still the embedding
         const d = slot.data;
-        source.get(name)!.readInto(d as Float32Array | Float64Array);
-        finite(name, slot);
+        if (!source.get(name)!.readInto(d as Float32Array | Float64Array)) finite(name, slot);
         holds.set(slot, name);
         if (!seen.has(name)) {
           seen.add(name);
@@ -733,6 +747,7 @@ export function checkLayerByLayer(a: LayerCheckInput): {
             .filter((t) => t.name.startsWith(prefix))
             .map((t): [string, Tensor] => [t.name, slots.get(slotKey(t.name))!]);
           stage(tensors, (p) => {
+            // DecoderLM.run's layer step (decoder.ts), for one layer of one model.
             const layer = p.model.model.layers[i]!;
             const res = p.run!;
             const xa = res.input(2 * i);

@@ -651,9 +651,11 @@ export function checkLayerByLayer(a: LayerCheckInput): {
       }
       adopt.push(t);
     }
-    // The check's models know positions up to T only: their rotary tables hold the same values
-    // as the full ones for those positions, without computing max_position_embeddings of them.
-    const upToT = (cfg: Record<string, unknown>) => parseConfig({ ...cfg, max_position_embeddings: T });
+    // The check's models know positions up to T only (when the model has that many): their
+    // rotary tables hold the same values as the full ones for those positions, without computing
+    // max_position_embeddings of them.
+    const upToT = (cfg: Record<string, unknown>) =>
+      parseConfig({ ...cfg, max_position_embeddings: Math.min(T, config.max_position_embeddings) });
     const conv = new DecoderLM(upToT(routedCfg), {
       backend: a.backend,
       dtype: a.dtype,

@@ -17,12 +17,15 @@
  * `verify: false` (or `setVerifyChecksums(false)`, the CLI's --no-verify). Files without it (HF
  * downloads) load as before.
  * `readSafetensorsHeader` / `readCheckpointHeader` read only the header(s): names, dtypes, shapes.
- * `openCheckpointWeights` reads the headers and gives tensors whose `data` is read from the file
- * and decoded on each access (in bounded chunks), so that a caller copying them into a model never
- * holds the whole checkpoint in memory (`attnres convert` on a 0.6B model: docs/benchmarks.md).
+ * `openCheckpointWeights` reads the headers and gives tensors (`FileTensor`) whose `data` is read
+ * from the file and decoded on each access (in bounded chunks), that decode into a caller's array
+ * (`readInto`) or stream their raw bytes (`readRaw`), so that a caller never holds the whole
+ * checkpoint in memory (`attnres convert` on a 0.6B model: docs/benchmarks.md).
  * Writing: F32, F16, BF16, F64, I32; the header is padded to 8 bytes; files are written atomically
  * (temporary file + rename), tensor by tensor through a bounded buffer (`writeSafetensors`) or
- * into one Buffer (`serializeSafetensors`), with the same bytes. Sharded checkpoints are read via
+ * into one Buffer (`serializeSafetensors`), with the same bytes. A tensor to write may also be a
+ * `CopyTensor`: a `FileTensor` streamed from its file, its bytes copied as they are when the dtype
+ * is kept, else re-encoded chunk by chunk. Sharded checkpoints are read via
  * model.safetensors.index.json.
  * F16 and BF16 are written from float32 values with round-to-nearest-even (values are first rounded
  * to float32); BF16 keeps NaN a NaN (quiet, same sign), F16 overflows to ±Inf and writes
@@ -57,6 +60,20 @@ export interface StTensor {
   dtype: StDType;
   shape: number[];
   data: Float32Array | Float64Array | Int32Array;
+}
+
+/**
+ * A tensor of a file opened by `openCheckpointWeights`: `data` reads and decodes it anew on each
+ * access; `readInto` decodes it into a given array (its first count values; I32/I64 into a float
+ * array pass through a float32 chunk); `readRaw` streams its raw bytes, CHUNK_BYTES at most at a
+ * time, to fn(bytes, index of the first value) (the buffer is reused) and returns their CRC-32.
+ * All three verify the file's recorded checksum (unless off) once the last byte is read: a corrupt
+ * tensor throws after fn has seen its bytes.
+ */
+export interface FileTensor extends StTensor {
+  /** Returns true when every value is known to be finite (F16/BF16 check it on the way), else false. */
+  readInto(into: Float32Array | Float64Array): boolean;
+  readRaw(fn: (bytes: Buffer, first: number) => void): number;
 }
 
 export interface StFile {
@@ -406,6 +423,8 @@ let f16Table: Float32Array | null = null;
 /**
  * Decodes `count` values of `dtype` at byte `at` of `buf` into out[o…]. On a little-endian host
  * with aligned data, F32/F16/BF16 go through typed-array views (the same values, faster).
+ * Returns true when the values are known to be finite (F16/BF16 through views check the exponent
+ * bits on the way), false when unknown.
  */
 function decodeInto(
   buf: Buffer,
@@ -416,16 +435,16 @@ function decodeInto(
   o: number,
   name: string,
   file: string,
-): void {
+): boolean {
   const view = LITTLE_ENDIAN && (buf.byteOffset + at) % BYTES[dtype] === 0;
   switch (dtype) {
     case "F32":
       if (view) out.set(new Float32Array(buf.buffer, buf.byteOffset + at, count), o);
       else for (let i = 0; i < count; i++) out[o + i] = buf.readFloatLE(at + 4 * i);
-      return;
+      return false;
     case "F64":
       for (let i = 0; i < count; i++) out[o + i] = buf.readDoubleLE(at + 8 * i);
-      return;
+      return false;
     case "F16":
       if (view) {
         if (!f16Table) {
@@ -434,20 +453,36 @@ function decodeInto(
         }
         const t = f16Table;
         const h = new Uint16Array(buf.buffer, buf.byteOffset + at, count);
-        for (let i = 0; i < count; i++) out[o + i] = t[h[i]!]!;
-      } else for (let i = 0; i < count; i++) out[o + i] = f16ToF32(buf.readUInt16LE(at + 2 * i));
-      return;
+        // Exponent bits all ones (Inf/NaN): adding 0x0400 to them carries into bit 15.
+        let e = 0;
+        for (let i = 0; i < count; i++) {
+          const b = h[i]!;
+          out[o + i] = t[b]!;
+          e |= (b & 0x7c00) + 0x0400;
+        }
+        return (e & 0x8000) === 0;
+      }
+      for (let i = 0; i < count; i++) out[o + i] = f16ToF32(buf.readUInt16LE(at + 2 * i));
+      return false;
     case "BF16": {
       const u = new Uint32Array(out.buffer, out.byteOffset + 4 * o, count);
       if (view) {
         const h = new Uint16Array(buf.buffer, buf.byteOffset + at, count);
-        for (let i = 0; i < count; i++) u[i] = h[i]! << 16;
-      } else for (let i = 0; i < count; i++) u[i] = buf.readUInt16LE(at + 2 * i) << 16;
-      return;
+        // Exponent bits all ones (Inf/NaN): adding 0x0080 to them carries into bit 15.
+        let e = 0;
+        for (let i = 0; i < count; i++) {
+          const b = h[i]!;
+          u[i] = b << 16;
+          e |= (b & 0x7f80) + 0x0080;
+        }
+        return (e & 0x8000) === 0;
+      }
+      for (let i = 0; i < count; i++) u[i] = buf.readUInt16LE(at + 2 * i) << 16;
+      return false;
     }
     case "I32":
       for (let i = 0; i < count; i++) out[o + i] = buf.readInt32LE(at + 4 * i);
-      return;
+      return false;
     case "I64":
       for (let i = 0; i < count; i++) {
         const v = buf.readBigInt64LE(at + 8 * i);
@@ -455,34 +490,84 @@ function decodeInto(
           fail(file, `tensor ${name}: I64 value ${v} does not fit in int32`);
         out[o + i] = Number(v);
       }
-      return;
+      return false;
+  }
+}
+
+/** A CHUNK_BYTES read buffer kept between reads (page faults and GC of a fresh one cost more than the copy). */
+let spareChunk: Buffer | null = null;
+
+/**
+ * Reads one tensor's raw bytes from an open file, CHUNK_BYTES at most at a time (a whole number of
+ * values each), calling fn(bytes, index of the chunk's first value) for each; the buffer is reused.
+ * Verifies the CRC-32 the file records (unless verification is off) after the last chunk. Returns
+ * the CRC-32 of the bytes when `wantCrc` or when verifying, else null.
+ */
+function readChunks(
+  fd: number,
+  file: string,
+  e: HeaderEntry,
+  dataStart: number,
+  opts: ReadOptions,
+  fn: (bytes: Buffer, first: number) => void,
+  wantCrc = false,
+): number | null {
+  const size = BYTES[e.dtype];
+  const count = (e.end - e.begin) / size;
+  const chunk = spareChunk ?? Buffer.allocUnsafeSlow(CHUNK_BYTES);
+  spareChunk = null; // a read inside fn (none today) gets its own
+  try {
+    const per = Math.floor(CHUNK_BYTES / size);
+    const verify = verifying(opts) && e.crc !== undefined;
+    let crc = 0;
+    for (let i = 0; i < count; i += per) {
+      const n = Math.min(per, count - i);
+      let got = 0;
+      while (got < n * size) {
+        const r = fs.readSync(fd, chunk, got, n * size - got, dataStart + e.begin + i * size + got);
+        if (r === 0) fail(file, `tensor ${e.name}: the file ended early (did it change while being read?)`);
+        got += r;
+      }
+      const bytes = chunk.subarray(0, n * size);
+      if (verify || wantCrc) crc = crc32(bytes, crc);
+      fn(bytes, i);
+    }
+    if (verify) checkCrc(file, e, crc);
+    return verify || wantCrc ? crc : null;
+  } finally {
+    spareChunk = chunk;
   }
 }
 
 /**
- * Reads and decodes one tensor from an open file, CHUNK_BYTES at a time (no copy of the whole
- * tensor's bytes is held).
+ * Reads and decodes one tensor from an open file into `out` (a new array when not given),
+ * CHUNK_BYTES at a time (no copy of the whole tensor's bytes is held).
  */
-function readTensor(fd: number, file: string, e: HeaderEntry, dataStart: number, opts: ReadOptions): Decoded {
-  const size = BYTES[e.dtype];
-  const count = (e.end - e.begin) / size;
-  const out = decodedArray(e.dtype, count, opts);
-  const chunk = Buffer.allocUnsafeSlow(Math.min(CHUNK_BYTES, e.end - e.begin));
-  const per = chunk.length / size;
-  const verify = verifying(opts) && e.crc !== undefined;
-  let crc = 0;
-  for (let i = 0; i < count; i += per) {
-    const n = Math.min(per, count - i);
-    let got = 0;
-    while (got < n * size) {
-      const r = fs.readSync(fd, chunk, got, n * size - got, dataStart + e.begin + i * size + got);
-      if (r === 0) fail(file, `tensor ${e.name}: the file ended early (did it change while being read?)`);
-      got += r;
+function readTensor(
+  fd: number,
+  file: string,
+  e: HeaderEntry,
+  dataStart: number,
+  opts: ReadOptions,
+  into?: Float32Array | Float64Array,
+  finiteOut?: { known: boolean },
+): Decoded {
+  const count = (e.end - e.begin) / BYTES[e.dtype];
+  const out = into ?? decodedArray(e.dtype, count, opts);
+  // Decoding goes through a float32 chunk when `out` is not what the dtype decodes into.
+  const direct = !into || (into instanceof Float32Array && e.dtype !== "I32" && e.dtype !== "I64");
+  let scratch: Float32Array | null = null;
+  let finite = true;
+  readChunks(fd, file, e, dataStart, opts, (bytes, first) => {
+    const n = bytes.length / BYTES[e.dtype];
+    if (direct) finite = decodeInto(bytes, 0, n, e.dtype, out, first, e.name, file) && finite;
+    else {
+      scratch ??= new Float32Array(n);
+      finite = decodeInto(bytes, 0, n, e.dtype, scratch, 0, e.name, file) && finite;
+      for (let k = 0; k < n; k++) out[first + k] = scratch[k]!;
     }
-    if (verify) crc = crc32(chunk.subarray(0, n * size), crc);
-    decodeInto(chunk, 0, n, e.dtype, out, i, e.name, file);
-  }
-  if (verify) checkCrc(file, e, crc);
+  });
+  if (finiteOut) finiteOut.known = finite;
   return out;
 }
 
@@ -508,6 +593,22 @@ export interface WriteTensor {
   data: ArrayLike<number>;
 }
 
+/**
+ * A tensor written from the bytes of a file tensor (`openCheckpointWeights`) without decoding it
+ * whole: copied byte for byte when `dtype` is the file's dtype, else decoded and encoded chunk by
+ * chunk. The bytes are those of writing its decoded `data` as `dtype` (for finite values; a copy
+ * keeps NaN payloads as they are). The checksum recorded is that of the bytes written; the source's
+ * own checksum, when recorded, is verified as the bytes are read.
+ */
+export interface CopyTensor {
+  dtype: FloatStDType;
+  shape: readonly number[];
+  from: FileTensor;
+}
+
+type AnyTensor = WriteTensor | CopyTensor;
+const isCopy = (t: AnyTensor): t is CopyTensor => "from" in t;
+
 export interface WriteOptions {
   /** Called after each tensor is encoded (progress): its name, its index and the tensor count. */
   onTensor?: (name: string, index: number, count: number) => void;
@@ -524,7 +625,7 @@ interface Layout {
   head: Buffer;
   /** The same header with the tensors' checksums (as many bytes as `head`). */
   headWith: (crcs: readonly number[]) => Buffer;
-  list: [string, WriteTensor, StDType][];
+  list: [string, AnyTensor, StDType][];
   /** Bytes of the data section. */
   dataBytes: number;
 }
@@ -534,20 +635,19 @@ interface Layout {
  * `attnres.crc32` checksum map. Its length does not depend on the checksums (8 hex digits each),
  * so the data can be written before the checksums are known.
  */
-function layout(tensors: Iterable<[string, WriteTensor]>, metadata: Record<string, string>): Layout {
+function layout(tensors: Iterable<[string, AnyTensor]>, metadata: Record<string, string>): Layout {
   const header: Record<string, unknown> = {};
   const meta: Record<string, string> = { ...metadata };
   delete meta[CRC_KEY];
   header.__metadata__ = meta;
-  const list: [string, WriteTensor, StDType][] = [];
+  const list: [string, AnyTensor, StDType][] = [];
   let offset = 0;
   for (const [name, t] of tensors) {
     const dtype = t.dtype ?? "F32";
     const count = t.shape.reduce((p, s) => p * s, 1);
-    if (count !== t.data.length)
-      throw new Error(
-        `safetensors: tensor ${name} has ${t.data.length} values for shape [${t.shape.join(", ")}]`,
-      );
+    const given = isCopy(t) ? t.from.shape.reduce((p, s) => p * s, 1) : t.data.length;
+    if (count !== given)
+      throw new Error(`safetensors: tensor ${name} has ${given} values for shape [${t.shape.join(", ")}]`);
     if (name in header) throw new Error(`safetensors: duplicate tensor name ${name}`);
     header[name] = { dtype, shape: [...t.shape], data_offsets: [offset, offset + count * BYTES[dtype]] };
     list.push([name, t, dtype]);
@@ -579,8 +679,11 @@ function encodeRange(
   to: number,
   dtype: StDType,
 ): void {
-  if (dtype === "F32") for (let i = from; i < to; i++, at += 4) out.writeFloatLE(d[i]!, at);
-  else if (dtype === "F64") for (let i = from; i < to; i++, at += 8) out.writeDoubleLE(d[i]!, at);
+  if (dtype === "F32") {
+    if (LITTLE_ENDIAN && d instanceof Float32Array && (out.byteOffset + at) % 4 === 0)
+      new Float32Array(out.buffer, out.byteOffset + at, to - from).set(d.subarray(from, to));
+    else for (let i = from; i < to; i++, at += 4) out.writeFloatLE(d[i]!, at);
+  } else if (dtype === "F64") for (let i = from; i < to; i++, at += 8) out.writeDoubleLE(d[i]!, at);
   else if (dtype === "BF16") {
     const b = bits!;
     if (LITTLE_ENDIAN && (out.byteOffset + at) % 2 === 0) {
@@ -595,9 +698,35 @@ function encodeRange(
 
 const needsBits = (dtype: StDType): boolean => dtype === "BF16" || dtype === "F16";
 
+/** Scratch of `copyChunks` when it re-encodes (kept between tensors). */
+let copyValues: Float32Array | null = null;
+let copyOut: Buffer | null = null;
+
+/**
+ * Calls fn with the bytes of a copied tensor written as `dtype`, in order, in chunks (reused
+ * buffers): the file's own bytes when the dtypes agree (then returns their CRC-32), else each
+ * chunk decoded to float32 and encoded as `dtype` (then returns null).
+ */
+function copyChunks(name: string, t: CopyTensor, dtype: StDType, fn: (bytes: Buffer) => void): number | null {
+  const src = t.from;
+  if (src.dtype === dtype) return src.readRaw((bytes) => fn(bytes));
+  src.readRaw((bytes) => {
+    const n = bytes.length / BYTES[src.dtype];
+    if (!copyValues || copyValues.length < n) copyValues = new Float32Array(n);
+    if (!copyOut || copyOut.length < n * BYTES[dtype]) copyOut = Buffer.allocUnsafeSlow(n * BYTES[dtype]);
+    const values = copyValues;
+    const out = copyOut;
+    decodeInto(bytes, 0, n, src.dtype, values, 0, name, "the source file");
+    const v = values.subarray(0, n);
+    encodeRange(out, 0, v, needsBits(dtype) ? bitsOf(v) : null, 0, n, dtype);
+    fn(out.subarray(0, n * BYTES[dtype]));
+  });
+  return null;
+}
+
 /** Serialises tensors (in the given order) and string metadata to a safetensors buffer. */
 export function serializeSafetensors(
-  tensors: Iterable<[string, WriteTensor]>,
+  tensors: Iterable<[string, AnyTensor]>,
   metadata: Record<string, string> = {},
   opts: WriteOptions = {},
 ): Buffer {
@@ -606,10 +735,18 @@ export function serializeSafetensors(
   let at = head.length;
   const crcs: number[] = [];
   for (const [index, [name, t, dtype]] of list.entries()) {
-    const d = t.data;
-    encodeRange(out, at, d, needsBits(dtype) ? bitsOf(d) : null, 0, d.length, dtype);
-    crcs.push(crc32(out.subarray(at, at + d.length * BYTES[dtype])));
-    at += d.length * BYTES[dtype];
+    const start = at;
+    if (isCopy(t))
+      copyChunks(name, t, dtype, (bytes) => {
+        bytes.copy(out, at);
+        at += bytes.length;
+      });
+    else {
+      const d = t.data;
+      encodeRange(out, at, d, needsBits(dtype) ? bitsOf(d) : null, 0, d.length, dtype);
+      at += d.length * BYTES[dtype];
+    }
+    crcs.push(crc32(out.subarray(start, at)));
     opts.onTensor?.(name, index, list.length);
   }
   headWith(crcs).copy(out, 0);
@@ -625,7 +762,7 @@ export function serializeSafetensors(
  */
 export function writeSafetensors(
   file: string,
-  tensors: Iterable<[string, WriteTensor]>,
+  tensors: Iterable<[string, AnyTensor]>,
   metadata: Record<string, string> = {},
   opts: WriteOptions = {},
 ): void {
@@ -644,6 +781,26 @@ export function writeSafetensors(
       };
       const crcs: number[] = [];
       for (const [index, [name, t, dtype]] of list.entries()) {
+        if (isCopy(t)) {
+          // Chunks that fit go into the buffer; larger ones are written as they come.
+          const same = t.from.dtype === dtype; // then the bytes are the file's: its CRC is theirs
+          let crc = 0;
+          const raw = copyChunks(name, t, dtype, (bytes) => {
+            if (!same) crc = crc32(bytes, crc);
+            if (bytes.length <= CHUNK_BYTES - fill) {
+              bytes.copy(chunk, fill);
+              fill += bytes.length;
+              return;
+            }
+            flush();
+            for (let done = 0; done < bytes.length;)
+              done += fs.writeSync(fd, bytes, done, bytes.length - done, pos + done);
+            pos += bytes.length;
+          });
+          crcs.push(raw ?? crc);
+          opts.onTensor?.(name, index, list.length);
+          continue;
+        }
         const d = t.data;
         const size = BYTES[dtype];
         const bits = needsBits(dtype) ? bitsOf(d) : null;
@@ -723,24 +880,37 @@ export function readCheckpointWeights(dir: string, opts: ReadOptions = {}): StFi
  * access (CHUNK_BYTES at a time), and nothing is kept. Read `data` once per use; holding the map
  * costs no memory. The files must not change while the map is in use. `opts.onTensor` is not called.
  */
-export function openCheckpointWeights(dir: string, opts: ReadOptions = {}): Map<string, StTensor> {
+export function openCheckpointWeights(dir: string, opts: ReadOptions = {}): Map<string, FileTensor> {
   const single = path.join(dir, "model.safetensors");
   const index = fs.existsSync(single) ? null : shardIndex(dir);
   const files = index ? [...new Set(Object.values(index.map))].map((f) => path.join(dir, f)) : [single];
-  const out = new Map<string, StTensor>();
+  const out = new Map<string, FileTensor>();
   for (const file of files) {
     const { entries, dataStart } = readHeaderOf(file);
+    const withFd = <T>(fn: (fd: number) => T): T => {
+      const fd = openForReading(file);
+      try {
+        return fn(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+    };
     for (const e of entries)
       out.set(e.name, {
         dtype: e.dtype,
         shape: e.shape,
         get data(): Decoded {
-          const fd = openForReading(file);
-          try {
-            return readTensor(fd, file, e, dataStart, opts);
-          } finally {
-            fs.closeSync(fd);
-          }
+          return withFd((fd) => readTensor(fd, file, e, dataStart, opts));
+        },
+        readInto(into: Float32Array | Float64Array): boolean {
+          if (into.length < (e.end - e.begin) / BYTES[e.dtype])
+            throw new Error(`internal: ${into.length} values cannot hold tensor ${e.name}`);
+          const finite = { known: false };
+          withFd((fd) => readTensor(fd, file, e, dataStart, opts, into, finite));
+          return finite.known;
+        },
+        readRaw(fn: (bytes: Buffer, first: number) => void): number {
+          return withFd((fd) => readChunks(fd, file, e, dataStart, opts, fn, true)!);
         },
       });
   }

@@ -5,6 +5,8 @@
  * the caller picks F16/BF16 per tensor (`SaveOptions.dtypes`; torch_dtype then names the dtype
  * holding the most values), and read from F32/F16/BF16(/F64). Writing is atomic per file, weights
  * first, so an interrupted save never leaves a config that points at missing or partial weights.
+ * `saveCheckpointTensors` writes the same files from named tensors and a config instead of a model
+ * (convert streams the backbone from the source's files through it).
  * `readConfig` accepts HF config.json files as transformers writes them and rejects what we do not
  * implement (src/model/hf-compat.ts). `checkpointTokenizer` finds a checkpoint's tokenizer (an
  * error when it is missing, or null with `{ optional: true }`) and checks it fits the embedding.
@@ -20,6 +22,7 @@ import { exportWeights, loadWeights } from "./weights.js";
 import { loadTokenizer, TOKENIZER_META, type Tokenizer } from "../data/tokenizer.js";
 import { checkMemoryBudget } from "./budget.js";
 import {
+  type CopyTensor,
   type FloatStDType,
   readCheckpointHeader,
   readCheckpointWeights,
@@ -73,21 +76,35 @@ export function saveCheckpoint(
   metadata: Record<string, string> = {},
   opts: SaveOptions = {},
 ): void {
-  fs.mkdirSync(dir, { recursive: true });
   const tensors = exportWeights(model).map(([n, w]): [string, WriteTensor & { dtype: FloatStDType }] => [
     n,
     { ...w, dtype: opts.dtypes?.get(n) ?? "F32" },
   ]);
+  saveCheckpointTensors(dir, model.config, tensors, metadata, opts);
+}
+
+/**
+ * `saveCheckpoint` from the tensors themselves (names in the model's registration order, each with
+ * its dtype; `CopyTensor`s stream from another file) and the model's config: the same files.
+ */
+export function saveCheckpointTensors(
+  dir: string,
+  config: ModelConfig,
+  tensors: readonly [string, (WriteTensor | CopyTensor) & { dtype: FloatStDType }][],
+  metadata: Record<string, string> = {},
+  opts: Pick<SaveOptions, "onTensor"> = {},
+): void {
+  fs.mkdirSync(dir, { recursive: true });
   writeSafetensors(
     path.join(dir, "model.safetensors"),
     tensors,
     { format: "pt", ...metadata },
     { onTensor: opts.onTensor },
   );
-  const weights = dominantDtype(tensors.map(([, t]) => [t.dtype, t.data.length]));
+  const weights = dominantDtype(tensors.map(([, t]) => [t.dtype, t.shape.reduce((p, q) => p * q, 1)]));
   writeFileAtomic(
     path.join(dir, "config.json"),
-    JSON.stringify(configForExport(model.config, weights), null, 2) + "\n",
+    JSON.stringify(configForExport(config, weights), null, 2) + "\n",
   );
 }
 

@@ -48,6 +48,12 @@ export interface ModelOptions {
    * Disposing this model releases only its views.
    */
   shareWeightsOf?: DecoderLM;
+  /**
+   * Parameters to adopt in creation order instead (InitContext.adopt), when they are not one
+   * model's: e.g. one layer's buffers repeated for every layer, refilled layer by layer (convert's
+   * layer-by-layer check, src/workflows/convert.ts).
+   */
+  adoptParams?: readonly Tensor[];
 }
 
 export class DecoderLayer extends Module {
@@ -171,7 +177,7 @@ export class DecoderLM extends Module {
       meta: opts.meta ?? false,
       random: opts.randomInit ?? true,
       created: [],
-      adopt: opts.shareWeightsOf?.createdParams,
+      adopt: opts.adoptParams ?? opts.shareWeightsOf?.createdParams,
     };
     this.model = this.child("model", new DecoderBody(c, ctx));
     this.lm_head = c.tie_word_embeddings

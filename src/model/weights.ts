@@ -25,6 +25,25 @@ export function loadWeights(
   opts: LoadOptions = {},
 ): void {
   const src = opts.source ?? "checkpoint";
+  checkWeightShapes(model, tensors, opts);
+  for (const [name, p] of model.namedParameters()) {
+    const from = tensors.get(name)!.data;
+    const d = p.data;
+    for (let i = 0; i < p.size; i++) d[i] = from[i]!;
+    checkFinite(src, name, d, p.size);
+  }
+}
+
+/**
+ * The checks of `loadWeights` that need only names and shapes (the model may be shape-only):
+ * every parameter present with its shape, nothing unexpected. Throws one line naming the problems.
+ */
+export function checkWeightShapes(
+  model: Module,
+  tensors: ReadonlyMap<string, { shape: readonly number[] }>,
+  opts: LoadOptions = {},
+): void {
+  const src = opts.source ?? "checkpoint";
   const params = new Map(model.namedParameters());
   const problems: string[] = [];
   for (const [name, p] of params) {
@@ -42,13 +61,12 @@ export function loadWeights(
       `${src} does not match the model: ${problems.slice(0, 3).join("; ")}` +
         (problems.length > 3 ? ` (and ${problems.length - 3} more problems)` : ""),
     );
-  for (const [name, p] of params) {
-    const from = tensors.get(name)!.data;
-    const d = p.data;
-    for (let i = 0; i < p.size; i++) d[i] = from[i]!;
-    for (let i = 0; i < p.size; i++)
-      if (!Number.isFinite(d[i]!)) throw new Error(`${src}: tensor ${name} holds ${d[i]} at index ${i}`);
-  }
+}
+
+/** Throws `${src}: tensor ${name} holds NaN at index i` for the first non-finite of d[0…size). */
+export function checkFinite(src: string, name: string, d: ArrayLike<number>, size = d.length): void {
+  for (let i = 0; i < size; i++)
+    if (!Number.isFinite(d[i]!)) throw new Error(`${src}: tensor ${name} holds ${d[i]} at index ${i}`);
 }
 
 /** The model's parameters as plain float arrays, in registration order. */

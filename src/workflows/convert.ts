@@ -26,16 +26,27 @@
  * in every dtype, so auto changes nothing and the exactness results hold for the written file. When
  * a forced dtype rounds backbone values, the difference to the unrounded original is reported too.
  * `convertCheckpoint` writes atomically (a temporary folder renamed into place) and only when the
- * check passes, unless forced. Progress (`onPhase`) advances per tensor read, per tensor written,
- * and once each for the check, the build and saving the files.
- * Memory and time: `convertCheckpoint` never holds the source's weights decoded. It builds the
- * converted model once, reading its backbone tensor by tensor from the files
- * (`openCheckpointWeights`; this is the "reading" progress); the check runs the original and the
- * eps-0 variants on that model's weights (`shareWeightsOf`, nothing copied), and that same model is
- * written, tensor by tensor. The peak is about one float32 model (4 bytes per parameter) plus the
- * largest tensor; docs/benchmarks.md has the numbers for Qwen3-0.6B. Only a forced --dtype that
- * rounds backbone values holds the rounded tensors (float32) while the model is built, and reads
- * the unrounded original once more to report what the rounding changed.
+ * check passes, unless forced. Progress (`onPhase`) advances per tensor read (during the check),
+ * once for the logits, per tensor written, and once for saving the files.
+ * Memory and time (`convertCheckpoint`; docs/benchmarks.md has the numbers for Qwen3-0.6B): the
+ * float32 model never exists whole, and the source is opened header-only (`openCheckpointWeights`).
+ *   check   `checkLayerByLayer`: one buffer per backbone tensor of ONE layer, which every layer of
+ *           every model of the check adopts (`adoptParams`), plus the embedding (also the tied head;
+ *           an untied lm_head is read into the same buffer at the end) and the final norm. Each
+ *           layer's tensors are decoded from the files into those buffers, then every model of the
+ *           check (converted, original, their eps-0 variants) runs that layer on its own stream of
+ *           the sample; then the next layer overwrites them. Same models, same operations, same
+ *           verification as `verifyConversion` on whole models (test/convert-stream.test.ts).
+ *           When a forced --dtype may round, each layer runs first as read (the unrounded original,
+ *           for maxAbsDiffFromSource), then rounded in place (`storedValue`) for the others.
+ *   write   `writeConverted`: each backbone tensor is streamed from the source file to the output
+ *           (`CopyTensor`): its bytes as they are when the dtype is kept (--dtype auto, the usual
+ *           case: no decoding), else decoded and re-encoded chunk by chunk; the routing tensors are
+ *           the converted model's zero initialisation. The bytes are those of saving the built
+ *           model (test/convert-stream.test.ts compares them with that path).
+ * Peak memory is about one layer plus the embedding in the compute dtype (for Qwen3-0.6B in
+ * float32: 0.6 GB, half the BF16 source), the sample's activations and 16 MiB I/O buffers; the
+ * source is read twice (check, write), which the page cache usually serves.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -47,19 +58,23 @@ import {
   checkpointTokenizer,
   dominantDtype,
   readConfig,
-  saveCheckpoint,
+  saveCheckpointTensors,
 } from "../model/checkpoint.js";
 import {
+  type CopyTensor,
+  type FileTensor,
   type FloatStDType,
   openCheckpointWeights,
   type StDType,
   storedValue,
   type StTensor,
+  type WriteTensor,
 } from "../io/safetensors.js";
 import { tidy } from "../tensor/memory.js";
 import { optionError } from "../io/errors.js";
+import { matmul } from "../tensor/ops.js";
 import { Rng } from "../tensor/random.js";
-import { noGrad } from "../tensor/tensor.js";
+import { empty, noGrad, type Tensor } from "../tensor/tensor.js";
 import { type ModelConfig, parseConfig } from "../model/config.js";
 import { DecoderLM } from "../model/decoder.js";
 import { type ConvertMode, STORAGE_DTYPES, type StorageDtype } from "../model/names.js";
@@ -70,9 +85,10 @@ import {
   modeByName,
   modeName,
   modeOf,
+  type ModeRun,
   modes,
 } from "../model/residual.js";
-import { exportWeights, loadWeights } from "../model/weights.js";
+import { checkFinite, checkWeightShapes, exportWeights, loadWeights } from "../model/weights.js";
 
 export { CONVERT_MODES, type ConvertMode } from "../model/names.js";
 
@@ -443,9 +459,9 @@ export interface ConvertOptions extends ConvertSettings {
   /** The dtype the weights are written in (default auto: as in the source). */
   storage?: StorageDtype;
   /**
-   * Progress (CLI): `done` of `total` steps, one per tensor read, one for the check, one for the
-   * build, one per tensor written and one for saving the files; `what` names the last step done
-   * or the one under way.
+   * Progress (CLI): `done` of `total` steps, one per tensor read (by the check, layer by layer),
+   * one for the check's logits, one to start writing, one per tensor written and one for saving
+   * the files; `what` names the last step done or the one under way.
    */
   onPhase?: (done: number, total: number, what: string) => void;
 }
@@ -479,85 +495,82 @@ export function convertCheckpoint(o: ConvertOptions): ConvertResult {
   const source = openCheckpointWeights(o.from); // headers only: see the file comment
   const dtypes = storageDtypes(routed, source, storage);
   const nRead = source.size;
-  const total = nRead + 2 + dtypes.size + 1; // read, check, build, encode each tensor, save the files
+  const total = nRead + 2 + dtypes.size + 1; // read each, the check, start writing, write each, the files
   phase(0, total, "reading the checkpoint");
-  const backend = o.backend ?? defaultBackend();
-  const dtype = o.dtype ?? "float32";
-  // The backbone as the file will hold it: the source's values (auto), or rounded to a forced
-  // --dtype (those copies are decoded here and held until the model has them).
-  const stored = storedWeights(source, dtypes, { inPlace: true });
-  // The converted model is built once, reading the backbone tensor by tensor from the files; the
-  // check runs the original on the same weights, and the same model is written.
   let read = 0;
-  const progress = new Map(
-    [...stored.tensors].map(([name, t]) => [
-      name,
-      {
-        shape: t.shape,
-        get data() {
-          const d = t.data;
-          phase(Math.min(++read, nRead), total, `reading ${name}`);
-          return d;
-        },
-      },
-    ]),
-  );
-  const model = modelWithBackbone(routed, progress, { backend, dtype, source: o.from });
-  stored.tensors.clear();
-  progress.clear();
-  try {
-    phase(nRead, total, "checking the logits");
-    const ids = sampleIds(config.vocab_size, tokenizer);
-    const verification = verifyModel(config, model, o, ids, storage, stored.rounded.length, () =>
-      modelWithBackbone(config, source, { backend, dtype, source: o.from }),
-    );
-    const counts: Partial<Record<FloatStDType, number>> = {};
-    for (const d of dtypes.values()) counts[d] = (counts[d] ?? 0) + 1;
-    const result: ConvertResult = {
-      from: o.from,
-      to: o.to,
-      mode: o.mode,
-      config: routed,
-      gateAdded: !o.gate && convertTarget(o.mode).convert.keys?.attnres_gate_type === "learnable_alpha",
-      verification,
-      written: false,
-      addedParameters: 0,
-      tokenizerCopied: [],
-      storage: { choice: storage, tensors: counts },
-    };
-    if (!verification.ok && !o.force) return result;
-    phase(nRead + 1, total, "building the converted model");
-    writeConverted(o, model, dtypes, result, (i, what) => phase(i, total, what), nRead);
-    phase(total, total, "done");
-    result.written = true;
-    return result;
-  } finally {
-    model.dispose();
-  }
+  const check = checkLayerByLayer({
+    config,
+    settings: o,
+    ids: sampleIds(config.vocab_size, tokenizer),
+    source,
+    dtypes,
+    storage,
+    backend: o.backend ?? defaultBackend(),
+    dtype: o.dtype ?? "float32",
+    sourceName: o.from,
+    onRead: (name) => phase(Math.min(++read, nRead), total, `reading ${name}`),
+    onHead: () => phase(nRead, total, "checking the logits"),
+  });
+  const verification = check.verification;
+  const counts: Partial<Record<FloatStDType, number>> = {};
+  for (const d of dtypes.values()) counts[d] = (counts[d] ?? 0) + 1;
+  const result: ConvertResult = {
+    from: o.from,
+    to: o.to,
+    mode: o.mode,
+    config: routed,
+    gateAdded: !o.gate && convertTarget(o.mode).convert.keys?.attnres_gate_type === "learnable_alpha",
+    verification,
+    written: false,
+    addedParameters: 0,
+    tokenizerCopied: [],
+    storage: { choice: storage, tensors: counts },
+  };
+  phase(nRead + 1, total, verification.ok ? "checked" : "check failed");
+  if (!verification.ok && !o.force) return result;
+  writeConverted(o, routed, source, check.routing, dtypes, result, (i, what) => phase(i, total, what), nRead);
+  phase(total, total, "done");
+  result.written = true;
+  return result;
 }
 
-/** Writes the converted model and the tokenizer files into o.to, through a temporary folder. */
+/**
+ * Writes the converted checkpoint into o.to, through a temporary folder renamed into place: the
+ * backbone streamed from the source files (`CopyTensor`: the source's bytes when the dtype is
+ * kept, else re-encoded chunk by chunk), the routing tensors from `routing`, then the tokenizer
+ * files.
+ */
 function writeConverted(
   o: ConvertOptions,
-  model: DecoderLM,
+  routed: Record<string, unknown>,
+  source: ReadonlyMap<string, FileTensor>,
+  routing: ReadonlyMap<string, { shape: readonly number[]; data: ArrayLike<number> }>,
   dtypes: ReadonlyMap<string, FloatStDType>,
   result: ConvertResult,
   phase: (done: number, what: string) => void,
   nRead: number,
 ): void {
+  const cfg = parseConfig(routed);
+  const tensors = new DecoderLM(cfg, { meta: true })
+    .namedParameters()
+    .map(([name, p]): [string, (WriteTensor | CopyTensor) & { dtype: FloatStDType }] => {
+      const dtype = dtypes.get(name)!;
+      const r = routing.get(name);
+      if (r) return [name, { dtype, shape: p.shape, data: r.data }];
+      if (isResidualParam(name)) throw new Error(`internal: no value for routing tensor ${name}`);
+      return [name, { dtype, shape: p.shape, from: source.get(name)! }];
+    });
+  result.addedParameters = [...routing.values()].reduce((s, t) => s + t.data.length, 0);
   const tmp = `${o.to.replace(/[/\\]+$/, "")}.tmp-${process.pid}`;
   try {
-    result.addedParameters = model
-      .namedParameters()
-      .filter(([n]) => isResidualParam(n))
-      .reduce((s, [, p]) => s + p.size, 0);
     phase(nRead + 2, "writing");
     fs.rmSync(tmp, { recursive: true, force: true });
-    saveCheckpoint(
+    saveCheckpointTensors(
       tmp,
-      model,
+      cfg,
+      tensors,
       { generator: "attnres convert", converted_from: path.resolve(o.from) },
-      { dtypes, onTensor: (name, i) => phase(nRead + 3 + i, `writing ${name}`) },
+      { onTensor: (name, i) => phase(nRead + 3 + i, `writing ${name}`) },
     );
     for (const f of TOKENIZER_FILES)
       if (fs.existsSync(path.join(o.from, f))) {
@@ -570,5 +583,231 @@ function writeConverted(
   } catch (e) {
     fs.rmSync(tmp, { recursive: true, force: true });
     throw e;
+  }
+}
+
+/** What `checkLayerByLayer` needs: the source opened header-only and the storage dtypes. */
+interface LayerCheckInput {
+  config: ModelConfig;
+  settings: ConvertSettings;
+  ids: Int32Array;
+  source: ReadonlyMap<string, FileTensor>;
+  dtypes: ReadonlyMap<string, FloatStDType>;
+  storage: StorageDtype;
+  backend: Backend;
+  dtype: DType;
+  sourceName: string;
+  /** Called after a source tensor is read for the first time (progress). */
+  onRead?: (name: string) => void;
+  /** Called before the final norm and the output head run (progress). */
+  onHead?: () => void;
+}
+
+/** A model of the check and the state of its forward pass. */
+interface Pass {
+  model: DecoderLM;
+  /** Runs on the weights as read from the source (before a forced --dtype rounds them). */
+  unrounded: boolean;
+  run?: ModeRun;
+  logits?: Float64Array;
+}
+
+/**
+ * The check of `verifyConversion` (same models, same verification) computed layer by layer, so
+ * that the float32 model never exists whole: one layer's backbone tensors are decoded from the
+ * files into buffers that every layer of every model of the check adopts (`adoptParams`), then
+ * all the models (converted, original, their eps-0 variants, and the unrounded original when a
+ * forced --dtype may round) run that layer on their own stream; then the next layer is decoded
+ * over it. The embedding (and the output head: the tied embedding, or lm_head read into the same
+ * buffer) is held once. Memory: one layer + the embedding + the sample's activations. When a
+ * forced --dtype may round, each stage's tensors are read as the source holds them, the unrounded
+ * original runs on them, then they are rounded in place for the other models. Also returns the
+ * converted model's routing tensors (its zero initialisation, checked), which are what is written.
+ */
+export function checkLayerByLayer(a: LayerCheckInput): {
+  verification: Verification;
+  routing: Map<string, { shape: readonly number[]; data: Float32Array | Float64Array }>;
+} {
+  const { config, settings, ids, source, dtypes } = a;
+  const T = ids.length;
+  const routedCfg = parseConfig(convertedConfig(config, settings));
+  const meta = new DecoderLM(config, { meta: true });
+  for (const [name] of new DecoderLM(routedCfg, { meta: true }).namedParameters())
+    if (isResidualParam(name) && source.has(name))
+      throw new Error(`${a.sourceName} already has routing tensor ${name}`);
+  checkWeightShapes(meta, source, {
+    source: a.sourceName,
+    allowUnexpected: (n) => config.tie_word_embeddings && n === "lm_head.weight",
+  });
+  // One buffer per backbone tensor of one layer, one for the embedding and the head, one for the
+  // final norm; every layer's parameters are views of the layer's buffers.
+  const EMBED = "model.embed_tokens.weight";
+  const slotKey = (name: string) =>
+    name === "lm_head.weight" ? EMBED : name.replace(/^model\.layers\.\d+\./, "");
+  const slots = new Map<string, Tensor>();
+  const adopt: Tensor[] = [];
+  let pass: Pass[] = [];
+  try {
+    for (const p of meta.createdParams) {
+      const key = slotKey(p.name);
+      let t = slots.get(key);
+      if (!t) {
+        t = empty(p.shape, { backend: a.backend, dtype: a.dtype }).keep();
+        slots.set(key, t);
+      }
+      adopt.push(t);
+    }
+    // The check's models know positions up to T only (when the model has that many): their
+    // rotary tables hold the same values as the full ones for those positions, without computing
+    // max_position_embeddings of them.
+    const upToT = (cfg: Record<string, unknown>) =>
+      parseConfig({ ...cfg, max_position_embeddings: Math.min(T, config.max_position_embeddings) });
+    const conv = new DecoderLM(upToT(routedCfg), {
+      backend: a.backend,
+      dtype: a.dtype,
+      randomInit: false,
+      adoptParams: adopt,
+    });
+    pass.push({ model: conv, unrounded: false });
+    const spec = modeOf(routedCfg).convert!;
+    const routing = new Map<string, { shape: readonly number[]; data: Float32Array | Float64Array }>();
+    for (const [name, p] of conv.namedParameters())
+      if (isResidualParam(name)) {
+        const d = p.data.slice(0, p.size) as Float32Array | Float64Array;
+        const zero = spec.zeroParams.test(name);
+        for (let i = 0; i < d.length; i++)
+          if (d[i] !== (zero ? 0 : 1)) throw new Error(`internal: ${name} is not zero-initialised`);
+        routing.set(name, { shape: p.shape, data: d });
+      }
+    const share = (cfg: Record<string, unknown>, unrounded = false): Pass => {
+      const model = new DecoderLM(upToT(cfg), {
+        backend: a.backend,
+        dtype: a.dtype,
+        shareWeightsOf: conv,
+      });
+      const p = { model, unrounded };
+      pass.push(p);
+      return p;
+    };
+    const orig = share({ ...config });
+    const kind = exactness(settings);
+    const eps0 =
+      kind === "eps-residue" && !settings.nullSource
+        ? { orig: share({ ...config, rms_norm_eps: 0 }), conv: share({ ...routedCfg, rms_norm_eps: 0 }) }
+        : null;
+    // A tensor may change when stored unless it decodes to float32 exactly and is kept as it is or as F32.
+    const mayRound = (name: string): boolean => {
+      const t = source.get(name)!;
+      const dt = dtypes.get(name);
+      const exact = t.dtype === "F32" || t.dtype === "BF16" || t.dtype === "F16";
+      return dt !== undefined && !(exact && (dt === "F32" || t.dtype === dt));
+    };
+    const rounding = [...source.keys()].some((n) => dtypes.has(n) && !isResidualParam(n) && mayRound(n));
+    const raw = rounding ? share({ ...config }, true) : null;
+    const rounded = new Set<string>();
+    const seen = new Set<string>();
+    // The backend's sum of squares (in float64: no float32 value overflows it) is finite exactly
+    // when every value is; only then is the value-by-value search for the culprit needed.
+    const finite = (name: string, t: Tensor): void => {
+      if (!Number.isFinite(t.backend.sumSquares(t.data, t.size)))
+        checkFinite(a.sourceName, name, t.data, t.size);
+    };
+    const holds = new Map<Tensor, string>(); // slot → the source tensor it holds, as stored
+    /** Reads the stage's tensors into their buffers, runs fn on each model (unrounded ones first, then the stored values). */
+    const stage = (tensors: [string, Tensor][], fn: (p: Pass) => void, loaded?: () => void): void => {
+      for (const [name, slot] of tensors) {
+        if (holds.get(slot) === name && !rounding) continue; // the tied head: still the embedding
+        const d = slot.data;
+        if (!source.get(name)!.readInto(d as Float32Array | Float64Array)) finite(name, slot);
+        holds.set(slot, name);
+        if (!seen.has(name)) {
+          seen.add(name);
+          a.onRead?.(name);
+        }
+      }
+      loaded?.();
+      for (const p of pass) if (p.unrounded) fn(p);
+      if (rounding)
+        for (const [name, slot] of tensors) {
+          if (!mayRound(name)) continue;
+          const dt = dtypes.get(name)!;
+          const d = slot.data;
+          let changed = false;
+          for (let i = 0; i < slot.size; i++) {
+            const x = d[i]!;
+            const v = storedValue(x, dt);
+            if (v !== x) changed = true;
+            d[i] = v;
+          }
+          finite(name, slot);
+          if (changed) rounded.add(name);
+        }
+      for (const p of pass) if (!p.unrounded) fn(p);
+    };
+    noGrad(() =>
+      tidy(() => {
+        stage([[EMBED, slots.get(EMBED)!]], (p) => {
+          p.run = p.model.residual.begin(p.model.model.embed_tokens.forward(ids, [1, T]), null);
+        });
+        for (let i = 0; i < config.num_hidden_layers; i++) {
+          const prefix = `model.layers.${i}.`;
+          const tensors = meta.createdParams
+            .filter((t) => t.name.startsWith(prefix))
+            .map((t): [string, Tensor] => [t.name, slots.get(slotKey(t.name))!]);
+          stage(tensors, (p) => {
+            // DecoderLM.run's layer step (decoder.ts), for one layer of one model.
+            const layer = p.model.model.layers[i]!;
+            const res = p.run!;
+            const xa = res.input(2 * i);
+            res.update(2 * i, xa, layer.attnSublayer(xa, p.model.rope, 0));
+            const xm = res.input(2 * i + 1);
+            res.update(2 * i + 1, xm, layer.mlpSublayer(xm));
+          });
+        }
+        const head = config.tie_word_embeddings ? EMBED : "lm_head.weight";
+        const norm = "model.norm.weight";
+        stage(
+          [
+            [norm, slots.get(norm)!],
+            [head, slots.get(EMBED)!],
+          ],
+          (p) => {
+            const m = p.model;
+            const h = m.model.norm.forward(p.run!.end());
+            const logits = m.lm_head
+              ? m.lm_head.forward(h)
+              : matmul(h, m.model.embed_tokens.weight, { transB: true });
+            p.logits = new Float64Array(logits.data.subarray(0, logits.size));
+          },
+          a.onHead,
+        );
+      }),
+    );
+    const diff = (x: Pass, y: Pass) => ({
+      diff: maxAbsDiff(x.logits!, y.logits!),
+      scale: 1 + maxAbs(y.logits!),
+    });
+    const real = diff(pass[0]!, orig);
+    const zero = eps0 ? diff(eps0.conv, eps0.orig) : null;
+    const roundingTolerance = ROUNDING_TOL * real.scale;
+    const tolerance = (kind === "exact" ? ROUNDING_TOL : RESIDUE_TOL) * real.scale;
+    const ok = real.diff <= tolerance && (zero === null || zero.diff <= ROUNDING_TOL * zero.scale);
+    const verification: Verification = {
+      exactness: kind,
+      maxAbsDiff: real.diff,
+      maxAbsDiffEps0: zero?.diff ?? null,
+      tolerance,
+      roundingTolerance,
+      ok,
+      tokens: T,
+      storage: a.storage,
+      roundedTensors: rounded.size,
+      maxAbsDiffFromSource: raw && rounded.size > 0 ? maxAbsDiff(pass[0]!.logits!, raw.logits!) : null,
+    };
+    return { verification, routing };
+  } finally {
+    for (const p of pass.reverse()) p.model.dispose();
+    pass = [];
+    for (const t of slots.values()) t.dispose();
   }
 }

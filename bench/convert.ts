@@ -42,6 +42,7 @@ import { parseArgs } from "node:util";
 import { f32ToBf16Bits, readCheckpointHeader } from "../src/io/safetensors.js";
 import { CONVERT_MODES, type ConvertMode } from "../src/workflows/convert.js";
 import { BLOCK_MODES } from "../src/model/names.js";
+import { QWEN3_0_6B_MODEL } from "./qwen3-shape.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.dirname(here);
@@ -49,20 +50,9 @@ const root = path.dirname(here);
 /** Qwen3-0.6B's config.json (the keys that matter; the rest as transformers writes them). */
 const QWEN3_0_6B = {
   architectures: ["Qwen3ForCausalLM"],
-  model_type: "qwen3",
-  vocab_size: 151936,
-  hidden_size: 1024,
-  intermediate_size: 3072,
-  num_hidden_layers: 28,
-  num_attention_heads: 16,
-  num_key_value_heads: 8,
-  head_dim: 128,
-  rms_norm_eps: 1e-6,
-  rope_theta: 1000000,
+  ...QWEN3_0_6B_MODEL,
   rope_scaling: null,
-  max_position_embeddings: 40960,
   max_window_layers: 28,
-  tie_word_embeddings: true,
   torch_dtype: "bfloat16",
   hidden_act: "silu",
   attention_bias: false,

@@ -42,6 +42,7 @@ import { readConfig, saveCheckpoint } from "../src/model/checkpoint.js";
 import type { DecoderLMConfig } from "../src/model/config.js";
 import { DecoderLM } from "../src/model/decoder.js";
 import { generate } from "../src/model/generate.js";
+import { QWEN3_0_6B_MODEL } from "./qwen3-shape.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.dirname(here);
@@ -79,20 +80,7 @@ const SHAPES: Record<string, { name: string; config: DecoderLMConfig }> = {
   },
   b: {
     name: "Qwen3-0.6B: 28 layers, d 1024, 16/8 heads of 128, SwiGLU 3072, vocab 151936, tied",
-    config: {
-      model_type: "qwen3",
-      vocab_size: 151936,
-      hidden_size: 1024,
-      intermediate_size: 3072,
-      num_hidden_layers: 28,
-      num_attention_heads: 16,
-      num_key_value_heads: 8,
-      head_dim: 128,
-      rms_norm_eps: 1e-6,
-      rope_theta: 1000000,
-      max_position_embeddings: 40960,
-      tie_word_embeddings: true,
-    },
+    config: QWEN3_0_6B_MODEL,
   },
 };
 const MODES = ["standard", "delta"] as const;

@@ -34,7 +34,7 @@ import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { nativeBackend, nativeError } from "../src/backend/index.js";
-import { measurePeakGflops, nativeInfo } from "../src/backend/native/index.js";
+import { describeNative, measurePeakGflops, nativeInfo } from "../src/backend/native/index.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.dirname(here);
@@ -181,9 +181,7 @@ function main(): void {
   const info = nativeInfo();
   const threads = native.threads();
   const cpu = os.cpus()[0]?.model ?? "unknown CPU";
-  log(
-    `attnres bench — ${cpu}, ${threads} threads, BLAS: ${info.blas}, SIMD: ${info.simd}, node ${process.version}`,
-  );
+  log(`attnres bench — ${cpu}, ${describeNative(info)}, node ${process.version}`);
 
   progress("measuring fp32 peak");
   const peak = measurePeakGflops(args.quick ? 0.3 : 1.0);

@@ -74,7 +74,7 @@ const spec = (train: Record<string, unknown> = {}): RunSpec => ({
     eval_batches: 2,
     seed: 5,
     ...train,
-  },
+  } as RunSpec["train"],
 });
 const curve = (dir: string) => readMetrics(dir, ["step", "loss", "grad_norm", "val_loss"]);
 

@@ -964,6 +964,58 @@ say(heading(2, "Learning-rate check: does the single learning rate favour a mode
   }
 }
 
+// --- bfloat16 matmuls ----------------------------------------------------------------------------
+say(heading(2, "bfloat16 matmuls: does training with bf16 operands stay within the seed noise?"), "");
+{
+  const bf = readCompare("bf16");
+  const b0 = bf?.runs.find((r) => r.mode === "standard" && r.seed === 0);
+  const f32 = main ? main.runs.filter((r) => r.mode === "standard") : [];
+  const f0 = f32.find((r) => r.seed === 0);
+  if (!bf || !b0 || !f0 || f32.length < 2) say(notYet("bf16"), "");
+  else {
+    const sd = std(f32.map((r) => r.valLoss));
+    const diff = b0.valLoss - f0.valLoss;
+    say(
+      "Settings: configs/study/bf16.json — the main study's settings exactly, standard mode, seed 0, with `matmul_dtype: bfloat16` (both operands of every GEMM rounded to bfloat16, accumulation, weights and optimizer in float32). Same seed, so the same initial weights and batches as the main study's float32 seed 0: the difference is the rounding alone.",
+      "",
+      ...tableHead(["run", "validation loss", "perplexity"]),
+      tableRow([
+        `float32, seeds ${f32.map((r) => r.seed).join(", ")} (main study)`,
+        pmOf(f32.map((r) => r.valLoss)),
+        pmOf(
+          f32.map((r) => r.valPerplexity),
+          f2,
+        ),
+      ]),
+      tableRow(["float32, seed 0", f4(f0.valLoss), f2(f0.valPerplexity)]),
+      tableRow(["bfloat16 matmuls, seed 0", f4(b0.valLoss), f2(b0.valPerplexity)]),
+      "",
+      `bfloat16 − float32 at seed 0: ${diff >= 0 ? "+" : "−"}${f4(Math.abs(diff))}; the float32 seeds' standard deviation: ${f4(sd)}. ` +
+        (Math.abs(diff) <= sd
+          ? "**Within the seed noise**: the rounding moves the final loss less than changing the seed does."
+          : "**Outside the seed noise**: the rounding moves the final loss more than changing the seed does."),
+      "One bfloat16 run, so a check, not a test. Step times of both precisions are in docs/benchmarks.md (`npm run bench`); the runs' own tokens/s are not comparable (other work shared the machine).",
+      "",
+    );
+    const mainCurve = main!.curves.find((c) => c.mode === "standard");
+    const bfCurve = bf.curves.find((c) => c.mode === "standard");
+    if (mainCurve && bfCurve) {
+      const fig = await lineChart(path.join(figDir, "bf16"), {
+        title: "Validation loss, float32 and bfloat16 matmuls",
+        subtitle: "standard mode, main settings; float32: mean of the main study's seeds; bfloat16: seed 0",
+        series: [
+          { name: "float32", points: mainCurve.steps.map((x, i) => ({ x, y: mainCurve.valLoss[i] })) },
+          { name: "bfloat16", points: bfCurve.steps.map((x, i) => ({ x, y: bfCurve.valLoss[i] })) },
+        ],
+        xTitle: "step",
+        yTitle: "validation loss (nats/token)",
+      });
+      fs.rmSync(fig.svg, { force: true });
+      say(figure("validation loss with float32 and bfloat16 matmuls", "results/bf16.png"), "");
+    }
+  }
+}
+
 const believeLines = [
   heading(2, "What we now believe"),
   "",

@@ -397,7 +397,8 @@ export interface Backend {
    * kCache, vCache [≥ pos + 1, Hkv, D]. With q', k' = rope(rmsnorm(q), pos), rope(rmsnorm(k), pos)
    * per head (HF rotate_half, as `rope`), writes kCache[pos] = k', vCache[pos] = v and
    * out [Hq, D] = softmax(scale q'·K[0..pos]ᵀ) V[0..pos] per query head (kv head h / (Hq/Hkv)).
-   * A non-finite score makes its head's output non-finite.
+   * Non-finite scores follow softmax's arithmetic, exp(s − max) / Σ: a NaN or +∞ score makes its
+   * head's output NaN, a −∞ score gets weight 0.
    */
   decodeAttention(
     q: Buf,

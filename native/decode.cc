@@ -225,8 +225,10 @@ void decode_attention(const float* q, const float* k, const float* v, const floa
   std::vector<float> qr((size_t)(Hq * D));
   for (i64 h = 0; h < Hq; h++) norm_rope(q + h * D, qw, eps, cs, sn, qr.data() + h * D, D);
   std::vector<float> S((size_t)(Hq * Tk));  // scores, then probabilities: row h is query head h
-  // Two threads pay off from about 128 cached positions of a 1024-wide kv row (0.5 MB of keys).
-  const bool par = !omp_in_parallel() && omp_get_max_threads() > 1 && Hkv > 1 && Tk * row >= ((i64)1 << 17);
+  // Threads only for long caches (the threshold of attention.cc's one-row case, Hq · Tk · D ≥ 2^20:
+  // below it a parallel region costs more than it saves, and far more on a loaded machine).
+  const bool par =
+      !omp_in_parallel() && omp_get_max_threads() > 1 && Hkv > 1 && Hq * Tk * D >= ((i64)1 << 20);
 #pragma omp parallel for schedule(static) if (par)
   for (i64 g = 0; g < Hkv; g++) {
     float* s = S.data() + g * G * Tk;

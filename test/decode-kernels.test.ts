@@ -78,8 +78,9 @@ describe("decodeAttention", () => {
     [3, 1, 6, 4, true], // odd heads per group, a head dim below the vector width
     [4, 2, 18, 37, true],
     [6, 3, 34, 9, false],
-    [16, 8, 128, 150, true], // the Qwen3-0.6B head layout with a cache long enough for two threads
-    [12, 4, 64, 700, false], // the 125M shape's heads, threaded
+    [16, 8, 128, 150, true], // the Qwen3-0.6B head layout
+    [16, 8, 128, 520, true], // … with a cache long enough for two threads (Hq · Tk · D ≥ 2^20)
+    [12, 4, 64, 1400, false], // the 125M shape's heads, threaded
   ];
   for (const [Hq, Hkv, D, pos, qkNorm] of cases)
     test(`Hq=${Hq} Hkv=${Hkv} D=${D} pos=${pos}${qkNorm ? " qk-norm" : ""}`, () => {

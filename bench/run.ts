@@ -9,7 +9,9 @@
  *                     the environment pins OpenBLAS's kernels (OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE,
  *                     set on some machines because old OpenBLAS releases misbehave on new CPUs),
  *                     PyTorch runs twice per round: as the environment says, and with both unset in
- *                     that command alone (OpenBLAS's own choice), so neither baseline is hidden
+ *                     that command alone (OpenBLAS's own choice), so neither baseline is hidden.
+ *                     On a CPU with AVX-512 BF16, ours also runs with bfloat16 matmul operands
+ *                     (train.matmul_dtype bfloat16), reported beside float32
  *
  *   engines           the reference step as a training run on the TypeScript engine and on the torch
  *                     engine (python/attnres_torch) with 1 and 2 DDP processes (bench/engines.ts),
@@ -214,11 +216,25 @@ function main(): void {
   const torchRuns: StepResult[] = [];
   const pinned = ["OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"].filter((k) => process.env[k] !== undefined);
   const torchFreeRuns: StepResult[] = [];
+  const bf16Runs: StepResult[] = [];
   for (let r = 0; r < rounds; r++) {
     progress(`reference step (attnres), round ${r + 1}/${rounds}`);
     oursRuns.push(
       runJson(process.execPath, ["--import", "tsx", path.join(here, "step.ts"), ...stepArgs(REF, steps)]),
     );
+    if (info.bf16) {
+      progress(`reference step (attnres, bfloat16 matmuls), round ${r + 1}/${rounds}`);
+      bf16Runs.push(
+        runJson(process.execPath, [
+          "--import",
+          "tsx",
+          path.join(here, "step.ts"),
+          ...stepArgs(REF, steps),
+          "--matmul-dtype",
+          "bfloat16",
+        ]),
+      );
+    }
     if (py) {
       progress(`reference step (pytorch), round ${r + 1}/${rounds}`);
       torchRuns.push(
@@ -255,6 +271,8 @@ function main(): void {
       `  ${name.padEnd(30)} ${r.median_step_s.toFixed(3).padStart(8)}   ${r.cold_step_s.toFixed(3).padStart(6)}   ${(r.cold_step_s / r.median_step_s).toFixed(2).padStart(11)}   ${r.tokens_per_s.toFixed(0).padStart(8)}   ${(flops / r.median_step_s / 1e9).toFixed(1).padStart(7)}   ${r.peak_rss_mb.toFixed(0).padStart(11)}`,
     );
   row(`attnres (GEMM ${info.gemm})`, ours);
+  const bf16 = bf16Runs.length > 0 ? best(bf16Runs) : null;
+  if (bf16) row("attnres, bf16 matmuls", bf16);
   const torchFree = torchFreeRuns.length > 0 ? best(torchFreeRuns) : null;
   const core = (r: StepResult) => (r.blas_core ? `, ${String(r.blas_core)}` : "");
   if (torch) row(`pytorch ${String(torch.torch)}${core(torch)}`, torch);
@@ -268,6 +286,10 @@ function main(): void {
   if (ratio !== null)
     log(
       `  step time ours/pytorch: ${ratio.toFixed(2)} (median of ${rounds} alternating rounds: ${oursRuns.map((o, r) => (o.median_step_s / torchRuns[r]!.median_step_s).toFixed(2)).join(", ")})   peak RSS ours/pytorch: ${rssRatio!.toFixed(2)}`,
+    );
+  if (bf16)
+    log(
+      `  bf16 matmuls / float32 step time: ${median(bf16Runs.map((b, r) => b.median_step_s / oursRuns[r]!.median_step_s)).toFixed(2)} (train.matmul_dtype bfloat16; operands rounded to bfloat16, float32 accumulation)`,
     );
   if (ratioFree !== null)
     log(
@@ -480,6 +502,7 @@ function main(): void {
             attnres: ours,
             pytorch: torch,
             ratio_time: ratio,
+            attnres_bf16_matmuls: bf16,
             pytorch_openblas_unpinned: torchFree,
             ratio_time_openblas_unpinned: ratioFree,
             ratio_rss: rssRatio,

@@ -3,6 +3,7 @@
  * builds the decoder, then times full training steps (forward + backward + AdamW) on random
  * tokens. Prints one JSON line. Used by bench/run.ts; runnable alone:
  *   node --import tsx bench/step.ts --layers 4 --d 256 --heads 4 --seq 256 --batch 8 --vocab 256 --ff 768
+ * --matmul-dtype bfloat16 times the step with bfloat16 GEMM operands (Backend.setMatmulDtype).
  */
 import { parseArgs } from "node:util";
 import { defaultBackend } from "../src/backend/index.js";
@@ -26,8 +27,15 @@ const { values: a } = parseArgs({
     steps: { type: "string", default: "10" },
     warmup: { type: "string", default: "2" },
     mode: { type: "string", default: "standard" },
+    "matmul-dtype": { type: "string", default: "float32" },
   },
 });
+if (a["matmul-dtype"] !== "float32") {
+  const be = defaultBackend();
+  if (a["matmul-dtype"] !== "bfloat16" || !be.setMatmulDtype)
+    throw new Error(`--matmul-dtype ${a["matmul-dtype"]}: not available on the ${be.name} backend`);
+  be.setMatmulDtype(a["matmul-dtype"]);
+}
 const n = (k: keyof typeof a): number => Number(a[k]);
 const B = n("batch");
 const T = n("seq");
@@ -69,6 +77,7 @@ console.log(
     backend: backend.name,
     threads: backend.threads(),
     mode: a.mode,
+    matmul_dtype: a["matmul-dtype"],
     cold_step_s: cold,
     median_step_s: median,
     min_step_s: times[0],

@@ -294,6 +294,16 @@ KERNEL(setGemm) {
   });
 }
 
+// setGemmBf16(on): bfloat16 GEMM operands with float32 accumulation (AVX-512 BF16 builds only).
+KERNEL(setGemmBf16) {
+  return guard(env, [&] {
+    Args a(env, info, "setGemmBf16", 1);
+    const bool on = a.boolean(0, "on");
+    if (!set_gemm_bf16(on)) a.fail("this CPU or build has no AVX-512 BF16 instructions");
+    return undefinedValue(env);
+  });
+}
+
 KERNEL(info) {
   return guard(env, [&] {
     Args a(env, info, "info", 0);
@@ -308,6 +318,9 @@ KERNEL(info) {
     napi_value s4;
     napi_create_string_utf8(env, gemm_name(), NAPI_AUTO_LENGTH, &s4);
     napi_set_named_property(env, o, "gemm", s4);
+    napi_value bf;
+    napi_get_boolean(env, gemm_bf16_available(), &bf);
+    napi_set_named_property(env, o, "bf16", bf);
     napi_set_named_property(env, o, "threads", makeNumber(env, num_threads()));
     napi_set_named_property(env, o, "simd", s2);
     return o;
@@ -1136,6 +1149,7 @@ napi_value Init(napi_env env, napi_value exports) {
       FN(setThreads),
       FN(info),
       FN(setGemm),
+      FN(setGemmBf16),
       FN(peakGflops),
       FN(readBandwidth),
       FN(gemm),

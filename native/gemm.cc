@@ -134,54 +134,97 @@ constexpr int VW = 4;
 constexpr int MR = 4;
 #endif
 constexpr int NR = 2 * VW;
-constexpr i64 KC = 256;
+constexpr i64 KC = 256;   // k per packed slice
 constexpr i64 MC = 128;   // rows of A per task (multiple of MR)
 constexpr i64 NT = 256;   // columns of B per task (multiple of NR)
 constexpr i64 NC = 4096;  // columns of B packed at once (multiple of NT)
 
-// The register tile: tile[MR][NR] = sum_p Ap[p][0..MR) (outer) Bp[p][0..NR).
-static inline void micro_kernel(i64 kc, const float* __restrict Ap, const float* __restrict Bp,
-                                float* __restrict tile) {
+// float32 panels: one packed element per k; alpha folded into A while packing.
+struct F32Panels {
+  using P = float;
+  static constexpr i64 KS = 1;  // k per packed element
+  static constexpr bool kScaleTile = false;
+  static P a(float alpha, float x0, float) { return alpha * x0; }
+  static P b(float x0, float) { return x0; }
+  // tile[MR][NR] = sum_p Ap[p][0..MR) (outer) Bp[p][0..NR), over kp packed steps.
+  static inline void kernel(i64 kp, const P* __restrict Ap, const P* __restrict Bp, float* __restrict tile) {
 #if defined(__AVX512F__)
-  __m512 c[MR][2];
-  for (int i = 0; i < MR; i++) c[i][0] = c[i][1] = _mm512_setzero_ps();
-  for (i64 p = 0; p < kc; p++) {
-    const __m512 b0 = _mm512_load_ps(Bp + p * NR);
-    const __m512 b1 = _mm512_load_ps(Bp + p * NR + VW);
-    for (int i = 0; i < MR; i++) {
-      const __m512 a = _mm512_set1_ps(Ap[p * MR + i]);
-      c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);
-      c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);
+    __m512 c[MR][2];
+    for (int i = 0; i < MR; i++) c[i][0] = c[i][1] = _mm512_setzero_ps();
+    for (i64 p = 0; p < kp; p++) {
+      const __m512 b0 = _mm512_load_ps(Bp + p * NR);
+      const __m512 b1 = _mm512_load_ps(Bp + p * NR + VW);
+      for (int i = 0; i < MR; i++) {
+        const __m512 a = _mm512_set1_ps(Ap[p * MR + i]);
+        c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);
+        c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);
+      }
     }
-  }
-  for (int i = 0; i < MR; i++) {
-    _mm512_store_ps(tile + i * NR, c[i][0]);
-    _mm512_store_ps(tile + i * NR + VW, c[i][1]);
-  }
+    for (int i = 0; i < MR; i++) {
+      _mm512_store_ps(tile + i * NR, c[i][0]);
+      _mm512_store_ps(tile + i * NR + VW, c[i][1]);
+    }
 #elif defined(__AVX2__) && defined(__FMA__)
-  __m256 c[MR][2];
-  for (int i = 0; i < MR; i++) c[i][0] = c[i][1] = _mm256_setzero_ps();
-  for (i64 p = 0; p < kc; p++) {
-    const __m256 b0 = _mm256_load_ps(Bp + p * NR);
-    const __m256 b1 = _mm256_load_ps(Bp + p * NR + VW);
+    __m256 c[MR][2];
+    for (int i = 0; i < MR; i++) c[i][0] = c[i][1] = _mm256_setzero_ps();
+    for (i64 p = 0; p < kp; p++) {
+      const __m256 b0 = _mm256_load_ps(Bp + p * NR);
+      const __m256 b1 = _mm256_load_ps(Bp + p * NR + VW);
+      for (int i = 0; i < MR; i++) {
+        const __m256 a = _mm256_broadcast_ss(Ap + p * MR + i);
+        c[i][0] = _mm256_fmadd_ps(a, b0, c[i][0]);
+        c[i][1] = _mm256_fmadd_ps(a, b1, c[i][1]);
+      }
+    }
     for (int i = 0; i < MR; i++) {
-      const __m256 a = _mm256_broadcast_ss(Ap + p * MR + i);
-      c[i][0] = _mm256_fmadd_ps(a, b0, c[i][0]);
-      c[i][1] = _mm256_fmadd_ps(a, b1, c[i][1]);
+      _mm256_store_ps(tile + i * NR, c[i][0]);
+      _mm256_store_ps(tile + i * NR + VW, c[i][1]);
+    }
+#else
+    float c[MR][NR] = {};
+    for (i64 p = 0; p < kp; p++)
+      for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) c[i][j] += Ap[p * MR + i] * Bp[p * NR + j];
+    std::memcpy(tile, c, sizeof(c));
+#endif
+  }
+};
+
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+// bfloat16 panels: one packed element per PAIR of k, two bf16 (k even in the low half), rounded to
+// nearest-even from float32; the micro-kernel's dot-product instruction multiplies both pairs and
+// accumulates in float32. alpha scales the tile (it is not rounded into A).
+static inline uint32_t bf16_bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;  // NaN stays a (quiet) NaN
+  return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+struct Bf16Panels {
+  using P = uint32_t;
+  static constexpr i64 KS = 2;
+  static constexpr bool kScaleTile = true;
+  static P a(float, float x0, float x1) { return bf16_bits(x0) | (bf16_bits(x1) << 16); }
+  static P b(float x0, float x1) { return bf16_bits(x0) | (bf16_bits(x1) << 16); }
+  static inline void kernel(i64 kp, const P* __restrict Ap, const P* __restrict Bp, float* __restrict tile) {
+    __m512 c[MR][2];
+    for (int i = 0; i < MR; i++) c[i][0] = c[i][1] = _mm512_setzero_ps();
+    for (i64 p = 0; p < kp; p++) {
+      const __m512bh b0 = (__m512bh)_mm512_load_si512(Bp + p * NR);
+      const __m512bh b1 = (__m512bh)_mm512_load_si512(Bp + p * NR + VW);
+      for (int i = 0; i < MR; i++) {
+        const __m512bh a = (__m512bh)_mm512_set1_epi32((int)Ap[p * MR + i]);
+        c[i][0] = _mm512_dpbf16_ps(c[i][0], a, b0);
+        c[i][1] = _mm512_dpbf16_ps(c[i][1], a, b1);
+      }
+    }
+    for (int i = 0; i < MR; i++) {
+      _mm512_store_ps(tile + i * NR, c[i][0]);
+      _mm512_store_ps(tile + i * NR + VW, c[i][1]);
     }
   }
-  for (int i = 0; i < MR; i++) {
-    _mm256_store_ps(tile + i * NR, c[i][0]);
-    _mm256_store_ps(tile + i * NR + VW, c[i][1]);
-  }
-#else
-  float c[MR][NR] = {};
-  for (i64 p = 0; p < kc; p++)
-    for (int i = 0; i < MR; i++)
-      for (int j = 0; j < NR; j++) c[i][j] += Ap[p * MR + i] * Bp[p * NR + j];
-  std::memcpy(tile, c, sizeof(c));
+};
 #endif
-}
 
 // Grow-only 64-byte aligned scratch, one per calling thread.
 struct Scratch {
@@ -199,13 +242,20 @@ struct Scratch {
   ~Scratch() { std::free(p); }
 };
 
-// The built-in blocked GEMM (M, N, K > 0, alpha != 0).
-static void builtin_sgemm(bool transA, bool transB, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
-                          const float* B, i64 ldb, float beta, float* C, i64 ldc) {
+// The built-in blocked GEMM over Panels' packed format (M, N, K > 0, alpha != 0). A K slice of KC
+// is kp = ceil(kc / KS) packed steps; a pair's missing second k (odd kc) packs as zero.
+template <class Panels>
+static void blocked_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
+                         const float* B, i64 ldb, float beta, float* C, i64 ldc) {
+  using P = typename Panels::P;
+  static_assert(sizeof(P) == sizeof(float), "packed elements are 4 bytes");
+  constexpr i64 KS = Panels::KS;
   static thread_local Scratch sa, sb;
   const i64 mStrips = (M + MR - 1) / MR;
-  float* Ap = sa.get(size_t(mStrips * MR * KC));
-  float* Bp = sb.get(size_t(std::min(N, NC) + NR) * KC);
+  const i64 kpMax = (KC + KS - 1) / KS;
+  P* Ap = reinterpret_cast<P*>(sa.get(size_t(mStrips * MR * kpMax)));
+  P* Bp = reinterpret_cast<P*>(sb.get(size_t(std::min(N, NC) + NR) * kpMax));
+  const float tileScale = Panels::kScaleTile ? alpha : 1.0f;
   const bool par = !omp_in_parallel() && omp_get_max_threads() > 1 && M * N * K >= (i64)1 << 18;
 
 #pragma omp parallel if (par)
@@ -216,40 +266,56 @@ static void builtin_sgemm(bool transA, bool transB, i64 M, i64 N, i64 K, float a
       const i64 nStrips = (nc + NR - 1) / NR;
       for (i64 pc = 0; pc < K; pc += KC) {
         const i64 kc = std::min(KC, K - pc);
+        const i64 kp = (kc + KS - 1) / KS;
         const bool first = pc == 0;
 #pragma omp for schedule(static)
-        for (i64 t = 0; t < nStrips; t++) {  // pack B[pc:pc+kc, jc+t*NR : +NR] -> Bp strip t
-          float* dst = Bp + t * NR * kc;
+        for (i64 t = 0; t < nStrips; t++) {  // pack op(B)[pc:pc+kc, jc+t*NR : +NR] -> Bp strip t
+          P* dst = Bp + t * NR * kp;
           const i64 j0 = jc + t * NR, nr = std::min<i64>(NR, jc + nc - j0);
-          for (i64 p = 0; p < kc; p++) {
-            float* d = dst + p * NR;
+          for (i64 p = 0; p < kp; p++) {
+            P* d = dst + p * NR;
+            const i64 k = pc + p * KS;
+            const bool has1 = KS == 2 && k + 1 < pc + kc;  // the pair's second k exists
             if (!transB) {
-              const float* s = B + (pc + p) * ldb + j0;
-              for (i64 j = 0; j < nr; j++) d[j] = s[j];
+              const float* s0 = B + k * ldb + j0;
+              if (has1)
+                for (i64 j = 0; j < nr; j++) d[j] = Panels::b(s0[j], s0[ldb + j]);
+              else
+                for (i64 j = 0; j < nr; j++) d[j] = Panels::b(s0[j], 0.0f);
             } else {
-              const float* s = B + j0 * ldb + (pc + p);
-              for (i64 j = 0; j < nr; j++) d[j] = s[j * ldb];
+              const float* s0 = B + j0 * ldb + k;
+              if (has1)
+                for (i64 j = 0; j < nr; j++) d[j] = Panels::b(s0[j * ldb], s0[j * ldb + 1]);
+              else
+                for (i64 j = 0; j < nr; j++) d[j] = Panels::b(s0[j * ldb], 0.0f);
             }
-            for (i64 j = nr; j < NR; j++) d[j] = 0.0f;
+            for (i64 j = nr; j < NR; j++) d[j] = P(0);
           }
         }
 #pragma omp for schedule(static)
-        for (i64 s = 0; s < mStrips; s++) {  // pack alpha * A[s*MR : +MR, pc:pc+kc] -> Ap strip s
-          float* dst = Ap + s * MR * kc;
-          const i64 i0 = s * MR, mr = std::min<i64>(MR, M - i0);
+        for (i64 st = 0; st < mStrips; st++) {  // pack op(A)[st*MR : +MR, pc:pc+kc] -> Ap strip st
+          P* dst = Ap + st * MR * kp;
+          const i64 i0 = st * MR, mr = std::min<i64>(MR, M - i0);
           if (!transA) {
             for (i64 i = 0; i < mr; i++) {
               const float* src = A + (i0 + i) * lda + pc;
-              for (i64 p = 0; p < kc; p++) dst[p * MR + i] = alpha * src[p];
+              for (i64 p = 0; p < kp; p++) {
+                const i64 k = p * KS;
+                dst[p * MR + i] = Panels::a(alpha, src[k], KS == 2 && k + 1 < kc ? src[k + 1] : 0.0f);
+              }
             }
           } else {
-            for (i64 p = 0; p < kc; p++) {
-              const float* src = A + (pc + p) * lda + i0;
-              for (i64 i = 0; i < mr; i++) dst[p * MR + i] = alpha * src[i];
+            for (i64 p = 0; p < kp; p++) {
+              const i64 k = pc + p * KS;
+              const float* s0 = A + k * lda + i0;
+              if (KS == 2 && k + 1 < pc + kc)
+                for (i64 i = 0; i < mr; i++) dst[p * MR + i] = Panels::a(alpha, s0[i], s0[lda + i]);
+              else
+                for (i64 i = 0; i < mr; i++) dst[p * MR + i] = Panels::a(alpha, s0[i], 0.0f);
             }
           }
           for (i64 i = mr; i < MR; i++)
-            for (i64 p = 0; p < kc; p++) dst[p * MR + i] = 0.0f;
+            for (i64 p = 0; p < kp; p++) dst[p * MR + i] = P(0);
         }
         const i64 mBlocks = (M + MC - 1) / MC, nBlocks = (nc + NT - 1) / NT;
 #pragma omp for schedule(static) collapse(2)
@@ -258,19 +324,19 @@ static void builtin_sgemm(bool transA, bool transB, i64 M, i64 N, i64 K, float a
             const i64 iEnd = std::min(M, (mb + 1) * MC), jEnd = std::min(nc, (nb + 1) * NT);
             for (i64 j0 = nb * NT; j0 < jEnd; j0 += NR) {
               const i64 nr = std::min<i64>(NR, jEnd - j0);
-              const float* bp = Bp + (j0 / NR) * NR * kc;
+              const P* bp = Bp + (j0 / NR) * NR * kp;
               for (i64 i0 = mb * MC; i0 < iEnd; i0 += MR) {
                 const i64 mr = std::min<i64>(MR, iEnd - i0);
-                micro_kernel(kc, Ap + (i0 / MR) * MR * kc, bp, tile);
+                Panels::kernel(kp, Ap + (i0 / MR) * MR * kp, bp, tile);
                 for (i64 i = 0; i < mr; i++) {
                   float* c = C + (i0 + i) * ldc + jc + j0;
-                  const float* t = tile + i * NR;
+                  const float* tl = tile + i * NR;
                   if (!first || beta == 1.0f) {
-                    for (i64 j = 0; j < nr; j++) c[j] += t[j];
+                    for (i64 j = 0; j < nr; j++) c[j] += tileScale * tl[j];
                   } else if (beta == 0.0f) {
-                    for (i64 j = 0; j < nr; j++) c[j] = t[j];
+                    for (i64 j = 0; j < nr; j++) c[j] = tileScale * tl[j];
                   } else {
-                    for (i64 j = 0; j < nr; j++) c[j] = beta * c[j] + t[j];
+                    for (i64 j = 0; j < nr; j++) c[j] = beta * c[j] + tileScale * tl[j];
                   }
                 }
               }
@@ -330,6 +396,26 @@ bool set_gemm_kind(GemmKind k) {
   return true;
 }
 
+// bfloat16 GEMM operands (set_gemm_bf16): every sgemm with more than one row rounds op(A) and op(B)
+// to bfloat16 and accumulates in float32 with the built-in GEMM, whichever GEMM is chosen.
+static bool g_bf16 = false;
+
+bool gemm_bf16_available() {
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool set_gemm_bf16(bool on) {
+  if (on && !gemm_bf16_available()) return false;
+  g_bf16 = on;
+  return true;
+}
+
+bool gemm_bf16() { return g_bf16; }
+
 const char* gemm_name() {
   if (current_gemm() == GemmKind::Builtin) return "builtin";
   return blas_name();
@@ -344,12 +430,18 @@ void sgemm(bool transA, bool transB, i64 M, i64 N, i64 K, float alpha, const flo
   }
   if (sgemm_as_gemv(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C)) return;
 #if defined(ATTNRES_HAVE_CBLAS)
-  if (current_gemm() == GemmKind::Blas) {
+  if (current_gemm() == GemmKind::Blas && !g_bf16) {
     blas_sgemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
 #endif
-  builtin_sgemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+  if (g_bf16) {
+    blocked_gemm<Bf16Panels>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+#endif
+  blocked_gemm<F32Panels>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 void sgemm_batched(bool transA, bool transB, i64 batch, i64 M, i64 N, i64 K, float alpha, const float* A,

@@ -56,7 +56,12 @@ enum class GemmKind { Blas, Builtin };
 GemmKind gemm_kind();
 bool set_gemm_kind(GemmKind k);  // false (unchanged) when asking for Blas in a build without one
 const char* gemm_name();         // "builtin" | "openblas" | "cblas"
-const char* blas_core();         // OpenBLAS's kernel set for this CPU ("SkylakeX", "Haswell"), "" otherwise
+// bfloat16 operands for every GEMM of more than one row (float32 accumulation, built-in GEMM with the
+// AVX-512 BF16 dot product). Only in builds for a CPU with AVX-512 BF16: set returns false elsewhere.
+bool gemm_bf16_available();
+bool set_gemm_bf16(bool on);
+bool gemm_bf16();
+const char* blas_core();  // OpenBLAS's kernel set for this CPU ("SkylakeX", "Haswell"), "" otherwise
 
 // ------------------------------------------------------------------ GEMM (gemm.cc)
 // One row-major C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C. beta == 0 never reads C.

@@ -47,6 +47,7 @@ export const PARTS = [
   "lr-1.5e-3",
   "lr-6e-3",
   "budget-4x",
+  "bf16",
   "depth-6",
   "depth-12",
   "depth-24",

@@ -964,6 +964,71 @@ say(heading(2, "Learning-rate check: does the single learning rate favour a mode
   }
 }
 
+// --- bfloat16 matmuls ----------------------------------------------------------------------------
+say(heading(2, "bfloat16 matmuls: does training with bf16 operands stay within the seed noise?"), "");
+{
+  const bf = readCompare("bf16");
+  const bfRuns = bf ? bf.runs.filter((r) => r.mode === "standard").sort((x, y) => x.seed - y.seed) : [];
+  const f32 = main ? main.runs.filter((r) => r.mode === "standard") : [];
+  const f32Of = (seed: number) => f32.find((r) => r.seed === seed);
+  const paired = bfRuns.filter((r) => f32Of(r.seed));
+  const planned = readPart(dirs, "bf16");
+  if (!bf || paired.length === 0 || f32.length < 2) say(notYet("bf16"), "");
+  else {
+    const b = bfRuns.map((r) => r.valLoss);
+    const f = f32.map((r) => r.valLoss);
+    const v = verdictLower(f, b); // "float32 is lower than bfloat16"
+    const diffs = paired.map((r) => r.valLoss - f32Of(r.seed)!.valLoss);
+    say(
+      `Settings: configs/study/bf16.json — the main study's settings exactly, standard mode, with \`matmul_dtype: bfloat16\` (both operands of every GEMM rounded to bfloat16; accumulation, weights and optimizer in float32). The float32 runs are the main study's standard runs: the same seeds, so the same initial weights and batches, and per seed the difference is the rounding alone. ${planned && planned.done < planned.planned ? `**Incomplete**: ${planned.done} of ${planned.planned} runs done.` : ""}`,
+      "",
+      ...tableHead(["seed", "float32", "bfloat16 matmuls", "bfloat16 − float32"]),
+      ...paired.map((r) =>
+        tableRow([
+          `${r.seed}`,
+          f4(f32Of(r.seed)!.valLoss),
+          f4(r.valLoss),
+          f4(r.valLoss - f32Of(r.seed)!.valLoss),
+        ]),
+      ),
+      tableRow(["mean ± std", pmOf(f), pmOf(b), pmOf(diffs)]),
+      "",
+      `Is float32 lower than bfloat16 (Welch, over seeds)? ${words(v)} (Δ ${f4(v.delta)}, ${pStr(v.welch)}). ` +
+        (v.kind === "noise"
+          ? "Training with bfloat16 operands ends where float32 training does, within the seed-to-seed noise of this setting."
+          : v.kind === "holds"
+            ? "bfloat16 operands cost measurable validation loss at this scale."
+            : v.kind === "opposite"
+              ? "bfloat16 operands end lower than float32 here."
+              : "One bfloat16 run so far: a check, not a test."),
+      "Step times of both precisions are in docs/benchmarks.md (`npm run bench`); the runs' own tokens/s are not comparable (other work shared the machine).",
+      "",
+    );
+    if (v.kind === "noise" || v.kind === "holds")
+      beliefs.push(
+        v.kind === "noise"
+          ? "bfloat16 matmul operands (float32 accumulation) train the standard model to the same validation loss as float32 within the seed noise (3 seeds, 600 steps)."
+          : "bfloat16 matmul operands cost validation loss against float32 at this scale.",
+      );
+    const mainCurve = main!.curves.find((c) => c.mode === "standard");
+    const bfCurve = bf.curves.find((c) => c.mode === "standard");
+    if (mainCurve && bfCurve) {
+      const fig = await lineChart(path.join(figDir, "bf16"), {
+        title: "Validation loss, float32 and bfloat16 matmuls",
+        subtitle: "standard mode, main settings; mean over seeds",
+        series: [
+          { name: "float32", points: mainCurve.steps.map((x, i) => ({ x, y: mainCurve.valLoss[i] })) },
+          { name: "bfloat16", points: bfCurve.steps.map((x, i) => ({ x, y: bfCurve.valLoss[i] })) },
+        ],
+        xTitle: "step",
+        yTitle: "validation loss (nats/token)",
+      });
+      fs.rmSync(fig.svg, { force: true });
+      say(figure("validation loss with float32 and bfloat16 matmuls", "results/bf16.png"), "");
+    }
+  }
+}
+
 const believeLines = [
   heading(2, "What we now believe"),
   "",

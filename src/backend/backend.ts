@@ -61,6 +61,13 @@ export interface Backend {
   /** Threads used by kernels (1 for reference). */
   threads(): number;
   setThreads(n: number): void;
+  /**
+   * Optional: the precision of gemm's operands for the rest of the process. "bfloat16" rounds
+   * op(A) and op(B) to bfloat16 (nearest even) and accumulates in float32; outputs, and everything
+   * that is not a GEMM of more than one row, stay float32. Absent on backends without it; throws
+   * where the hardware lacks it.
+   */
+  setMatmulDtype?(dtype: "float32" | "bfloat16"): void;
 
   // ---------------------------------------------------------------- dense linear algebra
   /**

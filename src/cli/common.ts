@@ -305,6 +305,12 @@ export function runFlagOptions(cmd: Command, more: Record<string, string> = {}):
     if (parse) cmd.option(flags, text, parse);
     else cmd.option(flags, text);
   }
+  cmd.addOption(
+    new Option(
+      "--matmul-dtype <dtype>",
+      "ts engine, native backend: bfloat16 rounds every matmul's operands to bfloat16 (float32 accumulation and weights; CPUs with AVX-512 BF16)",
+    ).choices(["float32", "bfloat16"]),
+  );
   return cmd;
 }
 
@@ -375,6 +381,7 @@ const RUN_FLAG_KEYS = [
   ["evalEvery", "eval_every"],
   ["checkpointEvery", "checkpoint_every"],
   ["keepBest", "keep_best"],
+  ["matmulDtype", "matmul_dtype"],
 ] as const;
 
 type RunFlagKey = (typeof RUN_FLAG_KEYS)[number][1];
@@ -398,6 +405,7 @@ export interface RunFlags {
   gradAccum?: number;
   lr?: number;
   routingLr?: number;
+  matmulDtype?: "float32" | "bfloat16";
   warmup?: number;
   clip?: number;
   seed?: number;

@@ -33,6 +33,7 @@ import { BatchSampler, evalBatches } from "../data/batches.js";
 import { loadPrepared, type PreparedData } from "../data/prepared.js";
 import { readCheckpointWeights, readSafetensors, writeSafetensors } from "../io/safetensors.js";
 import { readRegularFile, removeTempFiles, writeFileAtomic } from "../io/atomic.js";
+import { optionError } from "../io/errors.js";
 import { checkConfigAgainstWeights, saveCheckpoint } from "../model/checkpoint.js";
 import {
   findCheckpoint,
@@ -76,6 +77,12 @@ export const TrainSettingsSchema = z.strictObject({
   /** Keep <run>/best/: the weights of the evaluation with the lowest validation loss. */
   keep_best: z.boolean().optional(),
   seed: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER).default(0),
+  /**
+   * Precision of the matmuls' operands (TypeScript engine, native backend): "bfloat16" rounds both
+   * operands of every GEMM to bfloat16 and accumulates in float32; weights, optimizer state and
+   * every other op stay float32. Absent: float32.
+   */
+  matmul_dtype: z.enum(["float32", "bfloat16"]).optional(),
 });
 export type TrainSettings = z.output<typeof TrainSettingsSchema>;
 export type TrainSettingsInput = z.input<typeof TrainSettingsSchema>;
@@ -306,6 +313,16 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
   const spec = resolveSpec(rawSpec, data);
   const s = spec.train;
   const specFile = path.join(dir, "run.json");
+  const backend = defaultBackend();
+  const matmulDtype = s.matmul_dtype ?? "float32";
+  if (matmulDtype !== "float32") {
+    if (!backend.setMatmulDtype)
+      throw optionError(
+        (n) =>
+          `${n("matmul_dtype", matmulDtype)} needs the native backend (the ${backend.name} backend has none)`,
+      );
+    backend.setMatmulDtype(matmulDtype); // throws on a CPU without it, before the folder is touched
+  }
   const held = fs.existsSync(dir) ? fs.readdirSync(dir).filter((n) => RUN_ENTRY.test(n)) : [];
   if (opts.resume && !opts.overwrite) {
     if (!held.length && opts.resume !== "auto")
@@ -358,7 +375,6 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
 
   if (spec.init !== undefined && !state)
     checkConfigAgainstWeights(spec.init, parseConfig(spec.model, "model config"));
-  const backend = defaultBackend();
   const model = new DecoderLM(parseConfig(spec.model), { backend, seed: s.seed });
   const mode = modeName(model.config);
   const extra =
@@ -539,6 +555,7 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
     metrics.close();
     model.dispose();
     opt.dispose();
+    if (matmulDtype !== "float32") backend.setMatmulDtype?.("float32");
   }
 }
 

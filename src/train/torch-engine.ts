@@ -280,6 +280,11 @@ export async function runTorchTraining(
   const say = log;
   const data = loadPrepared(rawSpec.data);
   const spec = resolveSpec(rawSpec, data);
+  if (spec.train.matmul_dtype !== undefined)
+    throw optionError(
+      (n) =>
+        `${n("matmul_dtype", spec.train.matmul_dtype)} is a setting of the TypeScript engine; the torch engine's compute dtype is ${n("dtype", "bfloat16")} (autocast)`,
+    );
   fs.mkdirSync(dir, { recursive: true });
   const specFile = path.join(dir, "run.json");
   const found = fs.existsSync(dir) ? findCheckpoint(dir, "checkpoint", false) : null;

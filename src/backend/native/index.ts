@@ -29,6 +29,8 @@ export interface NativeInfo {
    * kernels itself (see native/gemm.cc); ATTNRES_GEMM=blas|builtin overrides.
    */
   gemm: "openblas" | "cblas" | "builtin";
+  /** Whether bfloat16 GEMM operands are available (an AVX-512 BF16 build): setMatmulDtype. */
+  bf16: boolean;
   /** OpenMP threads used by kernels. */
   threads: number;
   /** Widest SIMD instruction set the addon was compiled for (e.g. "avx512f", "avx2+fma"). */
@@ -43,6 +45,7 @@ interface NativeAddon {
   setThreads(n: number): void;
   info(): NativeInfo;
   setGemm(kind: "blas" | "builtin"): void;
+  setGemmBf16(on: boolean): void;
   peakGflops(seconds: number): number;
   readBandwidth(seconds: number, repeats: number, bytes: number): { samples: number[]; bytes: number };
   gemm: Backend["gemm"];
@@ -133,6 +136,13 @@ export function loadNativeBackend(): Backend {
     memoryStats: () => a.memoryStats(),
     threads: () => a.threads(),
     setThreads: (n) => a.setThreads(n),
+    setMatmulDtype: (dtype) => {
+      if (dtype === "bfloat16" && !a.info().bf16)
+        throw new Error(
+          "bfloat16 matmuls need a CPU with AVX-512 BF16 instructions (and the addon built on it); this one has none",
+        );
+      a.setGemmBf16(dtype === "bfloat16");
+    },
     gemm: a.gemm,
     unary: a.unary,
     unaryGrad: a.unaryGrad,

@@ -17,11 +17,14 @@
  *              model) and then PyTorch (a fresh python process, standard only), each after one
  *              warm-up generation of 8 tokens. Each side's row is its best round; the ratios are
  *              medians of per-round ratios (load on a shared machine falls on both sides alike).
- *   bandwidth  the native addon's read-bandwidth kernel (every thread streams its own 64 MiB
- *              slice, summing it), measured in our child right before its timed runs. Weight bytes
- *              per decoded token = 4 × every parameter a step reads (every matrix and gain; the
- *              embedding is one row unless tied, when the LM head reads all of it); the decode
- *              limit is bandwidth ÷ those bytes, and decode is reported as % of that limit.
+ *   bandwidth  the native addon's read-bandwidth kernel (every thread streams its own slice of a
+ *              buffer at least twice the last-level cache and at least 1 GiB, summing it), in a
+ *              process of its own (`--bandwidth`: its buffer stays out of our peak RSS) right
+ *              before and right after our child in every round, 5 samples of 0.2 s each time; the
+ *              round's bandwidth is the median of its 10 samples. Weight bytes per decoded token =
+ *              4 × every parameter a step reads (every matrix and gain; the embedding is one row
+ *              unless tied, when the LM head reads all of it); the decode limit is bandwidth ÷
+ *              those bytes, and decode is reported as % of that limit (per round, then the median).
  *   agreement  ours (standard) and PyTorch's greedy tokens from the same weights and prompt:
  *              how many of the 128 agree, and the first position where they differ (float32
  *              rounding differs between the two, so a near-tie in the logits may flip a token;
@@ -58,6 +61,8 @@ const { values: args } = parseArgs({
     quick: { type: "boolean", default: false },
     // internal: run ours on a checkpoint folder and print one JSON line
     child: { type: "string" },
+    // internal: measure the read bandwidth and print one JSON line
+    bandwidth: { type: "boolean", default: false },
   },
 });
 
@@ -137,8 +142,7 @@ function child(dir: string): void {
   // file, shows they are the same.
   const standard = new DecoderLM(readConfig(dir), { seed: 0 });
   const prompt = promptIds(P, standard.config.vocab_size);
-  const bandwidth = measureReadBandwidth(1);
-  const out: Record<string, unknown> = { bandwidth_gb_s: bandwidth, threads: nativeBackend()!.threads() };
+  const out: Record<string, unknown> = { threads: nativeBackend()!.threads() };
   for (const mode of MODES) {
     const model =
       mode === "standard"
@@ -150,6 +154,14 @@ function child(dir: string): void {
   }
   out.peak_rss_mb = process.resourceUsage().maxRSS / 1024;
   console.log(JSON.stringify(out));
+}
+
+/** The bandwidth child: BW_SAMPLES samples of BW_SECONDS each, one JSON line. */
+const BW_SAMPLES = 5;
+const BW_SECONDS = 0.2;
+function bandwidthChild(): void {
+  const r = measureReadBandwidth(BW_SECONDS, BW_SAMPLES);
+  console.log(JSON.stringify({ samples: r.samples, bytes: r.bytes }));
 }
 
 function median(xs: number[]): number {
@@ -171,8 +183,12 @@ function findTorch(): string | null {
   return null;
 }
 
+type BandwidthRun = { samples: number[]; bytes: number };
 type OursRound = {
+  /** median of the samples taken right before and right after this round's child */
   bandwidth_gb_s: number;
+  bandwidth_samples: number[];
+  bandwidth_bytes: number;
   threads: number;
   peak_rss_mb: number;
 } & Record<(typeof MODES)[number], GenTiming & { bytes_per_token: number }>;
@@ -241,19 +257,22 @@ function main(): void {
       const torch: TorchRound[] = [];
       for (let r = 0; r < rounds; r++) {
         progress(`shape ${key}: attnres, round ${r + 1}/${rounds}`);
-        ours.push(
-          runJson<OursRound>(process.execPath, [
-            "--import",
-            "tsx",
-            fileURLToPath(import.meta.url),
-            "--child",
-            dir,
-            "--prompt",
-            String(P),
-            "--new",
-            String(N),
-          ]),
-        );
+        const self = ["--import", "tsx", fileURLToPath(import.meta.url)];
+        const before = runJson<BandwidthRun>(process.execPath, [...self, "--bandwidth"]);
+        const o = runJson<OursRound>(process.execPath, [
+          ...self,
+          "--child",
+          dir,
+          "--prompt",
+          String(P),
+          "--new",
+          String(N),
+        ]);
+        const after = runJson<BandwidthRun>(process.execPath, [...self, "--bandwidth"]);
+        o.bandwidth_samples = [...before.samples, ...after.samples];
+        o.bandwidth_gb_s = median(o.bandwidth_samples);
+        o.bandwidth_bytes = before.bytes;
+        ours.push(o);
         if (py) {
           progress(`shape ${key}: pytorch, round ${r + 1}/${rounds}`);
           torch.push(
@@ -274,8 +293,9 @@ function main(): void {
       fs.rmSync(dir, { recursive: true, force: true });
       const bw = median(ours.map((o) => o.bandwidth_gb_s));
       log(`\nshape ${key}: ${shape.name}; ${params.toLocaleString("en-US")} parameters`);
+      const all = ours.flatMap((o) => o.bandwidth_samples);
       log(
-        `  read bandwidth ${bw.toFixed(1)} GB/s (median of rounds: ${ours.map((o) => o.bandwidth_gb_s.toFixed(1)).join(", ")})`,
+        `  read bandwidth ${bw.toFixed(1)} GB/s (median of rounds: ${ours.map((o) => o.bandwidth_gb_s.toFixed(1)).join(", ")}; ${all.length} samples ${Math.min(...all).toFixed(1)}–${Math.max(...all).toFixed(1)}, ${(ours[0]!.bandwidth_bytes / 2 ** 30).toFixed(2)} GiB buffer)`,
       );
       log(
         "  model                prefill tok/s   × torch   decode tok/s   × torch   weight MB/token   decode % of bw limit",
@@ -348,5 +368,6 @@ function main(): void {
     );
 }
 
-if (args.child) child(args.child);
+if (args.bandwidth) bandwidthChild();
+else if (args.child) child(args.child);
 else main();

@@ -338,10 +338,24 @@ KERNEL(peakGflops) {
 
 KERNEL(readBandwidth) {
   return guard(env, [&] {
-    Args a(env, info, "readBandwidth", 1);
+    Args a(env, info, "readBandwidth", 3);
     const double s = a.num(0, "seconds");
     if (!(s > 0 && s <= 60)) a.fail("seconds must be in (0, 60]");
-    return makeNumber(env, read_bandwidth(s));
+    const i64 repeats = a.size(1, "repeats");
+    if (repeats < 1 || repeats > 1000) a.fail("repeats must be in [1, 1000]");
+    const i64 bytes = a.size(2, "bytes");
+    if (bytes > ((i64)1 << 40)) a.fail("bytes must be at most 2^40");
+    std::vector<double> samples((size_t)repeats);
+    const size_t used = read_bandwidth(s, (int)repeats, (size_t)bytes, samples.data());
+    if (used == 0) a.fail("cannot allocate the buffer");
+    napi_value o, arr;
+    napi_create_object(env, &o);
+    napi_create_array_with_length(env, samples.size(), &arr);
+    for (size_t i = 0; i < samples.size(); i++)
+      napi_set_element(env, arr, (uint32_t)i, makeNumber(env, samples[i]));
+    napi_set_named_property(env, o, "samples", arr);
+    napi_set_named_property(env, o, "bytes", makeNumber(env, (double)used));
+    return o;
   });
 }
 
@@ -1060,6 +1074,56 @@ KERNEL(gemvSwiglu) {
   });
 }
 
+KERNEL(decodeAttention) {
+  return guard(env, [&] {
+    Args a(env, info, "decodeAttention", 16);
+    const F32 q = a.f32(0, "q"), k = a.f32(1, "k"), v = a.f32(2, "v");
+    const F32 qw = a.f32OrNull(3, "qNorm"), kw = a.f32OrNull(4, "kNorm");
+    const float eps = (float)a.num(5, "eps");
+    const F32 cs = a.f32(6, "cos"), sn = a.f32(7, "sin"), kc = a.f32(8, "kCache"), vc = a.f32(9, "vCache");
+    const i64 pos = a.size(10, "pos");
+    const F32 out = a.f32(11, "out");
+    const i64 Hq = a.size(12, "Hq"), Hkv = a.size(13, "Hkv"), D = a.size(14, "D");
+    const float scale = (float)a.num(15, "scale");
+    if (Hkv == 0 || Hq % Hkv != 0)
+      a.fail(std::to_string(Hq) + " query heads are not a multiple of " + std::to_string(Hkv) + " kv heads");
+    if (D % 2 != 0) a.fail("D must be even, got " + std::to_string(D));
+    a.need("q", q, a.mul(Hq, D));
+    a.need("k", k, a.mul(Hkv, D));
+    a.need("v", v, a.mul(Hkv, D));
+    if (qw.p != nullptr) a.need("qNorm", qw, D);
+    if (kw.p != nullptr) a.need("kNorm", kw, D);
+    a.need("cos", cs, a.mul(pos + 1, D / 2));
+    a.need("sin", sn, a.mul(pos + 1, D / 2));
+    a.need("kCache", kc, a.mul({pos + 1, Hkv, D}));
+    a.need("vCache", vc, a.mul({pos + 1, Hkv, D}));
+    a.need("out", out, a.mul(Hq, D));
+    decode_attention(q.p, k.p, v.p, qw.p, kw.p, eps, cs.p, sn.p, kc.p, vc.p, pos, out.p, Hq, Hkv, D, scale);
+    return undefinedValue(env);
+  });
+}
+
+KERNEL(decodeRoute) {
+  return guard(env, [&] {
+    Args a(env, info, "decodeRoute", 9);
+    const F32 src = a.f32(0, "sources");
+    const i64 N = a.size(1, "N");
+    const F32 w = a.f32(2, "w"), g = a.f32(3, "g"), h = a.f32(4, "h");
+    const float gate = (float)a.num(5, "gate");
+    const F32 out = a.f32(6, "out");
+    const i64 d = a.size(7, "d");
+    const float eps = (float)a.num(8, "eps");
+    if (N == 0) a.fail("no sources");
+    a.need("sources", src, a.mul(N, d));
+    a.need("w", w, d);
+    a.need("g", g, d);
+    a.need("h", h, d);
+    a.need("out", out, d);
+    decode_route(src.p, N, w.p, g.p, h.p, gate, out.p, d, eps);
+    return undefinedValue(env);
+  });
+}
+
 KERNEL(adamw) {
   return guard(env, [&] {
     Args a(env, info, "adamw", 12);
@@ -1119,6 +1183,8 @@ napi_value Init(napi_env env, napi_value exports) {
       FN(gemvMany),
       FN(gemvSwiglu),
       FN(adamw),
+      FN(decodeAttention),
+      FN(decodeRoute),
   };
 #undef FN
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);

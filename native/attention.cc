@@ -30,33 +30,6 @@ namespace attnres {
 
 constexpr i64 BQ = 64;
 
-// exp(x) for softmax numerators, written to auto-vectorize (Cephes polynomial, ~2 ulp). NaN -> NaN,
-// x > 88.72 -> +inf, x < -86.6 -> 0 (results below ~2.6e-38 are flushed; irrelevant next to the
-// row maximum, whose term is 1).
-static inline float exp_fast(float x) {
-  const float hi = 88.7228f, lo = -86.6f;
-  float xc = x > hi ? hi : x;
-  xc = xc < lo ? lo : xc;
-  // Round to nearest with the 1.5*2^23 trick (no libm call, so the loop vectorizes); |n| < 2^22.
-  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = xc - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = ((int32_t)n + 126) << 23;  // 2^(n-1); n in [-125, 128]
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  float y = p * scale * 2.0f;
-  y = x < lo ? 0.0f : y;
-  y = x > hi ? INFINITY : y;
-  return x != x ? x : y;
-}
-
 // Keys visible to query row i (0-based among Tq): [0, limit).
 static inline i64 key_limit(i64 i, i64 Tq, i64 Tk, bool causal) {
   if (!causal) return Tk;

@@ -6,8 +6,10 @@
 // Threading is OpenMP; kernels stay single-threaded below a size threshold (kParallelMin work items).
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 namespace attnres {
@@ -16,6 +18,33 @@ using i64 = int64_t;
 
 // Work (in elements or flops/8) below which a kernel runs single-threaded.
 constexpr i64 kParallelMin = 1 << 15;
+
+// exp(x) for softmax numerators (attention.cc, decode.cc), written to auto-vectorize (Cephes polynomial, ~2
+// ulp). NaN -> NaN, x > 88.72 -> +inf, x < -86.6 -> 0 (results below ~2.6e-38 are flushed; irrelevant next to
+// the row maximum, whose term is 1).
+inline float exp_fast(float x) {
+  const float hi = 88.7228f, lo = -86.6f;
+  float xc = x > hi ? hi : x;
+  xc = xc < lo ? lo : xc;
+  // Round to nearest with the 1.5*2^23 trick (no libm call, so the loop vectorizes); |n| < 2^22.
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = xc - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = ((int32_t)n + 126) << 23;  // 2^(n-1); n in [-125, 128]
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  float y = p * scale * 2.0f;
+  y = x < lo ? 0.0f : y;
+  y = x > hi ? INFINITY : y;
+  return x != x ? x : y;
+}
 
 // ------------------------------------------------------------------ threads / info (gemm.cc)
 int num_threads();
@@ -132,8 +161,20 @@ void gemv_rows(const float* W, i64 ldw, const float* x, float* y, i64 N, i64 K, 
 void gemv_many(const float* x, i64 K, int count, const float* const* W, float* const* y, const i64* N);
 // out [N] = silu(Wg [N, K] x) * (Wu [N, K] x)
 void gemv_swiglu(const float* x, const float* Wg, const float* Wu, float* out, i64 N, i64 K);
-// Measured read bandwidth of all threads streaming a buffer far larger than the caches, GB/s.
-double read_bandwidth(double seconds);
+// Read bandwidth of all threads streaming their slices of one buffer of `bytes` (0: the default,
+// at least twice the last-level cache and 1 GiB): `repeats` samples of about `seconds` each, GB/s
+// into samples[0, repeats). Returns the buffer's size in bytes (0 when it cannot be allocated).
+size_t read_bandwidth(double seconds, int repeats, size_t bytes, double* samples);
+// One token's attention step over a KV cache (B = 1): q [Hq, D], k, v [Hkv, D]; qw, kw [D] or null
+// (per-head RMSNorm gains); cos, sin [D/2] (the rotary row of position pos); kc, vc [>= pos + 1, Hkv, D]
+// get row pos; out [Hq, D] = softmax(scale q'·K'[0..pos]) V[0..pos] (q', k' normed and rotated).
+void decode_attention(const float* q, const float* k, const float* v, const float* qw, const float* kw,
+                      float eps, const float* cos, const float* sin, float* kc, float* vc, i64 pos,
+                      float* out, i64 Hq, i64 Hkv, i64 D, float scale);
+// One row's depth routing plus the stream: src [N, d] (rows are sources), w, g, h, out [d]:
+// out = h + gate * sum_i softmax_i((w o g) . src_i * rstd_i) src_i, rstd_i = (mean src_i^2 + eps)^-1/2.
+void decode_route(const float* src, i64 N, const float* w, const float* g, const float* h, float gate,
+                  float* out, i64 d, float eps);
 
 // ------------------------------------------------------------------ peak (peak.cc)
 // Measured FMA throughput summed over all threads, GFLOP/s, after running about `seconds`.

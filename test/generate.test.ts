@@ -54,6 +54,15 @@ const MODES: [string, Record<string, unknown>][] = [
     { attnres_mode: "delta", attnres_use_null_source: true, attnres_gate_type: "learnable_alpha" },
   ],
   [
+    "delta (states + null source)",
+    {
+      attnres_mode: "delta",
+      attnres_sources: "states",
+      attnres_use_null_source: true,
+      attnres_gate_type: "learnable_alpha",
+    },
+  ],
+  [
     "delta-block (null source + gate)",
     {
       attnres_mode: "delta_block",

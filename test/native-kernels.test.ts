@@ -1342,8 +1342,13 @@ describe("threads and info", () => {
     assert.ok(info.simd.length > 0);
     const peak = measurePeakGflops(0.05);
     assert.ok(peak > 0.1 && peak < 1e5, `peak ${peak}`);
-    const bandwidth = measureReadBandwidth(0.05);
-    assert.ok(bandwidth > 0.1 && bandwidth < 1e5, `read bandwidth ${bandwidth} GB/s`);
+    // A small buffer (16 MiB) keeps the test quick; three samples and their median.
+    const bw = measureReadBandwidth(0.02, 3, 16 << 20);
+    assert.equal(bw.samples.length, 3);
+    for (const s of bw.samples) assert.ok(s > 0.1 && s < 1e5, `read bandwidth sample ${s} GB/s`);
+    assert.equal(bw.gbPerS, [...bw.samples].sort((a, b) => a - b)[1]);
+    assert.ok(bw.bytes > 0 && bw.bytes <= 16 << 20 && bw.bytes % (nat.threads() * 512) === 0, `${bw.bytes}`);
+    assert.throws(() => measureReadBandwidth(0.02, 0), /readBandwidth: repeats must be in \[1, 1000\]/);
   });
   test("default GEMM: the built-in AVX-512 one unless the BLAS runs AVX-512 kernels; ATTNRES_GEMM overrides", () => {
     const probe = (env: Record<string, string>) => {

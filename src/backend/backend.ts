@@ -397,6 +397,51 @@ export interface Backend {
   gemvMany(x: Buf, ws: readonly Buf[], outs: readonly Buf[], ns: readonly number[], K: number): void;
   /** Writes out[n] = silu(wg[n, :] · x) · (wu[n, :] · x) for n < N: wg, wu [N, K]; x [K]; out [N]. */
   gemvSwiglu(x: Buf, wg: Buf, wu: Buf, out: Buf, N: number, K: number): void;
+  /**
+   * One token's attention step over a KV cache (batch 1, inference only: no backward), in one call.
+   * q [Hq, D], k, v [Hkv, D] (the token's projections); qNorm, kNorm [D] or null: per-head RMSNorm
+   * gains (qk-norm; null = no norm); cos, sin [maxPos, D/2] (the rotary tables, row pos used);
+   * kCache, vCache [≥ pos + 1, Hkv, D]. With q', k' = rope(rmsnorm(q), pos), rope(rmsnorm(k), pos)
+   * per head (HF rotate_half, as `rope`), writes kCache[pos] = k', vCache[pos] = v and
+   * out [Hq, D] = softmax(scale q'·K[0..pos]ᵀ) V[0..pos] per query head (kv head h / (Hq/Hkv)).
+   * Non-finite scores follow softmax's arithmetic, exp(s − max) / Σ: a NaN or +∞ score makes its
+   * head's output NaN, a −∞ score gets weight 0.
+   */
+  decodeAttention(
+    q: Buf,
+    k: Buf,
+    v: Buf,
+    qNorm: Buf | null,
+    kNorm: Buf | null,
+    eps: number,
+    cos: Buf,
+    sin: Buf,
+    kCache: Buf,
+    vCache: Buf,
+    pos: number,
+    out: Buf,
+    Hq: number,
+    Hkv: number,
+    D: number,
+    scale: number,
+  ): void;
+  /**
+   * One row's depth routing plus the stream (batch-1 decoding, inference only: no backward).
+   * sources [N, d] (one source per row, N ≥ 1); w, g, h, out [d]. Writes
+   *   out = h + gate · Σ_i α_i sources[i],  α = softmax_i((w ∘ g) · sources[i] · rstd_i),
+   *   rstd_i = 1 / sqrt(mean_c sources[i, c]² + eps)   (the routing of depthRoute, one row).
+   */
+  decodeRoute(
+    sources: Buf,
+    N: number,
+    w: Buf,
+    g: Buf,
+    h: Buf,
+    gate: number,
+    out: Buf,
+    d: number,
+    eps: number,
+  ): void;
 
   // ---------------------------------------------------------------- optimizer
   /**

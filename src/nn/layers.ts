@@ -8,7 +8,8 @@
  *              the cached prefix
  *   MLP        down(silu(gate(x)) * up(x))
  * One token without gradients (batch-1 decoding) takes fused paths: q/k/v in one gemvMany call,
- * gate/up/SwiGLU in one gemvSwiglu call (the same values to float32 rounding; no backward needed).
+ * gate/up/SwiGLU in one gemvSwiglu call, and with a KV cache qk-norm, RoPE, the cache write and
+ * attention in one decodeAttention call (the same values to float32 rounding; no backward needed).
  */
 import type { Backend, Buf, DType } from "../backend/backend.js";
 import {
@@ -179,6 +180,8 @@ export class Attention extends Module {
       k = reshape(this.k_proj.forward(x), [B, T, kvHeads, headDim]);
       v = reshape(this.v_proj.forward(x), [B, T, kvHeads, headDim]);
     }
+    if (cache && B * T === 1 && !isGradEnabled())
+      return this.o_proj.forward(this.decodeStep(q, k, v, table, posOffset, cache));
     if (this.q_norm) q = this.q_norm.forward(q);
     if (this.k_norm) k = this.k_norm.forward(k);
     q = rope(q, table, posOffset);
@@ -187,12 +190,55 @@ export class Attention extends Module {
     return this.o_proj.forward(reshape(o, [B, T, heads * headDim]));
   }
 
-  /** Appends k, v [B, T, Hkv, D] at posOffset, then attention of q [B, T, H, D] over [0, posOffset + T). */
-  private cachedAttention(q: Tensor, k: Tensor, v: Tensor, posOffset: number, cache: KVCache): Tensor {
-    const [B, T, H, D] = q.shape as [number, number, number, number];
+  /**
+   * One token (B = T = 1, under noGrad) with a cache: q/k-norm, RoPE, the cache write and attention
+   * over [0, posOffset] in one decodeAttention call. q [1, 1, H, D], k, v [1, 1, Hkv, D] (the
+   * projections) → [1, 1, H · D].
+   */
+  private decodeStep(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    table: RopeTable,
+    posOffset: number,
+    cache: KVCache,
+  ): Tensor {
+    const { heads, kvHeads, headDim, eps } = this.s;
+    this.checkCache(q, 1, posOffset, cache);
+    if (headDim !== table.headDim)
+      throw new Error(`rope: head dim ${headDim} but the table was built for ${table.headDim}`);
+    if (posOffset + 1 > table.maxPos)
+      throw new Error(
+        `rope: positions up to ${posOffset + 1} exceed the table's ${table.maxPos} (max_position_embeddings)`,
+      );
+    const { cos, sin } = table.tables(q);
+    const out = empty([1, 1, heads * headDim], { backend: q.backend, dtype: q.dtype });
+    q.backend.decodeAttention(
+      q.data,
+      k.data,
+      v.data,
+      this.q_norm?.weight.data ?? null,
+      this.k_norm?.weight.data ?? null,
+      eps,
+      cos,
+      sin,
+      cache.k.data,
+      cache.v.data,
+      posOffset,
+      out.data,
+      heads,
+      kvHeads,
+      headDim,
+      1 / Math.sqrt(headDim),
+    );
+    return out;
+  }
+
+  /** Throws unless `cache` can take T positions of q's batch at posOffset. */
+  private checkCache(q: Tensor, T: number, posOffset: number, cache: KVCache): void {
+    const B = q.shape[0]!;
+    const D = this.s.headDim;
     const Hkv = this.s.kvHeads;
-    if (isGradEnabled() && (q.requiresGrad || k.requiresGrad || v.requiresGrad))
-      throw new Error("attention: the KV cache is for inference only; run the model under noGrad()");
     if (cache.isDisposed) throw new Error("attention: the KV cache was disposed");
     if (cache.B !== B || cache.kvHeads !== Hkv || cache.headDim !== D)
       throw new Error(
@@ -207,6 +253,15 @@ export class Attention extends Module {
       throw new Error(
         `attention: the KV cache lives on ${cache.k.backend.name}/${cache.k.dtype}, the model on ${q.backend.name}/${q.dtype}`,
       );
+  }
+
+  /** Appends k, v [B, T, Hkv, D] at posOffset, then attention of q [B, T, H, D] over [0, posOffset + T). */
+  private cachedAttention(q: Tensor, k: Tensor, v: Tensor, posOffset: number, cache: KVCache): Tensor {
+    const [B, T, H, D] = q.shape as [number, number, number, number];
+    const Hkv = this.s.kvHeads;
+    if (isGradEnabled() && (q.requiresGrad || k.requiresGrad || v.requiresGrad))
+      throw new Error("attention: the KV cache is for inference only; run the model under noGrad()");
+    this.checkCache(q, T, posOffset, cache);
     const be = q.backend;
     const row = Hkv * D; // one position of one batch row in the cache
     const stride = cache.maxLen * row; // one batch row

@@ -47,7 +47,7 @@ interface NativeAddon {
   setGemm(kind: "blas" | "builtin"): void;
   setGemmBf16(on: boolean): void;
   peakGflops(seconds: number): number;
-  readBandwidth(seconds: number): number;
+  readBandwidth(seconds: number, repeats: number, bytes: number): { samples: number[]; bytes: number };
   gemm: Backend["gemm"];
   unary(op: UnaryOp, x: Buf, out: Buf, n: number): void;
   unaryGrad(op: UnaryOp, x: Buf, y: Buf, gy: Buf, gx: Buf, n: number): void;
@@ -87,6 +87,8 @@ interface NativeAddon {
   gemvMany: Backend["gemvMany"];
   gemvSwiglu: Backend["gemvSwiglu"];
   adamw: Backend["adamw"];
+  decodeAttention: Backend["decodeAttention"];
+  decodeRoute: Backend["decodeRoute"];
 }
 
 const ADDON_RELATIVE = join("build", "Release", "attnres_native.node");
@@ -172,6 +174,8 @@ export function loadNativeBackend(): Backend {
     gemvMany: a.gemvMany,
     gemvSwiglu: a.gemvSwiglu,
     adamw: a.adamw,
+    decodeAttention: a.decodeAttention,
+    decodeRoute: a.decodeRoute,
   };
   return backend;
 }
@@ -204,11 +208,27 @@ export function measurePeakGflops(seconds: number): number {
   return loadAddon().peakGflops(seconds);
 }
 
+export interface ReadBandwidth {
+  /** The median of the samples, GB/s (1e9 bytes per second). */
+  gbPerS: number;
+  /** One measurement per repetition, GB/s, in order. */
+  samples: number[];
+  /** Size of the streamed buffer in bytes. */
+  bytes: number;
+}
+
 /**
- * Measured memory read bandwidth in GB/s (1e9 bytes): every OpenMP thread streams its own 64 MiB
- * slice of a buffer far larger than the caches, summing it with vector loads, for about `seconds`.
- * The limit of a memory-bound kernel such as batch-1 decoding (weight bytes per token ÷ this).
+ * Measured memory read bandwidth: every OpenMP thread streams its own slice of one buffer, summing
+ * it with vector loads, for about `seconds` per sample, `repeats` samples (the median is reported:
+ * on a shared machine single samples swing with the neighbours' traffic). The buffer is `bytes`
+ * long, by default at least twice the last-level cache the system reports and at least 1 GiB, so
+ * that what is measured is memory, not cache. The limit of a memory-bound kernel such as batch-1
+ * decoding (weight bytes per token ÷ this).
  */
-export function measureReadBandwidth(seconds: number): number {
-  return loadAddon().readBandwidth(seconds);
+export function measureReadBandwidth(seconds: number, repeats = 1, bytes = 0): ReadBandwidth {
+  const r = loadAddon().readBandwidth(seconds, repeats, bytes);
+  const s = [...r.samples].sort((a, b) => a - b);
+  const n = s.length;
+  const gbPerS = n % 2 ? s[(n - 1) / 2]! : (s[n / 2 - 1]! + s[n / 2]!) / 2;
+  return { gbPerS, samples: r.samples, bytes: r.bytes };
 }

@@ -607,6 +607,44 @@ export const referenceBackend: Backend = {
     }
   },
 
+  decodeAttention(q, k, v, qNorm, kNorm, eps, cos, sin, kCache, vCache, pos, out, Hq, Hkv, D, scale) {
+    // The composition of the kernels it fuses: per-head rmsnorm, rope at pos, the cache write, attention.
+    const op = "decodeAttention";
+    if (Hkv <= 0 || Hq % Hkv !== 0) throw new Error(`${op}: Hq=${Hq} not a multiple of Hkv=${Hkv}`);
+    if (!Number.isInteger(pos) || pos < 0) throw new Error(`${op}: bad position ${pos}`);
+    const row = Hkv * D;
+    need(op, "q", q, Hq * D);
+    need(op, "k", k, row);
+    need(op, "v", v, row);
+    need(op, "kCache", kCache, (pos + 1) * row);
+    need(op, "vCache", vCache, (pos + 1) * row);
+    need(op, "out", out, Hq * D);
+    const like = (n: number): Buf => (q instanceof Float32Array ? new Float32Array(n) : new Float64Array(n));
+    const normRope = (x: Buf, w: Buf | null, H: number, dst: Buf): void => {
+      const normed = like(H * D);
+      if (w) referenceBackend.rmsnorm(x, w, normed, like(H), H, D, eps);
+      else normed.set(x.subarray(0, H * D));
+      referenceBackend.rope(normed, dst, cos, sin, 1, 1, H, D, pos, false);
+    };
+    normRope(k, kNorm, Hkv, kCache.subarray(pos * row, (pos + 1) * row));
+    vCache.set(v.subarray(0, row), pos * row);
+    const qr = like(Hq * D);
+    normRope(q, qNorm, Hq, qr);
+    referenceBackend.attention(qr, kCache, vCache, out, like(Hq), 1, 1, pos + 1, Hq, Hkv, D, scale, true);
+  },
+
+  decodeRoute(sources, N, w, g, h, gate, out, d, eps) {
+    // depthRoute on one row whose sources are the rows of one buffer, then h + gate · r.
+    if (N < 1) throw new Error("decodeRoute: no sources");
+    need("decodeRoute", "sources", sources, N * d);
+    need("decodeRoute", "h", h, d);
+    need("decodeRoute", "out", out, d);
+    const rows = Array.from({ length: N }, (_, i) => sources.subarray(i * d, (i + 1) * d));
+    const r = new Float64Array(d);
+    referenceBackend.depthRoute(rows, w, g, r, new Float64Array(N), new Float64Array(N), 1, d, eps);
+    for (let c = 0; c < d; c++) out[c] = h[c]! + gate * r[c]!;
+  },
+
   depthRouteBackward(sources, w, g, alpha, rstd, gout, gsources, gw, gg, rows, d) {
     const N = sources.length;
     const k = "depthRouteBackward";

@@ -11,6 +11,7 @@
  */
 import { add } from "../../tensor/ops.js";
 import type { Tensor } from "../../tensor/tensor.js";
+import { DeltaDecodeRun, isDecodeRow } from "./delta-decode.js";
 import { type ModeDef, type ModeRun, routedMemory, type SublayerResult, type Trace } from "./mode.js";
 import { AdditiveParams, ROUTED_PARAMS, ROUTED_ZERO_PARAMS, sublayerSourceLabel } from "./routing.js";
 
@@ -82,8 +83,14 @@ export const delta: ModeDef<"delta", "delta"> = {
   build(c, host, ctx) {
     const p = new AdditiveParams(c, host, ctx);
     const name = "delta";
-    return c.attnres_sources === "states"
-      ? { name, begin: (h0, trace) => new DeltaStatesRun(p, h0, trace) }
-      : { name, begin: (h0, trace) => new DeltaRun(p, h0, h0, trace) };
+    const states = c.attnres_sources === "states";
+    const J = 2 * c.num_hidden_layers;
+    const begin = (h0: Tensor, trace: Trace | null): ModeRun =>
+      isDecodeRow(h0, trace)
+        ? new DeltaDecodeRun(p, h0, states, J) // one token: src/model/modes/delta-decode.ts
+        : states
+          ? new DeltaStatesRun(p, h0, trace)
+          : new DeltaRun(p, h0, h0, trace);
+    return { name, begin };
   },
 };

@@ -1045,6 +1045,68 @@ KERNEL(adamw) {
   });
 }
 
+// ---- ddl's fused scalar step (ddl.cc)
+
+KERNEL(ddlStep) {
+  return guard(env, [&] {
+    Args a(env, info, "ddlStep", 14);
+    const F32 x = a.f32(0, "x"), u = a.f32(1, "u"), c = a.f32(2, "c"), wb = a.f32(3, "wb"),
+              bb = a.f32(4, "bb");
+    const F32 wv = a.f32(5, "wv"), bv = a.f32(6, "bv"), y = a.f32(7, "y"), beta = a.f32(8, "beta");
+    const F32 aux = a.f32(9, "aux");
+    const i64 rows = a.size(10, "rows"), d = a.size(11, "d");
+    const float eps2 = (float)a.num(12, "eps2");
+    const bool vFromStream = a.boolean(13, "vFromStream");
+    const i64 n = a.mul(rows, d);
+    a.need("x", x, n);
+    a.need("u", u, n);
+    a.need("c", c, n);
+    a.need("wb", wb, d);
+    a.need("bb", bb, 1);
+    a.need("wv", wv, d);
+    a.need("bv", bv, 1);
+    a.need("y", y, n);
+    a.need("beta", beta, rows);
+    a.need("aux", aux, a.mul(rows, 3));
+    ddl_step(x.p, u.p, c.p, wb.p, bb.p, wv.p, bv.p, y.p, beta.p, aux.p, rows, d, eps2, vFromStream);
+    return undefinedValue(env);
+  });
+}
+
+KERNEL(ddlStepBackward) {
+  return guard(env, [&] {
+    Args a(env, info, "ddlStepBackward", 19);
+    const F32 x = a.f32(0, "x"), u = a.f32(1, "u"), c = a.f32(2, "c"), wb = a.f32(3, "wb"),
+              wv = a.f32(4, "wv");
+    const F32 beta = a.f32(5, "beta"), aux = a.f32(6, "aux"), gy = a.f32(7, "gy");
+    const F32 gx = a.f32OrNull(8, "gx"), gu = a.f32OrNull(9, "gu"), gc = a.f32OrNull(10, "gc");
+    const i64 accumulate = a.size(11, "accumulate");
+    const F32 gwb = a.f32(12, "gwb"), gbb = a.f32(13, "gbb"), gwv = a.f32(14, "gwv"), gbv = a.f32(15, "gbv");
+    const i64 rows = a.size(16, "rows"), d = a.size(17, "d");
+    const bool vFromStream = a.boolean(18, "vFromStream");
+    const i64 n = a.mul(rows, d);
+    a.need("x", x, n);
+    a.need("u", u, n);
+    a.need("c", c, n);
+    a.need("wb", wb, d);
+    a.need("wv", wv, d);
+    a.need("beta", beta, rows);
+    a.need("aux", aux, a.mul(rows, 3));
+    a.need("gy", gy, n);
+    if (gx.p != nullptr) a.need("gx", gx, n);
+    if (gu.p != nullptr) a.need("gu", gu, n);
+    if (gc.p != nullptr) a.need("gc", gc, n);
+    a.need("gwb", gwb, d);
+    a.need("gbb", gbb, 1);
+    a.need("gwv", gwv, d);
+    a.need("gbv", gbv, 1);
+    if (accumulate > 7) a.fail("accumulate must be a bit mask below 8");
+    ddl_step_backward(x.p, u.p, c.p, wb.p, wv.p, beta.p, aux.p, gy.p, gx.p, gu.p, gc.p, (int)accumulate,
+                      gwb.p, gbb.p, gwv.p, gbv.p, rows, d, vFromStream);
+    return undefinedValue(env);
+  });
+}
+
 napi_value Init(napi_env env, napi_value exports) {
 #define FN(name) {#name, nullptr, js_##name, nullptr, nullptr, nullptr, napi_enumerable, nullptr}
   napi_property_descriptor props[] = {
@@ -1086,6 +1148,8 @@ napi_value Init(napi_env env, napi_value exports) {
       FN(gemvMany),
       FN(gemvSwiglu),
       FN(adamw),
+      FN(ddlStep),
+      FN(ddlStepBackward),
   };
 #undef FN
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);

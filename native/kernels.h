@@ -83,6 +83,15 @@ void ddl_update(const float* X, const float* k, const float* beta, const float* 
                 i64 dv);
 void ddl_update_backward(const float* X, const float* k, const float* beta, const float* v, const float* gY,
                          float* gX, float* gk, float* gbeta, float* gv, i64 rows, i64 d, i64 dv);
+// ddl's scalar step: x, u, c, y [rows, d]; wb, wv [d]; bb, bv [1]; beta [rows]; aux [rows, 3]
+void ddl_step(const float* x, const float* u, const float* c, const float* wb, const float* bb,
+              const float* wv, const float* bv, float* y, float* beta, float* aux, i64 rows, i64 d,
+              float eps2, bool vFromStream);
+// gx, gu, gc [rows, d] or null; accumulate: bits 1, 2, 4 for gx, gu, gc; gwb, gwv [d], gbb, gbv [1] written
+void ddl_step_backward(const float* x, const float* u, const float* c, const float* wb, const float* wv,
+                       const float* beta, const float* aux, const float* gy, float* gx, float* gu, float* gc,
+                       int accumulate, float* gwb, float* gbb, float* gwv, float* gbv, i64 rows, i64 d,
+                       bool vFromStream);
 
 // ------------------------------------------------------------------ depth routing (depth_route.cc)
 // src: N pointers to [rows, d]; w, g [d]; out [rows, d]; alpha, rstd [rows, N]

@@ -979,6 +979,221 @@ describe("ddl-expanded state", () => {
   });
 });
 
+describe("ddlStep (ddl's fused update)", () => {
+  // awkward sizes: d not a multiple of the SIMD width, rows below and above the threading threshold
+  for (const [rows, d] of [
+    [1, 1],
+    [13, 7],
+    [67, 37],
+    [301, 129],
+  ])
+    for (const vFromStream of [false, true])
+      test(`rows=${rows} d=${d} ${vFromStream ? "sigmoid4" : "linear"}`, () => {
+        const [x, u, c] = [rnd(rows * d, -2, 2), rnd(rows * d, -2, 2), rnd(rows * d, -2, 2)];
+        const [wb, wv, bb, bv] = [rnd(d), rnd(d), rnd(1), rnd(1)];
+        const eps2 = 0.01 + rand();
+        const [y, beta, aux] = [nans(rows * d), nans(rows), nans(rows * 3)];
+        const [yW, betaW, auxW] = [
+          new Float64Array(rows * d),
+          new Float64Array(rows),
+          new Float64Array(rows * 3),
+        ];
+        ref.ddlStep(
+          f64(x),
+          f64(u),
+          f64(c),
+          f64(wb),
+          f64(bb),
+          f64(wv),
+          f64(bv),
+          yW,
+          betaW,
+          auxW,
+          rows,
+          d,
+          eps2,
+          vFromStream,
+        );
+        nat.ddlStep(x, u, c, wb, bb, wv, bv, y, beta, aux, rows, d, eps2, vFromStream);
+        closeDot("y", y, yW, d);
+        closeDot("beta", beta, betaW, d);
+        closeDot("aux", aux, auxW, d);
+        // Backward, from the forward's own beta and aux, for every accumulate mask: accumulated
+        // gradients start at random values, written ones at NaN.
+        const gy = rnd(rows * d);
+        for (let mask = 0; mask < 8; mask++) {
+          const start = [0, 1, 2].map((i) => (mask & (1 << i) ? rnd(rows * d) : nans(rows * d)));
+          const want = start.map((b, i) => (mask & (1 << i) ? f64(b) : new Float64Array(rows * d)));
+          const [gwb, gbb, gwv, gbv] = [nans(d), nans(1), nans(d), nans(1)];
+          const [gwbW, gbbW, gwvW, gbvW] = [d, 1, d, 1].map((n) => new Float64Array(n)) as Float64Array[];
+          ref.ddlStepBackward(
+            f64(x),
+            f64(u),
+            f64(c),
+            f64(wb),
+            f64(wv),
+            f64(beta),
+            f64(aux),
+            f64(gy),
+            want[0]!,
+            want[1]!,
+            want[2]!,
+            mask,
+            gwbW!,
+            gbbW!,
+            gwvW!,
+            gbvW!,
+            rows,
+            d,
+            vFromStream,
+          );
+          nat.ddlStepBackward(
+            x,
+            u,
+            c,
+            wb,
+            wv,
+            beta,
+            aux,
+            gy,
+            start[0]!,
+            start[1]!,
+            start[2]!,
+            mask,
+            gwb,
+            gbb,
+            gwv,
+            gbv,
+            rows,
+            d,
+            vFromStream,
+          );
+          for (const [i, name] of ["gx", "gu", "gc"].entries())
+            closeDot(`${name} (mask ${mask})`, start[i]!, want[i]!, d);
+          closeDot("gwb", gwb, gwbW!, rows * d);
+          closeDot("gbb", gbb, gbbW!, rows * d);
+          closeDot("gwv", gwv, gwvW!, rows * d);
+          closeDot("gbv", gbv, gbvW!, rows * d);
+        }
+        // Null input gradients: nothing else changes.
+        const [gwb2, gbb2, gwv2, gbv2] = [nans(d), nans(1), nans(d), nans(1)];
+        const gx = nans(rows * d);
+        nat.ddlStepBackward(
+          x,
+          u,
+          c,
+          wb,
+          wv,
+          beta,
+          aux,
+          gy,
+          gx,
+          null,
+          null,
+          0,
+          gwb2,
+          gbb2,
+          gwv2,
+          gbv2,
+          rows,
+          d,
+          vFromStream,
+        );
+        const gxAll = nans(rows * d);
+        const [gwb3, gbb3, gwv3, gbv3] = [nans(d), nans(1), nans(d), nans(1)];
+        nat.ddlStepBackward(
+          x,
+          u,
+          c,
+          wb,
+          wv,
+          beta,
+          aux,
+          gy,
+          gxAll,
+          nans(rows * d),
+          nans(rows * d),
+          0,
+          gwb3,
+          gbb3,
+          gwv3,
+          gbv3,
+          rows,
+          d,
+          vFromStream,
+        );
+        assert.deepEqual([...gx], [...gxAll]);
+        assert.deepEqual([...gwb2, ...gbb2, ...gwv2, ...gbv2], [...gwb3, ...gbb3, ...gwv3, ...gbv3]);
+      });
+  test("errors", () => {
+    assert.throws(
+      () =>
+        nat.ddlStep(
+          rnd(8),
+          rnd(8),
+          rnd(7),
+          rnd(4),
+          rnd(1),
+          rnd(4),
+          rnd(1),
+          rnd(8),
+          rnd(2),
+          rnd(6),
+          2,
+          4,
+          1,
+          false,
+        ),
+      /ddlStep: c has 7 elements, needs 8/,
+    );
+    assert.throws(
+      () =>
+        nat.ddlStepBackward(
+          rnd(8),
+          rnd(8),
+          rnd(8),
+          rnd(4),
+          rnd(4),
+          rnd(2),
+          rnd(6),
+          rnd(8),
+          null,
+          null,
+          null,
+          8,
+          rnd(4),
+          rnd(1),
+          rnd(4),
+          rnd(1),
+          2,
+          4,
+          false,
+        ),
+      /ddlStepBackward: accumulate must be a bit mask below 8/,
+    );
+    assert.throws(
+      () =>
+        ref.ddlStep(
+          rnd(8),
+          rnd(8),
+          rnd(8),
+          rnd(4),
+          rnd(1),
+          rnd(4),
+          rnd(1),
+          rnd(8),
+          rnd(2),
+          rnd(5),
+          2,
+          4,
+          1,
+          false,
+        ),
+      /ddlStep: aux/,
+    );
+  });
+});
+
 describe("depthRoute", () => {
   for (const [rows, d, N] of [
     [1, 1, 1],

@@ -380,6 +380,57 @@ export interface Backend {
     d: number,
     dv: number,
   ): void;
+  /**
+   * Deep Delta Learning's scalar step (ddl) of one sublayer, fused. Per row (token), with the stream
+   * x, the sublayer's output u and its pre-norm c (all [rows, d]), gate and value projections wb, wv
+   * [d] with biases bb, bv [1]:
+   *   r = 1/sqrt(|u|² + eps2),  k = r u,  β = 2σ(wb·c + bb),  kx = k·x,
+   *   v = wv·c + bv, or 4σ(wv·x + bv) when vFromStream,
+   *   y = x + β (v − kx) k
+   * Writes y [rows, d], beta [rows] and aux [rows, 3] = (r, v, kx), which the backward reads.
+   */
+  ddlStep(
+    x: Buf,
+    u: Buf,
+    c: Buf,
+    wb: Buf,
+    bb: Buf,
+    wv: Buf,
+    bv: Buf,
+    y: Buf,
+    beta: Buf,
+    aux: Buf,
+    rows: number,
+    d: number,
+    eps2: number,
+    vFromStream: boolean,
+  ): void;
+  /**
+   * Backward of ddlStep from gy [rows, d]. gx, gu, gc may each be null (not wanted); bit 1 / 2 / 4
+   * of accumulate makes gx / gu / gc accumulate (+=) instead of being written. Writes the
+   * parameter gradients gwb, gwv [d], gbb, gbv [1] (sums over rows).
+   */
+  ddlStepBackward(
+    x: Buf,
+    u: Buf,
+    c: Buf,
+    wb: Buf,
+    wv: Buf,
+    beta: Buf,
+    aux: Buf,
+    gy: Buf,
+    gx: Buf | null,
+    gu: Buf | null,
+    gc: Buf | null,
+    accumulate: number,
+    gwb: Buf,
+    gbb: Buf,
+    gwv: Buf,
+    gbv: Buf,
+    rows: number,
+    d: number,
+    vFromStream: boolean,
+  ): void;
 
   // ---------------------------------------------------------------- one-row projections (decoding)
   /**

@@ -9,7 +9,7 @@
  *   reductions      sum mean max (any axes, keepdim)
  *   shape           reshape permute transpose slice concat stack expand
  *   fused           embedding rmsnorm rope attention crossEntropy swiglu route (depth routing)
- *                   ddlRead ddlUpdate (ddl-expanded state)
+ *                   ddlRead ddlUpdate (ddl-expanded state) ddlStep (ddl's whole update)
  *   composite       softmax
  */
 import type { BinaryOp, Buf, DType, UnaryOp } from "../backend/backend.js";
@@ -943,6 +943,107 @@ export function ddlUpdate(X: Tensor, k: Tensor, beta: Tensor, v: Tensor): Tensor
     return [gX, k.requiresGrad ? gk : null, beta.requiresGrad ? gb : null, v.requiresGrad ? gv : null];
   };
   return record(Y, op, [X, k, beta, v], (g) => backwardInto(g, []), backwardInto);
+}
+
+export interface DdlStepResult {
+  /** The new stream [..., d]. */
+  y: Tensor;
+  /** The gate β [..., 1] per row (token); no gradient. */
+  beta: Tensor;
+}
+
+/**
+ * ddl's update of one sublayer, fused (one kernel forward, one backward): with the stream x, the
+ * sublayer's output u and its pre-norm c (all [..., d]), the gate projection wb [1, d] (or [d]) with
+ * bias bb [1] and the value projection wv, bv alike:
+ *   k = u / sqrt(|u|² + eps2),  β = 2σ(wb·c + bb),  v = wv·c + bv (or 4σ(wv·x + bv) when
+ *   vFromStream),  y = x + β (v − k·x) k.
+ * Keeps three numbers per row (1/sqrt(|u|² + eps2), v, k·x) and β for the backward; k, the
+ * projections and the gate are never materialised as tensors.
+ */
+export function ddlStep(
+  x: Tensor,
+  u: Tensor,
+  c: Tensor,
+  wb: Tensor,
+  bb: Tensor,
+  wv: Tensor,
+  bv: Tensor,
+  eps2: number,
+  vFromStream: boolean,
+): DdlStepResult {
+  const op = "ddlStep";
+  checkSame(op, x, u, c, wb, bb, wv, bv);
+  if (!sameShape(x.shape, u.shape) || !sameShape(x.shape, c.shape) || x.rank < 1)
+    throw new Error(
+      `${op}: stream ${fmt(x.shape)}, output ${fmt(u.shape)} and pre-norm ${fmt(c.shape)} differ`,
+    );
+  const d = x.shape[x.rank - 1]!;
+  if (wb.size !== d || wv.size !== d || bb.size !== 1 || bv.size !== 1)
+    throw new Error(
+      `${op}: projections ${fmt(wb.shape)}, ${fmt(wv.shape)} need ${d} elements and biases ${fmt(bb.shape)}, ${fmt(bv.shape)} one`,
+    );
+  const rows = d === 0 ? 0 : x.size / d;
+  const y = like(x, x.shape);
+  const beta = like(x, [...x.shape.slice(0, -1), 1]);
+  const aux = like(x, [rows, 3]);
+  const b = x.backend;
+  b.ddlStep(
+    x.data,
+    u.data,
+    c.data,
+    wb.data,
+    bb.data,
+    wv.data,
+    bv.data,
+    y.data,
+    beta.data,
+    aux.data,
+    rows,
+    d,
+    eps2,
+    vFromStream,
+  );
+  const backwardInto = (gy: Tensor, acc: readonly (Tensor | null)[]): (Tensor | null)[] => {
+    const grads = [x, u, c].map((t, i) => (t.requiresGrad ? (acc[i] ?? like(t, t.shape)) : null));
+    const mask = grads.reduce((m, g, i) => (g && g === acc[i] ? m | (1 << i) : m), 0);
+    const [gwb, gbb, gwv, gbv] = [wb, bb, wv, bv].map((p) => like(p, p.shape)) as [
+      Tensor,
+      Tensor,
+      Tensor,
+      Tensor,
+    ];
+    b.ddlStepBackward(
+      x.data,
+      u.data,
+      c.data,
+      wb.data,
+      wv.data,
+      beta.data,
+      aux.data,
+      gy.data,
+      grads[0] ? grads[0].data : null,
+      grads[1] ? grads[1].data : null,
+      grads[2] ? grads[2].data : null,
+      mask,
+      gwb.data,
+      gbb.data,
+      gwv.data,
+      gbv.data,
+      rows,
+      d,
+      vFromStream,
+    );
+    return [
+      ...grads,
+      wb.requiresGrad ? gwb : null,
+      bb.requiresGrad ? gbb : null,
+      wv.requiresGrad ? gwv : null,
+      bv.requiresGrad ? gbv : null,
+    ];
+  };
+  record(y, op, [x, u, c, wb, bb, wv, bv], (g) => backwardInto(g, []), backwardInto);
+  return { y, beta };
 }
 
 /** Softmax along one axis (composite: exp(x - max) / sum). */

@@ -72,6 +72,8 @@ interface NativeAddon {
   gemvMany: Backend["gemvMany"];
   gemvSwiglu: Backend["gemvSwiglu"];
   adamw: Backend["adamw"];
+  ddlStep: Backend["ddlStep"];
+  ddlStepBackward: Backend["ddlStepBackward"];
 }
 
 const ADDON_RELATIVE = join("build", "Release", "attnres_native.node");
@@ -150,6 +152,8 @@ export function loadNativeBackend(): Backend {
     gemvMany: a.gemvMany,
     gemvSwiglu: a.gemvSwiglu,
     adamw: a.adamw,
+    ddlStep: a.ddlStep,
+    ddlStepBackward: a.ddlStepBackward,
   };
   return backend;
 }

@@ -847,6 +847,124 @@ export const referenceBackend: Backend = {
     }
   },
 
+  ddlStep(x, u, c, wb, bb, wv, bv, y, beta, aux, rows, d, eps2, vFromStream) {
+    for (const [name, b, n] of [
+      ["x", x, rows * d],
+      ["u", u, rows * d],
+      ["c", c, rows * d],
+      ["wb", wb, d],
+      ["bb", bb, 1],
+      ["wv", wv, d],
+      ["bv", bv, 1],
+      ["y", y, rows * d],
+      ["beta", beta, rows],
+      ["aux", aux, rows * 3],
+    ] as const)
+      need("ddlStep", name, b, n);
+    const vin = vFromStream ? x : c;
+    for (let r = 0; r < rows; r++) {
+      const o = r * d;
+      let uu = 0;
+      let ux = 0;
+      let zb = bb[0]!;
+      let zv = bv[0]!;
+      for (let i = 0; i < d; i++) {
+        uu += u[o + i]! * u[o + i]!;
+        ux += u[o + i]! * x[o + i]!;
+        zb += wb[i]! * c[o + i]!;
+        zv += wv[i]! * vin[o + i]!;
+      }
+      const rs = 1 / Math.sqrt(uu + eps2);
+      const b = 2 / (1 + Math.exp(-zb));
+      const v = vFromStream ? 4 / (1 + Math.exp(-zv)) : zv;
+      const kx = rs * ux;
+      const f = b * (v - kx) * rs;
+      for (let i = 0; i < d; i++) y[o + i] = x[o + i]! + f * u[o + i]!;
+      beta[r] = b;
+      aux[3 * r] = rs;
+      aux[3 * r + 1] = v;
+      aux[3 * r + 2] = kx;
+    }
+  },
+
+  ddlStepBackward(
+    x,
+    u,
+    c,
+    wb,
+    wv,
+    beta,
+    aux,
+    gy,
+    gx,
+    gu,
+    gc,
+    accumulate,
+    gwb,
+    gbb,
+    gwv,
+    gbv,
+    rows,
+    d,
+    vFromStream,
+  ) {
+    const n = "ddlStepBackward";
+    for (const [name, b, len] of [
+      ["x", x, rows * d],
+      ["u", u, rows * d],
+      ["c", c, rows * d],
+      ["wb", wb, d],
+      ["wv", wv, d],
+      ["beta", beta, rows],
+      ["aux", aux, rows * 3],
+      ["gy", gy, rows * d],
+      ["gwb", gwb, d],
+      ["gbb", gbb, 1],
+      ["gwv", gwv, d],
+      ["gbv", gbv, 1],
+    ] as const)
+      need(n, name, b, len);
+    if (gx) need(n, "gx", gx, rows * d);
+    if (gu) need(n, "gu", gu, rows * d);
+    if (gc) need(n, "gc", gc, rows * d);
+    gwb.fill(0);
+    gwv.fill(0);
+    let sb = 0;
+    let sv = 0;
+    const vin = vFromStream ? x : c;
+    for (let r = 0; r < rows; r++) {
+      const o = r * d;
+      const rs = aux[3 * r]!;
+      const v = aux[3 * r + 1]!;
+      const kx = aux[3 * r + 2]!;
+      const b = beta[r]!;
+      let ug = 0;
+      for (let i = 0; i < d; i++) ug += u[o + i]! * gy[o + i]!;
+      const s = rs * ug; // k·gy
+      const delta = v - kx;
+      const gzb = delta * s * b * (1 - b / 2);
+      const gzv = vFromStream ? b * s * v * (1 - v / 4) : b * s;
+      sb += gzb;
+      sv += gzv;
+      // gu = r β (δ gy − s x − s (δ − kx) r u)
+      const fu = rs * b;
+      const fuu = s * (delta - kx) * rs;
+      for (let i = 0; i < d; i++) {
+        const k = rs * u[o + i]!;
+        const gxi = gy[o + i]! - b * s * k + (vFromStream ? gzv * wv[i]! : 0);
+        const gui = fu * (delta * gy[o + i]! - s * x[o + i]! - fuu * u[o + i]!);
+        const gci = gzb * wb[i]! + (vFromStream ? 0 : gzv * wv[i]!);
+        if (gx) gx[o + i] = (accumulate & 1 ? gx[o + i]! : 0) + gxi;
+        if (gu) gu[o + i] = (accumulate & 2 ? gu[o + i]! : 0) + gui;
+        if (gc) gc[o + i] = (accumulate & 4 ? gc[o + i]! : 0) + gci;
+        gwb[i] = gwb[i]! + gzb * c[o + i]!;
+        gwv[i] = gwv[i]! + gzv * vin[o + i]!;
+      }
+    }
+    gbb[0] = sb;
+    gbv[0] = sv;
+  },
+
   adamw(p, g, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2) {
     for (const [name, b] of [
       ["p", p],

@@ -95,18 +95,23 @@ void ddl_step_backward(const float* x, const float* u, const float* c, const flo
 
 // ------------------------------------------------------------------ depth routing (depth_route.cc)
 // src: N pointers to [rows, d]; w, g [d]; out [rows, d]; alpha, rstd [rows, N]
-void depth_route(const float* const* src, i64 N, const float* w, const float* g, float* out, float* alpha,
-                 float* rstd, i64 rows, i64 d, float eps);
+// base [rows, d] or null: out = base + sum_i alpha_i s_i
+void depth_route(const float* const* src, i64 N, const float* w, const float* g, const float* base,
+                 float* out, float* alpha, float* rstd, i64 rows, i64 d, float eps);
 // gsrc: N pointers to [rows, d] or null (skipped); gw, gg [d] written
 void depth_route_backward(const float* const* src, i64 N, const float* w, const float* g, const float* alpha,
                           const float* rstd, const float* gout, float* const* gsrc, float* gw, float* gg,
                           i64 rows, i64 d);
 // the deferred backward of one source s [rows, d] for K calls; per call k: gout [rows, d], alpha and rstd
 // [rows, n[k]] (s is column col[k]), cv [rows] = gout . out, w, g [d], p [d] (+=); gs [rows, d] or null
-void depth_route_source_backward(const float* s, float* gs, bool accumulate, i64 K, const float* const* gout,
-                                 const float* const* alpha, const float* const* rstd, const i64* col,
-                                 const i64* n, const float* const* cv, const float* const* w,
-                                 const float* const* g, float* const* p, i64 rows, i64 d);
+// init: gs's starting value when it is written (null: zero); needC[k]: compute cv[k] = gout_k . (outs[k] -
+// bases[k]) (bases[k] may be null) per row before using it
+void depth_route_source_backward(const float* s, float* gs, bool accumulate, const float* init, i64 K,
+                                 const float* const* gout, const float* const* alpha,
+                                 const float* const* rstd, const i64* col, const i64* n, const bool* needC,
+                                 float* const* cv, const float* const* outs, const float* const* bases,
+                                 const float* const* w, const float* const* g, float* const* p, i64 rows,
+                                 i64 d);
 // out[r] = a[r] . b[r]; a, b [rows, d], out [rows]
 void row_dot(const float* a, const float* b, float* out, i64 rows, i64 d);
 

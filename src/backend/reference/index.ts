@@ -573,9 +573,10 @@ export const referenceBackend: Backend = {
     }
   },
 
-  depthRoute(sources, w, g, out, alpha, rstd, rows, d, eps) {
+  depthRoute(sources, w, g, out, alpha, rstd, rows, d, eps, base) {
     const N = sources.length;
     if (N === 0) throw new Error("depthRoute: no sources");
+    if (base) need("depthRoute", "base", base, rows * d);
     sources.forEach((s, i) => need("depthRoute", `source ${i}`, s, rows * d));
     need("depthRoute", "w", w, d);
     need("depthRoute", "g", g, d);
@@ -602,7 +603,7 @@ export const referenceBackend: Backend = {
       for (let c = 0; c < d; c++) {
         let acc = 0;
         for (let i = 0; i < N; i++) acc += alpha[r * N + i]! * sources[i]![r * d + c]!;
-        out[r * d + c] = acc;
+        out[r * d + c] = base ? base[r * d + c]! + acc : acc;
       }
     }
   },
@@ -664,7 +665,24 @@ export const referenceBackend: Backend = {
     }
   },
 
-  depthRouteSourceBackward(source, gsource, accumulate, gouts, alphas, rstds, meta, cs, ws, gs, ps, rows, d) {
+  depthRouteSourceBackward(
+    source,
+    gsource,
+    accumulate,
+    gouts,
+    alphas,
+    rstds,
+    meta,
+    cs,
+    ws,
+    gs,
+    ps,
+    rows,
+    d,
+    init,
+    outs,
+    bases,
+  ) {
     const k = "depthRouteSourceBackward";
     const K = gouts.length;
     for (const [name, list] of [
@@ -674,15 +692,33 @@ export const referenceBackend: Backend = {
       ["ws", ws],
       ["gs", gs],
       ["ps", ps],
+      ["outs", outs],
+      ["bases", bases],
     ] as const)
       if (list.length !== K) throw new Error(`${k}: ${list.length} ${name} for ${K} gradients`);
-    need(k, "meta", meta, 2 * K);
+    need(k, "meta", meta, 3 * K);
     need(k, "source", source, rows * d);
     if (gsource) need(k, "gsource", gsource, rows * d);
+    if (init) need(k, "init", init, rows * d);
     for (let j = 0; j < K; j++) {
-      const col = meta[2 * j]!;
-      const N = meta[2 * j + 1]!;
+      const col = meta[3 * j]!;
+      const N = meta[3 * j + 1]!;
       if (!(N > 0 && col >= 0 && col < N)) throw new Error(`${k}: consumer ${j} has column ${col} of ${N}`);
+      if (meta[3 * j + 2]) {
+        // c_j = gout_j . (out_j - base_j) per row, before any use
+        const [o, b] = [outs[j]!, bases[j] ?? null];
+        need(k, `out ${j}`, o, rows * d);
+        if (b) need(k, `base ${j}`, b, rows * d);
+        const c = cs[j]!;
+        const go = gouts[j]!;
+        need(k, `gout ${j}`, go, rows * d);
+        need(k, `c ${j}`, c, rows);
+        for (let r = 0; r < rows; r++) {
+          let dot = 0;
+          for (let x = r * d; x < r * d + d; x++) dot += go[x]! * (o[x]! - (b ? b[x]! : 0));
+          c[r] = dot;
+        }
+      }
       need(k, `gout ${j}`, gouts[j]!, rows * d);
       need(k, `alpha ${j}`, alphas[j]!, rows * N);
       need(k, `rstd ${j}`, rstds[j]!, rows * N);
@@ -698,8 +734,8 @@ export const referenceBackend: Backend = {
       acc.fill(0);
       let coef = 0;
       for (let j = 0; j < K; j++) {
-        const col = meta[2 * j]!;
-        const N = meta[2 * j + 1]!;
+        const col = meta[3 * j]!;
+        const N = meta[3 * j + 1]!;
         const go = gouts[j]!;
         const w = ws[j]!;
         const g = gs[j]!;
@@ -711,7 +747,7 @@ export const referenceBackend: Backend = {
         }
         const a = alphas[j]![r * N + col]!;
         const rs = rstds[j]![r * N + col]!;
-        const dli = rs * a * (da - cs[j]![r]!);
+        const dli = N === 1 ? 0 : rs * a * (da - cs[j]![r]!); // one source: alpha ≡ 1
         coef += (rs * rs * dli * dq) / d;
         const p = pAcc[j]!;
         for (let c = 0; c < d; c++) {
@@ -722,7 +758,7 @@ export const referenceBackend: Backend = {
       if (!gsource) continue;
       for (let c = 0; c < d; c++) {
         const v = acc[c]! - coef * source[o + c]!;
-        gsource[o + c] = accumulate ? gsource[o + c]! + v : v;
+        gsource[o + c] = (accumulate ? gsource[o + c]! : init ? init[o + c]! : 0) + v;
       }
     }
     for (let j = 0; j < K; j++) {

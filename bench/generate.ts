@@ -37,7 +37,7 @@ import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { nativeBackend, nativeError } from "../src/backend/index.js";
-import { measureReadBandwidth, nativeInfo } from "../src/backend/native/index.js";
+import { describeNative, measureReadBandwidth, nativeInfo } from "../src/backend/native/index.js";
 import { readConfig, saveCheckpoint } from "../src/model/checkpoint.js";
 import type { DecoderLMConfig } from "../src/model/config.js";
 import { DecoderLM } from "../src/model/decoder.js";
@@ -214,7 +214,7 @@ function main(): void {
     process.stderr.write(`  … ${s}\n`);
   };
   log(
-    `attnres bench:generate — ${os.cpus()[0]?.model ?? "unknown CPU"}, ${threads} threads, BLAS: ${info.blas}, SIMD: ${info.simd}, node ${process.version}`,
+    `attnres bench:generate — ${os.cpus()[0]?.model ?? "unknown CPU"}, ${describeNative(info)}, node ${process.version}`,
   );
   log(`greedy, KV cache, float32, batch 1, prompt ${P} + ${N} new tokens; ${rounds} alternating rounds`);
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "attnres-bench-gen-"));

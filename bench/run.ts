@@ -5,7 +5,11 @@
  *   fp32 peak         measured by the native addon's FMA microbenchmark on all threads
  *   matmul            GFLOP/s at 512³, 1024³ and batched [8,256,64]x[8,64,256], as % of that peak
  *   reference step    forward+backward+AdamW of the 4-layer, d=256 model on 8×256 tokens, in a
- *                     fresh process; and the same step in PyTorch when `import torch` works
+ *                     fresh process; and the same step in PyTorch when `import torch` works. When
+ *                     the environment pins OpenBLAS's kernels (OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE,
+ *                     set on some machines because old OpenBLAS releases misbehave on new CPUs),
+ *                     PyTorch runs twice per round: as the environment says, and with both unset in
+ *                     that command alone (OpenBLAS's own choice), so neither baseline is hidden
  *
  *   engines           the reference step as a training run on the TypeScript engine and on the torch
  *                     engine (python/attnres_torch) with 1 and 2 DDP processes (bench/engines.ts),
@@ -34,7 +38,7 @@ import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { nativeBackend, nativeError } from "../src/backend/index.js";
-import { measurePeakGflops, nativeInfo } from "../src/backend/native/index.js";
+import { describeNative, measurePeakGflops, nativeInfo } from "../src/backend/native/index.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.dirname(here);
@@ -80,8 +84,8 @@ interface StepResult {
   [k: string]: unknown;
 }
 
-function runJson(cmd: string, argv: string[]): StepResult {
-  const r = spawnSync(cmd, argv, { cwd: root, encoding: "utf8", maxBuffer: 1 << 24 });
+function runJson(cmd: string, argv: string[], env: NodeJS.ProcessEnv = process.env): StepResult {
+  const r = spawnSync(cmd, argv, { cwd: root, encoding: "utf8", maxBuffer: 1 << 24, env });
   if (r.status !== 0) throw new Error(`${cmd} ${argv.join(" ")} failed:\n${r.stderr}`);
   const line = r.stdout.trim().split("\n").pop()!;
   return JSON.parse(line) as StepResult;
@@ -181,9 +185,7 @@ function main(): void {
   const info = nativeInfo();
   const threads = native.threads();
   const cpu = os.cpus()[0]?.model ?? "unknown CPU";
-  log(
-    `attnres bench — ${cpu}, ${threads} threads, BLAS: ${info.blas}, SIMD: ${info.simd}, node ${process.version}`,
-  );
+  log(`attnres bench — ${cpu}, ${describeNative(info)}, node ${process.version}`);
 
   progress("measuring fp32 peak");
   const peak = measurePeakGflops(args.quick ? 0.3 : 1.0);
@@ -210,6 +212,8 @@ function main(): void {
   const rounds = args.quick ? 1 : 3;
   const oursRuns: StepResult[] = [];
   const torchRuns: StepResult[] = [];
+  const pinned = ["OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"].filter((k) => process.env[k] !== undefined);
+  const torchFreeRuns: StepResult[] = [];
   for (let r = 0; r < rounds; r++) {
     progress(`reference step (attnres), round ${r + 1}/${rounds}`);
     oursRuns.push(
@@ -225,6 +229,18 @@ function main(): void {
           String(threads),
         ]),
       );
+      if (pinned.length > 0) {
+        progress(`reference step (pytorch, ${pinned.join(" and ")} unset), round ${r + 1}/${rounds}`);
+        const env = { ...process.env };
+        for (const k of pinned) delete env[k];
+        torchFreeRuns.push(
+          runJson(
+            py,
+            [path.join(here, "torch_step.py"), ...stepArgs(REF, steps), "--threads", String(threads)],
+            env,
+          ),
+        );
+      }
     }
   }
   const best = (rs: StepResult[]) => rs.reduce((p, q) => (q.median_step_s < p.median_step_s ? q : p));
@@ -233,19 +249,29 @@ function main(): void {
   log(
     `\nreference step: ${REF.layers} layers, d ${REF.d}, ${REF.heads} heads, seq ${REF.seq}, batch ${REF.batch}, vocab ${REF.vocab}, SwiGLU ${REF.ff}; ${(flops / 1e9).toFixed(1)} GFLOP/step`,
   );
-  log("                      median s   cold s   cold/median   tokens/s   GFLOP/s   peak RSS MB");
+  log("                                 median s   cold s   cold/median   tokens/s   GFLOP/s   peak RSS MB");
   const row = (name: string, r: StepResult) =>
     log(
-      `  ${name.padEnd(19)} ${r.median_step_s.toFixed(3).padStart(8)}   ${r.cold_step_s.toFixed(3).padStart(6)}   ${(r.cold_step_s / r.median_step_s).toFixed(2).padStart(11)}   ${r.tokens_per_s.toFixed(0).padStart(8)}   ${(flops / r.median_step_s / 1e9).toFixed(1).padStart(7)}   ${r.peak_rss_mb.toFixed(0).padStart(11)}`,
+      `  ${name.padEnd(30)} ${r.median_step_s.toFixed(3).padStart(8)}   ${r.cold_step_s.toFixed(3).padStart(6)}   ${(r.cold_step_s / r.median_step_s).toFixed(2).padStart(11)}   ${r.tokens_per_s.toFixed(0).padStart(8)}   ${(flops / r.median_step_s / 1e9).toFixed(1).padStart(7)}   ${r.peak_rss_mb.toFixed(0).padStart(11)}`,
     );
-  row(`attnres (${info.blas})`, ours);
-  if (torch) row(`pytorch ${String(torch.torch)}`, torch);
+  row(`attnres (GEMM ${info.gemm})`, ours);
+  const torchFree = torchFreeRuns.length > 0 ? best(torchFreeRuns) : null;
+  const core = (r: StepResult) => (r.blas_core ? `, ${String(r.blas_core)}` : "");
+  if (torch) row(`pytorch ${String(torch.torch)}${core(torch)}`, torch);
   else log('  pytorch: not measured (`python3 -c "import torch"` failed; apt-get install python3-torch)');
+  if (torchFree) row(`pytorch${core(torchFree)} *`, torchFree);
   const ratio = torch ? median(oursRuns.map((o, r) => o.median_step_s / torchRuns[r]!.median_step_s)) : null;
+  const ratioFree = torchFree
+    ? median(oursRuns.map((o, r) => o.median_step_s / torchFreeRuns[r]!.median_step_s))
+    : null;
   const rssRatio = torch ? ours.peak_rss_mb / torch.peak_rss_mb : null;
   if (ratio !== null)
     log(
       `  step time ours/pytorch: ${ratio.toFixed(2)} (median of ${rounds} alternating rounds: ${oursRuns.map((o, r) => (o.median_step_s / torchRuns[r]!.median_step_s).toFixed(2)).join(", ")})   peak RSS ours/pytorch: ${rssRatio!.toFixed(2)}`,
+    );
+  if (ratioFree !== null)
+    log(
+      `  * with ${pinned.join(" and ")} unset for that command (OpenBLAS picks its kernels): ours/pytorch ${ratioFree.toFixed(2)} (rounds: ${oursRuns.map((o, r) => (o.median_step_s / torchFreeRuns[r]!.median_step_s).toFixed(2)).join(", ")})`,
     );
 
   // ---- engines: the reference step as a training run, TypeScript engine vs torch engine (1 and 2
@@ -444,6 +470,8 @@ function main(): void {
           cpu,
           threads,
           blas: info.blas,
+          blas_core: info.blasCore,
+          gemm: info.gemm,
           peak_gflops: peak,
           matmul: mm.map((m) => ({ ...m, pct_of_peak: (100 * m.gflops) / peak })),
           reference_step: {
@@ -452,6 +480,8 @@ function main(): void {
             attnres: ours,
             pytorch: torch,
             ratio_time: ratio,
+            pytorch_openblas_unpinned: torchFree,
+            ratio_time_openblas_unpinned: ratioFree,
             ratio_rss: rssRatio,
           },
           engines,

@@ -26,6 +26,21 @@ import torch.nn.functional as F  # noqa: E402
 from attnres_torch.model import MODES, CausalLM, make_config  # noqa: E402
 
 
+def openblas_core():
+    """The kernel set of the OpenBLAS this torch loaded ("Haswell", "Cooperlake", ...), or ""."""
+    import ctypes
+
+    for name in ("libopenblas.so.0", "libopenblasp.so.0", "libblas.so.3"):
+        try:
+            lib = ctypes.CDLL(name, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+            fn = lib.openblas_get_corename
+        except (OSError, AttributeError):
+            continue
+        fn.restype = ctypes.c_char_p
+        return fn().decode()
+    return ""
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=4)
@@ -102,6 +117,7 @@ def main():
                 "framework": "pytorch",
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
+                "blas_core": openblas_core(),
                 "mode": args.mode,
                 "model_type": args.model_type,
                 "layers": args.layers,

@@ -283,6 +283,18 @@ KERNEL(setThreads) {
   });
 }
 
+// setGemm("blas" | "builtin"): choose the GEMM for the rest of the process (tests compare both).
+KERNEL(setGemm) {
+  return guard(env, [&] {
+    Args a(env, info, "setGemm", 1);
+    const std::string k = a.str(0, "kind");
+    if (k != "blas" && k != "builtin") a.fail("kind must be \"blas\" or \"builtin\", got \"" + k + "\"");
+    if (!set_gemm_kind(k == "blas" ? GemmKind::Blas : GemmKind::Builtin))
+      a.fail("this build has no BLAS (built with the built-in GEMM only)");
+    return undefinedValue(env);
+  });
+}
+
 KERNEL(info) {
   return guard(env, [&] {
     Args a(env, info, "info", 0);
@@ -291,6 +303,12 @@ KERNEL(info) {
     napi_create_string_utf8(env, blas_name(), NAPI_AUTO_LENGTH, &s1);
     napi_create_string_utf8(env, simd_name(), NAPI_AUTO_LENGTH, &s2);
     napi_set_named_property(env, o, "blas", s1);
+    napi_value s3;
+    napi_create_string_utf8(env, blas_core(), NAPI_AUTO_LENGTH, &s3);
+    napi_set_named_property(env, o, "blasCore", s3);
+    napi_value s4;
+    napi_create_string_utf8(env, gemm_name(), NAPI_AUTO_LENGTH, &s4);
+    napi_set_named_property(env, o, "gemm", s4);
     napi_set_named_property(env, o, "threads", makeNumber(env, num_threads()));
     napi_set_named_property(env, o, "simd", s2);
     return o;
@@ -1132,6 +1150,7 @@ napi_value Init(napi_env env, napi_value exports) {
       FN(threads),
       FN(setThreads),
       FN(info),
+      FN(setGemm),
       FN(peakGflops),
       FN(readBandwidth),
       FN(gemm),

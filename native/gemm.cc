@@ -3,26 +3,33 @@
 //   C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C[M,N]      (row strides lda, ldb, ldc)
 //   op(A) is A stored [M,K] or, when transA, A stored [K,M]; op(B) is B [K,N] or, when transB, [N,K].
 //
-// With a CBLAS (ATTNRES_OPENBLAS / ATTNRES_CBLAS) each matrix goes to cblas_sgemm. Otherwise
-// (ATTNRES_BUILTIN_GEMM) a cache-blocked GEMM runs here: A and B are packed into MR-row / NR-column
-// micro-panels (alpha folded into A), and an MR x NR register-tile micro-kernel (AVX-512, AVX2+FMA or
-// portable C) accumulates over a KC-deep slice. Blocking: jc (NC cols of B) > pc (KC of K) > tasks of
-// MC rows x NT cols distributed over OpenMP threads.
+// Two GEMMs, chosen once per process (gemm_kind; ATTNRES_GEMM=blas|builtin overrides the default):
+//  - the linked CBLAS (ATTNRES_OPENBLAS / ATTNRES_CBLAS builds): each matrix goes to cblas_sgemm;
+//  - the built-in cache-blocked GEMM (always compiled): A and B are packed into MR-row / NR-column
+//    micro-panels (alpha folded into A), and an MR x NR register-tile micro-kernel (AVX-512, AVX2+FMA
+//    or portable C) accumulates over a KC-deep slice. Blocking: jc (NC cols of B) > pc (KC of K) >
+//    tasks of MC rows x NT cols distributed over OpenMP threads.
+// Default: the BLAS, except in an AVX-512 build whose BLAS does not run AVX-512 kernels itself — e.g.
+// OpenBLAS held to its AVX2 "Haswell" kernels by OPENBLAS_CORETYPE, or too old to know the CPU —
+// where the built-in micro-kernel is about twice as fast (`npm run bench` prints which runs).
+// A build without a BLAS (ATTNRES_BUILTIN_GEMM) has the built-in one only.
 // Either way beta == 0 never reads C (NaN/Inf in C do not propagate), and K == 0 gives C = beta*C.
+// One row times a transposed B (a Linear on one token) goes to decode.cc's gemv_rows with either.
 // Called inside an OpenMP parallel region a GEMM runs single-threaded (OpenMP OpenBLAS does the same).
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "kernels.h"
 
 #if defined(ATTNRES_OPENBLAS) || defined(ATTNRES_CBLAS)
 #include <cblas.h>
 #define ATTNRES_HAVE_CBLAS 1
-#else
-#include <immintrin.h>
 #endif
 
 namespace attnres {
@@ -46,6 +53,14 @@ const char* blas_name() {
   return "cblas";
 #else
   return "builtin";
+#endif
+}
+
+const char* blas_core() {
+#if defined(ATTNRES_OPENBLAS)
+  return openblas_get_corename();
+#else
+  return "";
 #endif
 }
 
@@ -86,14 +101,9 @@ static bool sgemm_as_gemv(bool transA, bool transB, i64 M, i64 N, i64 K, float a
 
 #ifdef ATTNRES_HAVE_CBLAS
 
-void sgemm(bool transA, bool transB, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
-           const float* B, i64 ldb, float beta, float* C, i64 ldc) {
-  if (M == 0 || N == 0) return;
-  if (K == 0 || alpha == 0.0f) {
-    scale_c(M, N, beta, C, ldc);
-    return;
-  }
-  if (sgemm_as_gemv(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C)) return;
+// The linked CBLAS (M, N, K > 0, alpha != 0).
+static void blas_sgemm(bool transA, bool transB, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
+                       const float* B, i64 ldb, float beta, float* C, i64 ldc) {
   // CBLAS insists on ld >= row length even for a single row; such a row is read once anyway.
   const i64 aCols = transA ? M : K, aRows = transA ? K : M;
   const i64 bCols = transB ? K : N, bRows = transB ? N : K;
@@ -109,7 +119,9 @@ void sgemm(bool transA, bool transB, i64 M, i64 N, i64 K, float alpha, const flo
               (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
 }
 
-#else  // ------------------------------------------------------------------ built-in GEMM
+#endif  // ATTNRES_HAVE_CBLAS
+
+// ------------------------------------------------------------------ built-in GEMM
 
 #if defined(__AVX512F__)
 constexpr int VW = 16;
@@ -187,14 +199,9 @@ struct Scratch {
   ~Scratch() { std::free(p); }
 };
 
-void sgemm(bool transA, bool transB, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
-           const float* B, i64 ldb, float beta, float* C, i64 ldc) {
-  if (M == 0 || N == 0) return;
-  if (K == 0 || alpha == 0.0f) {
-    scale_c(M, N, beta, C, ldc);
-    return;
-  }
-  if (sgemm_as_gemv(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C)) return;
+// The built-in blocked GEMM (M, N, K > 0, alpha != 0).
+static void builtin_sgemm(bool transA, bool transB, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
+                          const float* B, i64 ldb, float beta, float* C, i64 ldc) {
   static thread_local Scratch sa, sb;
   const i64 mStrips = (M + MR - 1) / MR;
   float* Ap = sa.get(size_t(mStrips * MR * KC));
@@ -275,7 +282,75 @@ void sgemm(bool transA, bool transB, i64 M, i64 N, i64 K, float alpha, const flo
   }
 }
 
-#endif  // ATTNRES_HAVE_CBLAS
+// ------------------------------------------------------------------ which GEMM runs
+
+static bool blas_runs_avx512() {
+#if defined(ATTNRES_OPENBLAS)
+  std::string core = openblas_get_corename();
+  for (char& ch : core) ch = (char)std::tolower((unsigned char)ch);
+  return core.find("skylakex") != std::string::npos || core.find("cooperlake") != std::string::npos ||
+         core.find("sapphire") != std::string::npos;
+#else
+  return false;
+#endif
+}
+
+// The default: the linked BLAS, except on an AVX-512 build whose BLAS does not run AVX-512 kernels
+// (OpenBLAS forced to, or only knowing, AVX2 kernels on this CPU; or another CBLAS): there the
+// built-in AVX-512 micro-kernel is the faster GEMM. ATTNRES_GEMM=blas|builtin overrides.
+static GemmKind default_gemm() {
+#if defined(ATTNRES_HAVE_CBLAS)
+  const char* env = std::getenv("ATTNRES_GEMM");
+  if (env != nullptr && std::string(env) == "builtin") return GemmKind::Builtin;
+  if (env != nullptr && std::string(env) == "blas") return GemmKind::Blas;
+#if defined(__AVX512F__)
+  return blas_runs_avx512() ? GemmKind::Blas : GemmKind::Builtin;
+#else
+  (void)blas_runs_avx512;
+  return GemmKind::Blas;
+#endif
+#else
+  (void)blas_runs_avx512;
+  return GemmKind::Builtin;
+#endif
+}
+
+static GemmKind& current_gemm() {
+  static GemmKind kind = default_gemm();
+  return kind;
+}
+
+GemmKind gemm_kind() { return current_gemm(); }
+
+bool set_gemm_kind(GemmKind k) {
+#if !defined(ATTNRES_HAVE_CBLAS)
+  if (k == GemmKind::Blas) return false;
+#endif
+  current_gemm() = k;
+  return true;
+}
+
+const char* gemm_name() {
+  if (current_gemm() == GemmKind::Builtin) return "builtin";
+  return blas_name();
+}
+
+void sgemm(bool transA, bool transB, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
+           const float* B, i64 ldb, float beta, float* C, i64 ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0 || alpha == 0.0f) {
+    scale_c(M, N, beta, C, ldc);
+    return;
+  }
+  if (sgemm_as_gemv(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C)) return;
+#if defined(ATTNRES_HAVE_CBLAS)
+  if (current_gemm() == GemmKind::Blas) {
+    blas_sgemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+#endif
+  builtin_sgemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
 
 void sgemm_batched(bool transA, bool transB, i64 batch, i64 M, i64 N, i64 K, float alpha, const float* A,
                    i64 lda, i64 strideA, const float* B, i64 ldb, i64 strideB, float beta, float* C, i64 ldc,

@@ -22,6 +22,12 @@ int num_threads();
 void set_num_threads(int n);
 const char* blas_name();  // "openblas" | "cblas" | "builtin"
 const char* simd_name();  // widest vector ISA compiled in
+// Which GEMM sgemm runs: the linked BLAS or the built-in blocked GEMM (gemm.cc explains the default).
+enum class GemmKind { Blas, Builtin };
+GemmKind gemm_kind();
+bool set_gemm_kind(GemmKind k);  // false (unchanged) when asking for Blas in a build without one
+const char* gemm_name();         // "builtin" | "openblas" | "cblas"
+const char* blas_core();         // OpenBLAS's kernel set for this CPU ("SkylakeX", "Haswell"), "" otherwise
 
 // ------------------------------------------------------------------ GEMM (gemm.cc)
 // One row-major C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C. beta == 0 never reads C.

@@ -26,7 +26,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { analyzeModel, type AnalysisReport } from "../src/analysis/routing.js";
 import { nativeBackend } from "../src/backend/index.js";
-import { nativeInfo } from "../src/backend/native/index.js";
+import { describeNative } from "../src/backend/native/index.js";
 import { modeKeys } from "../src/cli/common.js";
 import { PresetSchema, type Preset } from "../src/cli/preset.js";
 import { specFrom } from "../src/cli/train.js";
@@ -105,8 +105,8 @@ export interface RunRecord {
 
 /** One line describing this machine and the native backend. */
 export function machineLine(): string {
-  const info = nativeBackend() ? nativeInfo() : null;
-  return `${os.cpus()[0]?.model ?? "?"}, ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; Node ${process.version}; native backend ${info ? `(${info.blas}, ${info.simd}, ${info.threads} threads)` : "unavailable"}`;
+  const native = nativeBackend() ? `(${describeNative()})` : "unavailable";
+  return `${os.cpus()[0]?.model ?? "?"}, ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; Node ${process.version}; native backend ${native}`;
 }
 
 const readJson = <T>(f: string): T => JSON.parse(fs.readFileSync(f, "utf8")) as T;

@@ -13,7 +13,8 @@
  *    failing on any wrong index, missing term or unwritten element.
  */
 import assert from "node:assert/strict";
-import { describe, test } from "node:test";
+import { spawnSync } from "node:child_process";
+import { after, before, describe, test } from "node:test";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 
@@ -23,6 +24,7 @@ import {
   measurePeakGflops,
   measureReadBandwidth,
   nativeInfo,
+  setNativeGemm,
 } from "../src/backend/native/index.js";
 import { referenceBackend as ref } from "../src/backend/reference/index.js";
 
@@ -107,172 +109,182 @@ function closeDot(
 
 // ------------------------------------------------------------------ gemm
 
-describe("gemm", () => {
-  const cases: Array<[number, number, number, number, boolean]> = [
-    // M, N, K, batch, strideB zero
-    [1, 1, 1, 1, false],
-    [7, 13, 37, 1, false],
-    [13, 1, 7, 2, false],
-    [129, 67, 255, 1, false],
-    [129, 67, 255, 3, true],
-    [37, 41, 1, 1, false],
-    [16, 16, 16, 70, false], // many small matrices: the parallel-over-batch path
-    [1, 1037, 77, 1, false], // one row times Bᵀ (a Linear on one token): the threaded GEMV path
-    [1, 6, 19, 2, true], // the GEMV path below the threading threshold, a row count not a multiple of 4
-  ];
-  for (const [M, N, K, batch, sharedB] of cases)
-    for (const transA of [false, true])
-      for (const transB of [false, true])
-        for (const beta of [0, 0.5])
-          test(`M=${M} N=${N} K=${K} batch=${batch}${sharedB ? " strideB=0" : ""} tA=${transA} tB=${transB} beta=${beta}`, () => {
-            const aRows = transA ? K : M;
-            const aCols = transA ? M : K;
-            const bRows = transB ? N : K;
-            const bCols = transB ? K : N;
-            const lda = aCols + 3;
-            const ldb = bCols + 1;
-            const ldc = N + 2;
-            const offA = 5;
-            const offB = 2;
-            const offC = 3;
-            const strideA = aRows * lda + 4;
-            const strideB = sharedB ? 0 : bRows * ldb + 1;
-            const strideC = M * ldc + 7;
-            const A = rnd(offA + batch * strideA);
-            const B = rnd(offB + (sharedB ? bRows * ldb : batch * strideB));
-            const C = beta === 0 ? nans(offC + batch * strideC) : rnd(offC + batch * strideC);
-            const alpha = 0.75;
-            const C64 = f64(C);
-            // The size of the summed terms, per output: the same product over |A|, |B| (and |C|),
-            // so an output that is small by cancellation is judged against its terms, not itself.
-            const abs = (x: Float32Array) => Float64Array.from(x, Math.abs);
-            const Cabs = abs(C);
-            ref.gemm(
-              transA,
-              transB,
-              batch,
-              M,
-              N,
-              K,
-              alpha,
-              abs(A),
-              offA,
-              lda,
-              strideA,
-              abs(B),
-              offB,
-              ldb,
-              strideB,
-              beta,
-              Cabs,
-              offC,
-              ldc,
-              strideC,
-            );
-            ref.gemm(
-              transA,
-              transB,
-              batch,
-              M,
-              N,
-              K,
-              alpha,
-              f64(A),
-              offA,
-              lda,
-              strideA,
-              f64(B),
-              offB,
-              ldb,
-              strideB,
-              beta,
-              C64,
-              offC,
-              ldc,
-              strideC,
-            );
-            nat.gemm(
-              transA,
-              transB,
-              batch,
-              M,
-              N,
-              K,
-              alpha,
-              A,
-              offA,
-              lda,
-              strideA,
-              B,
-              offB,
-              ldb,
-              strideB,
-              beta,
-              C,
-              offC,
-              ldc,
-              strideC,
-            );
-            for (let b = 0; b < batch; b++)
-              for (let i = 0; i < M; i++) {
-                const o = offC + b * strideC + i * ldc;
-                const got = C.subarray(o, o + N);
-                const want = C64.subarray(o, o + N);
-                for (const g of got) assert.ok(!Number.isNaN(g), `NaN leaked into C (beta=${beta})`);
-                closeDot(`C[b=${b},i=${i}]`, got, want, K, maxAbs(Cabs.subarray(o, o + N)));
-              }
-            // Padding columns [N, ldc) of every row are untouched.
-            for (let b = 0; b < batch; b++)
-              for (let i = 0; i < M; i++)
-                for (let j = N; j < ldc; j++) {
-                  const idx = offC + b * strideC + i * ldc + j;
-                  const g = C[idx]!;
-                  const w = C64[idx]!;
-                  assert.ok(Object.is(g, Math.fround(w)), `padding C[${idx}] changed: ${g} vs ${w}`);
+// Both GEMMs the addon can run (the built-in one always; the linked BLAS when there is one), each
+// against the reference; the process's default is restored afterwards.
+const defaultGemm = nativeInfo().gemm === "builtin" ? "builtin" : "blas";
+const gemmKinds: Array<"blas" | "builtin"> =
+  nativeInfo().blas === "builtin" ? ["builtin"] : ["blas", "builtin"];
+for (const kind of gemmKinds)
+  describe(`gemm (${kind})`, () => {
+    before(() => setNativeGemm(kind));
+    after(() => setNativeGemm(defaultGemm));
+    const cases: Array<[number, number, number, number, boolean]> = [
+      // M, N, K, batch, strideB zero
+      [1, 1, 1, 1, false],
+      [7, 13, 37, 1, false],
+      [13, 1, 7, 2, false],
+      [129, 67, 255, 1, false],
+      [129, 67, 255, 3, true],
+      [37, 41, 1, 1, false],
+      [16, 16, 16, 70, false], // many small matrices: the parallel-over-batch path
+      [1, 1037, 77, 1, false], // one row times Bᵀ (a Linear on one token): the threaded GEMV path
+      [1, 6, 19, 2, true], // the GEMV path below the threading threshold, a row count not a multiple of 4
+      [70, 300, 520, 1, false], // K over several KC slices of the built-in GEMM, threaded
+      [9, 4100, 3, 1, false], // N over the built-in GEMM's NC columns packed at once
+    ];
+    for (const [M, N, K, batch, sharedB] of cases)
+      for (const transA of [false, true])
+        for (const transB of [false, true])
+          for (const beta of [0, 0.5])
+            test(`M=${M} N=${N} K=${K} batch=${batch}${sharedB ? " strideB=0" : ""} tA=${transA} tB=${transB} beta=${beta}`, () => {
+              const aRows = transA ? K : M;
+              const aCols = transA ? M : K;
+              const bRows = transB ? N : K;
+              const bCols = transB ? K : N;
+              const lda = aCols + 3;
+              const ldb = bCols + 1;
+              const ldc = N + 2;
+              const offA = 5;
+              const offB = 2;
+              const offC = 3;
+              const strideA = aRows * lda + 4;
+              const strideB = sharedB ? 0 : bRows * ldb + 1;
+              const strideC = M * ldc + 7;
+              const A = rnd(offA + batch * strideA);
+              const B = rnd(offB + (sharedB ? bRows * ldb : batch * strideB));
+              const C = beta === 0 ? nans(offC + batch * strideC) : rnd(offC + batch * strideC);
+              const alpha = 0.75;
+              const C64 = f64(C);
+              // The size of the summed terms, per output: the same product over |A|, |B| (and |C|),
+              // so an output that is small by cancellation is judged against its terms, not itself.
+              const abs = (x: Float32Array) => Float64Array.from(x, Math.abs);
+              const Cabs = abs(C);
+              ref.gemm(
+                transA,
+                transB,
+                batch,
+                M,
+                N,
+                K,
+                alpha,
+                abs(A),
+                offA,
+                lda,
+                strideA,
+                abs(B),
+                offB,
+                ldb,
+                strideB,
+                beta,
+                Cabs,
+                offC,
+                ldc,
+                strideC,
+              );
+              ref.gemm(
+                transA,
+                transB,
+                batch,
+                M,
+                N,
+                K,
+                alpha,
+                f64(A),
+                offA,
+                lda,
+                strideA,
+                f64(B),
+                offB,
+                ldb,
+                strideB,
+                beta,
+                C64,
+                offC,
+                ldc,
+                strideC,
+              );
+              nat.gemm(
+                transA,
+                transB,
+                batch,
+                M,
+                N,
+                K,
+                alpha,
+                A,
+                offA,
+                lda,
+                strideA,
+                B,
+                offB,
+                ldb,
+                strideB,
+                beta,
+                C,
+                offC,
+                ldc,
+                strideC,
+              );
+              for (let b = 0; b < batch; b++)
+                for (let i = 0; i < M; i++) {
+                  const o = offC + b * strideC + i * ldc;
+                  const got = C.subarray(o, o + N);
+                  const want = C64.subarray(o, o + N);
+                  for (const g of got) assert.ok(!Number.isNaN(g), `NaN leaked into C (beta=${beta})`);
+                  closeDot(`C[b=${b},i=${i}]`, got, want, K, maxAbs(Cabs.subarray(o, o + N)));
                 }
-          });
+              // Padding columns [N, ldc) of every row are untouched.
+              for (let b = 0; b < batch; b++)
+                for (let i = 0; i < M; i++)
+                  for (let j = N; j < ldc; j++) {
+                    const idx = offC + b * strideC + i * ldc + j;
+                    const g = C[idx]!;
+                    const w = C64[idx]!;
+                    assert.ok(Object.is(g, Math.fround(w)), `padding C[${idx}] changed: ${g} vs ${w}`);
+                  }
+            });
 
-  test("beta=0 with NaN/Inf C never propagates, K=0 writes beta*C", () => {
-    const M = 33;
-    const N = 65;
-    const K = 17;
-    const A = rnd(M * K);
-    const B = rnd(K * N);
-    const C = nans(M * N);
-    C[5] = Infinity;
-    nat.gemm(false, false, 1, M, N, K, 1, A, 0, K, 0, B, 0, N, 0, 0, C, 0, N, 0);
-    for (const v of C) assert.ok(Number.isFinite(v));
-    const C2 = nans(M * N);
-    nat.gemm(false, false, 1, M, N, 0, 1, A, 0, 1, 0, B, 0, N, 0, 0, C2, 0, N, 0);
-    for (const v of C2) assert.equal(v, 0);
-  });
+    test("beta=0 with NaN/Inf C never propagates, K=0 writes beta*C", () => {
+      const M = 33;
+      const N = 65;
+      const K = 17;
+      const A = rnd(M * K);
+      const B = rnd(K * N);
+      const C = nans(M * N);
+      C[5] = Infinity;
+      nat.gemm(false, false, 1, M, N, K, 1, A, 0, K, 0, B, 0, N, 0, 0, C, 0, N, 0);
+      for (const v of C) assert.ok(Number.isFinite(v));
+      const C2 = nans(M * N);
+      nat.gemm(false, false, 1, M, N, 0, 1, A, 0, 1, 0, B, 0, N, 0, 0, C2, 0, N, 0);
+      for (const v of C2) assert.equal(v, 0);
+    });
 
-  test("bounds and layout errors throw", () => {
-    const A = rnd(10);
-    const B = rnd(10);
-    const C = rnd(10);
-    assert.throws(
-      () => nat.gemm(false, false, 1, 4, 2, 3, 1, A, 0, 3, 0, B, 0, 2, 0, 0, C, 0, 2, 0),
-      /gemm: A has 10 elements, needs 12/,
-    );
-    assert.throws(
-      () => nat.gemm(false, false, 2, 2, 2, 2, 1, A, 0, 2, 4, B, 0, 2, 4, 0, C, 0, 2, 8),
-      /gemm: C has 10 elements, needs 12/,
-    );
-    assert.throws(
-      () => nat.gemm(false, false, 1, 2, 2, 2, 1, A, 0, 1, 0, B, 0, 2, 0, 0, C, 0, 2, 0),
-      /gemm: ld of A/,
-    );
-    assert.throws(
-      () => nat.gemm(false, false, 1, 2, 2, 2, 1, A, -1, 2, 0, B, 0, 2, 0, 0, C, 0, 2, 0),
-      /gemm: offA must be >= 0/,
-    );
-    assert.throws(
-      () => nat.gemm(false, false, 1, 2, 2, 2, 1, new Float64Array(4), 0, 2, 0, B, 0, 2, 0, 0, C, 0, 2, 0),
-      /float32-only/,
-    );
+    test("bounds and layout errors throw", () => {
+      const A = rnd(10);
+      const B = rnd(10);
+      const C = rnd(10);
+      assert.throws(
+        () => nat.gemm(false, false, 1, 4, 2, 3, 1, A, 0, 3, 0, B, 0, 2, 0, 0, C, 0, 2, 0),
+        /gemm: A has 10 elements, needs 12/,
+      );
+      assert.throws(
+        () => nat.gemm(false, false, 2, 2, 2, 2, 1, A, 0, 2, 4, B, 0, 2, 4, 0, C, 0, 2, 8),
+        /gemm: C has 10 elements, needs 12/,
+      );
+      assert.throws(
+        () => nat.gemm(false, false, 1, 2, 2, 2, 1, A, 0, 1, 0, B, 0, 2, 0, 0, C, 0, 2, 0),
+        /gemm: ld of A/,
+      );
+      assert.throws(
+        () => nat.gemm(false, false, 1, 2, 2, 2, 1, A, -1, 2, 0, B, 0, 2, 0, 0, C, 0, 2, 0),
+        /gemm: offA must be >= 0/,
+      );
+      assert.throws(
+        () => nat.gemm(false, false, 1, 2, 2, 2, 1, new Float64Array(4), 0, 2, 0, B, 0, 2, 0, 0, C, 0, 2, 0),
+        /float32-only/,
+      );
+    });
   });
-});
 
 // ------------------------------------------------------------------ elementwise
 
@@ -1650,12 +1662,41 @@ describe("threads and info", () => {
   test("nativeInfo, measurePeakGflops and measureReadBandwidth", () => {
     const info = nativeInfo();
     assert.ok(["openblas", "cblas", "builtin"].includes(info.blas));
+    assert.ok([info.blas, "builtin"].includes(info.gemm), `gemm ${info.gemm} with blas ${info.blas}`);
+    assert.equal(typeof info.blasCore, "string");
+    assert.throws(() => setNativeGemm("fast" as "blas"), /setGemm: kind must be "blas" or "builtin"/);
     assert.equal(info.threads, nat.threads());
     assert.ok(info.simd.length > 0);
     const peak = measurePeakGflops(0.05);
     assert.ok(peak > 0.1 && peak < 1e5, `peak ${peak}`);
     const bandwidth = measureReadBandwidth(0.05);
     assert.ok(bandwidth > 0.1 && bandwidth < 1e5, `read bandwidth ${bandwidth} GB/s`);
+  });
+  test("default GEMM: the built-in AVX-512 one unless the BLAS runs AVX-512 kernels; ATTNRES_GEMM overrides", () => {
+    const probe = (env: Record<string, string>) => {
+      const r = spawnSync(
+        process.execPath,
+        [
+          "--import",
+          "tsx",
+          "-e",
+          'import("./src/backend/native/index.ts").then((m) => console.log(JSON.stringify(m.nativeInfo())))',
+        ],
+        { env: { ...process.env, ...env }, encoding: "utf8" },
+      );
+      assert.equal(r.status, 0, r.stderr);
+      return JSON.parse(r.stdout) as ReturnType<typeof nativeInfo>;
+    };
+    const info = probe({});
+    if (info.blas === "builtin") assert.equal(info.gemm, "builtin");
+    else {
+      const blasAvx512 = /skylakex|cooperlake|sapphire/i.test(info.blasCore) || info.blas === "cblas";
+      const want =
+        info.simd === "avx512f" && !(info.blas === "openblas" && blasAvx512) ? "builtin" : info.blas;
+      assert.equal(info.gemm, want, JSON.stringify(info));
+      assert.equal(probe({ ATTNRES_GEMM: "blas" }).gemm, info.blas);
+      assert.equal(probe({ ATTNRES_GEMM: "builtin" }).gemm, "builtin");
+    }
   });
   test("backend identity", () => {
     assert.equal(nat.name, "native");

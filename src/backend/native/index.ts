@@ -18,6 +18,17 @@ import type { Backend, BinaryOp, Buf, DType, MemoryStats, ReduceOp, UnaryOp } fr
 export interface NativeInfo {
   /** Which GEMM the addon was built with ("cblas": a non-OpenBLAS CBLAS found via pkg-config). */
   blas: "openblas" | "cblas" | "builtin";
+  /**
+   * The kernel set OpenBLAS chose for this CPU ("SkylakeX", "Haswell", ...; OPENBLAS_CORETYPE in the
+   * environment forces one), or "" without OpenBLAS.
+   */
+  blasCore: string;
+  /**
+   * The GEMM that runs: the linked BLAS ("openblas" / "cblas"), or "builtin", the addon's own
+   * blocked GEMM. Built with AVX-512, the addon prefers its own GEMM unless OpenBLAS runs AVX-512
+   * kernels itself (see native/gemm.cc); ATTNRES_GEMM=blas|builtin overrides.
+   */
+  gemm: "openblas" | "cblas" | "builtin";
   /** OpenMP threads used by kernels. */
   threads: number;
   /** Widest SIMD instruction set the addon was compiled for (e.g. "avx512f", "avx2+fma"). */
@@ -31,6 +42,7 @@ interface NativeAddon {
   threads(): number;
   setThreads(n: number): void;
   info(): NativeInfo;
+  setGemm(kind: "blas" | "builtin"): void;
   peakGflops(seconds: number): number;
   readBandwidth(seconds: number): number;
   gemm: Backend["gemm"];
@@ -158,9 +170,24 @@ export function loadNativeBackend(): Backend {
   return backend;
 }
 
-/** Build facts of the loaded addon: BLAS, OpenMP threads, SIMD level. */
+/** Build facts of the loaded addon: BLAS, the GEMM in use, OpenMP threads, SIMD level. */
 export function nativeInfo(): NativeInfo {
   return loadAddon().info();
+}
+
+/** One line for reports: "BLAS openblas (Haswell kernels), GEMM builtin, SIMD avx512f, 2 threads". */
+export function describeNative(info: NativeInfo = nativeInfo()): string {
+  const core = info.blasCore ? ` (${info.blasCore} kernels)` : "";
+  return `BLAS ${info.blas}${core}, GEMM ${info.gemm}, SIMD ${info.simd}, ${info.threads} threads`;
+}
+
+/**
+ * Choose the native GEMM for the rest of this process: the linked BLAS or the addon's own (tests
+ * compare the two; users set ATTNRES_GEMM instead). Throws when asking for "blas" in a build
+ * without one.
+ */
+export function setNativeGemm(kind: "blas" | "builtin"): void {
+  loadAddon().setGemm(kind);
 }
 
 /**

@@ -6,9 +6,11 @@
 // Backward (per row, da_i = gout . s_i, dl_i = alpha_i (da_i - sum_j alpha_j da_j)), accumulating:
 //   gs_i += alpha_i gout + rstd_i dl_i (w o g) - (rstd_i^3 / d) (sum_c dl_i w_c g_c s_ic) s_i
 //   gw += g o P,   gg += w o P,   P = sum_rows sum_i dl_i rstd_i s_i   (per-thread partials, summed in order)
+// With base (an additive mode's stream h), out = base + sum_i alpha_i s_i in the same pass.
 // The deferred backward (depth_route_source_backward) takes one source s and the K routed calls that
-// read it, each with its output gradient gout_k and c_k = gout_k . out_k per row (row_dot), which
-// stands in for sum_i alpha_i da_i, so no other source of the call is needed:
+// read it, each with its output gradient gout_k and c_k = gout_k . (out_k - base_k) per row, which
+// stands in for sum_i alpha_i da_i, so no other source of the call is needed (c_k is computed on
+// the call's first source, while gout_k is read anyway, and kept for its other sources):
 //   dl = rstd_k alpha_k (gout_k . s - c_k);  gs += alpha_k gout_k + dl (w_k o g_k) - (rstd_k^2 dl q_k / d) s
 //   p_k += sum_rows dl s   (q_k = (w_k o g_k) . s; gw_k = g_k o p_k, gg_k = w_k o p_k after all sources)
 // One source's block of rows (and its gradient's) stays in cache while the K gradients stream past:

@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -904,12 +905,14 @@ KERNEL(ddlUpdateBackward) {
 
 KERNEL(depthRoute) {
   return guard(env, [&] {
-    Args a(env, info, "depthRoute", 9);
+    Args a(env, info, "depthRoute", 10);
     const std::vector<F32> srcs = f32List(a, 0, "source", false);
     const F32 w = a.f32(1, "w"), g = a.f32(2, "g"), out = a.f32(3, "out"), alpha = a.f32(4, "alpha");
     const F32 rstd = a.f32(5, "rstd");
     const i64 rows = a.size(6, "rows"), d = a.size(7, "d");
     const float eps = (float)a.num(8, "eps");
+    const F32 base = a.f32OrNull(9, "base");
+    if (base.p != nullptr) a.need("base", base, a.mul(rows, d));
     const i64 N = (i64)srcs.size();
     if (N == 0) a.fail("no sources");
     std::vector<const float*> ptrs(N);
@@ -922,14 +925,14 @@ KERNEL(depthRoute) {
     a.need("out", out, a.mul(rows, d));
     a.need("alpha", alpha, a.mul(rows, N));
     a.need("rstd", rstd, a.mul(rows, N));
-    depth_route(ptrs.data(), N, w.p, g.p, out.p, alpha.p, rstd.p, rows, d, eps);
+    depth_route(ptrs.data(), N, w.p, g.p, base.p, out.p, alpha.p, rstd.p, rows, d, eps);
     return undefinedValue(env);
   });
 }
 
 KERNEL(depthRouteSourceBackward) {
   return guard(env, [&] {
-    Args a(env, info, "depthRouteSourceBackward", 13);
+    Args a(env, info, "depthRouteSourceBackward", 16);
     const F32 s = a.f32(0, "source");
     const F32 gs = a.f32OrNull(1, "gsource");
     const bool accumulate = a.boolean(2, "accumulate");
@@ -943,24 +946,37 @@ KERNEL(depthRouteSourceBackward) {
     const std::vector<F32> gains = f32List(a, 9, "g", false);
     const std::vector<F32> ps = f32List(a, 10, "p", false);
     const i64 rows = a.size(11, "rows"), d = a.size(12, "d");
+    const F32 init = a.f32OrNull(13, "init");
+    const std::vector<F32> outs = f32List(a, 14, "out", false);
+    const std::vector<F32> bases = f32List(a, 15, "base", true);
     const i64 K = (i64)gouts.size();
     for (const auto& [name, list] : {std::pair<const char*, const std::vector<F32>*>{"alphas", &alphas},
                                      {"rstds", &rstds},
                                      {"cs", &cs},
                                      {"ws", &ws},
                                      {"gs", &gains},
-                                     {"ps", &ps}})
+                                     {"ps", &ps},
+                                     {"outs", &outs},
+                                     {"bases", &bases}})
       if ((i64)list->size() != K)
         a.fail(std::to_string(list->size()) + " " + name + " for " + std::to_string(K) + " gradients");
-    a.needLen("meta", nMeta, 2 * K);
+    a.needLen("meta", nMeta, 3 * K);
     a.need("source", s, a.mul(rows, d));
     if (gs.p != nullptr) a.need("gsource", gs, a.mul(rows, d));
-    std::vector<const float*> go(K), al(K), rs(K), cv(K), w(K), g(K);
-    std::vector<float*> p(K);
+    if (init.p != nullptr) a.need("init", init, a.mul(rows, d));
+    std::vector<const float*> go(K), al(K), rs(K), w(K), g(K), op(K), bp(K);
+    std::vector<float*> p(K), cv(K);
     std::vector<i64> col(K), n(K);
+    std::unique_ptr<bool[]> needC(new bool[K > 0 ? K : 1]);
     for (i64 k = 0; k < K; k++) {
-      col[k] = meta[2 * k];
-      n[k] = meta[2 * k + 1];
+      col[k] = meta[3 * k];
+      n[k] = meta[3 * k + 1];
+      needC[k] = meta[3 * k + 2] != 0;
+      const std::string kk = " " + std::to_string(k);
+      if (needC[k]) a.needLen(("out" + kk).c_str(), outs[k].n, a.mul(rows, d));
+      if (needC[k] && bases[k].p != nullptr) a.needLen(("base" + kk).c_str(), bases[k].n, a.mul(rows, d));
+      op[k] = outs[k].p;
+      bp[k] = bases[k].p;
       if (!(n[k] > 0 && col[k] >= 0 && col[k] < n[k]))
         a.fail("consumer " + std::to_string(k) + " has column " + std::to_string(col[k]) + " of " +
                std::to_string(n[k]));
@@ -980,8 +996,9 @@ KERNEL(depthRouteSourceBackward) {
       g[k] = gains[k].p;
       p[k] = ps[k].p;
     }
-    depth_route_source_backward(s.p, gs.p, accumulate, K, go.data(), al.data(), rs.data(), col.data(),
-                                n.data(), cv.data(), w.data(), g.data(), p.data(), rows, d);
+    depth_route_source_backward(s.p, gs.p, accumulate, init.p, K, go.data(), al.data(), rs.data(), col.data(),
+                                n.data(), needC.get(), cv.data(), op.data(), bp.data(), w.data(), g.data(),
+                                p.data(), rows, d);
     return undefinedValue(env);
   });
 }
@@ -1140,6 +1157,68 @@ KERNEL(adamw) {
   });
 }
 
+// ---- ddl's fused scalar step (ddl.cc)
+
+KERNEL(ddlStep) {
+  return guard(env, [&] {
+    Args a(env, info, "ddlStep", 14);
+    const F32 x = a.f32(0, "x"), u = a.f32(1, "u"), c = a.f32(2, "c"), wb = a.f32(3, "wb"),
+              bb = a.f32(4, "bb");
+    const F32 wv = a.f32(5, "wv"), bv = a.f32(6, "bv"), y = a.f32(7, "y"), beta = a.f32(8, "beta");
+    const F32 aux = a.f32(9, "aux");
+    const i64 rows = a.size(10, "rows"), d = a.size(11, "d");
+    const float eps2 = (float)a.num(12, "eps2");
+    const bool vFromStream = a.boolean(13, "vFromStream");
+    const i64 n = a.mul(rows, d);
+    a.need("x", x, n);
+    a.need("u", u, n);
+    a.need("c", c, n);
+    a.need("wb", wb, d);
+    a.need("bb", bb, 1);
+    a.need("wv", wv, d);
+    a.need("bv", bv, 1);
+    a.need("y", y, n);
+    a.need("beta", beta, rows);
+    a.need("aux", aux, a.mul(rows, 3));
+    ddl_step(x.p, u.p, c.p, wb.p, bb.p, wv.p, bv.p, y.p, beta.p, aux.p, rows, d, eps2, vFromStream);
+    return undefinedValue(env);
+  });
+}
+
+KERNEL(ddlStepBackward) {
+  return guard(env, [&] {
+    Args a(env, info, "ddlStepBackward", 19);
+    const F32 x = a.f32(0, "x"), u = a.f32(1, "u"), c = a.f32(2, "c"), wb = a.f32(3, "wb"),
+              wv = a.f32(4, "wv");
+    const F32 beta = a.f32(5, "beta"), aux = a.f32(6, "aux"), gy = a.f32(7, "gy");
+    const F32 gx = a.f32OrNull(8, "gx"), gu = a.f32OrNull(9, "gu"), gc = a.f32OrNull(10, "gc");
+    const i64 accumulate = a.size(11, "accumulate");
+    const F32 gwb = a.f32(12, "gwb"), gbb = a.f32(13, "gbb"), gwv = a.f32(14, "gwv"), gbv = a.f32(15, "gbv");
+    const i64 rows = a.size(16, "rows"), d = a.size(17, "d");
+    const bool vFromStream = a.boolean(18, "vFromStream");
+    const i64 n = a.mul(rows, d);
+    a.need("x", x, n);
+    a.need("u", u, n);
+    a.need("c", c, n);
+    a.need("wb", wb, d);
+    a.need("wv", wv, d);
+    a.need("beta", beta, rows);
+    a.need("aux", aux, a.mul(rows, 3));
+    a.need("gy", gy, n);
+    if (gx.p != nullptr) a.need("gx", gx, n);
+    if (gu.p != nullptr) a.need("gu", gu, n);
+    if (gc.p != nullptr) a.need("gc", gc, n);
+    a.need("gwb", gwb, d);
+    a.need("gbb", gbb, 1);
+    a.need("gwv", gwv, d);
+    a.need("gbv", gbv, 1);
+    if (accumulate > 7) a.fail("accumulate must be a bit mask below 8");
+    ddl_step_backward(x.p, u.p, c.p, wb.p, wv.p, beta.p, aux.p, gy.p, gx.p, gu.p, gc.p, (int)accumulate,
+                      gwb.p, gbb.p, gwv.p, gbv.p, rows, d, vFromStream);
+    return undefinedValue(env);
+  });
+}
+
 napi_value Init(napi_env env, napi_value exports) {
 #define FN(name) {#name, nullptr, js_##name, nullptr, nullptr, nullptr, napi_enumerable, nullptr}
   napi_property_descriptor props[] = {
@@ -1185,6 +1264,8 @@ napi_value Init(napi_env env, napi_value exports) {
       FN(adamw),
       FN(decodeAttention),
       FN(decodeRoute),
+      FN(ddlStep),
+      FN(ddlStepBackward),
   };
 #undef FN
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);

@@ -1,4 +1,5 @@
-// ddl.cc: Deep Delta Learning's expanded state (ddl-expanded), read and update fused per row.
+// ddl.cc: Deep Delta Learning's expanded state (ddl-expanded), read and update fused per row; and the
+// scalar mode's (ddl) whole step of one sublayer fused (ddl_step, at the end of the file).
 //
 //   X [rows, d, dv]: dv value channels per feature of every row (token);  C [d, dv];  k [rows, d]
 //   read:    x[r,i] = sum_c X[r,i,c] C[i,c]
@@ -12,6 +13,7 @@
 // rows) uses per-thread partials summed in thread order, so results depend only on the thread count.
 #include <omp.h>
 
+#include <cmath>
 #include <vector>
 
 #include "kernels.h"
@@ -210,6 +212,157 @@ void ddl_update_backward(const float* X, const float* k, const float* beta, cons
           for (i64 c = 0; c < dv; c++) gXr[i * dv + c] += Gr[i * dv + c] - kr[i] * bs[c];
       }
     }
+  }
+}
+
+// ---- ddl's scalar step (one value channel), fused: key, gate, value and update in one pass per row.
+//   x (stream), u (sublayer output), c (its pre-norm) [rows, d];  wb, wv [d];  bb, bv [1]
+//   r = 1/sqrt(|u|^2 + eps2), k = r u, beta = 2 sigmoid(wb.c + bb), kx = k.x,
+//   v = wv.c + bv  (or 4 sigmoid(wv.x + bv) when vFromStream),   y = x + beta (v - kx) k
+//   beta [rows];  aux [rows, 3] = (r, v, kx)
+// Backward, per row (s = k.gy, delta = v - kx):
+//   gx = gy - beta s k (+ gzv wv when vFromStream);  gu = r beta (delta gy - s x - s (delta - kx) r u)
+//   gzb = delta s beta (1 - beta/2);  gzv = beta s (times v (1 - v/4) when vFromStream)
+//   gc = gzb wb (+ gzv wv when v reads c);  gwb = sum_rows gzb c;  gwv = sum_rows gzv (c or x);  gbb, gbv the
+//   sums of gzb, gzv
+// Built from generic ops a sublayer took about a dozen kernels (norm, scales, two d->1 projections
+// and their backward GEMMs, sigmoid, the update); fused it reads its inputs twice per row (the second
+// time from L1) and keeps only three numbers per row besides beta.
+
+namespace {
+inline float dot(const float* a, const float* b, i64 d) {
+  float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+  for (i64 i = 0; i < d; i++) acc += a[i] * b[i];
+  return acc;
+}
+}  // namespace
+
+void ddl_step(const float* x, const float* u, const float* c, const float* wb, const float* bb,
+              const float* wv, const float* bv, float* y, float* beta, float* aux, i64 rows, i64 d,
+              float eps2, bool vFromStream) {
+  const float* vin = vFromStream ? x : c;
+#pragma omp parallel for schedule(static) if (rows * d >= kParallelMin)
+  for (i64 r = 0; r < rows; r++) {
+    const float* xr = x + r * d;
+    const float* ur = u + r * d;
+    const float* cr = c + r * d;
+    const float* vr = vin + r * d;
+    float uu = 0.0f, ux = 0.0f, zb = 0.0f, zv = 0.0f;
+#pragma omp simd reduction(+ : uu, ux, zb, zv)
+    for (i64 i = 0; i < d; i++) {
+      uu += ur[i] * ur[i];
+      ux += ur[i] * xr[i];
+      zb += wb[i] * cr[i];
+      zv += wv[i] * vr[i];
+    }
+    const double rs = 1.0 / std::sqrt((double)uu + (double)eps2);
+    const double b = 2.0 / (1.0 + std::exp(-((double)zb + bb[0])));
+    const double zvd = (double)zv + bv[0];
+    const double v = vFromStream ? 4.0 / (1.0 + std::exp(-zvd)) : zvd;
+    const double kx = rs * ux;
+    const float f = (float)(b * (v - kx) * rs);
+    float* yr = y + r * d;
+#pragma omp simd
+    for (i64 i = 0; i < d; i++) yr[i] = xr[i] + f * ur[i];
+    beta[r] = (float)b;
+    aux[3 * r] = (float)rs;
+    aux[3 * r + 1] = (float)v;
+    aux[3 * r + 2] = (float)kx;
+  }
+}
+
+void ddl_step_backward(const float* x, const float* u, const float* c, const float* wb, const float* wv,
+                       const float* beta, const float* aux, const float* gy, float* gx, float* gu, float* gc,
+                       int accumulate, float* gwb, float* gbb, float* gwv, float* gbv, i64 rows, i64 d,
+                       bool vFromStream) {
+  const bool par = rows * d >= kParallelMin && rows > 1;
+  const int maxT = par ? omp_get_max_threads() : 1;
+  // per thread: [gwb partial d | gwv partial d]; bias sums in double
+  std::vector<float> partial((size_t)maxT * 2 * d, 0.0f);
+  std::vector<double> bsum((size_t)maxT * 2, 0.0);
+  const float* vin = vFromStream ? x : c;
+  const bool ax = accumulate & 1, au = accumulate & 2, ac = accumulate & 4;
+#pragma omp parallel if (par)
+  {
+    const int t = omp_get_thread_num();
+    float* Pb = partial.data() + (size_t)t * 2 * d;
+    float* Pv = Pb + d;
+    double sb = 0.0, sv = 0.0;
+#pragma omp for schedule(static)
+    for (i64 r = 0; r < rows; r++) {
+      const float* xr = x + r * d;
+      const float* ur = u + r * d;
+      const float* cr = c + r * d;
+      const float* vr = vin + r * d;
+      const float* gr = gy + r * d;
+      const double rs = aux[3 * r], v = aux[3 * r + 1], kx = aux[3 * r + 2], b = beta[r];
+      const double s = rs * dot(ur, gr, d);
+      const double delta = v - kx;
+      const double gzbd = delta * s * b * (1.0 - b / 2.0);
+      const double gzvd = vFromStream ? b * s * v * (1.0 - v / 4.0) : b * s;
+      sb += gzbd;
+      sv += gzvd;
+      const float gzb = (float)gzbd, gzv = (float)gzvd;
+      const float bsk = (float)(b * s * rs);  // beta s r: gx's k term on u
+      if (gx != nullptr) {
+        float* o = gx + r * d;
+        const float fv = vFromStream ? gzv : 0.0f;
+        if (ax) {
+#pragma omp simd
+          for (i64 i = 0; i < d; i++) o[i] += gr[i] - bsk * ur[i] + fv * wv[i];
+        } else {
+#pragma omp simd
+          for (i64 i = 0; i < d; i++) o[i] = gr[i] - bsk * ur[i] + fv * wv[i];
+        }
+      }
+      if (gu != nullptr) {
+        float* o = gu + r * d;
+        const float fg = (float)(rs * b * delta), fx = (float)(rs * b * s),
+                    fu = (float)(rs * b * s * (delta - kx) * rs);
+        if (au) {
+#pragma omp simd
+          for (i64 i = 0; i < d; i++) o[i] += fg * gr[i] - fx * xr[i] - fu * ur[i];
+        } else {
+#pragma omp simd
+          for (i64 i = 0; i < d; i++) o[i] = fg * gr[i] - fx * xr[i] - fu * ur[i];
+        }
+      }
+      if (gc != nullptr) {
+        float* o = gc + r * d;
+        const float fv = vFromStream ? 0.0f : gzv;
+        if (ac) {
+#pragma omp simd
+          for (i64 i = 0; i < d; i++) o[i] += gzb * wb[i] + fv * wv[i];
+        } else {
+#pragma omp simd
+          for (i64 i = 0; i < d; i++) o[i] = gzb * wb[i] + fv * wv[i];
+        }
+      }
+#pragma omp simd
+      for (i64 i = 0; i < d; i++) {
+        Pb[i] += gzb * cr[i];
+        Pv[i] += gzv * vr[i];
+      }
+    }
+    bsum[2 * t] = sb;
+    bsum[2 * t + 1] = sv;
+  }
+  double sb = 0.0, sv = 0.0;
+  for (int t = 0; t < maxT; t++) {
+    sb += bsum[2 * t];
+    sv += bsum[2 * t + 1];
+  }
+  gbb[0] = (float)sb;
+  gbv[0] = (float)sv;
+  for (i64 i = 0; i < d; i++) {
+    float pb = partial[i], pv = partial[d + i];
+    for (int t = 1; t < maxT; t++) {
+      pb += partial[(size_t)t * 2 * d + i];
+      pv += partial[(size_t)t * 2 * d + d + i];
+    }
+    gwb[i] = pb;
+    gwv[i] = pv;
   }
 }
 

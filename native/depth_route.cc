@@ -6,9 +6,11 @@
 // Backward (per row, da_i = gout . s_i, dl_i = alpha_i (da_i - sum_j alpha_j da_j)), accumulating:
 //   gs_i += alpha_i gout + rstd_i dl_i (w o g) - (rstd_i^3 / d) (sum_c dl_i w_c g_c s_ic) s_i
 //   gw += g o P,   gg += w o P,   P = sum_rows sum_i dl_i rstd_i s_i   (per-thread partials, summed in order)
+// With base (an additive mode's stream h), out = base + sum_i alpha_i s_i in the same pass.
 // The deferred backward (depth_route_source_backward) takes one source s and the K routed calls that
-// read it, each with its output gradient gout_k and c_k = gout_k . out_k per row (row_dot), which
-// stands in for sum_i alpha_i da_i, so no other source of the call is needed:
+// read it, each with its output gradient gout_k and c_k = gout_k . (out_k - base_k) per row, which
+// stands in for sum_i alpha_i da_i, so no other source of the call is needed (c_k is computed on
+// the call's first source, while gout_k is read anyway, and kept for its other sources):
 //   dl = rstd_k alpha_k (gout_k . s - c_k);  gs += alpha_k gout_k + dl (w_k o g_k) - (rstd_k^2 dl q_k / d) s
 //   p_k += sum_rows dl s   (q_k = (w_k o g_k) . s; gw_k = g_k o p_k, gg_k = w_k o p_k after all sources)
 // One source's block of rows (and its gradient's) stays in cache while the K gradients stream past:
@@ -34,7 +36,8 @@ namespace attnres {
 
 namespace {
 constexpr i64 kRowBlock = 16;
-constexpr i64 kAhead = 4;  // rows of prefetch distance along a pass's (source, row) order
+constexpr i64 kAhead = 4;   // rows of prefetch distance along a pass's (source, row) order
+constexpr i64 kChunk = 64;  // columns summed in registers at once (four AVX-512 vectors)
 
 // Prefetches row r of buf (d floats, every 64-byte line); rw: for writing.
 inline void prefetch_row(const float* buf, i64 d, bool rw) {
@@ -59,8 +62,8 @@ inline bool ahead(i64 i, i64 r, i64 r0, i64 r1, i64 N, i64* ia, i64* ra) {
 }
 }  // namespace
 
-void depth_route(const float* const* src, i64 N, const float* w, const float* g, float* out, float* alpha,
-                 float* rstd, i64 rows, i64 d, float eps) {
+void depth_route(const float* const* src, i64 N, const float* w, const float* g, const float* base,
+                 float* out, float* alpha, float* rstd, i64 rows, i64 d, float eps) {
   std::vector<float> wg(d);  // w o g, the effective query on the un-normalised source
   for (i64 c = 0; c < d; c++) wg[c] = w[c] * g[c];
   const float* q = wg.data();
@@ -98,8 +101,14 @@ void depth_route(const float* const* src, i64 N, const float* w, const float* g,
         const float a0 = alpha[r * N];
         const float* s0 = src[0] + r * d;
         float* o = out + r * d;
+        if (base != nullptr) {
+          const float* br = base + r * d;
 #pragma omp simd
-        for (i64 c = 0; c < d; c++) o[c] = a0 * s0[c];
+          for (i64 c = 0; c < d; c++) o[c] = br[c] + a0 * s0[c];
+        } else {
+#pragma omp simd
+          for (i64 c = 0; c < d; c++) o[c] = a0 * s0[c];
+        }
       }
       for (i64 i = 1; i < N; i++)
         for (i64 r = r0; r < r1; r++) {
@@ -196,10 +205,12 @@ void row_dot(const float* a, const float* b, float* out, i64 rows, i64 d) {
   }
 }
 
-void depth_route_source_backward(const float* s, float* gs, bool accumulate, i64 K, const float* const* gout,
-                                 const float* const* alpha, const float* const* rstd, const i64* col,
-                                 const i64* n, const float* const* cv, const float* const* w,
-                                 const float* const* g, float* const* p, i64 rows, i64 d) {
+void depth_route_source_backward(const float* s, float* gs, bool accumulate, const float* init, i64 K,
+                                 const float* const* gout, const float* const* alpha,
+                                 const float* const* rstd, const i64* col, const i64* n, const bool* needC,
+                                 float* const* cv, const float* const* outs, const float* const* bases,
+                                 const float* const* w, const float* const* g, float* const* p, i64 rows,
+                                 i64 d) {
   std::vector<float> wgv((size_t)K * d);
   for (i64 k = 0; k < K; k++)
     for (i64 c = 0; c < d; c++) wgv[(size_t)k * d + c] = w[k][c] * g[k][c];
@@ -211,10 +222,16 @@ void depth_route_source_backward(const float* s, float* gs, bool accumulate, i64
   {
     float* P = partial.data() + (size_t)omp_get_thread_num() * K * d;
     double coef[kRowBlock];
+    float dlb[kRowBlock];
 #pragma omp for schedule(static)
     for (i64 b = 0; b < nb; b++) {
       const i64 r0 = b * kRowBlock, r1 = std::min(rows, r0 + kRowBlock);
-      if (gs != nullptr && !accumulate) std::fill(gs + r0 * d, gs + r1 * d, 0.0f);
+      if (gs != nullptr && !accumulate) {
+        if (init != nullptr)
+          std::copy(init + r0 * d, init + r1 * d, gs + r0 * d);
+        else
+          std::fill(gs + r0 * d, gs + r1 * d, 0.0f);
+      }
       for (i64 r = r0; r < r1; r++) coef[r - r0] = 0.0;
       for (i64 k = 0; k < K; k++) {
         const float* q = wgv.data() + (size_t)k * d;
@@ -225,6 +242,19 @@ void depth_route_source_backward(const float* s, float* gs, bool accumulate, i64
           if (ahead(k, r, r0, r1, K, &ka, &ra)) prefetch_row(gout[ka] + ra * d, d, false);
           const float* sr = s + r * d;
           const float* go = gout[k] + r * d;
+          if (needC[k]) {  // c_k = gout_k . (out_k - base_k), on the call's first source
+            const float* o = outs[k] + r * d;
+            float cc = 0.0f;
+            if (bases[k] != nullptr) {
+              const float* br = bases[k] + r * d;
+#pragma omp simd reduction(+ : cc)
+              for (i64 c = 0; c < d; c++) cc += go[c] * (o[c] - br[c]);
+            } else {
+#pragma omp simd reduction(+ : cc)
+              for (i64 c = 0; c < d; c++) cc += go[c] * o[c];
+            }
+            cv[k][r] = cc;
+          }
           float da = 0.0f, dq = 0.0f;
 #pragma omp simd reduction(+ : da, dq)
           for (i64 c = 0; c < d; c++) {
@@ -232,15 +262,37 @@ void depth_route_source_backward(const float* s, float* gs, bool accumulate, i64
             dq += q[c] * sr[c];
           }
           const float a = alpha[k][r * N + ck], rs = rstd[k][r * N + ck];
-          const double dld = (double)rs * a * ((double)da - cv[k][r]);
+          // one source: alpha is 1 whatever the logit, so dl is exactly 0 (c, taken from out - base,
+          // may differ from da by the rounding of out)
+          const double dld = N == 1 ? 0.0 : (double)rs * a * ((double)da - cv[k][r]);
           const float dl = (float)dld;
-#pragma omp simd
-          for (i64 c = 0; c < d; c++) Pk[c] += dl * sr[c];
+          dlb[r - r0] = dl;
           if (gs == nullptr) continue;
           coef[r - r0] += (double)rs * rs * dld * dq / (double)d;
           float* gr = gs + r * d;
 #pragma omp simd
           for (i64 c = 0; c < d; c++) gr[c] += a * go[c] + dl * q[c];
+        }
+        // p_k += sum over the block's rows of dl s: summed in a register per SIMD lane, so p_k is
+        // read and written once per block instead of once per row
+        const float* sb = s + r0 * d;
+        const i64 nr = r1 - r0;
+        i64 c0 = 0;
+        for (; c0 + kChunk <= d; c0 += kChunk) {
+          float acc[kChunk] = {0};
+          for (i64 r = 0; r < nr; r++) {
+            const float dl = dlb[r];
+            const float* sp = sb + r * d + c0;
+#pragma omp simd
+            for (i64 j = 0; j < kChunk; j++) acc[j] += dl * sp[j];
+          }
+#pragma omp simd
+          for (i64 j = 0; j < kChunk; j++) Pk[c0 + j] += acc[j];
+        }
+        for (i64 c = c0; c < d; c++) {
+          float acc = 0.0f;
+          for (i64 r = 0; r < nr; r++) acc += dlb[r] * sb[r * d + c];
+          Pk[c] += acc;
         }
       }
       if (gs == nullptr) continue;

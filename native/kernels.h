@@ -123,21 +123,35 @@ void ddl_update(const float* X, const float* k, const float* beta, const float* 
                 i64 dv);
 void ddl_update_backward(const float* X, const float* k, const float* beta, const float* v, const float* gY,
                          float* gX, float* gk, float* gbeta, float* gv, i64 rows, i64 d, i64 dv);
+// ddl's scalar step: x, u, c, y [rows, d]; wb, wv [d]; bb, bv [1]; beta [rows]; aux [rows, 3]
+void ddl_step(const float* x, const float* u, const float* c, const float* wb, const float* bb,
+              const float* wv, const float* bv, float* y, float* beta, float* aux, i64 rows, i64 d,
+              float eps2, bool vFromStream);
+// gx, gu, gc [rows, d] or null; accumulate: bits 1, 2, 4 for gx, gu, gc; gwb, gwv [d], gbb, gbv [1] written
+void ddl_step_backward(const float* x, const float* u, const float* c, const float* wb, const float* wv,
+                       const float* beta, const float* aux, const float* gy, float* gx, float* gu, float* gc,
+                       int accumulate, float* gwb, float* gbb, float* gwv, float* gbv, i64 rows, i64 d,
+                       bool vFromStream);
 
 // ------------------------------------------------------------------ depth routing (depth_route.cc)
 // src: N pointers to [rows, d]; w, g [d]; out [rows, d]; alpha, rstd [rows, N]
-void depth_route(const float* const* src, i64 N, const float* w, const float* g, float* out, float* alpha,
-                 float* rstd, i64 rows, i64 d, float eps);
+// base [rows, d] or null: out = base + sum_i alpha_i s_i
+void depth_route(const float* const* src, i64 N, const float* w, const float* g, const float* base,
+                 float* out, float* alpha, float* rstd, i64 rows, i64 d, float eps);
 // gsrc: N pointers to [rows, d] or null (skipped); gw, gg [d] written
 void depth_route_backward(const float* const* src, i64 N, const float* w, const float* g, const float* alpha,
                           const float* rstd, const float* gout, float* const* gsrc, float* gw, float* gg,
                           i64 rows, i64 d);
 // the deferred backward of one source s [rows, d] for K calls; per call k: gout [rows, d], alpha and rstd
 // [rows, n[k]] (s is column col[k]), cv [rows] = gout . out, w, g [d], p [d] (+=); gs [rows, d] or null
-void depth_route_source_backward(const float* s, float* gs, bool accumulate, i64 K, const float* const* gout,
-                                 const float* const* alpha, const float* const* rstd, const i64* col,
-                                 const i64* n, const float* const* cv, const float* const* w,
-                                 const float* const* g, float* const* p, i64 rows, i64 d);
+// init: gs's starting value when it is written (null: zero); needC[k]: compute cv[k] = gout_k . (outs[k] -
+// bases[k]) (bases[k] may be null) per row before using it
+void depth_route_source_backward(const float* s, float* gs, bool accumulate, const float* init, i64 K,
+                                 const float* const* gout, const float* const* alpha,
+                                 const float* const* rstd, const i64* col, const i64* n, const bool* needC,
+                                 float* const* cv, const float* const* outs, const float* const* bases,
+                                 const float* const* w, const float* const* g, float* const* p, i64 rows,
+                                 i64 d);
 // out[r] = a[r] . b[r]; a, b [rows, d], out [rows]
 void row_dot(const float* a, const float* b, float* out, i64 rows, i64 d);
 

@@ -225,6 +225,62 @@ describe("gradcheck: ddl-expanded state", () => {
   });
 });
 
+describe("gradcheck: ddl's fused step", () => {
+  for (const vFromStream of [false, true]) {
+    const mk = () => ({
+      x: r([2, 3, 6], { lo: -2, hi: 2 }),
+      u: r([2, 3, 6], { lo: -2, hi: 2 }),
+      c: r([2, 3, 6], { lo: -2, hi: 2 }),
+      wb: r([1, 6]),
+      bb: r([1]),
+      wv: r([1, 6]),
+      bv: r([1]),
+    });
+    const eps2 = 0.3;
+    test(`ddlStep (value from ${vFromStream ? "the stream, sigmoid4" : "the pre-norm, linear"})`, () => {
+      const t = mk();
+      gradcheck(
+        "ddlStep",
+        [t.x, t.u, t.c, t.wb, t.bb, t.wv, t.bv],
+        (x, u, c, wb, bb, wv, bv) => ops.ddlStep(x!, u!, c!, wb!, bb!, wv!, bv!, eps2, vFromStream).y,
+      );
+      // x and c also read by a later op: their gradients reach ddlStep's backward half-accumulated
+      gradcheck(
+        "ddlStep, shared inputs",
+        [t.x, t.u, t.c, t.wb, t.bb, t.wv, t.bv],
+        (x, u, c, wb, bb, wv, bv) =>
+          ops.mul(
+            ops.ddlStep(x!, u!, c!, wb!, bb!, wv!, bv!, eps2, vFromStream).y,
+            ops.add(x!, ops.mul(c!, u!)),
+          ),
+      );
+    });
+    test(`ddlStep equals its composite definition (${vFromStream ? "sigmoid4" : "linear"})`, () => {
+      const { x, u, c, wb, bb, wv, bv } = mk();
+      const k = ops.div(u, ops.sqrt(ops.add(ops.sum(ops.square(u), -1, true), eps2)));
+      const beta = ops.scale(ops.sigmoid(ops.add(ops.matmul(c, wb, { transB: true }), bb)), 2);
+      const zv = ops.add(ops.matmul(vFromStream ? x : c, wv, { transB: true }), bv);
+      const v = vFromStream ? ops.scale(ops.sigmoid(zv), 4) : zv;
+      const kx = ops.sum(ops.mul(k, x), -1, true);
+      const want = ops.add(x, ops.mul(ops.mul(beta, ops.sub(v, kx)), k));
+      const got = ops.ddlStep(x, u, c, wb, bb, wv, bv, eps2, vFromStream);
+      assertClose(got.y.toArray(), want.toArray(), { rtol: 1e-12 }, "y");
+      assertClose(got.beta.toArray(), beta.toArray(), { rtol: 1e-12 }, "beta");
+      assert.deepEqual(got.beta.shape, [2, 3, 1]);
+      assert.equal(got.beta.requiresGrad, false);
+    });
+  }
+  test("ddlStep shape errors name the op and shapes", () => {
+    const [x, w, b] = [r([2, 4]), r([1, 4]), r([1])];
+    assert.throws(
+      () => ops.ddlStep(x, r([2, 3]), x, w, b, w, b, 1, false),
+      /ddlStep: stream \[2, 4\], output \[2, 3\]/,
+    );
+    assert.throws(() => ops.ddlStep(x, x, x, r([1, 3]), b, w, b, 1, false), /ddlStep: projections \[1, 3\]/);
+    assert.throws(() => ops.ddlStep(x, x, x, w, r([2]), w, b, 1, false), /biases \[2\], \[1\] one/);
+  });
+});
+
 describe("gradcheck: depth routing", () => {
   for (const N of [1, 2, 5])
     test(`route over ${N} sources`, () => {

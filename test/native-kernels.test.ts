@@ -991,6 +991,228 @@ describe("ddl-expanded state", () => {
   });
 });
 
+describe("ddlStep (ddl's fused update)", () => {
+  // awkward sizes: d not a multiple of the SIMD width, rows below and above the threading threshold
+  for (const [rows, d] of [
+    [1, 1],
+    [13, 7],
+    [67, 37],
+    [301, 129],
+  ])
+    for (const vFromStream of [false, true])
+      test(`rows=${rows} d=${d} ${vFromStream ? "sigmoid4" : "linear"}`, () => {
+        const [x, u, c] = [rnd(rows * d, -2, 2), rnd(rows * d, -2, 2), rnd(rows * d, -2, 2)];
+        const [wb, wv, bb, bv] = [rnd(d), rnd(d), rnd(1), rnd(1)];
+        const eps2 = 0.01 + rand();
+        const [y, beta, aux] = [nans(rows * d), nans(rows), nans(rows * 3)];
+        const [yW, betaW, auxW] = [
+          new Float64Array(rows * d),
+          new Float64Array(rows),
+          new Float64Array(rows * 3),
+        ];
+        ref.ddlStep(
+          f64(x),
+          f64(u),
+          f64(c),
+          f64(wb),
+          f64(bb),
+          f64(wv),
+          f64(bv),
+          yW,
+          betaW,
+          auxW,
+          rows,
+          d,
+          eps2,
+          vFromStream,
+        );
+        nat.ddlStep(x, u, c, wb, bb, wv, bv, y, beta, aux, rows, d, eps2, vFromStream);
+        // y = x + (a term of similar size), v = wv·c + bv: judged against the size of the terms
+        // (cancellation can make a result far smaller than they are)
+        closeDot("y", y, yW, d, maxAbs(x) + maxAbs(yW));
+        closeDot("beta", beta, betaW, d);
+        closeDot("aux", aux, auxW, d, maxAbs(auxW) + 4);
+        // Backward, from the forward's own beta and aux, for every accumulate mask: accumulated
+        // gradients start at random values, written ones at NaN.
+        const gy = rnd(rows * d);
+        for (let mask = 0; mask < 8; mask++) {
+          const start = [0, 1, 2].map((i) => (mask & (1 << i) ? rnd(rows * d) : nans(rows * d)));
+          const want = start.map((b, i) => (mask & (1 << i) ? f64(b) : new Float64Array(rows * d)));
+          const [gwb, gbb, gwv, gbv] = [nans(d), nans(1), nans(d), nans(1)];
+          const [gwbW, gbbW, gwvW, gbvW] = [d, 1, d, 1].map((n) => new Float64Array(n)) as Float64Array[];
+          ref.ddlStepBackward(
+            f64(x),
+            f64(u),
+            f64(c),
+            f64(wb),
+            f64(wv),
+            f64(beta),
+            f64(aux),
+            f64(gy),
+            want[0]!,
+            want[1]!,
+            want[2]!,
+            mask,
+            gwbW!,
+            gbbW!,
+            gwvW!,
+            gbvW!,
+            rows,
+            d,
+            vFromStream,
+          );
+          nat.ddlStepBackward(
+            x,
+            u,
+            c,
+            wb,
+            wv,
+            beta,
+            aux,
+            gy,
+            start[0]!,
+            start[1]!,
+            start[2]!,
+            mask,
+            gwb,
+            gbb,
+            gwv,
+            gbv,
+            rows,
+            d,
+            vFromStream,
+          );
+          // each gradient element sums a few terms of at most ~8 |gy| (inputs in [-2, 2], β < 2,
+          // |k| ≤ 1), plus the start value when it accumulates; the parameter gradients sum
+          // such terms over the rows
+          const T = 8 * maxAbs(gy) + 1;
+          for (const [i, name] of ["gx", "gu", "gc"].entries())
+            closeDot(`${name} (mask ${mask})`, start[i]!, want[i]!, d, maxAbs(want[i]!) + T);
+          const P = T * (2 + Math.sqrt(rows));
+          closeDot("gwb", gwb, gwbW!, rows * d, maxAbs(gwbW!) + P);
+          closeDot("gbb", gbb, gbbW!, rows * d, maxAbs(gbbW!) + P);
+          closeDot("gwv", gwv, gwvW!, rows * d, maxAbs(gwvW!) + P);
+          closeDot("gbv", gbv, gbvW!, rows * d, maxAbs(gbvW!) + P);
+        }
+        // Null input gradients: nothing else changes.
+        const [gwb2, gbb2, gwv2, gbv2] = [nans(d), nans(1), nans(d), nans(1)];
+        const gx = nans(rows * d);
+        nat.ddlStepBackward(
+          x,
+          u,
+          c,
+          wb,
+          wv,
+          beta,
+          aux,
+          gy,
+          gx,
+          null,
+          null,
+          0,
+          gwb2,
+          gbb2,
+          gwv2,
+          gbv2,
+          rows,
+          d,
+          vFromStream,
+        );
+        const gxAll = nans(rows * d);
+        const [gwb3, gbb3, gwv3, gbv3] = [nans(d), nans(1), nans(d), nans(1)];
+        nat.ddlStepBackward(
+          x,
+          u,
+          c,
+          wb,
+          wv,
+          beta,
+          aux,
+          gy,
+          gxAll,
+          nans(rows * d),
+          nans(rows * d),
+          0,
+          gwb3,
+          gbb3,
+          gwv3,
+          gbv3,
+          rows,
+          d,
+          vFromStream,
+        );
+        assert.deepEqual([...gx], [...gxAll]);
+        assert.deepEqual([...gwb2, ...gbb2, ...gwv2, ...gbv2], [...gwb3, ...gbb3, ...gwv3, ...gbv3]);
+      });
+  test("errors", () => {
+    assert.throws(
+      () =>
+        nat.ddlStep(
+          rnd(8),
+          rnd(8),
+          rnd(7),
+          rnd(4),
+          rnd(1),
+          rnd(4),
+          rnd(1),
+          rnd(8),
+          rnd(2),
+          rnd(6),
+          2,
+          4,
+          1,
+          false,
+        ),
+      /ddlStep: c has 7 elements, needs 8/,
+    );
+    assert.throws(
+      () =>
+        nat.ddlStepBackward(
+          rnd(8),
+          rnd(8),
+          rnd(8),
+          rnd(4),
+          rnd(4),
+          rnd(2),
+          rnd(6),
+          rnd(8),
+          null,
+          null,
+          null,
+          8,
+          rnd(4),
+          rnd(1),
+          rnd(4),
+          rnd(1),
+          2,
+          4,
+          false,
+        ),
+      /ddlStepBackward: accumulate must be a bit mask below 8/,
+    );
+    assert.throws(
+      () =>
+        ref.ddlStep(
+          rnd(8),
+          rnd(8),
+          rnd(8),
+          rnd(4),
+          rnd(1),
+          rnd(4),
+          rnd(1),
+          rnd(8),
+          rnd(2),
+          rnd(5),
+          2,
+          4,
+          1,
+          false,
+        ),
+      /ddlStep: aux/,
+    );
+  });
+});
+
 describe("depthRoute", () => {
   for (const [rows, d, N] of [
     [1, 1, 1],
@@ -999,60 +1221,89 @@ describe("depthRoute", () => {
     [301, 129, 4],
     [70, 33, 26], // rows not a multiple of the kernel's 16-row blocks, many sources, threaded
   ])
-    test(`rows=${rows} d=${d} N=${N}`, () => {
-      const sources = Array.from({ length: N }, () => rnd(rows * d, -2, 2));
-      const w = rnd(d);
-      const g = rnd(d, 0.5, 1.5);
-      const out = nans(rows * d);
-      const alpha = nans(rows * N);
-      const rstd = nans(rows * N);
-      const outW = new Float64Array(rows * d);
-      const alphaW = new Float64Array(rows * N);
-      const rstdW = new Float64Array(rows * N);
-      ref.depthRoute(sources.map(f64), f64(w), f64(g), outW, alphaW, rstdW, rows, d, 1e-6);
-      nat.depthRoute(sources, w, g, out, alpha, rstd, rows, d, 1e-6);
-      closeDot("rstd", rstd, rstdW, d);
-      closeDot("alpha", alpha, alphaW, d + N);
-      closeDot("out", out, outW, d + N);
-      const gout = rnd(rows * d);
-      // Source gradients accumulate: start them at random values. Every source gets a gradient
-      // except (when N > 1) the second one, which must stay untouched.
-      const gs = sources.map((_, i) => (N > 1 && i === 1 ? null : rnd(rows * d)));
-      const gsW = gs.map((b) => (b ? f64(b) : null));
-      const gw = nans(d);
-      const gg = nans(d);
-      const gwW = new Float64Array(d);
-      const ggW = new Float64Array(d);
-      ref.depthRouteBackward(
-        sources.map(f64),
-        f64(w),
-        f64(g),
-        f64(alpha),
-        f64(rstd),
-        f64(gout),
-        gsW,
-        gwW,
-        ggW,
-        rows,
-        d,
-      );
-      nat.depthRouteBackward(sources, w, g, alpha, rstd, gout, gs, gw, gg, rows, d);
-      for (let i = 0; i < N; i++) if (gs[i]) closeDot(`gsource ${i}`, gs[i]!, gsW[i]!, d + N);
-      closeDot("gw", gw, gwW, rows * N);
-      closeDot("gg", gg, ggW, rows * N);
-    });
+    for (const withBase of [false, true])
+      test(`rows=${rows} d=${d} N=${N}${withBase ? " with a base" : ""}`, () => {
+        const sources = Array.from({ length: N }, () => rnd(rows * d, -2, 2));
+        const w = rnd(d);
+        const g = rnd(d, 0.5, 1.5);
+        const base = withBase ? rnd(rows * d, -2, 2) : null;
+        const out = nans(rows * d);
+        const alpha = nans(rows * N);
+        const rstd = nans(rows * N);
+        const outW = new Float64Array(rows * d);
+        const alphaW = new Float64Array(rows * N);
+        const rstdW = new Float64Array(rows * N);
+        ref.depthRoute(
+          sources.map(f64),
+          f64(w),
+          f64(g),
+          outW,
+          alphaW,
+          rstdW,
+          rows,
+          d,
+          1e-6,
+          base && f64(base),
+        );
+        nat.depthRoute(sources, w, g, out, alpha, rstd, rows, d, 1e-6, base);
+        closeDot("rstd", rstd, rstdW, d);
+        closeDot("alpha", alpha, alphaW, d + N);
+        closeDot("out", out, outW, d + N);
+        const gout = rnd(rows * d);
+        // Source gradients accumulate: start them at random values. Every source gets a gradient
+        // except (when N > 1) the second one, which must stay untouched.
+        const gs = sources.map((_, i) => (N > 1 && i === 1 ? null : rnd(rows * d)));
+        const gsW = gs.map((b) => (b ? f64(b) : null));
+        const gw = nans(d);
+        const gg = nans(d);
+        const gwW = new Float64Array(d);
+        const ggW = new Float64Array(d);
+        ref.depthRouteBackward(
+          sources.map(f64),
+          f64(w),
+          f64(g),
+          f64(alpha),
+          f64(rstd),
+          f64(gout),
+          gsW,
+          gwW,
+          ggW,
+          rows,
+          d,
+        );
+        nat.depthRouteBackward(sources, w, g, alpha, rstd, gout, gs, gw, gg, rows, d);
+        for (let i = 0; i < N; i++) if (gs[i]) closeDot(`gsource ${i}`, gs[i]!, gsW[i]!, d + N);
+        closeDot("gw", gw, gwW, rows * N);
+        closeDot("gg", gg, ggW, rows * N);
+      });
   test("errors", () => {
     assert.throws(
-      () => nat.depthRoute([], rnd(4), rnd(4), rnd(8), rnd(2), rnd(2), 2, 4, 1e-6),
+      () => nat.depthRoute([], rnd(4), rnd(4), rnd(8), rnd(2), rnd(2), 2, 4, 1e-6, null),
       /depthRoute: no sources/,
     );
     assert.throws(
-      () => nat.depthRoute([rnd(8), rnd(7)], rnd(4), rnd(4), rnd(8), rnd(4), rnd(4), 2, 4, 1e-6),
+      () => nat.depthRoute([rnd(8), rnd(7)], rnd(4), rnd(4), rnd(8), rnd(4), rnd(4), 2, 4, 1e-6, null),
       /depthRoute: source 1 has 7 elements, needs 8/,
     );
     assert.throws(
-      () => nat.depthRoute([rnd(8), new Float64Array(8)], rnd(4), rnd(4), rnd(8), rnd(4), rnd(4), 2, 4, 1e-6),
+      () =>
+        nat.depthRoute(
+          [rnd(8), new Float64Array(8)],
+          rnd(4),
+          rnd(4),
+          rnd(8),
+          rnd(4),
+          rnd(4),
+          2,
+          4,
+          1e-6,
+          null,
+        ),
       /depthRoute: source 1 is a Float64Array/,
+    );
+    assert.throws(
+      () => nat.depthRoute([rnd(8)], rnd(4), rnd(4), rnd(8), rnd(2), rnd(2), 2, 4, 1e-6, rnd(7)),
+      /depthRoute: base has 7 elements, needs 8/,
     );
     assert.throws(
       () =>
@@ -1074,14 +1325,22 @@ describe("depthRouteSourceBackward and rowDot", () => {
       const out = nans(rows * d);
       const alpha = nans(rows * N);
       const rstd = nans(rows * N);
-      nat.depthRoute(srcs, w, g, out, alpha, rstd, rows, d, 1e-6);
+      // every third call with a base (out = base + the routed sum)
+      const base = randInt(3) === 0 ? rnd(rows * d, -2, 2) : null;
+      nat.depthRoute(srcs, w, g, out, alpha, rstd, rows, d, 1e-6, base);
       const gout = rnd(rows * d);
-      const c = nans(rows);
-      nat.rowDot(gout, out, c, rows, d);
+      // half of the calls have c already (rowDot of gout with the routed sum), the others have
+      // the kernel compute it (needC; c starts poisoned)
+      const needC = randInt(2) === 1;
+      const routed = Float32Array.from(out, (v, i) => (base ? v - base[i]! : v));
       const cW = new Float64Array(rows);
-      ref.rowDot(f64(gout), f64(out), cW, rows, d);
-      closeDot("c", c, cW, d);
-      return { N, col, w, g, alpha, rstd, gout, c, p: rnd(d) };
+      ref.rowDot(f64(gout), f64(routed), cW, rows, d);
+      const c = nans(rows);
+      if (!needC) {
+        nat.rowDot(gout, routed, c, rows, d);
+        closeDot("c", c, cW, d);
+      }
+      return { N, col, w, g, alpha, rstd, gout, c, cW, needC, out, base, p: rnd(d) };
     });
   }
   for (const [rows, d, K] of [
@@ -1092,14 +1351,16 @@ describe("depthRouteSourceBackward and rowDot", () => {
     [70, 33, 26], // rows not a multiple of the 16-row blocks, many calls, threaded
     [40, 16, 0], // no calls: a written gradient is zero
   ])
-    for (const mode of ["accumulate", "write", "none"] as const)
+    for (const mode of ["accumulate", "write", "write from init", "none"] as const)
       test(`rows=${rows} d=${d} calls=${K}, gradient: ${mode}`, () => {
         const s = rnd(rows * d, -2, 2);
         const cs = calls(rows, d, K, s);
-        const meta = Int32Array.from(cs.flatMap((c) => [c.col, c.N]));
-        const gs = mode === "accumulate" ? rnd(rows * d) : mode === "write" ? nans(rows * d) : null;
-        const gsW = mode === "accumulate" ? f64(gs!) : mode === "write" ? new Float64Array(rows * d) : null;
+        const meta = Int32Array.from(cs.flatMap((c) => [c.col, c.N, c.needC ? 1 : 0]));
+        const gs = mode === "accumulate" ? rnd(rows * d) : mode === "none" ? null : nans(rows * d);
+        const init = mode === "write from init" ? rnd(rows * d) : null;
+        const gsW = mode === "accumulate" ? f64(gs!) : mode === "none" ? null : new Float64Array(rows * d);
         const psW = cs.map((c) => f64(c.p));
+        const cWs = cs.map((c) => (c.needC ? new Float64Array(rows) : f64(c.c)));
         ref.depthRouteSourceBackward(
           f64(s),
           gsW,
@@ -1108,12 +1369,15 @@ describe("depthRouteSourceBackward and rowDot", () => {
           cs.map((c) => f64(c.alpha)),
           cs.map((c) => f64(c.rstd)),
           meta,
-          cs.map((c) => f64(c.c)),
+          cWs,
           cs.map((c) => f64(c.w)),
           cs.map((c) => f64(c.g)),
           psW,
           rows,
           d,
+          init && f64(init),
+          cs.map((c) => f64(c.out)),
+          cs.map((c) => c.base && f64(c.base)),
         );
         nat.depthRouteSourceBackward(
           s,
@@ -1129,9 +1393,16 @@ describe("depthRouteSourceBackward and rowDot", () => {
           cs.map((c) => c.p),
           rows,
           d,
+          init,
+          cs.map((c) => c.out),
+          cs.map((c) => c.base),
         );
         if (gs) closeDot("gsource", gs, gsW!, d * (K + 1));
-        cs.forEach((c, k) => closeDot(`p ${k}`, c.p, psW[k]!, rows * d));
+        cs.forEach((c, k) => {
+          closeDot(`p ${k}`, c.p, psW[k]!, rows * d);
+          closeDot(`c ${k}`, c.c, c.cW, d);
+          closeDot(`reference c ${k}`, cWs[k]!, c.cW, d);
+        });
       });
   test("over every source of a call, it equals depthRouteBackward (float64)", () => {
     const near = (name: string, got: Float64Array, want: Float64Array) => {
@@ -1145,7 +1416,7 @@ describe("depthRouteSourceBackward and rowDot", () => {
     const out = new Float64Array(rows * d);
     const alpha = new Float64Array(rows * N);
     const rstd = new Float64Array(rows * N);
-    ref.depthRoute(srcs, w, g, out, alpha, rstd, rows, d, 1e-6);
+    ref.depthRoute(srcs, w, g, out, alpha, rstd, rows, d, 1e-6, null);
     const gout = f64(rnd(rows * d));
     const c = new Float64Array(rows);
     ref.rowDot(gout, out, c, rows, d);
@@ -1163,13 +1434,16 @@ describe("depthRouteSourceBackward and rowDot", () => {
         [gout],
         [alpha],
         [rstd],
-        Int32Array.of(i, N),
+        Int32Array.of(i, N, 0),
         [c],
         [w],
         [g],
         [p],
         rows,
         d,
+        null,
+        [out],
+        [null],
       );
       near(`gsource ${i}`, gs, whole[i]!);
     });
@@ -1195,13 +1469,16 @@ describe("depthRouteSourceBackward and rowDot", () => {
           one,
           [],
           one,
-          Int32Array.of(0, 1),
+          Int32Array.of(0, 1, 0),
           one,
           one,
           one,
           one,
           2,
           4,
+          null,
+          one,
+          [null],
         ),
       /depthRouteSourceBackward: 0 alphas for 1 gradients/,
     );
@@ -1214,13 +1491,16 @@ describe("depthRouteSourceBackward and rowDot", () => {
           one,
           one,
           one,
-          Int32Array.of(2, 2),
+          Int32Array.of(2, 2, 0),
           one,
           one,
           one,
           one,
           2,
           4,
+          null,
+          one,
+          [null],
         ),
       /depthRouteSourceBackward: consumer 0 has column 2 of 2/,
     );
@@ -1240,8 +1520,55 @@ describe("depthRouteSourceBackward and rowDot", () => {
           [],
           2,
           4,
+          null,
+          [],
+          [],
         ),
       /depthRouteSourceBackward: gsource has 7 elements, needs 8/,
+    );
+    assert.throws(
+      () =>
+        nat.depthRouteSourceBackward(
+          rnd(8),
+          null,
+          false,
+          one,
+          one,
+          one,
+          Int32Array.of(0, 1, 1),
+          one,
+          one,
+          one,
+          one,
+          2,
+          4,
+          null,
+          [rnd(8)],
+          [rnd(6)],
+        ),
+      /depthRouteSourceBackward: base 0 has 6 elements, needs 8/,
+    );
+    assert.throws(
+      () =>
+        nat.depthRouteSourceBackward(
+          rnd(8),
+          rnd(8),
+          false,
+          one,
+          one,
+          one,
+          Int32Array.of(0, 1, 0),
+          one,
+          one,
+          one,
+          one,
+          2,
+          4,
+          rnd(5),
+          one,
+          [null],
+        ),
+      /depthRouteSourceBackward: init has 5 elements, needs 8/,
     );
     assert.throws(() => nat.rowDot(rnd(8), rnd(8), rnd(1), 2, 4), /rowDot: out has 1 elements, needs 2/);
   });

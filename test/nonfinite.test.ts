@@ -186,7 +186,7 @@ const kernels: Kernel[] = [
       const src = [buf(i.s0!), buf(i.s1!), buf(i.s2!)];
       const [w, g] = [buf(i.w!), buf(i.g!)];
       const [o, alpha, rstd] = [out(b, R * D), out(b, R * 3), out(b, R * 3)];
-      b.depthRoute(src, w, g, o, alpha, rstd, R, D, 1e-6);
+      b.depthRoute(src, w, g, o, alpha, rstd, R, D, 1e-6, null);
       const gs = src.map(() => out(b, R * D));
       const [gw, gg] = [out(b, D), out(b, D)];
       b.depthRouteBackward(src, w, g, alpha, rstd, buf(i.gout!), gs, gw, gg, R, D);
@@ -208,7 +208,7 @@ const kernels: Kernel[] = [
       const src = [buf(i.s0!), buf(i.s1!)];
       const [w, g, gout, p] = [buf(i.w!), buf(i.g!), buf(i.gout!), buf(i.p!)];
       const [o, alpha, rstd, c] = [out(b, R * D), out(b, R * 2), out(b, R * 2), out(b, R)];
-      b.depthRoute(src, w, g, o, alpha, rstd, R, D, 1e-6);
+      b.depthRoute(src, w, g, o, alpha, rstd, R, D, 1e-6, null);
       b.rowDot(gout, o, c, R, D);
       const [gs0, gs1] = [buf(i.gs0!), out(b, R * D)];
       const one = (col: number, gs: Buf, acc: boolean) =>
@@ -219,13 +219,16 @@ const kernels: Kernel[] = [
           [gout],
           [alpha],
           [rstd],
-          Int32Array.of(col, 2),
+          Int32Array.of(col, 2, 0),
           [c],
           [w],
           [g],
           [p],
           R,
           D,
+          null,
+          [o],
+          [null],
         );
       one(0, gs0, true);
       one(1, gs1, false);

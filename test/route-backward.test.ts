@@ -4,7 +4,8 @@
  * calls share sources (computed sources used by one call and by many, a source twice in one call,
  * sources that need no gradient, leaf sources, a query and gain shared by calls, a computed query
  * that takes the whole-call path, a leaf with both a direct and a deferred gradient); the
- * engine's bookkeeping (recorded gradients released, group end() on failure); and standard-mode
+ * engine's bookkeeping (recorded gradients released, group end() on failure); calls with a base
+ * (out = base + the routed sum), whose sources get their gradient so far as a shared view; and standard-mode
  * training bit-identical to the engine before deferral: test/fixtures/standard-steps.json holds
  * the losses, gradient norms and a CRC-32 of every parameter's float64 bytes after three steps of
  * two micro-batches each on the reference backend, as written by the engine before deferred
@@ -89,6 +90,61 @@ describe("route: deferred backward", () => {
     x0.grad?.dispose();
     x0.grad = null;
     assert.equal(poolStats(ref).liveBytes, live, "every recorded gradient was released");
+  });
+});
+
+describe("route with a base (out = base + the routed sum)", () => {
+  /** A delta-like chain: x_j = h + route(…) with h the stream, whose adds hand a source its gradient as a shared view. */
+  function chain(xs: Tensor[]): Tensor {
+    const [x0, x1, w1, g1, w2, g2] = xs as [Tensor, Tensor, Tensor, Tensor, Tensor, Tensor];
+    const eps = 1e-6;
+    const h0 = ops.silu(x0);
+    const o0 = ops.exp(ops.scale(x1, 0.3));
+    const h1 = ops.add(h0, o0); // o0's gradient from here is a view of h1's
+    const x1in = ops.route([h0, o0], w1, g1, eps, h1).out;
+    const o1 = ops.silu(x1in);
+    const h2 = ops.add(h1, o1);
+    const x2in = ops.route([h0, o0, o1], w2, g2, eps, h2).out;
+    const same = ops.route([h0, o1], w1, g2, eps, h0).out; // the base is also a source
+    const one = ops.route([o1], w2, g1, eps, o0).out; // one source: alpha ≡ 1
+    return ops.add(ops.add(ops.mul(x2in, o1), same), one);
+  }
+  const inputs = () => [
+    r([2, 3, 6], { lo: -2, hi: 2 }),
+    r([2, 3, 6], { lo: -2, hi: 2 }),
+    r([6]),
+    r([6], { lo: 0.5, hi: 1.5 }),
+    r([6]),
+    r([6], { lo: 0.5, hi: 1.5 }),
+  ];
+  test("float64 gradients match central differences, and nothing is left behind", () => {
+    const xs = inputs();
+    gradcheck("routed chain with bases", xs, (...t) => chain(t));
+    for (const x of xs) {
+      x.grad?.dispose();
+      x.grad = null;
+    }
+    const live = poolStats(ref).liveBytes;
+    tidy(() => ops.sum(chain(xs)).backward());
+    for (const x of xs) {
+      x.grad?.dispose();
+      x.grad = null;
+    }
+    assert.equal(poolStats(ref).liveBytes, live, "every recorded gradient and kept output was released");
+  });
+  test("equals the routed sum plus the base; one source gives an exactly zero query gradient", () => {
+    const [s0, s1, b] = [r([4, 5]), r([4, 5]), r([4, 5])];
+    const [w, g] = [r([5]), r([5], { lo: 0.5, hi: 1.5 })];
+    const plain = ops.route([s0, s1], w, g, 1e-6).out.toArray();
+    const withBase = ops.route([s0, s1], w, g, 1e-6, b).out.toArray();
+    const bs = b.toArray();
+    withBase.forEach((v, i) => assert.ok(Math.abs(v - (plain[i]! + bs[i]!)) <= 1e-12, `element ${i}`));
+    tidy(() => ops.sum(ops.mul(ops.route([ops.silu(s0)], w, g, 1e-6, ops.exp(b)).out, s1)).backward());
+    assert.ok(w.grad && w.grad.toArray().every((v) => v === 0), "query gradient of a one-source call");
+    assert.throws(
+      () => ops.route([s0], w, g, 1e-6, r([4, 4])),
+      /route: base \[4, 4\] differs from the sources' \[4, 5\]/,
+    );
   });
 });
 

@@ -277,8 +277,9 @@ export interface Backend {
    * Depth routing (docs/methods.md "Routing") of N sources at every row (token), reading the sources
    * in place (never stacked). sources: N buffers, each [rows, d]; w (query) and g (key gain) [d].
    *   rstd[r, i] = 1/sqrt(mean_c s_i[r,c]^2 + eps);   k_i = s_i[r] * rstd[r, i] * g
-   *   l_i = w . k_i;   alpha[r, :] = softmax_i(l);     out[r] = sum_i alpha[r, i] * s_i[r]
-   * Writes out [rows, d], alpha [rows, N] and rstd [rows, N] (both kept for the backward).
+   *   l_i = w . k_i;   alpha[r, :] = softmax_i(l);     out[r] = base[r] + sum_i alpha[r, i] * s_i[r]
+   * (base [rows, d], or null for none). Writes out [rows, d], alpha [rows, N] and rstd [rows, N]
+   * (both kept for the backward).
    */
   depthRoute(
     sources: readonly Buf[],
@@ -290,6 +291,7 @@ export interface Backend {
     rows: number,
     d: number,
     eps: number,
+    base: Buf | null,
   ): void;
   /**
    * Backward of depthRoute. Accumulates into gsources[i] [rows, d] for every i whose entry is
@@ -312,15 +314,19 @@ export interface Backend {
   /**
    * The backward of depthRoute for one source, deferred until every routed call that reads it has
    * its output gradient (src/tensor/ops.ts `route`). With the per-row scalar c_k[r] =
-   * gout_k[r] . out_k[r] of consumer k (rowDot), the softmax backward needs only this source:
+   * gout_k[r] . (out_k[r] - base_k[r]) of consumer k (the routed sum's share of the output), the
+   * softmax backward needs only this source:
    *   da = gout_k . s,  dl = alpha_k (da - c_k),  dl_i = rstd_k * dl  (per row r, consumer k)
    *   gsource += sum_k [alpha_k gout_k + dl_i (w_k o g_k) - (rstd_k^2 dl_i (w_k o g_k) . s / d) s]
    *   ps[k] += sum_r dl_i s        (so that gw_k = g_k o ps[k], gg_k = w_k o ps[k] once every
    *                                 source of call k has been added)
    * source [rows, d]. Per consumer k < K: gouts[k] [rows, d]; alphas[k], rstds[k] [rows, N_k], this
-   * source being column col_k of them, meta = Int32Array [col_0, N_0, col_1, N_1, ...] (2K);
-   * cs[k] [rows]; ws[k], gs[k] [d] (the call's query and key gain); ps[k] [d] (accumulates into).
-   * gsource [rows, d]: null (only ps is wanted), accumulated into when accumulate, else written.
+   * source being column col_k of them, meta = Int32Array [col_0, N_0, needC_0, col_1, ...] (3K);
+   * cs[k] [rows]: c_k, computed here first (from outs[k] and bases[k], [rows, d], a base may be
+   * null) and written to cs[k] when needC_k is 1 (on the first source of a call; then only cs[k] is
+   * read); ws[k], gs[k] [d] (the call's query and key gain); ps[k] [d] (accumulates into).
+   * gsource [rows, d]: null (only ps is wanted), accumulated into when accumulate, else written,
+   * starting from init [rows, d] when that is non-null (from zero otherwise).
    */
   depthRouteSourceBackward(
     source: Buf,
@@ -336,6 +342,9 @@ export interface Backend {
     ps: readonly Buf[],
     rows: number,
     d: number,
+    init: Buf | null,
+    outs: readonly Buf[],
+    bases: readonly (Buf | null)[],
   ): void;
   /** Writes out[r] = sum_c a[r, c] * b[r, c] for r < rows (a, b [rows, d]; out [rows]). */
   rowDot(a: Buf, b: Buf, out: Buf, rows: number, d: number): void;
@@ -386,6 +395,57 @@ export interface Backend {
     rows: number,
     d: number,
     dv: number,
+  ): void;
+  /**
+   * Deep Delta Learning's scalar step (ddl) of one sublayer, fused. Per row (token), with the stream
+   * x, the sublayer's output u and its pre-norm c (all [rows, d]), gate and value projections wb, wv
+   * [d] with biases bb, bv [1]:
+   *   r = 1/sqrt(|u|² + eps2),  k = r u,  β = 2σ(wb·c + bb),  kx = k·x,
+   *   v = wv·c + bv, or 4σ(wv·x + bv) when vFromStream,
+   *   y = x + β (v − kx) k
+   * Writes y [rows, d], beta [rows] and aux [rows, 3] = (r, v, kx), which the backward reads.
+   */
+  ddlStep(
+    x: Buf,
+    u: Buf,
+    c: Buf,
+    wb: Buf,
+    bb: Buf,
+    wv: Buf,
+    bv: Buf,
+    y: Buf,
+    beta: Buf,
+    aux: Buf,
+    rows: number,
+    d: number,
+    eps2: number,
+    vFromStream: boolean,
+  ): void;
+  /**
+   * Backward of ddlStep from gy [rows, d]. gx, gu, gc may each be null (not wanted); bit 1 / 2 / 4
+   * of accumulate makes gx / gu / gc accumulate (+=) instead of being written. Writes the
+   * parameter gradients gwb, gwv [d], gbb, gbv [1] (sums over rows).
+   */
+  ddlStepBackward(
+    x: Buf,
+    u: Buf,
+    c: Buf,
+    wb: Buf,
+    wv: Buf,
+    beta: Buf,
+    aux: Buf,
+    gy: Buf,
+    gx: Buf | null,
+    gu: Buf | null,
+    gc: Buf | null,
+    accumulate: number,
+    gwb: Buf,
+    gbb: Buf,
+    gwv: Buf,
+    gbv: Buf,
+    rows: number,
+    d: number,
+    vFromStream: boolean,
   ): void;
 
   // ---------------------------------------------------------------- one-row projections (decoding)

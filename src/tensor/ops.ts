@@ -9,7 +9,7 @@
  *   reductions      sum mean max (any axes, keepdim)
  *   shape           reshape permute transpose slice concat stack expand
  *   fused           embedding rmsnorm rope attention crossEntropy swiglu route (depth routing)
- *                   ddlRead ddlUpdate (ddl-expanded state)
+ *                   ddlRead ddlUpdate (ddl-expanded state) ddlStep (ddl's whole update)
  *   composite       softmax
  */
 import type { BinaryOp, Buf, DType, UnaryOp } from "../backend/backend.js";
@@ -24,6 +24,7 @@ import {
   type Shape,
 } from "./shape.js";
 import {
+  clone,
   type DeferGroup,
   type Deferred,
   empty,
@@ -664,7 +665,7 @@ export function swiglu(gate: Tensor, up: Tensor): Tensor {
 }
 
 export interface RouteResult {
-  /** sum_i alpha_i s_i, [..., d]. */
+  /** [base +] sum_i alpha_i s_i, [..., d]. */
   out: Tensor;
   /** Routing weights per row (token) and source, [..., N]; no gradient. */
   alpha: Tensor;
@@ -673,28 +674,39 @@ export interface RouteResult {
 /**
  * Depth routing (docs/methods.md "Routing") over N same-shaped sources [..., d] with query w [d] and key
  * gain g [d]: keys are RMSNorm(s_i; g), logits w·k_i, alpha = softmax over sources. The fused
- * kernel reads the sources in place (no stacking copy). Returns the output and alpha.
+ * kernel reads the sources in place (no stacking copy). With `base` (same shape), the output is
+ * base + the routed sum, in the same kernel (an additive mode's x = h + route(…) without a separate
+ * add). Returns the output and alpha.
  *
  * Backward. The softmax backward of a call needs, besides each source's gout·s_i, only the per-row
- * scalar c = gout·out, so a call's backward computes c and defers the rest (tensor.ts, "Deferred
+ * scalar c = gout·(out − base), so a call's backward defers the rest (tensor.ts, "Deferred
  * contributions"): each source that is computed by an op gets a contribution {call, column}, and
  * when the walk reaches the source, every call that read it has its gradient recorded and one
  * kernel (depthRouteSourceBackward) adds them all into the source's gradient, reading the source
- * once and each call's gout once, and adds each call's share of its sum over rows p [d]. When the
- * last source of a call has been added, the call's gw = g ∘ p and gg = w ∘ p are ready and its
- * recorded gout is released; w and g (leaves) take them after the walk. Sources that are leaves
- * or need no gradient are done at the call's own backward. When w or g is computed by an op (not
- * a leaf), the call does its whole backward at once (depthRouteBackward).
+ * once and each call's gout once, and adds each call's share of its sum over rows p [d]; the same
+ * kernel computes c on the call's first source, while it reads gout anyway. When the last source
+ * of a call has been added, the call's gw = g ∘ p and gg = w ∘ p are ready and its recorded gout is
+ * released; w and g (leaves) take them after the walk. Sources that are leaves or need no gradient
+ * are done at the call's own backward. When w or g is computed by an op (not a leaf), the call does
+ * its whole backward at once (depthRouteBackward). base's gradient is gout itself.
  */
-export function route(sourceList: readonly Tensor[], w: Tensor, g: Tensor, eps: number): RouteResult {
+export function route(
+  sourceList: readonly Tensor[],
+  w: Tensor,
+  g: Tensor,
+  eps: number,
+  base: Tensor | null = null,
+): RouteResult {
   const op = "route";
   const sources = [...sourceList]; // a snapshot: callers may keep appending to their list
   if (sources.length === 0) throw new Error(`${op}: no sources`);
   const first = sources[0]!;
-  checkSame(op, ...sources, w, g);
+  checkSame(op, ...sources, w, g, ...(base ? [base] : []));
   for (const s of sources)
     if (!sameShape(s.shape, first.shape))
       throw new Error(`${op}: sources have different shapes (${fmt(first.shape)} and ${fmt(s.shape)})`);
+  if (base && !sameShape(base.shape, first.shape))
+    throw new Error(`${op}: base ${fmt(base.shape)} differs from the sources' ${fmt(first.shape)}`);
   const d = first.shape[first.rank - 1] ?? 0;
   if (w.size !== d || g.size !== d)
     throw new Error(`${op}: query ${fmt(w.shape)} and gain ${fmt(g.shape)} must have ${d} elements`);
@@ -704,8 +716,21 @@ export function route(sourceList: readonly Tensor[], w: Tensor, g: Tensor, eps: 
   const alpha = like(first, [...first.shape.slice(0, -1), N]);
   const rstd = like(first, [rows, N]);
   const bufs = sources.map((s) => s.data);
-  first.backend.depthRoute(bufs, w.data, g.data, out.data, alpha.data, rstd.data, rows, d, eps);
-  const inputs = [...sources, w, g];
+  first.backend.depthRoute(
+    bufs,
+    w.data,
+    g.data,
+    out.data,
+    alpha.data,
+    rstd.data,
+    rows,
+    d,
+    eps,
+    base ? base.data : null,
+  );
+  const inputs = base ? [...sources, w, g, base] : [...sources, w, g];
+  // base's gradient is gy itself (an entry only when there is a base)
+  const baseGrad = (gy: Tensor): (Tensor | null)[] => (base ? [base.requiresGrad ? gy : null] : []);
   const whole = (gy: Tensor, acc: readonly (Tensor | null)[]): (Tensor | null)[] => {
     // Source gradients accumulate: into the engine's running gradient when it has one, else into
     // a fresh zeroed buffer.
@@ -727,12 +752,11 @@ export function route(sourceList: readonly Tensor[], w: Tensor, g: Tensor, eps: 
       rows,
       d,
     );
-    return [...gs, w.requiresGrad ? gw : null, g.requiresGrad ? gg : null];
+    return [...gs, w.requiresGrad ? gw : null, g.requiresGrad ? gg : null, ...baseGrad(gy)];
   };
   const deferred = (gy: Tensor, acc: readonly (Tensor | null)[]): (Tensor | Deferred | null)[] => {
     if ((w.requiresGrad && w.gradFn) || (g.requiresGrad && g.gradFn)) return whole(gy, acc);
-    const call = new RouteCall(sources, w, g, alpha, rstd, gy, rows, d);
-    first.backend.rowDot(gy.data, out.data, call.c!.data, rows, d);
+    const call = new RouteCall(sources, w, g, alpha, rstd, gy, out, base, rows, d);
     const res: (Tensor | Deferred | null)[] = sources.map((s, i) => {
       if (s.requiresGrad && s.gradFn) {
         call.pending++;
@@ -741,14 +765,14 @@ export function route(sourceList: readonly Tensor[], w: Tensor, g: Tensor, eps: 
       // now: a leaf source's gradient, and every source's share of p
       const own = s.requiresGrad ? (acc[i] ?? null) : null;
       const gs = s.requiresGrad ? (own ?? like(s, s.shape)) : null;
-      sourceBackward(s, gs, own !== null, [{ call, col: i }], rows, d);
+      sourceBackward(s, gs, own !== null, null, [{ call, col: i }], rows, d);
       return gs;
     });
     if (call.pending === 0) call.finish();
     // kept until the group's end() (a Deferred below registers the group with the engine)
     if (call.pending > 0 || w.requiresGrad || g.requiresGrad) routeGroup.live.add(call);
     const param = (which: "w" | "g"): Deferred => ({ group: routeGroup, item: { call, which } });
-    return [...res, w.requiresGrad ? param("w") : null, g.requiresGrad ? param("g") : null];
+    return [...res, w.requiresGrad ? param("w") : null, g.requiresGrad ? param("g") : null, ...baseGrad(gy)];
   };
   record(out, op, inputs, (gy) => whole(gy, []), deferred);
   return { out, alpha };
@@ -759,6 +783,9 @@ class RouteCall {
   /** Kept until every deferred source has been added: the output's gradient [rows, d], c [rows]. */
   gy: Tensor | null;
   c: Tensor | null;
+  /** The output and base, kept until c has been computed (on the call's first source). */
+  out: Tensor | null;
+  base: Tensor | null;
   /** sum over rows of (dl rstd s), summed over the sources added so far [d]. */
   p: Tensor | null;
   /** Deferred sources not yet added. */
@@ -773,12 +800,22 @@ class RouteCall {
     readonly alpha: Tensor,
     readonly rstd: Tensor,
     gy: Tensor,
+    out: Tensor,
+    base: Tensor | null,
     rows: number,
     d: number,
   ) {
     this.gy = gy.view().keep();
+    this.out = out.view().keep();
+    this.base = base ? base.view().keep() : null;
     this.c = like(gy, [rows]).keep();
     this.p = zeros([d], { backend: w.backend, dtype: w.dtype }).keep();
+  }
+  /** c has been computed: the output and base are no longer needed. */
+  cDone(): void {
+    this.out?.dispose();
+    this.base?.dispose();
+    this.out = this.base = null;
   }
   /** All sources added: gw = g ∘ p, gg = w ∘ p; releases the recorded gradient. */
   finish(): void {
@@ -793,6 +830,7 @@ class RouteCall {
     this.release();
   }
   release(): void {
+    this.cDone();
     for (const t of [this.gy, this.c, this.p]) t?.dispose();
     this.gy = this.c = this.p = null;
   }
@@ -807,20 +845,28 @@ interface ParamItem {
   which: "w" | "g";
 }
 
-/** One source's deferred backward over the calls (items) that read it; gs null: only p. */
+/**
+ * One source's deferred backward over the calls (items) that read it; gs null: only p. gs is
+ * accumulated into, or written starting from init (null: zero). Computes each call's c on its
+ * first source.
+ */
 function sourceBackward(
   s: Tensor,
   gs: Tensor | null,
   accumulate: boolean,
+  init: Tensor | null,
   items: readonly SourceItem[],
   rows: number,
   d: number,
 ): void {
   const calls = items.map((it) => it.call);
-  const meta = new Int32Array(items.length * 2);
+  const meta = new Int32Array(items.length * 3);
+  const seen = new Set<RouteCall>();
   items.forEach((it, k) => {
-    meta[2 * k] = it.col;
-    meta[2 * k + 1] = it.call.sources.length;
+    meta[3 * k] = it.col;
+    meta[3 * k + 1] = it.call.sources.length;
+    meta[3 * k + 2] = it.call.out && !seen.has(it.call) ? 1 : 0;
+    seen.add(it.call);
   });
   s.backend.depthRouteSourceBackward(
     s.data,
@@ -836,23 +882,36 @@ function sourceBackward(
     calls.map((c) => c.p!.data),
     rows,
     d,
+    init ? init.data : null,
+    calls.map((c) => (c.out ?? c.gy!).data),
+    calls.map((c) => (c.base ? c.base.data : null)),
   );
+  for (const c of calls) c.cDone();
 }
 
 /** The deferred contributions of every route call (one group, so a source is read once). */
 const routeGroup: DeferGroup & { live: Set<RouteCall> } = {
   live: new Set(),
-  combine(t, items, acc) {
+  acceptsBase: true,
+  combine(t, items, acc, base) {
     const srcItems = items.filter((it): it is SourceItem => "col" in (it as object));
     const paramItems = items.filter((it): it is ParamItem => "which" in (it as object));
     let total = acc;
     if (srcItems.length) {
       const d = t.shape[t.rank - 1] ?? 0;
       const gs = total ?? like(t, t.shape);
-      sourceBackward(t, gs, total !== null, srcItems, d === 0 ? 0 : t.size / d, d);
+      sourceBackward(
+        t,
+        gs,
+        total !== null,
+        total ? null : (base ?? null),
+        srcItems,
+        d === 0 ? 0 : t.size / d,
+        d,
+      );
       total = gs;
       for (const { call } of srcItems) if (--call.pending === 0) call.finish();
-    }
+    } else if (base) total = clone(base);
     for (const { call, which } of paramItems) {
       const gp = which === "w" ? call.gw : call.gg;
       if (!gp)
@@ -943,6 +1002,107 @@ export function ddlUpdate(X: Tensor, k: Tensor, beta: Tensor, v: Tensor): Tensor
     return [gX, k.requiresGrad ? gk : null, beta.requiresGrad ? gb : null, v.requiresGrad ? gv : null];
   };
   return record(Y, op, [X, k, beta, v], (g) => backwardInto(g, []), backwardInto);
+}
+
+export interface DdlStepResult {
+  /** The new stream [..., d]. */
+  y: Tensor;
+  /** The gate β [..., 1] per row (token); no gradient. */
+  beta: Tensor;
+}
+
+/**
+ * ddl's update of one sublayer, fused (one kernel forward, one backward): with the stream x, the
+ * sublayer's output u and its pre-norm c (all [..., d]), the gate projection wb [1, d] (or [d]) with
+ * bias bb [1] and the value projection wv, bv alike:
+ *   k = u / sqrt(|u|² + eps2),  β = 2σ(wb·c + bb),  v = wv·c + bv (or 4σ(wv·x + bv) when
+ *   vFromStream),  y = x + β (v − k·x) k.
+ * Keeps three numbers per row (1/sqrt(|u|² + eps2), v, k·x) and β for the backward; k, the
+ * projections and the gate are never materialised as tensors.
+ */
+export function ddlStep(
+  x: Tensor,
+  u: Tensor,
+  c: Tensor,
+  wb: Tensor,
+  bb: Tensor,
+  wv: Tensor,
+  bv: Tensor,
+  eps2: number,
+  vFromStream: boolean,
+): DdlStepResult {
+  const op = "ddlStep";
+  checkSame(op, x, u, c, wb, bb, wv, bv);
+  if (!sameShape(x.shape, u.shape) || !sameShape(x.shape, c.shape) || x.rank < 1)
+    throw new Error(
+      `${op}: stream ${fmt(x.shape)}, output ${fmt(u.shape)} and pre-norm ${fmt(c.shape)} differ`,
+    );
+  const d = x.shape[x.rank - 1]!;
+  if (wb.size !== d || wv.size !== d || bb.size !== 1 || bv.size !== 1)
+    throw new Error(
+      `${op}: projections ${fmt(wb.shape)}, ${fmt(wv.shape)} need ${d} elements and biases ${fmt(bb.shape)}, ${fmt(bv.shape)} one`,
+    );
+  const rows = d === 0 ? 0 : x.size / d;
+  const y = like(x, x.shape);
+  const beta = like(x, [...x.shape.slice(0, -1), 1]);
+  const aux = like(x, [rows, 3]);
+  const b = x.backend;
+  b.ddlStep(
+    x.data,
+    u.data,
+    c.data,
+    wb.data,
+    bb.data,
+    wv.data,
+    bv.data,
+    y.data,
+    beta.data,
+    aux.data,
+    rows,
+    d,
+    eps2,
+    vFromStream,
+  );
+  const backwardInto = (gy: Tensor, acc: readonly (Tensor | null)[]): (Tensor | null)[] => {
+    const grads = [x, u, c].map((t, i) => (t.requiresGrad ? (acc[i] ?? like(t, t.shape)) : null));
+    const mask = grads.reduce((m, g, i) => (g && g === acc[i] ? m | (1 << i) : m), 0);
+    const [gwb, gbb, gwv, gbv] = [wb, bb, wv, bv].map((p) => like(p, p.shape)) as [
+      Tensor,
+      Tensor,
+      Tensor,
+      Tensor,
+    ];
+    b.ddlStepBackward(
+      x.data,
+      u.data,
+      c.data,
+      wb.data,
+      wv.data,
+      beta.data,
+      aux.data,
+      gy.data,
+      grads[0] ? grads[0].data : null,
+      grads[1] ? grads[1].data : null,
+      grads[2] ? grads[2].data : null,
+      mask,
+      gwb.data,
+      gbb.data,
+      gwv.data,
+      gbv.data,
+      rows,
+      d,
+      vFromStream,
+    );
+    return [
+      ...grads,
+      wb.requiresGrad ? gwb : null,
+      bb.requiresGrad ? gbb : null,
+      wv.requiresGrad ? gwv : null,
+      bv.requiresGrad ? gbv : null,
+    ];
+  };
+  record(y, op, [x, u, c, wb, bb, wv, bv], (g) => backwardInto(g, []), backwardInto);
+  return { y, beta };
 }
 
 /** Softmax along one axis (composite: exp(x - max) / sum). */

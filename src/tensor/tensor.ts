@@ -46,8 +46,12 @@ export interface DeferGroup {
   /**
    * Adds the contributions `items` (all of this group's for t) to t's gradient: into acc when it
    * is non-null (returning acc), else into a new tensor of t's shape (or null when none is due).
+   * When the group sets acceptsBase, t's gradient so far may come as base instead (acc null): a
+   * tensor the group may read but not write (a view shared with another gradient); it then
+   * returns a new tensor holding base plus the contributions.
    */
-  combine(t: Tensor, items: readonly unknown[], acc: Tensor | null): Tensor | null;
+  combine(t: Tensor, items: readonly unknown[], acc: Tensor | null, base?: Tensor): Tensor | null;
+  acceptsBase?: boolean;
   /** Called once after every backward pass the group took part in (also when it failed). */
   end?(): void;
 }
@@ -403,16 +407,27 @@ function walk(root: Tensor, grad: Tensor | undefined, groups: Set<DeferGroup>): 
 /** t's gradient g (or null) plus its deferred contributions, each group's combined at once. */
 function combineDeferred(t: Tensor, late: Map<DeferGroup, unknown[]>, g: Tensor | null): Tensor | null {
   let acc = g;
-  if (acc && !acc.ownsStorage) {
-    const own = clone(acc);
-    acc.dispose();
-    acc = own;
-  }
+  // a gradient shared with another (a view): the first group takes it as a read-only base when it
+  // can (adding it in its own kernel), else it is copied first
+  let base = acc && !acc.ownsStorage ? acc : null;
+  if (base) acc = null;
   for (const [group, items] of late) {
+    if (base && !group.acceptsBase) {
+      acc = clone(base);
+      base.dispose();
+      base = null;
+    }
     const before = acc;
-    const out = tidy(() => group.combine(t, items, before));
+    const b = base;
+    const out = tidy(() => (b ? group.combine(t, items, null, b) : group.combine(t, items, before)));
     if (before && out !== before)
       throw new Error("internal: a deferred gradient group did not add into the gradient it was given");
+    if (b) {
+      if (!out || out === b)
+        throw new Error("internal: a deferred gradient group did not return a new gradient for its base");
+      b.dispose();
+      base = null;
+    }
     acc = out;
   }
   return acc;

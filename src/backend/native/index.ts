@@ -89,6 +89,8 @@ interface NativeAddon {
   adamw: Backend["adamw"];
   decodeAttention: Backend["decodeAttention"];
   decodeRoute: Backend["decodeRoute"];
+  ddlStep: Backend["ddlStep"];
+  ddlStepBackward: Backend["ddlStepBackward"];
 }
 
 const ADDON_RELATIVE = join("build", "Release", "attnres_native.node");
@@ -176,6 +178,8 @@ export function loadNativeBackend(): Backend {
     adamw: a.adamw,
     decodeAttention: a.decodeAttention,
     decodeRoute: a.decodeRoute,
+    ddlStep: a.ddlStep,
+    ddlStepBackward: a.ddlStepBackward,
   };
   return backend;
 }

@@ -573,9 +573,10 @@ export const referenceBackend: Backend = {
     }
   },
 
-  depthRoute(sources, w, g, out, alpha, rstd, rows, d, eps) {
+  depthRoute(sources, w, g, out, alpha, rstd, rows, d, eps, base) {
     const N = sources.length;
     if (N === 0) throw new Error("depthRoute: no sources");
+    if (base) need("depthRoute", "base", base, rows * d);
     sources.forEach((s, i) => need("depthRoute", `source ${i}`, s, rows * d));
     need("depthRoute", "w", w, d);
     need("depthRoute", "g", g, d);
@@ -602,7 +603,7 @@ export const referenceBackend: Backend = {
       for (let c = 0; c < d; c++) {
         let acc = 0;
         for (let i = 0; i < N; i++) acc += alpha[r * N + i]! * sources[i]![r * d + c]!;
-        out[r * d + c] = acc;
+        out[r * d + c] = base ? base[r * d + c]! + acc : acc;
       }
     }
   },
@@ -641,7 +642,7 @@ export const referenceBackend: Backend = {
     need("decodeRoute", "out", out, d);
     const rows = Array.from({ length: N }, (_, i) => sources.subarray(i * d, (i + 1) * d));
     const r = new Float64Array(d);
-    referenceBackend.depthRoute(rows, w, g, r, new Float64Array(N), new Float64Array(N), 1, d, eps);
+    referenceBackend.depthRoute(rows, w, g, r, new Float64Array(N), new Float64Array(N), 1, d, eps, null);
     for (let c = 0; c < d; c++) out[c] = h[c]! + gate * r[c]!;
   },
 
@@ -702,7 +703,24 @@ export const referenceBackend: Backend = {
     }
   },
 
-  depthRouteSourceBackward(source, gsource, accumulate, gouts, alphas, rstds, meta, cs, ws, gs, ps, rows, d) {
+  depthRouteSourceBackward(
+    source,
+    gsource,
+    accumulate,
+    gouts,
+    alphas,
+    rstds,
+    meta,
+    cs,
+    ws,
+    gs,
+    ps,
+    rows,
+    d,
+    init,
+    outs,
+    bases,
+  ) {
     const k = "depthRouteSourceBackward";
     const K = gouts.length;
     for (const [name, list] of [
@@ -712,15 +730,33 @@ export const referenceBackend: Backend = {
       ["ws", ws],
       ["gs", gs],
       ["ps", ps],
+      ["outs", outs],
+      ["bases", bases],
     ] as const)
       if (list.length !== K) throw new Error(`${k}: ${list.length} ${name} for ${K} gradients`);
-    need(k, "meta", meta, 2 * K);
+    need(k, "meta", meta, 3 * K);
     need(k, "source", source, rows * d);
     if (gsource) need(k, "gsource", gsource, rows * d);
+    if (init) need(k, "init", init, rows * d);
     for (let j = 0; j < K; j++) {
-      const col = meta[2 * j]!;
-      const N = meta[2 * j + 1]!;
+      const col = meta[3 * j]!;
+      const N = meta[3 * j + 1]!;
       if (!(N > 0 && col >= 0 && col < N)) throw new Error(`${k}: consumer ${j} has column ${col} of ${N}`);
+      if (meta[3 * j + 2]) {
+        // c_j = gout_j . (out_j - base_j) per row, before any use
+        const [o, b] = [outs[j]!, bases[j] ?? null];
+        need(k, `out ${j}`, o, rows * d);
+        if (b) need(k, `base ${j}`, b, rows * d);
+        const c = cs[j]!;
+        const go = gouts[j]!;
+        need(k, `gout ${j}`, go, rows * d);
+        need(k, `c ${j}`, c, rows);
+        for (let r = 0; r < rows; r++) {
+          let dot = 0;
+          for (let x = r * d; x < r * d + d; x++) dot += go[x]! * (o[x]! - (b ? b[x]! : 0));
+          c[r] = dot;
+        }
+      }
       need(k, `gout ${j}`, gouts[j]!, rows * d);
       need(k, `alpha ${j}`, alphas[j]!, rows * N);
       need(k, `rstd ${j}`, rstds[j]!, rows * N);
@@ -736,8 +772,8 @@ export const referenceBackend: Backend = {
       acc.fill(0);
       let coef = 0;
       for (let j = 0; j < K; j++) {
-        const col = meta[2 * j]!;
-        const N = meta[2 * j + 1]!;
+        const col = meta[3 * j]!;
+        const N = meta[3 * j + 1]!;
         const go = gouts[j]!;
         const w = ws[j]!;
         const g = gs[j]!;
@@ -749,7 +785,7 @@ export const referenceBackend: Backend = {
         }
         const a = alphas[j]![r * N + col]!;
         const rs = rstds[j]![r * N + col]!;
-        const dli = rs * a * (da - cs[j]![r]!);
+        const dli = N === 1 ? 0 : rs * a * (da - cs[j]![r]!); // one source: alpha ≡ 1
         coef += (rs * rs * dli * dq) / d;
         const p = pAcc[j]!;
         for (let c = 0; c < d; c++) {
@@ -760,7 +796,7 @@ export const referenceBackend: Backend = {
       if (!gsource) continue;
       for (let c = 0; c < d; c++) {
         const v = acc[c]! - coef * source[o + c]!;
-        gsource[o + c] = accumulate ? gsource[o + c]! + v : v;
+        gsource[o + c] = (accumulate ? gsource[o + c]! : init ? init[o + c]! : 0) + v;
       }
     }
     for (let j = 0; j < K; j++) {
@@ -883,6 +919,124 @@ export const referenceBackend: Backend = {
         gk[r * d + i] = b * acc;
       }
     }
+  },
+
+  ddlStep(x, u, c, wb, bb, wv, bv, y, beta, aux, rows, d, eps2, vFromStream) {
+    for (const [name, b, n] of [
+      ["x", x, rows * d],
+      ["u", u, rows * d],
+      ["c", c, rows * d],
+      ["wb", wb, d],
+      ["bb", bb, 1],
+      ["wv", wv, d],
+      ["bv", bv, 1],
+      ["y", y, rows * d],
+      ["beta", beta, rows],
+      ["aux", aux, rows * 3],
+    ] as const)
+      need("ddlStep", name, b, n);
+    const vin = vFromStream ? x : c;
+    for (let r = 0; r < rows; r++) {
+      const o = r * d;
+      let uu = 0;
+      let ux = 0;
+      let zb = bb[0]!;
+      let zv = bv[0]!;
+      for (let i = 0; i < d; i++) {
+        uu += u[o + i]! * u[o + i]!;
+        ux += u[o + i]! * x[o + i]!;
+        zb += wb[i]! * c[o + i]!;
+        zv += wv[i]! * vin[o + i]!;
+      }
+      const rs = 1 / Math.sqrt(uu + eps2);
+      const b = 2 / (1 + Math.exp(-zb));
+      const v = vFromStream ? 4 / (1 + Math.exp(-zv)) : zv;
+      const kx = rs * ux;
+      const f = b * (v - kx) * rs;
+      for (let i = 0; i < d; i++) y[o + i] = x[o + i]! + f * u[o + i]!;
+      beta[r] = b;
+      aux[3 * r] = rs;
+      aux[3 * r + 1] = v;
+      aux[3 * r + 2] = kx;
+    }
+  },
+
+  ddlStepBackward(
+    x,
+    u,
+    c,
+    wb,
+    wv,
+    beta,
+    aux,
+    gy,
+    gx,
+    gu,
+    gc,
+    accumulate,
+    gwb,
+    gbb,
+    gwv,
+    gbv,
+    rows,
+    d,
+    vFromStream,
+  ) {
+    const n = "ddlStepBackward";
+    for (const [name, b, len] of [
+      ["x", x, rows * d],
+      ["u", u, rows * d],
+      ["c", c, rows * d],
+      ["wb", wb, d],
+      ["wv", wv, d],
+      ["beta", beta, rows],
+      ["aux", aux, rows * 3],
+      ["gy", gy, rows * d],
+      ["gwb", gwb, d],
+      ["gbb", gbb, 1],
+      ["gwv", gwv, d],
+      ["gbv", gbv, 1],
+    ] as const)
+      need(n, name, b, len);
+    if (gx) need(n, "gx", gx, rows * d);
+    if (gu) need(n, "gu", gu, rows * d);
+    if (gc) need(n, "gc", gc, rows * d);
+    gwb.fill(0);
+    gwv.fill(0);
+    let sb = 0;
+    let sv = 0;
+    const vin = vFromStream ? x : c;
+    for (let r = 0; r < rows; r++) {
+      const o = r * d;
+      const rs = aux[3 * r]!;
+      const v = aux[3 * r + 1]!;
+      const kx = aux[3 * r + 2]!;
+      const b = beta[r]!;
+      let ug = 0;
+      for (let i = 0; i < d; i++) ug += u[o + i]! * gy[o + i]!;
+      const s = rs * ug; // k·gy
+      const delta = v - kx;
+      const gzb = delta * s * b * (1 - b / 2);
+      const gzv = vFromStream ? b * s * v * (1 - v / 4) : b * s;
+      sb += gzb;
+      sv += gzv;
+      // gu = r β (δ gy − s x − s (δ − kx) r u)
+      const fu = rs * b;
+      const fuu = s * (delta - kx) * rs;
+      for (let i = 0; i < d; i++) {
+        const k = rs * u[o + i]!;
+        const gxi = gy[o + i]! - b * s * k + (vFromStream ? gzv * wv[i]! : 0);
+        const gui = fu * (delta * gy[o + i]! - s * x[o + i]! - fuu * u[o + i]!);
+        const gci = gzb * wb[i]! + (vFromStream ? 0 : gzv * wv[i]!);
+        if (gx) gx[o + i] = (accumulate & 1 ? gx[o + i]! : 0) + gxi;
+        if (gu) gu[o + i] = (accumulate & 2 ? gu[o + i]! : 0) + gui;
+        if (gc) gc[o + i] = (accumulate & 4 ? gc[o + i]! : 0) + gci;
+        gwb[i] = gwb[i]! + gzb * c[o + i]!;
+        gwv[i] = gwv[i]! + gzv * vin[o + i]!;
+      }
+    }
+    gbb[0] = sb;
+    gbv[0] = sv;
   },
 
   adamw(p, g, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2) {

@@ -8,7 +8,7 @@
  */
 import { Linear } from "../../nn/layers.js";
 import type { InitContext } from "../../nn/module.js";
-import { ddlUpdate, reshape, rmsnorm, scale, sigmoid } from "../../tensor/ops.js";
+import { ddlStep, rmsnorm, scale, sigmoid } from "../../tensor/ops.js";
 import type { Tensor } from "../../tensor/tensor.js";
 import type { ModelConfig } from "../config.js";
 import {
@@ -85,11 +85,21 @@ class DdlRun implements ModeRun {
     return this.h;
   }
   update(j: number, x: Tensor, r: SublayerResult): void {
-    const { k, beta } = this.p.keyBeta(j, r, this.trace);
-    const vp = this.p.p[j]!.v;
-    const v = this.p.c.ddl_value_form === "linear" ? vp.forward(r.normed) : scale(sigmoid(vp.forward(x)), 4);
-    // x + β (v − k·x) k: the expanded state's fused update with one value channel.
-    this.h = reshape(ddlUpdate(reshape(x, [...x.shape, 1]), k, beta, v), x.shape);
+    // k, β, v and x + β (v − k·x) k in one fused op (ddlStep), which never materialises k.
+    const { beta: bp, v: vp } = this.p.p[j]!;
+    const { y, beta } = ddlStep(
+      x,
+      r.out,
+      r.normed,
+      bp.weight,
+      bp.bias!,
+      vp.weight,
+      vp.bias!,
+      this.p.kEps2,
+      this.p.c.ddl_value_form === "sigmoid4",
+    );
+    this.trace?.betas.set(j, beta);
+    this.h = y;
   }
   end(): Tensor {
     return this.h;
@@ -111,8 +121,8 @@ export const ddl: ModeDef<"ddl", "ddl"> = {
   ...DDL_COMMON,
   memory: {
     ...NO_MEMORY, // no routed calls, no adds of its own: the update below is all
-    // k (square, sum, +ε, rsqrt, mul), β, v, the new stream; eager PyTorch: u, k, the new h.
-    sublayerTs: (c, { n, d }) => 5 * n * d + n * (10 + (c.ddl_value_form === "linear" ? 2 : 4)),
+    // the new stream, β and three numbers per row (ddlStep); eager PyTorch: u, k, the new h.
+    sublayerTs: (_c, { n, d }) => n * d + 4 * n,
     sublayerTorch: (c, { n, d }) => 3 * n * d + n * (5 + (c.ddl_value_form === "linear" ? 0 : 1)),
     sublayerFlops: ({ d }) => 16 * d,
     runningGrads: ({ n, d }) => 3 * n * d,

@@ -48,15 +48,19 @@ export function sublayerScalars(host: ModeHost, name: string, value: number, ctx
   return out;
 }
 
-/** route(sources) with router r → [B, T, d]; α and the sources go to the trace under `key`. */
+/**
+ * route(sources) with router r → [B, T, d] (plus base when given, in the same kernel); α and the
+ * sources go to the trace under `key`.
+ */
 export function routeTraced(
   key: CallKey,
   sources: readonly Tensor[],
   r: Router,
   eps: number,
   trace: Trace | null,
+  base: Tensor | null = null,
 ): Tensor {
-  const { out, alpha } = route(sources, r.w, r.g, eps);
+  const { out, alpha } = route(sources, r.w, r.g, eps, base);
   trace?.alphas.set(key, alpha);
   trace?.sources.set(key, [...sources]);
   return out;
@@ -86,8 +90,9 @@ export class AdditiveParams {
     trace?.streams.set(j, h);
     const src = this.nulls.length ? [expand(this.nulls[j]!, h.shape), ...S] : S;
     if (src.length === 0) return h;
+    if (!this.gates.length) return routeTraced(j, src, this.routers[j]!, this.eps, trace, h); // h + route, fused
     const r = routeTraced(j, src, this.routers[j]!, this.eps, trace);
-    return add(h, this.gates.length ? mul(r, this.gates[j]!) : r);
+    return add(h, mul(r, this.gates[j]!));
   }
 }
 

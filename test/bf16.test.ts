@@ -19,16 +19,10 @@ import { loadNativeBackend, nativeInfo } from "../src/backend/native/index.js";
 import { referenceBackend as ref } from "../src/backend/reference/index.js";
 import { runTraining, type RunSpec } from "../src/train/run.js";
 import { readMetrics, sampleText, tempDir, writePreparedBytes } from "./helpers.js";
+import { rnd } from "./native-buffers.js";
 
 const nat = loadNativeBackend();
 const hasBf16 = nativeInfo().bf16;
-
-let seed = 12345;
-const rand = () => {
-  seed = (seed * 1103515245 + 12345) % 2 ** 31;
-  return seed / 2 ** 31 - 0.5;
-};
-const rnd = (n: number) => Float32Array.from({ length: n }, () => rand() * 2);
 
 /** x rounded to bfloat16, nearest even (as the native packing does), as a float64. */
 function bf16(x: number): number {

@@ -17,35 +17,10 @@ import { describe, test } from "node:test";
 import type { Backend } from "../src/backend/backend.js";
 import { loadNativeBackend } from "../src/backend/native/index.js";
 import { referenceBackend as ref } from "../src/backend/reference/index.js";
+import { f64, maxAbs, nans, rnd, SEED } from "./native-buffers.js";
 
 const nat: Backend = loadNativeBackend();
 
-const SEED = (Date.now() ^ (process.pid << 10)) >>> 0;
-let state = SEED;
-/** mulberry32: uniform in [0, 1). */
-function rand(): number {
-  state = (state + 0x6d2b79f5) >>> 0;
-  let t = state;
-  t = Math.imul(t ^ (t >>> 15), t | 1);
-  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-}
-function rnd(n: number, lo = -1, hi = 1): Float32Array {
-  const a = nat.alloc("float32", n) as Float32Array;
-  for (let i = 0; i < n; i++) a[i] = lo + (hi - lo) * rand();
-  return a;
-}
-function nans(n: number): Float32Array {
-  const a = nat.alloc("float32", n) as Float32Array;
-  a.fill(NaN);
-  return a;
-}
-const f64 = (a: Float32Array): Float64Array => Float64Array.from(a);
-function maxAbs(a: ArrayLike<number>): number {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]!));
-  return m;
-}
 function closeDot(name: string, got: ArrayLike<number>, want: ArrayLike<number>, K: number): void {
   assert.equal(got.length, want.length, `${name}: length`);
   const tol = 1e-5 * (1 + Math.sqrt(K)) * Math.max(maxAbs(want), 1e-30);

@@ -27,45 +27,11 @@ import {
   setNativeGemm,
 } from "../src/backend/native/index.js";
 import { referenceBackend as ref } from "../src/backend/reference/index.js";
+import { f64, maxAbs, nans, rand, randInt, rnd, SEED } from "./native-buffers.js";
 
 const nat: Backend = loadNativeBackend();
 
 // ------------------------------------------------------------------ helpers
-
-const SEED = (Date.now() ^ (process.pid << 10)) >>> 0;
-let state = SEED;
-/** mulberry32: uniform in [0, 1). */
-function rand(): number {
-  state = (state + 0x6d2b79f5) >>> 0;
-  let t = state;
-  t = Math.imul(t ^ (t >>> 15), t | 1);
-  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-}
-function randInt(n: number): number {
-  return Math.floor(rand() * n);
-}
-
-/** A native buffer of n random values in [lo, hi). */
-function rnd(n: number, lo = -1, hi = 1): Float32Array {
-  const a = nat.alloc("float32", n) as Float32Array;
-  for (let i = 0; i < n; i++) a[i] = lo + (hi - lo) * rand();
-  return a;
-}
-/** A native buffer of n NaNs. */
-function nans(n: number): Float32Array {
-  const a = nat.alloc("float32", n) as Float32Array;
-  a.fill(NaN);
-  return a;
-}
-function f64(a: Float32Array): Float64Array {
-  return Float64Array.from(a);
-}
-function maxAbs(a: ArrayLike<number>, n = a.length): number {
-  let m = 0;
-  for (let i = 0; i < n; i++) m = Math.max(m, Math.abs(a[i]!));
-  return m;
-}
 
 /** Elementwise bound: |got - want| <= rtol*|want| + 1e-6*max|want| for every i < n. */
 function closeElementwise(

@@ -150,7 +150,9 @@ describe("bfloat16 matmuls", () => {
       await runTraining(spec({ matmul_dtype: "bfloat16" }), b2, { stopAfter: 3 });
       await runTraining(spec({ matmul_dtype: "bfloat16" }), b2, { resume: true });
       assert.deepEqual(curve(b2), lb);
-      // The backend is back in float32: a GEMM equals the float32 one computed before any bf16 use.
+      // A bf16 run refused before it starts (its folder holds a run) leaves float32 too.
+      await assert.rejects(runTraining(spec({ matmul_dtype: "bfloat16" }), b), /already holds a run/);
+      // The backend is back in float32: a GEMM equals the one computed after setting float32 explicitly.
       const A = rnd(40 * 50);
       const B = rnd(50 * 30);
       const C1 = new Float32Array(40 * 30);

@@ -321,7 +321,10 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
         (n) =>
           `${n("matmul_dtype", matmulDtype)} needs the native backend (the ${backend.name} backend has none)`,
       );
-    backend.setMatmulDtype(matmulDtype); // throws on a CPU without it, before the folder is touched
+    // Throws on a CPU without it, before the folder is touched; the run's own try below sets it
+    // for the training and puts float32 back whatever happens (errors before it leave float32).
+    backend.setMatmulDtype(matmulDtype);
+    backend.setMatmulDtype("float32");
   }
   const held = fs.existsSync(dir) ? fs.readdirSync(dir).filter((n) => RUN_ENTRY.test(n)) : [];
   if (opts.resume && !opts.overwrite) {
@@ -410,6 +413,7 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
   let seconds = 0;
   let bestVal = Infinity;
   try {
+    if (matmulDtype !== "float32") backend.setMatmulDtype?.(matmulDtype);
     if (state) {
       const c = ckptDir(dir);
       const wf = path.join(c, "model.safetensors");

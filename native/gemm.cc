@@ -350,7 +350,7 @@ static void blocked_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float al
 
 // ------------------------------------------------------------------ which GEMM runs
 
-static bool blas_runs_avx512() {
+[[maybe_unused]] static bool blas_runs_avx512() {
 #if defined(ATTNRES_OPENBLAS)
   std::string core = openblas_get_corename();
   for (char& ch : core) ch = (char)std::tolower((unsigned char)ch);
@@ -372,11 +372,9 @@ static GemmKind default_gemm() {
 #if defined(__AVX512F__)
   return blas_runs_avx512() ? GemmKind::Blas : GemmKind::Builtin;
 #else
-  (void)blas_runs_avx512;
   return GemmKind::Blas;
 #endif
 #else
-  (void)blas_runs_avx512;
   return GemmKind::Builtin;
 #endif
 }

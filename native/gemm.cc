@@ -226,6 +226,81 @@ struct Bf16Panels {
 };
 #endif
 
+#if defined(__AVX512F__)
+// GCC 12 reports the unpack/shuffle intrinsics' internal "undefined" pass-through vector as maybe
+// uninitialized once inlined here (a false positive: no lane of it is read).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// out[c] = column c of the 16 x 16 block whose row r is in[r]: 32-bit, then 64-bit interleaves inside
+// 128-bit lanes, then two rounds of lane shuffles.
+static inline void transpose16x16(const __m512 in[16], __m512 out[16]) {
+  const auto lo = [](__m512 a, __m512 b) {
+    return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+  };
+  const auto hi = [](__m512 a, __m512 b) {
+    return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+  };
+  __m512 u[4][4];  // u[g][c]: lane L holds rows 4g .. 4g+3 of column 4L + c
+  for (int g = 0; g < 4; g++) {
+    const __m512 t0 = _mm512_unpacklo_ps(in[4 * g], in[4 * g + 1]);
+    const __m512 t1 = _mm512_unpackhi_ps(in[4 * g], in[4 * g + 1]);
+    const __m512 t2 = _mm512_unpacklo_ps(in[4 * g + 2], in[4 * g + 3]);
+    const __m512 t3 = _mm512_unpackhi_ps(in[4 * g + 2], in[4 * g + 3]);
+    u[g][0] = lo(t0, t2);
+    u[g][1] = hi(t0, t2);
+    u[g][2] = lo(t1, t3);
+    u[g][3] = hi(t1, t3);
+  }
+  for (int c = 0; c < 4; c++) {
+    const __m512 v0 = _mm512_shuffle_f32x4(u[0][c], u[1][c], 0x88),
+                 v1 = _mm512_shuffle_f32x4(u[0][c], u[1][c], 0xdd);
+    const __m512 v2 = _mm512_shuffle_f32x4(u[2][c], u[3][c], 0x88),
+                 v3 = _mm512_shuffle_f32x4(u[2][c], u[3][c], 0xdd);
+    out[c] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+    out[8 + c] = _mm512_shuffle_f32x4(v0, v2, 0xdd);
+    out[4 + c] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+    out[12 + c] = _mm512_shuffle_f32x4(v1, v3, 0xdd);
+  }
+}
+#pragma GCC diagnostic pop
+#endif
+
+// A float32 panel whose source rows run along k: dst[p * W + j] = scale * src[j * ld + p] for p < kc,
+// j < n, zero for n <= j < W (W = NR for op(B) when transB, W = MR for op(A) when not transA).
+// With AVX-512, 16 rows x 16 k at a time are loaded along the rows and transposed in registers
+// (the products are the scalar loop's, bit for bit); returns false without it (the caller packs).
+static bool pack_rows_transposed(float* dst, i64 W, const float* src, i64 ld, i64 n, i64 kc, float scale) {
+#if defined(__AVX512F__)
+  const __m512 sc = _mm512_set1_ps(scale);
+  for (i64 j0 = 0; j0 < W; j0 += 16) {
+    const i64 jn = std::min<i64>(16, W - j0);  // 16, or 8 for an MR = 8 panel (its upper half dropped)
+    i64 p0 = 0;
+    for (; p0 + 16 <= kc; p0 += 16) {
+      __m512 in[16], out[16];
+      for (i64 r = 0; r < 16; r++) {
+        if (r >= jn || j0 + r >= n) {
+          in[r] = _mm512_setzero_ps();
+          continue;
+        }
+        const __m512 x = _mm512_loadu_ps(src + (j0 + r) * ld + p0);
+        in[r] = scale == 1.0f ? x : _mm512_mul_ps(sc, x);
+      }
+      transpose16x16(in, out);
+      for (i64 c = 0; c < 16; c++) {
+        float* d = dst + (p0 + c) * W + j0;
+        _mm512_mask_storeu_ps(d, jn == 16 ? (__mmask16)0xffff : (__mmask16)0x00ff, out[c]);
+      }
+    }
+    for (; p0 < kc; p0++)
+      for (i64 j = j0; j < j0 + jn; j++) dst[p0 * W + j] = j < n ? scale * src[j * ld + p0] : 0.0f;
+  }
+  return true;
+#else
+  (void)dst, (void)W, (void)src, (void)ld, (void)n, (void)kc, (void)scale;
+  return false;
+#endif
+}
+
 // Grow-only 64-byte aligned scratch, one per calling thread.
 struct Scratch {
   float* p = nullptr;
@@ -272,6 +347,10 @@ static void blocked_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float al
         for (i64 t = 0; t < nStrips; t++) {  // pack op(B)[pc:pc+kc, jc+t*NR : +NR] -> Bp strip t
           P* dst = Bp + t * NR * kp;
           const i64 j0 = jc + t * NR, nr = std::min<i64>(NR, jc + nc - j0);
+          if constexpr (KS == 1)
+            if (transB &&
+                pack_rows_transposed(reinterpret_cast<float*>(dst), NR, B + j0 * ldb + pc, ldb, nr, kc, 1.0f))
+              continue;
           for (i64 p = 0; p < kp; p++) {
             P* d = dst + p * NR;
             const i64 k = pc + p * KS;
@@ -296,6 +375,10 @@ static void blocked_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float al
         for (i64 st = 0; st < mStrips; st++) {  // pack op(A)[st*MR : +MR, pc:pc+kc] -> Ap strip st
           P* dst = Ap + st * MR * kp;
           const i64 i0 = st * MR, mr = std::min<i64>(MR, M - i0);
+          if constexpr (KS == 1)
+            if (!transA && pack_rows_transposed(reinterpret_cast<float*>(dst), MR, A + i0 * lda + pc, lda, mr,
+                                                kc, alpha))
+              continue;
           if (!transA) {
             for (i64 i = 0; i < mr; i++) {
               const float* src = A + (i0 + i) * lda + pc;

@@ -40,19 +40,6 @@
 
 namespace attnres {
 
-#if defined(__AVX512F__)
-// Horizontal sum (GCC 12's _mm512_reduce_add_ps warns about an uninitialized temporary).
-static inline float hsum(__m512 v) {
-  alignas(64) float t[16];
-  _mm512_store_ps(t, v);
-  __m128 q = _mm_add_ps(_mm_add_ps(_mm_load_ps(t), _mm_load_ps(t + 4)),
-                        _mm_add_ps(_mm_load_ps(t + 8), _mm_load_ps(t + 12)));
-  q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-  q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
-  return _mm_cvtss_f32(q);
-}
-#endif
-
 // Dot products of 4 rows of W with x (K elements each).
 static inline void dot4(const float* __restrict w0, const float* __restrict w1, const float* __restrict w2,
                         const float* __restrict w3, const float* __restrict x, i64 K, float out[4]) {

@@ -12,12 +12,29 @@
 #include <cstring>
 #include <string>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace attnres {
 
 using i64 = int64_t;
 
 // Work (in elements or flops/8) below which a kernel runs single-threaded.
 constexpr i64 kParallelMin = 1 << 15;
+
+#if defined(__AVX512F__)
+// Horizontal sum of 16 lanes (GCC 12's _mm512_reduce_add_ps warns about an uninitialized temporary).
+inline float hsum(__m512 v) {
+  alignas(64) float t[16];
+  _mm512_store_ps(t, v);
+  __m128 q = _mm_add_ps(_mm_add_ps(_mm_load_ps(t), _mm_load_ps(t + 4)),
+                        _mm_add_ps(_mm_load_ps(t + 8), _mm_load_ps(t + 12)));
+  q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+  q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
+  return _mm_cvtss_f32(q);
+}
+#endif
 
 // exp(x) for softmax numerators (attention.cc, decode.cc), written to auto-vectorize (Cephes polynomial, ~2
 // ulp). NaN -> NaN, x > 88.72 -> +inf, x < -86.6 -> 0 (results below ~2.6e-38 are flushed; irrelevant next to

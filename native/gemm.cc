@@ -351,6 +351,12 @@ static void blocked_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float al
             if (transB &&
                 pack_rows_transposed(reinterpret_cast<float*>(dst), NR, B + j0 * ldb + pc, ldb, nr, kc, 1.0f))
               continue;
+          if constexpr (KS == 1)
+            if (!transB && nr == NR) {  // a whole strip of rows along n: NR-float copies
+              for (i64 p = 0; p < kp; p++)
+                std::memcpy(dst + p * NR, B + (pc + p) * ldb + j0, sizeof(float) * NR);
+              continue;
+            }
           for (i64 p = 0; p < kp; p++) {
             P* d = dst + p * NR;
             const i64 k = pc + p * KS;
@@ -379,6 +385,15 @@ static void blocked_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float al
             if (!transA && pack_rows_transposed(reinterpret_cast<float*>(dst), MR, A + i0 * lda + pc, lda, mr,
                                                 kc, alpha))
               continue;
+          if constexpr (KS == 1)
+            if (transA && mr == MR) {  // a whole strip of columns along m: MR scaled floats per k
+              for (i64 p = 0; p < kp; p++) {
+                const float* s0 = A + (pc + p) * lda + i0;
+                float* d = reinterpret_cast<float*>(dst) + p * MR;
+                for (int i = 0; i < MR; i++) d[i] = alpha * s0[i];
+              }
+              continue;
+            }
           if (!transA) {
             for (i64 i = 0; i < mr; i++) {
               const float* src = A + (i0 + i) * lda + pc;

@@ -932,7 +932,7 @@ KERNEL(depthRoute) {
 
 KERNEL(depthRouteSourceBackward) {
   return guard(env, [&] {
-    Args a(env, info, "depthRouteSourceBackward", 16);
+    Args a(env, info, "depthRouteSourceBackward", 19);
     const F32 s = a.f32(0, "source");
     const F32 gs = a.f32OrNull(1, "gsource");
     const bool accumulate = a.boolean(2, "accumulate");
@@ -949,6 +949,10 @@ KERNEL(depthRouteSourceBackward) {
     const F32 init = a.f32OrNull(13, "init");
     const std::vector<F32> outs = f32List(a, 14, "out", false);
     const std::vector<F32> bases = f32List(a, 15, "base", true);
+    const F32 s2 = a.f32OrNull(16, "pair source");
+    const F32 gs2 = a.f32OrNull(17, "pair gsource");
+    i64 nCols2 = 0;
+    const int32_t* cols2 = a.isNull(18) ? nullptr : a.i32(18, "pair cols", &nCols2);
     const i64 K = (i64)gouts.size();
     for (const auto& [name, list] : {std::pair<const char*, const std::vector<F32>*>{"alphas", &alphas},
                                      {"rstds", &rstds},
@@ -968,6 +972,16 @@ KERNEL(depthRouteSourceBackward) {
     std::vector<float*> p(K), cv(K);
     std::vector<i64> col(K), n(K);
     std::unique_ptr<bool[]> needC(new bool[K > 0 ? K : 1]);
+    const bool two = s2.p != nullptr;
+    if (two != (gs2.p != nullptr) || two != (cols2 != nullptr))
+      a.fail("the pair's source, gsource and cols must be given together");
+    std::vector<i64> col2(two ? K : 0);
+    if (two) {
+      if (gs.p == nullptr) a.fail("a pair needs the first source's gsource too");
+      a.need("pair source", s2, a.mul(rows, d));
+      a.need("pair gsource", gs2, a.mul(rows, d));
+      a.needLen("pair cols", nCols2, K);
+    }
     for (i64 k = 0; k < K; k++) {
       col[k] = meta[3 * k];
       n[k] = meta[3 * k + 1];
@@ -991,6 +1005,12 @@ KERNEL(depthRouteSourceBackward) {
       go[k] = gouts[k].p;
       al[k] = alphas[k].p;
       rs[k] = rstds[k].p;
+      if (two) {
+        col2[k] = cols2[k];
+        if (!(col2[k] >= 0 && col2[k] < n[k] && col2[k] != col[k]))
+          a.fail("consumer " + std::to_string(k) + " has pair column " + std::to_string(col2[k]) + " of " +
+                 std::to_string(n[k]) + " (column " + std::to_string(col[k]) + " is the first source's)");
+      }
       cv[k] = cs[k].p;
       w[k] = ws[k].p;
       g[k] = gains[k].p;
@@ -998,7 +1018,7 @@ KERNEL(depthRouteSourceBackward) {
     }
     depth_route_source_backward(s.p, gs.p, accumulate, init.p, K, go.data(), al.data(), rs.data(), col.data(),
                                 n.data(), needC.get(), cv.data(), op.data(), bp.data(), w.data(), g.data(),
-                                p.data(), rows, d);
+                                p.data(), rows, d, s2.p, gs2.p, two ? col2.data() : nullptr);
     return undefinedValue(env);
   });
 }

@@ -14,7 +14,9 @@
 //   dl = rstd_k alpha_k (gout_k . s - c_k);  gs += alpha_k gout_k + dl (w_k o g_k) - (rstd_k^2 dl q_k / d) s
 //   p_k += sum_rows dl s   (q_k = (w_k o g_k) . s; gw_k = g_k o p_k, gg_k = w_k o p_k after all sources)
 // One source's block of rows (and its gradient's) stays in cache while the K gradients stream past:
-// one read of [rows, d] per (call, source) pair instead of three.
+// one read of [rows, d] per (call, source) pair instead of three. Given a second source s2 that the same K
+// calls read (src/tensor/ops.ts pairs a source with the one before it), its gradient gs2 is written in the
+// same pass while each gout row is in L1: one read of each gout per two sources.
 // Rows are processed in blocks of kRowBlock rows, spread over OpenMP threads; inside a block every
 // pass walks one source at a time over the block's rows (long sequential runs for the hardware
 // prefetcher, the block's source rows stay in L2 between passes). Sums over d accumulate in float
@@ -240,7 +242,8 @@ void depth_route_source_backward(const float* s, float* gs, bool accumulate, con
                                  const float* const* rstd, const i64* col, const i64* n, const bool* needC,
                                  float* const* cv, const float* const* outs, const float* const* bases,
                                  const float* const* w, const float* const* g, float* const* p, i64 rows,
-                                 i64 d) {
+                                 i64 d, const float* s2, float* gs2, const i64* col2) {
+  const bool two = s2 != nullptr;
   std::vector<float> wgv((size_t)K * d);
   for (i64 k = 0; k < K; k++)
     for (i64 c = 0; c < d; c++) wgv[(size_t)k * d + c] = w[k][c] * g[k][c];
@@ -251,8 +254,8 @@ void depth_route_source_backward(const float* s, float* gs, bool accumulate, con
 #pragma omp parallel if (par)
   {
     float* P = partial.data() + (size_t)omp_get_thread_num() * K * d;
-    double coef[kRowBlock];
-    float dlb[kRowBlock];
+    double coef[kRowBlock], coef2[kRowBlock];
+    float dlb[kRowBlock], dlb2[kRowBlock];
 #pragma omp for schedule(static)
     for (i64 b = 0; b < nb; b++) {
       const i64 r0 = b * kRowBlock, r1 = std::min(rows, r0 + kRowBlock);
@@ -262,7 +265,8 @@ void depth_route_source_backward(const float* s, float* gs, bool accumulate, con
         else
           std::fill(gs + r0 * d, gs + r1 * d, 0.0f);
       }
-      for (i64 r = r0; r < r1; r++) coef[r - r0] = 0.0;
+      if (two) std::fill(gs2 + r0 * d, gs2 + r1 * d, 0.0f);
+      for (i64 r = r0; r < r1; r++) coef[r - r0] = coef2[r - r0] = 0.0;
       for (i64 k = 0; k < K; k++) {
         const float* q = wgv.data() + (size_t)k * d;
         float* Pk = P + (size_t)k * d;
@@ -293,6 +297,20 @@ void depth_route_source_backward(const float* s, float* gs, bool accumulate, con
           const double dld = N == 1 ? 0.0 : (double)rs * a * ((double)da - cv[k][r]);
           const float dl = (float)dld;
           dlb[r - r0] = dl;
+          if (two) {  // the second source, while gout's row is in L1
+            const float* s2r = s2 + r * d;
+            float da2, dq2;
+            dots(s2r, go, q, d, &da2, &dq2);
+            const i64 c2 = col2[k];
+            const float a2 = alpha[k][r * N + c2], rs2 = rstd[k][r * N + c2];
+            const double dld2 = N == 1 ? 0.0 : (double)rs2 * a2 * ((double)da2 - cv[k][r]);
+            const float dl2 = (float)dld2;
+            dlb2[r - r0] = dl2;
+            coef2[r - r0] += (double)rs2 * rs2 * dld2 * dq2 / (double)d;
+            float* g2 = gs2 + r * d;
+#pragma omp simd
+            for (i64 c = 0; c < d; c++) g2[c] += a2 * go[c] + dl2 * q[c];
+          }
           if (gs == nullptr) continue;
           coef[r - r0] += (double)rs * rs * dld * dq / (double)d;
           float* gr = gs + r * d;
@@ -301,24 +319,27 @@ void depth_route_source_backward(const float* s, float* gs, bool accumulate, con
         }
         // p_k += sum over the block's rows of dl s: summed in a register per SIMD lane, so p_k is
         // read and written once per block instead of once per row
-        const float* sb = s + r0 * d;
         const i64 nr = r1 - r0;
-        i64 c0 = 0;
-        for (; c0 + kChunk <= d; c0 += kChunk) {
-          float acc[kChunk] = {0};
-          for (i64 r = 0; r < nr; r++) {
-            const float dl = dlb[r];
-            const float* sp = sb + r * d + c0;
+        for (int which = 0; which < (two ? 2 : 1); which++) {
+          const float* sb = (which == 0 ? s : s2) + r0 * d;
+          const float* dls = which == 0 ? dlb : dlb2;
+          i64 c0 = 0;
+          for (; c0 + kChunk <= d; c0 += kChunk) {
+            float acc[kChunk] = {0};
+            for (i64 r = 0; r < nr; r++) {
+              const float dl = dls[r];
+              const float* sp = sb + r * d + c0;
 #pragma omp simd
-            for (i64 j = 0; j < kChunk; j++) acc[j] += dl * sp[j];
+              for (i64 j = 0; j < kChunk; j++) acc[j] += dl * sp[j];
+            }
+#pragma omp simd
+            for (i64 j = 0; j < kChunk; j++) Pk[c0 + j] += acc[j];
           }
-#pragma omp simd
-          for (i64 j = 0; j < kChunk; j++) Pk[c0 + j] += acc[j];
-        }
-        for (i64 c = c0; c < d; c++) {
-          float acc = 0.0f;
-          for (i64 r = 0; r < nr; r++) acc += dlb[r] * sb[r * d + c];
-          Pk[c] += acc;
+          for (i64 c = c0; c < d; c++) {
+            float acc = 0.0f;
+            for (i64 r = 0; r < nr; r++) acc += dls[r] * sb[r * d + c];
+            Pk[c] += acc;
+          }
         }
       }
       if (gs == nullptr) continue;
@@ -328,6 +349,12 @@ void depth_route_source_backward(const float* s, float* gs, bool accumulate, con
         float* gr = gs + r * d;
 #pragma omp simd
         for (i64 c = 0; c < d; c++) gr[c] -= cf * sr[c];
+        if (!two) continue;
+        const float cf2 = (float)coef2[r - r0];
+        const float* s2r = s2 + r * d;
+        float* g2 = gs2 + r * d;
+#pragma omp simd
+        for (i64 c = 0; c < d; c++) g2[c] -= cf2 * s2r[c];
       }
     }
   }

@@ -162,13 +162,16 @@ void depth_route_backward(const float* const* src, i64 N, const float* w, const 
 // the deferred backward of one source s [rows, d] for K calls; per call k: gout [rows, d], alpha and rstd
 // [rows, n[k]] (s is column col[k]), cv [rows] = gout . out, w, g [d], p [d] (+=); gs [rows, d] or null
 // init: gs's starting value when it is written (null: zero); needC[k]: compute cv[k] = gout_k . (outs[k] -
-// bases[k]) (bases[k] may be null) per row before using it
+// bases[k]) (bases[k] may be null) per row before using it. With s2 (another source that every one of the
+// K calls reads, at column col2[k]; then gs is non-null): gs2 [rows, d] is written with s2's share of the
+// same K calls in the same pass, each gout row read once for both sources.
 void depth_route_source_backward(const float* s, float* gs, bool accumulate, const float* init, i64 K,
                                  const float* const* gout, const float* const* alpha,
                                  const float* const* rstd, const i64* col, const i64* n, const bool* needC,
                                  float* const* cv, const float* const* outs, const float* const* bases,
                                  const float* const* w, const float* const* g, float* const* p, i64 rows,
-                                 i64 d);
+                                 i64 d, const float* s2 = nullptr, float* gs2 = nullptr,
+                                 const i64* col2 = nullptr);
 // out[r] = a[r] . b[r]; a, b [rows, d], out [rows]
 void row_dot(const float* a, const float* b, float* out, i64 rows, i64 d);
 

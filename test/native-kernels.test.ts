@@ -1280,12 +1280,18 @@ describe("depthRoute", () => {
 });
 
 describe("depthRouteSourceBackward and rowDot", () => {
-  /** K routed calls reading one source s (at a random column of each), forward run natively. */
-  function calls(rows: number, d: number, K: number, s: Float32Array) {
+  /**
+   * K routed calls reading one source s (at a random column of each), and s2 too when given (at
+   * another column, col2), forward run natively.
+   */
+  function calls(rows: number, d: number, K: number, s: Float32Array, s2: Float32Array | null = null) {
     return Array.from({ length: K }, () => {
-      const N = 1 + randInt(5);
+      const N = s2 ? 2 + randInt(4) : 1 + randInt(5);
       const col = randInt(N);
-      const srcs = Array.from({ length: N }, (_, i) => (i === col ? s : rnd(rows * d, -2, 2)));
+      const col2 = s2 ? (col + 1 + randInt(N - 1)) % N : -1;
+      const srcs = Array.from({ length: N }, (_, i) =>
+        i === col ? s : i === col2 && s2 ? s2 : rnd(rows * d, -2, 2),
+      );
       const w = rnd(d);
       const g = rnd(d, 0.5, 1.5);
       const out = nans(rows * d);
@@ -1306,7 +1312,7 @@ describe("depthRouteSourceBackward and rowDot", () => {
         nat.rowDot(gout, routed, c, rows, d);
         closeDot("c", c, cW, d);
       }
-      return { N, col, w, g, alpha, rstd, gout, c, cW, needC, out, base, p: rnd(d) };
+      return { N, col, col2, w, g, alpha, rstd, gout, c, cW, needC, out, base, p: rnd(d) };
     });
   }
   for (const [rows, d, K] of [
@@ -1370,6 +1376,117 @@ describe("depthRouteSourceBackward and rowDot", () => {
           closeDot(`reference c ${k}`, cWs[k]!, c.cW, d);
         });
       });
+  for (const [rows, d, K] of [
+    [1, 1, 2],
+    [13, 7, 3],
+    [67, 37, 5],
+    [70, 33, 26],
+    [301, 129, 4],
+  ])
+    test(`a pair of sources in one pass: rows=${rows} d=${d} calls=${K}`, () => {
+      const s = rnd(rows * d, -2, 2);
+      const s2 = rnd(rows * d, -2, 2);
+      const cs = calls(rows, d, K, s, s2);
+      const meta = Int32Array.from(cs.flatMap((c) => [c.col, c.N, c.needC ? 1 : 0]));
+      const cols = Int32Array.from(cs.map((c) => c.col2));
+      const gs = rnd(rows * d);
+      const gs2 = nans(rows * d); // written, from zero
+      const gsW = f64(gs);
+      const gs2W = new Float64Array(rows * d);
+      const psW = cs.map((c) => f64(c.p));
+      const cWs = cs.map((c) => (c.needC ? new Float64Array(rows) : f64(c.c)));
+      const lists = <T>(f: (c: (typeof cs)[number]) => T) => cs.map(f);
+      ref.depthRouteSourceBackward(
+        f64(s),
+        gsW,
+        true,
+        lists((c) => f64(c.gout)),
+        lists((c) => f64(c.alpha)),
+        lists((c) => f64(c.rstd)),
+        meta,
+        cWs,
+        lists((c) => f64(c.w)),
+        lists((c) => f64(c.g)),
+        psW,
+        rows,
+        d,
+        null,
+        lists((c) => f64(c.out)),
+        lists((c) => c.base && f64(c.base)),
+        { source: f64(s2), gsource: gs2W, cols },
+      );
+      nat.depthRouteSourceBackward(
+        s,
+        gs,
+        true,
+        lists((c) => c.gout),
+        lists((c) => c.alpha),
+        lists((c) => c.rstd),
+        meta,
+        lists((c) => c.c),
+        lists((c) => c.w),
+        lists((c) => c.g),
+        lists((c) => c.p),
+        rows,
+        d,
+        null,
+        lists((c) => c.out),
+        lists((c) => c.base),
+        { source: s2, gsource: gs2, cols },
+      );
+      closeDot("gsource", gs, gsW, d * (K + 1));
+      closeDot("pair gsource", gs2, gs2W, d * (K + 1));
+      cs.forEach((c, k) => {
+        closeDot(`p ${k}`, c.p, psW[k]!, 2 * rows * d);
+        closeDot(`c ${k}`, c.c, c.cW, d);
+      });
+      assert.throws(
+        () =>
+          nat.depthRouteSourceBackward(
+            s,
+            null,
+            false,
+            lists((c) => c.gout),
+            lists((c) => c.alpha),
+            lists((c) => c.rstd),
+            meta,
+            lists((c) => c.c),
+            lists((c) => c.w),
+            lists((c) => c.g),
+            lists((c) => c.p),
+            rows,
+            d,
+            null,
+            lists((c) => c.out),
+            lists((c) => c.base),
+            { source: s2, gsource: gs2, cols },
+          ),
+        /a pair needs the first source's gsource too/,
+      );
+      assert.throws(
+        () =>
+          nat.depthRouteSourceBackward(
+            s,
+            gs,
+            true,
+            lists((c) => c.gout),
+            lists((c) => c.alpha),
+            lists((c) => c.rstd),
+            meta,
+            lists((c) => c.c),
+            lists((c) => c.w),
+            lists((c) => c.g),
+            lists((c) => c.p),
+            rows,
+            d,
+            null,
+            lists((c) => c.out),
+            lists((c) => c.base),
+            { source: s2, gsource: gs2, cols: Int32Array.from(cs.map((c) => c.col)) },
+          ),
+        /has pair column \d+ of \d+ \(column \d+ is the first source's\)/,
+      );
+    });
   test("over every source of a call, it equals depthRouteBackward (float64)", () => {
     const near = (name: string, got: Float64Array, want: Float64Array) => {
       const tol = 1e-12 * maxAbs(want);

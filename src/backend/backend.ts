@@ -42,6 +42,13 @@ export const UNARY_OPS: readonly UnaryOp[] = [
 ];
 export const BINARY_OPS: readonly BinaryOp[] = ["add", "sub", "mul", "div", "max", "min", "eq"];
 
+/** A second source of depthRouteSourceBackward: its buffer, its gradient (written), its column per call. */
+export interface RoutePair {
+  source: Buf;
+  gsource: Buf;
+  cols: Int32Array;
+}
+
 export interface MemoryStats {
   /** Bytes of buffer memory currently allocated by this backend and not yet released to the system. */
   allocatedBytes: number;
@@ -327,6 +334,9 @@ export interface Backend {
    * read); ws[k], gs[k] [d] (the call's query and key gain); ps[k] [d] (accumulates into).
    * gsource [rows, d]: null (only ps is wanted), accumulated into when accumulate, else written,
    * starting from init [rows, d] when that is non-null (from zero otherwise).
+   * pair: a second source that every one of the K calls reads too (at column pair.cols[k], Int32Array
+   * [K]): pair.gsource [rows, d] is written (from zero) with its share of the same K calls, and its
+   * p terms are added too, in the same pass (each gout read once for both); gsource must be non-null.
    */
   depthRouteSourceBackward(
     source: Buf,
@@ -345,6 +355,7 @@ export interface Backend {
     init: Buf | null,
     outs: readonly Buf[],
     bases: readonly (Buf | null)[],
+    pair?: RoutePair | null,
   ): void;
   /** Writes out[r] = sum_c a[r, c] * b[r, c] for r < rows (a, b [rows, d]; out [rows]). */
   rowDot(a: Buf, b: Buf, out: Buf, rows: number, d: number): void;

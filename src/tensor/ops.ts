@@ -35,6 +35,7 @@ import {
   Tensor,
   zeros,
 } from "./tensor.js";
+import { track } from "./memory.js";
 
 function like(t: Tensor, shape: Shape): Tensor {
   return empty(shape, { backend: t.backend, dtype: t.dtype });
@@ -683,8 +684,8 @@ export interface RouteResult {
  * contributions"): each source that is computed by an op gets a contribution {call, column}, and
  * when the walk reaches the source, every call that read it has its gradient recorded and one
  * kernel (depthRouteSourceBackward) adds them all into the source's gradient, reading the source
- * once and each call's gout once, and adds each call's share of its sum over rows p [d]; the same
- * kernel computes c on the call's first source, while it reads gout anyway. When the last source
+ * once and each call's gout once (once per two sources where routeGroup pairs them), and adds each
+ * call's share of its sum over rows p [d]; the same kernel computes c on the call's first source, while it reads gout anyway. When the last source
  * of a call has been added, the call's gw = g ∘ p and gg = w ∘ p are ready and its recorded gout is
  * released; w and g (leaves) take them after the walk. Sources that are leaves or need no gradient
  * are done at the call's own backward. When w or g is computed by an op (not a leaf), the call does
@@ -858,6 +859,7 @@ function sourceBackward(
   items: readonly SourceItem[],
   rows: number,
   d: number,
+  pair: { source: Tensor; gs: Tensor; cols: Int32Array } | null = null,
 ): void {
   const calls = items.map((it) => it.call);
   const meta = new Int32Array(items.length * 3);
@@ -885,33 +887,101 @@ function sourceBackward(
     init ? init.data : null,
     calls.map((c) => (c.out ?? c.gy!).data),
     calls.map((c) => (c.base ? c.base.data : null)),
+    pair ? { source: pair.source.data, gsource: pair.gs.data, cols: pair.cols } : null,
   );
   for (const c of calls) c.cDone();
 }
 
-/** The deferred contributions of every route call (one group, so a source is read once). */
-const routeGroup: DeferGroup & { live: Set<RouteCall> } = {
+/** A source's share of some calls, computed early, in the pass of the source combined before it. */
+interface Early {
+  gs: Tensor;
+  calls: Set<RouteCall>;
+}
+
+/**
+ * The source to add in the same pass as t (items: t's remaining calls): the one just before t in
+ * the first call's sources, when every call reads it (once, at another column; t once too), it
+ * needs a gradient, is computed by an op (so it is combined later in this walk) and has not been
+ * combined or paired yet. Its other calls (those that do not read t) are added when it is combined.
+ */
+function pairFor(
+  t: Tensor,
+  items: readonly SourceItem[],
+  seen: ReadonlySet<Tensor>,
+): { source: Tensor; cols: Int32Array } | null {
+  const first = items[0]!;
+  const u = first.col > 0 ? first.call.sources[first.col - 1]! : null;
+  if (!u || u === t || !u.requiresGrad || !u.gradFn || seen.has(u) || !sameShape(u.shape, t.shape))
+    return null;
+  const cols = new Int32Array(items.length);
+  for (const [k, it] of items.entries()) {
+    const srcs = it.call.sources;
+    const c = srcs.indexOf(u);
+    if (c < 0 || c === it.col || srcs.lastIndexOf(u) !== c || srcs.indexOf(t) !== srcs.lastIndexOf(t))
+      return null;
+    cols[k] = c;
+  }
+  return { source: u, cols };
+}
+
+/**
+ * The deferred contributions of every route call (one group, so a source is read once). Sources are
+ * added in pairs where they can be (pairFor): a source's pass also adds the previous source's share
+ * of the same calls, kept in `early` until that source is combined, so each call's gout is read
+ * once per two sources.
+ */
+const routeGroup: DeferGroup & {
+  live: Set<RouteCall>;
+  early: Map<Tensor, Early>;
+  seen: Set<Tensor>;
+} = {
   live: new Set(),
+  early: new Map(),
+  seen: new Set(),
   acceptsBase: true,
   combine(t, items, acc, base) {
     const srcItems = items.filter((it): it is SourceItem => "col" in (it as object));
     const paramItems = items.filter((it): it is ParamItem => "which" in (it as object));
     let total = acc;
-    if (srcItems.length) {
+    const early = this.early.get(t);
+    this.early.delete(t);
+    this.seen.add(t);
+    const rest = early ? srcItems.filter((it) => !early.calls.has(it.call)) : srcItems;
+    if (rest.length) {
       const d = t.shape[t.rank - 1] ?? 0;
+      const rows = d === 0 ? 0 : t.size / d;
       const gs = total ?? like(t, t.shape);
+      const pair = early ? null : pairFor(t, rest, this.seen);
+      const pg = pair ? like(pair.source, pair.source.shape).keep() : null;
       sourceBackward(
         t,
         gs,
         total !== null,
         total ? null : (base ?? null),
-        srcItems,
-        d === 0 ? 0 : t.size / d,
+        rest,
+        rows,
         d,
+        pair && pg ? { ...pair, gs: pg } : null,
       );
       total = gs;
-      for (const { call } of srcItems) if (--call.pending === 0) call.finish();
-    } else if (base) total = clone(base);
+      for (const { call } of rest) if (--call.pending === 0) call.finish();
+      if (pair && pg) {
+        this.seen.add(pair.source);
+        this.early.set(pair.source, { gs: pg, calls: new Set(rest.map((it) => it.call)) });
+        for (const { call } of rest) if (--call.pending === 0) call.finish();
+      }
+    } else if (base && !early) total = clone(base);
+    if (early) {
+      // the share added with the source after this one
+      if (total) {
+        total.backend.axpy(total.size, 1, early.gs.data, total.data);
+        early.gs.dispose();
+      } else {
+        if (base) early.gs.backend.axpy(base.size, 1, base.data, early.gs.data);
+        track(early.gs); // back in this walk's scopes, like any gradient it hands on
+        total = early.gs;
+      }
+    }
     for (const { call, which } of paramItems) {
       const gp = which === "w" ? call.gw : call.gg;
       if (!gp)
@@ -933,6 +1003,9 @@ const routeGroup: DeferGroup & { live: Set<RouteCall> } = {
       call.gg?.dispose();
     }
     this.live.clear();
+    for (const e of this.early.values()) e.gs.dispose();
+    this.early.clear();
+    this.seen.clear();
   },
 };
 

@@ -720,9 +720,59 @@ export const referenceBackend: Backend = {
     init,
     outs,
     bases,
+    pair,
   ) {
     const k = "depthRouteSourceBackward";
     const K = gouts.length;
+    if (pair) {
+      // the first source (computing each call's c where asked), then the pair's source with the same
+      // calls at its own columns, c now known: the same sums as one pass over both
+      if (!gsource) throw new Error(`${k}: a pair needs the first source's gsource too`);
+      need(k, "pair cols", pair.cols, K);
+      need(k, "pair gsource", pair.gsource, rows * d);
+      const args = [gouts, alphas, rstds] as const;
+      referenceBackend.depthRouteSourceBackward(
+        source,
+        gsource,
+        accumulate,
+        ...args,
+        meta,
+        cs,
+        ws,
+        gs,
+        ps,
+        rows,
+        d,
+        init,
+        outs,
+        bases,
+      );
+      const meta2 = new Int32Array(3 * K);
+      for (let j = 0; j < K; j++) {
+        const col2 = pair.cols[j]!;
+        if (col2 === meta[3 * j])
+          throw new Error(`${k}: consumer ${j} has pair column ${col2}, the first source's column`);
+        meta2[3 * j] = col2;
+        meta2[3 * j + 1] = meta[3 * j + 1]!;
+      }
+      referenceBackend.depthRouteSourceBackward(
+        pair.source,
+        pair.gsource,
+        false,
+        ...args,
+        meta2,
+        cs,
+        ws,
+        gs,
+        ps,
+        rows,
+        d,
+        null,
+        outs,
+        bases,
+      );
+      return;
+    }
     for (const [name, list] of [
       ["alphas", alphas],
       ["rstds", rstds],

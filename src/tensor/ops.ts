@@ -685,8 +685,9 @@ export interface RouteResult {
  * when the walk reaches the source, every call that read it has its gradient recorded and one
  * kernel (depthRouteSourceBackward) adds them all into the source's gradient, reading the source
  * once and each call's gout once (once per two sources where routeGroup pairs them), and adds each
- * call's share of its sum over rows p [d]; the same kernel computes c on the call's first source, while it reads gout anyway. When the last source
- * of a call has been added, the call's gw = g ∘ p and gg = w ∘ p are ready and its recorded gout is
+ * call's share of its sum over rows p [d]; the same kernel computes c on the call's first source,
+ * while it reads gout anyway. When the last source of a call has been added, the call's
+ * gw = g ∘ p and gg = w ∘ p are ready and its recorded gout is
  * released; w and g (leaves) take them after the walk. Sources that are leaves or need no gradient
  * are done at the call's own backward. When w or g is computed by an op (not a leaf), the call does
  * its whole backward at once (depthRouteBackward). base's gradient is gout itself.

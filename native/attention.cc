@@ -241,6 +241,7 @@ void attention_backward(const float* q, const float* k, const float* v, const fl
             const float* o = op + r * ldq;
             const float* go = gop + r * ldq;
             float d = 0.0f;
+#pragma omp simd reduction(+ : d)
             for (i64 c = 0; c < D; c++) d += o[c] * go[c];
             Di[r] = d;
           }

@@ -330,7 +330,7 @@ function main(): void {
         log(
           `  ${name.padEnd(30)} ${x.median_step_s.toFixed(3).padStart(8)}   ${x.tokens_per_s.toFixed(0).padStart(8)}   ${(x.median_step_s / e.ts.median_step_s).toFixed(2).padStart(16)}`,
         );
-      erow(`TypeScript engine (${info.blas})`, e.ts);
+      erow(`TypeScript engine (GEMM ${info.gemm})`, e.ts);
       erow("torch engine, 1 process", e.torch_1);
       erow("torch engine, 2 processes DDP", e.torch_2);
       log(

@@ -7,8 +7,8 @@
 //  - the linked CBLAS (ATTNRES_OPENBLAS / ATTNRES_CBLAS builds): each matrix goes to cblas_sgemm;
 //  - the built-in cache-blocked GEMM (always compiled): A and B are packed into MR-row / NR-column
 //    micro-panels (alpha folded into A), and an MR x NR register-tile micro-kernel (AVX-512, AVX2+FMA
-//    or portable C) accumulates over a K slice of KC packed steps. Blocking: jc (NC cols of B) > pc (a
-//    K slice) > tasks of MC rows x NT cols distributed over OpenMP threads.
+//    or portable C) accumulates over a K slice of KC packed steps. Blocking: pc (a K slice; op(A)'s
+//    slice is packed once) > jc (NC cols of B) > tasks of MC rows x NT cols over OpenMP threads.
 // Default: the BLAS, except in an AVX-512 build whose BLAS does not run AVX-512 kernels itself — e.g.
 // OpenBLAS held to its AVX2 "Haswell" kernels by OPENBLAS_CORETYPE, or too old to know the CPU —
 // where the built-in micro-kernel is about twice as fast (`npm run bench` prints which runs).
@@ -406,19 +406,20 @@ static void blocked_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float al
 #pragma omp parallel if (par)
   {
     alignas(64) float tile[MR * NR];
-    for (i64 jc = 0; jc < N; jc += NC) {
-      const i64 nc = std::min(NC, N - jc);
-      const i64 nStrips = (nc + NR - 1) / NR;
-      for (i64 pc = 0; pc < K; pc += KCp) {
-        const i64 kc = std::min(KCp, K - pc);
-        const i64 kp = (kc + KS - 1) / KS;
-        const bool first = pc == 0;
+    for (i64 pc = 0; pc < K; pc += KCp) {
+      const i64 kc = std::min(KCp, K - pc);
+      const i64 kp = (kc + KS - 1) / KS;
+      const bool first = pc == 0;
+      for (i64 jc = 0; jc < N; jc += NC) {
+        const i64 nc = std::min(NC, N - jc);
+        const i64 nStrips = (nc + NR - 1) / NR;
+        const i64 aStrips = jc == 0 ? mStrips : 0;  // op(A)'s K slice is packed once, for every jc block
         if constexpr (Panels::kVecPack) {
           // Each thread packs one contiguous run of B strips and of A strips (the row-by-row layouts then
           // read long runs of each row).
           const i64 nt = omp_get_num_threads(), id = omp_get_thread_num();
           Panels::pack_b(transB, B, ldb, pc, kc, jc, nc, nStrips * id / nt, nStrips * (id + 1) / nt, Bp);
-          Panels::pack_a(transA, A, lda, pc, kc, M, mStrips * id / nt, mStrips * (id + 1) / nt, Ap);
+          Panels::pack_a(transA, A, lda, pc, kc, M, aStrips * id / nt, aStrips * (id + 1) / nt, Ap);
 #pragma omp barrier
         } else {
 #pragma omp for schedule(static)
@@ -446,7 +447,7 @@ static void blocked_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float al
             }
           }
 #pragma omp for schedule(static)
-          for (i64 st = 0; st < mStrips; st++) {  // pack op(A)[st*MR : +MR, pc:pc+kc] -> Ap strip st
+          for (i64 st = 0; st < aStrips; st++) {  // pack op(A)[st*MR : +MR, pc:pc+kc] -> Ap strip st
             P* dst = Ap + st * MR * kp;
             const i64 i0 = st * MR, mr = std::min<i64>(MR, M - i0);
             if (!transA) {

@@ -134,11 +134,13 @@ describe("bfloat16 matmuls", () => {
     // include ties, carries into the exponent, the largest denormal (rounds up to a normal), a NaN whose
     // payload would truncate to infinity, and the largest float (rounds to infinity); one such special
     // per row or column, as it turns the zero terms of its row/column into NaN (inf * 0).
-    // K = 38 and 70 leave a half-filled vector at the end of every K slice; 1030 spans three slices.
+    // K = 38 and 70 leave a half-filled vector at the end of every K slice; 1030 spans three slices;
+    // N = 4133 spans two blocks of columns packed at once (op(A)'s slices are packed once for both).
     for (const [M, N, K] of [
       [9, 80, 38],
       [19, 47, 70],
       [17, 45, 1030],
+      [5, 4133, 1030],
     ] as const)
       for (const tA of [false, true])
         for (const tB of [false, true])

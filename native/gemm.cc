@@ -7,8 +7,8 @@
 //  - the linked CBLAS (ATTNRES_OPENBLAS / ATTNRES_CBLAS builds): each matrix goes to cblas_sgemm;
 //  - the built-in cache-blocked GEMM (always compiled): A and B are packed into MR-row / NR-column
 //    micro-panels (alpha folded into A), and an MR x NR register-tile micro-kernel (AVX-512, AVX2+FMA
-//    or portable C) accumulates over a KC-deep slice. Blocking: jc (NC cols of B) > pc (KC of K) >
-//    tasks of MC rows x NT cols distributed over OpenMP threads.
+//    or portable C) accumulates over a K slice of KC packed steps. Blocking: pc (a K slice; op(A)'s
+//    slice is packed once) > jc (NC cols of B) > tasks of MC rows x NT cols over OpenMP threads.
 // Default: the BLAS, except in an AVX-512 build whose BLAS does not run AVX-512 kernels itself — e.g.
 // OpenBLAS held to its AVX2 "Haswell" kernels by OPENBLAS_CORETYPE, or too old to know the CPU —
 // where the built-in micro-kernel is about twice as fast (`npm run bench` prints which runs).
@@ -134,7 +134,7 @@ constexpr int VW = 4;
 constexpr int MR = 4;
 #endif
 constexpr int NR = 2 * VW;
-constexpr i64 KC = 256;   // k per packed slice
+constexpr i64 KC = 256;   // packed steps per K slice (float32: 256 k; bfloat16: 512 k)
 constexpr i64 MC = 128;   // rows of A per task (multiple of MR)
 constexpr i64 NT = 256;   // columns of B per task (multiple of NR)
 constexpr i64 NC = 4096;  // columns of B packed at once (multiple of NT)
@@ -144,6 +144,7 @@ struct F32Panels {
   using P = float;
   static constexpr i64 KS = 1;  // k per packed element
   static constexpr bool kScaleTile = false;
+  static constexpr bool kVecPack = false;  // packed by blocked_gemm's generic loops (a, b)
   static P a(float alpha, float x0, float) { return alpha * x0; }
   static P b(float x0, float) { return x0; }
   // tile[MR][NR] = sum_p Ap[p][0..MR) (outer) Bp[p][0..NR), over kp packed steps.
@@ -194,26 +195,169 @@ struct F32Panels {
 // bfloat16 panels: one packed element per PAIR of k, two bf16 (k even in the low half), rounded to
 // nearest-even from float32; the micro-kernel's dot-product instruction multiplies both pairs and
 // accumulates in float32. alpha scales the tile (it is not rounded into A).
-static inline uint32_t bf16_bits(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;  // NaN stays a (quiet) NaN
-  return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+// The rounding, of float32 bits u: NaN -> (u >> 16) | 0x40 (stays a quiet NaN); anything else ->
+// (u + 0x7fff + ((u >> 16) & 1)) >> 16 (nearest even; overflow goes to infinity; denormals round like
+// any other value, where the AVX512-BF16 conversion instructions would flush them to zero).
+// Packing is vectorised (16 lanes) for all four layouts; where op(A) or op(B) runs along k in memory
+// (A not transposed, B transposed) 16 pairs of each of 8 rows are transposed in registers.
+// Shifts and shuffles below avoid the intrinsics built on _mm512_undefined_* (srli, unpack, extract,
+// cast to wider), which GCC 12 reports as maybe-uninitialized once inlined.
+using u32x16 = uint32_t __attribute__((vector_size(64)));
+static inline __m512i srl16(__m512i x) { return (__m512i)((u32x16)x >> 16); }
+// The rounding on 16 lanes, the bfloat16 left in the HIGH half of each 32-bit lane (the low half is not
+// cleared).
+static inline __m512i bf16_hi16(__m512 x) {
+  const __m512i u = _mm512_castps_si512(x);
+  const __mmask16 odd = _mm512_test_epi32_mask(u, _mm512_set1_epi32(0x10000));  // the kept part is odd
+  __m512i r = _mm512_add_epi32(u, _mm512_set1_epi32(0x7fff));
+  r = _mm512_mask_add_epi32(r, odd, r, _mm512_set1_epi32(1));
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                _mm512_set1_epi32(0x7f800000));
+  return _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x00400000));
 }
+// 16 packed pairs: lane j = bf16(x0[j]) | bf16(x1[j]) << 16 (x0 holds the even k, x1 the odd k).
+static inline __m512i bf16_pairs(__m512 x0, __m512 x1) {
+  return _mm512_mask_blend_epi16(0xAAAAAAAAu, srl16(bf16_hi16(x0)), bf16_hi16(x1));
+}
+// 16 packed pairs of 32 consecutive k (lo = x[0..16), hi = x[16..32)): lane q = bf16(x[2q]) | bf16(x[2q+1])
+// << 16, the high 16-bit word of every 32-bit lane of the two rounded vectors, in order.
+static inline __m512i bf16_pairs_seq(__m512 lo, __m512 hi) {
+  const __m512i odd = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29,
+                                       27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  return _mm512_permutex2var_epi16(bf16_hi16(lo), odd, bf16_hi16(hi));
+}
+// Mask of the first n (clamped to [0, 16]) of 16 lanes.
+static inline __mmask16 first_lanes(i64 n) {
+  return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+}
+// 16 packed pairs of row x at k = 0..32 (n of them present; the rest pack as zero).
+static inline __m512i bf16_pairs_row(const float* x, i64 n) {
+  return bf16_pairs_seq(_mm512_maskz_loadu_ps(first_lanes(n), x),
+                        _mm512_maskz_loadu_ps(first_lanes(n - 16), x + 16));
+}
+// In-register transpose of 8 rows of 16 packed elements, r[i][p], stored as dst[p * ld + i] for p < np (<=
+// 16).
+static inline void store_transposed_8x16(const __m512i r[8], uint32_t* dst, i64 ld, i64 np) {
+  const __m512i lo32 = _mm512_set_epi32(29, 13, 28, 12, 25, 9, 24, 8, 21, 5, 20, 4, 17, 1, 16, 0);
+  const __m512i hi32 = _mm512_set_epi32(31, 15, 30, 14, 27, 11, 26, 10, 23, 7, 22, 6, 19, 3, 18, 2);
+  const __m512i lo64 = _mm512_set_epi64(14, 6, 12, 4, 10, 2, 8, 0),
+                hi64 = _mm512_set_epi64(15, 7, 13, 5, 11, 3, 9, 1);
+  __m512i u[8];  // u[4h + c], 128-bit lane L: r[4h .. 4h+4)[4L + c]
+  for (int h = 0; h < 2; h++) {
+    const __m512i* q = r + 4 * h;
+    const __m512i a0 = _mm512_permutex2var_epi32(q[0], lo32, q[1]),
+                  a1 = _mm512_permutex2var_epi32(q[0], hi32, q[1]);
+    const __m512i a2 = _mm512_permutex2var_epi32(q[2], lo32, q[3]),
+                  a3 = _mm512_permutex2var_epi32(q[2], hi32, q[3]);
+    u[4 * h] = _mm512_permutex2var_epi64(a0, lo64, a2);
+    u[4 * h + 1] = _mm512_permutex2var_epi64(a0, hi64, a2);
+    u[4 * h + 2] = _mm512_permutex2var_epi64(a1, lo64, a3);
+    u[4 * h + 3] = _mm512_permutex2var_epi64(a1, hi64, a3);
+  }
+  const __m512i lanes01 = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0),
+                lanes23 = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+  for (int c = 0; c < 4; c++) {
+    // o[0] = [p = c | p = 4 + c], o[1] = [p = 8 + c | p = 12 + c], 8 rows each
+    const __m512i o[2] = {_mm512_permutex2var_epi64(u[c], lanes01, u[4 + c]),
+                          _mm512_permutex2var_epi64(u[c], lanes23, u[4 + c])};
+    for (int h = 0; h < 2; h++) {
+      const i64 p0 = 8 * h + c, p1 = p0 + 4;  // the upper 8 lanes go to dst + p1 * ld through a masked store
+      if (p0 < np) _mm512_mask_storeu_epi32(dst + p0 * ld, (__mmask16)0x00ff, o[h]);
+      if (p1 < np) _mm512_mask_storeu_epi32(dst + p1 * ld - 8, (__mmask16)0xff00, o[h]);
+    }
+  }
+}
+
 struct Bf16Panels {
   using P = uint32_t;
   static constexpr i64 KS = 2;
   static constexpr bool kScaleTile = true;
-  static P a(float, float x0, float x1) { return bf16_bits(x0) | (bf16_bits(x1) << 16); }
-  static P b(float x0, float x1) { return bf16_bits(x0) | (bf16_bits(x1) << 16); }
-  static inline void kernel(i64 kp, const P* __restrict Ap, const P* __restrict Bp, float* __restrict tile) {
+  static constexpr bool kVecPack = true;  // packed by pack_a / pack_b below
+  static_assert(MR == 8 && NR == 32, "the AVX-512 tile");
+  // Strips t0 <= t < t1 of op(B)[k0 : k0+kc, jc : jc+nc] -> Bp + t * NR * kp, each [kp][NR] (pairs of k;
+  // columns past nc are zero).
+  static void pack_b(bool transB, const float* B, i64 ldb, i64 k0, i64 kc, i64 jc, i64 nc, i64 t0, i64 t1,
+                     P* Bp) {
+    const i64 kp = (kc + 1) / 2;
+    if (!transB) {  // B[k][j]: rows k and k+1, 16 columns at a time; row by row across all the strips
+      for (i64 p = 0; p < kp; p++) {
+        const float* s0 = B + (k0 + 2 * p) * ldb + jc;
+        const bool has1 = 2 * p + 1 < kc;
+        for (i64 t = t0; t < t1; t++) {
+          P* d = Bp + (t * kp + p) * NR;
+          for (i64 h = 0; h < NR; h += VW) {
+            const i64 j = t * NR + h;
+            const __mmask16 m = first_lanes(nc - j);
+            const __m512 x0 = _mm512_maskz_loadu_ps(m, s0 + j),
+                         x1 = _mm512_maskz_loadu_ps(has1 ? m : 0, s0 + ldb + j);
+            _mm512_store_si512(d + h, bf16_pairs(x0, x1));
+          }
+        }
+      }
+    } else {  // B[j][k]: 16 pairs along each of 8 rows, transposed in registers; 4 groups of 8 columns
+      for (i64 t = t0; t < t1; t++) {
+        P* dst = Bp + t * NR * kp;
+        const i64 j0 = jc + t * NR, nr = std::min<i64>(NR, nc - t * NR);
+        for (i64 p0 = 0; p0 < kp; p0 += 16) {
+          for (int g = 0; g < NR / 8; g++) {
+            __m512i r[8];
+            for (int i = 0; i < 8; i++) {
+              const i64 j = 8 * g + i;
+              r[i] = j < nr ? bf16_pairs_row(B + (j0 + j) * ldb + k0 + 2 * p0, kc - 2 * p0)
+                            : _mm512_setzero_si512();
+            }
+            store_transposed_8x16(r, dst + p0 * NR + 8 * g, NR, std::min<i64>(16, kp - p0));
+          }
+        }
+      }
+    }
+  }
+  // Strips s0 <= st < s1 of op(A)[0 : M, k0 : k0+kc] -> Ap + st * MR * kp, each [kp][MR] (rows past M are
+  // zero); alpha scales the tile instead.
+  static void pack_a(bool transA, const float* A, i64 lda, i64 k0, i64 kc, i64 M, i64 s0, i64 s1, P* Ap) {
+    const i64 kp = (kc + 1) / 2;
+    if (!transA) {  // A[i][k]: 16 pairs along each of the 8 rows, transposed in registers
+      for (i64 st = s0; st < s1; st++) {
+        P* dst = Ap + st * MR * kp;
+        const i64 i0 = st * MR, mr = std::min<i64>(MR, M - i0);
+        for (i64 p0 = 0; p0 < kp; p0 += 16) {
+          __m512i r[MR];
+          for (int i = 0; i < MR; i++)
+            r[i] = i < mr ? bf16_pairs_row(A + (i0 + i) * lda + k0 + 2 * p0, kc - 2 * p0)
+                          : _mm512_setzero_si512();
+          store_transposed_8x16(r, dst + p0 * MR, MR, std::min<i64>(16, kp - p0));
+        }
+      }
+    } else {  // A[k][i]: rows k, k+1 (8 columns) give one packed step, two steps per vector; row by row
+      for (i64 p = 0; p < kp; p += 2) {
+        const float* s = A + (k0 + 2 * p) * lda;
+        const i64 left = kc - 2 * p;  // rows k0+2p.. present: >= 1
+        const __mmask16 last = p + 1 < kp ? (__mmask16)0xffff : (__mmask16)0x00ff;
+        for (i64 st = s0; st < s1; st++) {
+          const i64 i0 = st * MR;
+          const __mmask16 m = first_lanes(std::min<i64>(MR, M - i0)), mh = (__mmask16)(m << 8);
+          // lanes 0..8: step p (rows k, k+1 -> x0, x1); lanes 8..16: step p+1 (rows k+2, k+3), merged in by
+          // loading 8 lanes early
+          const __m512 x0 = _mm512_mask_loadu_ps(_mm512_maskz_loadu_ps(m, s + i0), left >= 3 ? mh : 0,
+                                                 s + 2 * lda + i0 - 8);
+          const __m512 x1 = _mm512_mask_loadu_ps(_mm512_maskz_loadu_ps(left >= 2 ? m : 0, s + lda + i0),
+                                                 left >= 4 ? mh : 0, s + 3 * lda + i0 - 8);
+          _mm512_mask_storeu_epi32(Ap + (st * kp + p) * MR, last, bf16_pairs(x0, x1));
+        }
+      }
+    }
+  }
+  // Not inlined: inlined into blocked_gemm's OpenMP body, GCC 12 keeps b0/b1 on the stack and reloads
+  // them before every dot product (twice the loads, ~1.8x slower); called, it keeps them in registers.
+  __attribute__((noinline)) static void kernel(i64 kp, const P* __restrict Ap, const P* __restrict Bp,
+                                               float* __restrict tile) {
     __m512 c[MR][2];
     for (int i = 0; i < MR; i++) c[i][0] = c[i][1] = _mm512_setzero_ps();
     for (i64 p = 0; p < kp; p++) {
-      const __m512bh b0 = (__m512bh)_mm512_load_si512(Bp + p * NR);
-      const __m512bh b1 = (__m512bh)_mm512_load_si512(Bp + p * NR + VW);
+      const __m512bh b0 = (__m512bh)_mm512_load_ps(reinterpret_cast<const float*>(Bp + p * NR));
+      const __m512bh b1 = (__m512bh)_mm512_load_ps(reinterpret_cast<const float*>(Bp + p * NR + VW));
       for (int i = 0; i < MR; i++) {
-        const __m512bh a = (__m512bh)_mm512_set1_epi32((int)Ap[p * MR + i]);
+        const __m512bh a = (__m512bh)_mm512_set1_ps(reinterpret_cast<const float*>(Ap)[p * MR + i]);
         c[i][0] = _mm512_dpbf16_ps(c[i][0], a, b0);
         c[i][1] = _mm512_dpbf16_ps(c[i][1], a, b1);
       }
@@ -317,8 +461,8 @@ struct Scratch {
   ~Scratch() { std::free(p); }
 };
 
-// The built-in blocked GEMM over Panels' packed format (M, N, K > 0, alpha != 0). A K slice of KC
-// is kp = ceil(kc / KS) packed steps; a pair's missing second k (odd kc) packs as zero.
+// The built-in blocked GEMM over Panels' packed format (M, N, K > 0, alpha != 0). A K slice of
+// kc <= KC * KS k is kp = ceil(kc / KS) packed steps; a pair's missing second k (odd kc) packs as zero.
 template <class Panels>
 static void blocked_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
                          const float* B, i64 ldb, float beta, float* C, i64 ldc) {
@@ -327,7 +471,8 @@ static void blocked_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float al
   constexpr i64 KS = Panels::KS;
   static thread_local Scratch sa, sb;
   const i64 mStrips = (M + MR - 1) / MR;
-  const i64 kpMax = (KC + KS - 1) / KS;
+  constexpr i64 KCp = KC * KS;  // k per slice: KC packed steps, whichever the element
+  const i64 kpMax = KC;
   P* Ap = reinterpret_cast<P*>(sa.get(size_t(mStrips * MR * kpMax)));
   P* Bp = reinterpret_cast<P*>(sb.get(size_t(std::min(N, NC) + NR) * kpMax));
   const float tileScale = Panels::kScaleTile ? alpha : 1.0f;
@@ -336,84 +481,94 @@ static void blocked_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float al
 #pragma omp parallel if (par)
   {
     alignas(64) float tile[MR * NR];
-    for (i64 jc = 0; jc < N; jc += NC) {
-      const i64 nc = std::min(NC, N - jc);
-      const i64 nStrips = (nc + NR - 1) / NR;
-      for (i64 pc = 0; pc < K; pc += KC) {
-        const i64 kc = std::min(KC, K - pc);
-        const i64 kp = (kc + KS - 1) / KS;
-        const bool first = pc == 0;
+    for (i64 pc = 0; pc < K; pc += KCp) {
+      const i64 kc = std::min(KCp, K - pc);
+      const i64 kp = (kc + KS - 1) / KS;
+      const bool first = pc == 0;
+      for (i64 jc = 0; jc < N; jc += NC) {
+        const i64 nc = std::min(NC, N - jc);
+        const i64 nStrips = (nc + NR - 1) / NR;
+        const i64 aStrips = jc == 0 ? mStrips : 0;  // op(A)'s K slice is packed once, for every jc block
+        if constexpr (Panels::kVecPack) {
+          // Each thread packs one contiguous run of B strips and of A strips (the row-by-row layouts then
+          // read long runs of each row).
+          const i64 nt = omp_get_num_threads(), id = omp_get_thread_num();
+          Panels::pack_b(transB, B, ldb, pc, kc, jc, nc, nStrips * id / nt, nStrips * (id + 1) / nt, Bp);
+          Panels::pack_a(transA, A, lda, pc, kc, M, aStrips * id / nt, aStrips * (id + 1) / nt, Ap);
+#pragma omp barrier
+        } else {
 #pragma omp for schedule(static)
-        for (i64 t = 0; t < nStrips; t++) {  // pack op(B)[pc:pc+kc, jc+t*NR : +NR] -> Bp strip t
-          P* dst = Bp + t * NR * kp;
-          const i64 j0 = jc + t * NR, nr = std::min<i64>(NR, jc + nc - j0);
-          if constexpr (KS == 1)
-            if (transB &&
-                pack_rows_transposed(reinterpret_cast<float*>(dst), NR, B + j0 * ldb + pc, ldb, nr, kc, 1.0f))
-              continue;
-          if constexpr (KS == 1)
-            if (!transB && nr == NR) {  // a whole strip of rows along n: NR-float copies
-              for (i64 p = 0; p < kp; p++)
-                std::memcpy(dst + p * NR, B + (pc + p) * ldb + j0, sizeof(float) * NR);
-              continue;
-            }
-          for (i64 p = 0; p < kp; p++) {
-            P* d = dst + p * NR;
-            const i64 k = pc + p * KS;
-            const bool has1 = KS == 2 && k + 1 < pc + kc;  // the pair's second k exists
-            if (!transB) {
-              const float* s0 = B + k * ldb + j0;
-              if (has1)
-                for (i64 j = 0; j < nr; j++) d[j] = Panels::b(s0[j], s0[ldb + j]);
-              else
-                for (i64 j = 0; j < nr; j++) d[j] = Panels::b(s0[j], 0.0f);
-            } else {
-              const float* s0 = B + j0 * ldb + k;
-              if (has1)
-                for (i64 j = 0; j < nr; j++) d[j] = Panels::b(s0[j * ldb], s0[j * ldb + 1]);
-              else
-                for (i64 j = 0; j < nr; j++) d[j] = Panels::b(s0[j * ldb], 0.0f);
-            }
-            for (i64 j = nr; j < NR; j++) d[j] = P(0);
-          }
-        }
-#pragma omp for schedule(static)
-        for (i64 st = 0; st < mStrips; st++) {  // pack op(A)[st*MR : +MR, pc:pc+kc] -> Ap strip st
-          P* dst = Ap + st * MR * kp;
-          const i64 i0 = st * MR, mr = std::min<i64>(MR, M - i0);
-          if constexpr (KS == 1)
-            if (!transA && pack_rows_transposed(reinterpret_cast<float*>(dst), MR, A + i0 * lda + pc, lda, mr,
-                                                kc, alpha))
-              continue;
-          if constexpr (KS == 1)
-            if (transA && mr == MR) {  // a whole strip of columns along m: MR scaled floats per k
-              for (i64 p = 0; p < kp; p++) {
-                const float* s0 = A + (pc + p) * lda + i0;
-                float* d = reinterpret_cast<float*>(dst) + p * MR;
-                for (int i = 0; i < MR; i++) d[i] = alpha * s0[i];
+          for (i64 t = 0; t < nStrips; t++) {  // pack op(B)[pc:pc+kc, jc+t*NR : +NR] -> Bp strip t
+            P* dst = Bp + t * NR * kp;
+            const i64 j0 = jc + t * NR, nr = std::min<i64>(NR, jc + nc - j0);
+            if constexpr (KS == 1)
+              if (transB && pack_rows_transposed(reinterpret_cast<float*>(dst), NR, B + j0 * ldb + pc, ldb,
+                                                 nr, kc, 1.0f))
+                continue;
+            if constexpr (KS == 1)
+              if (!transB && nr == NR) {  // a whole strip of rows along n: NR-float copies
+                for (i64 p = 0; p < kp; p++)
+                  std::memcpy(dst + p * NR, B + (pc + p) * ldb + j0, sizeof(float) * NR);
+                continue;
               }
-              continue;
-            }
-          if (!transA) {
-            for (i64 i = 0; i < mr; i++) {
-              const float* src = A + (i0 + i) * lda + pc;
-              for (i64 p = 0; p < kp; p++) {
-                const i64 k = p * KS;
-                dst[p * MR + i] = Panels::a(alpha, src[k], KS == 2 && k + 1 < kc ? src[k + 1] : 0.0f);
-              }
-            }
-          } else {
             for (i64 p = 0; p < kp; p++) {
+              P* d = dst + p * NR;
               const i64 k = pc + p * KS;
-              const float* s0 = A + k * lda + i0;
-              if (KS == 2 && k + 1 < pc + kc)
-                for (i64 i = 0; i < mr; i++) dst[p * MR + i] = Panels::a(alpha, s0[i], s0[lda + i]);
-              else
-                for (i64 i = 0; i < mr; i++) dst[p * MR + i] = Panels::a(alpha, s0[i], 0.0f);
+              const bool has1 = KS == 2 && k + 1 < pc + kc;  // the pair's second k exists
+              if (!transB) {
+                const float* s0 = B + k * ldb + j0;
+                if (has1)
+                  for (i64 j = 0; j < nr; j++) d[j] = Panels::b(s0[j], s0[ldb + j]);
+                else
+                  for (i64 j = 0; j < nr; j++) d[j] = Panels::b(s0[j], 0.0f);
+              } else {
+                const float* s0 = B + j0 * ldb + k;
+                if (has1)
+                  for (i64 j = 0; j < nr; j++) d[j] = Panels::b(s0[j * ldb], s0[j * ldb + 1]);
+                else
+                  for (i64 j = 0; j < nr; j++) d[j] = Panels::b(s0[j * ldb], 0.0f);
+              }
+              for (i64 j = nr; j < NR; j++) d[j] = P(0);
             }
           }
-          for (i64 i = mr; i < MR; i++)
-            for (i64 p = 0; p < kp; p++) dst[p * MR + i] = P(0);
+#pragma omp for schedule(static)
+          for (i64 st = 0; st < aStrips; st++) {  // pack op(A)[st*MR : +MR, pc:pc+kc] -> Ap strip st
+            P* dst = Ap + st * MR * kp;
+            const i64 i0 = st * MR, mr = std::min<i64>(MR, M - i0);
+            if constexpr (KS == 1)
+              if (!transA && pack_rows_transposed(reinterpret_cast<float*>(dst), MR, A + i0 * lda + pc, lda,
+                                                  mr, kc, alpha))
+                continue;
+            if constexpr (KS == 1)
+              if (transA && mr == MR) {  // a whole strip of columns along m: MR scaled floats per k
+                for (i64 p = 0; p < kp; p++) {
+                  const float* s0 = A + (pc + p) * lda + i0;
+                  float* d = reinterpret_cast<float*>(dst) + p * MR;
+                  for (int i = 0; i < MR; i++) d[i] = alpha * s0[i];
+                }
+                continue;
+              }
+            if (!transA) {
+              for (i64 i = 0; i < mr; i++) {
+                const float* src = A + (i0 + i) * lda + pc;
+                for (i64 p = 0; p < kp; p++) {
+                  const i64 k = p * KS;
+                  dst[p * MR + i] = Panels::a(alpha, src[k], KS == 2 && k + 1 < kc ? src[k + 1] : 0.0f);
+                }
+              }
+            } else {
+              for (i64 p = 0; p < kp; p++) {
+                const i64 k = pc + p * KS;
+                const float* s0 = A + k * lda + i0;
+                if (KS == 2 && k + 1 < pc + kc)
+                  for (i64 i = 0; i < mr; i++) dst[p * MR + i] = Panels::a(alpha, s0[i], s0[lda + i]);
+                else
+                  for (i64 i = 0; i < mr; i++) dst[p * MR + i] = Panels::a(alpha, s0[i], 0.0f);
+              }
+            }
+            for (i64 i = mr; i < MR; i++)
+              for (i64 p = 0; p < kp; p++) dst[p * MR + i] = P(0);
+          }
         }
         const i64 mBlocks = (M + MC - 1) / MC, nBlocks = (nc + NT - 1) / NT;
 #pragma omp for schedule(static) collapse(2)

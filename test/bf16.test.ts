@@ -5,7 +5,9 @@
  * reference GEMM in float64 on the same operands rounded to bfloat16 (nearest even) — awkward sizes,
  * both transposes, beta 0 over NaN-poisoned C and beta 0.5, odd K (a half-filled last pair), K over
  * several packed slices; its result differs from the float32 GEMM's (the mode really rounds); float32
- * mode is restored exactly. A training run with matmul_dtype bfloat16: finite, close to the float32
+ * mode is restored exactly. Bit for bit, through a selecting operand: every layout rounds ties, carries,
+ * the largest denormal, NaN payloads and overflow exactly like the scalar definition, including the
+ * half-filled last vector of a K slice. A training run with matmul_dtype bfloat16: finite, close to the float32
  * run but not identical, recorded in run.json, resumed bit for bit, and the backend back in float32
  * afterwards. Without AVX-512 BF16 the same calls fail with one clear sentence. Everywhere: the
  * reference backend and the torch engine refuse the setting, and the CLI names the flag.
@@ -19,7 +21,7 @@ import { loadNativeBackend, nativeInfo } from "../src/backend/native/index.js";
 import { referenceBackend as ref } from "../src/backend/reference/index.js";
 import { runTraining, type RunSpec } from "../src/train/run.js";
 import { readMetrics, sampleText, tempDir, writePreparedBytes } from "./helpers.js";
-import { rnd } from "./native-buffers.js";
+import { nans, rand, randInt, rnd, SEED } from "./native-buffers.js";
 
 const nat = loadNativeBackend();
 const hasBf16 = nativeInfo().bf16;
@@ -125,6 +127,91 @@ describe("bfloat16 matmuls", () => {
                   C32.some((v, i) => v !== C[i]),
                   "bf16 and f32 results are identical",
                 );
+            });
+
+    // Bit-exact rounding in every operand layout: one operand selects (a 1 at one k per output, zeros
+    // elsewhere), so each C entry is one rounded value of the other operand times 1, exactly. The values
+    // include ties, carries into the exponent, the largest denormal (rounds up to a normal), a NaN whose
+    // payload would truncate to infinity, and the largest float (rounds to infinity); one such special
+    // per row or column, as it turns the zero terms of its row/column into NaN (inf * 0).
+    // K = 38 and 70 leave a half-filled vector at the end of every K slice; 1030 spans three slices;
+    // N = 4133 spans two blocks of columns packed at once (op(A)'s slices are packed once for both).
+    for (const [M, N, K] of [
+      [9, 80, 38],
+      [19, 47, 70],
+      [17, 45, 1030],
+      [5, 4133, 1030],
+    ] as const)
+      for (const tA of [false, true])
+        for (const tB of [false, true])
+          for (const side of ["A", "B"] as const)
+            test(`gemm M=${M} N=${N} K=${K} tA=${tA} tB=${tB}: op(${side}) rounded bit for bit (specials included)`, () => {
+              const bits = new Uint32Array(1);
+              const f = new Float32Array(bits.buffer);
+              const fromBits = (u: number) => ((bits[0] = u), f[0]!);
+              // the packing's rounding, then the dot product's: bf16 denormals count as zero
+              const toBits = (x: number) => ((f[0] = x), bits[0]!);
+              // (operand values are kept as bit patterns: a NaN read into a JS number may lose its payload)
+              const rounded = (u: number): number => {
+                if ((u & 0x7fffffff) > 0x7f800000) return NaN;
+                const r = ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) << 16;
+                return (r & 0x7f800000) === 0 ? 0 : fromBits(r >>> 0);
+              };
+              const awkward = [
+                0x3f808000, 0x3f818000, 0xbf808000, 0x3fffffff, 0x007fffff, 0x00018000, 0x40490fdb,
+              ];
+              const specials = [0x7f800001, 0xffc12345, 0x7f800000, 0x7f7fffff, 0xff7fffff];
+              // values: rows (side A) or columns (side B) of op(values), R x K; sel[r] the k picked for output r
+              const R = side === "A" ? M : N;
+              const outs = side === "A" ? N : M;
+              const vals = Array.from({ length: R }, () =>
+                Array.from({ length: K }, () =>
+                  rand() < 0.2 ? awkward[randInt(awkward.length)]! : toBits(2 * rand() - 1),
+                ),
+              );
+              const sel = Array.from({ length: outs }, (_, o) => (o * 7 + 3) % K);
+              const special = new Map<number, number>(); // row of vals -> output index whose k holds a special
+              for (let r = 1; r < R; r += 3) {
+                const o = (r * 5) % outs;
+                vals[r]![sel[o]!] = specials[r % specials.length]!;
+                special.set(r, o);
+              }
+              // op(A)[i][k] and op(B)[k][j] into their stored layouts
+              const A = nat.alloc("float32", M * K) as Float32Array;
+              const B = nat.alloc("float32", K * N) as Float32Array;
+              const one = toBits(1);
+              const opA = (i: number, k: number) => (side === "A" ? vals[i]![k]! : sel[i] === k ? one : 0);
+              const opB = (k: number, j: number) => (side === "B" ? vals[j]![k]! : sel[j] === k ? one : 0);
+              const Au = new Uint32Array(A.buffer, A.byteOffset, A.length);
+              const Bu = new Uint32Array(B.buffer, B.byteOffset, B.length);
+              for (let i = 0; i < M; i++)
+                for (let k = 0; k < K; k++) Au[tA ? k * M + i : i * K + k] = opA(i, k);
+              for (let k = 0; k < K; k++)
+                for (let j = 0; j < N; j++) Bu[tB ? j * K + k : k * N + j] = opB(k, j);
+              const C = nans(M * N);
+              nat.setMatmulDtype!("bfloat16");
+              try {
+                nat.gemm(tA, tB, 1, M, N, K, 1, A, 0, tA ? M : K, 0, B, 0, tB ? K : N, 0, 0, C, 0, N, 0);
+              } finally {
+                nat.setMatmulDtype!("float32");
+              }
+              for (let i = 0; i < M; i++)
+                for (let j = 0; j < N; j++) {
+                  const [r, o] = side === "A" ? [i, j] : [j, i];
+                  let want = rounded(vals[r]![sel[o]!]!);
+                  const so = special.get(r);
+                  if (
+                    so !== undefined &&
+                    sel[so] !== sel[o] &&
+                    !Number.isFinite(rounded(vals[r]![sel[so]!]!))
+                  )
+                    want = NaN;
+                  const got = C[i * N + j]!;
+                  assert.ok(
+                    Number.isNaN(want) ? Number.isNaN(got) : got === want,
+                    `C[${i}][${j}] = ${got}, want ${want} (seed ${SEED})`,
+                  );
+                }
             });
 
     test("training with matmul_dtype bfloat16: close to float32, not equal; resumed bit for bit; float32 afterwards", async () => {

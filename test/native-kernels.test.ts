@@ -96,7 +96,7 @@ for (const kind of gemmKinds)
       [1, 1037, 77, 1, false], // one row times Bᵀ (a Linear on one token): the threaded GEMV path
       [1, 6, 19, 2, true], // the GEMV path below the threading threshold, a row count not a multiple of 4
       [70, 300, 520, 1, false], // K over several KC slices of the built-in GEMM, threaded
-      [9, 4100, 3, 1, false], // N over the built-in GEMM's NC columns packed at once
+      [9, 4100, 300, 1, false], // N over the built-in GEMM's NC columns packed at once, K over 2 slices
     ];
     for (const [M, N, K, batch, sharedB] of cases)
       for (const transA of [false, true])

@@ -6,7 +6,9 @@
  * the tracked folder study/results/<part>/<run>/, which `npm run study:report` reads
  * (scripts/study-lib.ts describes the layout). A run whose results are already in study/results is
  * never trained again (so a clone continues the study on another machine); a partial run resumes
- * from its checkpoint; Ctrl-C checkpoints and stops (exit status 130).
+ * from its checkpoint; Ctrl-C checkpoints and stops (exit status 130), and the next start resumes
+ * that run at once. A run folder another study process is training (its <run>/study-lock.json) is
+ * skipped, as is one without that lock written in the last 2 minutes (another program's).
  *
  *   npm run study                                  # every part, in the default order
  *   npm run study -- budget-4x states              # these parts, in this order
@@ -108,6 +110,39 @@ function commit(r: PlannedRun): void {
   }
 }
 
+/**
+ * <run>/study-lock.json, {pid, state}: "training" while this study's process trains the folder,
+ * "stopped" once it has stopped (finished, interrupted, failed). Not a run file, so runTraining
+ * ignores it.
+ */
+interface StudyLock {
+  pid: number;
+  state: "training" | "stopped";
+}
+function readLock(dir: string): StudyLock | null {
+  try {
+    const v = JSON.parse(fs.readFileSync(path.join(dir, "study-lock.json"), "utf8")) as Partial<StudyLock>;
+    return typeof v.pid === "number" && (v.state === "training" || v.state === "stopped")
+      ? { pid: v.pid, state: v.state }
+      : null;
+  } catch {
+    return null;
+  }
+}
+function writeLock(dir: string, state: StudyLock["state"]): void {
+  fs.mkdirSync(dir, { recursive: true });
+  writeFileAtomic(path.join(dir, "study-lock.json"), JSON.stringify({ pid: process.pid, state }) + "\n");
+}
+/** Whether process pid exists (EPERM: it exists, owned by someone else). */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
 let plans: PlannedRun[][];
 try {
   plans = parts.map((p) => planOf(dirs, p, { modes, seeds }));
@@ -165,13 +200,22 @@ try {
       if (o.export) continue;
       const dir = runDir(dirs, r);
       const metrics = path.join(dir, "metrics.jsonl");
-      if (fs.existsSync(metrics) && Date.now() - fs.statSync(metrics).mtimeMs < 120_000) {
+      const lock = readLock(dir);
+      if (lock?.state === "training" && lock.pid !== process.pid && alive(lock.pid)) {
+        say(`${part}/${r.run}: ${dir} is being trained by process ${lock.pid}; skipped`);
+        continue;
+      }
+      // Without a study lock, a folder written in the last 2 minutes may be another program's
+      // (`attnres train` into it); a lock this study left ("stopped", or "training" by a process
+      // that is gone) means nobody else is at it, so the run resumes at once.
+      if (!lock && fs.existsSync(metrics) && Date.now() - fs.statSync(metrics).mtimeMs < 120_000) {
         say(
           `${part}/${r.run}: ${dir} was written less than 2 minutes ago (training in another process?); skipped`,
         );
         continue;
       }
       say(`${part}/${r.run}: training in ${dir}`);
+      writeLock(dir, "training");
       const bar = progress("step", o.quiet);
       try {
         const res = await runTraining(spec, dir, {
@@ -182,12 +226,14 @@ try {
             bar.update(step, total, { loss: loss.toFixed(3), "tok/s": tps.toFixed(0) }),
         });
         bar.stop();
+        writeLock(dir, "stopped");
         if (!res.done) {
           stopped = true;
           break;
         }
       } catch (e) {
         bar.stop();
+        writeLock(dir, "stopped");
         if (!(e instanceof TrainingDiverged)) throw e;
         writeFileAtomic(
           path.join(dir, "diverged.json"),

@@ -250,6 +250,57 @@ describe("study driver", () => {
     assert.equal(fs.readFileSync(path.join(results, "main", "standard-s0", "result.json"), "utf8"), before);
   });
 
+  test("a folder another study process trains is skipped; one the study stopped resumes at once", () => {
+    const lr = path.join(work, "lock-runs");
+    const lres = path.join(work, "lock-results");
+    const dir = path.join(lr, "main", "standard-s1");
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(path.join(dir, "metrics.jsonl"), ""); // written just now
+    const lock = (state: string) =>
+      fs.writeFileSync(path.join(dir, "study-lock.json"), JSON.stringify({ pid: process.pid, state }));
+    const args = ["main", "--modes", "standard", "--seeds", "1"];
+    // a live process (this test runner) is training it
+    lock("training");
+    let r = study(args, { runs: lr, results: lres });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(
+      r.stdout,
+      new RegExp(`main/standard-s1: .* is being trained by process ${process.pid}; skipped`),
+    );
+    assert.ok(!fs.existsSync(path.join(dir, "run.json")), "not touched");
+    // no lock, written just now: perhaps another program's (attnres train); skipped
+    fs.rmSync(path.join(dir, "study-lock.json"));
+    r = study(args, { runs: lr, results: lres });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(
+      r.stdout,
+      /main\/standard-s1: .* less than 2 minutes ago \(training in another process\?\); skipped/,
+    );
+    assert.ok(!fs.existsSync(path.join(dir, "run.json")), "not touched");
+    // the study itself stopped it just now (Ctrl-C): the run goes on at once, to the end
+    lock("stopped");
+    r = study(args, { runs: lr, results: lres });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /main\/standard-s1: training in/);
+    assert.ok(fs.existsSync(path.join(lres, "main", "standard-s1", "result.json")));
+    const after = JSON.parse(fs.readFileSync(path.join(dir, "study-lock.json"), "utf8")) as { state: string };
+    assert.equal(after.state, "stopped");
+  });
+
+  test("a training lock whose process is gone (killed) does not hold its run back", () => {
+    const lr = path.join(work, "lock-runs-2");
+    const lres = path.join(work, "lock-results-2");
+    const dir = path.join(lr, "main", "standard-s1");
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(path.join(dir, "metrics.jsonl"), "");
+    const gone = spawnSync(process.execPath, ["-e", ""]).pid!; // exited already
+    fs.writeFileSync(path.join(dir, "study-lock.json"), JSON.stringify({ pid: gone, state: "training" }));
+    const r = study(["main", "--modes", "standard", "--seeds", "1"], { runs: lr, results: lres });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /main\/standard-s1: training in/);
+    assert.ok(fs.existsSync(path.join(lres, "main", "standard-s1", "result.json")));
+  });
+
   test("a committed run whose preset has changed is refused, not silently reused", () => {
     const f = path.join(results, "main", "standard-s0", "run.json");
     const saved = fs.readFileSync(f, "utf8");

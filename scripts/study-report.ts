@@ -765,7 +765,7 @@ else {
     say(
       figure("validation loss against training tokens, four modes, seed bands", fig),
       "",
-      `The ${mTok(t1)}-token diamonds are runs with their own (shorter) schedule, so they sit below the 4× curves at the same token count: compare modes within one budget, not the curves with the diamonds.`,
+      `The ${mTok(t1)}-token diamonds are runs with their own (shorter) schedule, so they need not lie on the 4× curves at the same token count (their learning rate has already decayed there, the 4× runs' has not): compare modes within one budget, not the curves with the diamonds.`,
       "",
     );
 }

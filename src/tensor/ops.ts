@@ -965,12 +965,13 @@ const routeGroup: DeferGroup & {
         pair && pg ? { ...pair, gs: pg } : null,
       );
       total = gs;
-      for (const { call } of rest) if (--call.pending === 0) call.finish();
       if (pair && pg) {
         this.seen.add(pair.source);
         this.early.set(pair.source, { gs: pg, calls: new Set(rest.map((it) => it.call)) });
-        for (const { call } of rest) if (--call.pending === 0) call.finish();
       }
+      // each call has one or (with the pair) two of its sources added
+      const added = pair ? 2 : 1;
+      for (const { call } of rest) if ((call.pending -= added) === 0) call.finish();
     } else if (base && !early) total = clone(base);
     if (early) {
       // the share added with the source after this one

@@ -3,7 +3,7 @@
  * timer, runs a few training steps of the reference-step model (bench/modes.ts; 12 layers unless
  * --layers) in each mode of --modes (the first is the baseline, standard by default), and prints
  * per mode its wall time, the time inside kernels, and the kernels whose time differs most from
- * the baseline's, split by phase (F forward, B backward, O optimizer and clipping) and labelled by
+ * the baseline's (for the baseline itself, its heaviest kernels), split by phase (F forward, B backward, O optimizer and clipping) and labelled by
  * kind (binary/unary ops by operator, GEMMs by M×N×K, T for a transposed operand, b the batch).
  *   node --import tsx bench/kernel-profile.ts [--layers 12] [--modes standard,delta,ddl] [--steps 3] [--top 12]
  * With ATTNRES_THREADS=1 the kernels run on one thread, which keeps the numbers steadier on a
@@ -93,7 +93,14 @@ const base = per[0]!;
 for (const { mode, wall, kernels } of per) {
   const inKernels = [...kernels.values()].reduce((t, v) => t + v.ms, 0);
   console.log(`${mode}: step ${wall.toFixed(1)} ms, in kernels ${inKernels.toFixed(1)} ms`);
-  if (mode === base.mode) continue;
+  if (mode === base.mode) {
+    // The baseline's own heaviest kernels, so a single mode shows where its step goes.
+    const own = [...kernels].sort((p, q) => q[1].ms - p[1].ms).slice(0, top);
+    console.log(`  kernel                                         ms   calls`);
+    for (const [k, v] of own)
+      console.log(`  ${k.padEnd(40)} ${v.ms.toFixed(1).padStart(8)}   ${v.calls.toFixed(0)}`);
+    continue;
+  }
   const rows = [...new Set([...kernels.keys(), ...base.kernels.keys()])].map((k) => {
     const mine = kernels.get(k) ?? { ms: 0, calls: 0 };
     const theirs = base.kernels.get(k) ?? { ms: 0, calls: 0 };

@@ -3,19 +3,20 @@
 //   q, out, gq, gout [B, Tq, Hq, D]   k, v, gk, gv [B, Tk, Hkv, D]   lse [B, Hq, Tq]
 //   query head h reads kv head g = h / (Hq / Hkv); causal: query i sees keys j <= i + (Tk - Tq).
 //
-// Work is split into query blocks of up to BQ rows of one (b, h). For a block, the score tile
-// S [bq, kend] = scale * Q_blk K^T is one GEMM reading q/k in place (row strides Hq*D and Hkv*D: no
-// transposing copies); kend stops at the last key the block's last query can see (causal). Only lse
-// is kept; the backward recomputes P = exp(S - lse) and runs
+// Only lse is kept from the forward; the backward recomputes P = exp(S - lse) and runs
 //   dP = dO V^T,  dS = P o (dP - rowsum(dO o O)),  dQ = scale dS K,  dK += scale dS^T Q,  dV += P^T dO.
-// Forward tasks are (b, h, query block); backward tasks are (b, kv head), which own their gk/gv slices
-// (all query heads of the group are processed by the same task: no races). Score tiles are per-thread
-// scratch allocated once per call. Non-finite scores propagate as in exp(s - max) / sum: a row whose
-// visible scores are all NaN or -inf gives NaN (only a row with no visible key gives zeros). Inputs
-// holding a NaN or Inf take an exact scalar path (attention_exact*, double accumulators) that skips
-// masked pairs, because the tile GEMMs would spread 0 * NaN into positions a mask hides. GEMMs inside the
-// parallel region run single-threaded; when there are fewer tasks than threads the loop runs serially and the
-// GEMMs use all threads instead.
+// Forward tasks are (b, h, block of BQ query rows); backward tasks are (b, kv head), which own their gk/gv
+// slices (all query heads of the group are processed by the same task: no races). Causal work stops at the
+// last key a strip's or block's last query can see. Two ways to compute the same products:
+//  - register tiles (AVX-512 builds, Tq > 1): a task transposes its keys once (KT [D, Tk]); a score strip of
+//    8 query rows x 32 keys accumulates in 16 registers; P V, dS K, dS^T Q and P^T dO accumulate 4 rows x
+//    64 columns. No packing per product, any D (its tail masked).
+//  - tile GEMMs (other builds; decoding one query row; a backward with fewer tasks than threads, where the
+//    GEMMs use all threads): S [bq, kend] = scale * Q_blk K^T is one sgemm reading q/k in place.
+// Scratch is per thread, allocated once per call. Non-finite scores propagate as in exp(s - max) / sum: a row
+// whose visible scores are all NaN or -inf gives NaN (only a row with no visible key gives zeros). Inputs
+// holding a NaN or Inf take an exact scalar path (attention_exact*, double accumulators) that skips masked
+// pairs, because tile products would spread 0 * NaN into positions a mask hides.
 #include <omp.h>
 
 #include <algorithm>
@@ -38,7 +39,8 @@ static inline i64 key_limit(i64 i, i64 Tq, i64 Tk, bool causal) {
 
 // True when x[0..n) holds no NaN or Inf (x * 0 is NaN exactly for those).
 static bool all_finite(const float* x, i64 n) {
-  float s = 0.0f;
+  float s = 0.0f;  // 0, or NaN once any term is: the order of the sum cannot change that, so it may vectorize
+#pragma omp simd reduction(+ : s)
   for (i64 i = 0; i < n; i++) s += x[i] * 0.0f;
   return s == 0.0f;
 }
@@ -112,6 +114,304 @@ static void attention_backward_exact(const float* q, const float* k, const float
   }
 }
 
+#if defined(__AVX512F__)
+// ---------------------------------------------------------------- the register-tiled path (AVX-512)
+// For Tq > 1 and finite inputs the products run in register tiles on the operands in place, instead of
+// small GEMMs that pack both operands on every call: keys are transposed once per task into KT [D, ldt]
+// so that a score strip is an outer-product accumulation (8 query rows x 32 keys in 16 registers, one
+// broadcast of q per row and column c); P V, dS K, dS^T Q and P^T dO accumulate 4 rows x 64 columns
+// (masked at D's tail). Causal strips stop at their last row's last key. Any D.
+constexpr i64 SR = 8;   // query rows per score strip [SR, ldt]
+constexpr i64 BR = 32;  // query rows per backward block: the depth of the dK / dV accumulation
+
+static inline i64 round16(i64 x) { return (x + 15) / 16 * 16; }
+static inline __mmask16 tail_mask(i64 n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
+
+// XT[c * ldt + j] = X[j * ldx + c] for j < n, c < D; zero for n <= j < round16(n) (ldt >= round16(n)).
+static void transpose_keys(const float* X, i64 ldx, i64 n, i64 D, float* XT, i64 ldt) {
+  for (i64 j0 = 0; j0 < n; j0 += 16) {
+    const i64 jn = std::min<i64>(16, n - j0);
+    for (i64 c0 = 0; c0 < D; c0 += 16) {
+      const i64 cn = std::min<i64>(16, D - c0);
+      __m512 in[16], out[16];
+      for (i64 r = 0; r < 16; r++)
+        in[r] = r < jn ? _mm512_maskz_loadu_ps(tail_mask(cn), X + (j0 + r) * ldx + c0) : _mm512_setzero_ps();
+      transpose16x16(in, out);
+      for (i64 c = 0; c < cn; c++) _mm512_storeu_ps(XT + (c0 + c) * ldt + j0, out[c]);
+    }
+  }
+}
+
+// The micro-kernels below only accumulate into a small tile, not inlined: inlined into the loops
+// around them, GCC 12 keeps a copy of the accumulator array on the stack and stores to it every step.
+
+// tile[r * 32 + j] = sum_c a[r][c] * bt[c * ldt + j] for r < 8, j < 16 * NV (NV = 1 or 2).
+template <int NV>
+__attribute__((noinline)) static void tile_abT(const float* const* a, const float* bt, i64 ldt, i64 D,
+                                               float* tile) {
+  __m512 acc[SR][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < SR; r++)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
+  for (i64 c = 0; c < D; c++, bt += ldt) {
+    __m512 b[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; v++) b[v] = _mm512_loadu_ps(bt + 16 * v);
+#pragma GCC unroll 8
+    for (int r = 0; r < SR; r++) {
+      const __m512 x = _mm512_set1_ps(a[r][c]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(x, b[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < SR; r++)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; v++) _mm512_store_ps(tile + r * 32 + 16 * v, acc[r][v]);
+}
+
+// tile[r * 64 + c] = sum_{j<n} w[r][j] * X[j * ldx + c] for r < 4, c < 64 (lane l of vector v read under
+// mask m >> 16v; masked-off lanes are zero).
+__attribute__((noinline)) static void tile_wx(const float* const* w, const float* X, i64 ldx, i64 n,
+                                              uint64_t m, float* tile) {
+  const __mmask16 m0 = (__mmask16)m, m1 = (__mmask16)(m >> 16), m2 = (__mmask16)(m >> 32),
+                  m3 = (__mmask16)(m >> 48);
+  __m512 acc[4][4];
+#pragma GCC unroll 8
+  for (int r = 0; r < 4; r++)
+#pragma GCC unroll 8
+    for (int v = 0; v < 4; v++) acc[r][v] = _mm512_setzero_ps();
+  for (i64 j = 0; j < n; j++, X += ldx) {
+    const __m512 x[4] = {_mm512_maskz_loadu_ps(m0, X), _mm512_maskz_loadu_ps(m1, X + 16),
+                         _mm512_maskz_loadu_ps(m2, X + 32), _mm512_maskz_loadu_ps(m3, X + 48)};
+#pragma GCC unroll 8
+    for (int r = 0; r < 4; r++) {
+      const __m512 s = _mm512_set1_ps(w[r][j]);
+#pragma GCC unroll 8
+      for (int v = 0; v < 4; v++) acc[r][v] = _mm512_fmadd_ps(s, x[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < 4; r++)
+#pragma GCC unroll 8
+    for (int v = 0; v < 4; v++) _mm512_store_ps(tile + r * 64 + 16 * v, acc[r][v]);
+}
+
+// tile[u * 64 + c] = sum_{r<R} W[r * ldw + u] * X[r * ldx + c] for u < 4, c < 64 (masked as tile_wx).
+__attribute__((noinline)) static void tile_wtx(const float* W, i64 ldw, i64 R, const float* X, i64 ldx,
+                                               uint64_t m, float* tile) {
+  const __mmask16 m0 = (__mmask16)m, m1 = (__mmask16)(m >> 16), m2 = (__mmask16)(m >> 32),
+                  m3 = (__mmask16)(m >> 48);
+  __m512 acc[4][4];
+#pragma GCC unroll 8
+  for (int u = 0; u < 4; u++)
+#pragma GCC unroll 8
+    for (int v = 0; v < 4; v++) acc[u][v] = _mm512_setzero_ps();
+  for (i64 r = 0; r < R; r++, W += ldw, X += ldx) {
+    const __m512 x[4] = {_mm512_maskz_loadu_ps(m0, X), _mm512_maskz_loadu_ps(m1, X + 16),
+                         _mm512_maskz_loadu_ps(m2, X + 32), _mm512_maskz_loadu_ps(m3, X + 48)};
+#pragma GCC unroll 8
+    for (int u = 0; u < 4; u++) {
+      const __m512 s = _mm512_set1_ps(W[u]);
+#pragma GCC unroll 8
+      for (int v = 0; v < 4; v++) acc[u][v] = _mm512_fmadd_ps(s, x[v], acc[u][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int u = 0; u < 4; u++)
+#pragma GCC unroll 8
+    for (int v = 0; v < 4; v++) _mm512_store_ps(tile + u * 64 + 16 * v, acc[u][v]);
+}
+
+// Lanes of columns c0 .. c0+64 below D, as one 64-bit mask (bit i: column c0 + i).
+static inline uint64_t column_mask(i64 c0, i64 D) {
+  const i64 w = std::min<i64>(64, D - c0);
+  return w >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << w) - 1);
+}
+
+// S[r * lds + j] = alpha * sum_c A[r * lda + c] * BT[c * ldt + j]   for r < R <= SR, j < n (n % 16 == 0).
+static void strip_abT(const float* A, i64 lda, i64 R, const float* BT, i64 ldt, i64 n, i64 D, float alpha,
+                      float* S, i64 lds) {
+  const float* a[SR];
+  for (i64 r = 0; r < SR; r++) a[r] = A + std::min(r, R - 1) * lda;  // rows past R repeat the last one
+  alignas(64) float tile[SR * 32];
+  for (i64 j = 0; j < n; j += 32) {
+    const i64 w = std::min<i64>(32, n - j);
+    if (w == 32)
+      tile_abT<2>(a, BT + j, ldt, D, tile);
+    else
+      tile_abT<1>(a, BT + j, ldt, D, tile);
+    for (i64 r = 0; r < R; r++)
+      for (i64 c = 0; c < w; c++) S[r * lds + j + c] = alpha * tile[r * 32 + c];
+  }
+}
+
+// O[r * ldo + c] = alpha * sum_{j<n} P[r * ldp + j] * V[j * ldv + c]   for r < R <= SR, c < D (writes).
+static void strip_pv(const float* P, i64 ldp, i64 R, const float* V, i64 ldv, i64 n, i64 D, float alpha,
+                     float* O, i64 ldo) {
+  alignas(64) float tile[4 * 64];
+  for (i64 r0 = 0; r0 < R; r0 += 4) {
+    const float* p[4];
+    for (i64 r = 0; r < 4; r++) p[r] = P + std::min(r0 + r, R - 1) * ldp;
+    for (i64 c0 = 0; c0 < D; c0 += 64) {
+      tile_wx(p, V + c0, ldv, n, column_mask(c0, D), tile);
+      const i64 w = std::min<i64>(64, D - c0);
+      for (i64 r = 0; r < std::min<i64>(4, R - r0); r++)
+        for (i64 c = 0; c < w; c++) O[(r0 + r) * ldo + c0 + c] = alpha * tile[r * 64 + c];
+    }
+  }
+}
+
+// G[j * ldg + c] += alpha * sum_{r<R} W[r * ldw + j] * X[r * ldx + c]   for j < n, c < D. W's rows are
+// read up to column round4(n) (the strips' scratch is wider); those extra columns' sums are dropped.
+static void update_keys(const float* W, i64 ldw, i64 R, const float* X, i64 ldx, i64 n, i64 D, float alpha,
+                        float* G, i64 ldg) {
+  alignas(64) float tile[4 * 64];
+  for (i64 j0 = 0; j0 < n; j0 += 4) {
+    const i64 kn = std::min<i64>(4, n - j0);
+    for (i64 c0 = 0; c0 < D; c0 += 64) {
+      tile_wtx(W + j0, ldw, R, X + c0, ldx, column_mask(c0, D), tile);
+      const i64 w = std::min<i64>(64, D - c0);
+      for (i64 u = 0; u < kn; u++)
+        for (i64 c = 0; c < w; c++) G[(j0 + u) * ldg + c0 + c] += alpha * tile[u * 64 + c];
+    }
+  }
+}
+
+// Row r of a score strip in place -> softmax over its first lim entries, zero in [lim, n); returns the
+// row's log-sum-exp (-inf for lim == 0; NaN when every visible score is NaN or -inf, the row NaN too).
+static float softmax_row(float* s, i64 lim, i64 n) {
+  __m512 mv = _mm512_set1_ps(-INFINITY);
+  i64 j0 = 0;
+  for (; j0 + 16 <= lim; j0 += 16)  // the masked form: GCC 12 flags _mm512_max_ps's undefined pass-through
+    mv = _mm512_mask_max_ps(mv, (__mmask16)0xffff, _mm512_loadu_ps(s + j0), mv);
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, mv);
+  float m = -INFINITY;
+  for (int l = 0; l < 16; l++) m = std::max(m, lanes[l]);
+  for (; j0 < lim; j0++) m = std::max(m, s[j0]);
+  if (lim == 0 || m == -INFINITY) {
+    for (i64 j = 0; j < lim; j++) s[j] = NAN;
+    for (i64 j = lim; j < n; j++) s[j] = 0.0f;
+    return lim == 0 ? -INFINITY : NAN;
+  }
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (i64 j = 0; j < lim; j++) {
+    const float e = exp_fast(s[j] - m);
+    s[j] = e;
+    sum += e;
+  }
+  const float inv = 1.0f / sum;
+#pragma omp simd
+  for (i64 j = 0; j < lim; j++) s[j] *= inv;
+  for (i64 j = lim; j < n; j++) s[j] = 0.0f;
+  return m + std::log(sum);
+}
+
+static void attention_tiled(const float* q, const float* k, const float* v, float* out, float* lse, i64 B,
+                            i64 Tq, i64 Tk, i64 Hq, i64 Hkv, i64 D, float scale, bool causal) {
+  const i64 G = Hq / Hkv, nQB = (Tq + BQ - 1) / BQ, nTasks = B * Hq * nQB;
+  const i64 ldq = Hq * D, ldk = Hkv * D;
+  const bool par = nTasks >= omp_get_max_threads() && B * Hq * Tq * Tk * D >= kParallelMin;
+#pragma omp parallel if (par)
+  {
+    const i64 ldt = round16(std::max<i64>(Tk, 1));
+    std::vector<float> KT((size_t)(D * ldt)), S((size_t)(SR * ldt));
+#pragma omp for schedule(dynamic)
+    for (i64 task = 0; task < nTasks; task++) {
+      // The last query blocks see the most keys: they go first, so the dynamic schedule ends balanced.
+      const i64 qb = nQB - 1 - task % nQB, h = (task / nQB) % Hq, b = task / (nQB * Hq), g = h / G;
+      const i64 i0 = qb * BQ, i1 = std::min(Tq, i0 + BQ);
+      const i64 kend = key_limit(i1 - 1, Tq, Tk, causal);
+      const float* kp = k + (b * Tk * Hkv + g) * D;
+      const float* vp = v + (b * Tk * Hkv + g) * D;
+      transpose_keys(kp, ldk, kend, D, KT.data(), ldt);
+      for (i64 s0 = i0; s0 < i1; s0 += SR) {
+        const i64 R = std::min(SR, i1 - s0);
+        const float* qp = q + ((b * Tq + s0) * Hq + h) * D;
+        float* op = out + ((b * Tq + s0) * Hq + h) * D;
+        float* lp = lse + (b * Hq + h) * Tq + s0;
+        const i64 lmax = key_limit(s0 + R - 1, Tq, Tk, causal), n = round16(lmax);
+        if (n > 0) strip_abT(qp, ldq, R, KT.data(), ldt, n, D, scale, S.data(), ldt);
+        for (i64 r = 0; r < R; r++)
+          lp[r] = softmax_row(S.data() + r * ldt, key_limit(s0 + r, Tq, Tk, causal), n);
+        strip_pv(S.data(), ldt, R, vp, ldk, lmax, D, 1.0f, op, ldq);
+      }
+    }
+  }
+}
+
+static void attention_backward_tiled(const float* q, const float* k, const float* v, const float* out,
+                                     const float* lse, const float* gout, float* gq, float* gk, float* gv,
+                                     i64 B, i64 Tq, i64 Tk, i64 Hq, i64 Hkv, i64 D, float scale,
+                                     bool causal) {
+  const i64 G = Hq / Hkv, nTasks = B * Hkv;
+  const i64 ldq = Hq * D, ldk = Hkv * D;
+  const bool par = nTasks >= omp_get_max_threads() && B * Hq * Tq * Tk * D >= kParallelMin;
+#pragma omp parallel if (par)
+  {
+    const i64 ldt = round16(std::max<i64>(Tk, 1));
+    std::vector<float> KT((size_t)(D * ldt)), VT((size_t)(D * ldt)), P((size_t)(BR * ldt)),
+        dS((size_t)(BR * ldt));
+#pragma omp for schedule(dynamic)
+    for (i64 task = 0; task < nTasks; task++) {
+      const i64 b = task / Hkv, g = task % Hkv;
+      const float* kp = k + (b * Tk * Hkv + g) * D;
+      const float* vp = v + (b * Tk * Hkv + g) * D;
+      float* gkp = gk + (b * Tk * Hkv + g) * D;
+      float* gvp = gv + (b * Tk * Hkv + g) * D;
+      for (i64 t = 0; t < Tk; t++) {
+        std::memset(gkp + t * ldk, 0, sizeof(float) * D);
+        std::memset(gvp + t * ldk, 0, sizeof(float) * D);
+      }
+      transpose_keys(kp, ldk, Tk, D, KT.data(), ldt);
+      transpose_keys(vp, ldk, Tk, D, VT.data(), ldt);
+      for (i64 h = g * G; h < (g + 1) * G; h++)
+        for (i64 i0 = 0; i0 < Tq; i0 += BR) {
+          const i64 bq = std::min(BR, Tq - i0), kend = key_limit(i0 + bq - 1, Tq, Tk, causal);
+          const i64 rowOff = ((b * Tq + i0) * Hq + h) * D;
+          const float *qp = q + rowOff, *op = out + rowOff, *gop = gout + rowOff;
+          float* gqp = gq + rowOff;
+          const float* lp = lse + (b * Hq + h) * Tq + i0;
+          for (i64 s0 = 0; s0 < bq; s0 += SR) {
+            const i64 R = std::min(SR, bq - s0), lmax = key_limit(i0 + s0 + R - 1, Tq, Tk, causal);
+            const i64 n = round16(lmax);
+            float* ps = P.data() + s0 * ldt;
+            float* ds = dS.data() + s0 * ldt;
+            if (n > 0) {
+              strip_abT(qp + s0 * ldq, ldq, R, KT.data(), ldt, n, D, scale, ps, ldt);
+              strip_abT(gop + s0 * ldq, ldq, R, VT.data(), ldt, n, D, 1.0f, ds, ldt);
+            }
+            for (i64 r = 0; r < R; r++) {
+              float* pr = ps + r * ldt;
+              float* dr = ds + r * ldt;
+              const float* o = op + (s0 + r) * ldq;
+              const float* go = gop + (s0 + r) * ldq;
+              float di = 0.0f;
+#pragma omp simd reduction(+ : di)
+              for (i64 c = 0; c < D; c++) di += o[c] * go[c];
+              const float L = lp[s0 + r];
+              const i64 lim = L == -INFINITY ? 0 : key_limit(i0 + s0 + r, Tq, Tk, causal);
+#pragma omp simd
+              for (i64 j = 0; j < lim; j++) {
+                const float pj = exp_fast(pr[j] - L);
+                pr[j] = pj;
+                dr[j] = pj * (dr[j] - di);
+              }
+              for (i64 j = lim; j < kend; j++) pr[j] = dr[j] = 0.0f;
+            }
+            strip_pv(ds, ldt, R, kp, ldk, lmax, D, scale, gqp + s0 * ldq, ldq);
+          }
+          update_keys(dS.data(), ldt, bq, qp, ldq, kend, D, scale, gkp, ldk);
+          update_keys(P.data(), ldt, bq, gop, ldq, kend, D, 1.0f, gvp, ldk);
+        }
+    }
+  }
+}
+#endif
+
 void attention(const float* q, const float* k, const float* v, float* out, float* lse, i64 B, i64 Tq, i64 Tk,
                i64 Hq, i64 Hkv, i64 D, float scale, bool causal) {
   if (B == 0 || Tq == 0 || Hq == 0) return;
@@ -122,6 +422,9 @@ void attention(const float* q, const float* k, const float* v, float* out, float
   if (!single && (!all_finite(q, B * Tq * Hq * D) || !all_finite(k, B * Tk * Hkv * D) ||
                   !all_finite(v, B * Tk * Hkv * D)))
     return attention_exact(q, k, v, out, lse, B, Tq, Tk, Hq, Hkv, D, scale, causal);
+#if defined(__AVX512F__)
+  if (!single) return attention_tiled(q, k, v, out, lse, B, Tq, Tk, Hq, Hkv, D, scale, causal);
+#endif
   const i64 G = Hq / Hkv, nQB = (Tq + BQ - 1) / BQ, nTasks = B * Hq * nQB;
   const i64 ldq = Hq * D, ldk = Hkv * D;
   // One query row per head (decoding) is little work per call: threads only for long caches, since
@@ -206,6 +509,12 @@ void attention_backward(const float* q, const float* k, const float* v, const fl
   const i64 G = Hq / Hkv, nQB = (Tq + BQ - 1) / BQ, nTasks = B * Hkv;
   const i64 ldq = Hq * D, ldk = Hkv * D;
   const bool par = nTasks >= omp_get_max_threads() && B * Hq * Tq * Tk * D >= kParallelMin;
+#if defined(__AVX512F__)
+  // Fewer (batch, kv head) tasks than threads on enough work: the tile GEMMs below use all threads.
+  if (par || B * Hq * Tq * Tk * D < kParallelMin)
+    return attention_backward_tiled(q, k, v, out, lse, gout, gq, gk, gv, B, Tq, Tk, Hq, Hkv, D, scale,
+                                    causal);
+#endif
 #pragma omp parallel if (par)
   {
     const size_t tile = (size_t)(BQ * std::max<i64>(Tk, 1));

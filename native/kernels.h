@@ -36,6 +36,45 @@ inline float hsum(__m512 v) {
 }
 #endif
 
+#if defined(__AVX512F__)
+// GCC 12 reports the unpack/shuffle intrinsics' internal "undefined" pass-through vector as maybe
+// uninitialized once inlined here (a false positive: no lane of it is read).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// out[c] = column c of the 16 x 16 block (gemm.cc packing, attention.cc key tiles) whose row r is in[r]:
+// 32-bit, then 64-bit interleaves inside 128-bit lanes, then two rounds of lane shuffles.
+inline void transpose16x16(const __m512 in[16], __m512 out[16]) {
+  const auto lo = [](__m512 a, __m512 b) {
+    return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+  };
+  const auto hi = [](__m512 a, __m512 b) {
+    return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+  };
+  __m512 u[4][4];  // u[g][c]: lane L holds rows 4g .. 4g+3 of column 4L + c
+  for (int g = 0; g < 4; g++) {
+    const __m512 t0 = _mm512_unpacklo_ps(in[4 * g], in[4 * g + 1]);
+    const __m512 t1 = _mm512_unpackhi_ps(in[4 * g], in[4 * g + 1]);
+    const __m512 t2 = _mm512_unpacklo_ps(in[4 * g + 2], in[4 * g + 3]);
+    const __m512 t3 = _mm512_unpackhi_ps(in[4 * g + 2], in[4 * g + 3]);
+    u[g][0] = lo(t0, t2);
+    u[g][1] = hi(t0, t2);
+    u[g][2] = lo(t1, t3);
+    u[g][3] = hi(t1, t3);
+  }
+  for (int c = 0; c < 4; c++) {
+    const __m512 v0 = _mm512_shuffle_f32x4(u[0][c], u[1][c], 0x88),
+                 v1 = _mm512_shuffle_f32x4(u[0][c], u[1][c], 0xdd);
+    const __m512 v2 = _mm512_shuffle_f32x4(u[2][c], u[3][c], 0x88),
+                 v3 = _mm512_shuffle_f32x4(u[2][c], u[3][c], 0xdd);
+    out[c] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+    out[8 + c] = _mm512_shuffle_f32x4(v0, v2, 0xdd);
+    out[4 + c] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+    out[12 + c] = _mm512_shuffle_f32x4(v1, v3, 0xdd);
+  }
+}
+#pragma GCC diagnostic pop
+#endif
+
 // exp(x) for softmax numerators (attention.cc, decode.cc), written to auto-vectorize (Cephes polynomial, ~2
 // ulp). NaN -> NaN, x > 88.72 -> +inf, x < -86.6 -> 0 (results below ~2.6e-38 are flushed; irrelevant next to
 // the row maximum, whose term is 1).

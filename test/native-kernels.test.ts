@@ -638,6 +638,14 @@ describe("attention", () => {
     [1, 1, 300, 12, 4, 64], // one query over a cache (decoding a token): the single-row path
     [1, 1, 1400, 12, 4, 64], // the same over a cache long enough for threads
     [2, 1, 37, 3, 1, 13],
+    // Register tiles: strips of 8 rows over 32 keys, 64 columns at a time (D's tail masked), backward
+    // blocks of 32 rows; sizes off every tile edge, threads, and the GEMM backward for one kv head.
+    [2, 100, 100, 4, 2, 64],
+    [1, 45, 77, 2, 1, 48],
+    [1, 130, 130, 2, 2, 128],
+    [3, 33, 33, 2, 1, 80],
+    [1, 9, 200, 1, 1, 20],
+    [1, 300, 300, 2, 1, 64],
   ];
   for (const [B, Tq, Tk, Hq, Hkv, D] of cases)
     for (const causal of [true, false])

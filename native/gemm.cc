@@ -633,6 +633,50 @@ const char* gemm_name() {
   return blas_name();
 }
 
+// A long-K product with few output blocks (a weight gradient: C [M, N] over K = tokens). Split over output
+// blocks, each thread would get one or two and wait at a barrier after every K slice; instead thread t
+// multiplies its own contiguous share of K alone (into C for t = 0, into scratch for the others), and the
+// shares are added in thread order, so a fixed thread count gives fixed results. Returns false when the
+// product does not have that shape.
+template <class Panels>
+static bool split_k_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
+                         const float* B, i64 ldb, float beta, float* C, i64 ldc) {
+  const int nt = omp_get_max_threads();
+  const i64 blocks = ((M + MC - 1) / MC) * ((N + NT - 1) / NT);
+  if (nt < 2 || omp_in_parallel() || K < 2 * KC * nt || K < 2 * std::max(M, N) || blocks >= 4 * nt)
+    return false;
+  static thread_local Scratch parts;  // nt - 1 partial products [M, N]
+  float* scratch = parts.get(size_t((nt - 1) * M * N));
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num(), n = omp_get_num_threads();
+    // shares on 16-k boundaries (whole bfloat16 pairs)
+    const i64 k0 = (K * t / n) & ~(i64)15, k1 = t + 1 == n ? K : (K * (t + 1) / n) & ~(i64)15;
+    if (k1 > k0) {
+      const float* a = transA ? A + k0 * lda : A + k0;
+      const float* b = transB ? B + k0 : B + k0 * ldb;
+      if (t == 0)
+        blocked_gemm<Panels>(transA, transB, M, N, k1 - k0, alpha, a, lda, b, ldb, beta, C, ldc);
+      else
+        blocked_gemm<Panels>(transA, transB, M, N, k1 - k0, alpha, a, lda, b, ldb, 0.0f,
+                             scratch + (t - 1) * M * N, N);
+    } else if (t == 0) {
+      scale_c(M, N, beta, C, ldc);
+    } else {
+      std::memset(scratch + (t - 1) * M * N, 0, sizeof(float) * M * N);
+    }
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (i64 i = 0; i < M; i++)
+      for (int u = 1; u < n; u++) {
+        const float* s = scratch + ((u - 1) * M + i) * N;
+        float* c = C + i * ldc;
+        for (i64 j = 0; j < N; j++) c[j] += s[j];
+      }
+  }
+  return true;
+}
+
 void sgemm(bool transA, bool transB, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
            const float* B, i64 ldb, float beta, float* C, i64 ldc) {
   if (M == 0 || N == 0) return;
@@ -649,11 +693,13 @@ void sgemm(bool transA, bool transB, i64 M, i64 N, i64 K, float alpha, const flo
 #endif
 #if defined(__AVX512BF16__) && defined(__AVX512F__)
   if (g_bf16) {
-    blocked_gemm<Bf16Panels>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    if (!split_k_gemm<Bf16Panels>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
+      blocked_gemm<Bf16Panels>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
 #endif
-  blocked_gemm<F32Panels>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  if (!split_k_gemm<F32Panels>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
+    blocked_gemm<F32Panels>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 void sgemm_batched(bool transA, bool transB, i64 batch, i64 M, i64 N, i64 K, float alpha, const float* A,

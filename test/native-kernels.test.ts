@@ -97,6 +97,8 @@ for (const kind of gemmKinds)
       [1, 6, 19, 2, true], // the GEMV path below the threading threshold, a row count not a multiple of 4
       [70, 300, 520, 1, false], // K over several KC slices of the built-in GEMM, threaded
       [9, 4100, 300, 1, false], // N over the built-in GEMM's NC columns packed at once, K over 2 slices
+      [37, 45, 1100, 1, false], // long K, few outputs (a weight gradient): K split over threads, shares summed
+      [33, 20, 1029, 2, true], // the same, K's split off 16-k boundaries, batched
     ];
     for (const [M, N, K, batch, sharedB] of cases)
       for (const transA of [false, true])

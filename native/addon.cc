@@ -50,10 +50,31 @@ struct Args {
   napi_value v[kMaxArgs];
   size_t argc = kMaxArgs;
 
-  Args(napi_env e, napi_callback_info info, const char* k, size_t expected) : env(e), kernel(k) {
+  Args(napi_env e, napi_callback_info info, const char* k, size_t expected)
+      : Args(e, info, k, expected, expected) {}
+
+  // Between least and most arguments; missing trailing ones read as undefined.
+  Args(napi_env e, napi_callback_info info, const char* k, size_t least, size_t most) : env(e), kernel(k) {
     if (napi_get_cb_info(env, info, &argc, v, nullptr, nullptr) != napi_ok) fail("cannot read arguments");
-    if (argc != expected)
-      fail("expected " + std::to_string(expected) + " arguments, got " + std::to_string(argc));
+    if (argc < least || argc > most)
+      fail("expected " + std::to_string(least) + (least == most ? "" : "-" + std::to_string(most)) +
+           " arguments, got " + std::to_string(argc));
+    for (size_t i = argc; i < most; i++) napi_get_undefined(env, &v[i]);
+    argc = most;
+  }
+
+  // Argument i, an object or null/undefined, replaced by its properties keys[0..) in slots i, i+1, ...
+  // (undefined where absent), so that they read as positional arguments.
+  void spread(size_t i, std::initializer_list<const char*> keys, const char* name) {
+    const napi_value obj = v[i];
+    const bool none = isNull(i);
+    if (!none && type(i) != napi_object) fail(std::string(name) + " must be an object or null");
+    size_t j = i;
+    for (const char* key : keys) {
+      if (none || napi_get_named_property(env, obj, key, &v[j]) != napi_ok) napi_get_undefined(env, &v[j]);
+      j++;
+    }
+    argc = std::max(argc, j);
   }
 
   [[noreturn]] void fail(const std::string& msg) const {
@@ -932,7 +953,8 @@ KERNEL(depthRoute) {
 
 KERNEL(depthRouteSourceBackward) {
   return guard(env, [&] {
-    Args a(env, info, "depthRouteSourceBackward", 19);
+    Args a(env, info, "depthRouteSourceBackward", 16, 17);
+    a.spread(16, {"source", "gsource", "cols"}, "pair");
     const F32 s = a.f32(0, "source");
     const F32 gs = a.f32OrNull(1, "gsource");
     const bool accumulate = a.boolean(2, "accumulate");

@@ -289,33 +289,24 @@ void depth_route_source_backward(const float* s, float* gs, bool accumulate, con
             }
             cv[k][r] = cc;
           }
-          float da, dq;
-          dots(sr, go, q, d, &da, &dq);
-          const float a = alpha[k][r * N + ck], rs = rstd[k][r * N + ck];
           // one source: alpha is 1 whatever the logit, so dl is exactly 0 (c, taken from out - base,
           // may differ from da by the rounding of out)
-          const double dld = N == 1 ? 0.0 : (double)rs * a * ((double)da - cv[k][r]);
-          const float dl = (float)dld;
-          dlb[r - r0] = dl;
-          if (two) {  // the second source, while gout's row is in L1
-            const float* s2r = s2 + r * d;
-            float da2, dq2;
-            dots(s2r, go, q, d, &da2, &dq2);
-            const i64 c2 = col2[k];
-            const float a2 = alpha[k][r * N + c2], rs2 = rstd[k][r * N + c2];
-            const double dld2 = N == 1 ? 0.0 : (double)rs2 * a2 * ((double)da2 - cv[k][r]);
-            const float dl2 = (float)dld2;
-            dlb2[r - r0] = dl2;
-            coef2[r - r0] += (double)rs2 * rs2 * dld2 * dq2 / (double)d;
-            float* g2 = gs2 + r * d;
+          const auto row = [&](const float* srow, i64 column, float* grow, double* cf) {
+            float da, dq;
+            dots(srow, go, q, d, &da, &dq);
+            const float a = alpha[k][r * N + column], rs = rstd[k][r * N + column];
+            const double dld = N == 1 ? 0.0 : (double)rs * a * ((double)da - cv[k][r]);
+            const float dl = (float)dld;
+            if (grow != nullptr) {
+              *cf += (double)rs * rs * dld * dq / (double)d;
 #pragma omp simd
-            for (i64 c = 0; c < d; c++) g2[c] += a2 * go[c] + dl2 * q[c];
-          }
-          if (gs == nullptr) continue;
-          coef[r - r0] += (double)rs * rs * dld * dq / (double)d;
-          float* gr = gs + r * d;
-#pragma omp simd
-          for (i64 c = 0; c < d; c++) gr[c] += a * go[c] + dl * q[c];
+              for (i64 c = 0; c < d; c++) grow[c] += a * go[c] + dl * q[c];
+            }
+            return dl;
+          };
+          dlb[r - r0] = row(sr, ck, gs == nullptr ? nullptr : gs + r * d, &coef[r - r0]);
+          // the second source, while gout's row is in L1
+          if (two) dlb2[r - r0] = row(s2 + r * d, col2[k], gs2 + r * d, &coef2[r - r0]);
         }
         // p_k += sum over the block's rows of dl s: summed in a register per SIMD lane, so p_k is
         // read and written once per block instead of once per row

@@ -1496,6 +1496,31 @@ describe("depthRouteSourceBackward and rowDot", () => {
           ),
         /has pair column \d+ of \d+ \(column \d+ is the first source's\)/,
       );
+      const args = (pair: unknown) =>
+        [
+          s,
+          gs,
+          false,
+          lists((c) => c.gout),
+          lists((c) => c.alpha),
+          lists((c) => c.rstd),
+          meta,
+          lists((c) => c.c),
+          lists((c) => c.w),
+          lists((c) => c.g),
+          lists((c) => c.p),
+          rows,
+          d,
+          null,
+          lists((c) => c.out),
+          lists((c) => c.base),
+          pair,
+        ] as Parameters<typeof nat.depthRouteSourceBackward>;
+      assert.throws(() => nat.depthRouteSourceBackward(...args(5)), /pair must be an object or null/);
+      assert.throws(
+        () => nat.depthRouteSourceBackward(...args({ source: s2, cols })),
+        /the pair's source, gsource and cols must be given together/,
+      );
     });
   test("over every source of a call, it equals depthRouteBackward (float64)", () => {
     const near = (name: string, got: Float64Array, want: Float64Array) => {

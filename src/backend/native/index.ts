@@ -82,28 +82,7 @@ interface NativeAddon {
   ddlUpdateBackward: Backend["ddlUpdateBackward"];
   depthRoute: Backend["depthRoute"];
   depthRouteBackward: Backend["depthRouteBackward"];
-  /** Backend.depthRouteSourceBackward with its pair as three arguments (all null without one). */
-  depthRouteSourceBackward(
-    source: Buf,
-    gsource: Buf | null,
-    accumulate: boolean,
-    gouts: readonly Buf[],
-    alphas: readonly Buf[],
-    rstds: readonly Buf[],
-    meta: Int32Array,
-    cs: readonly Buf[],
-    ws: readonly Buf[],
-    gs: readonly Buf[],
-    ps: readonly Buf[],
-    rows: number,
-    d: number,
-    init: Buf | null,
-    outs: readonly Buf[],
-    bases: readonly (Buf | null)[],
-    pairSource: Buf | null,
-    pairGsource: Buf | null,
-    pairCols: Int32Array | null,
-  ): void;
+  depthRouteSourceBackward: Backend["depthRouteSourceBackward"];
   rowDot: Backend["rowDot"];
   gemvMany: Backend["gemvMany"];
   gemvSwiglu: Backend["gemvSwiglu"];
@@ -192,46 +171,7 @@ export function loadNativeBackend(): Backend {
     ddlUpdateBackward: a.ddlUpdateBackward,
     depthRoute: a.depthRoute,
     depthRouteBackward: a.depthRouteBackward,
-    depthRouteSourceBackward: (
-      s,
-      gs,
-      acc,
-      gouts,
-      alphas,
-      rstds,
-      meta,
-      cs,
-      ws,
-      gains,
-      ps,
-      rows,
-      d,
-      init,
-      outs,
-      bases,
-      pair,
-    ) =>
-      a.depthRouteSourceBackward(
-        s,
-        gs,
-        acc,
-        gouts,
-        alphas,
-        rstds,
-        meta,
-        cs,
-        ws,
-        gains,
-        ps,
-        rows,
-        d,
-        init,
-        outs,
-        bases,
-        pair?.source ?? null,
-        pair?.gsource ?? null,
-        pair?.cols ?? null,
-      ),
+    depthRouteSourceBackward: a.depthRouteSourceBackward,
     rowDot: a.rowDot,
     gemvMany: a.gemvMany,
     gemvSwiglu: a.gemvSwiglu,

@@ -730,23 +730,26 @@ export const referenceBackend: Backend = {
       if (!gsource) throw new Error(`${k}: a pair needs the first source's gsource too`);
       need(k, "pair cols", pair.cols, K);
       need(k, "pair gsource", pair.gsource, rows * d);
-      const args = [gouts, alphas, rstds] as const;
-      referenceBackend.depthRouteSourceBackward(
-        source,
-        gsource,
-        accumulate,
-        ...args,
-        meta,
-        cs,
-        ws,
-        gs,
-        ps,
-        rows,
-        d,
-        init,
-        outs,
-        bases,
-      );
+      const once = (src: Buf, gsrc: Buf, acc: boolean, m: Int32Array, first: Buf | null) =>
+        referenceBackend.depthRouteSourceBackward(
+          src,
+          gsrc,
+          acc,
+          gouts,
+          alphas,
+          rstds,
+          m,
+          cs,
+          ws,
+          gs,
+          ps,
+          rows,
+          d,
+          first,
+          outs,
+          bases,
+        );
+      once(source, gsource, accumulate, meta, init);
       const meta2 = new Int32Array(3 * K);
       for (let j = 0; j < K; j++) {
         const col2 = pair.cols[j]!;
@@ -755,22 +758,7 @@ export const referenceBackend: Backend = {
         meta2[3 * j] = col2;
         meta2[3 * j + 1] = meta[3 * j + 1]!;
       }
-      referenceBackend.depthRouteSourceBackward(
-        pair.source,
-        pair.gsource,
-        false,
-        ...args,
-        meta2,
-        cs,
-        ws,
-        gs,
-        ps,
-        rows,
-        d,
-        null,
-        outs,
-        bases,
-      );
+      once(pair.source, pair.gsource, false, meta2, null);
       return;
     }
     for (const [name, list] of [

@@ -451,7 +451,8 @@ double sum_squares(const float* x, i64 n) {
 #pragma omp parallel for schedule(static) reduction(+ : total) if (n >= kParallelMin)
   for (i64 bI = 0; bI < nBlocks; bI++) {
     const i64 i0 = bI * block, i1 = std::min(n, i0 + block);
-    double s = 0.0;
+    double s = 0.0;  // across SIMD lanes (a fixed order for a fixed build), not one long dependent chain
+#pragma omp simd reduction(+ : s)
     for (i64 i = i0; i < i1; i++) s += (double)x[i] * (double)x[i];
     total += s;
   }

@@ -14,9 +14,11 @@
 //  - tile GEMMs (other builds; decoding one query row; a backward with fewer tasks than threads, where the
 //    GEMMs use all threads): S [bq, kend] = scale * Q_blk K^T is one sgemm reading q/k in place.
 // Scratch is per thread, allocated once per call. Non-finite scores propagate as in exp(s - max) / sum: a row
-// whose visible scores are all NaN or -inf gives NaN (only a row with no visible key gives zeros). Inputs
-// holding a NaN or Inf take an exact scalar path (attention_exact*, double accumulators) that skips masked
-// pairs, because tile products would spread 0 * NaN into positions a mask hides.
+// whose visible scores are all NaN or -inf gives NaN (only a row with no visible key gives zeros). A NaN or
+// Inf input must not reach a position its mask hides, as tile products would spread it (0 * NaN), so such
+// inputs take an exact scalar path (attention_exact*, double accumulators) that skips masked pairs: the
+// tile GEMM path scans its inputs first; the register tiles check their outputs as they store them and
+// recompute exactly only when one is not finite (finite outputs mean no non-finite input mattered).
 #include <omp.h>
 
 #include <algorithm>
@@ -248,35 +250,55 @@ static void strip_abT(const float* A, i64 lda, i64 R, const float* BT, i64 ldt, 
 }
 
 // O[r * ldo + c] = alpha * sum_{j<n} P[r * ldp + j] * V[j * ldv + c]   for r < R <= SR, c < D (writes).
-static void strip_pv(const float* P, i64 ldp, i64 R, const float* V, i64 ldv, i64 n, i64 D, float alpha,
-                     float* O, i64 ldo) {
+// Returns 0, or NaN when an output is NaN or infinite (the sum of every output times 0).
+static float strip_pv(const float* P, i64 ldp, i64 R, const float* V, i64 ldv, i64 n, i64 D, float alpha,
+                      float* O, i64 ldo) {
   alignas(64) float tile[4 * 64];
+  float bad = 0.0f;
   for (i64 r0 = 0; r0 < R; r0 += 4) {
     const float* p[4];
     for (i64 r = 0; r < 4; r++) p[r] = P + std::min(r0 + r, R - 1) * ldp;
     for (i64 c0 = 0; c0 < D; c0 += 64) {
       tile_wx(p, V + c0, ldv, n, column_mask(c0, D), tile);
       const i64 w = std::min<i64>(64, D - c0);
-      for (i64 r = 0; r < std::min<i64>(4, R - r0); r++)
-        for (i64 c = 0; c < w; c++) O[(r0 + r) * ldo + c0 + c] = alpha * tile[r * 64 + c];
+      for (i64 r = 0; r < std::min<i64>(4, R - r0); r++) {
+        float* o = O + (r0 + r) * ldo + c0;
+        const float* t = tile + r * 64;
+#pragma omp simd reduction(+ : bad)
+        for (i64 c = 0; c < w; c++) {
+          o[c] = alpha * t[c];
+          bad += o[c] * 0.0f;
+        }
+      }
     }
   }
+  return bad;
 }
 
 // G[j * ldg + c] += alpha * sum_{r<R} W[r * ldw + j] * X[r * ldx + c]   for j < n, c < D. W's rows are
 // read up to column round4(n) (the strips' scratch is wider); those extra columns' sums are dropped.
-static void update_keys(const float* W, i64 ldw, i64 R, const float* X, i64 ldx, i64 n, i64 D, float alpha,
-                        float* G, i64 ldg) {
+// Returns 0, or NaN when an updated G is NaN or infinite.
+static float update_keys(const float* W, i64 ldw, i64 R, const float* X, i64 ldx, i64 n, i64 D, float alpha,
+                         float* G, i64 ldg) {
   alignas(64) float tile[4 * 64];
+  float bad = 0.0f;
   for (i64 j0 = 0; j0 < n; j0 += 4) {
     const i64 kn = std::min<i64>(4, n - j0);
     for (i64 c0 = 0; c0 < D; c0 += 64) {
       tile_wtx(W + j0, ldw, R, X + c0, ldx, column_mask(c0, D), tile);
       const i64 w = std::min<i64>(64, D - c0);
-      for (i64 u = 0; u < kn; u++)
-        for (i64 c = 0; c < w; c++) G[(j0 + u) * ldg + c0 + c] += alpha * tile[u * 64 + c];
+      for (i64 u = 0; u < kn; u++) {
+        float* g = G + (j0 + u) * ldg + c0;
+        const float* t = tile + u * 64;
+#pragma omp simd reduction(+ : bad)
+        for (i64 c = 0; c < w; c++) {
+          g[c] += alpha * t[c];
+          bad += g[c] * 0.0f;
+        }
+      }
     }
   }
+  return bad;
 }
 
 // Row r of a score strip in place -> softmax over its first lim entries, zero in [lim, n); returns the
@@ -310,16 +332,20 @@ static float softmax_row(float* s, i64 lim, i64 n) {
   return m + std::log(sum);
 }
 
-static void attention_tiled(const float* q, const float* k, const float* v, float* out, float* lse, i64 B,
+// Returns false when an output is NaN or infinite: then a non-finite input may have reached a position
+// its mask hides (a hidden key's 0 weight times a NaN value), and the caller recomputes exactly. With
+// finite outputs no non-finite input mattered, and the result is the exact path's (up to rounding).
+static bool attention_tiled(const float* q, const float* k, const float* v, float* out, float* lse, i64 B,
                             i64 Tq, i64 Tk, i64 Hq, i64 Hkv, i64 D, float scale, bool causal) {
   const i64 G = Hq / Hkv, nQB = (Tq + BQ - 1) / BQ, nTasks = B * Hq * nQB;
   const i64 ldq = Hq * D, ldk = Hkv * D;
   const bool par = nTasks >= omp_get_max_threads() && B * Hq * Tq * Tk * D >= kParallelMin;
+  float bad = 0.0f;
 #pragma omp parallel if (par)
   {
     const i64 ldt = round16(std::max<i64>(Tk, 1));
     std::vector<float> KT((size_t)(D * ldt)), S((size_t)(SR * ldt));
-#pragma omp for schedule(dynamic)
+#pragma omp for schedule(dynamic) reduction(+ : bad)
     for (i64 task = 0; task < nTasks; task++) {
       // The last query blocks see the most keys: they go first, so the dynamic schedule ends balanced.
       const i64 qb = nQB - 1 - task % nQB, h = (task / nQB) % Hq, b = task / (nQB * Hq), g = h / G;
@@ -337,25 +363,28 @@ static void attention_tiled(const float* q, const float* k, const float* v, floa
         if (n > 0) strip_abT(qp, ldq, R, KT.data(), ldt, n, D, scale, S.data(), ldt);
         for (i64 r = 0; r < R; r++)
           lp[r] = softmax_row(S.data() + r * ldt, key_limit(s0 + r, Tq, Tk, causal), n);
-        strip_pv(S.data(), ldt, R, vp, ldk, lmax, D, 1.0f, op, ldq);
+        bad += strip_pv(S.data(), ldt, R, vp, ldk, lmax, D, 1.0f, op, ldq);
       }
     }
   }
+  return bad == 0.0f;
 }
 
-static void attention_backward_tiled(const float* q, const float* k, const float* v, const float* out,
+// Returns false when a gradient is NaN or infinite (see attention_tiled).
+static bool attention_backward_tiled(const float* q, const float* k, const float* v, const float* out,
                                      const float* lse, const float* gout, float* gq, float* gk, float* gv,
                                      i64 B, i64 Tq, i64 Tk, i64 Hq, i64 Hkv, i64 D, float scale,
                                      bool causal) {
   const i64 G = Hq / Hkv, nTasks = B * Hkv;
   const i64 ldq = Hq * D, ldk = Hkv * D;
   const bool par = nTasks >= omp_get_max_threads() && B * Hq * Tq * Tk * D >= kParallelMin;
+  float bad = 0.0f;
 #pragma omp parallel if (par)
   {
     const i64 ldt = round16(std::max<i64>(Tk, 1));
     std::vector<float> KT((size_t)(D * ldt)), VT((size_t)(D * ldt)), P((size_t)(BR * ldt)),
         dS((size_t)(BR * ldt));
-#pragma omp for schedule(dynamic)
+#pragma omp for schedule(dynamic) reduction(+ : bad)
     for (i64 task = 0; task < nTasks; task++) {
       const i64 b = task / Hkv, g = task % Hkv;
       const float* kp = k + (b * Tk * Hkv + g) * D;
@@ -402,13 +431,14 @@ static void attention_backward_tiled(const float* q, const float* k, const float
               }
               for (i64 j = lim; j < kend; j++) pr[j] = dr[j] = 0.0f;
             }
-            strip_pv(ds, ldt, R, kp, ldk, lmax, D, scale, gqp + s0 * ldq, ldq);
+            bad += strip_pv(ds, ldt, R, kp, ldk, lmax, D, scale, gqp + s0 * ldq, ldq);
           }
-          update_keys(dS.data(), ldt, bq, qp, ldq, kend, D, scale, gkp, ldk);
-          update_keys(P.data(), ldt, bq, gop, ldq, kend, D, 1.0f, gvp, ldk);
+          bad += update_keys(dS.data(), ldt, bq, qp, ldq, kend, D, scale, gkp, ldk);
+          bad += update_keys(P.data(), ldt, bq, gop, ldq, kend, D, 1.0f, gvp, ldk);
         }
     }
   }
+  return bad == 0.0f;
 }
 #endif
 
@@ -419,12 +449,17 @@ void attention(const float* q, const float* k, const float* v, float* out, float
   // compute exactly the exact path's math: instead of scanning the whole cache for non-finite
   // values first, the result is checked afterwards and only a non-finite one is recomputed.
   const bool single = Tq == 1;
+#if defined(__AVX512F__)
+  // The register tiles check their own outputs (no pass over the inputs first).
+  if (!single) {
+    if (!attention_tiled(q, k, v, out, lse, B, Tq, Tk, Hq, Hkv, D, scale, causal))
+      attention_exact(q, k, v, out, lse, B, Tq, Tk, Hq, Hkv, D, scale, causal);
+    return;
+  }
+#endif
   if (!single && (!all_finite(q, B * Tq * Hq * D) || !all_finite(k, B * Tk * Hkv * D) ||
                   !all_finite(v, B * Tk * Hkv * D)))
     return attention_exact(q, k, v, out, lse, B, Tq, Tk, Hq, Hkv, D, scale, causal);
-#if defined(__AVX512F__)
-  if (!single) return attention_tiled(q, k, v, out, lse, B, Tq, Tk, Hq, Hkv, D, scale, causal);
-#endif
   const i64 G = Hq / Hkv, nQB = (Tq + BQ - 1) / BQ, nTasks = B * Hq * nQB;
   const i64 ldq = Hq * D, ldk = Hkv * D;
   // One query row per head (decoding) is little work per call: threads only for long caches, since
@@ -502,19 +537,22 @@ void attention_backward(const float* q, const float* k, const float* v, const fl
                         i64 Hkv, i64 D, float scale, bool causal) {
   if (B == 0 || Hkv == 0) return;
   const i64 nq = B * Tq * Hq * D, nk = B * Tk * Hkv * D;
-  if (!all_finite(q, nq) || !all_finite(k, nk) || !all_finite(v, nk) || !all_finite(out, nq) ||
-      !all_finite(gout, nq))
-    return attention_backward_exact(q, k, v, out, lse, gout, gq, gk, gv, B, Tq, Tk, Hq, Hkv, D, scale,
-                                    causal);
   const i64 G = Hq / Hkv, nQB = (Tq + BQ - 1) / BQ, nTasks = B * Hkv;
   const i64 ldq = Hq * D, ldk = Hkv * D;
   const bool par = nTasks >= omp_get_max_threads() && B * Hq * Tq * Tk * D >= kParallelMin;
 #if defined(__AVX512F__)
   // Fewer (batch, kv head) tasks than threads on enough work: the tile GEMMs below use all threads.
-  if (par || B * Hq * Tq * Tk * D < kParallelMin)
-    return attention_backward_tiled(q, k, v, out, lse, gout, gq, gk, gv, B, Tq, Tk, Hq, Hkv, D, scale,
-                                    causal);
+  // The register tiles check their own outputs (no pass over the inputs first).
+  if (par || B * Hq * Tq * Tk * D < kParallelMin) {
+    if (!attention_backward_tiled(q, k, v, out, lse, gout, gq, gk, gv, B, Tq, Tk, Hq, Hkv, D, scale, causal))
+      attention_backward_exact(q, k, v, out, lse, gout, gq, gk, gv, B, Tq, Tk, Hq, Hkv, D, scale, causal);
+    return;
+  }
 #endif
+  if (!all_finite(q, nq) || !all_finite(k, nk) || !all_finite(v, nk) || !all_finite(out, nq) ||
+      !all_finite(gout, nq))
+    return attention_backward_exact(q, k, v, out, lse, gout, gq, gk, gv, B, Tq, Tk, Hq, Hkv, D, scale,
+                                    causal);
 #pragma omp parallel if (par)
   {
     const size_t tile = (size_t)(BQ * std::max<i64>(Tk, 1));

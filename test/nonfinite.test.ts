@@ -148,6 +148,26 @@ const kernels: Kernel[] = [
       return { o, lse, gq, gk, gv };
     },
   })),
+  // Several 8-row strips and 32-row backward blocks: a hidden key's 0 weight meets a NaN/Inf inside a
+  // strip, which the register tiles detect in their outputs and recompute exactly.
+  {
+    name: "attention causal, 40 tokens (+ backward)",
+    // B=1, Tq=Tk=40, Hq=2, Hkv=1, D=20
+    inputs: (rng) => ({
+      q: randArr(rng, 1600),
+      k: randArr(rng, 800),
+      v: randArr(rng, 800),
+      gout: randArr(rng, 1600),
+    }),
+    run: (b, buf, i) => {
+      const [q, k, v] = [buf(i.q!), buf(i.k!), buf(i.v!)];
+      const [o, lse] = [out(b, 1600), out(b, 80)];
+      b.attention(q, k, v, o, lse, 1, 40, 40, 2, 1, 20, 0.25, true);
+      const [gq, gk, gv] = [out(b, 1600), out(b, 800), out(b, 800)];
+      b.attentionBackward(q, k, v, o, lse, buf(i.gout!), gq, gk, gv, 1, 40, 40, 2, 1, 20, 0.25, true);
+      return { o, lse, gq, gk, gv };
+    },
+  },
   {
     name: "crossEntropy (+ backward)",
     inputs: (rng) => ({ logits: randArr(rng, 3 * 6), gloss: randArr(rng, 3) }),

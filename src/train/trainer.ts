@@ -1,7 +1,7 @@
 /**
  * The training step, independent of any CLI (evaluation is src/eval/loss.ts).
  *
- * One step: zero grads → forward + loss → backward (all inside one tidy scope, so every activation
+ * One step: release grads → forward + loss → backward (all inside one tidy scope, so every activation
  * and intermediate gradient is released when it ends) → check the loss is finite → clip → AdamW.
  * A non-finite loss throws TrainingDiverged before the optimizer touches the weights, so the
  * parameters (and anything saved earlier) stay as they were.
@@ -10,7 +10,7 @@ import type { Batch } from "../data/batches.js";
 import type { DecoderLM } from "../model/decoder.js";
 import { tidy } from "../tensor/memory.js";
 import { scale } from "../tensor/ops.js";
-import type { Tensor } from "../tensor/tensor.js";
+import { zeros, type Tensor } from "../tensor/tensor.js";
 import { AdamW, clipGradNorm, type ParamGroup } from "./optim.js";
 
 export class TrainingDiverged extends Error {
@@ -64,7 +64,17 @@ export function trainStep(
       ? batch
       : { count: 1, next: () => batch as Batch };
   const k = micro.count;
-  model.zeroGrad();
+  // Zeroing every gradient and adding the first contribution into it would write and read each
+  // gradient once more: instead the gradients are released, the first contribution becomes the
+  // gradient, and a parameter that had one but gets no contribution this step gets zeros (as
+  // zeroGrad would have left it).
+  const had: Tensor[] = [];
+  for (const p of model.parameters())
+    if (p.grad) {
+      had.push(p);
+      p.grad.dispose();
+      p.grad = null;
+    }
   let loss = 0;
   for (let i = 0; i < k; i++) {
     const b = micro.next();
@@ -74,6 +84,7 @@ export function trainStep(
       return l.item();
     });
   }
+  for (const p of had) if (!p.grad) p.grad = zeros(p.shape, { backend: p.backend, dtype: p.dtype }).keep();
   loss /= k;
   if (!Number.isFinite(loss)) throw new TrainingDiverged(step, loss);
   const params = trainable ?? model.parameters();

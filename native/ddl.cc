@@ -8,7 +8,9 @@
 //   gX += gY - beta k (x) s;   gk = beta sum_c (gY delta - X s);   gbeta = sum_c delta s;   gv = beta s
 // Built from generic ops the update materialised five [rows, d, dv] temporaries per sublayer and kept
 // three of them for the backward; fused, the only [rows, d, dv] tensor per sublayer is the state.
-// Rows are spread over OpenMP threads. When dv divides 16 the sums over d run as 16-lane float SIMD
+// Rows are spread over OpenMP threads. The read and its backward have a loop per dv of 1, 2, 4 and 8 (a
+// compile-time dv: the loop over features vectorizes, each feature's dv channels read as an interleaved
+// group). For the update, when dv divides 16 the sums over d run as 16-lane float SIMD
 // accumulators over the flat row (see laneDots); otherwise a plain loop accumulates in double. gC (a sum over
 // rows) uses per-thread partials summed in thread order, so results depend only on the thread count.
 #include <omp.h>
@@ -41,18 +43,80 @@ inline void laneDots(const float* a, const float* b, i64 n, i64 dv, float* out) 
 
 }  // namespace
 
-void ddl_read(const float* X, const float* C, float* x, i64 rows, i64 d, i64 dv) {
-#pragma omp parallel for schedule(static) if (rows * d * dv >= kParallelMin)
-  for (i64 r = 0; r < rows; r++) {
+namespace {
+// Rows r0..r1 of the read and of its backward. DV > 0: dv is that compile-time constant, so the loops
+// over features vectorize, each feature's dv channels read as an interleaved group; DV = 0: dv as given.
+template <int DV>
+void read_rows(const float* X, const float* C, float* x, i64 r0, i64 r1, i64 d, i64 dvAny) {
+  const i64 dv = DV > 0 ? DV : dvAny;
+  for (i64 r = r0; r < r1; r++) {
     const float* Xr = X + r * d * dv;
     float* xr = x + r * d;
+#pragma omp simd
     for (i64 i = 0; i < d; i++) {
-      const float* xi = Xr + i * dv;
-      const float* ci = C + i * dv;
       float acc = 0.0f;
-      for (i64 c = 0; c < dv; c++) acc += xi[c] * ci[c];
+      for (i64 c = 0; c < dv; c++) acc += Xr[i * dv + c] * C[i * dv + c];
       xr[i] = acc;
     }
+  }
+}
+
+template <int DV>
+void read_backward_rows(const float* X, const float* C, const float* gx, float* gX, float* pc, i64 r0, i64 r1,
+                        i64 d, i64 dvAny) {
+  const i64 dv = DV > 0 ? DV : dvAny;
+  for (i64 r = r0; r < r1; r++) {
+    const float* Xr = X + r * d * dv;
+    const float* gr = gx + r * d;
+#pragma omp simd
+    for (i64 i = 0; i < d; i++)
+      for (i64 c = 0; c < dv; c++) pc[i * dv + c] += gr[i] * Xr[i * dv + c];
+    if (gX == nullptr) continue;
+    float* gXr = gX + r * d * dv;
+#pragma omp simd
+    for (i64 i = 0; i < d; i++)
+      for (i64 c = 0; c < dv; c++) gXr[i * dv + c] += gr[i] * C[i * dv + c];
+  }
+}
+
+// Calls F<DV> for dv in {1, 2, 4, 8}, F<0> otherwise.
+template <template <int> class F, class... A>
+void by_dv(i64 dv, A... a) {
+  switch (dv) {
+    case 1:
+      return F<1>::run(a..., dv);
+    case 2:
+      return F<2>::run(a..., dv);
+    case 4:
+      return F<4>::run(a..., dv);
+    case 8:
+      return F<8>::run(a..., dv);
+    default:
+      return F<0>::run(a..., dv);
+  }
+}
+template <int DV>
+struct Read {
+  static void run(const float* X, const float* C, float* x, i64 r0, i64 r1, i64 d, i64 dv) {
+    read_rows<DV>(X, C, x, r0, r1, d, dv);
+  }
+};
+template <int DV>
+struct ReadBackward {
+  static void run(const float* X, const float* C, const float* gx, float* gX, float* pc, i64 r0, i64 r1,
+                  i64 d, i64 dv) {
+    read_backward_rows<DV>(X, C, gx, gX, pc, r0, r1, d, dv);
+  }
+};
+}  // namespace
+
+void ddl_read(const float* X, const float* C, float* x, i64 rows, i64 d, i64 dv) {
+  const bool par = rows * d * dv >= kParallelMin;
+  const int nt = par ? omp_get_max_threads() : 1;
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num(), n = omp_get_num_threads();
+    by_dv<Read>(dv, X, C, x, rows * t / n, rows * (t + 1) / n, d);
   }
 }
 
@@ -62,21 +126,11 @@ void ddl_read_backward(const float* X, const float* C, const float* gx, float* g
   const int maxT = par ? omp_get_max_threads() : 1;
   const i64 m = d * dv;
   std::vector<float> partial((size_t)maxT * m, 0.0f);
-#pragma omp parallel if (par)
+#pragma omp parallel num_threads(maxT)
   {
-    float* pc = partial.data() + (size_t)omp_get_thread_num() * m;
-#pragma omp for schedule(static)
-    for (i64 r = 0; r < rows; r++) {
-      const float* Xr = X + r * m;
-      const float* gr = gx + r * d;
-      float* gXr = gX == nullptr ? nullptr : gX + r * m;
-      for (i64 i = 0; i < d; i++) {
-        const float g = gr[i];
-        for (i64 c = 0; c < dv; c++) pc[i * dv + c] += g * Xr[i * dv + c];
-        if (gXr != nullptr)
-          for (i64 c = 0; c < dv; c++) gXr[i * dv + c] += g * C[i * dv + c];
-      }
-    }
+    const int t = omp_get_thread_num(), n = omp_get_num_threads();
+    by_dv<ReadBackward>(dv, X, C, gx, gX, partial.data() + (size_t)t * m, rows * t / n, rows * (t + 1) / n,
+                        d);
   }
   for (i64 j = 0; j < m; j++) gC[j] = partial[j];
   for (int t = 1; t < maxT; t++) {

@@ -879,13 +879,15 @@ describe("swiglu", () => {
 });
 
 describe("ddl-expanded state", () => {
-  // The native kernels take a SIMD path when dv divides 16 and d*dv is a multiple of 16 (the last
-  // three cases), a plain loop otherwise (the first four).
+  // The update kernels take a SIMD path when dv divides 16 and d*dv is a multiple of 16 (the last
+  // three cases), a plain loop otherwise (the first four); the read kernels one per dv of 1, 2, 4
+  // and 8 (any d), a plain loop for other dv.
   for (const [rows, d, dv] of [
     [1, 1, 1],
     [13, 7, 3],
     [67, 37, 4],
     [301, 129, 5],
+    [23, 33, 8],
     [5, 8, 2],
     [19, 12, 4],
     [70, 64, 16],

@@ -41,6 +41,31 @@ inline void laneDots(const float* a, const float* b, i64 n, i64 dv, float* out) 
   for (i64 l = 0; l < kLanes; l++) out[l % dv] += acc[l];
 }
 
+// kexp[i * dv + c] = k[i] for i < d, c < dv (the key in the state's flat layout); a compile-time dv for
+// the counts the update's SIMD path takes, so the copy vectorizes.
+template <int DV>
+inline void expand_key_dv(const float* k, float* kexp, i64 d) {
+#pragma omp simd
+  for (i64 i = 0; i < d; i++)
+    for (int c = 0; c < DV; c++) kexp[i * DV + c] = k[i];
+}
+inline void expand_key(const float* k, float* kexp, i64 d, i64 dv) {
+  switch (dv) {
+    case 1:
+      return expand_key_dv<1>(k, kexp, d);
+    case 2:
+      return expand_key_dv<2>(k, kexp, d);
+    case 4:
+      return expand_key_dv<4>(k, kexp, d);
+    case 8:
+      return expand_key_dv<8>(k, kexp, d);
+    case 16:
+      return expand_key_dv<16>(k, kexp, d);
+    default:
+      for (i64 i = 0; i < d; i++)
+        for (i64 c = 0; c < dv; c++) kexp[i * dv + c] = k[i];
+  }
+}
 }  // namespace
 
 namespace {
@@ -151,8 +176,7 @@ void ddl_update(const float* X, const float* k, const float* beta, const float* 
       for (i64 r = 0; r < rows; r++) {
         const float* Xr = X + r * n;
         float* Yr = Y + r * n;
-        for (i64 i = 0; i < d; i++)
-          for (i64 c = 0; c < dv; c++) kexp[i * dv + c] = k[r * d + i];
+        expand_key(k + r * d, kexp.data(), d, dv);
         laneDots(kexp.data(), Xr, n, dv, kx);
         for (i64 l = 0; l < kLanes; l++) bd[l] = beta[r] * (v[r * dv + l % dv] - kx[l % dv]);
         const float* ke = kexp.data();
@@ -194,8 +218,7 @@ void ddl_update_backward(const float* X, const float* k, const float* beta, cons
       for (i64 r = 0; r < rows; r++) {
         const float* Xr = X + r * n;
         const float* Gr = gY + r * n;
-        for (i64 i = 0; i < d; i++)
-          for (i64 c = 0; c < dv; c++) kexp[i * dv + c] = k[r * d + i];
+        expand_key(k + r * d, kexp.data(), d, dv);
         const float* ke = kexp.data();
         laneDots(ke, Xr, n, dv, kx);
         laneDots(ke, Gr, n, dv, s);

@@ -118,11 +118,12 @@ static void attention_backward_exact(const float* q, const float* k, const float
 
 #if defined(__AVX512F__)
 // ---------------------------------------------------------------- the register-tiled path (AVX-512)
-// For Tq > 1 and finite inputs the products run in register tiles on the operands in place, instead of
-// small GEMMs that pack both operands on every call: keys are transposed once per task into KT [D, ldt]
-// so that a score strip is an outer-product accumulation (8 query rows x 32 keys in 16 registers, one
-// broadcast of q per row and column c); P V, dS K, dS^T Q and P^T dO accumulate 4 rows x 64 columns
-// (masked at D's tail). Causal strips stop at their last row's last key. Any D.
+// For Tq > 1 the products run in register tiles on the operands in place, instead of small GEMMs that
+// pack both operands on every call (a non-finite output sends the call to the exact path, see the top): keys
+// are transposed once per task into KT [D, ldt] so that a score strip is an outer-product accumulation (8
+// query rows x 32 keys in 16 registers, one broadcast of q per row and column c); P V, dS K, dS^T Q and P^T
+// dO accumulate 4 rows x 64 columns (masked at D's tail). Causal strips stop at their last row's last key.
+// Any D.
 constexpr i64 SR = 8;   // query rows per score strip [SR, ldt]
 constexpr i64 BR = 32;  // query rows per backward block: the depth of the dK / dV accumulation
 

@@ -1427,82 +1427,12 @@ describe("depthRouteSourceBackward and rowDot", () => {
         lists((c) => c.base && f64(c.base)),
         { source: f64(s2), gsource: gs2W, cols },
       );
-      nat.depthRouteSourceBackward(
-        s,
-        gs,
-        true,
-        lists((c) => c.gout),
-        lists((c) => c.alpha),
-        lists((c) => c.rstd),
-        meta,
-        lists((c) => c.c),
-        lists((c) => c.w),
-        lists((c) => c.g),
-        lists((c) => c.p),
-        rows,
-        d,
-        null,
-        lists((c) => c.out),
-        lists((c) => c.base),
-        { source: s2, gsource: gs2, cols },
-      );
-      closeDot("gsource", gs, gsW, d * (K + 1));
-      closeDot("pair gsource", gs2, gs2W, d * (K + 1));
-      cs.forEach((c, k) => {
-        closeDot(`p ${k}`, c.p, psW[k]!, 2 * rows * d);
-        closeDot(`c ${k}`, c.c, c.cW, d);
-      });
-      assert.throws(
-        () =>
-          nat.depthRouteSourceBackward(
-            s,
-            null,
-            false,
-            lists((c) => c.gout),
-            lists((c) => c.alpha),
-            lists((c) => c.rstd),
-            meta,
-            lists((c) => c.c),
-            lists((c) => c.w),
-            lists((c) => c.g),
-            lists((c) => c.p),
-            rows,
-            d,
-            null,
-            lists((c) => c.out),
-            lists((c) => c.base),
-            { source: s2, gsource: gs2, cols },
-          ),
-        /a pair needs the first source's gsource too/,
-      );
-      assert.throws(
-        () =>
-          nat.depthRouteSourceBackward(
-            s,
-            gs,
-            true,
-            lists((c) => c.gout),
-            lists((c) => c.alpha),
-            lists((c) => c.rstd),
-            meta,
-            lists((c) => c.c),
-            lists((c) => c.w),
-            lists((c) => c.g),
-            lists((c) => c.p),
-            rows,
-            d,
-            null,
-            lists((c) => c.out),
-            lists((c) => c.base),
-            { source: s2, gsource: gs2, cols: Int32Array.from(cs.map((c) => c.col)) },
-          ),
-        /has pair column \d+ of \d+ \(column \d+ is the first source's\)/,
-      );
-      const args = (pair: unknown) =>
+      // The native call with this case's calls; the first source's gradient, accumulate and the pair vary.
+      const natArgs = (gsource: Float32Array | null, accumulate: boolean, pair: unknown) =>
         [
           s,
-          gs,
-          false,
+          gsource,
+          accumulate,
           lists((c) => c.gout),
           lists((c) => c.alpha),
           lists((c) => c.rstd),
@@ -1518,9 +1448,30 @@ describe("depthRouteSourceBackward and rowDot", () => {
           lists((c) => c.base),
           pair,
         ] as Parameters<typeof nat.depthRouteSourceBackward>;
-      assert.throws(() => nat.depthRouteSourceBackward(...args(5)), /pair must be an object or null/);
+      nat.depthRouteSourceBackward(...natArgs(gs, true, { source: s2, gsource: gs2, cols }));
+      closeDot("gsource", gs, gsW, d * (K + 1));
+      closeDot("pair gsource", gs2, gs2W, d * (K + 1));
+      cs.forEach((c, k) => {
+        closeDot(`p ${k}`, c.p, psW[k]!, 2 * rows * d);
+        closeDot(`c ${k}`, c.c, c.cW, d);
+      });
       assert.throws(
-        () => nat.depthRouteSourceBackward(...args({ source: s2, cols })),
+        () => nat.depthRouteSourceBackward(...natArgs(null, false, { source: s2, gsource: gs2, cols })),
+        /a pair needs the first source's gsource too/,
+      );
+      assert.throws(
+        () =>
+          nat.depthRouteSourceBackward(
+            ...natArgs(gs, true, { source: s2, gsource: gs2, cols: Int32Array.from(cs.map((c) => c.col)) }),
+          ),
+        /has pair column \d+ of \d+ \(column \d+ is the first source's\)/,
+      );
+      assert.throws(
+        () => nat.depthRouteSourceBackward(...natArgs(gs, false, 5)),
+        /pair must be an object or null/,
+      );
+      assert.throws(
+        () => nat.depthRouteSourceBackward(...natArgs(gs, false, { source: s2, cols })),
         /the pair's source, gsource and cols must be given together/,
       );
     });

@@ -39,6 +39,11 @@ static inline i64 key_limit(i64 i, i64 Tq, i64 Tk, bool causal) {
   return std::max<i64>(0, std::min<i64>(Tk, i + (Tk - Tq) + 1));
 }
 
+// x[t * ld + c] = 0 for t < rows, c < D (one kv head's gradient rows, which the task accumulates into).
+static void zero_rows(float* x, i64 rows, i64 ld, i64 D) {
+  for (i64 t = 0; t < rows; t++) std::memset(x + t * ld, 0, sizeof(float) * D);
+}
+
 // True when x[0..n) holds no NaN or Inf (x * 0 is NaN exactly for those).
 static bool all_finite(const float* x, i64 n) {
   float s = 0.0f;  // 0, or NaN once any term is: the order of the sum cannot change that, so it may vectorize
@@ -387,15 +392,11 @@ static bool attention_backward_tiled(const float* q, const float* k, const float
         dS((size_t)(BR * ldt));
 #pragma omp for schedule(dynamic) reduction(+ : bad)
     for (i64 task = 0; task < nTasks; task++) {
-      const i64 b = task / Hkv, g = task % Hkv;
-      const float* kp = k + (b * Tk * Hkv + g) * D;
-      const float* vp = v + (b * Tk * Hkv + g) * D;
-      float* gkp = gk + (b * Tk * Hkv + g) * D;
-      float* gvp = gv + (b * Tk * Hkv + g) * D;
-      for (i64 t = 0; t < Tk; t++) {
-        std::memset(gkp + t * ldk, 0, sizeof(float) * D);
-        std::memset(gvp + t * ldk, 0, sizeof(float) * D);
-      }
+      const i64 b = task / Hkv, g = task % Hkv, kv = (b * Tk * Hkv + g) * D;  // this task's kv head
+      const float *kp = k + kv, *vp = v + kv;
+      float *gkp = gk + kv, *gvp = gv + kv;
+      zero_rows(gkp, Tk, ldk, D);
+      zero_rows(gvp, Tk, ldk, D);
       transpose_keys(kp, ldk, Tk, D, KT.data(), ldt);
       transpose_keys(vp, ldk, Tk, D, VT.data(), ldt);
       for (i64 h = g * G; h < (g + 1) * G; h++)
@@ -560,15 +561,11 @@ void attention_backward(const float* q, const float* k, const float* v, const fl
     std::vector<float> P(tile), dP(tile), Di(BQ);
 #pragma omp for schedule(dynamic)
     for (i64 task = 0; task < nTasks; task++) {
-      const i64 b = task / Hkv, g = task % Hkv;
-      const float* kp = k + (b * Tk * Hkv + g) * D;
-      const float* vp = v + (b * Tk * Hkv + g) * D;
-      float* gkp = gk + (b * Tk * Hkv + g) * D;
-      float* gvp = gv + (b * Tk * Hkv + g) * D;
-      for (i64 t = 0; t < Tk; t++) {
-        std::memset(gkp + t * ldk, 0, sizeof(float) * D);
-        std::memset(gvp + t * ldk, 0, sizeof(float) * D);
-      }
+      const i64 b = task / Hkv, g = task % Hkv, kv = (b * Tk * Hkv + g) * D;  // this task's kv head
+      const float *kp = k + kv, *vp = v + kv;
+      float *gkp = gk + kv, *gvp = gv + kv;
+      zero_rows(gkp, Tk, ldk, D);
+      zero_rows(gvp, Tk, ldk, D);
       for (i64 h = g * G; h < (g + 1) * G; h++) {
         for (i64 qb = 0; qb < nQB; qb++) {
           const i64 i0 = qb * BQ, i1 = std::min(Tq, i0 + BQ), bq = i1 - i0;

@@ -47,6 +47,28 @@ const out = (b: Backend, n: number): Buf => {
   return o;
 };
 
+/** Attention and its backward over T tokens (B=1, Hq=2, Hkv=1, head size D). */
+function attentionKernel(name: string, T: number, D: number, scale: number, causal: boolean): Kernel {
+  const [nq, nk] = [T * 2 * D, T * D];
+  return {
+    name,
+    inputs: (rng) => ({
+      q: randArr(rng, nq),
+      k: randArr(rng, nk),
+      v: randArr(rng, nk),
+      gout: randArr(rng, nq),
+    }),
+    run: (b, buf, i) => {
+      const [q, k, v] = [buf(i.q!), buf(i.k!), buf(i.v!)];
+      const [o, lse] = [out(b, nq), out(b, 2 * T)];
+      b.attention(q, k, v, o, lse, 1, T, T, 2, 1, D, scale, causal);
+      const [gq, gk, gv] = [out(b, nq), out(b, nk), out(b, nk)];
+      b.attentionBackward(q, k, v, o, lse, buf(i.gout!), gq, gk, gv, 1, T, T, 2, 1, D, scale, causal);
+      return { o, lse, gq, gk, gv };
+    },
+  };
+}
+
 const [R, D] = [3, 8];
 const kernels: Kernel[] = [
   ...UNARY_OPS.map((op): Kernel => ({
@@ -130,44 +152,12 @@ const kernels: Kernel[] = [
       return { o };
     },
   },
-  ...[true, false].map((causal): Kernel => ({
-    name: `attention${causal ? " causal" : ""} (+ backward)`,
-    // B=1, Tq=Tk=5, Hq=2, Hkv=1, D=4
-    inputs: (rng) => ({
-      q: randArr(rng, 40),
-      k: randArr(rng, 20),
-      v: randArr(rng, 20),
-      gout: randArr(rng, 40),
-    }),
-    run: (b, buf, i) => {
-      const [q, k, v] = [buf(i.q!), buf(i.k!), buf(i.v!)];
-      const [o, lse] = [out(b, 40), out(b, 10)];
-      b.attention(q, k, v, o, lse, 1, 5, 5, 2, 1, 4, 0.5, causal);
-      const [gq, gk, gv] = [out(b, 40), out(b, 20), out(b, 20)];
-      b.attentionBackward(q, k, v, o, lse, buf(i.gout!), gq, gk, gv, 1, 5, 5, 2, 1, 4, 0.5, causal);
-      return { o, lse, gq, gk, gv };
-    },
-  })),
+  ...[true, false].map((causal) =>
+    attentionKernel(`attention${causal ? " causal" : ""} (+ backward)`, 5, 4, 0.5, causal),
+  ),
   // Several 8-row strips and 32-row backward blocks: a hidden key's 0 weight meets a NaN/Inf inside a
   // strip, which the register tiles detect in their outputs and recompute exactly.
-  {
-    name: "attention causal, 40 tokens (+ backward)",
-    // B=1, Tq=Tk=40, Hq=2, Hkv=1, D=20
-    inputs: (rng) => ({
-      q: randArr(rng, 1600),
-      k: randArr(rng, 800),
-      v: randArr(rng, 800),
-      gout: randArr(rng, 1600),
-    }),
-    run: (b, buf, i) => {
-      const [q, k, v] = [buf(i.q!), buf(i.k!), buf(i.v!)];
-      const [o, lse] = [out(b, 1600), out(b, 80)];
-      b.attention(q, k, v, o, lse, 1, 40, 40, 2, 1, 20, 0.25, true);
-      const [gq, gk, gv] = [out(b, 1600), out(b, 800), out(b, 800)];
-      b.attentionBackward(q, k, v, o, lse, buf(i.gout!), gq, gk, gv, 1, 40, 40, 2, 1, 20, 0.25, true);
-      return { o, lse, gq, gk, gv };
-    },
-  },
+  attentionKernel("attention causal, 40 tokens (+ backward)", 40, 20, 0.25, true),
   {
     name: "crossEntropy (+ backward)",
     inputs: (rng) => ({ logits: randArr(rng, 3 * 6), gloss: randArr(rng, 3) }),

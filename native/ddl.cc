@@ -8,9 +8,9 @@
 //   gX += gY - beta k (x) s;   gk = beta sum_c (gY delta - X s);   gbeta = sum_c delta s;   gv = beta s
 // Built from generic ops the update materialised five [rows, d, dv] temporaries per sublayer and kept
 // three of them for the backward; fused, the only [rows, d, dv] tensor per sublayer is the state.
-// Rows are spread over OpenMP threads. The read and its backward have a loop per dv of 1, 2, 4 and 8 (a
-// compile-time dv: the loop over features vectorizes, each feature's dv channels read as an interleaved
-// group). For the update, when dv divides 16 the sums over d run as 16-lane float SIMD
+// Rows are spread over OpenMP threads. The read, its backward and the update's key expansion have a loop
+// per dv of 1, 2, 4, 8 and 16 (by_dv: a compile-time dv vectorizes the loop over features). For the update,
+// when dv divides 16 the sums over d run as 16-lane float SIMD
 // accumulators over the flat row (see laneDots); otherwise a plain loop accumulates in double. gC (a sum over
 // rows) uses per-thread partials summed in thread order, so results depend only on the thread count.
 #include <omp.h>
@@ -41,70 +41,9 @@ inline void laneDots(const float* a, const float* b, i64 n, i64 dv, float* out) 
   for (i64 l = 0; l < kLanes; l++) out[l % dv] += acc[l];
 }
 
-// kexp[i * dv + c] = k[i] for i < d, c < dv (the key in the state's flat layout); a compile-time dv for
-// the counts the update's SIMD path takes, so the copy vectorizes.
-template <int DV>
-inline void expand_key_dv(const float* k, float* kexp, i64 d) {
-#pragma omp simd
-  for (i64 i = 0; i < d; i++)
-    for (int c = 0; c < DV; c++) kexp[i * DV + c] = k[i];
-}
-inline void expand_key(const float* k, float* kexp, i64 d, i64 dv) {
-  switch (dv) {
-    case 1:
-      return expand_key_dv<1>(k, kexp, d);
-    case 2:
-      return expand_key_dv<2>(k, kexp, d);
-    case 4:
-      return expand_key_dv<4>(k, kexp, d);
-    case 8:
-      return expand_key_dv<8>(k, kexp, d);
-    case 16:
-      return expand_key_dv<16>(k, kexp, d);
-    default:
-      for (i64 i = 0; i < d; i++)
-        for (i64 c = 0; c < dv; c++) kexp[i * dv + c] = k[i];
-  }
-}
-}  // namespace
-
-namespace {
-// Rows r0..r1 of the read and of its backward. DV > 0: dv is that compile-time constant, so the loops
-// over features vectorize, each feature's dv channels read as an interleaved group; DV = 0: dv as given.
-template <int DV>
-void read_rows(const float* X, const float* C, float* x, i64 r0, i64 r1, i64 d, i64 dvAny) {
-  const i64 dv = DV > 0 ? DV : dvAny;
-  for (i64 r = r0; r < r1; r++) {
-    const float* Xr = X + r * d * dv;
-    float* xr = x + r * d;
-#pragma omp simd
-    for (i64 i = 0; i < d; i++) {
-      float acc = 0.0f;
-      for (i64 c = 0; c < dv; c++) acc += Xr[i * dv + c] * C[i * dv + c];
-      xr[i] = acc;
-    }
-  }
-}
-
-template <int DV>
-void read_backward_rows(const float* X, const float* C, const float* gx, float* gX, float* pc, i64 r0, i64 r1,
-                        i64 d, i64 dvAny) {
-  const i64 dv = DV > 0 ? DV : dvAny;
-  for (i64 r = r0; r < r1; r++) {
-    const float* Xr = X + r * d * dv;
-    const float* gr = gx + r * d;
-#pragma omp simd
-    for (i64 i = 0; i < d; i++)
-      for (i64 c = 0; c < dv; c++) pc[i * dv + c] += gr[i] * Xr[i * dv + c];
-    if (gX == nullptr) continue;
-    float* gXr = gX + r * d * dv;
-#pragma omp simd
-    for (i64 i = 0; i < d; i++)
-      for (i64 c = 0; c < dv; c++) gXr[i * dv + c] += gr[i] * C[i * dv + c];
-  }
-}
-
-// Calls F<DV> for dv in {1, 2, 4, 8}, F<0> otherwise.
+// Calls F<DV>::run(a..., dv) for dv in {1, 2, 4, 8, 16}, F<0>::run(a..., dv) otherwise. The kernels below
+// take dv as given when DV = 0; with DV > 0 it is a compile-time constant, so their loops over features
+// vectorize, each feature's dv channels read as an interleaved group.
 template <template <int> class F, class... A>
 void by_dv(i64 dv, A... a) {
   switch (dv) {
@@ -116,21 +55,60 @@ void by_dv(i64 dv, A... a) {
       return F<4>::run(a..., dv);
     case 8:
       return F<8>::run(a..., dv);
+    case 16:
+      return F<16>::run(a..., dv);
     default:
       return F<0>::run(a..., dv);
   }
 }
+
+// kexp[i * dv + c] = k[i] for i < d, c < dv: the key in the state's flat layout.
 template <int DV>
-struct Read {
-  static void run(const float* X, const float* C, float* x, i64 r0, i64 r1, i64 d, i64 dv) {
-    read_rows<DV>(X, C, x, r0, r1, d, dv);
+struct ExpandKey {
+  static void run(const float* k, float* kexp, i64 d, i64 dvAny) {
+    const i64 dv = DV > 0 ? DV : dvAny;
+#pragma omp simd
+    for (i64 i = 0; i < d; i++)
+      for (i64 c = 0; c < dv; c++) kexp[i * dv + c] = k[i];
   }
 };
+
+// Rows r0..r1 of the read.
+template <int DV>
+struct Read {
+  static void run(const float* X, const float* C, float* x, i64 r0, i64 r1, i64 d, i64 dvAny) {
+    const i64 dv = DV > 0 ? DV : dvAny;
+    for (i64 r = r0; r < r1; r++) {
+      const float* Xr = X + r * d * dv;
+      float* xr = x + r * d;
+#pragma omp simd
+      for (i64 i = 0; i < d; i++) {
+        float acc = 0.0f;
+        for (i64 c = 0; c < dv; c++) acc += Xr[i * dv + c] * C[i * dv + c];
+        xr[i] = acc;
+      }
+    }
+  }
+};
+
+// Rows r0..r1 of the read's backward: pc (this thread's gC partial) and gX accumulated into.
 template <int DV>
 struct ReadBackward {
   static void run(const float* X, const float* C, const float* gx, float* gX, float* pc, i64 r0, i64 r1,
-                  i64 d, i64 dv) {
-    read_backward_rows<DV>(X, C, gx, gX, pc, r0, r1, d, dv);
+                  i64 d, i64 dvAny) {
+    const i64 dv = DV > 0 ? DV : dvAny;
+    for (i64 r = r0; r < r1; r++) {
+      const float* Xr = X + r * d * dv;
+      const float* gr = gx + r * d;
+#pragma omp simd
+      for (i64 i = 0; i < d; i++)
+        for (i64 c = 0; c < dv; c++) pc[i * dv + c] += gr[i] * Xr[i * dv + c];
+      if (gX == nullptr) continue;
+      float* gXr = gX + r * d * dv;
+#pragma omp simd
+      for (i64 i = 0; i < d; i++)
+        for (i64 c = 0; c < dv; c++) gXr[i * dv + c] += gr[i] * C[i * dv + c];
+    }
   }
 };
 }  // namespace
@@ -176,7 +154,7 @@ void ddl_update(const float* X, const float* k, const float* beta, const float* 
       for (i64 r = 0; r < rows; r++) {
         const float* Xr = X + r * n;
         float* Yr = Y + r * n;
-        expand_key(k + r * d, kexp.data(), d, dv);
+        by_dv<ExpandKey>(dv, k + r * d, kexp.data(), d);
         laneDots(kexp.data(), Xr, n, dv, kx);
         for (i64 l = 0; l < kLanes; l++) bd[l] = beta[r] * (v[r * dv + l % dv] - kx[l % dv]);
         const float* ke = kexp.data();
@@ -218,7 +196,7 @@ void ddl_update_backward(const float* X, const float* k, const float* beta, cons
       for (i64 r = 0; r < rows; r++) {
         const float* Xr = X + r * n;
         const float* Gr = gY + r * n;
-        expand_key(k + r * d, kexp.data(), d, dv);
+        by_dv<ExpandKey>(dv, k + r * d, kexp.data(), d);
         const float* ke = kexp.data();
         laneDots(ke, Xr, n, dv, kx);
         laneDots(ke, Gr, n, dv, s);

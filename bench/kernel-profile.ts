@@ -3,8 +3,9 @@
  * timer, runs a few training steps of the reference-step model (bench/modes.ts; 12 layers unless
  * --layers) in each mode of --modes (the first is the baseline, standard by default), and prints
  * per mode its wall time, the time inside kernels, and the kernels whose time differs most from
- * the baseline's (for the baseline itself, its heaviest kernels), split by phase (F forward, B backward, O optimizer and clipping) and labelled by
- * kind (binary/unary ops by operator, GEMMs by M×N×K, T for a transposed operand, b the batch).
+ * the baseline's (for the baseline itself, its heaviest kernels), split by phase (F forward,
+ * B backward, O optimizer and clipping) and labelled by kind (binary/unary ops by operator, GEMMs
+ * by M×N×K, T for a transposed operand, b the batch).
  *   node --import tsx bench/kernel-profile.ts [--layers 12] [--modes standard,delta,ddl] [--steps 3] [--top 12]
  * With ATTNRES_THREADS=1 the kernels run on one thread, which keeps the numbers steadier on a
  * shared machine. Times are means over the steps, in milliseconds, after one untimed step.

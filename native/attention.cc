@@ -133,7 +133,6 @@ constexpr i64 SR = 8;   // query rows per score strip [SR, ldt]
 constexpr i64 BR = 32;  // query rows per backward block: the depth of the dK / dV accumulation
 
 static inline i64 round16(i64 x) { return (x + 15) / 16 * 16; }
-static inline __mmask16 tail_mask(i64 n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
 
 // XT[c * ldt + j] = X[j * ldx + c] for j < n, c < D; zero for n <= j < round16(n) (ldt >= round16(n)).
 static void transpose_keys(const float* X, i64 ldx, i64 n, i64 D, float* XT, i64 ldt) {
@@ -143,7 +142,8 @@ static void transpose_keys(const float* X, i64 ldx, i64 n, i64 D, float* XT, i64
       const i64 cn = std::min<i64>(16, D - c0);
       __m512 in[16], out[16];
       for (i64 r = 0; r < 16; r++)
-        in[r] = r < jn ? _mm512_maskz_loadu_ps(tail_mask(cn), X + (j0 + r) * ldx + c0) : _mm512_setzero_ps();
+        in[r] =
+            r < jn ? _mm512_maskz_loadu_ps(first_lanes(cn), X + (j0 + r) * ldx + c0) : _mm512_setzero_ps();
       transpose16x16(in, out);
       for (i64 c = 0; c < cn; c++) _mm512_storeu_ps(XT + (c0 + c) * ldt + j0, out[c]);
     }

@@ -55,7 +55,7 @@ static inline void dot4(const float* __restrict w0, const float* __restrict w1, 
     a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w3 + k), xv, a3);
   }
   if (k < K) {
-    const __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
+    const __mmask16 m = first_lanes(K - k);
     const __m512 xv = _mm512_maskz_loadu_ps(m, x + k);
     a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0 + k), xv, a0);
     a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w1 + k), xv, a1);

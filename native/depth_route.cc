@@ -60,7 +60,7 @@ inline void dots(const float* s, const float* x, const float* y, i64 d, float* s
     b3 = _mm512_fmadd_ps(s3, _mm512_loadu_ps(y + c + 48), b3);
   }
   for (; c < d; c += 16) {
-    const __mmask16 m = d - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (d - c)) - 1u);
+    const __mmask16 m = first_lanes(d - c);
     const __m512 s0 = _mm512_maskz_loadu_ps(m, s + c);
     a0 = _mm512_fmadd_ps(s0, _mm512_maskz_loadu_ps(m, x + c), a0);
     b0 = _mm512_fmadd_ps(s0, _mm512_maskz_loadu_ps(m, y + c), b0);

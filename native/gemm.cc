@@ -226,10 +226,6 @@ static inline __m512i bf16_pairs_seq(__m512 lo, __m512 hi) {
                                        27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
   return _mm512_permutex2var_epi16(bf16_hi16(lo), odd, bf16_hi16(hi));
 }
-// Mask of the first n (clamped to [0, 16]) of 16 lanes.
-static inline __mmask16 first_lanes(i64 n) {
-  return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
-}
 // 16 packed pairs of row x at k = 0..32 (n of them present; the rest pack as zero).
 static inline __m512i bf16_pairs_row(const float* x, i64 n) {
   return bf16_pairs_seq(_mm512_maskz_loadu_ps(first_lanes(n), x),

@@ -24,6 +24,11 @@ using i64 = int64_t;
 constexpr i64 kParallelMin = 1 << 15;
 
 #if defined(__AVX512F__)
+// Mask of the first n (clamped to [0, 16]) of 16 lanes (gemm.cc, attention.cc, depth_route.cc).
+inline __mmask16 first_lanes(i64 n) {
+  return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+}
+
 // Horizontal sum of 16 lanes (GCC 12's _mm512_reduce_add_ps warns about an uninitialized temporary).
 inline float hsum(__m512 v) {
   alignas(64) float t[16];

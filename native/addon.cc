@@ -926,7 +926,12 @@ KERNEL(ddlUpdateBackward) {
 
 KERNEL(depthRoute) {
   return guard(env, [&] {
-    Args a(env, info, "depthRoute", 10);
+    Args a(env, info, "depthRoute", 10, 12);
+    // next (slot 10) and prior (slot 11) are objects: their fields become slots 10-15 and 16-20
+    const bool hasNext = !a.isNull(10), hasPrior = !a.isNull(11);
+    a.v[16] = a.v[11];
+    a.spread(16, {"acc", "stats", "logits", "rstd", "n"}, "prior");
+    a.spread(10, {"w", "g", "acc", "stats", "logits", "rstd"}, "next");
     const std::vector<F32> srcs = f32List(a, 0, "source", false);
     const F32 w = a.f32(1, "w"), g = a.f32(2, "g"), out = a.f32(3, "out"), alpha = a.f32(4, "alpha");
     const F32 rstd = a.f32(5, "rstd");
@@ -946,7 +951,35 @@ KERNEL(depthRoute) {
     a.need("out", out, a.mul(rows, d));
     a.need("alpha", alpha, a.mul(rows, N));
     a.need("rstd", rstd, a.mul(rows, N));
-    depth_route(ptrs.data(), N, w.p, g.p, base.p, out.p, alpha.p, rstd.p, rows, d, eps);
+    if (hasNext && hasPrior) a.fail("a call cannot both continue a prior sum and start the next call's");
+    RouteNext next{};
+    RoutePrior prior{};
+    if (hasNext) {
+      const F32 nw = a.f32(10, "next.w"), ng = a.f32(11, "next.g"), acc = a.f32(12, "next.acc");
+      const F32 stats = a.f32(13, "next.stats"), logits = a.f32(14, "next.logits"),
+                nr = a.f32(15, "next.rstd");
+      a.need("next.w", nw, d);
+      a.need("next.g", ng, d);
+      a.need("next.acc", acc, a.mul(rows, d));
+      a.need("next.stats", stats, a.mul(rows, 2));
+      a.need("next.logits", logits, a.mul(rows, N));
+      a.need("next.rstd", nr, a.mul(rows, N));
+      next = {nw.p, ng.p, acc.p, stats.p, logits.p, nr.p};
+    }
+    if (hasPrior) {
+      const F32 acc = a.f32(16, "prior.acc"), stats = a.f32(17, "prior.stats");
+      const F32 logits = a.f32(18, "prior.logits"), pr = a.f32(19, "prior.rstd");
+      const i64 n = a.size(20, "prior.n");
+      if (n < 1 || n > N)
+        a.fail("prior.n must be in [1, " + std::to_string(N) + "], got " + std::to_string(n));
+      a.need("prior.acc", acc, a.mul(rows, d));
+      a.need("prior.stats", stats, a.mul(rows, 2));
+      a.need("prior.logits", logits, a.mul(rows, n));
+      a.need("prior.rstd", pr, a.mul(rows, n));
+      prior = {acc.p, stats.p, logits.p, pr.p, n};
+    }
+    depth_route(ptrs.data(), N, w.p, g.p, base.p, out.p, alpha.p, rstd.p, rows, d, eps,
+                hasNext ? &next : nullptr, hasPrior ? &prior : nullptr);
     return undefinedValue(env);
   });
 }

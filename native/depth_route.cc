@@ -79,6 +79,46 @@ inline void dots(const float* s, const float* x, const float* y, i64 d, float* s
 #endif
 }
 
+// ss = s . s, sx = s . x, sy = s . y in one read of s (four accumulators per sum with AVX-512).
+inline void dots3(const float* s, const float* x, const float* y, i64 d, float* ss, float* sx, float* sy) {
+#if defined(__AVX512F__)
+  __m512 a[4], b[4], q[4];
+  for (int k = 0; k < 4; k++) a[k] = b[k] = q[k] = _mm512_setzero_ps();
+  i64 c = 0;
+  for (; c + 64 <= d; c += 64)
+    for (int k = 0; k < 4; k++) {
+      const __m512 sk = _mm512_loadu_ps(s + c + 16 * k);
+      q[k] = _mm512_fmadd_ps(sk, sk, q[k]);
+      a[k] = _mm512_fmadd_ps(sk, _mm512_loadu_ps(x + c + 16 * k), a[k]);
+      b[k] = _mm512_fmadd_ps(sk, _mm512_loadu_ps(y + c + 16 * k), b[k]);
+    }
+  for (; c < d; c += 16) {
+    const __mmask16 m = first_lanes(d - c);
+    const __m512 s0 = _mm512_maskz_loadu_ps(m, s + c);
+    q[0] = _mm512_fmadd_ps(s0, s0, q[0]);
+    a[0] = _mm512_fmadd_ps(s0, _mm512_maskz_loadu_ps(m, x + c), a[0]);
+    b[0] = _mm512_fmadd_ps(s0, _mm512_maskz_loadu_ps(m, y + c), b[0]);
+  }
+  const auto sum4 = [](const __m512* v) {
+    return hsum(_mm512_add_ps(_mm512_add_ps(v[0], v[1]), _mm512_add_ps(v[2], v[3])));
+  };
+  *ss = sum4(q);
+  *sx = sum4(a);
+  *sy = sum4(b);
+#else
+  float u = 0.0f, v = 0.0f, t = 0.0f;
+#pragma omp simd reduction(+ : u, v, t)
+  for (i64 c = 0; c < d; c++) {
+    t += s[c] * s[c];
+    u += s[c] * x[c];
+    v += s[c] * y[c];
+  }
+  *ss = t;
+  *sx = u;
+  *sy = v;
+#endif
+}
+
 // Prefetches row r of buf (d floats, every 64-byte line); rw: for writing.
 inline void prefetch_row(const float* buf, i64 d, bool rw) {
   if (rw)
@@ -103,56 +143,113 @@ inline bool ahead(i64 i, i64 r, i64 r0, i64 r1, i64 N, i64* ia, i64* ra) {
 }  // namespace
 
 void depth_route(const float* const* src, i64 N, const float* w, const float* g, const float* base,
-                 float* out, float* alpha, float* rstd, i64 rows, i64 d, float eps) {
-  std::vector<float> wg(d);  // w o g, the effective query on the un-normalised source
+                 float* out, float* alpha, float* rstd, i64 rows, i64 d, float eps, const RouteNext* next,
+                 const RoutePrior* prior) {
+  std::vector<float> wg(d), wg2(next != nullptr ? d : 0);  // w o g, the effective query on the raw source
   for (i64 c = 0; c < d; c++) wg[c] = w[c] * g[c];
+  if (next != nullptr)
+    for (i64 c = 0; c < d; c++) wg2[c] = next->w[c] * next->g[c];
   const float* q = wg.data();
+  const float* q2 = wg2.data();
+  const i64 i0 = prior != nullptr ? prior->n : 0;  // sources read here: i0 .. N-1
   const i64 nb = (rows + kRowBlock - 1) / kRowBlock;
-#pragma omp parallel if (rows * d * N >= kParallelMin)
+#pragma omp parallel if (rows * d * (N - i0 + 1) >= kParallelMin)
   {
     std::vector<double> l((size_t)kRowBlock * N);
+    std::vector<float> e2(next != nullptr ? (size_t)kRowBlock * N : 0);  // exp(l2 - m2), the next call's
+    std::vector<float> scale0(kRowBlock);  // the prior sum's weight exp(m0 - m) / z
 #pragma omp for schedule(static)
     for (i64 b = 0; b < nb; b++) {
       const i64 r0 = b * kRowBlock, r1 = std::min(rows, r0 + kRowBlock);
-      for (i64 i = 0; i < N; i++)
+      // pass 1: per source row, its rstd and logit (and the next call's logit)
+      for (i64 i = i0; i < N; i++)
         for (i64 r = r0; r < r1; r++) {
           i64 ia, ra;
           if (ahead(i, r, r0, r1, N, &ia, &ra)) prefetch_row(src[ia] + ra * d, d, false);
           const float* s = src[i] + r * d;
-          float ss, dot;
-          dots(s, s, q, d, &ss, &dot);
+          float ss, dot, dot2 = 0.0f;
+          if (next != nullptr)
+            dots3(s, q, q2, d, &ss, &dot, &dot2);
+          else
+            dots(s, s, q, d, &ss, &dot);
           const float rs = (float)(1.0 / std::sqrt(ss / (double)d + (double)eps));
           rstd[r * N + i] = rs;
           l[(r - r0) * N + i] = dot * rs;
+          if (next != nullptr) {
+            next->rstd[r * N + i] = rs;
+            next->logits[r * N + i] = dot2 * rs;
+          }
         }
+      // softmax per row (double); with a prior, over its logits too, its sum weighted by exp(m0 - m) / z
       for (i64 r = r0; r < r1; r++) {
         double* lr = l.data() + (r - r0) * N;
-        double mx = -INFINITY;
-        for (i64 i = 0; i < N; i++) mx = std::max(mx, lr[i]);
-        double z = 0.0;
-        for (i64 i = 0; i < N; i++) z += (lr[i] = std::exp(lr[i] - mx));
-        for (i64 i = 0; i < N; i++) alpha[r * N + i] = (float)(lr[i] / z);
+        double mx = -INFINITY, m0 = -INFINITY, z0 = 0.0;
+        if (prior != nullptr) {
+          m0 = prior->stats[2 * r];
+          z0 = prior->stats[2 * r + 1];
+          mx = m0;
+          for (i64 i = 0; i < i0; i++) {
+            lr[i] = prior->logits[r * i0 + i];
+            rstd[r * N + i] = prior->rstd[r * i0 + i];
+          }
+        }
+        for (i64 i = i0; i < N; i++) mx = std::max(mx, lr[i]);
+        double z = prior != nullptr ? z0 * std::exp(m0 - mx) : 0.0;
+        for (i64 i = i0; i < N; i++) z += std::exp(lr[i] - mx);
+        for (i64 i = 0; i < N; i++) alpha[r * N + i] = (float)(std::exp(lr[i] - mx) / z);
+        if (prior != nullptr) scale0[r - r0] = (float)(std::exp(m0 - mx) / z);
+        if (next != nullptr) {
+          const float* l2 = next->logits + r * N;
+          float* er = e2.data() + (r - r0) * N;
+          double m2 = -INFINITY, z2 = 0.0;
+          for (i64 i = 0; i < N; i++) m2 = std::max(m2, (double)l2[i]);
+          for (i64 i = 0; i < N; i++) {
+            const double e = std::exp((double)l2[i] - m2);
+            er[i] = (float)e;
+            z2 += e;
+          }
+          next->stats[2 * r] = (float)m2;
+          next->stats[2 * r + 1] = (float)z2;
+        }
       }
+      // pass 2: out = [base +] the weighted sum (starting from the prior's sum or source i0); the
+      // next call's unnormalised sum in the same sweep, while each source row is in cache
       for (i64 r = r0; r < r1; r++) {
-        const float a0 = alpha[r * N];
-        const float* s0 = src[0] + r * d;
+        const float a0 = prior != nullptr ? scale0[r - r0] : alpha[r * N];
+        const float* s0 = prior != nullptr ? prior->acc + r * d : src[0] + r * d;
+        const float* br = base != nullptr ? base + r * d : nullptr;
         float* o = out + r * d;
-        if (base != nullptr) {
-          const float* br = base + r * d;
+        if (br != nullptr) {
 #pragma omp simd
           for (i64 c = 0; c < d; c++) o[c] = br[c] + a0 * s0[c];
         } else {
 #pragma omp simd
           for (i64 c = 0; c < d; c++) o[c] = a0 * s0[c];
         }
+        if (next != nullptr) {
+          const float e = e2[(r - r0) * N];
+          float* acc = next->acc + r * d;
+#pragma omp simd
+          for (i64 c = 0; c < d; c++) acc[c] = e * s0[c];
+        }
       }
-      for (i64 i = 1; i < N; i++)
+      for (i64 i = prior != nullptr ? i0 : 1; i < N; i++)
         for (i64 r = r0; r < r1; r++) {
           const float a = alpha[r * N + i];
           const float* s = src[i] + r * d;
           float* o = out + r * d;
+          if (next != nullptr) {
+            const float e = e2[(r - r0) * N + i];
+            float* acc = next->acc + r * d;
 #pragma omp simd
-          for (i64 c = 0; c < d; c++) o[c] += a * s[c];
+            for (i64 c = 0; c < d; c++) {
+              o[c] += a * s[c];
+              acc[c] += e * s[c];
+            }
+          } else {
+#pragma omp simd
+            for (i64 c = 0; c < d; c++) o[c] += a * s[c];
+          }
         }
     }
   }

@@ -197,8 +197,28 @@ void ddl_step_backward(const float* x, const float* u, const float* c, const flo
 // ------------------------------------------------------------------ depth routing (depth_route.cc)
 // src: N pointers to [rows, d]; w, g [d]; out [rows, d]; alpha, rstd [rows, N]
 // base [rows, d] or null: out = base + sum_i alpha_i s_i
+// next (or null): the next routed call (query next->w, gain next->g) reads these N sources and more;
+// written for it: logits l2, rstd [rows, N], stats [rows, 2] = (m2 = max_i l2_i, z2 = sum_i e_i) and
+// acc [rows, d] = sum_i e_i s_i, e_i = exp(l2_i - m2).  prior (or null; never with next): such a
+// summary of src[0 .. n) for this call, whose sources are read from n on (out, alpha, rstd as without).
+struct RouteNext {
+  const float* w;
+  const float* g;
+  float* acc;
+  float* stats;
+  float* logits;
+  float* rstd;
+};
+struct RoutePrior {
+  const float* acc;
+  const float* stats;
+  const float* logits;
+  const float* rstd;
+  i64 n;
+};
 void depth_route(const float* const* src, i64 N, const float* w, const float* g, const float* base,
-                 float* out, float* alpha, float* rstd, i64 rows, i64 d, float eps);
+                 float* out, float* alpha, float* rstd, i64 rows, i64 d, float eps,
+                 const RouteNext* next = nullptr, const RoutePrior* prior = nullptr);
 // gsrc: N pointers to [rows, d] or null (skipped); gw, gg [d] written
 void depth_route_backward(const float* const* src, i64 N, const float* w, const float* g, const float* alpha,
                           const float* rstd, const float* gout, float* const* gsrc, float* gw, float* gg,

@@ -1291,6 +1291,166 @@ describe("depthRoute", () => {
   });
 });
 
+describe("depthRoute linked: a call computes the next call's share of its sources", () => {
+  /**
+   * Call A routes N sources and writes call B's summary of them (next); B routes those N and k more,
+   * reading only the k new ones (prior). Native linked A and B against the reference unlinked, and
+   * the reference linked against the reference unlinked (float64: equal to rounding).
+   */
+  for (const [rows, d, N, k] of [
+    [1, 1, 1, 1],
+    [13, 7, 2, 0], // B routes the same sources (a delta-block pair)
+    [67, 37, 3, 1],
+    [301, 129, 5, 2],
+    [70, 33, 25, 1], // threaded, rows not a multiple of 16
+  ])
+    for (const withBase of [false, true])
+      test(`rows=${rows} d=${d} N=${N} then ${k} more${withBase ? " with a base" : ""}`, () => {
+        const M = N + k;
+        const sources = Array.from({ length: M }, () => rnd(rows * d, -2, 2));
+        const [wA, wB] = [rnd(d, -2, 2), rnd(d, -2, 2)];
+        const [gA, gB] = [rnd(d, 0.5, 1.5), rnd(d, 0.5, 1.5)];
+        const base = withBase ? rnd(rows * d, -2, 2) : null;
+        const want = (n: number, w: Float32Array, g: Float32Array) => {
+          const o = {
+            out: new Float64Array(rows * d),
+            alpha: new Float64Array(rows * n),
+            rstd: new Float64Array(rows * n),
+          };
+          ref.depthRoute(
+            sources.slice(0, n).map(f64),
+            f64(w),
+            f64(g),
+            o.out,
+            o.alpha,
+            o.rstd,
+            rows,
+            d,
+            1e-6,
+            base && f64(base),
+          );
+          return o;
+        };
+        const [wantA, wantB] = [want(N, wA, gA), want(M, wB, gB)];
+        for (const be of ["native", "reference"] as const) {
+          const native = be === "native";
+          const buf = (n: number): Float32Array | Float64Array =>
+            native ? nans(n) : new Float64Array(n).fill(NaN);
+          const cast = (a: Float32Array) => (native ? a : f64(a));
+          const srcs = sources.map(cast);
+          const b = native ? nat : ref;
+          const check = (name: string, got: ArrayLike<number>, want: ArrayLike<number>, K: number) => {
+            if (native) closeDot(`${be} ${name}`, got, want, K);
+            else
+              for (let i = 0; i < want.length; i++)
+                assert.ok(
+                  Math.abs(got[i]! - want[i]!) <= 1e-12 * (1 + Math.abs(want[i]!)),
+                  `${name}[${i}]: ${got[i]} vs ${want[i]}`,
+                );
+          };
+          const next = {
+            w: cast(wB),
+            g: cast(gB),
+            acc: buf(rows * d),
+            stats: buf(rows * 2),
+            logits: buf(rows * N),
+            rstd: buf(rows * N),
+          };
+          const a = { out: buf(rows * d), alpha: buf(rows * N), rstd: buf(rows * N) };
+          b.depthRoute(
+            srcs.slice(0, N),
+            cast(wA),
+            cast(gA),
+            a.out,
+            a.alpha,
+            a.rstd,
+            rows,
+            d,
+            1e-6,
+            base && cast(base),
+            next,
+            null,
+          );
+          check("A out", a.out, wantA.out, d + N);
+          check("A alpha", a.alpha, wantA.alpha, d + N);
+          check("A rstd", a.rstd, wantA.rstd, d);
+          const bo = { out: buf(rows * d), alpha: buf(rows * M), rstd: buf(rows * M) };
+          const prior = { acc: next.acc, stats: next.stats, logits: next.logits, rstd: next.rstd, n: N };
+          // B's first N sources are never read: pass buffers of NaN in their place
+          const bsrcs = srcs.map((s, i) => (i < N ? buf(rows * d) : s));
+          b.depthRoute(
+            bsrcs,
+            cast(wB),
+            cast(gB),
+            bo.out,
+            bo.alpha,
+            bo.rstd,
+            rows,
+            d,
+            1e-6,
+            base && cast(base),
+            null,
+            prior,
+          );
+          check("B out", bo.out, wantB.out, d + M);
+          check("B alpha", bo.alpha, wantB.alpha, d + M);
+          check("B rstd", bo.rstd, wantB.rstd, d);
+        }
+      });
+  test("errors", () => {
+    const [rows, d] = [2, 4];
+    const call = (next: unknown, prior: unknown) => () =>
+      nat.depthRoute(
+        [rnd(8), rnd(8)],
+        rnd(4),
+        rnd(4),
+        rnd(8),
+        rnd(4),
+        rnd(4),
+        rows,
+        d,
+        1e-6,
+        null,
+        next as never,
+        prior as never,
+      );
+    const next = { w: rnd(4), g: rnd(4), acc: rnd(8), stats: rnd(4), logits: rnd(4), rstd: rnd(4) };
+    const prior = { acc: rnd(8), stats: rnd(4), logits: rnd(2), rstd: rnd(2), n: 1 };
+    call(next, null)();
+    call(null, prior)();
+    assert.throws(
+      call(next, prior),
+      /depthRoute: a call cannot both continue a prior sum and start the next call's/,
+    );
+    assert.throws(call({ ...next, acc: undefined }, null), /depthRoute: next\.acc must be a Float32Array/);
+    assert.throws(
+      call({ ...next, logits: rnd(3) }, null),
+      /depthRoute: next\.logits has 3 elements, needs 4/,
+    );
+    assert.throws(call(null, { ...prior, n: 3 }), /depthRoute: prior\.n must be in \[1, 2\], got 3/);
+    assert.throws(call(null, { ...prior, rstd: rnd(1) }), /depthRoute: prior\.rstd has 1 elements, needs 2/);
+    assert.throws(call(7, null), /depthRoute: next must be an object or null/);
+    assert.throws(
+      () =>
+        ref.depthRoute(
+          [new Float64Array(8)],
+          new Float64Array(4),
+          new Float64Array(4),
+          new Float64Array(8),
+          new Float64Array(2),
+          new Float64Array(2),
+          rows,
+          d,
+          1e-6,
+          null,
+          null,
+          { ...prior, n: 2 } as never,
+        ),
+      /depthRoute: prior\.n must be in \[1, 1\], got 2/,
+    );
+  });
+});
+
 describe("depthRouteSourceBackward and rowDot", () => {
   /**
    * K routed calls reading one source s (at a random column of each), and s2 too when given (at

@@ -205,3 +205,111 @@ describe("route: the rest of the engine is unchanged", () => {
     opt.dispose();
   });
 });
+
+describe("route linked to the next call (one read of the shared sources for two calls)", () => {
+  const eps = 1e-6;
+  const close = (got: number[], want: number[], what: string) =>
+    got.forEach((v, i) =>
+      assert.ok(Math.abs(v - want[i]!) <= 1e-12 * (1 + Math.abs(want[i]!)), `${what}[${i}]`),
+    );
+  test("the second call's output, α and gradients equal the unlinked call's", () => {
+    const xs = [
+      r([2, 3, 6], { lo: -2, hi: 2 }),
+      r([2, 3, 6], { lo: -2, hi: 2 }),
+      r([6]),
+      r([6], { lo: 0.5, hi: 1.5 }),
+    ];
+    const [wA, gA] = [r([6]), r([6], { lo: 0.5, hi: 1.5 })];
+    // a delta-like pair: call B routes A's sources and A's output's successor
+    const pass = (linked: boolean) => {
+      const [x0, x1, wB, gB] = xs as [Tensor, Tensor, Tensor, Tensor];
+      const h0 = ops.silu(x0);
+      const o0 = ops.exp(ops.scale(x1, 0.3));
+      const A = ops.route([h0, o0], wA, gA, eps, h0, linked ? { next: { w: wB, g: gB } } : {});
+      assert.equal(A.partial !== undefined, linked);
+      const o1 = ops.silu(A.out);
+      const B = ops.route([h0, o0, o1], wB, gB, eps, o1, linked ? { prior: A.partial! } : {});
+      if (linked) assert.ok(A.partial!.released, "the partial is released once used");
+      return { out: ops.sum(ops.mul(B.out, B.out)), alpha: B.alpha.toArray() };
+    };
+    const grads = (linked: boolean) => {
+      for (const x of xs) x.grad = null;
+      const { out, alpha } = pass(linked);
+      out.backward();
+      return { value: out.item(), alpha, grads: xs.map((x) => x.grad!.toArray()) };
+    };
+    const [plain, linked] = [grads(false), grads(true)];
+    close([linked.value], [plain.value], "loss");
+    close(linked.alpha, plain.alpha, "alpha");
+    linked.grads.forEach((g, i) => close(g, plain.grads[i]!, `grad ${i}`));
+  });
+  test("a partial fits only its own next call, once", () => {
+    const [s0, s1, s2] = [r([4, 5]), r([4, 5]), r([4, 5])];
+    const [w, g, w2, g2] = [r([5]), r([5]), r([5]), r([5])];
+    const { partial } = ops.route([s0, s1], w, g, eps, null, { next: { w: w2, g: g2 } });
+    assert.throws(
+      () => ops.route([s1, s0, s2], w2, g2, eps, null, { prior: partial! }),
+      /route: the partial sum belongs to another call \(its sources must begin this call's/,
+    );
+    assert.throws(
+      () => ops.route([s0, s1, s2], w, g2, eps, null, { prior: partial! }),
+      /belongs to another call/,
+    );
+    assert.throws(
+      () => ops.route([s0, s1], w, g, eps, null, { next: { w: w2, g: g2 }, prior: partial! }),
+      /route: a call cannot both continue a prior sum and start the next call's/,
+    );
+    ops.route([s0, s1, s2], w2, g2, eps, null, { prior: partial! });
+    assert.throws(
+      () => ops.route([s0, s1, s2], w2, g2, eps, null, { prior: partial! }),
+      /route: this partial sum has been used already/,
+    );
+    assert.throws(
+      () => ops.route([s0, s1], w, g, eps, null, { next: { w: r([4]), g: g2 } }),
+      /route: next query \[4\] and gain \[5\] must have 5 elements/,
+    );
+  });
+  for (const mode of ["delta", "attnres-full", "delta-block"] as const)
+    for (const sources of mode === "delta-block" ? ["outputs"] : ["outputs", "states"])
+      test(`${mode} over ${sources}: the forward links its calls in pairs, with the unlinked result`, () => {
+        const config = {
+          vocab_size: 32,
+          hidden_size: 16,
+          intermediate_size: 24,
+          num_hidden_layers: 3,
+          num_attention_heads: 4,
+          num_key_value_heads: 2,
+          max_position_embeddings: 16,
+          attnres_mode: mode === "attnres-full" ? "full" : mode.replace("-", "_"),
+          attnres_sources: sources,
+          attnres_num_blocks: 2,
+          ...(sources === "states" ? { attnres_gate_type: "learnable_alpha" } : {}),
+        };
+        const model = new DecoderLM(config as never, { backend: ref, dtype: "float64", seed: 3 });
+        // the gates start at zero; make the routed terms count
+        for (const [name, t] of model.namedParameters())
+          if (/_res_alpha$|_res_proj\./.test(name)) t.data.fill(0.3);
+        const ids = Int32Array.from({ length: 2 * 6 }, (_, i) => (i * 7) % 32);
+        const kernel = ref.depthRoute;
+        let linked = 0;
+        const logits = (strip: boolean) => {
+          ref.depthRoute = (...a: Parameters<typeof kernel>) => {
+            if (a[11]) linked++;
+            // stripped: every call reads all its sources itself
+            return strip ? kernel(...(a.slice(0, 10) as Parameters<typeof kernel>)) : kernel(...a);
+          };
+          try {
+            return tidy(() => model.forward(ids, 2, 6).toArray());
+          } finally {
+            ref.depthRoute = kernel;
+          }
+        };
+        const want = logits(true);
+        linked = 0;
+        const got = logits(false);
+        // 6 sublayers (+ the final routing in attnres-full): the last call of the chain is always linked
+        assert.ok(linked >= 2, `${linked} linked calls`);
+        close(got, want, "logits");
+        model.dispose();
+      });
+});

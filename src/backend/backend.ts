@@ -49,6 +49,30 @@ export interface RoutePair {
   cols: Int32Array;
 }
 
+/**
+ * depthRoute's summary of its N sources for the next routed call, which reads the same sources and
+ * more, with its own query w and gain g [d]. Written: logits [rows, N] (the next call's l_i) and
+ * rstd [rows, N] (the same as the call's own), stats [rows, 2] = (m, z) with m = max_i l_i and
+ * z = sum_i e_i, and acc [rows, d] = sum_i e_i s_i, where e_i = exp(l_i - m).
+ */
+export interface RouteNext {
+  w: Buf;
+  g: Buf;
+  acc: Buf;
+  stats: Buf;
+  logits: Buf;
+  rstd: Buf;
+}
+
+/** A RouteNext's buffers, read by the next call, which then reads only its sources from n on. */
+export interface RoutePrior {
+  acc: Buf;
+  stats: Buf;
+  logits: Buf;
+  rstd: Buf;
+  n: number;
+}
+
 export interface MemoryStats {
   /** Bytes of buffer memory currently allocated by this backend and not yet released to the system. */
   allocatedBytes: number;
@@ -286,7 +310,10 @@ export interface Backend {
    *   rstd[r, i] = 1/sqrt(mean_c s_i[r,c]^2 + eps);   k_i = s_i[r] * rstd[r, i] * g
    *   l_i = w . k_i;   alpha[r, :] = softmax_i(l);     out[r] = base[r] + sum_i alpha[r, i] * s_i[r]
    * (base [rows, d], or null for none). Writes out [rows, d], alpha [rows, N] and rstd [rows, N]
-   * (both kept for the backward).
+   * (both kept for the backward). With next, the same pass also writes the next call's summary of
+   * these sources (RouteNext); with prior (never both), sources 0 … n−1 are not read: their logits,
+   * rstd and weighted sum come from the summary an earlier call wrote, and the results are those of
+   * the call without it up to rounding. Two calls linked so read the shared sources once.
    */
   depthRoute(
     sources: readonly Buf[],
@@ -299,6 +326,8 @@ export interface Backend {
     d: number,
     eps: number,
     base: Buf | null,
+    next?: RouteNext | null,
+    prior?: RoutePrior | null,
   ): void;
   /**
    * Backward of depthRoute. Accumulates into gsources[i] [rows, d] for every i whose entry is

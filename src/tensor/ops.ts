@@ -670,6 +670,57 @@ export interface RouteResult {
   out: Tensor;
   /** Routing weights per row (token) and source, [..., N]; no gradient. */
   alpha: Tensor;
+  /** With `link.next`: the next call's share of these sources, for its `link.prior`. */
+  partial?: RoutePartial;
+}
+
+/**
+ * The next routed call's summary of the sources of an earlier call, computed in that call's pass
+ * (route's `link.next`; the buffers of RouteNext in src/backend/backend.ts): the next call, whose
+ * sources start with these same tensors and whose query and gain are w and g, then reads only its
+ * newer sources. Used once; its buffers are released by the call that uses it (or by release()).
+ */
+export class RoutePartial {
+  private bufs: Tensor[] | null;
+  constructor(
+    readonly sources: readonly Tensor[],
+    readonly w: Tensor,
+    readonly g: Tensor,
+    /** acc [rows, d], stats [rows, 2], logits and rstd [rows, N]. */
+    readonly acc: Tensor,
+    readonly stats: Tensor,
+    readonly logits: Tensor,
+    readonly rstd: Tensor,
+  ) {
+    this.bufs = [acc, stats, logits, rstd];
+  }
+  /** Whether a call over `sources` with query w and gain g can continue from this summary. */
+  fits(sources: readonly Tensor[], w: Tensor, g: Tensor): boolean {
+    return (
+      this.bufs !== null &&
+      w === this.w &&
+      g === this.g &&
+      sources.length >= this.sources.length &&
+      this.sources.every((s, i) => sources[i] === s)
+    );
+  }
+  get released(): boolean {
+    return this.bufs === null;
+  }
+  release(): void {
+    for (const t of this.bufs ?? []) t.dispose();
+    this.bufs = null;
+  }
+}
+
+/**
+ * A route call's link to its neighbours in a chain of routed calls: `next` (the next call's query
+ * and gain) also computes that call's share of these sources (returned as `partial`); `prior`
+ * continues from such a share (its sources must begin this call's, its router be this call's).
+ */
+export interface RouteLink {
+  next?: { w: Tensor; g: Tensor } | null;
+  prior?: RoutePartial | null;
 }
 
 /**
@@ -698,6 +749,7 @@ export function route(
   g: Tensor,
   eps: number,
   base: Tensor | null = null,
+  link: RouteLink = {},
 ): RouteResult {
   const op = "route";
   const sources = [...sourceList]; // a snapshot: callers may keep appending to their list
@@ -717,6 +769,34 @@ export function route(
   const out = like(first, first.shape);
   const alpha = like(first, [...first.shape.slice(0, -1), N]);
   const rstd = like(first, [rows, N]);
+  const { next = null, prior = null } = link;
+  if (next && prior)
+    throw new Error(`${op}: a call cannot both continue a prior sum and start the next call's`);
+  if (prior && !prior.fits(sources, w, g))
+    throw new Error(
+      prior.released
+        ? `${op}: this partial sum has been used already`
+        : `${op}: the partial sum belongs to another call (its sources must begin this call's, its query and gain be this call's)`,
+    );
+  if (next) {
+    checkSame(op, first, next.w, next.g);
+    if (next.w.size !== d || next.g.size !== d)
+      throw new Error(
+        `${op}: next query ${fmt(next.w.shape)} and gain ${fmt(next.g.shape)} must have ${d} elements`,
+      );
+  }
+  const partial = next
+    ? new RoutePartial(
+        sources,
+        next.w,
+        next.g,
+        like(first, [rows, d]),
+        like(first, [rows, 2]),
+        like(first, [rows, N]),
+        like(first, [rows, N]),
+      )
+    : undefined;
+  // with a prior, sources 0 … n−1 are not read (the kernel takes their summary instead)
   const bufs = sources.map((s) => s.data);
   first.backend.depthRoute(
     bufs,
@@ -729,7 +809,27 @@ export function route(
     d,
     eps,
     base ? base.data : null,
+    partial
+      ? {
+          w: next!.w.data,
+          g: next!.g.data,
+          acc: partial.acc.data,
+          stats: partial.stats.data,
+          logits: partial.logits.data,
+          rstd: partial.rstd.data,
+        }
+      : null,
+    prior
+      ? {
+          acc: prior.acc.data,
+          stats: prior.stats.data,
+          logits: prior.logits.data,
+          rstd: prior.rstd.data,
+          n: prior.sources.length,
+        }
+      : null,
   );
+  prior?.release();
   const inputs = base ? [...sources, w, g, base] : [...sources, w, g];
   // base's gradient is gy itself (an entry only when there is a base)
   const baseGrad = (gy: Tensor): (Tensor | null)[] => (base ? [base.requiresGrad ? gy : null] : []);
@@ -777,7 +877,7 @@ export function route(
     return [...res, w.requiresGrad ? param("w") : null, g.requiresGrad ? param("g") : null, ...baseGrad(gy)];
   };
   record(out, op, inputs, (gy) => whole(gy, []), deferred);
-  return { out, alpha };
+  return partial ? { out, alpha, partial } : { out, alpha };
 }
 
 /** The backward state of one route call whose source gradients are deferred. */

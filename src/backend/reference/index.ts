@@ -573,37 +573,86 @@ export const referenceBackend: Backend = {
     }
   },
 
-  depthRoute(sources, w, g, out, alpha, rstd, rows, d, eps, base) {
+  depthRoute(sources, w, g, out, alpha, rstd, rows, d, eps, base, next, prior) {
+    const op = "depthRoute";
     const N = sources.length;
-    if (N === 0) throw new Error("depthRoute: no sources");
-    if (base) need("depthRoute", "base", base, rows * d);
-    sources.forEach((s, i) => need("depthRoute", `source ${i}`, s, rows * d));
-    need("depthRoute", "w", w, d);
-    need("depthRoute", "g", g, d);
-    need("depthRoute", "out", out, rows * d);
-    need("depthRoute", "alpha", alpha, rows * N);
-    need("depthRoute", "rstd", rstd, rows * N);
+    if (N === 0) throw new Error(`${op}: no sources`);
+    if (next && prior)
+      throw new Error(`${op}: a call cannot both continue a prior sum and start the next call's`);
+    if (base) need(op, "base", base, rows * d);
+    const n0 = prior ? prior.n : 0; // sources read here: n0 … N−1
+    if (prior && !(Number.isInteger(n0) && n0 >= 1 && n0 <= N))
+      throw new Error(`${op}: prior.n must be in [1, ${N}], got ${n0}`);
+    sources.forEach((s, i) => {
+      if (i >= n0) need(op, `source ${i}`, s, rows * d);
+    });
+    need(op, "w", w, d);
+    need(op, "g", g, d);
+    need(op, "out", out, rows * d);
+    need(op, "alpha", alpha, rows * N);
+    need(op, "rstd", rstd, rows * N);
+    if (next) {
+      need(op, "next.w", next.w, d);
+      need(op, "next.g", next.g, d);
+      need(op, "next.acc", next.acc, rows * d);
+      need(op, "next.stats", next.stats, rows * 2);
+      need(op, "next.logits", next.logits, rows * N);
+      need(op, "next.rstd", next.rstd, rows * N);
+    }
+    if (prior) {
+      need(op, "prior.acc", prior.acc, rows * d);
+      need(op, "prior.stats", prior.stats, rows * 2);
+      need(op, "prior.logits", prior.logits, rows * n0);
+      need(op, "prior.rstd", prior.rstd, rows * n0);
+    }
+    // logit of source i's row r under query wq and gain gq, given its rstd
+    const logit = (i: number, r: number, rs: number, wq: Buf, gq: Buf): number => {
+      let dot = 0;
+      for (let c = 0; c < d; c++) dot += wq[c]! * sources[i]![r * d + c]! * rs * gq[c]!;
+      return dot;
+    };
     const l = new Float64Array(N);
     for (let r = 0; r < rows; r++) {
-      let mx = -Infinity;
-      for (let i = 0; i < N; i++) {
+      for (let i = n0; i < N; i++) {
         const s = sources[i]!;
         let ss = 0;
         for (let c = 0; c < d; c++) ss += s[r * d + c]! * s[r * d + c]!;
         rstd[r * N + i] = 1 / Math.sqrt(ss / d + eps);
-        const rs = rstd[r * N + i]!;
-        let dot = 0;
-        for (let c = 0; c < d; c++) dot += w[c]! * s[r * d + c]! * rs * g[c]!;
-        l[i] = dot;
-        if (dot > mx) mx = dot;
+        l[i] = logit(i, r, rstd[r * N + i]!, w, g);
       }
-      let z = 0;
-      for (let i = 0; i < N; i++) z += Math.exp(l[i]! - mx);
+      // the prior's sources: their logits and rstd as the earlier call wrote them
+      for (let i = 0; i < n0; i++) {
+        l[i] = prior!.logits[r * n0 + i]!;
+        rstd[r * N + i] = prior!.rstd[r * n0 + i]!;
+      }
+      const m0 = prior ? prior.stats[2 * r]! : -Infinity;
+      let mx = m0;
+      for (let i = n0; i < N; i++) if (l[i]! > mx) mx = l[i]!;
+      let z = prior ? prior.stats[2 * r + 1]! * Math.exp(m0 - mx) : 0;
+      for (let i = n0; i < N; i++) z += Math.exp(l[i]! - mx);
       for (let i = 0; i < N; i++) alpha[r * N + i] = Math.exp(l[i]! - mx) / z;
+      const priorWeight = prior ? Math.exp(m0 - mx) / z : 0;
       for (let c = 0; c < d; c++) {
-        let acc = 0;
-        for (let i = 0; i < N; i++) acc += alpha[r * N + i]! * sources[i]![r * d + c]!;
+        let acc = prior ? priorWeight * prior.acc[r * d + c]! : 0;
+        for (let i = n0; i < N; i++) acc += alpha[r * N + i]! * sources[i]![r * d + c]!;
         out[r * d + c] = base ? base[r * d + c]! + acc : acc;
+      }
+      if (next) {
+        for (let i = 0; i < N; i++) {
+          next.rstd[r * N + i] = rstd[r * N + i]!;
+          next.logits[r * N + i] = logit(i, r, rstd[r * N + i]!, next.w, next.g);
+        }
+        let m = -Infinity;
+        for (let i = 0; i < N; i++) m = Math.max(m, next.logits[r * N + i]!);
+        let z2 = 0;
+        for (let i = 0; i < N; i++) z2 += Math.exp(next.logits[r * N + i]! - m);
+        next.stats[2 * r] = m;
+        next.stats[2 * r + 1] = z2;
+        for (let c = 0; c < d; c++) {
+          let acc = 0;
+          for (let i = 0; i < N; i++) acc += Math.exp(next.logits[r * N + i]! - m) * sources[i]![r * d + c]!;
+          next.acc[r * d + c] = acc;
+        }
       }
     }
   },

@@ -15,7 +15,6 @@ import { add, mul, sub } from "../../tensor/ops.js";
 import type { Tensor } from "../../tensor/tensor.js";
 import type { ModelConfig } from "../config.js";
 import {
-  type CallKey,
   type ModeDef,
   type ModeHost,
   type ModeRun,
@@ -28,6 +27,7 @@ import {
   addRouter,
   ROUTED_PARAMS,
   ROUTED_ZERO_PARAMS,
+  RouteChain,
   routeTraced,
   type Router,
   sublayerRouters,
@@ -45,25 +45,38 @@ export class FullRouters {
     this.routers = sublayerRouters(c, host, ctx);
     this.final = addRouter(host.body, "final", c, ctx);
   }
+  /** Routes sources with call j's router (j = J: the final one), as call j of chain. */
+  route(j: number, sources: Tensor[], trace: Trace | null, chain: RouteChain, base: Tensor | null = null) {
+    const J = this.routers.length;
+    const r = j < J ? this.routers[j]! : this.final;
+    const next = j < J - 1 ? this.routers[j + 1]! : j === J - 1 ? this.final : null;
+    return routeTraced(j < J ? j : "final", sources, r, this.eps, trace, base, { chain, k: j, next });
+  }
+  /** The chain of one forward pass's J + 1 routed calls. */
+  chain(): RouteChain {
+    return new RouteChain(this.routers.length + 1);
+  }
 }
 
 class FullRun implements ModeRun {
   private readonly sources: Tensor[];
+  private readonly chain: RouteChain;
   constructor(
     private readonly p: FullRouters,
     h0: Tensor,
     private readonly trace: Trace | null,
   ) {
     this.sources = [h0];
+    this.chain = p.chain();
   }
   input(j: number): Tensor {
-    return routeTraced(j, this.sources, this.p.routers[j]!, this.p.eps, this.trace);
+    return this.p.route(j, this.sources, this.trace, this.chain);
   }
   update(_j: number, _x: Tensor, r: SublayerResult): void {
     this.sources.push(r.out);
   }
   end(): Tensor {
-    return routeTraced("final", this.sources, this.p.final, this.p.eps, this.trace);
+    return this.p.route(this.p.routers.length, this.sources, this.trace, this.chain);
   }
 }
 
@@ -79,27 +92,29 @@ class StatesParams extends FullRouters {
 
 class StatesRun implements ModeRun {
   private readonly states: Tensor[];
+  private readonly chain: RouteChain;
   constructor(
     private readonly p: StatesParams,
     h0: Tensor,
     private readonly trace: Trace | null,
   ) {
     this.states = [h0];
+    this.chain = p.chain();
   }
-  /** s + a (route(states) − s), s the latest state. */
-  private gated(key: CallKey, r: Router, a: Tensor): Tensor {
+  /** s + a (route(states) − s), s the latest state; call j (J: the final one). */
+  private gated(j: number, a: Tensor): Tensor {
     const s = this.states[this.states.length - 1]!;
-    return add(s, mul(sub(routeTraced(key, this.states, r, this.p.eps, this.trace), s), a));
+    return add(s, mul(sub(this.p.route(j, [...this.states], this.trace, this.chain), s), a));
   }
   input(j: number): Tensor {
     this.trace?.streams.set(j, this.states[this.states.length - 1]!);
-    return this.gated(j, this.p.routers[j]!, this.p.gates[j]!);
+    return this.gated(j, this.p.gates[j]!);
   }
   update(_j: number, x: Tensor, r: SublayerResult): void {
     this.states.push(add(x, r.out));
   }
   end(): Tensor {
-    return this.gated("final", this.p.final, this.p.finalGate);
+    return this.gated(this.p.routers.length, this.p.finalGate);
   }
 }
 

@@ -19,19 +19,28 @@ import {
   type Trace,
 } from "./mode.js";
 import type { ModelConfig } from "../config.js";
-import { AdditiveParams, outputSourceLabel, ROUTED_PARAMS, ROUTED_ZERO_PARAMS } from "./routing.js";
+import {
+  AdditiveParams,
+  outputSourceLabel,
+  ROUTED_PARAMS,
+  type RouteChain,
+  ROUTED_ZERO_PARAMS,
+} from "./routing.js";
 
 class DeltaBlockRun implements ModeRun {
   private readonly sources: Tensor[] = [];
   private blockStart: Tensor | null = null;
+  private readonly chain: RouteChain | null;
   constructor(
     private readonly p: AdditiveParams,
     private readonly P: number,
     private h: Tensor,
     private readonly trace: Trace | null,
-  ) {}
+  ) {
+    this.chain = p.chain();
+  }
   input(j: number): Tensor {
-    const x = this.p.input(j, this.h, [...this.sources], this.trace);
+    const x = this.p.input(j, this.h, [...this.sources], this.trace, this.chain);
     if (opensBlock(j, this.P)) {
       this.sources.push(this.blockStart ? sub(this.h, this.blockStart) : this.h);
       this.blockStart = this.h;

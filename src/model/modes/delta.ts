@@ -13,18 +13,27 @@ import { add } from "../../tensor/ops.js";
 import type { Tensor } from "../../tensor/tensor.js";
 import { DeltaDecodeRun, isDecodeRow } from "./delta-decode.js";
 import { type ModeDef, type ModeRun, routedMemory, type SublayerResult, type Trace } from "./mode.js";
-import { AdditiveParams, ROUTED_PARAMS, ROUTED_ZERO_PARAMS, sublayerSourceLabel } from "./routing.js";
+import {
+  AdditiveParams,
+  ROUTED_PARAMS,
+  type RouteChain,
+  ROUTED_ZERO_PARAMS,
+  sublayerSourceLabel,
+} from "./routing.js";
 
 class DeltaRun implements ModeRun {
   private readonly outs: Tensor[] = [];
+  private readonly chain: RouteChain | null;
   constructor(
     private readonly p: AdditiveParams,
     private readonly h0: Tensor,
     private h: Tensor,
     private readonly trace: Trace | null,
-  ) {}
+  ) {
+    this.chain = p.chain();
+  }
   input(j: number): Tensor {
-    return this.p.input(j, this.h, j === 0 ? [] : [this.h0, ...this.outs], this.trace);
+    return this.p.input(j, this.h, j === 0 ? [] : [this.h0, ...this.outs], this.trace, this.chain);
   }
   update(_j: number, _x: Tensor, r: SublayerResult): void {
     this.outs.push(r.out);
@@ -37,15 +46,17 @@ class DeltaRun implements ModeRun {
 
 class DeltaStatesRun implements ModeRun {
   private readonly states: Tensor[];
+  private readonly chain: RouteChain | null;
   constructor(
     private readonly p: AdditiveParams,
     private h: Tensor,
     private readonly trace: Trace | null,
   ) {
     this.states = [h];
+    this.chain = p.chain();
   }
   input(j: number): Tensor {
-    return this.p.input(j, this.h, j === 0 ? [] : [...this.states], this.trace);
+    return this.p.input(j, this.h, j === 0 ? [] : [...this.states], this.trace, this.chain);
   }
   update(_j: number, _x: Tensor, r: SublayerResult): void {
     this.h = add(this.h, r.out);

@@ -7,7 +7,7 @@
  */
 import { Linear, RMSNorm } from "../../nn/layers.js";
 import type { InitContext, Module } from "../../nn/module.js";
-import { add, expand, mul, route } from "../../tensor/ops.js";
+import { add, expand, mul, route, type RouteLink, type RoutePartial } from "../../tensor/ops.js";
 import type { Tensor } from "../../tensor/tensor.js";
 import type { ModelConfig } from "../config.js";
 import {
@@ -49,8 +49,33 @@ export function sublayerScalars(host: ModeHost, name: string, value: number, ctx
 }
 
 /**
+ * The routed calls of one forward pass over a growing source list (each call's sources begin with
+ * the sources of the call before it), numbered 0 … count−1. Calls pair up so that the last call is
+ * the second of a pair: the first of a pair, given the second's router, computes the second's share
+ * of their common sources in its own pass (route's `link`), and the second reads only its newer
+ * sources — one read of the shared sources for two calls. Results equal unlinked calls up to
+ * rounding; the backward does not change.
+ */
+export class RouteChain {
+  private partial: RoutePartial | null = null;
+  constructor(private readonly count: number) {}
+  /** The link of call k (next: the router of call k + 1, if any). */
+  link(k: number, sources: readonly Tensor[], r: Router, next: Router | null): RouteLink {
+    const held = this.partial;
+    this.partial = null;
+    if (held?.fits(sources, r.w, r.g)) return { prior: held };
+    held?.release();
+    return next && (this.count - k) % 2 === 0 ? { next } : {};
+  }
+  keep(partial: RoutePartial | undefined): void {
+    this.partial = partial ?? null;
+  }
+}
+
+/**
  * route(sources) with router r → [B, T, d] (plus base when given, in the same kernel); α and the
- * sources go to the trace under `key`.
+ * sources go to the trace under `key`. With a chain, call k of it (`at`, with the next call's
+ * router).
  */
 export function routeTraced(
   key: CallKey,
@@ -59,8 +84,11 @@ export function routeTraced(
   eps: number,
   trace: Trace | null,
   base: Tensor | null = null,
+  at: { chain: RouteChain; k: number; next: Router | null } | null = null,
 ): Tensor {
-  const { out, alpha } = route(sources, r.w, r.g, eps, base);
+  const link = at ? at.chain.link(at.k, sources, r, at.next) : {};
+  const { out, alpha, partial } = route(sources, r.w, r.g, eps, base, link);
+  at?.chain.keep(partial);
   trace?.alphas.set(key, alpha);
   trace?.sources.set(key, [...sources]);
   return out;
@@ -85,14 +113,19 @@ export class AdditiveParams {
           this.gates.push(layer.param(`${kind}_res_alpha`, [], { kind: "const", value: 0 }, ctx));
       }
   }
+  /** One forward pass's chain of routed calls (none with null sources: they differ per call). */
+  chain(): RouteChain | null {
+    return this.nulls.length ? null : new RouteChain(this.routers.length);
+  }
   /** x_j = h + [a_j ·] route([null_j] + S); h itself when there is nothing to route. */
-  input(j: number, h: Tensor, S: Tensor[], trace: Trace | null): Tensor {
+  input(j: number, h: Tensor, S: Tensor[], trace: Trace | null, chain: RouteChain | null): Tensor {
     trace?.streams.set(j, h);
     const src = this.nulls.length ? [expand(this.nulls[j]!, h.shape), ...S] : S;
     if (src.length === 0) return h;
-    if (!this.gates.length) return routeTraced(j, src, this.routers[j]!, this.eps, trace, h); // h + route, fused
-    const r = routeTraced(j, src, this.routers[j]!, this.eps, trace);
-    return add(h, mul(r, this.gates[j]!));
+    const at = chain && { chain, k: j, next: this.routers[j + 1] ?? null };
+    const r = this.routers[j]!;
+    if (!this.gates.length) return routeTraced(j, src, r, this.eps, trace, h, at); // h + route, fused
+    return add(h, mul(routeTraced(j, src, r, this.eps, trace, null, at), this.gates[j]!));
   }
 }
 

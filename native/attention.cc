@@ -260,7 +260,9 @@ static void strip_abT(const float* A, i64 lda, i64 R, const float* BT, i64 ldt, 
 static float strip_pv(const float* P, i64 ldp, i64 R, const float* V, i64 ldv, i64 n, i64 D, float alpha,
                       float* O, i64 ldo) {
   alignas(64) float tile[4 * 64];
-  float bad = 0.0f;
+  // the outputs times 0, summed per lane and across lanes once at the end
+  const __m512 av = _mm512_set1_ps(alpha), zero = _mm512_setzero_ps();
+  __m512 bad = zero;
   for (i64 r0 = 0; r0 < R; r0 += 4) {
     const float* p[4];
     for (i64 r = 0; r < 4; r++) p[r] = P + std::min(r0 + r, R - 1) * ldp;
@@ -270,15 +272,16 @@ static float strip_pv(const float* P, i64 ldp, i64 R, const float* V, i64 ldv, i
       for (i64 r = 0; r < std::min<i64>(4, R - r0); r++) {
         float* o = O + (r0 + r) * ldo + c0;
         const float* t = tile + r * 64;
-#pragma omp simd reduction(+ : bad)
-        for (i64 c = 0; c < w; c++) {
-          o[c] = alpha * t[c];
-          bad += o[c] * 0.0f;
+        for (i64 c = 0; c < w; c += 16) {
+          const __mmask16 m = first_lanes(w - c);
+          const __m512 x = _mm512_mul_ps(av, _mm512_load_ps(t + c));
+          _mm512_mask_storeu_ps(o + c, m, x);
+          bad = _mm512_fmadd_ps(x, zero, bad);  // lanes past w hold 0 (tile_wx zeroes them)
         }
       }
     }
   }
-  return bad;
+  return hsum(bad);
 }
 
 // G[j * ldg + c] += alpha * sum_{r<R} W[r * ldw + j] * X[r * ldx + c]   for j < n, c < D. W's rows are
@@ -287,7 +290,8 @@ static float strip_pv(const float* P, i64 ldp, i64 R, const float* V, i64 ldv, i
 static float update_keys(const float* W, i64 ldw, i64 R, const float* X, i64 ldx, i64 n, i64 D, float alpha,
                          float* G, i64 ldg) {
   alignas(64) float tile[4 * 64];
-  float bad = 0.0f;
+  const __m512 av = _mm512_set1_ps(alpha), zero = _mm512_setzero_ps();
+  __m512 bad = zero;
   for (i64 j0 = 0; j0 < n; j0 += 4) {
     const i64 kn = std::min<i64>(4, n - j0);
     for (i64 c0 = 0; c0 < D; c0 += 64) {
@@ -296,15 +300,16 @@ static float update_keys(const float* W, i64 ldw, i64 R, const float* X, i64 ldx
       for (i64 u = 0; u < kn; u++) {
         float* g = G + (j0 + u) * ldg + c0;
         const float* t = tile + u * 64;
-#pragma omp simd reduction(+ : bad)
-        for (i64 c = 0; c < w; c++) {
-          g[c] += alpha * t[c];
-          bad += g[c] * 0.0f;
+        for (i64 c = 0; c < w; c += 16) {
+          const __mmask16 m = first_lanes(w - c);
+          const __m512 x = _mm512_fmadd_ps(av, _mm512_load_ps(t + c), _mm512_maskz_loadu_ps(m, g + c));
+          _mm512_mask_storeu_ps(g + c, m, x);
+          bad = _mm512_fmadd_ps(x, zero, bad);  // lanes past w: 0 from the masked load and the tile
         }
       }
     }
   }
-  return bad;
+  return hsum(bad);
 }
 
 // Row r of a score strip in place -> softmax over its first lim entries, zero in [lim, n); returns the
@@ -411,6 +416,9 @@ static bool attention_backward_tiled(const float* q, const float* k, const float
             const i64 n = round16(lmax);
             float* ps = P.data() + s0 * ldt;
             float* ds = dS.data() + s0 * ldt;
+            for (i64 r = 0; r < R; r++)  // the forward's output rows, read below (di), while the strips run
+              for (i64 c = 0; c < D; c += 16)
+                _mm_prefetch((const char*)(op + (s0 + r) * ldq + c), _MM_HINT_T0);
             if (n > 0) {
               strip_abT(qp + s0 * ldq, ldq, R, KT.data(), ldt, n, D, scale, ps, ldt);
               strip_abT(gop + s0 * ldq, ldq, R, VT.data(), ldt, n, D, 1.0f, ds, ldt);

@@ -212,10 +212,11 @@ void decode_attention(const float* q, const float* k, const float* v, const floa
   std::vector<float> qr((size_t)(Hq * D));
   for (i64 h = 0; h < Hq; h++) norm_rope(q + h * D, qw, eps, cs, sn, qr.data() + h * D, D);
   std::vector<float> S((size_t)(Hq * Tk));  // scores, then probabilities: row h is query head h
-  // Threads only for long caches (the threshold of attention.cc's one-row case, Hq · Tk · D ≥ 2^20:
-  // below it a parallel region costs more than it saves, and far more on a loaded machine).
+  // Threads over kv heads once Hq · Tk · D ≥ 2^15 (at 12 heads of 64, from 43 cached keys on): the
+  // cache streams from memory during decoding (the weights in between evict it), and two threads read
+  // it faster than one. Below that a parallel region costs more than it saves.
   const bool par =
-      !omp_in_parallel() && omp_get_max_threads() > 1 && Hkv > 1 && Hq * Tk * D >= ((i64)1 << 20);
+      !omp_in_parallel() && omp_get_max_threads() > 1 && Hkv > 1 && Hq * Tk * D >= ((i64)1 << 15);
 #pragma omp parallel for schedule(static) if (par)
   for (i64 g = 0; g < Hkv; g++) {
     float* s = S.data() + g * G * Tk;

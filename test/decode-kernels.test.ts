@@ -53,8 +53,10 @@ describe("decodeAttention", () => {
     [3, 1, 6, 4, true], // odd heads per group, a head dim below the vector width
     [4, 2, 18, 37, true],
     [6, 3, 34, 9, false],
-    [16, 8, 128, 150, true], // the Qwen3-0.6B head layout
-    [16, 8, 128, 520, true], // … with a cache long enough for two threads (Hq · Tk · D ≥ 2^20)
+    [16, 8, 128, 150, true], // the Qwen3-0.6B head layout (threaded: Hq · Tk · D ≥ 2^15)
+    [4, 2, 16, 300, false], // just below the threshold (Hq · Tk · D = 19264: one thread)
+    [4, 2, 16, 520, false], // just above it (33344: two threads)
+    [16, 8, 128, 520, true], // the Qwen3-0.6B layout with a longer cache
     [12, 4, 64, 1400, false], // the 125M shape's heads, threaded
   ];
   for (const [Hq, Hkv, D, pos, qkNorm] of cases)

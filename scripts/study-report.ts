@@ -1180,9 +1180,16 @@ else {
 }
 
 const allParts = [main, ...depthParts.map(([, c]) => c), sh, ...extraParts];
-const machines = [
-  ...new Set(allParts.flatMap((c) => c?.runs.map((r) => r.record.machine ?? "not recorded") ?? [])),
-];
+// each machine description the runs recorded (the backend's description changed between versions
+// of attnres on the same machine), with how many runs it covers
+const machineRuns = new Map<string, number>();
+for (const m of allParts.flatMap(
+  (c) => c?.runs.filter((r) => !r.record.reusedFrom).map((r) => r.record.machine ?? "not recorded") ?? [],
+))
+  machineRuns.set(m, (machineRuns.get(m) ?? 0) + 1);
+const machines = [...machineRuns].map(([m, n]) =>
+  machineRuns.size > 1 ? `[${m}] (${n} run${n === 1 ? "" : "s"})` : m,
+);
 const standardParams = main ? summaryOf(main, "standard")?.params : undefined;
 const lines = [
   heading(1, "Do the papers' claims hold at laptop scale?"),

@@ -1356,45 +1356,41 @@ describe("depthRoute linked: a call computes the next call's share of its source
             logits: buf(rows * N),
             rstd: buf(rows * N),
           };
-          const a = { out: buf(rows * d), alpha: buf(rows * N), rstd: buf(rows * N) };
-          b.depthRoute(
-            srcs.slice(0, N),
-            cast(wA),
-            cast(gA),
-            a.out,
-            a.alpha,
-            a.rstd,
-            rows,
-            d,
-            1e-6,
-            base && cast(base),
-            next,
-            null,
-          );
-          check("A out", a.out, wantA.out, d + N);
-          check("A alpha", a.alpha, wantA.alpha, d + N);
-          check("A rstd", a.rstd, wantA.rstd, d);
-          const bo = { out: buf(rows * d), alpha: buf(rows * M), rstd: buf(rows * M) };
+          // one call of this backend over n sources (poisoned outputs), checked against want
+          const call = (
+            name: string,
+            callSrcs: (Float32Array | Float64Array)[],
+            w: Float32Array,
+            g: Float32Array,
+            want: { out: Float64Array; alpha: Float64Array; rstd: Float64Array },
+            nx: Parameters<Backend["depthRoute"]>[10],
+            prior: Parameters<Backend["depthRoute"]>[11],
+          ) => {
+            const n = callSrcs.length;
+            const o = { out: buf(rows * d), alpha: buf(rows * n), rstd: buf(rows * n) };
+            b.depthRoute(
+              callSrcs,
+              cast(w),
+              cast(g),
+              o.out,
+              o.alpha,
+              o.rstd,
+              rows,
+              d,
+              1e-6,
+              base && cast(base),
+              nx,
+              prior,
+            );
+            check(`${name} out`, o.out, want.out, d + n);
+            check(`${name} alpha`, o.alpha, want.alpha, d + n);
+            check(`${name} rstd`, o.rstd, want.rstd, d);
+          };
+          call("A", srcs.slice(0, N), wA, gA, wantA, next, null);
           const prior = { acc: next.acc, stats: next.stats, logits: next.logits, rstd: next.rstd, n: N };
           // B's first N sources are never read: pass buffers of NaN in their place
           const bsrcs = srcs.map((s, i) => (i < N ? buf(rows * d) : s));
-          b.depthRoute(
-            bsrcs,
-            cast(wB),
-            cast(gB),
-            bo.out,
-            bo.alpha,
-            bo.rstd,
-            rows,
-            d,
-            1e-6,
-            base && cast(base),
-            null,
-            prior,
-          );
-          check("B out", bo.out, wantB.out, d + M);
-          check("B alpha", bo.alpha, wantB.alpha, d + M);
-          check("B rstd", bo.rstd, wantB.rstd, d);
+          call("B", bsrcs, wB, gB, wantB, null, prior);
         }
       });
   test("errors", () => {

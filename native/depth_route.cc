@@ -17,11 +17,15 @@
 // one read of [rows, d] per (call, source) pair instead of three. Given a second source s2 that the same K
 // calls read (src/tensor/ops.ts pairs a source with the one before it), its gradient gs2 is written in the
 // same pass while each gout row is in L1: one read of each gout per two sources.
-// Rows are processed in blocks of kRowBlock rows, spread over OpenMP threads; inside a block every
-// pass walks one source at a time over the block's rows (long sequential runs for the hardware
-// prefetcher, the block's source rows stay in L2 between passes). Sums over d accumulate in float
-// across the SIMD lanes (64 partial sums with AVX-512: four accumulators of 16), accurate to ~1e-6 relative
-// for d in the thousands; sums over sources (softmax, dl) use double.
+// The forward reads each source row once: per block of kRouteRows rows it walks one source at a time
+// over the block's rows (long sequential runs for the hardware prefetcher), computes the row's rstd
+// and logit, and adds the row at once to a running softmax sum (online: a larger logit rescales the
+// sum so far), which stays in cache for the block; out = [base +] sum / z at the end of the block.
+// The deferred backward walks blocks of kRouteRows rows the same way, one call's gout after another;
+// the one-call backward (depth_route_backward) uses blocks of kRowBlock rows, in two passes.
+// All of them spread blocks over OpenMP threads. Sums over d accumulate in float across the SIMD
+// lanes (64 partial sums with AVX-512: four accumulators of 16), accurate to ~1e-6 relative for d in
+// the thousands; sums over sources (softmax, dl) use double.
 #include <omp.h>
 
 #include <algorithm>
@@ -38,8 +42,9 @@ namespace attnres {
 
 namespace {
 constexpr i64 kRowBlock = 16;
-constexpr i64 kAhead = 4;   // rows of prefetch distance along a pass's (source, row) order
-constexpr i64 kChunk = 64;  // columns summed in registers at once (four AVX-512 vectors)
+constexpr i64 kRouteRows = 32;  // rows per block in the forward and the deferred backward
+constexpr i64 kAhead = 4;       // rows of prefetch distance along a pass's (source, row) order
+constexpr i64 kChunk = 64;      // columns summed in registers at once (four AVX-512 vectors)
 
 // sx = sum_c s[c] x[c], sy = sum_c s[c] y[c]: with AVX-512, four independent accumulators per sum
 // (a single one would wait on the previous FMA every 16 elements).
@@ -119,6 +124,37 @@ inline void dots3(const float* s, const float* x, const float* y, i64 d, float* 
 #endif
 }
 
+// x . (y - z) (z may be null: x . y); four accumulators with AVX-512, like dots.
+inline float dot_diff(const float* x, const float* y, const float* z, i64 d) {
+#if defined(__AVX512F__)
+  __m512 a[4];
+  for (int k = 0; k < 4; k++) a[k] = _mm512_setzero_ps();
+  const auto yz = [&](i64 c, __mmask16 m) {
+    const __m512 yv = _mm512_maskz_loadu_ps(m, y + c);
+    return z == nullptr ? yv : _mm512_sub_ps(yv, _mm512_maskz_loadu_ps(m, z + c));
+  };
+  i64 c = 0;
+  for (; c + 64 <= d; c += 64)
+    for (int k = 0; k < 4; k++)
+      a[k] = _mm512_fmadd_ps(_mm512_loadu_ps(x + c + 16 * k), yz(c + 16 * k, (__mmask16)0xffff), a[k]);
+  for (; c < d; c += 16) {
+    const __mmask16 m = first_lanes(d - c);
+    a[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + c), yz(c, m), a[0]);
+  }
+  return hsum(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
+#else
+  float u = 0.0f;
+  if (z != nullptr) {
+#pragma omp simd reduction(+ : u)
+    for (i64 c = 0; c < d; c++) u += x[c] * (y[c] - z[c]);
+  } else {
+#pragma omp simd reduction(+ : u)
+    for (i64 c = 0; c < d; c++) u += x[c] * y[c];
+  }
+  return u;
+#endif
+}
+
 // Prefetches row r of buf (d floats, every 64-byte line); rw: for writing.
 inline void prefetch_row(const float* buf, i64 d, bool rw) {
   if (rw)
@@ -140,6 +176,27 @@ inline bool ahead(i64 i, i64 r, i64 r0, i64 r1, i64 N, i64* ia, i64* ra) {
   *ra = rr;
   return true;
 }
+
+// One source row s into a running softmax-weighted sum (m, z, acc) of logit l: the first row starts
+// it; a larger logit rescales what is summed so far by exp(m - l). acc holds sum_i exp(l_i - m) s_i.
+inline void online_add(float* acc, const float* s, double l, double& m, double& z, bool first, i64 d) {
+  if (first) {
+    m = l;
+    z = 1.0;
+    std::copy(s, s + d, acc);
+  } else if (l > m) {
+    const float sc = (float)std::exp(m - l);
+    z = z * sc + 1.0;
+    m = l;
+#pragma omp simd
+    for (i64 c = 0; c < d; c++) acc[c] = acc[c] * sc + s[c];
+  } else {
+    const float e = (float)std::exp(l - m);
+    z += e;
+#pragma omp simd
+    for (i64 c = 0; c < d; c++) acc[c] += e * s[c];
+  }
+}
 }  // namespace
 
 void depth_route(const float* const* src, i64 N, const float* w, const float* g, const float* base,
@@ -152,16 +209,28 @@ void depth_route(const float* const* src, i64 N, const float* w, const float* g,
   const float* q = wg.data();
   const float* q2 = wg2.data();
   const i64 i0 = prior != nullptr ? prior->n : 0;  // sources read here: i0 .. N-1
-  const i64 nb = (rows + kRowBlock - 1) / kRowBlock;
+  const i64 nb = (rows + kRouteRows - 1) / kRouteRows;
 #pragma omp parallel if (rows * d * (N - i0 + 1) >= kParallelMin)
   {
-    std::vector<double> l((size_t)kRowBlock * N);
-    std::vector<float> e2(next != nullptr ? (size_t)kRowBlock * N : 0);  // exp(l2 - m2), the next call's
-    std::vector<float> scale0(kRowBlock);  // the prior sum's weight exp(m0 - m) / z
+    // per row of the block: its logits, and the running (max, sum) of this call and of the next
+    std::vector<double> l((size_t)kRouteRows * N), m(kRouteRows), z(kRouteRows), m2(kRouteRows),
+        z2(kRouteRows);
 #pragma omp for schedule(static)
     for (i64 b = 0; b < nb; b++) {
-      const i64 r0 = b * kRowBlock, r1 = std::min(rows, r0 + kRowBlock);
-      // pass 1: per source row, its rstd and logit (and the next call's logit)
+      const i64 r0 = b * kRouteRows, r1 = std::min(rows, r0 + kRouteRows);
+      if (prior != nullptr)  // start from the prior's summary of sources 0 .. i0-1
+        for (i64 r = r0; r < r1; r++) {
+          if (r + kAhead < r1) prefetch_row(prior->acc + (r + kAhead) * d, d, false);
+          m[r - r0] = prior->stats[2 * r];
+          z[r - r0] = prior->stats[2 * r + 1];
+          std::copy(prior->acc + r * d, prior->acc + (r + 1) * d, out + r * d);
+          for (i64 i = 0; i < i0; i++) {
+            l[(r - r0) * N + i] = prior->logits[r * i0 + i];
+            rstd[r * N + i] = prior->rstd[r * i0 + i];
+          }
+        }
+      // one sweep over the sources: per source row, its rstd and logit (and the next call's), added
+      // at once to the running sums in out (and next->acc), which stay in cache for the block
       for (i64 i = i0; i < N; i++)
         for (i64 r = r0; r < r1; r++) {
           i64 ia, ra;
@@ -174,83 +243,39 @@ void depth_route(const float* const* src, i64 N, const float* w, const float* g,
             dots(s, s, q, d, &ss, &dot);
           const float rs = (float)(1.0 / std::sqrt(ss / (double)d + (double)eps));
           rstd[r * N + i] = rs;
-          l[(r - r0) * N + i] = dot * rs;
+          const double li = dot * rs;
+          l[(r - r0) * N + i] = li;
+          online_add(out + r * d, s, li, m[r - r0], z[r - r0], i == 0, d);
           if (next != nullptr) {
+            const float l2 = dot2 * rs;
             next->rstd[r * N + i] = rs;
-            next->logits[r * N + i] = dot2 * rs;
+            next->logits[r * N + i] = l2;
+            online_add(next->acc + r * d, s, l2, m2[r - r0], z2[r - r0], i == 0, d);
           }
         }
-      // softmax per row (double); with a prior, over its logits too, its sum weighted by exp(m0 - m) / z
+      // per row: alpha = softmax(l) (double), out = [base +] out / z
       for (i64 r = r0; r < r1; r++) {
-        double* lr = l.data() + (r - r0) * N;
-        double mx = -INFINITY, m0 = -INFINITY, z0 = 0.0;
-        if (prior != nullptr) {
-          m0 = prior->stats[2 * r];
-          z0 = prior->stats[2 * r + 1];
-          mx = m0;
-          for (i64 i = 0; i < i0; i++) {
-            lr[i] = prior->logits[r * i0 + i];
-            rstd[r * N + i] = prior->rstd[r * i0 + i];
-          }
-        }
-        for (i64 i = i0; i < N; i++) mx = std::max(mx, lr[i]);
-        double z = prior != nullptr ? z0 * std::exp(m0 - mx) : 0.0;
-        for (i64 i = i0; i < N; i++) z += std::exp(lr[i] - mx);
-        for (i64 i = 0; i < N; i++) alpha[r * N + i] = (float)(std::exp(lr[i] - mx) / z);
-        if (prior != nullptr) scale0[r - r0] = (float)(std::exp(m0 - mx) / z);
-        if (next != nullptr) {
-          const float* l2 = next->logits + r * N;
-          float* er = e2.data() + (r - r0) * N;
-          double m2 = -INFINITY, z2 = 0.0;
-          for (i64 i = 0; i < N; i++) m2 = std::max(m2, (double)l2[i]);
-          for (i64 i = 0; i < N; i++) {
-            const double e = std::exp((double)l2[i] - m2);
-            er[i] = (float)e;
-            z2 += e;
-          }
-          next->stats[2 * r] = (float)m2;
-          next->stats[2 * r + 1] = (float)z2;
-        }
-      }
-      // pass 2: out = [base +] the weighted sum (starting from the prior's sum or source i0); the
-      // next call's unnormalised sum in the same sweep, while each source row is in cache
-      for (i64 r = r0; r < r1; r++) {
-        const float a0 = prior != nullptr ? scale0[r - r0] : alpha[r * N];
-        const float* s0 = prior != nullptr ? prior->acc + r * d : src[0] + r * d;
-        const float* br = base != nullptr ? base + r * d : nullptr;
+        if (base != nullptr && r + kAhead < r1) prefetch_row(base + (r + kAhead) * d, d, false);
+        const double mx = m[r - r0];
+        // an infinite largest logit makes the softmax NaN (inf - inf), as the two-pass form gives
+        const double zi = std::isfinite(mx) ? 1.0 / z[r - r0] : NAN;
+        const double* lr = l.data() + (r - r0) * N;
+        for (i64 i = 0; i < N; i++) alpha[r * N + i] = (float)(std::exp(lr[i] - mx) * zi);
+        const float zf = (float)zi;
         float* o = out + r * d;
-        if (br != nullptr) {
+        if (base != nullptr) {
+          const float* br = base + r * d;
 #pragma omp simd
-          for (i64 c = 0; c < d; c++) o[c] = br[c] + a0 * s0[c];
+          for (i64 c = 0; c < d; c++) o[c] = br[c] + o[c] * zf;
         } else {
 #pragma omp simd
-          for (i64 c = 0; c < d; c++) o[c] = a0 * s0[c];
+          for (i64 c = 0; c < d; c++) o[c] *= zf;
         }
         if (next != nullptr) {
-          const float e = e2[(r - r0) * N];
-          float* acc = next->acc + r * d;
-#pragma omp simd
-          for (i64 c = 0; c < d; c++) acc[c] = e * s0[c];
+          next->stats[2 * r] = (float)m2[r - r0];
+          next->stats[2 * r + 1] = (float)z2[r - r0];
         }
       }
-      for (i64 i = prior != nullptr ? i0 : 1; i < N; i++)
-        for (i64 r = r0; r < r1; r++) {
-          const float a = alpha[r * N + i];
-          const float* s = src[i] + r * d;
-          float* o = out + r * d;
-          if (next != nullptr) {
-            const float e = e2[(r - r0) * N + i];
-            float* acc = next->acc + r * d;
-#pragma omp simd
-            for (i64 c = 0; c < d; c++) {
-              o[c] += a * s[c];
-              acc[c] += e * s[c];
-            }
-          } else {
-#pragma omp simd
-            for (i64 c = 0; c < d; c++) o[c] += a * s[c];
-          }
-        }
     }
   }
 }
@@ -344,18 +369,18 @@ void depth_route_source_backward(const float* s, float* gs, bool accumulate, con
   std::vector<float> wgv((size_t)K * d);
   for (i64 k = 0; k < K; k++)
     for (i64 c = 0; c < d; c++) wgv[(size_t)k * d + c] = w[k][c] * g[k][c];
-  const bool par = rows * d * std::max<i64>(K, 1) >= kParallelMin && rows > kRowBlock;
+  const bool par = rows * d * std::max<i64>(K, 1) >= kParallelMin && rows > kRouteRows;
   const int maxT = par ? omp_get_max_threads() : 1;
   std::vector<float> partial((size_t)maxT * K * d, 0.0f);
-  const i64 nb = (rows + kRowBlock - 1) / kRowBlock;
+  const i64 nb = (rows + kRouteRows - 1) / kRouteRows;
 #pragma omp parallel if (par)
   {
     float* P = partial.data() + (size_t)omp_get_thread_num() * K * d;
-    double coef[kRowBlock], coef2[kRowBlock];
-    float dlb[kRowBlock], dlb2[kRowBlock];
+    double coef[kRouteRows], coef2[kRouteRows];
+    float dlb[kRouteRows], dlb2[kRouteRows];
 #pragma omp for schedule(static)
     for (i64 b = 0; b < nb; b++) {
-      const i64 r0 = b * kRowBlock, r1 = std::min(rows, r0 + kRowBlock);
+      const i64 r0 = b * kRouteRows, r1 = std::min(rows, r0 + kRouteRows);
       if (gs != nullptr && !accumulate) {
         if (init != nullptr)
           std::copy(init + r0 * d, init + r1 * d, gs + r0 * d);
@@ -370,22 +395,17 @@ void depth_route_source_backward(const float* s, float* gs, bool accumulate, con
         const i64 N = n[k], ck = col[k];
         for (i64 r = r0; r < r1; r++) {
           i64 ka, ra;
-          if (ahead(k, r, r0, r1, K, &ka, &ra)) prefetch_row(gout[ka] + ra * d, d, false);
+          if (ahead(k, r, r0, r1, K, &ka, &ra)) {
+            prefetch_row(gout[ka] + ra * d, d, false);
+            if (needC[ka]) {  // c's other operands, read once per call (cold otherwise)
+              prefetch_row(outs[ka] + ra * d, d, false);
+              if (bases[ka] != nullptr) prefetch_row(bases[ka] + ra * d, d, false);
+            }
+          }
           const float* sr = s + r * d;
           const float* go = gout[k] + r * d;
-          if (needC[k]) {  // c_k = gout_k . (out_k - base_k), on the call's first source
-            const float* o = outs[k] + r * d;
-            float cc = 0.0f;
-            if (bases[k] != nullptr) {
-              const float* br = bases[k] + r * d;
-#pragma omp simd reduction(+ : cc)
-              for (i64 c = 0; c < d; c++) cc += go[c] * (o[c] - br[c]);
-            } else {
-#pragma omp simd reduction(+ : cc)
-              for (i64 c = 0; c < d; c++) cc += go[c] * o[c];
-            }
-            cv[k][r] = cc;
-          }
+          if (needC[k])  // c_k = gout_k . (out_k - base_k), on the call's first source
+            cv[k][r] = dot_diff(go, outs[k] + r * d, bases[k] == nullptr ? nullptr : bases[k] + r * d, d);
           // one source: alpha is 1 whatever the logit, so dl is exactly 0 (c, taken from out - base,
           // may differ from da by the rounding of out)
           const auto row = [&](const float* srow, i64 column, float* grow, double* cf) {

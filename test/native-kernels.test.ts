@@ -1197,7 +1197,7 @@ describe("depthRoute", () => {
     [13, 7, 3],
     [67, 37, 5],
     [301, 129, 4],
-    [70, 33, 26], // rows not a multiple of the kernel's 16-row blocks, many sources, threaded
+    [70, 33, 26], // rows not a multiple of the kernels' 16- and 32-row blocks, many sources, threaded
   ])
     for (const withBase of [false, true])
       test(`rows=${rows} d=${d} N=${N}${withBase ? " with a base" : ""}`, () => {
@@ -1302,7 +1302,7 @@ describe("depthRoute linked: a call computes the next call's share of its source
     [13, 7, 2, 0], // B routes the same sources (a delta-block pair)
     [67, 37, 3, 1],
     [301, 129, 5, 2],
-    [70, 33, 25, 1], // threaded, rows not a multiple of 16
+    [70, 33, 25, 1], // threaded, rows not a multiple of 16 or 32
   ])
     for (const withBase of [false, true])
       test(`rows=${rows} d=${d} N=${N} then ${k} more${withBase ? " with a base" : ""}`, () => {
@@ -1488,7 +1488,7 @@ describe("depthRouteSourceBackward and rowDot", () => {
     [13, 7, 3],
     [67, 37, 5],
     [301, 129, 4],
-    [70, 33, 26], // rows not a multiple of the 16-row blocks, many calls, threaded
+    [70, 33, 26], // rows not a multiple of the 32-row blocks, many calls, threaded
     [40, 16, 0], // no calls: a written gradient is zero
   ])
     for (const mode of ["accumulate", "write", "write from init", "none"] as const)

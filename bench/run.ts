@@ -364,7 +364,7 @@ function main(): void {
         "--layers",
         String(layers),
         "--rounds",
-        String(Math.max(3, Math.ceil(steps / 2))),
+        String(Math.max(3, steps)),
       ],
       {
         cwd: root,

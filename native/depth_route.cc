@@ -17,10 +17,10 @@
 // one read of [rows, d] per (call, source) pair instead of three. Given a second source s2 that the same K
 // calls read (src/tensor/ops.ts pairs a source with the one before it), its gradient gs2 is written in the
 // same pass while each gout row is in L1: one read of each gout per two sources.
-// The forward reads each source row once: per block of kRouteRows rows it walks one source at a time
-// over the block's rows (long sequential runs for the hardware prefetcher), computes the row's rstd
-// and logit, and adds the row at once to a running softmax sum (online: a larger logit rescales the
-// sum so far), which stays in cache for the block; out = [base +] sum / z at the end of the block.
+// The forward reads each source row once: per block of kRouteRows rows it walks two sources at a
+// time over the block's rows (long sequential runs for the hardware prefetcher), computes each row's
+// rstd and logit, and adds both rows at once to a running softmax sum (online: a larger logit
+// rescales the sum so far), which stays in cache for the block; out = [base +] sum / z at the end.
 // The deferred backward walks blocks of kRouteRows rows the same way, one call's gout after another;
 // the one-call backward (depth_route_backward) uses blocks of kRowBlock rows, in two passes.
 // All of them spread blocks over OpenMP threads. Sums over d accumulate in float across the SIMD
@@ -177,24 +177,32 @@ inline bool ahead(i64 i, i64 r, i64 r0, i64 r1, i64 N, i64* ia, i64* ra) {
   return true;
 }
 
-// One source row s into a running softmax-weighted sum (m, z, acc) of logit l: the first row starts
-// it; a larger logit rescales what is summed so far by exp(m - l). acc holds sum_i exp(l_i - m) s_i.
-inline void online_add(float* acc, const float* s, double l, double& m, double& z, bool first, i64 d) {
+// One or two source rows s[0 .. w) with logits l into a running softmax-weighted sum (max m, sum
+// z): acc holds sum_i exp(l_i - m) s_i. The first rows start it; a larger logit rescales what is
+// summed so far by exp(m_old - m).
+inline void online_add(float* acc, const float* const* s, const double* l, i64 w, double& m, double& z,
+                       bool first, i64 d) {
+  const double mx = w == 2 ? std::max(l[0], l[1]) : l[0];
   if (first) {
-    m = l;
-    z = 1.0;
-    std::copy(s, s + d, acc);
-  } else if (l > m) {
-    const float sc = (float)std::exp(m - l);
-    z = z * sc + 1.0;
-    m = l;
+    m = mx;
+    z = 0.0;
+  }
+  const double mn = mx > m ? mx : m;  // NaN in l stays out of m but reaches z and acc through e
+  const float sc = first ? 0.0f : mn == m ? 1.0f : (float)std::exp(m - mn);
+  const float e0 = (float)std::exp(l[0] - mn), e1 = w == 2 ? (float)std::exp(l[1] - mn) : 0.0f;
+  z = z * sc + e0 + e1;
+  m = mn;
+  const float* s0 = s[0];
+  const float* s1 = s[w - 1];
+  if (first) {  // acc may hold anything, even NaN
 #pragma omp simd
-    for (i64 c = 0; c < d; c++) acc[c] = acc[c] * sc + s[c];
+    for (i64 c = 0; c < d; c++) acc[c] = e0 * s0[c] + e1 * s1[c];
+  } else if (sc == 1.0f) {
+#pragma omp simd
+    for (i64 c = 0; c < d; c++) acc[c] += e0 * s0[c] + e1 * s1[c];
   } else {
-    const float e = (float)std::exp(l - m);
-    z += e;
 #pragma omp simd
-    for (i64 c = 0; c < d; c++) acc[c] += e * s[c];
+    for (i64 c = 0; c < d; c++) acc[c] = acc[c] * sc + e0 * s0[c] + e1 * s1[c];
   }
 }
 }  // namespace
@@ -229,30 +237,40 @@ void depth_route(const float* const* src, i64 N, const float* w, const float* g,
             rstd[r * N + i] = prior->rstd[r * i0 + i];
           }
         }
-      // one sweep over the sources: per source row, its rstd and logit (and the next call's), added
-      // at once to the running sums in out (and next->acc), which stay in cache for the block
-      for (i64 i = i0; i < N; i++)
+      // one sweep over the sources, two at a time: per source row, its rstd and logit (and the next
+      // call's), then both rows added at once to the running sums in out (and next->acc), which stay
+      // in cache for the block (one read and write of each sum per two sources)
+      for (i64 i = i0; i < N; i += 2) {
+        const i64 w2 = std::min<i64>(2, N - i);  // sources i .. i + w2 - 1
         for (i64 r = r0; r < r1; r++) {
-          i64 ia, ra;
-          if (ahead(i, r, r0, r1, N, &ia, &ra)) prefetch_row(src[ia] + ra * d, d, false);
-          const float* s = src[i] + r * d;
-          float ss, dot, dot2 = 0.0f;
-          if (next != nullptr)
-            dots3(s, q, q2, d, &ss, &dot, &dot2);
-          else
-            dots(s, s, q, d, &ss, &dot);
-          const float rs = (float)(1.0 / std::sqrt(ss / (double)d + (double)eps));
-          rstd[r * N + i] = rs;
-          const double li = dot * rs;
-          l[(r - r0) * N + i] = li;
-          online_add(out + r * d, s, li, m[r - r0], z[r - r0], i == 0, d);
-          if (next != nullptr) {
-            const float l2 = dot2 * rs;
-            next->rstd[r * N + i] = rs;
-            next->logits[r * N + i] = l2;
-            online_add(next->acc + r * d, s, l2, m2[r - r0], z2[r - r0], i == 0, d);
+          for (i64 j = 0; j < w2; j++) {  // prefetch kAhead rows on, or the next pair's first rows
+            const i64 ra = r + kAhead < r1 ? r + kAhead : r + kAhead - (r1 - r0);
+            const i64 ia = (r + kAhead < r1 ? i : i + 2) + j;
+            if (ia < N && ra < r1) prefetch_row(src[ia] + ra * d, d, false);
           }
+          double la[2], lb[2] = {0.0, 0.0};
+          const float* sp[2] = {src[i] + r * d, src[i + w2 - 1] + r * d};
+          for (i64 j = 0; j < w2; j++) {
+            float ss, dot, dot2 = 0.0f;
+            if (next != nullptr)
+              dots3(sp[j], q, q2, d, &ss, &dot, &dot2);
+            else
+              dots(sp[j], sp[j], q, d, &ss, &dot);
+            const float rs = (float)(1.0 / std::sqrt(ss / (double)d + (double)eps));
+            rstd[r * N + i + j] = rs;
+            la[j] = dot * rs;
+            l[(r - r0) * N + i + j] = la[j];
+            if (next != nullptr) {
+              const float l2 = dot2 * rs;
+              next->rstd[r * N + i + j] = rs;
+              next->logits[r * N + i + j] = l2;
+              lb[j] = l2;
+            }
+          }
+          online_add(out + r * d, sp, la, w2, m[r - r0], z[r - r0], i == 0, d);
+          if (next != nullptr) online_add(next->acc + r * d, sp, lb, w2, m2[r - r0], z2[r - r0], i == 0, d);
         }
+      }
       // per row: alpha = softmax(l) (double), out = [base +] out / z
       for (i64 r = r0; r < r1; r++) {
         if (base != nullptr && r + kAhead < r1) prefetch_row(base + (r + kAhead) * d, d, false);

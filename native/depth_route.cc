@@ -163,13 +163,14 @@ inline void prefetch_row(const float* buf, i64 d, bool rw) {
     for (i64 c = 0; c < d; c += 16) __builtin_prefetch(buf + c, 0, 3);
 }
 
-// The row kAhead steps after (i, r) in the order "source i over rows r0..r1-1, then source i+1";
-// returns false past the last source.
-inline bool ahead(i64 i, i64 r, i64 r0, i64 r1, i64 N, i64* ia, i64* ra) {
+// The row kAhead steps after (i, r) in the order "source i over rows r0..r1-1, then source
+// i+step" (step 2: a pass that walks sources two at a time, i and i+1 together); returns false past
+// the last source.
+inline bool ahead(i64 i, i64 r, i64 r0, i64 r1, i64 N, i64* ia, i64* ra, i64 step = 1) {
   i64 rr = r + kAhead, ii = i;
   while (rr >= r1) {
     rr -= r1 - r0;
-    ii++;
+    ii += step;
   }
   if (ii >= N) return false;
   *ia = ii;
@@ -243,11 +244,9 @@ void depth_route(const float* const* src, i64 N, const float* w, const float* g,
       for (i64 i = i0; i < N; i += 2) {
         const i64 w2 = std::min<i64>(2, N - i);  // sources i .. i + w2 - 1
         for (i64 r = r0; r < r1; r++) {
-          for (i64 j = 0; j < w2; j++) {  // prefetch kAhead rows on, or the next pair's first rows
-            const i64 ra = r + kAhead < r1 ? r + kAhead : r + kAhead - (r1 - r0);
-            const i64 ia = (r + kAhead < r1 ? i : i + 2) + j;
-            if (ia < N && ra < r1) prefetch_row(src[ia] + ra * d, d, false);
-          }
+          i64 ia, ra;
+          if (ahead(i, r, r0, r1, N, &ia, &ra, 2))
+            for (i64 j = ia; j < std::min(ia + 2, N); j++) prefetch_row(src[j] + ra * d, d, false);
           double la[2], lb[2] = {0.0, 0.0};
           const float* sp[2] = {src[i] + r * d, src[i + w2 - 1] + r * d};
           for (i64 j = 0; j < w2; j++) {

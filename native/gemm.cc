@@ -9,6 +9,11 @@
 //    micro-panels (alpha folded into A), and an MR x NR register-tile micro-kernel (AVX-512, AVX2+FMA
 //    or portable C) accumulates over a K slice of KC packed steps. Blocking: pc (a K slice; op(A)'s
 //    slice is packed once) > jc (NC cols of B) > tasks of MC rows x NT cols over OpenMP threads.
+//    In float32 with AVX-512, when M is a multiple of MR, op(A) is not packed at all: the micro-kernel
+//    broadcasts its MR rows from where they are (a row of A along k, or MR neighbours of a row of a
+//    transposed A), and alpha scales the tile. Packing op(A) cost as much as a tenth of these products
+//    (the activations [tokens, d] of a step: M large, N = d small), and it ran before the products,
+//    at a barrier, instead of overlapping them.
 // Default: the BLAS, except in an AVX-512 build whose BLAS does not run AVX-512 kernels itself — e.g.
 // OpenBLAS held to its AVX2 "Haswell" kernels by OPENBLAS_CORETYPE, or too old to know the CPU —
 // where the built-in micro-kernel is about twice as fast (`npm run bench` prints which runs).
@@ -24,6 +29,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "kernels.h"
 
@@ -189,6 +195,36 @@ struct F32Panels {
     std::memcpy(tile, c, sizeof(c));
 #endif
   }
+#if defined(__AVX512F__)
+  static constexpr bool kInPlaceA = true;
+  // The same tile with op(A)'s MR rows read where they are instead of from a packed strip: element
+  // (i, p) at A[i * lda + p] when kAlongK (A stored [M, K]), at A[p * lda + i] when not (A stored [K, M]).
+  template <bool kAlongK>
+  static inline void kernel_in_place(i64 kp, const float* __restrict A, i64 lda, const P* __restrict Bp,
+                                     float* __restrict tile) {
+    __m512 c[MR][2];
+    for (int i = 0; i < MR; i++) c[i][0] = c[i][1] = _mm512_setzero_ps();
+    const float* r[MR];
+    for (int i = 0; i < MR; i++) r[i] = kAlongK ? A + i * lda : A + i;
+    for (i64 p = 0; p < kp; p++) {
+      const __m512 b0 = _mm512_load_ps(Bp + p * NR);
+      const __m512 b1 = _mm512_load_ps(Bp + p * NR + VW);
+      for (int i = 0; i < MR; i++) {
+        const __m512 a = _mm512_set1_ps(kAlongK ? r[i][p] : r[0][p * lda + i]);
+        c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);
+        c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);
+      }
+    }
+    for (int i = 0; i < MR; i++) {
+      _mm512_store_ps(tile + i * NR, c[i][0]);
+      _mm512_store_ps(tile + i * NR + VW, c[i][1]);
+    }
+  }
+#else
+  static constexpr bool kInPlaceA = false;
+  template <bool kAlongK>
+  static void kernel_in_place(i64, const float*, i64, const P*, float*) {}
+#endif
 };
 
 #if defined(__AVX512BF16__) && defined(__AVX512F__)
@@ -432,7 +468,10 @@ static void blocked_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float al
   const i64 kpMax = KC;
   P* Ap = reinterpret_cast<P*>(sa.get(size_t(mStrips * MR * kpMax)));
   P* Bp = reinterpret_cast<P*>(sb.get(size_t(std::min(N, NC) + NR) * kpMax));
-  const float tileScale = Panels::kScaleTile ? alpha : 1.0f;
+  // op(A) read in place (no packed copy) when its strips are whole; alpha then scales the tile.
+  bool inPlaceA = false;
+  if constexpr (std::is_same_v<Panels, F32Panels>) inPlaceA = Panels::kInPlaceA && M % MR == 0;
+  const float tileScale = Panels::kScaleTile || inPlaceA ? alpha : 1.0f;
   const bool par = !omp_in_parallel() && omp_get_max_threads() > 1 && M * N * K >= (i64)1 << 18;
 
 #pragma omp parallel if (par)
@@ -445,7 +484,8 @@ static void blocked_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float al
       for (i64 jc = 0; jc < N; jc += NC) {
         const i64 nc = std::min(NC, N - jc);
         const i64 nStrips = (nc + NR - 1) / NR;
-        const i64 aStrips = jc == 0 ? mStrips : 0;  // op(A)'s K slice is packed once, for every jc block
+        // op(A)'s K slice is packed once, for every jc block
+        const i64 aStrips = jc == 0 && !inPlaceA ? mStrips : 0;
         if constexpr (Panels::kVecPack) {
           // Each thread packs one contiguous run of B strips and of A strips (the row-by-row layouts then
           // read long runs of each row).
@@ -537,7 +577,16 @@ static void blocked_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float al
               const P* bp = Bp + (j0 / NR) * NR * kp;
               for (i64 i0 = mb * MC; i0 < iEnd; i0 += MR) {
                 const i64 mr = std::min<i64>(MR, iEnd - i0);
-                Panels::kernel(kp, Ap + (i0 / MR) * MR * kp, bp, tile);
+                if constexpr (std::is_same_v<Panels, F32Panels>) {
+                  if (inPlaceA && !transA)
+                    Panels::template kernel_in_place<true>(kp, A + i0 * lda + pc, lda, bp, tile);
+                  else if (inPlaceA)
+                    Panels::template kernel_in_place<false>(kp, A + pc * lda + i0, lda, bp, tile);
+                  else
+                    Panels::kernel(kp, Ap + (i0 / MR) * MR * kp, bp, tile);
+                } else {
+                  Panels::kernel(kp, Ap + (i0 / MR) * MR * kp, bp, tile);
+                }
                 for (i64 i = 0; i < mr; i++) {
                   float* c = C + (i0 + i) * ldc + jc + j0;
                   const float* tl = tile + i * NR;

@@ -99,6 +99,9 @@ for (const kind of gemmKinds)
       [9, 4100, 300, 1, false], // N over the built-in GEMM's NC columns packed at once, K over 2 slices
       [37, 45, 1100, 1, false], // long K, few outputs (a weight gradient): K split over threads, shares summed
       [33, 20, 1029, 2, true], // the same, K's split off 16-k boundaries, batched
+      // rows a multiple of the 8-row tile: op(A) is read in place, not packed (alpha scales the tile)
+      [72, 300, 520, 1, false], // threaded, K over several slices, an N tail
+      [256, 40, 1100, 1, false], // K split over threads
     ];
     for (const [M, N, K, batch, sharedB] of cases)
       for (const transA of [false, true])

@@ -348,8 +348,13 @@ static float softmax_row(float* s, i64 lim, i64 n) {
 // finite outputs no non-finite input mattered, and the result is the exact path's (up to rounding).
 static bool attention_tiled(const float* q, const float* k, const float* v, float* out, float* lse, i64 B,
                             i64 Tq, i64 Tk, i64 Hq, i64 Hkv, i64 D, float scale, bool causal) {
-  const i64 G = Hq / Hkv, nQB = (Tq + BQ - 1) / BQ, nTasks = B * Hq * nQB;
+  const i64 G = Hq / Hkv, nQB = (Tq + BQ - 1) / BQ;
   const i64 ldq = Hq * D, ldk = Hkv * D;
+  // Tasks: (b, h) with all its query blocks in order when there are enough of them for the threads (the
+  // keys are transposed once, each block adding the ones it newly sees, and K and V stay in this core's
+  // cache), else (b, h, query block) with the keys each block sees transposed for it.
+  const bool wholeHeads = B * Hq >= 2 * omp_get_max_threads();
+  const i64 nTasks = wholeHeads ? B * Hq : B * Hq * nQB, perTask = wholeHeads ? nQB : 1;
   const bool par = nTasks >= omp_get_max_threads() && B * Hq * Tq * Tk * D >= kParallelMin;
   float bad = 0.0f;
 #pragma omp parallel if (par)
@@ -357,26 +362,35 @@ static bool attention_tiled(const float* q, const float* k, const float* v, floa
     const i64 ldt = round16(std::max<i64>(Tk, 1));
     std::vector<float> KT((size_t)(D * ldt)), S((size_t)(SR * ldt));
 #pragma omp for schedule(dynamic) reduction(+ : bad)
-    for (i64 task = 0; task < nTasks; task++) {
-      // The last query blocks see the most keys: they go first, so the dynamic schedule ends balanced.
-      const i64 qb = nQB - 1 - task % nQB, h = (task / nQB) % Hq, b = task / (nQB * Hq), g = h / G;
-      const i64 i0 = qb * BQ, i1 = std::min(Tq, i0 + BQ);
-      const i64 kend = key_limit(i1 - 1, Tq, Tk, causal);
-      const float* kp = k + (b * Tk * Hkv + g) * D;
-      const float* vp = v + (b * Tk * Hkv + g) * D;
-      transpose_keys(kp, ldk, kend, D, KT.data(), ldt);
-      for (i64 s0 = i0; s0 < i1; s0 += SR) {
-        const i64 R = std::min(SR, i1 - s0);
-        const float* qp = q + ((b * Tq + s0) * Hq + h) * D;
-        float* op = out + ((b * Tq + s0) * Hq + h) * D;
-        float* lp = lse + (b * Hq + h) * Tq + s0;
-        const i64 lmax = key_limit(s0 + R - 1, Tq, Tk, causal), n = round16(lmax);
-        if (n > 0) strip_abT(qp, ldq, R, KT.data(), ldt, n, D, scale, S.data(), ldt);
-        for (i64 r = 0; r < R; r++)
-          lp[r] = softmax_row(S.data() + r * ldt, key_limit(s0 + r, Tq, Tk, causal), n);
-        bad += strip_pv(S.data(), ldt, R, vp, ldk, lmax, D, 1.0f, op, ldq);
+    for (i64 task = 0; task < nTasks; task++)
+      for (i64 t = 0, done = 0; t < perTask; t++) {  // done: keys transposed so far for this task's head
+        // Split tasks: the last query blocks see the most keys, so they go first and the dynamic schedule
+        // ends balanced. Whole heads: blocks in order, so each transposes only the keys it adds.
+        const i64 qb = wholeHeads ? t : nQB - 1 - task % nQB;
+        const i64 h = wholeHeads ? task % Hq : (task / nQB) % Hq,
+                  b = wholeHeads ? task / Hq : task / (nQB * Hq);
+        const i64 g = h / G;
+        const i64 i0 = qb * BQ, i1 = std::min(Tq, i0 + BQ);
+        const i64 kend = key_limit(i1 - 1, Tq, Tk, causal);
+        const float* kp = k + (b * Tk * Hkv + g) * D;
+        const float* vp = v + (b * Tk * Hkv + g) * D;
+        if (kend > done) {  // transpose_keys zero-pads to a multiple of 16 keys: restart at that boundary
+          const i64 from = done / 16 * 16;
+          transpose_keys(kp + from * ldk, ldk, kend - from, D, KT.data() + from, ldt);
+          done = kend;
+        }
+        for (i64 s0 = i0; s0 < i1; s0 += SR) {
+          const i64 R = std::min(SR, i1 - s0);
+          const float* qp = q + ((b * Tq + s0) * Hq + h) * D;
+          float* op = out + ((b * Tq + s0) * Hq + h) * D;
+          float* lp = lse + (b * Hq + h) * Tq + s0;
+          const i64 lmax = key_limit(s0 + R - 1, Tq, Tk, causal), n = round16(lmax);
+          if (n > 0) strip_abT(qp, ldq, R, KT.data(), ldt, n, D, scale, S.data(), ldt);
+          for (i64 r = 0; r < R; r++)
+            lp[r] = softmax_row(S.data() + r * ldt, key_limit(s0 + r, Tq, Tk, causal), n);
+          bad += strip_pv(S.data(), ldt, R, vp, ldk, lmax, D, 1.0f, op, ldq);
+        }
       }
-    }
   }
   return bad == 0.0f;
 }

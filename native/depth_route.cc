@@ -21,11 +21,15 @@
 // time over the block's rows (long sequential runs for the hardware prefetcher), computes each row's
 // rstd and logit, and adds both rows at once to a running softmax sum (online: a larger logit
 // rescales the sum so far), which stays in cache for the block; out = [base +] sum / z at the end.
+// The online softmax's scalar steps (new max, rescale, weights: exponentials) are taken for a group of
+// kGroup rows at once, vectorized, between the group's logits and its sums: row by row they were a
+// chain of dependent scalar steps costing about a quarter of the kernel.
 // The deferred backward walks blocks of kRouteRows rows the same way, one call's gout after another;
 // the one-call backward (depth_route_backward) uses blocks of kRowBlock rows, in two passes.
 // All of them spread blocks over OpenMP threads. Sums over d accumulate in float across the SIMD
 // lanes (64 partial sums with AVX-512: four accumulators of 16), accurate to ~1e-6 relative for d in
-// the thousands; sums over sources (softmax, dl) use double.
+// the thousands. The forward's softmax runs in float with exp_fast (~2 ulp); the backward's sums over
+// sources (dl) use double.
 #include <omp.h>
 
 #include <algorithm>
@@ -43,6 +47,7 @@ namespace attnres {
 namespace {
 constexpr i64 kRowBlock = 16;
 constexpr i64 kRouteRows = 32;  // rows per block in the forward and the deferred backward
+constexpr i64 kGroup = 8;       // rows whose softmax steps the forward takes together (a multiple of 8)
 constexpr i64 kAhead = 4;       // rows of prefetch distance along a pass's (source, row) order
 constexpr i64 kChunk = 64;      // columns summed in registers at once (four AVX-512 vectors)
 
@@ -178,24 +183,35 @@ inline bool ahead(i64 i, i64 r, i64 r0, i64 r1, i64 N, i64* ia, i64* ra, i64 ste
   return true;
 }
 
-// One or two source rows s[0 .. w) with logits l into a running softmax-weighted sum (max m, sum
-// z): acc holds sum_i exp(l_i - m) s_i. The first rows start it; a larger logit rescales what is
-// summed so far by exp(m_old - m).
-inline void online_add(float* acc, const float* const* s, const double* l, i64 w, double& m, double& z,
-                       bool first, i64 d) {
-  const double mx = w == 2 ? std::max(l[0], l[1]) : l[0];
-  if (first) {
-    m = mx;
-    z = 0.0;
+// The running softmax-weighted sums of a group of n rows (row j: max m[j], sum z[j], its acc holding
+// sum_i exp(l_i - m[j]) s_i) take one or two more sources, with logits l0[j] (and l1[j] when w == 2):
+// the factors of the update are written, sc[j] (what the acc so far is scaled by; 0 when the sums start
+// here, `first`), e0[j] and e1[j] (the new rows' weights), and m, z updated. Row by row it is a short
+// chain of scalar steps with exponentials; over the group's rows it vectorizes (float, exp_fast).
+// A larger logit rescales the sum so far by exp(m_old - m). NaN in l stays out of m but reaches z and acc
+// through e; an infinite m gives NaN weights (inf - inf), as the two-pass softmax does.
+inline void online_factors(const float* l0, const float* l1, i64 w, i64 n, float* m, float* z, bool first,
+                           float* sc, float* e0, float* e1) {
+#pragma omp simd
+  for (i64 j = 0; j < n; j++) {
+    const float a = l0[j], b = w == 2 ? l1[j] : a;
+    const float mx = w == 2 ? (a < b ? b : a) : a;  // std::max(a, b)
+    const float mo = first ? mx : m[j];
+    const float mn = mx > mo ? mx : mo;
+    const float f = first ? 0.0f : mn == mo ? 1.0f : exp_fast(mo - mn);
+    const float x0 = exp_fast(a - mn), x1 = w == 2 ? exp_fast(b - mn) : 0.0f;
+    z[j] = first ? x0 + x1 : z[j] * f + x0 + x1;
+    m[j] = mn;
+    sc[j] = f;
+    e0[j] = x0;
+    e1[j] = x1;
   }
-  const double mn = mx > m ? mx : m;  // NaN in l stays out of m but reaches z and acc through e
-  const float sc = first ? 0.0f : mn == m ? 1.0f : (float)std::exp(m - mn);
-  const float e0 = (float)std::exp(l[0] - mn), e1 = w == 2 ? (float)std::exp(l[1] - mn) : 0.0f;
-  z = z * sc + e0 + e1;
-  m = mn;
-  const float* s0 = s[0];
-  const float* s1 = s[w - 1];
-  if (first) {  // acc may hold anything, even NaN
+}
+
+// acc = sc * acc + e0 * s0 + e1 * s1 over d (first: acc = e0 * s0 + e1 * s1, whatever it held, even NaN).
+inline void online_apply(float* acc, const float* s0, const float* s1, bool first, float sc, float e0,
+                         float e1, i64 d) {
+  if (first) {
 #pragma omp simd
     for (i64 c = 0; c < d; c++) acc[c] = e0 * s0[c] + e1 * s1[c];
   } else if (sc == 1.0f) {
@@ -222,8 +238,10 @@ void depth_route(const float* const* src, i64 N, const float* w, const float* g,
 #pragma omp parallel if (rows * d * (N - i0 + 1) >= kParallelMin)
   {
     // per row of the block: its logits, and the running (max, sum) of this call and of the next
-    std::vector<double> l((size_t)kRouteRows * N), m(kRouteRows), z(kRouteRows), m2(kRouteRows),
-        z2(kRouteRows);
+    std::vector<float> l((size_t)kRouteRows * N);
+    float m[kRouteRows], z[kRouteRows], m2[kRouteRows], z2[kRouteRows];
+    // per row of a group: the two sources' logits for this call (la) and the next (lb), the factors
+    float la[2][kGroup], lb[2][kGroup], f[3][kGroup], f2[3][kGroup];
 #pragma omp for schedule(static)
     for (i64 b = 0; b < nb; b++) {
       const i64 r0 = b * kRouteRows, r1 = std::min(rows, r0 + kRouteRows);
@@ -238,59 +256,77 @@ void depth_route(const float* const* src, i64 N, const float* w, const float* g,
             rstd[r * N + i] = prior->rstd[r * i0 + i];
           }
         }
-      // one sweep over the sources, two at a time: per source row, its rstd and logit (and the next
-      // call's), then both rows added at once to the running sums in out (and next->acc), which stay
-      // in cache for the block (one read and write of each sum per two sources)
+      // one sweep over the sources, two at a time, in groups of kGroup rows: per source row, its rstd
+      // and logit (and the next call's); then, over the group's rows at once, the softmax steps (the
+      // new max, the rescale, the weights); then both rows added at once to the running sums in out (and
+      // next->acc), which stay in cache for the block (one read and write of each sum per two sources).
+      // The group's source rows are still in L1 for the last step.
       for (i64 i = i0; i < N; i += 2) {
         const i64 w2 = std::min<i64>(2, N - i);  // sources i .. i + w2 - 1
-        for (i64 r = r0; r < r1; r++) {
-          i64 ia, ra;
-          if (ahead(i, r, r0, r1, N, &ia, &ra, 2))
-            for (i64 j = ia; j < std::min(ia + 2, N); j++) prefetch_row(src[j] + ra * d, d, false);
-          double la[2], lb[2] = {0.0, 0.0};
-          const float* sp[2] = {src[i] + r * d, src[i + w2 - 1] + r * d};
-          for (i64 j = 0; j < w2; j++) {
-            float ss, dot, dot2 = 0.0f;
-            if (next != nullptr)
-              dots3(sp[j], q, q2, d, &ss, &dot, &dot2);
-            else
-              dots(sp[j], sp[j], q, d, &ss, &dot);
-            const float rs = (float)(1.0 / std::sqrt(ss / (double)d + (double)eps));
-            rstd[r * N + i + j] = rs;
-            la[j] = dot * rs;
-            l[(r - r0) * N + i + j] = la[j];
-            if (next != nullptr) {
-              const float l2 = dot2 * rs;
-              next->rstd[r * N + i + j] = rs;
-              next->logits[r * N + i + j] = l2;
-              lb[j] = l2;
+        const bool first = i == 0;
+        for (i64 g0 = r0; g0 < r1; g0 += kGroup) {
+          const i64 gn = std::min(kGroup, r1 - g0);
+          for (i64 r = g0; r < g0 + gn; r++) {
+            i64 ia, ra;
+            if (ahead(i, r, r0, r1, N, &ia, &ra, 2))
+              for (i64 j = ia; j < std::min(ia + 2, N); j++) prefetch_row(src[j] + ra * d, d, false);
+            for (i64 j = 0; j < w2; j++) {
+              const float* sr = src[i + j] + r * d;
+              float ss, dot, dot2 = 0.0f;
+              if (next != nullptr)
+                dots3(sr, q, q2, d, &ss, &dot, &dot2);
+              else
+                dots(sr, sr, q, d, &ss, &dot);
+              const float rs = (float)(1.0 / std::sqrt(ss / (double)d + (double)eps));
+              rstd[r * N + i + j] = rs;
+              const float lv = dot * rs;
+              la[j][r - g0] = lv;
+              l[(r - r0) * N + i + j] = lv;
+              if (next != nullptr) {
+                const float l2 = dot2 * rs;
+                next->rstd[r * N + i + j] = rs;
+                next->logits[r * N + i + j] = l2;
+                lb[j][r - g0] = l2;
+              }
             }
           }
-          online_add(out + r * d, sp, la, w2, m[r - r0], z[r - r0], i == 0, d);
-          if (next != nullptr) online_add(next->acc + r * d, sp, lb, w2, m2[r - r0], z2[r - r0], i == 0, d);
+          float* mg = m + (g0 - r0);
+          float* zg = z + (g0 - r0);
+          online_factors(la[0], la[1], w2, gn, mg, zg, first, f[0], f[1], f[2]);
+          if (next != nullptr)
+            online_factors(lb[0], lb[1], w2, gn, m2 + (g0 - r0), z2 + (g0 - r0), first, f2[0], f2[1], f2[2]);
+          for (i64 r = g0; r < g0 + gn; r++) {
+            const i64 j = r - g0;
+            const float* s0 = src[i] + r * d;
+            const float* s1 = src[i + w2 - 1] + r * d;
+            online_apply(out + r * d, s0, s1, first, f[0][j], f[1][j], f[2][j], d);
+            if (next != nullptr)
+              online_apply(next->acc + r * d, s0, s1, first, f2[0][j], f2[1][j], f2[2][j], d);
+          }
         }
       }
-      // per row: alpha = softmax(l) (double), out = [base +] out / z
+      // per row: alpha = softmax(l), out = [base +] out / z
       for (i64 r = r0; r < r1; r++) {
         if (base != nullptr && r + kAhead < r1) prefetch_row(base + (r + kAhead) * d, d, false);
-        const double mx = m[r - r0];
+        const float mx = m[r - r0];
         // an infinite largest logit makes the softmax NaN (inf - inf), as the two-pass form gives
-        const double zi = std::isfinite(mx) ? 1.0 / z[r - r0] : NAN;
-        const double* lr = l.data() + (r - r0) * N;
-        for (i64 i = 0; i < N; i++) alpha[r * N + i] = (float)(std::exp(lr[i] - mx) * zi);
-        const float zf = (float)zi;
+        const float zi = std::isfinite(mx) ? 1.0f / z[r - r0] : NAN;
+        const float* lr = l.data() + (r - r0) * N;
+        float* ar = alpha + r * N;
+#pragma omp simd
+        for (i64 i = 0; i < N; i++) ar[i] = exp_fast(lr[i] - mx) * zi;
         float* o = out + r * d;
         if (base != nullptr) {
           const float* br = base + r * d;
 #pragma omp simd
-          for (i64 c = 0; c < d; c++) o[c] = br[c] + o[c] * zf;
+          for (i64 c = 0; c < d; c++) o[c] = br[c] + o[c] * zi;
         } else {
 #pragma omp simd
-          for (i64 c = 0; c < d; c++) o[c] *= zf;
+          for (i64 c = 0; c < d; c++) o[c] *= zi;
         }
         if (next != nullptr) {
-          next->stats[2 * r] = (float)m2[r - r0];
-          next->stats[2 * r + 1] = (float)z2[r - r0];
+          next->stats[2 * r] = m2[r - r0];
+          next->stats[2 * r + 1] = z2[r - r0];
         }
       }
     }

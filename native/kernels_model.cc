@@ -50,7 +50,8 @@ void rmsnorm(const float* x, const float* w, float* out, float* rstd, i64 rows, 
   for (i64 r = 0; r < rows; r++) {
     const float* xr = x + r * d;
     float* o = out + r * d;
-    double ss = 0.0;
+    double ss = 0.0;  // in double across the SIMD lanes: a fixed order for a fixed build, no long chain
+#pragma omp simd reduction(+ : ss)
     for (i64 c = 0; c < d; c++) ss += (double)xr[c] * xr[c];
     const float rs = (float)(1.0 / std::sqrt(ss / (double)d + (double)eps));
     rstd[r] = rs;
@@ -80,10 +81,12 @@ void rmsnorm_backward(const float* x, const float* w, const float* rstd, const f
       const float* g = gy + r * d;
       float* o = gx + r * d;
       const float rs = rstd[r];
-      double dot = 0.0;
+      double dot = 0.0;  // in double across the SIMD lanes, as in rmsnorm
       if (w != nullptr) {
+#pragma omp simd reduction(+ : dot)
         for (i64 c = 0; c < d; c++) dot += (double)g[c] * w[c] * xr[c];
       } else {
+#pragma omp simd reduction(+ : dot)
         for (i64 c = 0; c < d; c++) dot += (double)g[c] * xr[c];
       }
       const float k = (float)(dot * rs * rs * rs / (double)d);
@@ -137,11 +140,13 @@ void cross_entropy(const float* logits, const int32_t* targets, float* loss, flo
 #pragma omp parallel for schedule(static) if (rows * V >= kParallelMin)
   for (i64 r = 0; r < rows; r++) {
     const float* l = logits + r * V;
-    float m = -INFINITY;
-    for (i64 c = 0; c < V; c++) m = std::max(m, l[c]);
-    double s = 0.0;
+    float m = -INFINITY;  // NaN is skipped here (and makes s NaN below)
+#pragma omp simd reduction(max : m)
+    for (i64 c = 0; c < V; c++) m = l[c] > m ? l[c] : m;
+    double s = 0.0;  // exp_fast vectorizes (a libm call per logit did not); summed in double across lanes
     if (m == -INFINITY) m = 0.0f;  // all -inf (or V == 0): lse = -inf below
-    for (i64 c = 0; c < V; c++) s += std::exp(l[c] - m);
+#pragma omp simd reduction(+ : s)
+    for (i64 c = 0; c < V; c++) s += (double)exp_fast(l[c] - m);
     const float L = (float)(m + std::log(s));
     lse[r] = L;
     const i64 t = targets[r];
@@ -161,7 +166,8 @@ void cross_entropy_backward(const float* logits, const int32_t* targets, const f
       continue;
     }
     const float L = lse[r], gl = gloss[r];
-    for (i64 c = 0; c < V; c++) g[c] = gl * std::exp(l[c] - L);
+#pragma omp simd
+    for (i64 c = 0; c < V; c++) g[c] = gl * exp_fast(l[c] - L);
     g[t] = gl * (std::exp(l[t] - L) - 1.0f);  // not g[t] - gl: an infinite gl must give -inf, not NaN
   }
 }

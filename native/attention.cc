@@ -39,6 +39,13 @@ static inline i64 key_limit(i64 i, i64 Tq, i64 Tk, bool causal) {
   return std::max<i64>(0, std::min<i64>(Tk, i + (Tk - Tq) + 1));
 }
 
+// Prefetches rows r0 .. r1-1 of a head's slice (row t at x + t * ld, D floats) into L2: the next task's
+// inputs, a slice at a time while this task runs (in L1 they would push out this task's own).
+static void prefetch_rows(const float* x, i64 ld, i64 r0, i64 r1, i64 D) {
+  for (i64 t = r0; t < r1; t++)
+    for (i64 c = 0; c < D; c += 16) __builtin_prefetch(x + t * ld + c, 0, 2);
+}
+
 // x[t * ld + c] = 0 for t < rows, c < D (one kv head's gradient rows, which the task accumulates into).
 static void zero_rows(float* x, i64 rows, i64 ld, i64 D) {
   for (i64 t = 0; t < rows; t++) std::memset(x + t * ld, 0, sizeof(float) * D);
@@ -361,8 +368,9 @@ static bool attention_tiled(const float* q, const float* k, const float* v, floa
   {
     const i64 ldt = round16(std::max<i64>(Tk, 1));
     std::vector<float> KT((size_t)(D * ldt)), S((size_t)(SR * ldt));
-#pragma omp for schedule(dynamic) reduction(+ : bad)
-    for (i64 task = 0; task < nTasks; task++)
+    // one task: a whole head (its query blocks in order) or one query block of a head
+    const auto run = [&](i64 task) {
+      float bad1 = 0.0f;
       for (i64 t = 0, done = 0; t < perTask; t++) {  // done: keys transposed so far for this task's head
         // Split tasks: the last query blocks see the most keys, so they go first and the dynamic schedule
         // ends balanced. Whole heads: blocks in order, so each transposes only the keys it adds.
@@ -381,6 +389,13 @@ static bool attention_tiled(const float* q, const float* k, const float* v, floa
         }
         for (i64 s0 = i0; s0 < i1; s0 += SR) {
           const i64 R = std::min(SR, i1 - s0);
+          if (wholeHeads && task + 1 < nTasks) {  // the next head's rows at this position, for its task
+            const i64 bn = (task + 1) / Hq, hn = (task + 1) % Hq, gn = hn / G;
+            prefetch_rows(q + (bn * Tq * Hq + hn) * D, ldq, s0, s0 + R, D);
+            const i64 j0 = s0 * Tk / Tq, j1 = (s0 + R) * Tk / Tq;
+            prefetch_rows(k + (bn * Tk * Hkv + gn) * D, ldk, j0, j1, D);
+            prefetch_rows(v + (bn * Tk * Hkv + gn) * D, ldk, j0, j1, D);
+          }
           const float* qp = q + ((b * Tq + s0) * Hq + h) * D;
           float* op = out + ((b * Tq + s0) * Hq + h) * D;
           float* lp = lse + (b * Hq + h) * Tq + s0;
@@ -388,9 +403,18 @@ static bool attention_tiled(const float* q, const float* k, const float* v, floa
           if (n > 0) strip_abT(qp, ldq, R, KT.data(), ldt, n, D, scale, S.data(), ldt);
           for (i64 r = 0; r < R; r++)
             lp[r] = softmax_row(S.data() + r * ldt, key_limit(s0 + r, Tq, Tk, causal), n);
-          bad += strip_pv(S.data(), ldt, R, vp, ldk, lmax, D, 1.0f, op, ldq);
+          bad1 += strip_pv(S.data(), ldt, R, vp, ldk, lmax, D, 1.0f, op, ldq);
         }
       }
+      return bad1;
+    };
+    if (wholeHeads) {  // equal tasks: static, so a thread's next task is task + 1 (prefetched in run)
+#pragma omp for schedule(static) reduction(+ : bad)
+      for (i64 task = 0; task < nTasks; task++) bad += run(task);
+    } else {
+#pragma omp for schedule(dynamic) reduction(+ : bad)
+      for (i64 task = 0; task < nTasks; task++) bad += run(task);
+    }
   }
   return bad == 0.0f;
 }
@@ -409,7 +433,8 @@ static bool attention_backward_tiled(const float* q, const float* k, const float
     const i64 ldt = round16(std::max<i64>(Tk, 1));
     std::vector<float> KT((size_t)(D * ldt)), VT((size_t)(D * ldt)), P((size_t)(BR * ldt)),
         dS((size_t)(BR * ldt));
-#pragma omp for schedule(dynamic) reduction(+ : bad)
+    // equal tasks: static, so a thread's next task is task + 1, whose inputs are prefetched meanwhile
+#pragma omp for schedule(static) reduction(+ : bad)
     for (i64 task = 0; task < nTasks; task++) {
       const i64 b = task / Hkv, g = task % Hkv, kv = (b * Tk * Hkv + g) * D;  // this task's kv head
       const float *kp = k + kv, *vp = v + kv;
@@ -421,6 +446,15 @@ static bool attention_backward_tiled(const float* q, const float* k, const float
       for (i64 h = g * G; h < (g + 1) * G; h++)
         for (i64 i0 = 0; i0 < Tq; i0 += BR) {
           const i64 bq = std::min(BR, Tq - i0), kend = key_limit(i0 + bq - 1, Tq, Tk, causal);
+          if (h == g * G && task + 1 < nTasks) {  // the next task's rows at this position
+            const i64 bn = (task + 1) / Hkv, gx = (task + 1) % Hkv, kvn = (bn * Tk * Hkv + gx) * D;
+            const i64 j0 = i0 * Tk / Tq, j1 = (i0 + bq) * Tk / Tq, qn = (bn * Tq * Hq + gx * G) * D;
+            prefetch_rows(k + kvn, ldk, j0, j1, D);
+            prefetch_rows(v + kvn, ldk, j0, j1, D);
+            prefetch_rows(q + qn, ldq, i0, i0 + bq, D);
+            prefetch_rows(out + qn, ldq, i0, i0 + bq, D);
+            prefetch_rows(gout + qn, ldq, i0, i0 + bq, D);
+          }
           const i64 rowOff = ((b * Tq + i0) * Hq + h) * D;
           const float *qp = q + rowOff, *op = out + rowOff, *gop = gout + rowOff;
           float* gqp = gq + rowOff;

@@ -156,21 +156,7 @@ struct F32Panels {
   // tile[MR][NR] = sum_p Ap[p][0..MR) (outer) Bp[p][0..NR), over kp packed steps.
   static inline void kernel(i64 kp, const P* __restrict Ap, const P* __restrict Bp, float* __restrict tile) {
 #if defined(__AVX512F__)
-    __m512 c[MR][2];
-    for (int i = 0; i < MR; i++) c[i][0] = c[i][1] = _mm512_setzero_ps();
-    for (i64 p = 0; p < kp; p++) {
-      const __m512 b0 = _mm512_load_ps(Bp + p * NR);
-      const __m512 b1 = _mm512_load_ps(Bp + p * NR + VW);
-      for (int i = 0; i < MR; i++) {
-        const __m512 a = _mm512_set1_ps(Ap[p * MR + i]);
-        c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);
-        c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);
-      }
-    }
-    for (int i = 0; i < MR; i++) {
-      _mm512_store_ps(tile + i * NR, c[i][0]);
-      _mm512_store_ps(tile + i * NR + VW, c[i][1]);
-    }
+    kernel_in_place<false>(kp, Ap, MR, Bp, tile);  // a packed strip is op(A) stored [K, MR]
 #elif defined(__AVX2__) && defined(__FMA__)
     __m256 c[MR][2];
     for (int i = 0; i < MR; i++) c[i][0] = c[i][1] = _mm256_setzero_ps();
@@ -577,15 +563,13 @@ static void blocked_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float al
               const P* bp = Bp + (j0 / NR) * NR * kp;
               for (i64 i0 = mb * MC; i0 < iEnd; i0 += MR) {
                 const i64 mr = std::min<i64>(MR, iEnd - i0);
-                if constexpr (std::is_same_v<Panels, F32Panels>) {
-                  if (inPlaceA && !transA)
-                    Panels::template kernel_in_place<true>(kp, A + i0 * lda + pc, lda, bp, tile);
-                  else if (inPlaceA)
+                if (!inPlaceA) {
+                  Panels::kernel(kp, Ap + (i0 / MR) * MR * kp, bp, tile);
+                } else if constexpr (std::is_same_v<Panels, F32Panels>) {  // inPlaceA is only ever set here
+                  if (transA)
                     Panels::template kernel_in_place<false>(kp, A + pc * lda + i0, lda, bp, tile);
                   else
-                    Panels::kernel(kp, Ap + (i0 / MR) * MR * kp, bp, tile);
-                } else {
-                  Panels::kernel(kp, Ap + (i0 / MR) * MR * kp, bp, tile);
+                    Panels::template kernel_in_place<true>(kp, A + i0 * lda + pc, lda, bp, tile);
                 }
                 for (i64 i = 0; i < mr; i++) {
                   float* c = C + (i0 + i) * ldc + jc + j0;

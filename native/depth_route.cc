@@ -24,8 +24,14 @@
 // The online softmax's scalar steps (new max, rescale, weights: exponentials) are taken for a group of
 // kGroup rows at once, vectorized, between the group's logits and its sums: row by row they were a
 // chain of dependent scalar steps costing about a quarter of the kernel.
-// The deferred backward walks blocks of kRouteRows rows the same way, one call's gout after another;
-// the one-call backward (depth_route_backward) uses blocks of kRowBlock rows, in two passes.
+// The deferred backward takes blocks of kRouteRows rows. A first pass over the block's rows, kCallGroup
+// calls at a time (each gout row prefetched kGoutAhead rows ahead), keeps 64 columns of each source row
+// and of its gradient in registers while the group's gout rows go past: gs += alpha gout, and the
+// partial sums of gout . s and q . s per (call, row). Then per (call, row) dl and the row's coefficient
+// of s, and two small register-blocked products over the block: gs += dl Q - coef s (4 rows by 64
+// columns at a time) and p_k += dl^T S (4 calls by 64 columns). Row by row and call by call, with a
+// dependent chain of dot products, sums and update per call, the same work took ~1.4x as long.
+// The one-call backward (depth_route_backward) uses blocks of kRowBlock rows, in two passes.
 // All of them spread blocks over OpenMP threads. Sums over d accumulate in float across the SIMD
 // lanes (64 partial sums with AVX-512: four accumulators of 16), accurate to ~1e-6 relative for d in
 // the thousands. The forward's softmax runs in float with exp_fast (~2 ulp); the backward's sums over
@@ -34,6 +40,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "kernels.h"
@@ -49,7 +56,8 @@ constexpr i64 kRowBlock = 16;
 constexpr i64 kRouteRows = 32;  // rows per block in the forward and the deferred backward
 constexpr i64 kGroup = 8;       // rows whose softmax steps the forward takes together (a multiple of 8)
 constexpr i64 kAhead = 4;       // rows of prefetch distance along a pass's (source, row) order
-constexpr i64 kChunk = 64;      // columns summed in registers at once (four AVX-512 vectors)
+constexpr i64 kCallGroup = 8;   // calls whose gout rows the deferred backward's first pass reads together
+constexpr i64 kGoutAhead = 2;   // its prefetch distance in rows (into L1: kCallGroup x 2 rows)
 
 // sx = sum_c s[c] x[c], sy = sum_c s[c] y[c]: with AVX-512, four independent accumulators per sum
 // (a single one would wait on the previous FMA every 16 elements).
@@ -412,6 +420,307 @@ void row_dot(const float* a, const float* b, float* out, i64 rows, i64 d) {
   }
 }
 
+namespace {
+// A float vector for the deferred backward: an AVX-512 register (16 lanes), or else GCC's generic
+// 8-lane vector (an AVX2 register, or two SSE ones). `lanes` selects the leading lanes of a load or
+// store. Its register tiles hold kV vectors per row: 64 columns in 32 registers, or 16 in 16.
+#if defined(__AVX512F__)
+using vf = __m512;
+using lanes = __mmask16;
+constexpr lanes kAll = 0xffff;
+constexpr int kLanes = 16, kV = 4;  // lanes per vector, vectors per chunk of columns
+inline lanes lanes_first(i64 n) { return first_lanes(n); }
+inline vf v_load(const float* p, lanes m) { return _mm512_maskz_loadu_ps(m, p); }
+inline void v_store(float* p, vf x, lanes m) { _mm512_mask_storeu_ps(p, m, x); }
+inline vf v_set1(float x) { return _mm512_set1_ps(x); }
+inline vf v_zero() { return _mm512_setzero_ps(); }
+inline vf v_add(vf a, vf b) { return _mm512_add_ps(a, b); }
+inline vf v_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+inline vf v_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }    // a b + c
+inline vf v_fnma(vf a, vf b, vf c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a b
+inline float v_sum(vf a) { return hsum(a); }
+#else
+typedef float vf __attribute__((vector_size(32)));  // GCC's generic vectors (AVX2 registers, or pairs of SSE)
+using lanes = i64;                                  // the number of leading lanes
+constexpr lanes kAll = 8;
+constexpr int kLanes = 8, kV = 2;  // lanes per vector, vectors per chunk of columns (16 registers, not 32)
+inline lanes lanes_first(i64 n) { return n < 0 ? 0 : n > 8 ? 8 : n; }
+inline vf v_load(const float* p, lanes m) {
+  vf r = {};
+  if (m == kAll)
+    std::memcpy(&r, p, sizeof(r));
+  else
+    for (i64 i = 0; i < m; i++) r[i] = p[i];
+  return r;
+}
+inline void v_store(float* p, vf x, lanes m) {
+  if (m == kAll)
+    std::memcpy(p, &x, sizeof(x));
+  else
+    for (i64 i = 0; i < m; i++) p[i] = x[i];
+}
+inline vf v_set1(float a) { return vf{} + a; }
+inline vf v_zero() { return vf{}; }
+inline vf v_add(vf a, vf b) { return a + b; }
+inline vf v_mul(vf a, vf b) { return a * b; }
+inline vf v_fma(vf a, vf b, vf c) { return a * b + c; }
+inline vf v_fnma(vf a, vf b, vf c) { return c - a * b; }
+inline float v_sum(vf a) {
+  float t = 0.0f;
+  for (int i = 0; i < kLanes; i++) t += a[i];
+  return t;
+}
+#endif
+
+// The deferred backward's operands for NS (1 or 2) sources: source j is s[j], read by call k at column
+// col[j][k]; gs[j] its gradient (null: p only), start[j] what gs[j] starts from (null: zero).
+struct SourceBack {
+  i64 K, d, rows;
+  const float* const* gout;
+  const float* const* alpha;
+  const float* const* rstd;
+  const i64* n;
+  const bool* needC;
+  float* const* cv;
+  const float* const* outs;
+  const float* const* bases;
+  const float* q;  // [K, d]: w_k o g_k
+  const float* s[2];
+  float* gs[2];
+  const float* start[2];
+  const i64* col[2];
+};
+
+// Per thread, for one block: the block's alphas, rstds and c, and per (call, row, source) gout . s (da),
+// q . s (dq) and dl; coef [kRouteRows, NS], the coefficient of s in gs; acc [kCallGroup, NS, 2], the
+// running sums of da and dq of one row (a vector each).
+struct VSlot {  // a vector in a std::vector (which would drop __m512's alignment attribute)
+  vf v;
+};
+struct SourceScratch {
+  std::vector<VSlot> acc;
+  std::vector<float> dl, da, dq, al, rs, c;  // [K, kRouteRows, NS] but c [K, kRouteRows]
+  double coef[kRouteRows * 2];
+  explicit SourceScratch(i64 K)
+      : acc((size_t)kCallGroup * 4),
+        dl((size_t)K * kRouteRows * 2),
+        da((size_t)K * kRouteRows * 2),
+        dq((size_t)K * kRouteRows * 2),
+        al((size_t)K * kRouteRows * 2),
+        rs((size_t)K * kRouteRows * 2),
+        c((size_t)K * kRouteRows) {}
+};
+
+// Pass A on columns [c0, c0 + kLanes V) of row r (the last vector's lanes m): gs_j += sum_k alpha_kj gout_k,
+// and the partial sums gout_k . s_j and q_k . s_j into acc (written on the first chunk, added after).
+template <int NS, int V>
+inline void sb_chunk(const SourceBack& x, i64 k0, i64 k1, i64 r, i64 c0, lanes m, bool first,
+                     SourceScratch& w) {
+  const i64 d = x.d, off = r * d + c0, rr = r % kRouteRows;
+  vf sv[NS][V], gv[NS][V];
+#pragma GCC unroll 8
+  for (int j = 0; j < NS; j++)
+#pragma GCC unroll 8
+    for (int v = 0; v < V; v++) {
+      const lanes mv = v == V - 1 ? m : kAll;
+      sv[j][v] = v_load(x.s[j] + off + kLanes * v, mv);
+      const float* from = k0 > 0 ? x.gs[j] : x.start[j];  // later groups continue from gs
+      gv[j][v] = from != nullptr ? v_load(from + off + kLanes * v, mv) : v_zero();
+    }
+  for (i64 k = k0; k < k1; k++) {
+    const float* go = x.gout[k] + off;
+    const float* q = x.q + k * d + c0;
+    if (r + kGoutAhead < x.rows)  // the same columns kGoutAhead rows on
+#pragma GCC unroll 8
+      for (int v = 0; v < V; v++) __builtin_prefetch(go + kGoutAhead * d + kLanes * v, 0, 3);
+    vf gov[V], qv[V];
+#pragma GCC unroll 8
+    for (int v = 0; v < V; v++) {
+      const lanes mv = v == V - 1 ? m : kAll;
+      gov[v] = v_load(go + kLanes * v, mv);
+      qv[v] = v_load(q + kLanes * v, mv);
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < NS; j++) {
+      const vf a = v_set1(w.al[(k * kRouteRows + rr) * NS + j]);
+      vf t = v_mul(sv[j][0], gov[0]), u = v_mul(sv[j][0], qv[0]);
+      gv[j][0] = v_fma(a, gov[0], gv[j][0]);
+#pragma GCC unroll 8
+      for (int v = 1; v < V; v++) {
+        t = v_fma(sv[j][v], gov[v], t);
+        u = v_fma(sv[j][v], qv[v], u);
+        gv[j][v] = v_fma(a, gov[v], gv[j][v]);
+      }
+      VSlot* acc = w.acc.data() + ((k - k0) * NS + j) * 2;
+      acc[0].v = first ? t : v_add(acc[0].v, t);
+      acc[1].v = first ? u : v_add(acc[1].v, u);
+    }
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < NS; j++)
+    if (x.gs[j] != nullptr)
+#pragma GCC unroll 8
+      for (int v = 0; v < V; v++) v_store(x.gs[j] + off + kLanes * v, gv[j][v], v == V - 1 ? m : kAll);
+}
+
+// Rows RB at a time: gs_j[r] += sum_k dl_kj[r] q_k - coef_j[r] s_j[r] on columns [c0, c0 + kLanes V).
+template <int NS, int RB, int V>
+inline void sb_dlq(const SourceBack& x, int j, i64 r0, i64 rr, i64 c0, lanes m, const SourceScratch& w) {
+  const i64 d = x.d;
+  float* gs = x.gs[j] + (r0 + rr) * d + c0;
+  const float* sj = x.s[j] + (r0 + rr) * d + c0;
+  vf acc[RB][V];
+#pragma GCC unroll 8
+  for (int i = 0; i < RB; i++)
+#pragma GCC unroll 8
+    for (int v = 0; v < V; v++) acc[i][v] = v_load(gs + i * d + kLanes * v, v == V - 1 ? m : kAll);
+  for (i64 k = 0; k < x.K; k++) {
+    vf qv[V];
+#pragma GCC unroll 8
+    for (int v = 0; v < V; v++) qv[v] = v_load(x.q + k * d + c0 + kLanes * v, v == V - 1 ? m : kAll);
+    const float* dl = w.dl.data() + (k * kRouteRows + rr) * NS + j;
+#pragma GCC unroll 8
+    for (int i = 0; i < RB; i++) {
+      const vf b = v_set1(dl[i * NS]);
+#pragma GCC unroll 8
+      for (int v = 0; v < V; v++) acc[i][v] = v_fma(b, qv[v], acc[i][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < RB; i++) {
+    const vf cf = v_set1((float)w.coef[(rr + i) * NS + j]);
+#pragma GCC unroll 8
+    for (int v = 0; v < V; v++) {
+      const lanes mv = v == V - 1 ? m : kAll;
+      v_store(gs + i * d + kLanes * v, v_fnma(cf, v_load(sj + i * d + kLanes * v, mv), acc[i][v]), mv);
+    }
+  }
+}
+
+// Calls KB at a time: P_k += sum over the block's nr rows of dl_kj[r] s_j[r], columns [c0, c0 + kLanes V).
+template <int NS, int KB, int V>
+inline void sb_p(const SourceBack& x, int j, i64 r0, i64 nr, i64 k0, i64 c0, lanes m, const SourceScratch& w,
+                 float* P) {
+  const i64 d = x.d;
+  vf acc[KB][V];
+#pragma GCC unroll 8
+  for (int i = 0; i < KB; i++)
+#pragma GCC unroll 8
+    for (int v = 0; v < V; v++) acc[i][v] = v_zero();
+  for (i64 rr = 0; rr < nr; rr++) {
+    vf sv[V];
+#pragma GCC unroll 8
+    for (int v = 0; v < V; v++)
+      sv[v] = v_load(x.s[j] + (r0 + rr) * d + c0 + kLanes * v, v == V - 1 ? m : kAll);
+#pragma GCC unroll 8
+    for (int i = 0; i < KB; i++) {
+      const vf b = v_set1(w.dl[((k0 + i) * kRouteRows + rr) * NS + j]);
+#pragma GCC unroll 8
+      for (int v = 0; v < V; v++) acc[i][v] = v_fma(b, sv[v], acc[i][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < KB; i++)
+#pragma GCC unroll 8
+    for (int v = 0; v < V; v++) {
+      const lanes mv = v == V - 1 ? m : kAll;
+      float* pk = P + (k0 + i) * d + c0 + kLanes * v;
+      v_store(pk, v_add(v_load(pk, mv), acc[i][v]), mv);
+    }
+}
+
+// f<kV>(c0, all lanes) over whole chunks of kV vectors, then f<1>(c0, lanes) over the remaining vectors.
+template <typename F>
+inline void over_columns(i64 d, F&& f) {
+  i64 c0 = 0;
+  for (; c0 + kV * kLanes <= d; c0 += kV * kLanes) f(std::integral_constant<int, kV>(), c0, kAll);
+  for (; c0 < d; c0 += kLanes) f(std::integral_constant<int, 1>(), c0, lanes_first(d - c0));
+}
+
+// One block of rows [r0, r1).
+template <int NS>
+void sb_block(const SourceBack& x, i64 r0, i64 r1, SourceScratch& w, float* P) {
+  const i64 K = x.K, d = x.d, nr = r1 - r0;
+  for (i64 rr = 0; rr < nr * NS; rr++) w.coef[rr] = 0.0;
+  // the block's alphas, rstds and c, call by call (sequential reads), and the next block's into L2
+  for (i64 k = 0; k < K; k++) {
+    const i64 N = x.n[k];
+    for (i64 r = r0; r < r1; r++)
+      for (int j = 0; j < NS; j++) {
+        w.al[(k * kRouteRows + r - r0) * NS + j] = x.alpha[k][r * N + x.col[j][k]];
+        w.rs[(k * kRouteRows + r - r0) * NS + j] = x.rstd[k][r * N + x.col[j][k]];
+      }
+    if (!x.needC[k]) std::copy(x.cv[k] + r0, x.cv[k] + r1, w.c.data() + k * kRouteRows);
+    const i64 n1 = std::min(x.rows, r1 + kRouteRows);
+    if (r1 < n1) {
+      for (i64 e = r1 * N; e < n1 * N; e += 16) {
+        __builtin_prefetch(x.alpha[k] + e, 0, 2);
+        __builtin_prefetch(x.rstd[k] + e, 0, 2);
+      }
+      for (i64 e = r1; e < n1; e += 16) __builtin_prefetch(x.cv[k] + e, 0, 2);
+    }
+  }
+  // pass A, kCallGroup calls at a time (fewer streams of gout rows at once)
+  for (i64 k0 = 0; k0 == 0 || k0 < K; k0 += kCallGroup) {  // once with no calls: gs = its start
+    const i64 k1 = std::min(K, k0 + kCallGroup);
+    for (i64 r = r0; r < r1; r++) {
+      const i64 rr = r - r0;
+      for (i64 k = k0; k < k1; k++)
+        if (x.needC[k]) {  // c_k = gout_k . (out_k - base_k), on the call's first source
+          const float* b = x.bases[k] == nullptr ? nullptr : x.bases[k] + r * d;
+          x.cv[k][r] = w.c[k * kRouteRows + rr] = dot_diff(x.gout[k] + r * d, x.outs[k] + r * d, b, d);
+        }
+      bool first = true;
+      over_columns(d, [&](auto V, i64 c0, lanes m) {
+        sb_chunk<NS, decltype(V)::value>(x, k0, k1, r, c0, m, first, w);
+        first = false;
+      });
+      for (i64 k = k0; k < k1; k++)
+        for (int j = 0; j < NS; j++) {
+          const VSlot* acc = w.acc.data() + ((k - k0) * NS + j) * 2;
+          const i64 e = (k * kRouteRows + rr) * NS + j;
+          w.da[e] = v_sum(acc[0].v);
+          w.dq[e] = v_sum(acc[1].v);
+        }
+    }
+  }
+  for (i64 r = r0; r < r1; r++) {
+    const i64 rr = r - r0;
+    for (i64 k = 0; k < K; k++)
+      for (int j = 0; j < NS; j++) {
+        const i64 e = (k * kRouteRows + rr) * NS + j;
+        const float da = w.da[e], dq = w.dq[e];
+        const float a = w.al[e], rs = w.rs[e];
+        // one source: alpha is 1 whatever the logit, so dl is exactly 0 (c, taken from out - base,
+        // may differ from da by the rounding of out)
+        const double dld = x.n[k] == 1 ? 0.0 : (double)rs * a * ((double)da - w.c[k * kRouteRows + rr]);
+        w.dl[e] = (float)dld;
+        w.coef[rr * NS + j] += (double)rs * rs * dld * dq / (double)d;
+      }
+  }
+  for (int j = 0; j < NS; j++) {
+    if (x.gs[j] != nullptr) {
+      i64 rr = 0;
+      for (; rr + 4 <= nr; rr += 4)
+        over_columns(
+            d, [&](auto V, i64 c0, lanes m) { sb_dlq<NS, 4, decltype(V)::value>(x, j, r0, rr, c0, m, w); });
+      for (; rr < nr; rr++)
+        over_columns(
+            d, [&](auto V, i64 c0, lanes m) { sb_dlq<NS, 1, decltype(V)::value>(x, j, r0, rr, c0, m, w); });
+    }
+    i64 k0 = 0;
+    for (; k0 + 4 <= K; k0 += 4)
+      over_columns(d, [&](auto V, i64 c0, lanes m) {
+        sb_p<NS, 4, decltype(V)::value>(x, j, r0, nr, k0, c0, m, w, P);
+      });
+    for (; k0 < K; k0++)
+      over_columns(d, [&](auto V, i64 c0, lanes m) {
+        sb_p<NS, 1, decltype(V)::value>(x, j, r0, nr, k0, c0, m, w, P);
+      });
+  }
+}
+}  // namespace
+
 void depth_route_source_backward(const float* s, float* gs, bool accumulate, const float* init, i64 K,
                                  const float* const* gout, const float* const* alpha,
                                  const float* const* rstd, const i64* col, const i64* n, const bool* needC,
@@ -422,6 +731,11 @@ void depth_route_source_backward(const float* s, float* gs, bool accumulate, con
   std::vector<float> wgv((size_t)K * d);
   for (i64 k = 0; k < K; k++)
     for (i64 c = 0; c < d; c++) wgv[(size_t)k * d + c] = w[k][c] * g[k][c];
+  SourceBack x{
+      K,          d,          rows,    gout,      alpha,
+      rstd,       n,          needC,   cv,        outs,
+      bases,      wgv.data(), {s, s2}, {gs, gs2}, {gs == nullptr ? nullptr : accumulate ? gs : init, nullptr},
+      {col, col2}};
   const bool par = rows * d * std::max<i64>(K, 1) >= kParallelMin && rows > kRouteRows;
   const int maxT = par ? omp_get_max_threads() : 1;
   std::vector<float> partial((size_t)maxT * K * d, 0.0f);
@@ -429,94 +743,14 @@ void depth_route_source_backward(const float* s, float* gs, bool accumulate, con
 #pragma omp parallel if (par)
   {
     float* P = partial.data() + (size_t)omp_get_thread_num() * K * d;
-    double coef[kRouteRows], coef2[kRouteRows];
-    float dlb[kRouteRows], dlb2[kRouteRows];
+    SourceScratch scratch(K);
 #pragma omp for schedule(static)
     for (i64 b = 0; b < nb; b++) {
       const i64 r0 = b * kRouteRows, r1 = std::min(rows, r0 + kRouteRows);
-      if (gs != nullptr && !accumulate) {
-        if (init != nullptr)
-          std::copy(init + r0 * d, init + r1 * d, gs + r0 * d);
-        else
-          std::fill(gs + r0 * d, gs + r1 * d, 0.0f);
-      }
-      if (two) std::fill(gs2 + r0 * d, gs2 + r1 * d, 0.0f);
-      for (i64 r = r0; r < r1; r++) coef[r - r0] = coef2[r - r0] = 0.0;
-      for (i64 k = 0; k < K; k++) {
-        const float* q = wgv.data() + (size_t)k * d;
-        float* Pk = P + (size_t)k * d;
-        const i64 N = n[k], ck = col[k];
-        for (i64 r = r0; r < r1; r++) {
-          i64 ka, ra;
-          if (ahead(k, r, r0, r1, K, &ka, &ra)) {
-            prefetch_row(gout[ka] + ra * d, d, false);
-            if (needC[ka]) {  // c's other operands, read once per call (cold otherwise)
-              prefetch_row(outs[ka] + ra * d, d, false);
-              if (bases[ka] != nullptr) prefetch_row(bases[ka] + ra * d, d, false);
-            }
-          }
-          const float* sr = s + r * d;
-          const float* go = gout[k] + r * d;
-          if (needC[k])  // c_k = gout_k . (out_k - base_k), on the call's first source
-            cv[k][r] = dot_diff(go, outs[k] + r * d, bases[k] == nullptr ? nullptr : bases[k] + r * d, d);
-          // one source: alpha is 1 whatever the logit, so dl is exactly 0 (c, taken from out - base,
-          // may differ from da by the rounding of out)
-          const auto row = [&](const float* srow, i64 column, float* grow, double* cf) {
-            float da, dq;
-            dots(srow, go, q, d, &da, &dq);
-            const float a = alpha[k][r * N + column], rs = rstd[k][r * N + column];
-            const double dld = N == 1 ? 0.0 : (double)rs * a * ((double)da - cv[k][r]);
-            const float dl = (float)dld;
-            if (grow != nullptr) {
-              *cf += (double)rs * rs * dld * dq / (double)d;
-#pragma omp simd
-              for (i64 c = 0; c < d; c++) grow[c] += a * go[c] + dl * q[c];
-            }
-            return dl;
-          };
-          dlb[r - r0] = row(sr, ck, gs == nullptr ? nullptr : gs + r * d, &coef[r - r0]);
-          // the second source, while gout's row is in L1
-          if (two) dlb2[r - r0] = row(s2 + r * d, col2[k], gs2 + r * d, &coef2[r - r0]);
-        }
-        // p_k += sum over the block's rows of dl s: summed in a register per SIMD lane, so p_k is
-        // read and written once per block instead of once per row
-        const i64 nr = r1 - r0;
-        for (int which = 0; which < (two ? 2 : 1); which++) {
-          const float* sb = (which == 0 ? s : s2) + r0 * d;
-          const float* dls = which == 0 ? dlb : dlb2;
-          i64 c0 = 0;
-          for (; c0 + kChunk <= d; c0 += kChunk) {
-            float acc[kChunk] = {0};
-            for (i64 r = 0; r < nr; r++) {
-              const float dl = dls[r];
-              const float* sp = sb + r * d + c0;
-#pragma omp simd
-              for (i64 j = 0; j < kChunk; j++) acc[j] += dl * sp[j];
-            }
-#pragma omp simd
-            for (i64 j = 0; j < kChunk; j++) Pk[c0 + j] += acc[j];
-          }
-          for (i64 c = c0; c < d; c++) {
-            float acc = 0.0f;
-            for (i64 r = 0; r < nr; r++) acc += dls[r] * sb[r * d + c];
-            Pk[c] += acc;
-          }
-        }
-      }
-      if (gs == nullptr) continue;
-      for (i64 r = r0; r < r1; r++) {
-        const float cf = (float)coef[r - r0];
-        const float* sr = s + r * d;
-        float* gr = gs + r * d;
-#pragma omp simd
-        for (i64 c = 0; c < d; c++) gr[c] -= cf * sr[c];
-        if (!two) continue;
-        const float cf2 = (float)coef2[r - r0];
-        const float* s2r = s2 + r * d;
-        float* g2 = gs2 + r * d;
-#pragma omp simd
-        for (i64 c = 0; c < d; c++) g2[c] -= cf2 * s2r[c];
-      }
+      if (two)
+        sb_block<2>(x, r0, r1, scratch, P);
+      else
+        sb_block<1>(x, r0, r1, scratch, P);
     }
   }
   for (i64 k = 0; k < K; k++)

@@ -440,6 +440,10 @@ inline vf v_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }    // a b
 inline vf v_fnma(vf a, vf b, vf c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a b
 inline float v_sum(vf a) { return hsum(a); }
 #else
+// (these helpers are inline: the ABI of passing a 32-byte vector by value, which GCC warns about
+// without AVX, never applies)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
 typedef float vf __attribute__((vector_size(32)));  // GCC's generic vectors (AVX2 registers, or pairs of SSE)
 using lanes = i64;                                  // the number of leading lanes
 constexpr lanes kAll = 8;
@@ -470,6 +474,7 @@ inline float v_sum(vf a) {
   for (int i = 0; i < kLanes; i++) t += a[i];
   return t;
 }
+#pragma GCC diagnostic pop
 #endif
 
 // The deferred backward's operands for NS (1 or 2) sources: source j is s[j], read by call k at column

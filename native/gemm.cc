@@ -140,10 +140,12 @@ constexpr int VW = 4;
 constexpr int MR = 4;
 #endif
 constexpr int NR = 2 * VW;
-constexpr i64 KC = 256;   // packed steps per K slice (float32: 256 k; bfloat16: 512 k)
-constexpr i64 MC = 128;   // rows of A per task (multiple of MR)
-constexpr i64 NT = 256;   // columns of B per task (multiple of NR)
-constexpr i64 NC = 4096;  // columns of B packed at once (multiple of NT)
+constexpr i64 KC = 256;            // packed steps per K slice (float32: 256 k; bfloat16: 512 k)
+constexpr i64 MC = 128 / MR * MR;  // rows of A per task: a multiple of MR (126 for the AVX2 tile of 6 rows)
+constexpr i64 NT = 256;            // columns of B per task (multiple of NR)
+constexpr i64 NC = 4096;           // columns of B packed at once (multiple of NT)
+// Tasks start on whole tiles (test/native-portable.test.ts compiles this for the AVX2 and SSE tiles too).
+static_assert(MC % MR == 0 && NT % NR == 0 && NC % NT == 0, "GEMM blocks must be whole tiles");
 
 // float32 panels: one packed element per k; alpha folded into A while packing.
 struct F32Panels {

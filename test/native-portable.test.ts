@@ -4,6 +4,9 @@
  * vectors, `omp simd` loops) are never compiled. This test compiles every kernel source (not
  * addon.cc, which needs Node's headers) for x86-64 without AVX-512 — AVX2 (x86-64-v3) and the
  * SSE2 baseline — and asserts the compiler says nothing: no error, no warning under -Wall -Wextra.
+ * That includes gemm.cc's static_assert that its task blocks are whole register tiles: with the AVX2
+ * tile of 6 rows, 128-row tasks started mid-tile and the built-in GEMM returned wrong rows past 128
+ * (caught by building the addon with -mno-avx512f and running test/native-kernels.test.ts on it).
  * On other architectures it compiles for the default target, which is the portable path there too.
  */
 import assert from "node:assert/strict";

@@ -42,8 +42,7 @@ static inline i64 key_limit(i64 i, i64 Tq, i64 Tk, bool causal) {
 // Prefetches rows r0 .. r1-1 of a head's slice (row t at x + t * ld, D floats) into L2: the next task's
 // inputs, a slice at a time while this task runs (in L1 they would push out this task's own).
 static void prefetch_rows(const float* x, i64 ld, i64 r0, i64 r1, i64 D) {
-  for (i64 t = r0; t < r1; t++)
-    for (i64 c = 0; c < D; c += 16) __builtin_prefetch(x + t * ld + c, 0, 2);
+  for (i64 t = r0; t < r1; t++) prefetch_l2(x + t * ld, D);
 }
 
 // x[t * ld + c] = 0 for t < rows, c < D (one kv head's gradient rows, which the task accumulates into).

@@ -26,16 +26,16 @@
 // chain of dependent scalar steps costing about a quarter of the kernel.
 // The deferred backward takes blocks of kRouteRows rows. A first pass over the block's rows, kCallGroup
 // calls at a time (each gout row prefetched kGoutAhead rows ahead), keeps 64 columns of each source row
-// and of its gradient in registers while the group's gout rows go past: gs += alpha gout, and the
-// partial sums of gout . s and q . s per (call, row). Then per (call, row) dl and the row's coefficient
-// of s, and two small register-blocked products over the block: gs += dl Q - coef s (4 rows by 64
-// columns at a time) and p_k += dl^T S (4 calls by 64 columns). Row by row and call by call, with a
+// and of its gradient in registers while the group's gout rows go past: gs += alpha gout, and the sums
+// of gout . s and q . s per (call, row), from which the row's dl and coefficient of s follow. Then two
+// small register-blocked products over the block: gs += dl Q - coef s (4 rows by 64 columns at a time)
+// and p_k += dl^T S (4 calls by 64 columns). Row by row and call by call, with a
 // dependent chain of dot products, sums and update per call, the same work took ~1.4x as long.
 // The one-call backward (depth_route_backward) uses blocks of kRowBlock rows, in two passes.
 // All of them spread blocks over OpenMP threads. Sums over d accumulate in float across the SIMD
-// lanes (64 partial sums with AVX-512: four accumulators of 16), accurate to ~1e-6 relative for d in
-// the thousands. The forward's softmax runs in float with exp_fast (~2 ulp); the backward's sums over
-// sources (dl) use double.
+// lanes (with AVX-512 64 partial sums, four accumulators of 16; 16 in the deferred backward), accurate
+// to ~1e-6 relative for d in the thousands. The forward's softmax runs in float with exp_fast (~2 ulp); the
+// backward's sums over sources (dl) use double.
 #include <omp.h>
 
 #include <algorithm>
@@ -496,21 +496,19 @@ struct SourceBack {
   const i64* col[2];
 };
 
-// Per thread, for one block: the block's alphas, rstds and c, and per (call, row, source) gout . s (da),
-// q . s (dq) and dl; coef [kRouteRows, NS], the coefficient of s in gs; acc [kCallGroup, NS, 2], the
-// running sums of da and dq of one row (a vector each).
+// Per thread, for one block: the block's alphas, rstds and c, and dl per (call, row, source); coef
+// [kRouteRows, NS], the coefficient of s in gs; acc [kCallGroup, NS, 2], one row's running sums of
+// gout . s and q . s (a vector each).
 struct VSlot {  // a vector in a std::vector (which would drop __m512's alignment attribute)
   vf v;
 };
 struct SourceScratch {
   std::vector<VSlot> acc;
-  std::vector<float> dl, da, dq, al, rs, c;  // [K, kRouteRows, NS] but c [K, kRouteRows]
+  std::vector<float> dl, al, rs, c;  // [K, kRouteRows, NS] but c [K, kRouteRows]
   double coef[kRouteRows * 2];
   explicit SourceScratch(i64 K)
       : acc((size_t)kCallGroup * 4),
         dl((size_t)K * kRouteRows * 2),
-        da((size_t)K * kRouteRows * 2),
-        dq((size_t)K * kRouteRows * 2),
         al((size_t)K * kRouteRows * 2),
         rs((size_t)K * kRouteRows * 2),
         c((size_t)K * kRouteRows) {}
@@ -658,11 +656,9 @@ void sb_block(const SourceBack& x, i64 r0, i64 r1, SourceScratch& w, float* P) {
     if (!x.needC[k]) std::copy(x.cv[k] + r0, x.cv[k] + r1, w.c.data() + k * kRouteRows);
     const i64 n1 = std::min(x.rows, r1 + kRouteRows);
     if (r1 < n1) {
-      for (i64 e = r1 * N; e < n1 * N; e += 16) {
-        __builtin_prefetch(x.alpha[k] + e, 0, 2);
-        __builtin_prefetch(x.rstd[k] + e, 0, 2);
-      }
-      for (i64 e = r1; e < n1; e += 16) __builtin_prefetch(x.cv[k] + e, 0, 2);
+      prefetch_l2(x.alpha[k] + r1 * N, (n1 - r1) * N);
+      prefetch_l2(x.rstd[k] + r1 * N, (n1 - r1) * N);
+      prefetch_l2(x.cv[k] + r1, n1 - r1);
     }
   }
   // pass A, kCallGroup calls at a time (fewer streams of gout rows at once)
@@ -680,28 +676,20 @@ void sb_block(const SourceBack& x, i64 r0, i64 r1, SourceScratch& w, float* P) {
         sb_chunk<NS, decltype(V)::value>(x, k0, k1, r, c0, m, first, w);
         first = false;
       });
+      // dl and the row's coefficient of s, from the group's sums (c is this row's, computed above or copied)
       for (i64 k = k0; k < k1; k++)
         for (int j = 0; j < NS; j++) {
           const VSlot* acc = w.acc.data() + ((k - k0) * NS + j) * 2;
+          const float da = v_sum(acc[0].v), dq = v_sum(acc[1].v);
           const i64 e = (k * kRouteRows + rr) * NS + j;
-          w.da[e] = v_sum(acc[0].v);
-          w.dq[e] = v_sum(acc[1].v);
+          const float a = w.al[e], rs = w.rs[e];
+          // one source: alpha is 1 whatever the logit, so dl is exactly 0 (c, taken from out - base,
+          // may differ from da by the rounding of out)
+          const double dld = x.n[k] == 1 ? 0.0 : (double)rs * a * ((double)da - w.c[k * kRouteRows + rr]);
+          w.dl[e] = (float)dld;
+          w.coef[rr * NS + j] += (double)rs * rs * dld * dq / (double)d;
         }
     }
-  }
-  for (i64 r = r0; r < r1; r++) {
-    const i64 rr = r - r0;
-    for (i64 k = 0; k < K; k++)
-      for (int j = 0; j < NS; j++) {
-        const i64 e = (k * kRouteRows + rr) * NS + j;
-        const float da = w.da[e], dq = w.dq[e];
-        const float a = w.al[e], rs = w.rs[e];
-        // one source: alpha is 1 whatever the logit, so dl is exactly 0 (c, taken from out - base,
-        // may differ from da by the rounding of out)
-        const double dld = x.n[k] == 1 ? 0.0 : (double)rs * a * ((double)da - w.c[k * kRouteRows + rr]);
-        w.dl[e] = (float)dld;
-        w.coef[rr * NS + j] += (double)rs * rs * dld * dq / (double)d;
-      }
   }
   for (int j = 0; j < NS; j++) {
     if (x.gs[j] != nullptr) {

@@ -1029,7 +1029,8 @@ say(heading(2, "bfloat16 matmuls: does training with bf16 operands stay within t
   }
 }
 
-const believeLines = [
+// built when the page is assembled: every part above and below may add a belief
+const believeLines = () => [
   heading(2, "What we now believe"),
   "",
   beliefs.length
@@ -1162,6 +1163,8 @@ else {
   ] as const) {
     const r = verdictLower(losses(sh, x), losses(sh, y), P);
     say(`- ${name}: Δ val loss ${f4(r.delta)}, ${pStr(r.welch)}: ${words(r)}.`);
+    const b = belief(r, x, y, "on the second corpus (tinyshakespeare, character level)");
+    if (b) beliefs.push(b);
     if (name === "delta vs standard")
       verdicts.push(
         tableRow([
@@ -1214,7 +1217,7 @@ const lines = [
   ...tableHead(["claim", "where", "measured", "verdict"]),
   ...(verdicts.length ? verdicts : [tableRow(["(no finished part yet)", "", "", ""])]),
   "",
-  ...believeLines,
+  ...believeLines(),
   ...body,
   heading(2, "Claims the study does not measure"),
   "",

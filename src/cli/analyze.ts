@@ -39,6 +39,8 @@ export async function analyzeCommand(f: AnalyzeFlags): Promise<AnalyzeResult> {
     throw new Error(`data folder ${f.data} does not exist (make one with attnres prepare)`);
   if (f.flatFactor !== undefined && f.flatFactor < 1)
     throw new Error(`--flat-factor must be at least 1 (1 = exactly uniform), got ${f.flatFactor}`);
+  if (f.out !== undefined && fs.existsSync(f.out) && !fs.statSync(f.out).isDirectory())
+    throw new Error(`--out ${f.out} exists and is not a folder`);
   const data = loadPrepared(f.data);
   const model = loadCheckpoint(f.checkpoint);
   const bar = progress("batch", f.quiet);

@@ -7,13 +7,21 @@ import * as path from "node:path";
 import type { ModeName } from "../model/config.js";
 import { modeByName, modes as registeredModes } from "../model/residual.js";
 import { runCompare, type CompareResult } from "../workflows/compare.js";
-import { checkModeFlags, interruptSignal, modeKeys, progress } from "./common.js";
+import {
+  checkModeFlags,
+  checkRunFolder,
+  interruptSignal,
+  modeKeys,
+  progress,
+  withoutRefusedRuns,
+} from "./common.js";
 import { cliError } from "./errors.js";
 import { loadPreset } from "./preset.js";
 import { specFrom, type TrainFlags } from "./train.js";
 import { writeCompareFigures } from "../workflows/compare-figures.js";
 import { torchOptionsFrom } from "./engine.js";
 import { runTorchTraining } from "../train/torch-engine.js";
+import { runTraining } from "../train/run.js";
 
 export { registerCompare } from "./commands/compare.js";
 
@@ -34,31 +42,37 @@ function parseList<T>(v: string, what: string, parse: (s: string) => T): T[] {
 export async function compareCommand(f: CompareFlags): Promise<CompareResult> {
   const torch = torchOptionsFrom(f);
   const preset = loadPreset(f.preset);
-  const modes = f.modes
-    ? parseList(f.modes, "modes", (m) => {
-        if (!modeByName(m))
-          throw new Error(
-            `unknown mode "${m}" in --modes (expected ${registeredModes()
-              .map((d) => d.name)
-              .join(", ")})`,
-          );
-        return m as ModeName;
-      })
-    : ((preset.compare?.modes ?? ["standard", "delta"]) as ModeName[]);
-  const seeds = f.seeds
-    ? parseList(f.seeds, "seeds", (s) => {
-        const n = Number(s);
-        if (!Number.isInteger(n) || n < 0) throw new Error(`--seeds: "${s}" is not a non-negative integer`);
-        return n;
-      })
-    : (preset.compare?.seeds ?? [0]);
+  const modes =
+    f.modes !== undefined
+      ? parseList(f.modes, "modes", (m) => {
+          if (!modeByName(m))
+            throw new Error(
+              `unknown mode "${m}" in --modes (expected ${registeredModes()
+                .map((d) => d.name)
+                .join(", ")})`,
+            );
+          return m as ModeName;
+        })
+      : ((preset.compare?.modes ?? ["standard", "delta"]) as ModeName[]);
+  const seeds =
+    f.seeds !== undefined
+      ? parseList(f.seeds, "seeds", (s) => {
+          const n = Number(s);
+          if (!Number.isSafeInteger(n) || n < 0)
+            throw new Error(`--seeds: "${s}" is not an integer from 0 to ${Number.MAX_SAFE_INTEGER}`);
+          return n;
+        })
+      : (preset.compare?.seeds ?? [0]);
   if (new Set(modes).size !== modes.length) throw new Error("--modes lists a mode twice");
+  const twice = seeds.find((s, i) => seeds.indexOf(s) !== i);
+  if (twice !== undefined) throw new Error(`--seeds lists seed ${twice} twice`);
   checkModeFlags(
     modes.map((m) => modeByName(m) ?? m),
     f,
   );
   const base = await specFrom(preset, { ...f, mode: undefined });
   const out = f.out || path.join("runs", `compare-${path.basename(f.preset).replace(/\.json$/, "")}`);
+  checkRunFolder(out);
   const specFor = (mode: ModeName, seed: number) => ({
     ...base,
     model: { ...base.model, ...(mode === "standard" ? {} : modeKeys(modeByName(mode) ?? mode, f)) },
@@ -79,7 +93,7 @@ export async function compareCommand(f: CompareFlags): Promise<CompareResult> {
       onStep: (step, total, loss, tps) =>
         bar.update(step, total, { loss: loss.toFixed(3), "tok/s": tps.toFixed(0) }),
       onRun: (run, i, n) => bar.log(`run ${i + 1}/${n}: ${run.mode}, seed ${run.seed} (${run.dir})`),
-      ...(torch ? { train: (s, d, o) => runTorchTraining(s, d, { ...o, torch }) } : {}),
+      train: withoutRefusedRuns(torch ? (s, d, o) => runTorchTraining(s, d, { ...o, torch }) : runTraining),
     });
     bar.stop();
     const figures = r.complete ? await writeCompareFigures(r) : [];

@@ -10,7 +10,7 @@
  */
 import { convertCheckpoint, type ConvertResult } from "../workflows/convert.js";
 import type { ConvertMode, StorageDtype } from "../model/names.js";
-import { progress } from "./common.js";
+import { checkRunFolder, progress } from "./common.js";
 
 export { registerConvert } from "./commands/convert.js";
 
@@ -37,6 +37,7 @@ function storageText(s: ConvertResult["storage"]): string {
 }
 
 export function convertCommand(f: ConvertFlags): ConvertResult {
+  checkRunFolder(f.to);
   const bar = progress("convert", f.quiet);
   const out = (s: string) => {
     if (!f.quiet) process.stdout.write(s + "\n");

@@ -31,6 +31,7 @@ export function evalMcCommand(o: EvalMcOptions): McResult {
   const dir = o.checkpoint;
   if (o.limit !== undefined && (!Number.isInteger(o.limit) || o.limit < 1))
     throw new Error(`--limit must be a positive integer, not ${o.limit}`);
+  if (o.out !== undefined) checkOutFile(o.out);
   const config = readConfig(dir); // a clear error when dir is not a checkpoint
   const tok = checkpointTokenizer(dir, config);
   let items = readMcTasks(o.tasks);
@@ -51,6 +52,20 @@ export function evalMcCommand(o: EvalMcOptions): McResult {
   } finally {
     bar.stop();
     model.dispose();
+  }
+}
+
+/** Refuses an --out that cannot be written as a file, before the evaluation rather than after it. */
+function checkOutFile(out: string): void {
+  if (fs.existsSync(out) && fs.statSync(out).isDirectory())
+    throw new Error(`--out ${out} is a folder; give the name of a JSON file to write`);
+  for (let d = path.dirname(path.resolve(out)); ; d = path.dirname(d)) {
+    if (fs.existsSync(d)) {
+      if (!fs.statSync(d).isDirectory())
+        throw new Error(`--out ${out} cannot be written: ${d} is not a folder`);
+      break;
+    }
+    if (path.dirname(d) === d) break;
   }
 }
 

@@ -76,6 +76,13 @@ registerGenerate(program);
 registerPlan(program);
 registerView(program);
 
+// Output piped into a reader that quit (`attnres generate … | head`): stop quietly, as a command
+// killed by SIGPIPE does (status 141), instead of an unhandled 'error' event's stack trace.
+process.stdout.on("error", (e: NodeJS.ErrnoException) => {
+  if (e.code !== "EPIPE") throw e;
+  process.exit(141);
+});
+
 try {
   await program.parseAsync();
 } catch (e) {

@@ -55,7 +55,7 @@ export function loadPreset(nameOrPath: string): Preset {
   const r = PresetSchema.safeParse(raw);
   if (!r.success)
     throw new Error(
-      `invalid preset ${file}:\n${r.error.issues.map((i) => `  ${i.path.join(".")}: ${i.message}`).join("\n")}`,
+      `invalid preset ${file}: ${r.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`,
     );
   parseModelSettings(r.data.model, `model config in ${file}`);
   return r.data;

@@ -14,8 +14,9 @@ export interface ViewFlags {
 
 /** Starts the server as the CLI does (checks, warning, URL line, Ctrl-C stops it). */
 export async function viewCommand(dir: string, o: ViewFlags): Promise<void> {
-  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory())
+  if (!fs.existsSync(dir))
     throw new Error(`the runs folder ${dir} does not exist (train a run first, or name the folder)`);
+  if (!fs.statSync(dir).isDirectory()) throw new Error(`${dir} is not a folder (name the folder of runs)`);
   if (o.port > 65535) throw new Error(`--port ${o.port} is not a port (0 … 65535)`);
   if (!isLoopback(o.host))
     process.stderr.write(

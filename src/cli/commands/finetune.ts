@@ -12,7 +12,7 @@ export function registerFinetune(program: Command): void {
     .addOption(new Option("--from <dir>", "alias of --checkpoint").hideHelp())
     .requiredOption("-d, --data <dir>", "a prepared dataset folder (same tokenizer as the checkpoint)")
     .option("-o, --out <dir>", "run folder (default runs/finetune-<checkpoint>-<mode>)")
-    .option("--resume", "continue the run in --out from its checkpoint")
+    .addOption(new Option("--resume", "continue the run in --out from its checkpoint").conflicts("overwrite"))
     .option("--overwrite", "start over in an --out that holds a run (deletes it)")
     .option("--freeze-base", "train only the routing parameters; the backbone stays bit-identical")
     .option("--seed <n>", "seed for batches", nonNegativeInt)

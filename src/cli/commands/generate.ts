@@ -3,11 +3,12 @@ import * as fs from "node:fs";
 import { type Command, InvalidArgumentError, Option } from "commander";
 import type { GenerateCommandOptions } from "../generate.js";
 
-function intArg(min: number) {
+/** An integer flag value in [min, max] (token ids are int32: at most 2³¹ − 1 new tokens). */
+function intArg(min: number, max = Number.MAX_SAFE_INTEGER) {
   return (v: string): number => {
     const n = Number(v);
-    if (v.trim() === "" || !Number.isInteger(n) || n < min)
-      throw new InvalidArgumentError(`expected an integer ≥ ${min}`);
+    if (v.trim() === "" || !Number.isSafeInteger(n) || n < min || n > max)
+      throw new InvalidArgumentError(`expected an integer ≥ ${min} and ≤ ${max}`);
     return n;
   };
 }
@@ -29,7 +30,7 @@ export function registerGenerate(program: Command): void {
     .option(
       "-n, --max-new-tokens <n>",
       "tokens to sample (beyond the context, the model reads the last max_position_embeddings tokens)",
-      intArg(0),
+      intArg(0, 2 ** 31 - 1),
       200,
     )
     .option(

@@ -1,5 +1,5 @@
 /** The definition of `attnres train` (options, help); the work is in ../train.ts, loaded on use. */
-import type { Command } from "commander";
+import { type Command, Option } from "commander";
 import { checkModeChoice, MODE_LIST, nonNegativeInt, trainingOptions } from "../common.js";
 import { listPresets } from "../preset-names.js";
 import { engineOptions } from "../engine.js";
@@ -11,7 +11,7 @@ export function registerTrain(program: Command): void {
     .description("train a model from a preset (resumable; Ctrl-C saves a checkpoint)")
     .option("-p, --preset <name|file.json>", `preset (${listPresets().join(", ")})`, "sotu-tiny")
     .option("-o, --out <dir>", "run folder (default runs/<preset>-<mode>-s<seed>)")
-    .option("--resume", "continue the run in --out from its checkpoint")
+    .addOption(new Option("--resume", "continue the run in --out from its checkpoint").conflicts("overwrite"))
     .option("--overwrite", "start over in an --out that holds a run (deletes it)")
     .option("--mode <mode>", `residual mode: ${MODE_LIST.join(", ")}`)
     .option("--seed <n>", "seed for initialisation and batches", nonNegativeInt);

@@ -306,6 +306,32 @@ describe("run folders", () => {
     assert.throws(() => log.recover(6), /metrics\.jsonl: line 2 is damaged/);
   });
 
+  test("a damaged checkpoint with no complete copy left is an error on resume, and stays on disk", async () => {
+    const dir = tmp();
+    await runTraining(spec(), dir, { stopAfter: 2 });
+    const w = path.join(dir, "checkpoint", "model.safetensors");
+    fs.truncateSync(w, fs.statSync(w).size - 10);
+    await assert.rejects(
+      runTraining(spec(), dir, { resume: true }),
+      /checkpoint is damaged \(model\.safetensors has \d+ bytes.*no complete copy of it is left/,
+    );
+    assert.ok(fs.existsSync(w), "the damaged checkpoint is not deleted");
+    assert.ok(fs.statSync(path.join(dir, "metrics.jsonl")).size > 0, "the metrics are kept");
+  });
+
+  test("a refused run leaves no run behind, and with overwrite the previous run intact", async () => {
+    const dir = tmp();
+    // a batch larger than the validation split is refused before the first step
+    const big = spec({ batch_size: 5000 });
+    await assert.rejects(runTraining(big, dir), /validation/);
+    assert.deepEqual(fs.readdirSync(dir), [], "no run.json of the refused run");
+    await runTraining(spec(), dir, { stopAfter: 2 });
+    const before = fs.readdirSync(dir).sort();
+    await assert.rejects(runTraining(big, dir, { overwrite: true }), /validation/);
+    assert.deepEqual(fs.readdirSync(dir).sort(), before);
+    assert.equal(findCheckpoint(dir)?.step, 2, "the previous run's checkpoint survives");
+  });
+
   test("recovery takes the newest complete copy and treats a folder without a manifest as incomplete", async () => {
     const dir = tmp();
     await runTraining(spec(), dir, { stopAfter: 2 });

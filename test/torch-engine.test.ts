@@ -8,7 +8,9 @@
  *     checkpoint is complete (manifest, CRC-32 of every tensor, sampler state);
  *   - a failing or killed worker stops the job with its rank's message and leaves the last
  *     checkpoint intact; a checkpoint that does not fit the config is rejected as by TS;
- *   - without torch, the error names the install command.
+ *   - the run folder as on the TS engine (overwrite, resume, keep_best refused); the worker's own
+ *     checks of its input are one line each;
+ *   - without torch, the error names the install command (and the worker says so in one line).
  * Without torch these tests are reported as not run (one line), unless ATTNRES_REQUIRE_TORCH=1
  * (CI), which makes a missing torch a failure.
  */
@@ -110,6 +112,49 @@ test("without torch, the torch engine says how to install it (one line)", async 
     if (saved === undefined) delete process.env.ATTNRES_PYTHON;
     else process.env.ATTNRES_PYTHON = saved;
   }
+});
+
+test("the run folder as on the TypeScript engine: overwrite passes the folder checks, resume needs a run, keep_best is refused", async () => {
+  const dir = tmp();
+  const s = spec({}, { steps: 2, eval_every: 2 });
+  await runTraining(s, dir);
+  const before = fs.readFileSync(path.join(dir, "checkpoint", "model.safetensors"));
+  const saved = process.env.ATTNRES_PYTHON;
+  process.env.ATTNRES_PYTHON = "/nonexistent/python3"; // every check before the workers, no training
+  try {
+    // overwrite gets as far as looking for torch, and deletes nothing before every check has passed
+    await assert.rejects(runTorchTraining(s, dir, { overwrite: true }), /needs PyTorch/);
+    assert.deepEqual(fs.readFileSync(path.join(dir, "checkpoint", "model.safetensors")), before);
+    await assert.rejects(runTorchTraining(s, dir), /already holds a run \(step 2\).*RunOptions\.overwrite/);
+    const empty = path.join(tmp(), "none");
+    await assert.rejects(runTorchTraining(s, empty, { resume: true }), /holds no run to resume/);
+    assert.ok(!fs.existsSync(empty), "a refused run leaves no folder");
+    await assert.rejects(
+      runTorchTraining({ ...s, train: { ...s.train, keep_best: true } }, tmp()),
+      /^Error: keep_best is a setting of the TypeScript engine/,
+    );
+  } finally {
+    if (saved === undefined) delete process.env.ATTNRES_PYTHON;
+    else process.env.ATTNRES_PYTHON = saved;
+  }
+});
+
+test("python -m attnres_torch train under a Python without torch: one line, no traceback", () => {
+  const fake = tmp(); // a `torch` that does not import, first on the path
+  fs.mkdirSync(path.join(fake, "torch"));
+  fs.writeFileSync(
+    path.join(fake, "torch", "__init__.py"),
+    "raise ImportError(\"No module named 'torch'\")\n",
+  );
+  const r = spawnSync(probe?.python ?? "python3", ["-m", "attnres_torch", "train", "--run", tmp()], {
+    encoding: "utf8",
+    env: { ...process.env, PYTHONPATH: [fake, PYTHON_DIR].join(path.delimiter) },
+  });
+  if (r.error) return; // no Python at all
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, /^attnres_torch rank 0: \S+ cannot import torch .*scripts\/setup\.sh --with-torch/);
+  assert.doesNotMatch(r.stderr, /Traceback/);
+  assert.equal(r.stderr.trim().split("\n").length, 1);
 });
 
 test("torch options: versions, devices, process counts (one line each; a warning past the cores)", () => {
@@ -311,6 +356,16 @@ if (!probe) {
       }
       const opt = readSafetensors(path.join(ck, "optimizer.safetensors")).tensors;
       assert.ok(opt.has("m.model.layers.0.mlp_res_proj.weight") && opt.has("v.model.embed_tokens.weight"));
+      // a checkpoint damaged on disk, with no other copy: the worker refuses, deletes nothing
+      const wf = path.join(ck, "model.safetensors");
+      const good = fs.readFileSync(wf);
+      fs.truncateSync(wf, good.length - 10);
+      await assert.rejects(
+        torchRun(s, dir, 1, true),
+        /checkpoint is damaged .*no complete copy of it is left/,
+      );
+      assert.equal(fs.statSync(wf).size, good.length - 10, "the damaged checkpoint stays");
+      fs.writeFileSync(wf, good);
       // the TypeScript engine finishes the run
       const r3 = await runTraining(s, dir, { resume: true });
       assert.equal(r3.done, true);
@@ -371,6 +426,44 @@ if (!probe) {
         torchRun(s, tmp()),
         /does not match the model: missing tensor model\.layers\.0\.attn_res_proj\.weight \(expected shape \[1, 32\]\)/,
       );
+    });
+
+    test("the worker's own checks: a bad run.json, keep_best, a device or torch it lacks (one line each)", () => {
+      const good = tmp();
+      const bad = tmp();
+      const best = tmp();
+      const s = resolveSpec(spec({}, { steps: 2, eval_every: 2 }), loadPrepared(data));
+      fs.writeFileSync(path.join(good, "run.json"), JSON.stringify(s));
+      fs.writeFileSync(path.join(bad, "run.json"), '{"model": {},');
+      fs.writeFileSync(
+        path.join(best, "run.json"),
+        JSON.stringify({ ...s, train: { ...s.train, keep_best: true } }),
+      );
+      // a capability this torch lacks (checked before anything else; its message once failed to be made)
+      const lacks = probe!.cuda === 0 ? ["--device", "cuda"] : !probe!.compile ? ["--compile"] : [];
+      const cases = [["--run", bad], ["--run", best], ...(lacks.length ? [["--run", good, ...lacks]] : [])];
+      const r = spawnSync(
+        probe!.python,
+        [
+          "-c",
+          "import sys; from attnres_torch.train import main; [print(main(a), file=sys.stderr) for a in eval(sys.argv[1])]",
+          JSON.stringify(cases),
+        ],
+        { encoding: "utf8", env: { ...process.env, PYTHONPATH: PYTHON_DIR }, timeout: 120_000 },
+      );
+      assert.equal(r.status, 0, r.stderr);
+      const out = r.stderr.trim().split("\n");
+      const expected = [
+        new RegExp(`^attnres_torch rank 0: ${bad}/run\\.json is not valid JSON \\(`),
+        /^1$/,
+        /^attnres_torch rank 0: \S+run\.json: train\.keep_best is a setting of the TypeScript engine/,
+        /^1$/,
+        ...(lacks.length
+          ? [/^attnres_torch rank 0: --(device cuda: torch sees no CUDA|compile needs torch >= 2)/, /^1$/]
+          : []),
+      ];
+      assert.equal(out.length, expected.length, r.stderr);
+      out.forEach((l, i) => assert.match(l, expected[i]!));
     });
 
     test("attnres train --engine torch: a killed DDP worker stops the job with its rank; the last checkpoint stays", () => {

@@ -20,6 +20,7 @@ A non-finite loss: event "diverged", exit code 3, weights not updated.
 
 import argparse
 import csv
+import importlib
 import io
 import json
 import math
@@ -115,13 +116,55 @@ def check_capabilities(a):
         if v < (2, 0):
             raise UserError(f"--fsdp needs torch >= 2.0 (this is torch {torch.__version__})")
         try:
-            import torch.distributed.fsdp  # noqa: F401
+            # importlib: an `import torch.…` statement here would make `torch` local to this function
+            importlib.import_module("torch.distributed.fsdp")
         except Exception as e:  # noqa: BLE001
             raise UserError(f"--fsdp: torch.distributed.fsdp does not import here ({type(e).__name__}: {e})") from e
     if a.compile and not hasattr(torch, "compile"):
         raise UserError(f"--compile needs torch >= 2.0 (torch.compile; this is torch {torch.__version__})")
     if a.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: torch sees no CUDA device here")
+
+
+TRAIN_KEYS = (
+    "steps",
+    "batch_size",
+    "seq_len",
+    "grad_accum",
+    "lr",
+    "min_lr_ratio",
+    "warmup",
+    "weight_decay",
+    "beta1",
+    "beta2",
+    "clip",
+    "eval_every",
+    "eval_batches",
+    "seed",
+)
+SPEC_FIELDS = (("model", dict), ("data", str), ("train", dict))
+TS_ONLY = (
+    ("keep_best", "the torch engine keeps only the last checkpoint"),
+    ("matmul_dtype", "the torch engine's compute dtype is --dtype bfloat16 (autocast)"),
+)
+
+
+def read_spec(spec_file):
+    """<run>/run.json, checked: the resolved specification attnres writes (UserError otherwise)."""
+    try:
+        with open(spec_file) as f:
+            spec = json.load(f)
+    except ValueError as e:
+        raise UserError(f"{spec_file} is not valid JSON ({e})") from e
+    if not isinstance(spec, dict) or not all(isinstance(spec.get(k), t) for k, t in SPEC_FIELDS):
+        raise UserError(f"{spec_file} is not a run specification (expected {{model: {{}}, data: str, train: {{}}}})")
+    missing = [k for k in TRAIN_KEYS if spec["train"].get(k) is None]
+    if missing:
+        raise UserError(f"{spec_file}: train lacks {', '.join(missing)} (attnres writes every setting)")
+    for key, why in TS_ONLY:
+        if spec["train"].get(key) not in (None, False, "float32"):
+            raise UserError(f"{spec_file}: train.{key} is a setting of the TypeScript engine; {why}")
+    return spec
 
 
 class Engine:
@@ -145,8 +188,7 @@ class Engine:
         spec_file = os.path.join(self.run_dir, "run.json")
         if not os.path.exists(spec_file):
             raise UserError(f"{spec_file} is missing: attnres writes it before starting the torch engine")
-        with open(spec_file) as f:
-            self.spec = json.load(f)
+        self.spec = read_spec(spec_file)
         s = self.train = self.spec["train"]
         if s["batch_size"] % self.world:
             raise UserError(
@@ -171,6 +213,14 @@ class Engine:
             ckpt.recover(self.run_dir)  # the chosen copy becomes checkpoint/ before any save
         self.barrier()
         self.ckpt_dir = ckpt.find(self.run_dir)
+        cur = os.path.join(self.run_dir, "checkpoint")
+        if self.ckpt_dir is None and os.path.exists(os.path.join(cur, "manifest.json")):
+            # checkpoint/ is only ever a complete folder renamed into place: never delete the only
+            # copy of a run's progress and start over silently
+            raise UserError(
+                f"{cur} is damaged (its files do not match manifest.json) and no complete copy of it is left: "
+                "restore it from a backup, or move it away to start the run over from step 0"
+            )
         self.state = ckpt.read_state(self.ckpt_dir) if self.ckpt_dir else None
         if self.state and not self.a.resume:
             raise UserError(

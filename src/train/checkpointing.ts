@@ -181,6 +181,16 @@ export function recoverCheckpoint(
   const found = findCheckpoint(runDir, name, verify);
   const notes = found ? [...found.notes] : [];
   const cur = path.join(runDir, name);
+  // <run>/NAME is only ever a complete folder renamed into place (step 3 above): damaged with no
+  // complete copy left, the disk changed it after the save. Never delete the only copy of a run's
+  // progress and start over silently.
+  if (!found && fs.existsSync(path.join(cur, MANIFEST))) {
+    const r = checkFolder(cur, verify);
+    if ("problem" in r)
+      throw new Error(
+        `${cur} is damaged (${r.problem}) and no complete copy of it is left: restore it from a backup, or move it away to start ${name === "checkpoint" ? "the run over from step 0" : "it over"}`,
+      );
+  }
   let changed = false;
   for (const suf of SUFFIXES) {
     const dir = path.join(runDir, name + suf);

@@ -278,6 +278,11 @@ export function finishedRun(dir: string): RunResult | null {
 /** Entries of a run folder that belong to a run (what RunOptions.overwrite removes). */
 const RUN_ENTRY = /^(run\.json|metrics\.(jsonl|csv)|(checkpoint|best)(\.tmp|\.old)?)$/;
 
+/** The entries of run folder `dir` that belong to a run (none when it does not exist). */
+export function runEntries(dir: string): string[] {
+  return fs.existsSync(dir) ? fs.readdirSync(dir).filter((n) => RUN_ENTRY.test(n)) : [];
+}
+
 function readSpecFile(file: string): RunSpec {
   try {
     const s = JSON.parse(readRegularFile(file).toString("utf8")) as RunSpec | null;
@@ -326,7 +331,7 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
     backend.setMatmulDtype(matmulDtype);
     backend.setMatmulDtype("float32");
   }
-  const held = fs.existsSync(dir) ? fs.readdirSync(dir).filter((n) => RUN_ENTRY.test(n)) : [];
+  const held = runEntries(dir);
   if (opts.resume && !opts.overwrite) {
     if (!held.length && opts.resume !== "auto")
       throw runFolderError(
@@ -346,8 +351,6 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
         c ? c.step : null,
       );
     }
-    for (const n of held) fs.rmSync(path.join(dir, n), { recursive: true, force: true });
-    log(`overwrite: removed the previous run in ${dir}`);
   }
   const resuming = held.length > 0 && !opts.overwrite;
   if (resuming && fs.existsSync(specFile) && !sameSpec(readSpecFile(specFile), spec))
@@ -372,12 +375,14 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
       for (const n of recoverCheckpoint(dir, "best", opts.verify ?? true).notes) log(`recovery: ${n}`);
   }
   if (state?.done && state.result) return { ...state.result, dir, interrupted: false };
-  for (const f of removeTempFiles(dir, RUN_FILES)) log(`removed the leftover ${f}`);
-  fs.mkdirSync(dir, { recursive: true });
-  writeFileAtomic(specFile, JSON.stringify(spec, null, 2) + "\n");
 
+  // Every check that can refuse the run comes before the folder is touched: a refused command
+  // leaves no run.json behind (the corrected command would meet "already holds a run") and, with
+  // overwrite, the previous run intact.
   if (spec.init !== undefined && !state)
     checkConfigAgainstWeights(spec.init, parseConfig(spec.model, "model config"));
+  const sampler = new BatchSampler(data.train, s.batch_size, s.seq_len, s.seed + 1);
+  const evals = evalBatches(data.val, s.batch_size, s.seq_len, s.eval_batches);
   const model = new DecoderLM(parseConfig(spec.model), { backend, seed: s.seed });
   const mode = modeName(model.config);
   const extra =
@@ -404,9 +409,14 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
     for (const p of model.parameters()) if (!routing.has(p)) p.requiresGrad = false;
   }
   const opt = new AdamW(groups, { beta1: s.beta1, beta2: s.beta2 });
-  const sampler = new BatchSampler(data.train, s.batch_size, s.seq_len, s.seed + 1);
-  const evals = evalBatches(data.val, s.batch_size, s.seq_len, s.eval_batches);
   const bytesPerToken = data.meta.val.bytes / data.meta.val.tokens;
+  if (opts.overwrite && held.length) {
+    for (const n of held) fs.rmSync(path.join(dir, n), { recursive: true, force: true });
+    log(`overwrite: removed the previous run in ${dir}`);
+  }
+  for (const f of removeTempFiles(dir, RUN_FILES)) log(`removed the leftover ${f}`);
+  fs.mkdirSync(dir, { recursive: true });
+  writeFileAtomic(specFile, JSON.stringify(spec, null, 2) + "\n");
   const metrics = new MetricsLog(path.join(dir, "metrics.jsonl"));
   const verify = opts.verify ?? true;
   let step = 0;

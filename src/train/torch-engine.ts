@@ -24,7 +24,16 @@ import { packageRoot } from "../io/paths.js";
 import { writeFileAtomic } from "../io/atomic.js";
 import { optionError } from "../io/errors.js";
 import { findCheckpoint } from "./checkpointing.js";
-import { readState, resolveSpec, sameSpec, type RunOptions, type RunResult, type RunSpec } from "./run.js";
+import {
+  readState,
+  resolveSpec,
+  runEntries,
+  runFolderError,
+  sameSpec,
+  type RunOptions,
+  type RunResult,
+  type RunSpec,
+} from "./run.js";
 import { TrainingDiverged } from "./trainer.js";
 
 /** Where the Python package lives (PYTHONPATH for the workers). */
@@ -285,15 +294,35 @@ export async function runTorchTraining(
       (n) =>
         `${n("matmul_dtype", spec.train.matmul_dtype)} is a setting of the TypeScript engine; the torch engine's compute dtype is ${n("dtype", "bfloat16")} (autocast)`,
     );
-  fs.mkdirSync(dir, { recursive: true });
-  const specFile = path.join(dir, "run.json");
-  const found = fs.existsSync(dir) ? findCheckpoint(dir, "checkpoint", false) : null;
-  const state = found ? readState(found.dir) : null;
-  if (state && !opts.resume)
+  if (spec.train.keep_best)
     throw optionError(
       (n) =>
-        `${dir} already holds a run (step ${state.step}); pass ${n("resume", true)} to continue it, or choose another run folder (${n("dir")})`,
+        `${n("keep_best")} is a setting of the TypeScript engine; the torch engine keeps only the last checkpoint`,
     );
+  const specFile = path.join(dir, "run.json");
+  // The run folder as runTraining treats it: a run is never started over without overwrite (which
+  // deletes it only once every check below has passed); resume needs a run to continue.
+  const held = runEntries(dir);
+  if (opts.resume && !opts.overwrite) {
+    if (!held.length && opts.resume !== "auto")
+      throw runFolderError(
+        "no-run",
+        dir,
+        `${dir} holds no run to resume (no run.json or checkpoint)`,
+        "start a new run instead (RunOptions.resume off)",
+      );
+  } else if (held.length && !opts.overwrite) {
+    const c = findCheckpoint(dir, "checkpoint", false);
+    throw runFolderError(
+      "exists",
+      dir,
+      `${dir} already holds a run (${c ? `step ${c.step}` : "no checkpoint yet"})`,
+      "continue it (RunOptions.resume), start over (RunOptions.overwrite), or choose another folder",
+      c ? c.step : null,
+    );
+  }
+  const found = held.length && !opts.overwrite ? findCheckpoint(dir, "checkpoint", false) : null;
+  const state = found ? readState(found.dir) : null;
   if (state && fs.existsSync(specFile)) {
     const saved = JSON.parse(fs.readFileSync(specFile, "utf8")) as RunSpec;
     if (!sameSpec(saved, spec))
@@ -306,6 +335,11 @@ export async function runTorchTraining(
   const o = checkTorchOptions(opts.torch ?? {}, probe, spec.train.batch_size, (l) =>
     process.stderr.write(`attnres: ${l}\n`),
   );
+  if (opts.overwrite && held.length) {
+    for (const n of held) fs.rmSync(path.join(dir, n), { recursive: true, force: true });
+    log(`overwrite: removed the previous run in ${dir}`);
+  }
+  fs.mkdirSync(dir, { recursive: true });
   writeFileAtomic(specFile, JSON.stringify(spec, null, 2) + "\n");
 
   const port = o.masterPort ?? (o.nnodes === 1 ? await freePort() : 29500);

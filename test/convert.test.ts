@@ -601,6 +601,8 @@ describe("fine-tuning a converted checkpoint", () => {
       flags(conv, data, { freezeBase: true, steps: 12, evalEvery: 6, lr: 1e-2, routingLr: 3e-2 }),
     );
     assert.equal(spec.train.freeze_base, true);
+    // every training flag reaches the run, --matmul-dtype too (it was dropped once)
+    assert.equal(finetuneSpec(flags(conv, data, { matmulDtype: "bfloat16" })).train.matmul_dtype, "bfloat16");
     const a = await runTraining(spec, path.join(root, "a"));
     const b1 = await runTraining(spec, path.join(root, "b"), { stopAfter: 5 });
     assert.ok(b1.interrupted);

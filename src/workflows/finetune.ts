@@ -37,6 +37,7 @@ export type FinetuneSettings = Partial<
     | "checkpoint_every"
     | "freeze_base"
     | "keep_best"
+    | "matmul_dtype"
   >
 >;
 
@@ -87,6 +88,7 @@ export function finetuneRunSpec(checkpoint: string, data: string, s: FinetuneSet
   if (s.checkpoint_every !== undefined) train.checkpoint_every = s.checkpoint_every;
   if (s.freeze_base) train.freeze_base = true;
   if (s.keep_best) train.keep_best = true;
+  if (s.matmul_dtype !== undefined && s.matmul_dtype !== "float32") train.matmul_dtype = s.matmul_dtype;
   return {
     model: configForExport(config),
     data,

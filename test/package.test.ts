@@ -10,6 +10,10 @@
  * the command that builds it); then this checkout's build/Release/attnres_native.node is copied in
  * (the N-API addon is ABI-stable) and the same consumer runs on the native backend.
  *
+ * The strict TypeScript consumer compiles with NodeNext and Bundler resolution; every ```ts/```js
+ * example of README.md and docs/*.md compiles against the installed package and runs; a CommonJS
+ * file can require() the main entry and import() every entry point.
+ *
  * Also: the executable's --version, help and usage errors; that help loads only the command
  * definitions (a module-resolution hook lists every module loaded); an unsupported Node.js gets one
  * line; engines.node agrees with every installed dependency's engines.
@@ -36,6 +40,7 @@ const pkg = JSON.parse(fs.readFileSync(path.join(root, "package.json"), "utf8"))
   engines: { node: string };
   dependencies: Record<string, string>;
   bin: Record<string, string>;
+  exports: Record<string, unknown>;
 };
 const extraNodes = (process.env.ATTNRES_TEST_NODES ?? "").split(":").filter(Boolean);
 
@@ -76,6 +81,39 @@ function distStale(): boolean {
   return newer(path.join(root, "src"));
 }
 
+/**
+ * The library examples of the docs: every ```ts / ```js (typescript, javascript, mjs) block of
+ * README.md and docs/*.md, named after its file and line. Each must be a whole program that imports
+ * the installed package.
+ */
+function docExamples(): { name: string; body: string }[] {
+  const files = [
+    "README.md",
+    ...fs
+      .readdirSync(path.join(root, "docs"))
+      .filter((f) => f.endsWith(".md"))
+      .sort()
+      .map((f) => `docs/${f}`),
+  ];
+  const out: { name: string; body: string }[] = [];
+  for (const file of files) {
+    const lines = fs.readFileSync(path.join(root, file), "utf8").split("\n");
+    for (let i = 0; i < lines.length; i++) {
+      const open = /^\s*(`{3,}|~{3,})\s*([\w+-]*)/.exec(lines[i]!);
+      if (!open) continue;
+      let j = i + 1;
+      while (j < lines.length && !lines[j]!.trim().startsWith(open[1]!)) j++;
+      if (/^(ts|typescript|js|javascript|mjs|mts)$/i.test(open[2]!))
+        out.push({
+          name: `${file.replace(/\W/g, "_")}_${i + 1}`,
+          body: lines.slice(i + 1, j).join("\n") + "\n",
+        });
+      i = j;
+    }
+  }
+  return out;
+}
+
 /** The only files `--help` / `--version` may load: commander and the command definitions. */
 const helpModules =
   /\/node_modules\/commander\/|\/node_modules\/attnres\/(bin\/attnres\.mjs|dist\/(node-version|cli\/(main|common|engine|preset-names|commands\/[\w-]+)|io\/paths|model\/names|plan\/sizes)\.js)$/;
@@ -101,6 +139,7 @@ describe("the npm package", { timeout: 20 * 60_000 }, () => {
   let project = "";
   let packed: { filename: string; size: number; files: { path: string }[] };
   const bin = () => path.join(project, "node_modules", "attnres", "bin", "attnres.mjs");
+  const tsc = path.join(root, "node_modules", "typescript", "bin", "tsc");
 
   before(() => {
     work = tempDir("package");
@@ -186,6 +225,17 @@ describe("the npm package", { timeout: 20 * 60_000 }, () => {
         (f.endsWith(".py") && !f.startsWith("python/")),
     );
     assert.deepEqual(unwanted, []);
+    // Of scripts/, only the install script (npm packs README files whatever "files" says).
+    assert.deepEqual(
+      files.filter((f) => f.startsWith("scripts/")),
+      ["scripts/build-native.mjs"],
+    );
+    // Nothing names the machine it was packed on (this checkout's path).
+    const installed = path.join(project, "node_modules", "attnres");
+    const named = files.filter(
+      (f) => !f.startsWith("corpora/") && fs.readFileSync(path.join(installed, f), "utf8").includes(root),
+    );
+    assert.deepEqual(named, []);
     // ~220 kB of code and docs, the viewer's front-end bundle (vega, ~350 kB compressed) and the
     // shipped tinyshakespeare corpus (~450 kB compressed).
     assert.ok(packed.size < 1_300_000, `the tarball is ${packed.size} bytes`);
@@ -234,9 +284,73 @@ describe("the npm package", { timeout: 20 * 60_000 }, () => {
   });
 
   test("a strict TypeScript consumer compiles (exactOptionalPropertyTypes, skipLibCheck false)", () => {
-    const tsc = path.join(root, "node_modules", "typescript", "bin", "tsc");
-    const r = run(process.execPath, [tsc, "-p", "tsconfig.json"], { cwd: project });
-    assert.equal(r.status, 0, r.stdout + r.stderr);
+    // NodeNext (tsconfig.json) and a bundler's resolution (Vite, esbuild, webpack).
+    const variants: [string, Record<string, string>][] = [
+      ["tsconfig.json", {}],
+      ["tsconfig.bundler.json", { module: "ESNext", moduleResolution: "Bundler" }],
+    ];
+    for (const [file, compilerOptions] of variants) {
+      if (file !== "tsconfig.json")
+        fs.writeFileSync(
+          path.join(project, file),
+          JSON.stringify({ extends: "./tsconfig.json", compilerOptions }),
+        );
+      const r = run(process.execPath, [tsc, "-p", file], { cwd: project });
+      assert.equal(r.status, 0, `${file}:\n${r.stdout}${r.stderr}`);
+    }
+  });
+
+  test("every ```ts/```js example of README.md and docs/*.md compiles and runs as written", () => {
+    const examples = docExamples();
+    assert.ok(examples.length >= 3, `${examples.length} examples`);
+    const dir = path.join(project, "doc-examples");
+    fs.mkdirSync(dir, { recursive: true });
+    for (const e of examples) {
+      assert.match(e.body, /\bfrom "attnres(\/[\w-]+)?";/, `${e.name} does not import attnres`);
+      assert.doesNotMatch(e.body, /from "\.{1,2}\//, `${e.name} imports a file of the repository`);
+      fs.writeFileSync(path.join(dir, `${e.name}.ts`), e.body);
+    }
+    fs.writeFileSync(
+      path.join(project, "tsconfig.examples.json"),
+      JSON.stringify({
+        extends: "./tsconfig.json",
+        compilerOptions: { noEmit: false, outDir: "doc-examples-out" },
+        files: examples.map((e) => `doc-examples/${e.name}.ts`),
+      }),
+    );
+    const c = run(process.execPath, [tsc, "-p", "tsconfig.examples.json"], { cwd: project });
+    assert.equal(c.status, 0, c.stdout + c.stderr);
+    for (const e of examples) {
+      const r = run(process.execPath, [path.join("doc-examples-out", `${e.name}.js`)], { cwd: project });
+      assert.equal(r.status, 0, `${e.name}:\n${r.stderr}`);
+    }
+  });
+
+  test("a CommonJS consumer: require() of the main entry, import() of every entry point", () => {
+    const entries = Object.keys(pkg.exports)
+      .filter((k) => k !== "./package.json")
+      .map((k) => `attnres${k.slice(1)}`);
+    fs.writeFileSync(
+      path.join(project, "consumer.cjs"),
+      [
+        'const { DecoderLM } = require("attnres");',
+        `Promise.all(${JSON.stringify(entries)}.map((e) => import(e))).then((ms) =>`,
+        "  console.log(JSON.stringify([typeof DecoderLM, ...ms.map((m) => Object.keys(m).length)])),",
+        ");",
+      ].join("\n"),
+    );
+    const r = run(process.execPath, ["consumer.cjs"], {
+      cwd: project,
+      env: cleanEnv({ ATTNRES_BACKEND: "reference" }),
+    });
+    assert.equal(r.status, 0, r.stderr);
+    const [ctor, ...counts] = JSON.parse(r.stdout) as [string, ...number[]];
+    assert.equal(ctor, "function");
+    assert.equal(counts.length, entries.length);
+    assert.ok(
+      counts.every((n) => n > 0),
+      r.stdout,
+    );
   });
 
   test("attnres --version, help, and one-line usage errors with the valid choices", () => {

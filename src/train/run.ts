@@ -283,6 +283,41 @@ export function runEntries(dir: string): string[] {
   return fs.existsSync(dir) ? fs.readdirSync(dir).filter((n) => RUN_ENTRY.test(n)) : [];
 }
 
+/**
+ * The run-folder rules both engines apply before anything else: resume needs a run to continue
+ * (unless "auto"); a folder holding a run needs resume or overwrite. Returns the run's entries,
+ * which overwrite removes (`removeRun`) only once every other check has passed.
+ */
+export function checkRunFolderOptions(dir: string, opts: Pick<RunOptions, "resume" | "overwrite">): string[] {
+  const held = runEntries(dir);
+  if (opts.resume && !opts.overwrite) {
+    if (!held.length && opts.resume !== "auto")
+      throw runFolderError(
+        "no-run",
+        dir,
+        `${dir} holds no run to resume (no run.json or checkpoint)`,
+        "start a new run instead (RunOptions.resume off)",
+      );
+  } else if (held.length && !opts.overwrite) {
+    const c = findCheckpoint(dir, "checkpoint", false);
+    throw runFolderError(
+      "exists",
+      dir,
+      `${dir} already holds a run (${c ? `step ${c.step}` : "no checkpoint yet"})`,
+      "continue it (RunOptions.resume), start over (RunOptions.overwrite), or choose another folder",
+      c ? c.step : null,
+    );
+  }
+  return held;
+}
+
+/** Removes the entries `held` of a run (overwrite), saying so when there were any. */
+export function removeRun(dir: string, held: readonly string[], log: (line: string) => void): void {
+  if (!held.length) return;
+  for (const n of held) fs.rmSync(path.join(dir, n), { recursive: true, force: true });
+  log(`overwrite: removed the previous run in ${dir}`);
+}
+
 function readSpecFile(file: string): RunSpec {
   try {
     const s = JSON.parse(readRegularFile(file).toString("utf8")) as RunSpec | null;
@@ -331,27 +366,7 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
     backend.setMatmulDtype(matmulDtype);
     backend.setMatmulDtype("float32");
   }
-  const held = runEntries(dir);
-  if (opts.resume && !opts.overwrite) {
-    if (!held.length && opts.resume !== "auto")
-      throw runFolderError(
-        "no-run",
-        dir,
-        `${dir} holds no run to resume (no run.json or checkpoint)`,
-        "start a new run instead (RunOptions.resume off)",
-      );
-  } else if (held.length) {
-    if (!opts.overwrite) {
-      const c = findCheckpoint(dir, "checkpoint", false);
-      throw runFolderError(
-        "exists",
-        dir,
-        `${dir} already holds a run (${c ? `step ${c.step}` : "no checkpoint yet"})`,
-        "continue it (RunOptions.resume), start over (RunOptions.overwrite), or choose another folder",
-        c ? c.step : null,
-      );
-    }
-  }
+  const held = checkRunFolderOptions(dir, opts);
   const resuming = held.length > 0 && !opts.overwrite;
   if (resuming && fs.existsSync(specFile) && !sameSpec(readSpecFile(specFile), spec))
     throw runFolderError(
@@ -410,10 +425,7 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
   }
   const opt = new AdamW(groups, { beta1: s.beta1, beta2: s.beta2 });
   const bytesPerToken = data.meta.val.bytes / data.meta.val.tokens;
-  if (opts.overwrite && held.length) {
-    for (const n of held) fs.rmSync(path.join(dir, n), { recursive: true, force: true });
-    log(`overwrite: removed the previous run in ${dir}`);
-  }
+  if (opts.overwrite) removeRun(dir, held, log);
   for (const f of removeTempFiles(dir, RUN_FILES)) log(`removed the leftover ${f}`);
   fs.mkdirSync(dir, { recursive: true });
   writeFileAtomic(specFile, JSON.stringify(spec, null, 2) + "\n");

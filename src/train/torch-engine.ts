@@ -27,8 +27,8 @@ import { findCheckpoint } from "./checkpointing.js";
 import {
   readState,
   resolveSpec,
-  runEntries,
-  runFolderError,
+  checkRunFolderOptions,
+  removeRun,
   sameSpec,
   type RunOptions,
   type RunResult,
@@ -302,25 +302,7 @@ export async function runTorchTraining(
   const specFile = path.join(dir, "run.json");
   // The run folder as runTraining treats it: a run is never started over without overwrite (which
   // deletes it only once every check below has passed); resume needs a run to continue.
-  const held = runEntries(dir);
-  if (opts.resume && !opts.overwrite) {
-    if (!held.length && opts.resume !== "auto")
-      throw runFolderError(
-        "no-run",
-        dir,
-        `${dir} holds no run to resume (no run.json or checkpoint)`,
-        "start a new run instead (RunOptions.resume off)",
-      );
-  } else if (held.length && !opts.overwrite) {
-    const c = findCheckpoint(dir, "checkpoint", false);
-    throw runFolderError(
-      "exists",
-      dir,
-      `${dir} already holds a run (${c ? `step ${c.step}` : "no checkpoint yet"})`,
-      "continue it (RunOptions.resume), start over (RunOptions.overwrite), or choose another folder",
-      c ? c.step : null,
-    );
-  }
+  const held = checkRunFolderOptions(dir, opts);
   const found = held.length && !opts.overwrite ? findCheckpoint(dir, "checkpoint", false) : null;
   const state = found ? readState(found.dir) : null;
   if (state && fs.existsSync(specFile)) {
@@ -335,10 +317,7 @@ export async function runTorchTraining(
   const o = checkTorchOptions(opts.torch ?? {}, probe, spec.train.batch_size, (l) =>
     process.stderr.write(`attnres: ${l}\n`),
   );
-  if (opts.overwrite && held.length) {
-    for (const n of held) fs.rmSync(path.join(dir, n), { recursive: true, force: true });
-    log(`overwrite: removed the previous run in ${dir}`);
-  }
+  if (opts.overwrite) removeRun(dir, held, log);
   fs.mkdirSync(dir, { recursive: true });
   writeFileAtomic(specFile, JSON.stringify(spec, null, 2) + "\n");
 

@@ -330,6 +330,14 @@ describe("run folders", () => {
     await assert.rejects(runTraining(big, dir, { overwrite: true }), /validation/);
     assert.deepEqual(fs.readdirSync(dir).sort(), before);
     assert.equal(findCheckpoint(dir)?.step, 2, "the previous run's checkpoint survives");
+    // an init checkpoint whose shapes pass the quick check but whose tensors do not fit the model
+    // (a routed model from a standard checkpoint) is read whole before the folder is touched
+    const fresh = path.join(tmp(), "from-init");
+    const routed = { ...spec({}, { attnres_mode: "delta" }), init: path.join(dir, "checkpoint") };
+    await assert.rejects(runTraining(routed, fresh), /does not match the model: missing tensor/);
+    assert.equal(fs.existsSync(fresh), false, "no run.json of the refused run");
+    await assert.rejects(runTraining(routed, dir, { overwrite: true }), /missing tensor/);
+    assert.deepEqual(fs.readdirSync(dir).sort(), before, "with overwrite the previous run stays");
   });
 
   test("recovery takes the newest complete copy and treats a folder without a manifest as incomplete", async () => {

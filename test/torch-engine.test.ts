@@ -9,7 +9,8 @@
  *   - a failing or killed worker stops the job with its rank's message and leaves the last
  *     checkpoint intact; a checkpoint that does not fit the config is rejected as by TS;
  *   - the run folder as on the TS engine (overwrite, resume, keep_best refused); the worker's own
- *     checks of its input are one line each;
+ *     checks of its input are one line each; a new run they refuse before its first step leaves
+ *     the folder as it found it (a resumed run, or one with a trained step, keeps everything);
  *   - without torch, the error names the install command (and the worker says so in one line).
  * Without torch these tests are reported as not run (one line), unless ATTNRES_REQUIRE_TORCH=1
  * (CI), which makes a missing torch a failure.
@@ -426,6 +427,47 @@ if (!probe) {
         torchRun(s, tmp()),
         /does not match the model: missing tensor model\.layers\.0\.attn_res_proj\.weight \(expected shape \[1, 32\]\)/,
       );
+    });
+
+    test("a new run the workers refuse before its first step leaves the folder as it found it; the corrected call trains there", async () => {
+      const s = spec({}, { steps: 2, eval_every: 2 });
+      const refused = { ...s, train: { ...s.train, freeze_base: true } }; // a standard model has no routing
+      const refusal =
+        /^torch engine: rank 0 exited with status 1: rank 0: freeze_base needs a routed model, but mode standard has no routing parameters$/;
+      const refuses = (p: Promise<unknown>) =>
+        assert.rejects(p, (e: Error) => (assert.match(e.message, refusal), true));
+      // a folder that did not exist (nor its parent), and a folder holding a file of someone else's
+      const parent = path.join(tmp(), "new");
+      const dir = path.join(parent, "run");
+      await refuses(torchRun(refused, dir));
+      assert.ok(!fs.existsSync(parent), "the folders the refused run made are gone");
+      const other = tmp();
+      fs.writeFileSync(path.join(other, "notes.txt"), "mine\n");
+      await refuses(torchRun(refused, other));
+      assert.deepEqual(fs.readdirSync(other), ["notes.txt"]);
+      // the corrected call into the same folder: no "already holds a run"
+      const r = await torchRun(s, dir);
+      assert.equal(r.done, true);
+      assert.deepEqual(column(dir, "step"), [1, 2]);
+      // overwrite removed the previous run (by design); refused, nothing of a run is left
+      await refuses(runTorchTraining(refused, dir, { overwrite: true }));
+      assert.deepEqual(fs.readdirSync(dir), []);
+      // a run resumed is never undone, even one with nothing trained yet
+      const held = tmp();
+      const specText = JSON.stringify(resolveSpec(refused, loadPrepared(data)), null, 2) + "\n";
+      fs.writeFileSync(path.join(held, "run.json"), specText);
+      await refuses(torchRun(refused, held, 1, true));
+      assert.equal(fs.readFileSync(path.join(held, "run.json"), "utf8"), specText);
+      // a new run that fails after a trained step keeps it
+      const failed = tmp();
+      process.env.ATTNRES_TORCH_FAULT = "0:2";
+      try {
+        await assert.rejects(torchRun(s, failed), /injected fault at step 2/);
+      } finally {
+        delete process.env.ATTNRES_TORCH_FAULT;
+      }
+      assert.deepEqual(fs.readdirSync(failed).sort(), ["metrics.csv", "metrics.jsonl", "run.json"]);
+      assert.deepEqual(column(failed, "step"), [1]);
     });
 
     test("the worker's own checks: a bad run.json, keep_best, a device or torch it lacks (one line each)", () => {

@@ -8,12 +8,11 @@
  */
 import * as fs from "node:fs";
 import { createRequire } from "node:module";
-import * as path from "node:path";
 import type * as cliProgressModule from "cli-progress";
 import { type Command, InvalidArgumentError, Option } from "commander";
 import { ADDITIVE_MODES, BLOCK_MODES, MODE_NAMES, type ModeName } from "../model/names.js";
 import type { ModeDef } from "../model/residual.js";
-import type { RunOptions, RunResult, RunSpec, TrainSettings } from "../train/run.js";
+import type { RunResult, RunSpec, TrainSettings } from "../train/run.js";
 import type { TorchOptions } from "../train/torch-engine.js";
 import type { DataSpec } from "./preset.js";
 
@@ -335,41 +334,6 @@ export function checkRunFolder(dir: string, flag = "--out"): void {
     throw new Error(`${flag} ${dir} exists and is not a folder`);
 }
 
-type TrainFn = (spec: RunSpec, dir: string, o?: RunOptions) => Promise<RunResult>;
-
-/**
- * `train` (runTraining or the torch engine), such that a run refused before its first step (a
- * batch larger than the validation split, --freeze-base on a standard model, …) in a folder that
- * held no run (or with `overwrite`) leaves no run behind: the library writes run.json before
- * those checks, and that file alone would make the corrected command fail ("already holds a
- * run"). Only a folder holding nothing trained is cleaned: run.json and empty metrics files, no
- * checkpoint; a diverged run keeps its folder.
- */
-export function withoutRefusedRuns(train: TrainFn): TrainFn {
-  return async (spec, dir, o) => {
-    const { runEntries } = await import("../train/run.js");
-    const existed = fs.existsSync(dir);
-    const fresh = o?.overwrite === true || runEntries(dir).length === 0;
-    try {
-      return await train(spec, dir, o);
-    } catch (e) {
-      const { TrainingDiverged } = await import("../train/trainer.js");
-      if (fresh && !(e instanceof TrainingDiverged)) {
-        const left = runEntries(dir);
-        const untrained =
-          left.length > 0 &&
-          left.every((n) => /^(run\.json|metrics\.(jsonl|csv))$/.test(n)) &&
-          (!left.includes("metrics.jsonl") || fs.statSync(path.join(dir, "metrics.jsonl")).size === 0);
-        if (untrained) {
-          for (const n of left) fs.rmSync(path.join(dir, n), { force: true });
-          if (!existed && fs.readdirSync(dir).length === 0) fs.rmdirSync(dir);
-        }
-      }
-      throw e;
-    }
-  };
-}
-
 /**
  * Runs (or resumes) a training run at the terminal: progress bar, evaluation lines, Ctrl-C as a
  * checkpoint-and-stop (exit status 130). The caller prints its own summary.
@@ -390,7 +354,7 @@ export async function runInTerminal(
       ? (s: RunSpec, d: string, ro: Parameters<typeof runTraining>[2]) =>
           runTorchTraining(s, d, { ...ro, torch })
       : runTraining;
-    const r = await withoutRefusedRuns(run)(spec, out, {
+    const r = await run(spec, out, {
       resume: o.resume,
       overwrite: o.overwrite,
       signal,

@@ -7,14 +7,7 @@ import * as path from "node:path";
 import type { ModeName } from "../model/config.js";
 import { modeByName, modes as registeredModes } from "../model/residual.js";
 import { runCompare, type CompareResult } from "../workflows/compare.js";
-import {
-  checkModeFlags,
-  checkRunFolder,
-  interruptSignal,
-  modeKeys,
-  progress,
-  withoutRefusedRuns,
-} from "./common.js";
+import { checkModeFlags, checkRunFolder, interruptSignal, modeKeys, progress } from "./common.js";
 import { cliError } from "./errors.js";
 import { loadPreset } from "./preset.js";
 import { specFrom, type TrainFlags } from "./train.js";
@@ -93,7 +86,7 @@ export async function compareCommand(f: CompareFlags): Promise<CompareResult> {
       onStep: (step, total, loss, tps) =>
         bar.update(step, total, { loss: loss.toFixed(3), "tok/s": tps.toFixed(0) }),
       onRun: (run, i, n) => bar.log(`run ${i + 1}/${n}: ${run.mode}, seed ${run.seed} (${run.dir})`),
-      train: withoutRefusedRuns(torch ? (s, d, o) => runTorchTraining(s, d, { ...o, torch }) : runTraining),
+      train: torch ? (s, d, o) => runTorchTraining(s, d, { ...o, torch }) : runTraining,
     });
     bar.stop();
     const figures = r.complete ? await writeCompareFigures(r) : [];

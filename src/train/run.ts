@@ -423,6 +423,20 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
     trainable = [...routing];
     for (const p of model.parameters()) if (!routing.has(p)) p.requiresGrad = false;
   }
+  if (spec.init !== undefined && !state) {
+    // The whole init checkpoint (every tensor, its checksums, finite values) before the folder is
+    // touched, like the checks above.
+    try {
+      loadWeights(model, readCheckpointWeights(spec.init).tensors, {
+        source: spec.init,
+        allowUnexpected: (n) => model.config.tie_word_embeddings && n === "lm_head.weight",
+      });
+    } catch (e) {
+      model.dispose();
+      throw e;
+    }
+    log(`starting from the weights of ${spec.init}`);
+  }
   const opt = new AdamW(groups, { beta1: s.beta1, beta2: s.beta2 });
   const bytesPerToken = data.meta.val.bytes / data.meta.val.tokens;
   if (opts.overwrite) removeRun(dir, held, log);
@@ -459,16 +473,7 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
       for (const n of metrics.recover(0)) log(`recovery: ${n}`);
       fs.rmSync(path.join(dir, "best"), { recursive: true, force: true });
     }
-    if (!state) {
-      if (spec.init !== undefined) {
-        loadWeights(model, readCheckpointWeights(spec.init).tensors, {
-          source: spec.init,
-          allowUnexpected: (n) => model.config.tie_word_embeddings && n === "lm_head.weight",
-        });
-        log(`starting from the weights of ${spec.init}`);
-      }
-      if (!resuming) metrics.reset();
-    }
+    if (!state && !resuming) metrics.reset();
 
     const save = (done: boolean, result?: TrainerState["result"]) => {
       metrics.sync();

@@ -14,6 +14,12 @@
  *                        RunResult. A worker that fails stops the whole job; the error names its
  *                        rank and message; the last checkpoint stays as it was (rank 0 replaces it
  *                        atomically). Ctrl-C (the signal) asks the workers to checkpoint and stop.
+ *                        A new run (the folder held no run, or overwrite removed it) that fails
+ *                        before its first trained step — the workers' own checks (freeze_base on
+ *                        a standard model, an init checkpoint that does not fit, …) or any other
+ *                        failure — leaves the folder as it found it: its run.json and step-less
+ *                        metrics files go, and so do the folders this call made. A run with a
+ *                        logged step or a checkpoint, a resumed run and a diverged run keep all.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
@@ -29,6 +35,7 @@ import {
   resolveSpec,
   checkRunFolderOptions,
   removeRun,
+  runEntries,
   sameSpec,
   type RunOptions,
   type RunResult,
@@ -286,7 +293,6 @@ export async function runTorchTraining(
   opts: RunOptions & { torch?: TorchOptions } = {},
 ): Promise<RunResult> {
   const log = opts.log ?? (() => {});
-  const say = log;
   const data = loadPrepared(rawSpec.data);
   const spec = resolveSpec(rawSpec, data);
   if (spec.train.matmul_dtype !== undefined)
@@ -318,11 +324,55 @@ export async function runTorchTraining(
     process.stderr.write(`attnres: ${l}\n`),
   );
   if (opts.overwrite) removeRun(dir, held, log);
-  fs.mkdirSync(dir, { recursive: true });
-  writeFileAtomic(specFile, JSON.stringify(spec, null, 2) + "\n");
+  // A new run (the folder held no run, or overwrite removed it; never a resumed one) that fails
+  // before its first trained step is undone: its run.json alone would make the corrected call meet
+  // "already holds a run".
+  const isNew = held.length === 0 || opts.overwrite === true;
+  const made = fs.mkdirSync(dir, { recursive: true });
+  try {
+    writeFileAtomic(specFile, JSON.stringify(spec, null, 2) + "\n");
+    return await runWorkers(dir, probe, o, !!state, opts);
+  } catch (e) {
+    if (isNew && !(e instanceof TrainingDiverged))
+      try {
+        removeUntrainedRun(dir, made);
+      } catch {
+        // the run's own error is the one to report
+      }
+    throw e;
+  }
+}
 
+/**
+ * Undoes a new run that failed before anything was trained: when no step was logged
+ * (metrics.jsonl absent or empty) and no checkpoint begun, removes run.json and the metrics files,
+ * then the folders from `dir` up to `made` (mkdirSync's first created folder) that are empty.
+ */
+function removeUntrainedRun(dir: string, made: string | undefined): void {
+  const left = runEntries(dir);
+  const jsonl = path.join(dir, "metrics.jsonl");
+  if (!left.every((n) => /^(run\.json|metrics\.(jsonl|csv))$/.test(n))) return;
+  if (fs.existsSync(jsonl) && fs.statSync(jsonl).size > 0) return;
+  for (const n of left) fs.rmSync(path.join(dir, n), { force: true });
+  if (made === undefined) return;
+  const top = path.resolve(made);
+  for (let d = path.resolve(dir); fs.readdirSync(d).length === 0; d = path.dirname(d)) {
+    fs.rmdirSync(d);
+    if (d === top || d === path.dirname(d)) break;
+  }
+}
+
+/** Starts the workers on the run in `dir` (its run.json written), relays them, returns the result. */
+async function runWorkers(
+  dir: string,
+  probe: TorchProbe,
+  o: ReturnType<typeof checkTorchOptions>,
+  resume: boolean,
+  opts: RunOptions,
+): Promise<RunResult> {
+  const log = opts.log ?? (() => {});
+  const say = log;
   const port = o.masterPort ?? (o.nnodes === 1 ? await freePort() : 29500);
-  const resume = !!state;
   const trArgs = torchrunArgv(dir, o, resume, port);
   say(`torchrun command: PYTHONPATH=${shq(PYTHON_DIR)} torchrun ${trArgs.map(shq).join(" ")}`);
   const env = { ...process.env, PYTHONPATH: pythonPath() };

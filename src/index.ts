@@ -5,6 +5,7 @@
  * points (src/entries/): attnres/analysis, attnres/plot, attnres/data, attnres/io (and
  * attnres/convert, attnres/eval, also re-exported here). The Node.js version is checked first.
  */
+/// <reference types="node" preserve="true" />
 import "./node-version.js";
 export * from "./backend/index.js";
 export * from "./tensor/tensor.js";

@@ -4,15 +4,19 @@
  * Node.js and strict TypeScript consumers.
  *
  * The project is installed offline, with the exact dependency versions of this repository's
- * package-lock.json (its non-dev entries, plus the tarball), from the npm cache `npm ci` filled:
+ * package-lock.json (the entries attnres's dependencies reach, plus the tarball), from the npm cache
+ * `npm ci` filled:
  * `npm ci --offline --ignore-scripts`, so no network and no native build. Without install scripts
  * the addon is missing, which is the first case tested (the reference backend and one notice naming
  * the command that builds it); then this checkout's build/Release/attnres_native.node is copied in
  * (the N-API addon is ABI-stable) and the same consumer runs on the native backend.
  *
- * The strict TypeScript consumer compiles with NodeNext and Bundler resolution; every ```ts/```js
- * example of README.md and docs/*.md compiles against the installed package and runs; a CommonJS
- * file can require() the main entry and import() every entry point.
+ * The strict TypeScript consumer compiles with NodeNext and Bundler resolution, with the Node.js
+ * types the package brings (@types/node is a dependency: the declarations use Buffer, AbortSignal,
+ * and those of zod and resvg need Node's globals), not ones of its own; every ```ts/```js example of
+ * README.md and docs/*.md compiles against the installed package and runs; a CommonJS file can
+ * require() and import() every entry point and draw a chart. Every relative link of every shipped
+ * Markdown file leads to a shipped file.
  *
  * Also: the executable's --version, help and usage errors; that help loads only the command
  * definitions (a module-resolution hook lists every module loaded); an unsupported Node.js gets one
@@ -114,6 +118,68 @@ function docExamples(): { name: string; body: string }[] {
   return out;
 }
 
+interface LockEntry {
+  dev?: boolean;
+  link?: boolean;
+  dependencies?: Record<string, string>;
+  optionalDependencies?: Record<string, string>;
+  peerDependencies?: Record<string, string>;
+}
+
+/**
+ * The entries of a package-lock.json that `npm install` of a package with these dependencies puts
+ * in node_modules: the dependencies, theirs (optional and peer ones too) and so on, each found as
+ * Node.js resolves it (the nearest node_modules up the tree). Taken from package.json's
+ * dependencies rather than from the lock's dev flags, which lag when a package moves from
+ * devDependencies to dependencies. Optional dependencies the lock lacks are skipped.
+ */
+function lockClosure(
+  lock: Record<string, LockEntry>,
+  dependencies: Record<string, string>,
+): Record<string, LockEntry> {
+  const out: Record<string, LockEntry> = {};
+  const visit = (from: string, name: string) => {
+    for (let dir = from; ;) {
+      const at = `${dir ? `${dir}/` : ""}node_modules/${name}`;
+      const entry = lock[at];
+      if (entry) {
+        if (out[at]) return;
+        const { dev: _dev, ...rest } = entry;
+        out[at] = rest;
+        for (const dep of Object.keys({
+          ...entry.dependencies,
+          ...entry.optionalDependencies,
+          ...entry.peerDependencies,
+        }))
+          visit(at, dep);
+        return;
+      }
+      if (!dir) return;
+      const up = dir.lastIndexOf("/node_modules/");
+      dir = up < 0 ? "" : dir.slice(0, up);
+    }
+  };
+  for (const name of Object.keys(dependencies)) visit("", name);
+  return out;
+}
+
+/**
+ * The relative link targets of a Markdown text: inline links and images (`[text](target)`,
+ * `![alt](target "title")`), reference definitions (`[id]: target`) and HTML src/href attributes,
+ * outside fenced code blocks and code spans. Web addresses, mail links and anchors are left out.
+ */
+function relativeLinks(markdown: string): string[] {
+  const prose = markdown
+    .replace(/^ {0,3}(`{3,}|~{3,})[^\n]*\n[\s\S]*?(?:^ {0,3}\1[^\n]*$|(?![\s\S]))/gm, "")
+    .replace(/(`+)[^`]*?\1/g, "");
+  const targets = [
+    ...[...prose.matchAll(/\]\(\s*<?([^\s)>]+)/g)].map((m) => m[1]!),
+    ...[...prose.matchAll(/^ {0,3}\[[^\]]+\]:\s*<?([^\s>]+)/gm)].map((m) => m[1]!),
+    ...[...prose.matchAll(/\b(?:src|href)\s*=\s*["']([^"']+)["']/gi)].map((m) => m[1]!),
+  ];
+  return targets.filter((t) => !/^(https?:|mailto:|#)/i.test(t));
+}
+
 /** The only files `--help` / `--version` may load: commander and the command definitions. */
 const helpModules =
   /\/node_modules\/commander\/|\/node_modules\/attnres\/(bin\/attnres\.mjs|dist\/(node-version|cli\/(main|common|engine|preset-names|commands\/[\w-]+)|io\/paths|model\/names|plan\/sizes)\.js)$/;
@@ -162,7 +228,7 @@ describe("the npm package", { timeout: 20 * 60_000 }, () => {
         .update(fs.readFileSync(path.join(project, tgz)))
         .digest("base64");
     const repoLock = JSON.parse(fs.readFileSync(path.join(root, "package-lock.json"), "utf8")) as {
-      packages: Record<string, { dev?: boolean; link?: boolean }>;
+      packages: Record<string, LockEntry>;
     };
     const spec = `file:${tgz}`;
     const packages: Record<string, unknown> = {
@@ -178,8 +244,7 @@ describe("the npm package", { timeout: 20 * 60_000 }, () => {
         engines: pkg.engines,
       },
     };
-    for (const [k, v] of Object.entries(repoLock.packages))
-      if (k !== "" && !v.dev && !v.link) packages[k] = v;
+    Object.assign(packages, lockClosure(repoLock.packages, pkg.dependencies));
     const manifest = { name: "consumer", version: "1.0.0", private: true, type: "module" };
     fs.writeFileSync(
       path.join(project, "package.json"),
@@ -197,11 +262,11 @@ describe("the npm package", { timeout: 20 * 60_000 }, () => {
     ) as {
       compilerOptions: Record<string, unknown>;
     };
-    tsconfig.compilerOptions.typeRoots = [path.join(root, "node_modules", "@types")]; // @types/node
+    // Its "types": ["node"] is the @types/node that attnres brings, not this checkout's.
     fs.writeFileSync(path.join(project, "tsconfig.json"), JSON.stringify(tsconfig, null, 2));
   });
 
-  test("the tarball: compiled code, types, presets, examples, addon sources, LICENSE; no sources or images", () => {
+  test("the tarball: compiled code, types, presets, examples, addon sources, LICENSE; no sources, no study", () => {
     const files = packed.files.map((f) => f.path);
     for (const f of [
       "bin/attnres.mjs",
@@ -218,10 +283,13 @@ describe("the npm package", { timeout: 20 * 60_000 }, () => {
       "README.md",
     ])
       assert.ok(files.includes(f), `${f} is not in the tarball`);
-    // Python ships only as the torch engine (python/attnres_torch), never compiled.
+    // Python ships only as the torch engine (python/attnres_torch), never compiled. The only images
+    // are docs/view.md's four screenshots; the study report (docs/results.md) and its figures stay
+    // in the repository with the study/ outputs it is generated from.
     const unwanted = files.filter(
       (f) =>
-        /^(src|test|bench)\/|\.(png|svg|pyc)$|(?<!\.d)\.ts$/.test(f) ||
+        /^(src|test|bench|study)\/|\.(svg|pyc)$|(?<!\.d)\.ts$|^docs\/results/.test(f) ||
+        (f.endsWith(".png") && !f.startsWith("docs/view/")) ||
         (f.endsWith(".py") && !f.startsWith("python/")),
     );
     assert.deepEqual(unwanted, []);
@@ -236,9 +304,30 @@ describe("the npm package", { timeout: 20 * 60_000 }, () => {
       (f) => !f.startsWith("corpora/") && fs.readFileSync(path.join(installed, f), "utf8").includes(root),
     );
     assert.deepEqual(named, []);
-    // ~220 kB of code and docs, the viewer's front-end bundle (vega, ~350 kB compressed) and the
-    // shipped tinyshakespeare corpus (~450 kB compressed).
-    assert.ok(packed.size < 1_300_000, `the tarball is ${packed.size} bytes`);
+    // ~220 kB of code and docs, the viewer's front-end bundle (vega, ~350 kB compressed), the
+    // shipped tinyshakespeare corpus (~450 kB compressed) and docs/view.md's screenshots (~130 kB).
+    assert.ok(packed.size < 1_400_000, `the tarball is ${packed.size} bytes`);
+  });
+
+  test("every relative link of every shipped Markdown file leads to a file in the tarball", () => {
+    const files = new Set(packed.files.map((f) => f.path));
+    const installed = path.join(project, "node_modules", "attnres");
+    const docs = [...files].filter((f) => f.endsWith(".md")).sort();
+    assert.ok(docs.includes("README.md") && docs.includes("docs/view.md"), docs.join(" "));
+    let checked = 0;
+    const broken: string[] = [];
+    for (const doc of docs)
+      for (const link of relativeLinks(fs.readFileSync(path.join(installed, doc), "utf8"))) {
+        checked++;
+        const target = path.posix.join(
+          path.posix.dirname(doc),
+          decodeURIComponent(link.replace(/[?#].*/, "")),
+        );
+        const dir = target.replace(/\/$/, "") + "/";
+        if (!files.has(target) && ![...files].some((f) => f.startsWith(dir))) broken.push(`${doc}: ${link}`);
+      }
+    assert.ok(checked >= 30, `only ${checked} relative links found`);
+    assert.deepEqual(broken, []);
   });
 
   test("plain Node without the addon: reference backend, one notice naming `npm rebuild attnres`", () => {
@@ -300,6 +389,51 @@ describe("the npm package", { timeout: 20 * 60_000 }, () => {
     }
   });
 
+  test("a TypeScript consumer needs no @types/node of its own: the package depends on it", () => {
+    // The declarations name Buffer and AbortSignal, and zod's and resvg's (reached through them)
+    // need Node's globals, so @types/node is a dependency, over the supported Node.js range.
+    assert.equal(pkg.dependencies["@types/node"], pkg.engines.node);
+    const manifest = JSON.parse(fs.readFileSync(path.join(project, "package.json"), "utf8")) as {
+      dependencies: Record<string, string>;
+    };
+    assert.deepEqual(Object.keys(manifest.dependencies), ["attnres"]);
+    assert.ok(fs.existsSync(path.join(project, "node_modules", "@types", "node", "package.json")));
+    const entries = Object.keys(pkg.exports)
+      .filter((k) => k !== "./package.json")
+      .map((k) => `attnres${k.slice(1)}`);
+    const source = (list: string[]) =>
+      list.map((e, i) => `import * as m${i} from "${e}";\n`).join("") +
+      `export const entries = [${list.map((_, i) => `m${i}`).join(", ")}];\n`;
+    // Every entry's declarations reference Node's types themselves (`/// <reference types="node"
+    // />`), so they compile even with "types": [] (TypeScript 6's default).
+    const variants: [string, string[], Record<string, unknown>][] = [
+      ["every-entry", entries, {}],
+      ["every-entry-no-default-types", entries, { types: [] }],
+    ];
+    for (const [name, list, extra] of variants) {
+      fs.writeFileSync(path.join(project, `${name}.ts`), source(list));
+      fs.writeFileSync(
+        path.join(project, `tsconfig.${name}.json`),
+        JSON.stringify({
+          compilerOptions: {
+            target: "ES2022",
+            module: "NodeNext",
+            moduleResolution: "NodeNext",
+            lib: ["ES2022"],
+            strict: true,
+            exactOptionalPropertyTypes: true,
+            skipLibCheck: false,
+            noEmit: true,
+            ...extra,
+          },
+          files: [`${name}.ts`],
+        }),
+      );
+      const r = run(process.execPath, [tsc, "-p", `tsconfig.${name}.json`], { cwd: project });
+      assert.equal(r.status, 0, `${name}:\n${r.stdout}${r.stderr}`);
+    }
+  });
+
   test("every ```ts/```js example of README.md and docs/*.md compiles and runs as written", () => {
     const examples = docExamples();
     assert.ok(examples.length >= 3, `${examples.length} examples`);
@@ -326,31 +460,48 @@ describe("the npm package", { timeout: 20 * 60_000 }, () => {
     }
   });
 
-  test("a CommonJS consumer: require() of the main entry, import() of every entry point", () => {
+  test("a CommonJS consumer: require() and import() of every entry point, a chart drawn", () => {
+    // require() of an ES module works when its graph has no top-level await (vega's has one: it is
+    // loaded by the first chart), so every entry point must be require()-able.
     const entries = Object.keys(pkg.exports)
       .filter((k) => k !== "./package.json")
       .map((k) => `attnres${k.slice(1)}`);
     fs.writeFileSync(
       path.join(project, "consumer.cjs"),
       [
+        'const fs = require("node:fs");',
+        `const entries = ${JSON.stringify(entries)};`,
+        "const names = (m) => Object.keys(m).filter((k) => k !== '__esModule').sort();",
+        "const required = entries.map((e) => names(require(e)));",
         'const { DecoderLM } = require("attnres");',
-        `Promise.all(${JSON.stringify(entries)}.map((e) => import(e))).then((ms) =>`,
-        "  console.log(JSON.stringify([typeof DecoderLM, ...ms.map((m) => Object.keys(m).length)])),",
-        ");",
+        'const { heatmap } = require("attnres/plot");',
+        "Promise.all(entries.map((e) => import(e))).then(async (ms) => {",
+        "  const values = [[0.5, 1], [0.25, 0]];",
+        "  const chart = await heatmap(process.argv[2], { title: 't', rows: ['a', 'b'], columns: ['x', 'y'], values });",
+        "  const png = fs.statSync(chart.png).size;",
+        "  console.log(JSON.stringify({ ctor: typeof DecoderLM, required, imported: ms.map(names), png }));",
+        "});",
       ].join("\n"),
     );
-    const r = run(process.execPath, ["consumer.cjs"], {
+    const r = run(process.execPath, ["consumer.cjs", path.join(work, "cjs-chart", "heatmap")], {
       cwd: project,
       env: cleanEnv({ ATTNRES_BACKEND: "reference" }),
     });
     assert.equal(r.status, 0, r.stderr);
-    const [ctor, ...counts] = JSON.parse(r.stdout) as [string, ...number[]];
-    assert.equal(ctor, "function");
-    assert.equal(counts.length, entries.length);
+    const res = JSON.parse(r.stdout) as {
+      ctor: string;
+      required: string[][];
+      imported: string[][];
+      png: number;
+    };
+    assert.equal(res.ctor, "function");
+    assert.equal(res.required.length, entries.length);
+    assert.deepEqual(res.required, res.imported);
     assert.ok(
-      counts.every((n) => n > 0),
+      res.required.every((names) => names.length > 0),
       r.stdout,
     );
+    assert.ok(res.png > 1000, `${res.png} bytes of PNG`);
   });
 
   test("attnres --version, help, and one-line usage errors with the valid choices", () => {

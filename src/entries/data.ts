@@ -1,4 +1,5 @@
 /** `attnres/data`: corpora, tokenizers (byte, BPE, HF tokenizer.json), prepared datasets and batches. */
+/// <reference types="node" preserve="true" />
 import "../node-version.js";
 export * from "../data/prepare.js";
 export * from "../data/corpus.js";

@@ -9,7 +9,7 @@
  *   barChart     one bar per label (optionally coloured by group)
  *   histogram    pre-binned counts over shared bin edges, one small panel per named distribution
  */
-import * as vega from "vega";
+import { defaultLocale } from "vega-format";
 import { type ChartFiles, type ChartSpec, writeChart } from "./render.js";
 
 const finite = (v: number | null | undefined): v is number => typeof v === "number" && Number.isFinite(v);
@@ -82,10 +82,9 @@ export function heatmapSpec(o: HeatmapOptions): ChartSpec {
       ? o.columns.length <= 16 && o.rows.length <= 40
       : o.annotate;
   const format = o.format ?? ".2f";
-  // Cells as wide as the longest annotation (9 px DejaVu Sans: about 5.8 px per character).
-  const fmt = (vega as unknown as { defaultLocale(): { format(f: string): (x: number) => string } })
-    .defaultLocale()
-    .format(format);
+  // Cells as wide as the longest annotation (9 px DejaVu Sans: about 5.8 px per character), formatted
+  // as vega will: with vega-format, which vega re-exports (vega itself is loaded only to render).
+  const fmt = defaultLocale().format(format);
   const longest = cells.reduce((w, c) => Math.max(w, fmt(c.v).length), 1);
   const step = annotate ? Math.max(30, Math.ceil(6 * longest + 8)) : o.columns.length > 40 ? 10 : 16;
   const tilt = o.columns.some((c) => c.length > 3);

@@ -8,13 +8,19 @@
  *
  * Text widths for layout are vega's estimate (no canvas package), which errs on the wide side:
  * labels never overlap, at the cost of a little extra padding.
+ *
+ * vega, vega-lite and resvg are loaded on the first render, not when this module is: vega's module
+ * graph has a top-level await (vega-canvas), which would make `require("attnres/plot")` and
+ * `require("attnres/analysis")` fail (ERR_REQUIRE_ASYNC_MODULE), and resvg is a native addon that
+ * a program importing the entry point without drawing has no use for.
  */
 import * as fs from "node:fs";
 import { createRequire } from "node:module";
 import * as path from "node:path";
-import { Resvg, type ResvgRenderOptions } from "@resvg/resvg-js";
-import * as vega from "vega";
-import * as vl from "vega-lite";
+import type * as ResvgJs from "@resvg/resvg-js";
+import type { ResvgRenderOptions } from "@resvg/resvg-js";
+import type * as Vega from "vega";
+import type * as VegaLite from "vega-lite";
 import type { TopLevelSpec } from "vega-lite";
 
 /**
@@ -46,7 +52,15 @@ export const baseConfig = {
   title: { fontSize: 14, subtitleFontSize: 11, subtitleColor: "#555", anchor: "start" as const },
 };
 
-type Logger = NonNullable<NonNullable<Parameters<typeof vl.compile>[1]>["logger"]>;
+/** vega and vega-lite, imported once, by the first render. */
+let renderers: Promise<[typeof Vega, typeof VegaLite]> | undefined;
+const loadRenderers = () => (renderers ??= Promise.all([import("vega"), import("vega-lite")]));
+
+/** resvg (CommonJS, a native addon), required once, by the first rasterisation. */
+let resvg: typeof ResvgJs | undefined;
+const loadResvg = () => (resvg ??= require("@resvg/resvg-js") as typeof ResvgJs);
+
+type Logger = NonNullable<NonNullable<Parameters<typeof VegaLite.compile>[1]>["logger"]>;
 
 /** A vega-lite logger that keeps warnings (e.g. about empty data) off the terminal. */
 function quietLogger(): Logger {
@@ -69,6 +83,7 @@ function quietLogger(): Logger {
 
 /** Compiles a Vega-Lite spec and renders it to an SVG string. */
 export async function renderSvg(spec: ChartSpec): Promise<string> {
+  const [vega, vl] = await loadRenderers();
   const full = { ...spec, config: { ...baseConfig, ...(spec.config ?? {}) } } as unknown as TopLevelSpec;
   const compiled = vl.compile(full, { logger: quietLogger() }).spec;
   const view = new vega.View(vega.parse(compiled), { renderer: "none", logLevel: vega.Error });
@@ -93,6 +108,7 @@ export function resvgOptions(scale = PNG_SCALE): ResvgRenderOptions {
 
 /** Rasterises an SVG with the bundled font at `scale` pixels per SVG unit. */
 export function svgToPng(svg: string, scale = PNG_SCALE): Buffer {
+  const { Resvg } = loadResvg();
   return new Resvg(svg, resvgOptions(scale)).render().asPng();
 }
 

@@ -9,37 +9,16 @@ import { spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, test } from "node:test";
-import { sampleText, tempDir, writePreparedBytes } from "./helpers.js";
+import { sampleText, tempDir, writePreparedBytes, writeTinyPreset } from "./helpers.js";
 
 const root = path.dirname(import.meta.dirname);
 const bin = path.join(root, "scripts", "attnres-dev.mjs");
 const work = tempDir("cli-edges");
 const data = path.join(work, "data");
 writePreparedBytes(data, sampleText(20000));
-const presetFile = path.join(work, "p.json");
-fs.writeFileSync(
-  presetFile,
-  JSON.stringify({
-    data,
-    model: {
-      model_type: "qwen3",
-      hidden_size: 32,
-      intermediate_size: 48,
-      num_hidden_layers: 2,
-      num_attention_heads: 2,
-    },
-    train: {
-      steps: 2,
-      batch_size: 2,
-      seq_len: 16,
-      lr: 3e-3,
-      warmup: 1,
-      eval_every: 2,
-      eval_batches: 1,
-      seed: 1,
-    },
-  }),
-);
+const presetFile = writeTinyPreset(path.join(work, "p.json"), data, {
+  train: { steps: 2, batch_size: 2, seq_len: 16, eval_batches: 1 },
+});
 
 function run(args: string[]): { code: number; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, [bin, ...args], {

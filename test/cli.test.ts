@@ -9,7 +9,7 @@ import { spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, test } from "node:test";
-import { sampleText, writePreparedBytes, readMetrics, tempDir } from "./helpers.js";
+import { sampleText, writePreparedBytes, readMetrics, tempDir, writeTinyPreset } from "./helpers.js";
 
 const root = path.dirname(import.meta.dirname);
 const bin = path.join(root, "scripts", "attnres-dev.mjs");
@@ -18,34 +18,12 @@ const work = tmp();
 const data = path.join(work, "data");
 writePreparedBytes(data, sampleText(30000));
 
-function preset(steps: number, extra: Record<string, unknown> = {}): string {
-  const file = path.join(work, `preset-${steps}-${Object.keys(extra).join("-") || "plain"}.json`);
-  fs.writeFileSync(
-    file,
-    JSON.stringify({
-      data,
-      model: {
-        model_type: "qwen3",
-        hidden_size: 32,
-        intermediate_size: 48,
-        num_hidden_layers: 2,
-        num_attention_heads: 2,
-        ...extra,
-      },
-      train: {
-        steps,
-        batch_size: 4,
-        seq_len: 32,
-        lr: 3e-3,
-        warmup: 5,
-        eval_every: 20,
-        eval_batches: 2,
-        checkpoint_every: 1,
-        seed: 1,
-      },
-    }),
-  );
-  return file;
+function preset(steps: number, model: Record<string, unknown> = {}): string {
+  const file = path.join(work, `preset-${steps}-${Object.keys(model).join("-") || "plain"}.json`);
+  return writeTinyPreset(file, data, {
+    model,
+    train: { steps, warmup: 5, eval_every: 20, checkpoint_every: 1 },
+  });
 }
 
 function run(args: string[]): { code: number; stdout: string; stderr: string } {

@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import type { Preset } from "../src/cli/preset.js";
 import type { PreparedMeta } from "../src/data/prepared.js";
 import { ByteTokenizer } from "../src/data/tokenizer.js";
 import type { Backend, DType } from "../src/backend/backend.js";
@@ -14,6 +15,7 @@ import { Rng } from "../src/tensor/random.js";
 import { noGrad, type Tensor, tensor } from "../src/tensor/tensor.js";
 import { tidy } from "../src/tensor/memory.js";
 import { type ModelConfig, parseConfig } from "../src/model/config.js";
+import { type RunSpec, type TrainSettingsInput, TrainSettingsSchema } from "../src/train/run.js";
 
 export function randTensor(
   rng: Rng,
@@ -231,4 +233,57 @@ export function tempDir(name: string): string {
     });
   tempDirs.push(d);
   return d;
+}
+
+/** What {@link tinySpec} and {@link writeTinyPreset} change of the tiny run's defaults. */
+export interface TinySpecOverrides {
+  /** Model config keys merged over the tiny model's (e.g. `attnres_mode`, `num_hidden_layers`). */
+  model?: Record<string, unknown>;
+  /** Training settings merged over the tiny run's (e.g. `steps`, `seq_len`, `seed`). */
+  train?: Partial<TrainSettingsInput>;
+}
+
+/**
+ * A run spec that trains in seconds on the prepared dataset `data`: a qwen3 of 2 layers, width
+ * 32, 2 heads, for 4 steps of batch 4 × seq_len 32 (lr 3e-3, warmup 1, an evaluation on 2 batches
+ * every 2 steps, seed 1), with `o` merged over it. The training settings come back complete (the
+ * schema's defaults filled in), as a run records them.
+ */
+export function tinySpec(data: string, o: TinySpecOverrides = {}): RunSpec {
+  return {
+    data,
+    model: {
+      model_type: "qwen3",
+      hidden_size: 32,
+      intermediate_size: 48,
+      num_hidden_layers: 2,
+      num_attention_heads: 2,
+      ...o.model,
+    },
+    train: TrainSettingsSchema.parse({
+      steps: 4,
+      batch_size: 4,
+      seq_len: 32,
+      lr: 3e-3,
+      warmup: 1,
+      eval_every: 2,
+      eval_batches: 2,
+      seed: 1,
+      ...o.train,
+    }),
+  };
+}
+
+/**
+ * Writes {@link tinySpec} to `file` as a preset (`--preset file`), with `o.compare`'s modes and
+ * seeds when given; returns `file`.
+ */
+export function writeTinyPreset(
+  file: string,
+  data: string,
+  o: TinySpecOverrides & { compare?: Preset["compare"] } = {},
+): string {
+  const { compare, ...spec } = o;
+  fs.writeFileSync(file, JSON.stringify({ ...tinySpec(data, spec), ...(compare && { compare }) }));
+  return file;
 }

@@ -11,44 +11,20 @@ import { DecoderLM } from "../src/model/decoder.js";
 import { Rng } from "../src/tensor/random.js";
 import { tidy } from "../src/tensor/memory.js";
 import { AdamW } from "../src/train/optim.js";
-import { finishedRun, runTraining, type RunSpec } from "../src/train/run.js";
+import { finishedRun, runTraining, type RunSpec, type TrainSettingsInput } from "../src/train/run.js";
 import { isResidualParam } from "../src/model/residual.js";
 import { paramGroups, trainStep } from "../src/train/trainer.js";
-import { assertClose, sampleText, writePreparedBytes, readMetrics, tempDir } from "./helpers.js";
+import { assertClose, sampleText, writePreparedBytes, readMetrics, tempDir, tinySpec } from "./helpers.js";
 
 const tmp = () => tempDir("run");
 const data = tmp();
 writePreparedBytes(data, sampleText(20000));
 
-const spec = (extra: Record<string, unknown> = {}, train: Record<string, unknown> = {}): RunSpec => ({
-  model: {
-    model_type: "qwen3",
-    hidden_size: 32,
-    intermediate_size: 48,
-    num_hidden_layers: 2,
-    num_attention_heads: 2,
-    ...extra,
-  },
-  data,
-  train: {
-    steps: 12,
-    batch_size: 4,
-    seq_len: 16,
-    grad_accum: 1,
-    lr: 3e-3,
-    min_lr_ratio: 0.1,
-    warmup: 3,
-    weight_decay: 0.1,
-    beta1: 0.9,
-    beta2: 0.95,
-    clip: 1,
-    eval_every: 4,
-    eval_batches: 2,
-    checkpoint_every: 4,
-    seed: 3,
-    ...train,
-  },
-});
+const spec = (model: Record<string, unknown> = {}, train: Partial<TrainSettingsInput> = {}): RunSpec =>
+  tinySpec(data, {
+    model,
+    train: { steps: 12, seq_len: 16, warmup: 3, eval_every: 4, checkpoint_every: 4, seed: 3, ...train },
+  });
 
 const losses = (dir: string) => readMetrics(dir, ["step", "loss", "grad_norm", "lr", "val_loss"]);
 

@@ -11,7 +11,13 @@ import * as path from "node:path";
 import { describe, test } from "node:test";
 import { gapChange, gapTrend, ranking } from "../scripts/study-lib.js";
 import { verdictLower } from "../src/train/statistics.js";
-import { sampleText, tempDir, writePreparedBytes } from "./helpers.js";
+import {
+  sampleText,
+  tempDir,
+  type TinySpecOverrides,
+  writePreparedBytes,
+  writeTinyPreset,
+} from "./helpers.js";
 
 const root = path.dirname(import.meta.dirname);
 const work = tempDir("study");
@@ -22,45 +28,20 @@ const runs = path.join(work, "runs");
 const results = path.join(work, "results");
 fs.mkdirSync(presets);
 
-function preset(
-  part: string,
-  modes: string[],
-  seeds: number[],
-  o: { steps?: number; lr?: number; model?: Record<string, unknown> } = {},
-): void {
-  fs.writeFileSync(
-    path.join(presets, `${part}.json`),
-    JSON.stringify({
-      data,
-      model: {
-        model_type: "qwen3",
-        hidden_size: 32,
-        intermediate_size: 48,
-        num_hidden_layers: 4,
-        num_attention_heads: 2,
-        ...o.model,
-      },
-      train: {
-        steps: o.steps ?? 4,
-        batch_size: 4,
-        seq_len: 32,
-        lr: o.lr ?? 3e-3,
-        warmup: 1,
-        eval_every: 2,
-        eval_batches: 2,
-        seed: 0,
-      },
-      compare: { modes, seeds },
-    }),
-  );
+function preset(part: string, modes: string[], seeds: number[], o: TinySpecOverrides = {}): void {
+  writeTinyPreset(path.join(presets, `${part}.json`), data, {
+    model: { num_hidden_layers: 4, ...o.model },
+    train: { seed: 0, ...o.train },
+    compare: { modes, seeds },
+  });
 }
 const FOUR = ["standard", "attnres-full", "delta", "delta-block"];
 preset("main", FOUR, [0, 1]);
 preset("depth-12", ["standard"], [0]); // identical to main's standard-s0: copied, not trained
-preset("budget-4x", FOUR, [0, 1], { steps: 8 });
+preset("budget-4x", FOUR, [0, 1], { train: { steps: 8 } });
 preset("states", ["attnres-full", "delta"], [0, 1], { model: { attnres_sources: "states" } });
-preset("lr-1.5e-3", ["standard", "attnres-full", "delta"], [0], { lr: 1.5e-3 });
-preset("lr-6e-3", ["standard", "attnres-full", "delta"], [0], { lr: 6e-3 });
+preset("lr-1.5e-3", ["standard", "attnres-full", "delta"], [0], { train: { lr: 1.5e-3 } });
+preset("lr-6e-3", ["standard", "attnres-full", "delta"], [0], { train: { lr: 6e-3 } });
 
 const env = { ...process.env, ATTNRES_THREADS: "1" };
 function study(args: string[], dirs = { runs, results }): { code: number; stdout: string; stderr: string } {

@@ -304,12 +304,18 @@ KERNEL(setThreads) {
   });
 }
 
-// setGemm("blas" | "builtin"): choose the GEMM for the rest of the process (tests compare both).
+// setGemm("blas" | "builtin" | "default"): choose the GEMM for the rest of the process (tests compare
+// both), or go back to the default (as if ATTNRES_GEMM were unset).
 KERNEL(setGemm) {
   return guard(env, [&] {
     Args a(env, info, "setGemm", 1);
     const std::string k = a.str(0, "kind");
-    if (k != "blas" && k != "builtin") a.fail("kind must be \"blas\" or \"builtin\", got \"" + k + "\"");
+    if (k != "blas" && k != "builtin" && k != "default")
+      a.fail("kind must be \"blas\", \"builtin\" or \"default\", got \"" + k + "\"");
+    if (k == "default") {
+      reset_gemm_kind();
+      return undefinedValue(env);
+    }
     if (!set_gemm_kind(k == "blas" ? GemmKind::Blas : GemmKind::Builtin))
       a.fail("this build has no BLAS (built with the built-in GEMM only)");
     return undefinedValue(env);
@@ -340,6 +346,9 @@ KERNEL(info) {
     napi_value s4;
     napi_create_string_utf8(env, gemm_name(), NAPI_AUTO_LENGTH, &s4);
     napi_set_named_property(env, o, "gemm", s4);
+    napi_value st;
+    napi_get_boolean(env, gemm_streamed(), &st);
+    napi_set_named_property(env, o, "streamed", st);
     napi_value bf;
     napi_get_boolean(env, gemm_bf16_available(), &bf);
     napi_set_named_property(env, o, "bf16", bf);

@@ -8,12 +8,18 @@
 //  - the built-in cache-blocked GEMM (always compiled): A and B are packed into MR-row / NR-column
 //    micro-panels (alpha folded into A), and an MR x NR register-tile micro-kernel (AVX-512, AVX2+FMA
 //    or portable C) accumulates over a K slice of KC packed steps. Blocking: pc (a K slice; op(A)'s
-//    slice is packed once) > jc (NC cols of B) > tasks of MC rows x NT cols over OpenMP threads.
+//    slice is packed once) > jc (NC cols of B) > tasks of MC rows x at most NT cols over OpenMP threads,
+//    balanced between threads.
 //    In float32 with AVX-512, when M is a multiple of MR, op(A) is not packed at all: the micro-kernel
 //    broadcasts its MR rows from where they are (a row of A along k, or MR neighbours of a row of a
 //    transposed A), and alpha scales the tile. Packing op(A) cost as much as a tenth of these products
 //    (the activations [tokens, d] of a step: M large, N = d small), and it ran before the products,
 //    at a barrier, instead of overlapping them.
+//  - the built-in streamed GEMM (AVX-512 builds) for a Linear over a few rows, x [M, K] @ Wᵀ with
+//    8 <= M <= 256 (a prefill, a small batch): no shared packing phase and no barrier; each thread
+//    packs its own strips of W as it goes (prefetching the next) under an 8 x 48 register tile. It
+//    runs whichever GEMM is the default, and with ATTNRES_GEMM=builtin; ATTNRES_GEMM=blas sends
+//    these products to the BLAS too. It gives each element the blocked GEMM's sums, bit for bit.
 // Default: the BLAS, except in an AVX-512 build whose BLAS does not run AVX-512 kernels itself — e.g.
 // OpenBLAS held to its AVX2 "Haswell" kernels by OPENBLAS_CORETYPE, or too old to know the CPU —
 // where the built-in micro-kernel is about twice as fast (`npm run bench` prints which runs).
@@ -147,6 +153,32 @@ constexpr i64 NC = 4096;           // columns of B packed at once (multiple of N
 // Tasks start on whole tiles (test/native-portable.test.ts compiles this for the AVX2 and SSE tiles too).
 static_assert(MC % MR == 0 && NT % NR == 0 && NC % NT == 0, "GEMM blocks must be whole tiles");
 
+#if defined(__AVX512F__)
+// The float32 AVX-512 micro-kernel: tile[MR][NV * 16] = sum_p a(i, p) * Bp[p][0 .. NV * 16) over kp steps,
+// with op(A)'s MR rows read where they are: a(i, p) at A[i * lda + p] when kAlongK (A stored [M, K]), at
+// A[p * lda + i] when not (A stored [K, M]; a packed strip is that with lda = MR). NV = 2 is the blocked
+// GEMM's tile (16 accumulators), NV = 3 the streamed GEMM's (24).
+template <int NV, bool kAlongK>
+static inline void tile_in_place(i64 kp, const float* __restrict A, i64 lda, const float* __restrict Bp,
+                                 float* __restrict tile) {
+  __m512 c[MR][NV];
+  for (int i = 0; i < MR; i++)
+    for (int v = 0; v < NV; v++) c[i][v] = _mm512_setzero_ps();
+  const float* r[MR];
+  for (int i = 0; i < MR; i++) r[i] = kAlongK ? A + i * lda : A + i;
+  for (i64 p = 0; p < kp; p++) {
+    __m512 b[NV];
+    for (int v = 0; v < NV; v++) b[v] = _mm512_load_ps(Bp + (p * NV + v) * VW);
+    for (int i = 0; i < MR; i++) {
+      const __m512 a = _mm512_set1_ps(kAlongK ? r[i][p] : r[0][p * lda + i]);
+      for (int v = 0; v < NV; v++) c[i][v] = _mm512_fmadd_ps(a, b[v], c[i][v]);
+    }
+  }
+  for (int i = 0; i < MR; i++)
+    for (int v = 0; v < NV; v++) _mm512_store_ps(tile + (i * NV + v) * VW, c[i][v]);
+}
+#endif
+
 // float32 panels: one packed element per k; alpha folded into A while packing.
 struct F32Panels {
   using P = float;
@@ -185,28 +217,11 @@ struct F32Panels {
   }
 #if defined(__AVX512F__)
   static constexpr bool kInPlaceA = true;
-  // The same tile with op(A)'s MR rows read where they are instead of from a packed strip: element
-  // (i, p) at A[i * lda + p] when kAlongK (A stored [M, K]), at A[p * lda + i] when not (A stored [K, M]).
+  // The same tile with op(A)'s MR rows read where they are instead of from a packed strip.
   template <bool kAlongK>
   static inline void kernel_in_place(i64 kp, const float* __restrict A, i64 lda, const P* __restrict Bp,
                                      float* __restrict tile) {
-    __m512 c[MR][2];
-    for (int i = 0; i < MR; i++) c[i][0] = c[i][1] = _mm512_setzero_ps();
-    const float* r[MR];
-    for (int i = 0; i < MR; i++) r[i] = kAlongK ? A + i * lda : A + i;
-    for (i64 p = 0; p < kp; p++) {
-      const __m512 b0 = _mm512_load_ps(Bp + p * NR);
-      const __m512 b1 = _mm512_load_ps(Bp + p * NR + VW);
-      for (int i = 0; i < MR; i++) {
-        const __m512 a = _mm512_set1_ps(kAlongK ? r[i][p] : r[0][p * lda + i]);
-        c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);
-        c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);
-      }
-    }
-    for (int i = 0; i < MR; i++) {
-      _mm512_store_ps(tile + i * NR, c[i][0]);
-      _mm512_store_ps(tile + i * NR + VW, c[i][1]);
-    }
+    tile_in_place<NR / VW, kAlongK>(kp, A, lda, Bp, tile);
   }
 #else
   static constexpr bool kInPlaceA = false;
@@ -555,12 +570,18 @@ static void blocked_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float al
               for (i64 p = 0; p < kp; p++) dst[p * MR + i] = P(0);
           }
         }
-        const i64 mBlocks = (M + MC - 1) / MC, nBlocks = (nc + NT - 1) / NT;
+        // Tasks of MC rows x ntc columns, ntc <= NT a whole number of strips, as many tasks as make
+        // every thread's share equal where the rows alone do not (a prefill's 128 rows are one row
+        // block: N = 256 in NT columns was one task, and one thread idled).
+        const i64 mBlocks = (M + MC - 1) / MC, threads = omp_get_num_threads();
+        i64 nTasks = (nc + NT - 1) / NT;
+        while (nTasks < nStrips && (mBlocks * nTasks) % threads != 0) nTasks++;
+        const i64 ntc = (nStrips + nTasks - 1) / nTasks * NR, nBlocks = (nc + ntc - 1) / ntc;
 #pragma omp for schedule(static) collapse(2)
         for (i64 mb = 0; mb < mBlocks; mb++) {
           for (i64 nb = 0; nb < nBlocks; nb++) {
-            const i64 iEnd = std::min(M, (mb + 1) * MC), jEnd = std::min(nc, (nb + 1) * NT);
-            for (i64 j0 = nb * NT; j0 < jEnd; j0 += NR) {
+            const i64 iEnd = std::min(M, (mb + 1) * MC), jEnd = std::min(nc, (nb + 1) * ntc);
+            for (i64 j0 = nb * ntc; j0 < jEnd; j0 += NR) {
               const i64 nr = std::min<i64>(NR, jEnd - j0);
               const P* bp = Bp + (j0 / NR) * NR * kp;
               for (i64 i0 = mb * MC; i0 < iEnd; i0 += MR) {
@@ -593,6 +614,82 @@ static void blocked_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float al
   }
 }
 
+#if defined(__AVX512F__)
+// A Linear over a few rows (C [M, N] = alpha * A [M, K] @ W [N, K]ᵀ, MR <= M <= SM): a prefill's or a
+// small batch's projections. blocked_gemm packs a K slice of W for all threads, then meets at a
+// barrier, then multiplies; here W streams from memory once and nothing waits: each thread owns a
+// contiguous run of SNR-column strips, packs one strip's whole K itself (into L2), runs every row of
+// A over it slice by slice (A's rows read in place; the last M % MR rows from a zero-padded copy),
+// and prefetches the next strip's rows of W meanwhile. Each C element sees the same products in the
+// same order as in blocked_gemm (KC slices, fused multiply-adds along k, slices added to C in
+// order), so the two agree bit for bit (the tail rows too when alpha = 1: blocked_gemm folds alpha
+// into a packed A).
+constexpr i64 SM = 256;
+constexpr int SV = 3;         // vectors per strip row: an MR x SV*16 tile (24 accumulators)
+constexpr i64 SNR = SV * VW;  // columns per strip
+static bool streamed_gemm_applies(bool transA, bool transB, i64 M, i64 N, i64 K) {
+  return !transA && transB && M >= MR && M <= SM && N >= 2 * SNR && K >= 64;
+}
+
+static void streamed_gemm(i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda, const float* B, i64 ldb,
+                          float beta, float* C, i64 ldc) {
+  const i64 nStrips = (N + SNR - 1) / SNR;
+  const bool par = !omp_in_parallel() && omp_get_max_threads() > 1 && M * N * K >= (i64)1 << 18;
+  const i64 rowLines = (K * 4 + 63) / 64;
+#pragma omp parallel if (par)
+  {
+    static thread_local Scratch sb, st;
+    float* strip = sb.get(size_t(K * SNR));  // op(B)[0:K, j0 : j0 + SNR] as K rows of SNR
+    alignas(64) float tile[MR * SNR];
+    // The last M % MR rows of A, zero-padded to MR rows of K (read like A, with lda = K).
+    const i64 mFull = M / MR * MR, mTail = M - mFull;
+    float* tailA = mTail ? st.get(size_t(MR * K)) : nullptr;
+    if (mTail) {
+      for (i64 i = 0; i < MR; i++)
+        if (i < mTail)
+          std::memcpy(tailA + i * K, A + (mFull + i) * lda, sizeof(float) * K);
+        else
+          std::memset(tailA + i * K, 0, sizeof(float) * K);
+    }
+    const i64 nt = omp_get_num_threads(), id = omp_get_thread_num();
+    const i64 s0 = nStrips * id / nt, s1 = nStrips * (id + 1) / nt;
+    for (i64 st = s0; st < s1; st++) {
+      const i64 j0 = st * SNR, nr = std::min<i64>(SNR, N - j0);
+      pack_rows_transposed(strip, SNR, B + j0 * ldb, ldb, nr, K, 1.0f);
+      // The next strip's rows of W, spread over this strip's micro-kernel calls.
+      const i64 nextRows = st + 1 < s1 ? std::min<i64>(SNR, N - j0 - SNR) : 0;
+      const i64 lines = nextRows * rowLines, calls = ((K + KC - 1) / KC) * ((M + MR - 1) / MR);
+      const i64 perCall = (lines + calls - 1) / calls;
+      i64 line = 0;
+      for (i64 pc = 0; pc < K; pc += KC) {
+        const i64 kc = std::min(KC, K - pc);
+        const float* bp = strip + pc * SNR;
+        for (i64 i0 = 0; i0 < M; i0 += MR) {
+          for (const i64 e = std::min(lines, line + perCall); line < e; line++)
+            _mm_prefetch(reinterpret_cast<const char*>(B + (j0 + SNR + line / rowLines) * ldb +
+                                                       (line % rowLines) * 16),
+                         _MM_HINT_T1);
+          const bool tailRows = i0 == mFull;
+          tile_in_place<SV, true>(kc, tailRows ? tailA + pc : A + i0 * lda + pc, tailRows ? K : lda, bp,
+                                  tile);
+          for (i64 i = 0, mr = std::min<i64>(MR, M - i0); i < mr; i++) {
+            float* c = C + (i0 + i) * ldc + j0;
+            const float* tl = tile + i * SNR;
+            if (pc > 0 || beta == 1.0f) {
+              for (i64 j = 0; j < nr; j++) c[j] += alpha * tl[j];
+            } else if (beta == 0.0f) {
+              for (i64 j = 0; j < nr; j++) c[j] = alpha * tl[j];
+            } else {
+              for (i64 j = 0; j < nr; j++) c[j] = beta * c[j] + alpha * tl[j];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+#endif
+
 // ------------------------------------------------------------------ which GEMM runs
 
 [[maybe_unused]] static bool blas_runs_avx512() {
@@ -609,9 +706,9 @@ static void blocked_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float al
 // The default: the linked BLAS, except on an AVX-512 build whose BLAS does not run AVX-512 kernels
 // (OpenBLAS forced to, or only knowing, AVX2 kernels on this CPU; or another CBLAS): there the
 // built-in AVX-512 micro-kernel is the faster GEMM. ATTNRES_GEMM=blas|builtin overrides.
-static GemmKind default_gemm() {
+static GemmKind default_gemm(bool readEnv = true) {
 #if defined(ATTNRES_HAVE_CBLAS)
-  const char* env = std::getenv("ATTNRES_GEMM");
+  const char* env = readEnv ? std::getenv("ATTNRES_GEMM") : nullptr;
   if (env != nullptr && std::string(env) == "builtin") return GemmKind::Builtin;
   if (env != nullptr && std::string(env) == "blas") return GemmKind::Blas;
 #if defined(__AVX512F__)
@@ -620,6 +717,7 @@ static GemmKind default_gemm() {
   return GemmKind::Blas;
 #endif
 #else
+  (void)readEnv;
   return GemmKind::Builtin;
 #endif
 }
@@ -629,6 +727,24 @@ static GemmKind& current_gemm() {
   return kind;
 }
 
+// Whether the GEMM was chosen (ATTNRES_GEMM, set_gemm_kind) rather than defaulted: a chosen BLAS runs
+// every product; a defaulted one leaves the Linears over few rows to streamed_gemm.
+static bool& gemm_chosen() {
+  static bool chosen = [] {
+    const char* env = std::getenv("ATTNRES_GEMM");
+    return env != nullptr && (std::string(env) == "blas" || std::string(env) == "builtin");
+  }();
+  return chosen;
+}
+
+bool gemm_streamed() {
+#if defined(__AVX512F__)
+  return current_gemm() == GemmKind::Builtin || !gemm_chosen();
+#else
+  return false;
+#endif
+}
+
 GemmKind gemm_kind() { return current_gemm(); }
 
 bool set_gemm_kind(GemmKind k) {
@@ -636,7 +752,13 @@ bool set_gemm_kind(GemmKind k) {
   if (k == GemmKind::Blas) return false;
 #endif
   current_gemm() = k;
+  gemm_chosen() = true;
   return true;
+}
+
+void reset_gemm_kind() {
+  current_gemm() = default_gemm(false);
+  gemm_chosen() = false;
 }
 
 // bfloat16 GEMM operands (set_gemm_bf16): every sgemm with more than one row rounds op(A) and op(B)
@@ -716,6 +838,12 @@ void sgemm(bool transA, bool transB, i64 M, i64 N, i64 K, float alpha, const flo
     return;
   }
   if (sgemm_as_gemv(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C)) return;
+#if defined(__AVX512F__)
+  if (!g_bf16 && streamed_gemm_applies(transA, transB, M, N, K) && gemm_streamed()) {
+    streamed_gemm(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+#endif
 #if defined(ATTNRES_HAVE_CBLAS)
   if (current_gemm() == GemmKind::Blas && !g_bf16) {
     blas_sgemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);

@@ -122,7 +122,11 @@ const char* simd_name();  // widest vector ISA compiled in
 enum class GemmKind { Blas, Builtin };
 GemmKind gemm_kind();
 bool set_gemm_kind(GemmKind k);  // false (unchanged) when asking for Blas in a build without one
+void reset_gemm_kind();          // the default, as if ATTNRES_GEMM were unset
 const char* gemm_name();         // "builtin" | "openblas" | "cblas"
+// Whether a Linear over few rows (8 <= M <= 256, B transposed) runs the built-in streamed GEMM (gemm.cc):
+// in an AVX-512 build, unless a BLAS was chosen by ATTNRES_GEMM=blas or set_gemm_kind.
+bool gemm_streamed();
 // bfloat16 operands for every GEMM of more than one row (float32 accumulation, built-in GEMM with the
 // AVX-512 BF16 dot product). Only in builds for a CPU with AVX-512 BF16: set returns false elsewhere.
 bool gemm_bf16_available();

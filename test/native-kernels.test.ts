@@ -77,13 +77,12 @@ function closeDot(
 
 // Both GEMMs the addon can run (the built-in one always; the linked BLAS when there is one), each
 // against the reference; the process's default is restored afterwards.
-const defaultGemm = nativeInfo().gemm === "builtin" ? "builtin" : "blas";
 const gemmKinds: Array<"blas" | "builtin"> =
   nativeInfo().blas === "builtin" ? ["builtin"] : ["blas", "builtin"];
 for (const kind of gemmKinds)
   describe(`gemm (${kind})`, () => {
     before(() => setNativeGemm(kind));
-    after(() => setNativeGemm(defaultGemm));
+    after(() => setNativeGemm("default"));
     const cases: Array<[number, number, number, number, boolean]> = [
       // M, N, K, batch, strideB zero
       [1, 1, 1, 1, false],
@@ -102,6 +101,10 @@ for (const kind of gemmKinds)
       // rows a multiple of the 8-row tile: op(A) is read in place, not packed (alpha scales the tile)
       [72, 300, 520, 1, false], // threaded, K over several slices, an N tail
       [256, 40, 1100, 1, false], // K split over threads
+      // a Linear over 8 to 256 rows (tB): the streamed GEMM (builtin), an N tail, rows in and past the tile
+      [128, 1000, 300, 1, false],
+      [100, 150, 70, 2, true],
+      [8, 97, 64, 1, false],
     ];
     for (const [M, N, K, batch, sharedB] of cases)
       for (const transA of [false, true])
@@ -1894,7 +1897,11 @@ describe("threads and info", () => {
     assert.ok(["openblas", "cblas", "builtin"].includes(info.blas));
     assert.ok([info.blas, "builtin"].includes(info.gemm), `gemm ${info.gemm} with blas ${info.blas}`);
     assert.equal(typeof info.blasCore, "string");
-    assert.throws(() => setNativeGemm("fast" as "blas"), /setGemm: kind must be "blas" or "builtin"/);
+    assert.throws(
+      () => setNativeGemm("fast" as "blas"),
+      /setGemm: kind must be "blas", "builtin" or "default"/,
+    );
+    assert.equal(typeof info.streamed, "boolean");
     assert.equal(info.threads, nat.threads());
     assert.ok(info.simd.length > 0);
     const peak = measurePeakGflops(0.05);
@@ -1931,7 +1938,11 @@ describe("threads and info", () => {
       assert.equal(info.gemm, want, JSON.stringify(info));
       assert.equal(probe({ ATTNRES_GEMM: "blas" }).gemm, info.blas);
       assert.equal(probe({ ATTNRES_GEMM: "builtin" }).gemm, "builtin");
+      assert.equal(probe({ ATTNRES_GEMM: "blas" }).streamed, false, "a chosen BLAS runs every product");
     }
+    // The streamed GEMM (Linears over few rows) is the AVX-512 build's unless a BLAS was chosen.
+    assert.equal(info.streamed, info.simd === "avx512f");
+    assert.equal(probe({ ATTNRES_GEMM: "builtin" }).streamed, info.simd === "avx512f");
   });
   test("backend identity", () => {
     assert.equal(nat.name, "native");

@@ -29,6 +29,12 @@ export interface NativeInfo {
    * kernels itself (see native/gemm.cc); ATTNRES_GEMM=blas|builtin overrides.
    */
   gemm: "openblas" | "cblas" | "builtin";
+  /**
+   * Whether a Linear over a few rows (8 to 256 rows times a transposed weight: a prefill, a small
+   * batch) runs the addon's streamed GEMM whichever `gemm` is: true in an AVX-512 build unless
+   * ATTNRES_GEMM=blas (or setNativeGemm("blas")) chose the BLAS for every product.
+   */
+  streamed: boolean;
   /** Whether bfloat16 GEMM operands are available (an AVX-512 BF16 build): setMatmulDtype. */
   bf16: boolean;
   /** OpenMP threads used by kernels. */
@@ -44,7 +50,7 @@ interface NativeAddon {
   threads(): number;
   setThreads(n: number): void;
   info(): NativeInfo;
-  setGemm(kind: "blas" | "builtin"): void;
+  setGemm(kind: "blas" | "builtin" | "default"): void;
   setGemmBf16(on: boolean): void;
   peakGflops(seconds: number): number;
   readBandwidth(seconds: number, repeats: number, bytes: number): { samples: number[]; bytes: number };
@@ -192,15 +198,16 @@ export function nativeInfo(): NativeInfo {
 /** One line for reports: "BLAS openblas (Haswell kernels), GEMM builtin, SIMD avx512f, 2 threads". */
 export function describeNative(info: NativeInfo = nativeInfo()): string {
   const core = info.blasCore ? ` (${info.blasCore} kernels)` : "";
-  return `BLAS ${info.blas}${core}, GEMM ${info.gemm}, SIMD ${info.simd}, ${info.threads} threads`;
+  const streamed = info.streamed && info.gemm !== "builtin" ? " (Linears over few rows: builtin)" : "";
+  return `BLAS ${info.blas}${core}, GEMM ${info.gemm}${streamed}, SIMD ${info.simd}, ${info.threads} threads`;
 }
 
 /**
  * Choose the native GEMM for the rest of this process: the linked BLAS or the addon's own (tests
- * compare the two; users set ATTNRES_GEMM instead). Throws when asking for "blas" in a build
- * without one.
+ * compare the two; users set ATTNRES_GEMM instead), or "default" to go back to the choice made
+ * without ATTNRES_GEMM. Throws when asking for "blas" in a build without one.
  */
-export function setNativeGemm(kind: "blas" | "builtin"): void {
+export function setNativeGemm(kind: "blas" | "builtin" | "default"): void {
   loadAddon().setGemm(kind);
 }
 

@@ -13,32 +13,15 @@ import { loadPrepared } from "../src/data/prepared.js";
 import { MetricsLog } from "../src/train/checkpointing.js";
 import { METRICS_COLUMNS } from "../src/train/metrics.js";
 import { runTraining, type RunSpec } from "../src/train/run.js";
-import { sampleText, tempDir, writePreparedBytes } from "./helpers.js";
+import { sampleText, tempDir, tinySpec, writePreparedBytes } from "./helpers.js";
 
 const data = tempDir("logs-data");
 writePreparedBytes(data, sampleText(12000));
 
-const spec: RunSpec = {
-  model: { hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1, num_attention_heads: 2 },
-  data,
-  train: {
-    steps: 8,
-    batch_size: 2,
-    seq_len: 16,
-    grad_accum: 1,
-    lr: 3e-3,
-    min_lr_ratio: 0.1,
-    warmup: 2,
-    weight_decay: 0.1,
-    beta1: 0.9,
-    beta2: 0.95,
-    clip: 1,
-    eval_every: 4,
-    eval_batches: 2,
-    checkpoint_every: 2,
-    seed: 1,
-  },
-};
+const spec: RunSpec = tinySpec(data, {
+  model: { hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1 },
+  train: { steps: 8, batch_size: 2, seq_len: 16, warmup: 2, eval_every: 4, checkpoint_every: 2 },
+});
 
 function parseCsv(file: string): { header: string[]; rows: string[][] } {
   const lines = fs.readFileSync(file, "utf8").split("\n");

@@ -31,41 +31,24 @@ import {
   runTorchTraining,
   type TorchProbe,
 } from "../src/train/torch-engine.js";
-import { readMetrics, sampleText, tempDir, writePreparedBytes } from "./helpers.js";
+import {
+  readMetrics,
+  sampleText,
+  tempDir,
+  tinySpec,
+  type TinySpecOverrides,
+  writePreparedBytes,
+} from "./helpers.js";
 
 const tmp = () => tempDir("torch");
 const data = tmp();
 writePreparedBytes(data, sampleText(20000));
 
-const spec = (model: Record<string, unknown> = {}, train: Record<string, unknown> = {}): RunSpec => ({
-  model: {
-    model_type: "qwen3",
-    hidden_size: 32,
-    intermediate_size: 48,
-    num_hidden_layers: 4,
-    num_attention_heads: 2,
-    num_key_value_heads: 1,
-    ...model,
-  },
-  data,
-  train: {
-    steps: 20,
-    batch_size: 4,
-    seq_len: 16,
-    grad_accum: 1,
-    lr: 3e-3,
-    min_lr_ratio: 0.1,
-    warmup: 3,
-    weight_decay: 0.1,
-    beta1: 0.9,
-    beta2: 0.95,
-    clip: 1,
-    eval_every: 10,
-    eval_batches: 2,
-    seed: 3,
-    ...train,
-  },
-});
+const spec = (model: Record<string, unknown> = {}, train: TinySpecOverrides["train"] = {}): RunSpec =>
+  tinySpec(data, {
+    model: { num_hidden_layers: 4, num_key_value_heads: 1, ...model },
+    train: { steps: 20, seq_len: 16, warmup: 3, eval_every: 10, seed: 3, ...train },
+  });
 
 /**
  * The parity preset: the tiny model above with init std 0.1 and lr 1e-3. At the default init std

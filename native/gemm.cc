@@ -19,7 +19,8 @@
 //    8 <= M <= 256 (a prefill, a small batch): no shared packing phase and no barrier; each thread
 //    packs its own strips of W as it goes (prefetching the next) under an 8 x 48 register tile. It
 //    runs whichever GEMM is the default, and with ATTNRES_GEMM=builtin; ATTNRES_GEMM=blas sends
-//    these products to the BLAS too. It gives each element the blocked GEMM's sums, bit for bit.
+//    these products to the BLAS too. It gives each element the blocked GEMM's sums, bit for bit (the
+//    rows past the last multiple of 8 when alpha = 1, as in a Linear).
 // Default: the BLAS, except in an AVX-512 build whose BLAS does not run AVX-512 kernels itself — e.g.
 // OpenBLAS held to its AVX2 "Haswell" kernels by OPENBLAS_CORETYPE, or too old to know the CPU —
 // where the built-in micro-kernel is about twice as fast (`npm run bench` prints which runs).
@@ -457,6 +458,18 @@ struct Scratch {
   ~Scratch() { std::free(p); }
 };
 
+// One row of a finished tile into C: c[j] = beta * c[j] + scale * t[j] over j < n for a product's first
+// K slice (beta 0 never reads c; beta 1 adds), c[j] += scale * t[j] for the slices after it.
+static inline void merge_tile_row(float* c, const float* t, i64 n, bool firstSlice, float beta, float scale) {
+  if (!firstSlice || beta == 1.0f) {
+    for (i64 j = 0; j < n; j++) c[j] += scale * t[j];
+  } else if (beta == 0.0f) {
+    for (i64 j = 0; j < n; j++) c[j] = scale * t[j];
+  } else {
+    for (i64 j = 0; j < n; j++) c[j] = beta * c[j] + scale * t[j];
+  }
+}
+
 // The built-in blocked GEMM over Panels' packed format (M, N, K > 0, alpha != 0). A K slice of
 // kc <= KC * KS k is kp = ceil(kc / KS) packed steps; a pair's missing second k (odd kc) packs as zero.
 template <class Panels>
@@ -594,17 +607,8 @@ static void blocked_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float al
                   else
                     Panels::template kernel_in_place<true>(kp, A + i0 * lda + pc, lda, bp, tile);
                 }
-                for (i64 i = 0; i < mr; i++) {
-                  float* c = C + (i0 + i) * ldc + jc + j0;
-                  const float* tl = tile + i * NR;
-                  if (!first || beta == 1.0f) {
-                    for (i64 j = 0; j < nr; j++) c[j] += tileScale * tl[j];
-                  } else if (beta == 0.0f) {
-                    for (i64 j = 0; j < nr; j++) c[j] = tileScale * tl[j];
-                  } else {
-                    for (i64 j = 0; j < nr; j++) c[j] = beta * c[j] + tileScale * tl[j];
-                  }
-                }
+                for (i64 i = 0; i < mr; i++)
+                  merge_tile_row(C + (i0 + i) * ldc + jc + j0, tile + i * NR, nr, first, beta, tileScale);
               }
             }
           }
@@ -638,12 +642,12 @@ static void streamed_gemm(i64 M, i64 N, i64 K, float alpha, const float* A, i64 
   const i64 rowLines = (K * 4 + 63) / 64;
 #pragma omp parallel if (par)
   {
-    static thread_local Scratch sb, st;
+    static thread_local Scratch sb, sTail;
     float* strip = sb.get(size_t(K * SNR));  // op(B)[0:K, j0 : j0 + SNR] as K rows of SNR
     alignas(64) float tile[MR * SNR];
     // The last M % MR rows of A, zero-padded to MR rows of K (read like A, with lda = K).
     const i64 mFull = M / MR * MR, mTail = M - mFull;
-    float* tailA = mTail ? st.get(size_t(MR * K)) : nullptr;
+    float* tailA = mTail ? sTail.get(size_t(MR * K)) : nullptr;
     if (mTail) {
       for (i64 i = 0; i < MR; i++)
         if (i < mTail)
@@ -672,17 +676,8 @@ static void streamed_gemm(i64 M, i64 N, i64 K, float alpha, const float* A, i64 
           const bool tailRows = i0 == mFull;
           tile_in_place<SV, true>(kc, tailRows ? tailA + pc : A + i0 * lda + pc, tailRows ? K : lda, bp,
                                   tile);
-          for (i64 i = 0, mr = std::min<i64>(MR, M - i0); i < mr; i++) {
-            float* c = C + (i0 + i) * ldc + j0;
-            const float* tl = tile + i * SNR;
-            if (pc > 0 || beta == 1.0f) {
-              for (i64 j = 0; j < nr; j++) c[j] += alpha * tl[j];
-            } else if (beta == 0.0f) {
-              for (i64 j = 0; j < nr; j++) c[j] = alpha * tl[j];
-            } else {
-              for (i64 j = 0; j < nr; j++) c[j] = beta * c[j] + alpha * tl[j];
-            }
-          }
+          for (i64 i = 0, mr = std::min<i64>(MR, M - i0); i < mr; i++)
+            merge_tile_row(C + (i0 + i) * ldc + j0, tile + i * SNR, nr, pc == 0, beta, alpha);
         }
       }
     }
@@ -706,11 +701,18 @@ static void streamed_gemm(i64 M, i64 N, i64 K, float alpha, const float* A, i64 
 // The default: the linked BLAS, except on an AVX-512 build whose BLAS does not run AVX-512 kernels
 // (OpenBLAS forced to, or only knowing, AVX2 kernels on this CPU; or another CBLAS): there the
 // built-in AVX-512 micro-kernel is the faster GEMM. ATTNRES_GEMM=blas|builtin overrides.
+// ATTNRES_GEMM's choice: "blas" or "builtin", or "" when unset or anything else.
+static std::string env_gemm() {
+  const char* env = std::getenv("ATTNRES_GEMM");
+  const std::string v = env != nullptr ? env : "";
+  return v == "blas" || v == "builtin" ? v : "";
+}
+
 static GemmKind default_gemm(bool readEnv = true) {
 #if defined(ATTNRES_HAVE_CBLAS)
-  const char* env = readEnv ? std::getenv("ATTNRES_GEMM") : nullptr;
-  if (env != nullptr && std::string(env) == "builtin") return GemmKind::Builtin;
-  if (env != nullptr && std::string(env) == "blas") return GemmKind::Blas;
+  const std::string env = readEnv ? env_gemm() : "";
+  if (env == "builtin") return GemmKind::Builtin;
+  if (env == "blas") return GemmKind::Blas;
 #if defined(__AVX512F__)
   return blas_runs_avx512() ? GemmKind::Blas : GemmKind::Builtin;
 #else
@@ -730,10 +732,7 @@ static GemmKind& current_gemm() {
 // Whether the GEMM was chosen (ATTNRES_GEMM, set_gemm_kind) rather than defaulted: a chosen BLAS runs
 // every product; a defaulted one leaves the Linears over few rows to streamed_gemm.
 static bool& gemm_chosen() {
-  static bool chosen = [] {
-    const char* env = std::getenv("ATTNRES_GEMM");
-    return env != nullptr && (std::string(env) == "blas" || std::string(env) == "builtin");
-  }();
+  static bool chosen = !env_gemm().empty();
   return chosen;
 }
 

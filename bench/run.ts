@@ -11,7 +11,8 @@
  *                     PyTorch runs twice per round: as the environment says, and with both unset in
  *                     that command alone (OpenBLAS's own choice), so neither baseline is hidden.
  *                     On a CPU with AVX-512 BF16, ours also runs with bfloat16 matmul operands
- *                     (train.matmul_dtype bfloat16), reported beside float32
+ *                     (train.matmul_dtype bfloat16), reported beside float32; on AMX tiles where the
+ *                     CPU has them (the row says "(AMX)"; ATTNRES_AMX=0 times the AVX-512 kernel)
  *
  *   engines           the reference step as a training run on the TypeScript engine and on the torch
  *                     engine (python/attnres_torch) with 1 and 2 DDP processes (bench/engines.ts),
@@ -272,7 +273,7 @@ function main(): void {
     );
   row(`attnres (GEMM ${info.gemm})`, ours);
   const bf16 = bf16Runs.length > 0 ? best(bf16Runs) : null;
-  if (bf16) row("attnres, bf16 matmuls", bf16);
+  if (bf16) row(info.amx ? "attnres, bf16 matmuls (AMX)" : "attnres, bf16 matmuls", bf16);
   const torchFree = torchFreeRuns.length > 0 ? best(torchFreeRuns) : null;
   const core = (r: StepResult) => (r.blas_core ? `, ${String(r.blas_core)}` : "");
   if (torch) row(`pytorch ${String(torch.torch)}${core(torch)}`, torch);

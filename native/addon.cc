@@ -332,6 +332,16 @@ KERNEL(setGemmBf16) {
   });
 }
 
+// setGemmAmx(on): bfloat16 GEMMs on AMX tiles (on by default where available) or on AVX-512 BF16.
+KERNEL(setGemmAmx) {
+  return guard(env, [&] {
+    Args a(env, info, "setGemmAmx", 1);
+    const bool on = a.boolean(0, "on");
+    if (!set_gemm_amx(on)) a.fail("this CPU, build or OS has no AMX-BF16 tiles");
+    return undefinedValue(env);
+  });
+}
+
 KERNEL(info) {
   return guard(env, [&] {
     Args a(env, info, "info", 0);
@@ -352,6 +362,9 @@ KERNEL(info) {
     napi_value bf;
     napi_get_boolean(env, gemm_bf16_available(), &bf);
     napi_set_named_property(env, o, "bf16", bf);
+    napi_value amx;
+    napi_get_boolean(env, gemm_amx(), &amx);
+    napi_set_named_property(env, o, "amx", amx);
     napi_set_named_property(env, o, "threads", makeNumber(env, num_threads()));
     napi_set_named_property(env, o, "simd", s2);
     return o;
@@ -1313,6 +1326,7 @@ napi_value Init(napi_env env, napi_value exports) {
       FN(info),
       FN(setGemm),
       FN(setGemmBf16),
+      FN(setGemmAmx),
       FN(peakGflops),
       FN(readBandwidth),
       FN(gemm),

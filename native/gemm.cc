@@ -30,6 +30,8 @@
 // Called inside an OpenMP parallel region a GEMM runs single-threaded (OpenMP OpenBLAS does the same).
 #include <immintrin.h>
 #include <omp.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
@@ -310,17 +312,20 @@ struct Bf16Panels {
   static constexpr bool kScaleTile = true;
   static constexpr bool kVecPack = true;  // packed by pack_a / pack_b below
   static_assert(MR == 8 && NR == 32, "the AVX-512 tile");
-  // Strips t0 <= t < t1 of op(B)[k0 : k0+kc, jc : jc+nc] -> Bp + t * NR * kp, each [kp][NR] (pairs of k;
-  // columns past nc are zero).
+  // Strips t0 <= t < t1 of op(B)[k0 : k0+kc, jc : jc+nc] -> Bp + t * NR * kps, each [kp][NR] (pairs of k;
+  // columns past nc are zero) followed by kps - kp zero rows (kps = 0: kp, no padding; the AMX GEMM pads
+  // strips to whole 16-pair tiles).
   static void pack_b(bool transB, const float* B, i64 ldb, i64 k0, i64 kc, i64 jc, i64 nc, i64 t0, i64 t1,
-                     P* Bp) {
+                     P* Bp, i64 kps = 0) {
     const i64 kp = (kc + 1) / 2;
+    if (kps == 0) kps = kp;
+    for (i64 t = t0; t < t1; t++) std::memset(Bp + (t * kps + kp) * NR, 0, sizeof(P) * NR * (kps - kp));
     if (!transB) {  // B[k][j]: rows k and k+1, 16 columns at a time; row by row across all the strips
       for (i64 p = 0; p < kp; p++) {
         const float* s0 = B + (k0 + 2 * p) * ldb + jc;
         const bool has1 = 2 * p + 1 < kc;
         for (i64 t = t0; t < t1; t++) {
-          P* d = Bp + (t * kp + p) * NR;
+          P* d = Bp + (t * kps + p) * NR;
           for (i64 h = 0; h < NR; h += VW) {
             const i64 j = t * NR + h;
             const __mmask16 m = first_lanes(nc - j);
@@ -332,7 +337,7 @@ struct Bf16Panels {
       }
     } else {  // B[j][k]: 16 pairs along each of 8 rows, transposed in registers; 4 groups of 8 columns
       for (i64 t = t0; t < t1; t++) {
-        P* dst = Bp + t * NR * kp;
+        P* dst = Bp + t * NR * kps;
         const i64 j0 = jc + t * NR, nr = std::min<i64>(NR, nc - t * NR);
         for (i64 p0 = 0; p0 < kp; p0 += 16) {
           for (int g = 0; g < NR / 8; g++) {
@@ -685,6 +690,174 @@ static void streamed_gemm(i64 M, i64 N, i64 K, float alpha, const float* A, i64 
 }
 #endif
 
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__AVX512F__)
+#define ATTNRES_AMX 1
+// ------------------------------------------------------------------ AMX bfloat16 GEMM
+// Where the CPU has AMX-BF16 (Intel Sapphire Rapids and later), the build was compiled for it and the
+// kernel grants the process the tile state (arch_prctl, Linux >= 5.16), the bfloat16 GEMM runs on the
+// tile unit instead of the AVX-512 BF16 micro-kernel (set_gemm_amx / ATTNRES_AMX=0 turn it off).
+//   op(B): Bf16Panels::pack_b's strips of NR = 32 columns, [kps][32] pairs, padded with zero pairs to
+//          kps, a whole number of 16-pair chunks; a B tile is 16 pairs x 16 columns (row stride 128 B).
+//   op(A): packed here in groups of 16 rows, [kps / 16][16 rows][16 pairs]: one contiguous A tile per
+//          chunk (rows past M and pairs past kc are zero).
+//   C: a 32 x 32 block is four 16 x 16 float32 tiles (tmm0..3) over two A tiles (tmm4, 5) and two B
+//      tiles (tmm6, 7): per chunk (32 k) 4 tile loads and 4 TDPBF16PS.
+// The operands are rounded exactly as in the AVX-512 BF16 GEMM (the same packing code); only the
+// float32 order of additions differs (the tile unit adds a pair's two products in its own order), so
+// results agree with it to float32 rounding, not bit for bit. Blocking and tasks are blocked_gemm's.
+constexpr i64 AKC = 1024;  // k per K slice (512 pairs, 32 chunks)
+constexpr i64 AMB = 32;    // rows of a C block: two A tiles
+static_assert(MC % AMB == 0 && NR == 32, "AMX blocks must be whole tiles");
+
+struct TileConfig {  // the LDTILECFG operand, palette 1
+  uint8_t palette = 1, startRow = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+static bool amx_granted() {
+  static const bool ok = [] {
+    constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return ok;
+}
+
+// Every tile 16 rows x 64 bytes (tile state is per thread: each thread loads it before use).
+static void amx_configure() {
+  TileConfig cfg;
+  for (int t = 0; t < 8; t++) cfg.colsb[t] = 64, cfg.rows[t] = 16;
+  _tile_loadconfig(&cfg);
+}
+
+// Groups g0 <= g < g1 of 16 rows of op(A)[:, k0 : k0+kc] -> Ap + g * 16 * kps, each [kps/16][16][16]
+// (rows past M and pairs past kc are zero).
+static void pack_a_amx(bool transA, const float* A, i64 lda, i64 k0, i64 kc, i64 M, i64 g0, i64 g1, i64 kps,
+                       uint32_t* Ap) {
+  const i64 kp = (kc + 1) / 2;
+  // chunks outer: with A stored [K, M], the 32 rows of a chunk are read across every group before the
+  // next (group by group, each read would stride down all kc rows: a cache and TLB miss per load)
+  for (i64 p0 = 0; p0 < kps; p0 += 16) {
+    for (i64 g = g0; g < g1; g++) {
+      const i64 i0 = g * 16, mr = std::min<i64>(16, M - i0);
+      uint32_t* d = Ap + g * 16 * kps + p0 * 16;
+      if (p0 >= kp || mr <= 0) {
+        std::memset(d, 0, sizeof(uint32_t) * 256);
+      } else if (!transA) {  // A[i][k]: a row's 16 pairs are one tile row
+        for (i64 i = 0; i < 16; i++)
+          _mm512_store_si512(d + i * 16, i < mr
+                                             ? bf16_pairs_row(A + (i0 + i) * lda + k0 + 2 * p0, kc - 2 * p0)
+                                             : _mm512_setzero_si512());
+      } else {  // A[k][i]: rows k, k+1 give one pair for 16 rows; 16 pairs transposed in registers
+        const __mmask16 m = first_lanes(mr);
+        __m512i r[16];
+        for (i64 q = 0; q < 16; q++) {
+          const i64 k = 2 * (p0 + q);
+          const float* src = A + (k0 + k) * lda + i0;
+          r[q] = bf16_pairs(_mm512_maskz_loadu_ps(k < kc ? m : 0, src),
+                            _mm512_maskz_loadu_ps(k + 1 < kc ? m : 0, src + lda));
+        }
+        store_transposed_8x16(r, d, 16, 16);
+        store_transposed_8x16(r + 8, d + 8, 16, 16);
+      }
+    }
+  }
+}
+
+// A 32 x 32 block of C, out[32][ldo], from A rows (groups a0, a1) x one B strip over nq chunks: added to
+// what out holds (acc) or written over it.
+static inline void amx_block(i64 nq, const uint32_t* a0, const uint32_t* a1, const uint32_t* b, float* out,
+                             i64 ldo, bool acc) {
+  const i64 so = ldo * 4;
+  if (acc) {
+    _tile_loadd(0, out, so);
+    _tile_loadd(1, out + 16, so);
+    _tile_loadd(2, out + 16 * ldo, so);
+    _tile_loadd(3, out + 16 * ldo + 16, so);
+  } else {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+  }
+  for (i64 q = 0; q < nq; q++) {
+    _tile_loadd(4, a0 + q * 256, 64);
+    _tile_loadd(6, b + q * 16 * NR, NR * 4);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_loadd(7, b + q * 16 * NR + 16, NR * 4);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_loadd(5, a1 + q * 256, 64);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, out, so);
+  _tile_stored(1, out + 16, so);
+  _tile_stored(2, out + 16 * ldo, so);
+  _tile_stored(3, out + 16 * ldo + 16, so);
+}
+
+// The AMX GEMM (M, N, K > 0, alpha != 0): blocked_gemm's loops over K slices of AKC k, NC-column blocks
+// and balanced tasks, with AMX blocks of 32 x 32.
+static void amx_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
+                     const float* B, i64 ldb, float beta, float* C, i64 ldc) {
+  static thread_local Scratch sa, sb;
+  const i64 mBlocks = (M + AMB - 1) / AMB, kpsMax = AKC / 2;
+  uint32_t* Ap = reinterpret_cast<uint32_t*>(sa.get(size_t(mBlocks * AMB * kpsMax)));
+  uint32_t* Bp = reinterpret_cast<uint32_t*>(sb.get(size_t(std::min(N, NC) + NR) * kpsMax));
+  const bool par = !omp_in_parallel() && omp_get_max_threads() > 1 && M * N * K >= (i64)1 << 20;
+  // alpha 1, beta 0 or 1 (a Linear, a gradient accumulated): whole blocks accumulate in C itself
+  const bool direct = alpha == 1.0f && (beta == 0.0f || beta == 1.0f);
+
+#pragma omp parallel if (par)
+  {
+    amx_configure();
+    alignas(64) float tile[AMB * NR];
+    const i64 nt = omp_get_num_threads(), id = omp_get_thread_num();
+    for (i64 pc = 0; pc < K; pc += AKC) {
+      const i64 kc = std::min(AKC, K - pc), kps = ((kc + 1) / 2 + 15) / 16 * 16;
+      const bool first = pc == 0;
+      for (i64 jc = 0; jc < N; jc += NC) {
+        const i64 nc = std::min(NC, N - jc), nStrips = (nc + NR - 1) / NR;
+        const i64 aGroups = jc == 0 ? 2 * mBlocks : 0;  // op(A)'s K slice is packed once, for every jc
+        Bf16Panels::pack_b(transB, B, ldb, pc, kc, jc, nc, nStrips * id / nt, nStrips * (id + 1) / nt, Bp,
+                           kps);
+        pack_a_amx(transA, A, lda, pc, kc, M, aGroups * id / nt, aGroups * (id + 1) / nt, kps, Ap);
+#pragma omp barrier
+        const i64 mTasks = (M + MC - 1) / MC;
+        i64 nTasks = (nc + NT - 1) / NT;
+        while (nTasks < nStrips && (mTasks * nTasks) % nt != 0) nTasks++;
+        const i64 ntc = (nStrips + nTasks - 1) / nTasks * NR, nBlocks = (nc + ntc - 1) / ntc;
+#pragma omp for schedule(static) collapse(2)
+        for (i64 mb = 0; mb < mTasks; mb++) {
+          for (i64 nb = 0; nb < nBlocks; nb++) {
+            const i64 iEnd = std::min(M, (mb + 1) * MC), jEnd = std::min(nc, (nb + 1) * ntc);
+            // row blocks outer: C is written 32 rows x ntc columns at a time (down a column of blocks,
+            // every 32 x 32 block lands on 32 far-apart rows: 3-5x slower writes)
+            for (i64 i0 = mb * MC; i0 < iEnd; i0 += AMB) {
+              const uint32_t* a0 = Ap + i0 * kps;
+              const i64 mr = std::min<i64>(AMB, iEnd - i0);
+              for (i64 j0 = nb * ntc; j0 < jEnd; j0 += NR) {
+                const i64 nr = std::min<i64>(NR, jEnd - j0);
+                const uint32_t* bp = Bp + (j0 / NR) * NR * kps;
+                float* c = C + i0 * ldc + jc + j0;
+                if (direct && mr == AMB && nr == NR) {  // whole block, C += or = the sum: tiles to and from C
+                  amx_block(kps / 16, a0, a0 + 16 * kps, bp, c, ldc, !first || beta == 1.0f);
+                  continue;
+                }
+                amx_block(kps / 16, a0, a0 + 16 * kps, bp, tile, NR, false);
+                for (i64 i = 0; i < mr; i++)
+                  merge_tile_row(c + i * ldc, tile + i * NR, nr, first, beta, alpha);
+              }
+            }
+          }
+        }
+      }
+    }
+    _tile_release();
+  }
+}
+#endif
+
 // ------------------------------------------------------------------ which GEMM runs
 
 [[maybe_unused]] static bool blas_runs_avx512() {
@@ -780,6 +953,28 @@ bool set_gemm_bf16(bool on) {
 
 bool gemm_bf16() { return g_bf16; }
 
+// The bfloat16 GEMM on AMX tiles: on by default where available, unless ATTNRES_AMX=0.
+bool gemm_amx_available() {
+#if defined(ATTNRES_AMX)
+  return amx_granted();
+#else
+  return false;
+#endif
+}
+
+static bool g_amx = [] {
+  const char* e = std::getenv("ATTNRES_AMX");
+  return gemm_amx_available() && !(e != nullptr && std::string(e) == "0");
+}();
+
+bool set_gemm_amx(bool on) {
+  if (on && !gemm_amx_available()) return false;
+  g_amx = on;
+  return true;
+}
+
+bool gemm_amx() { return g_amx; }
+
 const char* gemm_name() {
   if (current_gemm() == GemmKind::Builtin) return "builtin";
   return blas_name();
@@ -790,9 +985,10 @@ const char* gemm_name() {
 // multiplies its own contiguous share of K alone (into C for t = 0, into scratch for the others), and the
 // shares are added in thread order, so a fixed thread count gives fixed results. Returns false when the
 // product does not have that shape.
-template <class Panels>
-static bool split_k_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
-                         const float* B, i64 ldb, float beta, float* C, i64 ldc) {
+using GemmFn = void (*)(bool, bool, i64, i64, i64, float, const float*, i64, const float*, i64, float, float*,
+                        i64);
+static bool split_k_gemm(GemmFn gemm, bool transA, bool transB, i64 M, i64 N, i64 K, float alpha,
+                         const float* A, i64 lda, const float* B, i64 ldb, float beta, float* C, i64 ldc) {
   const int nt = omp_get_max_threads();
   const i64 blocks = ((M + MC - 1) / MC) * ((N + NT - 1) / NT);
   if (nt < 2 || omp_in_parallel() || K < 2 * KC * nt || K < 2 * std::max(M, N) || blocks >= 4 * nt)
@@ -808,10 +1004,9 @@ static bool split_k_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float al
       const float* a = transA ? A + k0 * lda : A + k0;
       const float* b = transB ? B + k0 : B + k0 * ldb;
       if (t == 0)
-        blocked_gemm<Panels>(transA, transB, M, N, k1 - k0, alpha, a, lda, b, ldb, beta, C, ldc);
+        gemm(transA, transB, M, N, k1 - k0, alpha, a, lda, b, ldb, beta, C, ldc);
       else
-        blocked_gemm<Panels>(transA, transB, M, N, k1 - k0, alpha, a, lda, b, ldb, 0.0f,
-                             scratch + (t - 1) * M * N, N);
+        gemm(transA, transB, M, N, k1 - k0, alpha, a, lda, b, ldb, 0.0f, scratch + (t - 1) * M * N, N);
     } else if (t == 0) {
       scale_c(M, N, beta, C, ldc);
     } else {
@@ -851,12 +1046,16 @@ void sgemm(bool transA, bool transB, i64 M, i64 N, i64 K, float alpha, const flo
 #endif
 #if defined(__AVX512BF16__) && defined(__AVX512F__)
   if (g_bf16) {
-    if (!split_k_gemm<Bf16Panels>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
-      blocked_gemm<Bf16Panels>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    GemmFn g = blocked_gemm<Bf16Panels>;
+#if defined(ATTNRES_AMX)
+    if (g_amx) g = amx_gemm;
+#endif
+    if (!split_k_gemm(g, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
+      g(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
 #endif
-  if (!split_k_gemm<F32Panels>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
+  if (!split_k_gemm(blocked_gemm<F32Panels>, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
     blocked_gemm<F32Panels>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 

@@ -132,6 +132,11 @@ bool gemm_streamed();
 bool gemm_bf16_available();
 bool set_gemm_bf16(bool on);
 bool gemm_bf16();
+// bfloat16 GEMMs on AMX tiles (a CPU with AMX-BF16, a build for it, the tile state granted by the OS):
+// on by default where available, unless ATTNRES_AMX=0; set_gemm_amx(false) goes back to AVX-512 BF16.
+bool gemm_amx_available();
+bool set_gemm_amx(bool on);
+bool gemm_amx();
 const char* blas_core();  // OpenBLAS's kernel set for this CPU ("SkylakeX", "Haswell"), "" otherwise
 
 // ------------------------------------------------------------------ GEMM (gemm.cc)

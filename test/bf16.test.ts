@@ -17,7 +17,7 @@ import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, test } from "node:test";
-import { loadNativeBackend, nativeInfo } from "../src/backend/native/index.js";
+import { loadNativeBackend, nativeInfo, setNativeAmx } from "../src/backend/native/index.js";
 import { referenceBackend as ref } from "../src/backend/reference/index.js";
 import { runTraining, type RunSpec } from "../src/train/run.js";
 import { readMetrics, sampleText, tempDir, writePreparedBytes } from "./helpers.js";
@@ -25,6 +25,21 @@ import { nans, rand, randInt, rnd, SEED } from "./native-buffers.js";
 
 const nat = loadNativeBackend();
 const hasBf16 = nativeInfo().bf16;
+/** The bfloat16 GEMM kernels this machine has: AVX-512 BF16, and AMX tiles where the CPU has them. */
+const amxDefault = nativeInfo().amx;
+const kernels = amxDefault ? (["avx512-bf16", "amx"] as const) : (["avx512-bf16"] as const);
+
+/** fn() with bfloat16 matmuls on `kernel`; float32 and the default kernel afterwards. */
+function inBf16<T>(kernel: (typeof kernels)[number], fn: () => T): T {
+  if (amxDefault) setNativeAmx(kernel === "amx");
+  nat.setMatmulDtype!("bfloat16");
+  try {
+    return fn();
+  } finally {
+    nat.setMatmulDtype!("float32");
+    if (amxDefault) setNativeAmx(true);
+  }
+}
 
 /** x rounded to bfloat16, nearest even (as the native packing does), as a float64. */
 function bf16(x: number): number {
@@ -45,8 +60,9 @@ function gemm(
   B: Float32Array | Float64Array,
   beta: number,
   C: Float32Array | Float64Array,
+  alpha = 0.75,
 ): void {
-  be.gemm(tA, tB, 1, M, N, K, 0.75, A, 0, tA ? M : K, 0, B, 0, tB ? K : N, 0, beta, C, 0, N, 0);
+  be.gemm(tA, tB, 1, M, N, K, alpha, A, 0, tA ? M : K, 0, B, 0, tB ? K : N, 0, beta, C, 0, N, 0);
 }
 
 const data = tempDir("bf16");
@@ -75,145 +91,170 @@ const spec = (train: Record<string, unknown> = {}): RunSpec => ({
 const curve = (dir: string) => readMetrics(dir, ["step", "loss", "grad_norm", "val_loss"]);
 
 describe("bfloat16 matmuls", () => {
-  if (hasBf16) {
-    for (const [M, N, K] of [
-      [7, 13, 37],
-      [33, 65, 1],
-      [129, 67, 255],
-      [70, 300, 521],
-      [2, 40, 16],
-    ] as const)
-      for (const tA of [false, true])
-        for (const tB of [false, true])
-          for (const beta of [0, 0.5])
-            test(`gemm M=${M} N=${N} K=${K} tA=${tA} tB=${tB} beta=${beta}: the float64 product of bf16-rounded operands`, () => {
-              const A = rnd(M * K);
-              const B = rnd(K * N);
-              const C0 = rnd(M * N);
-              const C = beta === 0 ? new Float32Array(M * N).fill(NaN) : Float32Array.from(C0);
-              nat.setMatmulDtype!("bfloat16");
-              try {
-                gemm(nat, tA, tB, M, N, K, A, B, beta, C);
-              } finally {
-                nat.setMatmulDtype!("float32");
-              }
-              const want = Float64Array.from(C0);
-              gemm(ref, tA, tB, M, N, K, Float64Array.from(A, bf16), Float64Array.from(B, bf16), beta, want);
-              const terms = new Float64Array(M * N).fill(0);
-              gemm(
-                ref,
-                tA,
-                tB,
-                M,
-                N,
-                K,
-                Float64Array.from(A, Math.abs),
-                Float64Array.from(B, Math.abs),
-                0,
-                terms,
-              );
-              for (let i = 0; i < M * N; i++) {
-                const tol = 1e-6 * (1 + Math.sqrt(K)) * (terms[i]! + Math.abs(beta * C0[i]!)) + 1e-30;
-                assert.ok(
-                  Math.abs(C[i]! - want[i]!) <= tol,
-                  `C[${i}] = ${C[i]}, want ${want[i]} (tol ${tol})`,
+  if (hasBf16)
+    test("nativeInfo().amx: on where AVX-512 BF16 is, only with AMX tiles; setNativeAmx switches it", () => {
+      if (!amxDefault) {
+        assert.throws(() => setNativeAmx(true), /no AMX-BF16 tiles/);
+        return;
+      }
+      setNativeAmx(false);
+      assert.equal(nativeInfo().amx, false);
+      setNativeAmx(true);
+      assert.equal(nativeInfo().amx, true);
+    });
+  if (hasBf16)
+    for (const kernel of kernels) {
+      // alpha 0.75 with beta 0 (C never read) and 0.5; alpha 1 with beta 0 and 1 (where the AMX GEMM
+      // keeps whole 32 x 32 blocks in C itself). The larger shapes take several threads, row and column
+      // tails, K tails, and (K long, few output blocks) the split-K path.
+      for (const [M, N, K, ab] of [
+        [7, 13, 37, 0.75],
+        [33, 65, 1, 0.75],
+        [129, 67, 255, 0.75],
+        [70, 300, 521, 0.75],
+        [2, 40, 16, 0.75],
+        [96, 160, 1100, 1],
+        [200, 72, 2080, 1],
+        [75, 40, 33, 1],
+      ] as const)
+        for (const tA of [false, true])
+          for (const tB of [false, true])
+            for (const beta of ab === 1 ? [0, 1] : [0, 0.5])
+              test(`${kernel} gemm M=${M} N=${N} K=${K} tA=${tA} tB=${tB} alpha=${ab} beta=${beta}: the float64 product of bf16-rounded operands`, () => {
+                const A = rnd(M * K);
+                const B = rnd(K * N);
+                const C0 = rnd(M * N);
+                const C = beta === 0 ? new Float32Array(M * N).fill(NaN) : Float32Array.from(C0);
+                inBf16(kernel, () => gemm(nat, tA, tB, M, N, K, A, B, beta, C, ab));
+                const want = Float64Array.from(C0);
+                gemm(
+                  ref,
+                  tA,
+                  tB,
+                  M,
+                  N,
+                  K,
+                  Float64Array.from(A, bf16),
+                  Float64Array.from(B, bf16),
+                  beta,
+                  want,
+                  ab,
                 );
-              }
-              // The float32 GEMM (restored) differs: the operands really were rounded.
-              const C32 = beta === 0 ? new Float32Array(M * N) : Float32Array.from(C0);
-              gemm(nat, tA, tB, M, N, K, A, B, beta, C32);
-              if (M * N * K > 64)
-                assert.ok(
-                  C32.some((v, i) => v !== C[i]),
-                  "bf16 and f32 results are identical",
+                const terms = new Float64Array(M * N).fill(0);
+                gemm(
+                  ref,
+                  tA,
+                  tB,
+                  M,
+                  N,
+                  K,
+                  Float64Array.from(A, Math.abs),
+                  Float64Array.from(B, Math.abs),
+                  0,
+                  terms,
+                  Math.abs(ab),
                 );
-            });
-
-    // Bit-exact rounding in every operand layout: one operand selects (a 1 at one k per output, zeros
-    // elsewhere), so each C entry is one rounded value of the other operand times 1, exactly. The values
-    // include ties, carries into the exponent, the largest denormal (rounds up to a normal), a NaN whose
-    // payload would truncate to infinity, and the largest float (rounds to infinity); one such special
-    // per row or column, as it turns the zero terms of its row/column into NaN (inf * 0).
-    // K = 38 and 70 leave a half-filled vector at the end of every K slice; 1030 spans three slices;
-    // N = 4133 spans two blocks of columns packed at once (op(A)'s slices are packed once for both).
-    for (const [M, N, K] of [
-      [9, 80, 38],
-      [19, 47, 70],
-      [17, 45, 1030],
-      [5, 4133, 1030],
-    ] as const)
-      for (const tA of [false, true])
-        for (const tB of [false, true])
-          for (const side of ["A", "B"] as const)
-            test(`gemm M=${M} N=${N} K=${K} tA=${tA} tB=${tB}: op(${side}) rounded bit for bit (specials included)`, () => {
-              const bits = new Uint32Array(1);
-              const f = new Float32Array(bits.buffer);
-              const fromBits = (u: number) => ((bits[0] = u), f[0]!);
-              // the packing's rounding, then the dot product's: bf16 denormals count as zero
-              const toBits = (x: number) => ((f[0] = x), bits[0]!);
-              // (operand values are kept as bit patterns: a NaN read into a JS number may lose its payload)
-              const rounded = (u: number): number => {
-                if ((u & 0x7fffffff) > 0x7f800000) return NaN;
-                const r = ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) << 16;
-                return (r & 0x7f800000) === 0 ? 0 : fromBits(r >>> 0);
-              };
-              const awkward = [
-                0x3f808000, 0x3f818000, 0xbf808000, 0x3fffffff, 0x007fffff, 0x00018000, 0x40490fdb,
-              ];
-              const specials = [0x7f800001, 0xffc12345, 0x7f800000, 0x7f7fffff, 0xff7fffff];
-              // values: rows (side A) or columns (side B) of op(values), R x K; sel[r] the k picked for output r
-              const R = side === "A" ? M : N;
-              const outs = side === "A" ? N : M;
-              const vals = Array.from({ length: R }, () =>
-                Array.from({ length: K }, () =>
-                  rand() < 0.2 ? awkward[randInt(awkward.length)]! : toBits(2 * rand() - 1),
-                ),
-              );
-              const sel = Array.from({ length: outs }, (_, o) => (o * 7 + 3) % K);
-              const special = new Map<number, number>(); // row of vals -> output index whose k holds a special
-              for (let r = 1; r < R; r += 3) {
-                const o = (r * 5) % outs;
-                vals[r]![sel[o]!] = specials[r % specials.length]!;
-                special.set(r, o);
-              }
-              // op(A)[i][k] and op(B)[k][j] into their stored layouts
-              const A = nat.alloc("float32", M * K) as Float32Array;
-              const B = nat.alloc("float32", K * N) as Float32Array;
-              const one = toBits(1);
-              const opA = (i: number, k: number) => (side === "A" ? vals[i]![k]! : sel[i] === k ? one : 0);
-              const opB = (k: number, j: number) => (side === "B" ? vals[j]![k]! : sel[j] === k ? one : 0);
-              const Au = new Uint32Array(A.buffer, A.byteOffset, A.length);
-              const Bu = new Uint32Array(B.buffer, B.byteOffset, B.length);
-              for (let i = 0; i < M; i++)
-                for (let k = 0; k < K; k++) Au[tA ? k * M + i : i * K + k] = opA(i, k);
-              for (let k = 0; k < K; k++)
-                for (let j = 0; j < N; j++) Bu[tB ? j * K + k : k * N + j] = opB(k, j);
-              const C = nans(M * N);
-              nat.setMatmulDtype!("bfloat16");
-              try {
-                nat.gemm(tA, tB, 1, M, N, K, 1, A, 0, tA ? M : K, 0, B, 0, tB ? K : N, 0, 0, C, 0, N, 0);
-              } finally {
-                nat.setMatmulDtype!("float32");
-              }
-              for (let i = 0; i < M; i++)
-                for (let j = 0; j < N; j++) {
-                  const [r, o] = side === "A" ? [i, j] : [j, i];
-                  let want = rounded(vals[r]![sel[o]!]!);
-                  const so = special.get(r);
-                  if (
-                    so !== undefined &&
-                    sel[so] !== sel[o] &&
-                    !Number.isFinite(rounded(vals[r]![sel[so]!]!))
-                  )
-                    want = NaN;
-                  const got = C[i * N + j]!;
+                for (let i = 0; i < M * N; i++) {
+                  const tol = 1e-6 * (1 + Math.sqrt(K)) * (terms[i]! + Math.abs(beta * C0[i]!)) + 1e-30;
                   assert.ok(
-                    Number.isNaN(want) ? Number.isNaN(got) : got === want,
-                    `C[${i}][${j}] = ${got}, want ${want} (seed ${SEED})`,
+                    Math.abs(C[i]! - want[i]!) <= tol,
+                    `C[${i}] = ${C[i]}, want ${want[i]} (tol ${tol})`,
                   );
                 }
-            });
+                // The float32 GEMM (restored) differs: the operands really were rounded.
+                const C32 = beta === 0 ? new Float32Array(M * N) : Float32Array.from(C0);
+                gemm(nat, tA, tB, M, N, K, A, B, beta, C32, ab);
+                if (M * N * K > 64)
+                  assert.ok(
+                    C32.some((v, i) => v !== C[i]),
+                    "bf16 and f32 results are identical",
+                  );
+              });
 
+      // Bit-exact rounding in every operand layout: one operand selects (a 1 at one k per output, zeros
+      // elsewhere), so each C entry is one rounded value of the other operand times 1, exactly. The values
+      // include ties, carries into the exponent, the largest denormal (rounds up to a normal), a NaN whose
+      // payload would truncate to infinity, and the largest float (rounds to infinity); one such special
+      // per row or column, as it turns the zero terms of its row/column into NaN (inf * 0).
+      // K = 38 and 70 leave a half-filled vector at the end of every K slice; 1030 spans three slices;
+      // N = 4133 spans two blocks of columns packed at once (op(A)'s slices are packed once for both).
+      for (const [M, N, K] of [
+        [9, 80, 38],
+        [19, 47, 70],
+        [17, 45, 1030],
+        [5, 4133, 1030],
+      ] as const)
+        for (const tA of [false, true])
+          for (const tB of [false, true])
+            for (const side of ["A", "B"] as const)
+              test(`${kernel} gemm M=${M} N=${N} K=${K} tA=${tA} tB=${tB}: op(${side}) rounded bit for bit (specials included)`, () => {
+                const bits = new Uint32Array(1);
+                const f = new Float32Array(bits.buffer);
+                const fromBits = (u: number) => ((bits[0] = u), f[0]!);
+                // the packing's rounding, then the dot product's: bf16 denormals count as zero
+                const toBits = (x: number) => ((f[0] = x), bits[0]!);
+                // (operand values are kept as bit patterns: a NaN read into a JS number may lose its payload)
+                const rounded = (u: number): number => {
+                  if ((u & 0x7fffffff) > 0x7f800000) return NaN;
+                  const r = ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) << 16;
+                  return (r & 0x7f800000) === 0 ? 0 : fromBits(r >>> 0);
+                };
+                const awkward = [
+                  0x3f808000, 0x3f818000, 0xbf808000, 0x3fffffff, 0x007fffff, 0x00018000, 0x40490fdb,
+                ];
+                const specials = [0x7f800001, 0xffc12345, 0x7f800000, 0x7f7fffff, 0xff7fffff];
+                // values: rows (side A) or columns (side B) of op(values), R x K; sel[r] the k picked for output r
+                const R = side === "A" ? M : N;
+                const outs = side === "A" ? N : M;
+                const vals = Array.from({ length: R }, () =>
+                  Array.from({ length: K }, () =>
+                    rand() < 0.2 ? awkward[randInt(awkward.length)]! : toBits(2 * rand() - 1),
+                  ),
+                );
+                const sel = Array.from({ length: outs }, (_, o) => (o * 7 + 3) % K);
+                const special = new Map<number, number>(); // row of vals -> output index whose k holds a special
+                for (let r = 1; r < R; r += 3) {
+                  const o = (r * 5) % outs;
+                  vals[r]![sel[o]!] = specials[r % specials.length]!;
+                  special.set(r, o);
+                }
+                // op(A)[i][k] and op(B)[k][j] into their stored layouts
+                const A = nat.alloc("float32", M * K) as Float32Array;
+                const B = nat.alloc("float32", K * N) as Float32Array;
+                const one = toBits(1);
+                const opA = (i: number, k: number) => (side === "A" ? vals[i]![k]! : sel[i] === k ? one : 0);
+                const opB = (k: number, j: number) => (side === "B" ? vals[j]![k]! : sel[j] === k ? one : 0);
+                const Au = new Uint32Array(A.buffer, A.byteOffset, A.length);
+                const Bu = new Uint32Array(B.buffer, B.byteOffset, B.length);
+                for (let i = 0; i < M; i++)
+                  for (let k = 0; k < K; k++) Au[tA ? k * M + i : i * K + k] = opA(i, k);
+                for (let k = 0; k < K; k++)
+                  for (let j = 0; j < N; j++) Bu[tB ? j * K + k : k * N + j] = opB(k, j);
+                const C = nans(M * N);
+                inBf16(kernel, () =>
+                  nat.gemm(tA, tB, 1, M, N, K, 1, A, 0, tA ? M : K, 0, B, 0, tB ? K : N, 0, 0, C, 0, N, 0),
+                );
+                for (let i = 0; i < M; i++)
+                  for (let j = 0; j < N; j++) {
+                    const [r, o] = side === "A" ? [i, j] : [j, i];
+                    let want = rounded(vals[r]![sel[o]!]!);
+                    const so = special.get(r);
+                    if (
+                      so !== undefined &&
+                      sel[so] !== sel[o] &&
+                      !Number.isFinite(rounded(vals[r]![sel[so]!]!))
+                    )
+                      want = NaN;
+                    const got = C[i * N + j]!;
+                    assert.ok(
+                      Number.isNaN(want) ? Number.isNaN(got) : got === want,
+                      `C[${i}][${j}] = ${got}, want ${want} (seed ${SEED})`,
+                    );
+                  }
+              });
+    }
+
+  if (hasBf16) {
     test("training with matmul_dtype bfloat16: close to float32, not equal; resumed bit for bit; float32 afterwards", async () => {
       const f32 = tempDir("bf16-run");
       const b = tempDir("bf16-run");

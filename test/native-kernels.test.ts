@@ -1943,6 +1943,11 @@ describe("threads and info", () => {
     // The streamed GEMM (Linears over few rows) is the AVX-512 build's unless a BLAS was chosen.
     assert.equal(info.streamed, info.simd === "avx512f");
     assert.equal(probe({ ATTNRES_GEMM: "builtin" }).streamed, info.simd === "avx512f");
+    // bfloat16 GEMMs on AMX tiles: only with AVX-512 BF16 too; ATTNRES_AMX=0 turns them off.
+    assert.equal(typeof info.amx, "boolean");
+    if (info.amx) assert.equal(info.bf16, true);
+    assert.equal(probe({ ATTNRES_AMX: "0" }).amx, false);
+    assert.equal(probe({ ATTNRES_AMX: "1" }).amx, info.amx);
   });
   test("backend identity", () => {
     assert.equal(nat.name, "native");

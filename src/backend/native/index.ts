@@ -37,6 +37,12 @@ export interface NativeInfo {
   streamed: boolean;
   /** Whether bfloat16 GEMM operands are available (an AVX-512 BF16 build): setMatmulDtype. */
   bf16: boolean;
+  /**
+   * Whether bfloat16 GEMMs run on AMX tiles: true where the CPU has AMX-BF16 (Intel Sapphire Rapids
+   * and later), the addon was built for it and the OS grants the tile state, unless ATTNRES_AMX=0 or
+   * setNativeAmx(false) chose the AVX-512 BF16 kernel.
+   */
+  amx: boolean;
   /** OpenMP threads used by kernels. */
   threads: number;
   /** Widest SIMD instruction set the addon was compiled for (e.g. "avx512f", "avx2+fma"). */
@@ -52,6 +58,7 @@ interface NativeAddon {
   info(): NativeInfo;
   setGemm(kind: "blas" | "builtin" | "default"): void;
   setGemmBf16(on: boolean): void;
+  setGemmAmx(on: boolean): void;
   peakGflops(seconds: number): number;
   readBandwidth(seconds: number, repeats: number, bytes: number): { samples: number[]; bytes: number };
   gemm: Backend["gemm"];
@@ -195,11 +202,15 @@ export function nativeInfo(): NativeInfo {
   return loadAddon().info();
 }
 
-/** One line for reports: "BLAS openblas (Haswell kernels), GEMM builtin, SIMD avx512f, 2 threads". */
+/**
+ * One line for reports: "BLAS openblas (Haswell kernels), GEMM builtin, SIMD avx512f, 2 threads"
+ * (with ", bfloat16 GEMM on AMX" where bfloat16 matmuls run on AMX tiles).
+ */
 export function describeNative(info: NativeInfo = nativeInfo()): string {
   const core = info.blasCore ? ` (${info.blasCore} kernels)` : "";
   const streamed = info.streamed && info.gemm !== "builtin" ? " (Linears over few rows: builtin)" : "";
-  return `BLAS ${info.blas}${core}, GEMM ${info.gemm}${streamed}, SIMD ${info.simd}, ${info.threads} threads`;
+  const amx = info.amx ? ", bfloat16 GEMM on AMX" : "";
+  return `BLAS ${info.blas}${core}, GEMM ${info.gemm}${streamed}${amx}, SIMD ${info.simd}, ${info.threads} threads`;
 }
 
 /**
@@ -209,6 +220,15 @@ export function describeNative(info: NativeInfo = nativeInfo()): string {
  */
 export function setNativeGemm(kind: "blas" | "builtin" | "default"): void {
   loadAddon().setGemm(kind);
+}
+
+/**
+ * Run bfloat16 GEMMs on AMX tiles (true, the default where available) or with the AVX-512 BF16 dot
+ * product (false) for the rest of this process (tests compare the two; users set ATTNRES_AMX=0
+ * instead). Throws when asking for AMX where there is none.
+ */
+export function setNativeAmx(on: boolean): void {
+  loadAddon().setGemmAmx(on);
 }
 
 /**

@@ -475,6 +475,23 @@ static inline void merge_tile_row(float* c, const float* t, i64 n, bool firstSli
   }
 }
 
+// A GEMM's tasks over the rows [0, M) and columns [0, nc) of a block of C, shared by the threads of the
+// enclosing parallel region (an orphaned omp for; its barrier ends the call): task(i0, i1, j0, j1) for
+// MC rows x ntc columns, ntc <= NT a whole number of NR-column strips, as many tasks as make every
+// thread's share equal where the row blocks alone do not (a prefill's 128 rows are one row block: N =
+// 256 in NT columns was one task, and one thread idled).
+template <class Task>
+static void for_each_task(i64 M, i64 nc, const Task& task) {
+  const i64 mBlocks = (M + MC - 1) / MC, nStrips = (nc + NR - 1) / NR, threads = omp_get_num_threads();
+  i64 nTasks = (nc + NT - 1) / NT;
+  while (nTasks < nStrips && (mBlocks * nTasks) % threads != 0) nTasks++;
+  const i64 ntc = (nStrips + nTasks - 1) / nTasks * NR, nBlocks = (nc + ntc - 1) / ntc;
+#pragma omp for schedule(static) collapse(2)
+  for (i64 mb = 0; mb < mBlocks; mb++)
+    for (i64 nb = 0; nb < nBlocks; nb++)
+      task(mb * MC, std::min(M, (mb + 1) * MC), nb * ntc, std::min(nc, (nb + 1) * ntc));
+}
+
 // The built-in blocked GEMM over Panels' packed format (M, N, K > 0, alpha != 0). A K slice of
 // kc <= KC * KS k is kp = ceil(kc / KS) packed steps; a pair's missing second k (odd kc) packs as zero.
 template <class Panels>
@@ -588,36 +605,25 @@ static void blocked_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float al
               for (i64 p = 0; p < kp; p++) dst[p * MR + i] = P(0);
           }
         }
-        // Tasks of MC rows x ntc columns, ntc <= NT a whole number of strips, as many tasks as make
-        // every thread's share equal where the rows alone do not (a prefill's 128 rows are one row
-        // block: N = 256 in NT columns was one task, and one thread idled).
-        const i64 mBlocks = (M + MC - 1) / MC, threads = omp_get_num_threads();
-        i64 nTasks = (nc + NT - 1) / NT;
-        while (nTasks < nStrips && (mBlocks * nTasks) % threads != 0) nTasks++;
-        const i64 ntc = (nStrips + nTasks - 1) / nTasks * NR, nBlocks = (nc + ntc - 1) / ntc;
-#pragma omp for schedule(static) collapse(2)
-        for (i64 mb = 0; mb < mBlocks; mb++) {
-          for (i64 nb = 0; nb < nBlocks; nb++) {
-            const i64 iEnd = std::min(M, (mb + 1) * MC), jEnd = std::min(nc, (nb + 1) * ntc);
-            for (i64 j0 = nb * ntc; j0 < jEnd; j0 += NR) {
-              const i64 nr = std::min<i64>(NR, jEnd - j0);
-              const P* bp = Bp + (j0 / NR) * NR * kp;
-              for (i64 i0 = mb * MC; i0 < iEnd; i0 += MR) {
-                const i64 mr = std::min<i64>(MR, iEnd - i0);
-                if (!inPlaceA) {
-                  Panels::kernel(kp, Ap + (i0 / MR) * MR * kp, bp, tile);
-                } else if constexpr (std::is_same_v<Panels, F32Panels>) {  // inPlaceA is only ever set here
-                  if (transA)
-                    Panels::template kernel_in_place<false>(kp, A + pc * lda + i0, lda, bp, tile);
-                  else
-                    Panels::template kernel_in_place<true>(kp, A + i0 * lda + pc, lda, bp, tile);
-                }
-                for (i64 i = 0; i < mr; i++)
-                  merge_tile_row(C + (i0 + i) * ldc + jc + j0, tile + i * NR, nr, first, beta, tileScale);
+        for_each_task(M, nc, [&](i64 iStart, i64 iEnd, i64 jStart, i64 jEnd) {
+          for (i64 j0 = jStart; j0 < jEnd; j0 += NR) {
+            const i64 nr = std::min<i64>(NR, jEnd - j0);
+            const P* bp = Bp + (j0 / NR) * NR * kp;
+            for (i64 i0 = iStart; i0 < iEnd; i0 += MR) {
+              const i64 mr = std::min<i64>(MR, iEnd - i0);
+              if (!inPlaceA) {
+                Panels::kernel(kp, Ap + (i0 / MR) * MR * kp, bp, tile);
+              } else if constexpr (std::is_same_v<Panels, F32Panels>) {  // inPlaceA is only ever set here
+                if (transA)
+                  Panels::template kernel_in_place<false>(kp, A + pc * lda + i0, lda, bp, tile);
+                else
+                  Panels::template kernel_in_place<true>(kp, A + i0 * lda + pc, lda, bp, tile);
               }
+              for (i64 i = 0; i < mr; i++)
+                merge_tile_row(C + (i0 + i) * ldc + jc + j0, tile + i * NR, nr, first, beta, tileScale);
             }
           }
-        }
+        });
       }
     }
   }
@@ -823,34 +829,25 @@ static void amx_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float alpha,
                            kps);
         pack_a_amx(transA, A, lda, pc, kc, M, aGroups * id / nt, aGroups * (id + 1) / nt, kps, Ap);
 #pragma omp barrier
-        const i64 mTasks = (M + MC - 1) / MC;
-        i64 nTasks = (nc + NT - 1) / NT;
-        while (nTasks < nStrips && (mTasks * nTasks) % nt != 0) nTasks++;
-        const i64 ntc = (nStrips + nTasks - 1) / nTasks * NR, nBlocks = (nc + ntc - 1) / ntc;
-#pragma omp for schedule(static) collapse(2)
-        for (i64 mb = 0; mb < mTasks; mb++) {
-          for (i64 nb = 0; nb < nBlocks; nb++) {
-            const i64 iEnd = std::min(M, (mb + 1) * MC), jEnd = std::min(nc, (nb + 1) * ntc);
-            // row blocks outer: C is written 32 rows x ntc columns at a time (down a column of blocks,
-            // every 32 x 32 block lands on 32 far-apart rows: 3-5x slower writes)
-            for (i64 i0 = mb * MC; i0 < iEnd; i0 += AMB) {
-              const uint32_t* a0 = Ap + i0 * kps;
-              const i64 mr = std::min<i64>(AMB, iEnd - i0);
-              for (i64 j0 = nb * ntc; j0 < jEnd; j0 += NR) {
-                const i64 nr = std::min<i64>(NR, jEnd - j0);
-                const uint32_t* bp = Bp + (j0 / NR) * NR * kps;
-                float* c = C + i0 * ldc + jc + j0;
-                if (direct && mr == AMB && nr == NR) {  // whole block, C += or = the sum: tiles to and from C
-                  amx_block(kps / 16, a0, a0 + 16 * kps, bp, c, ldc, !first || beta == 1.0f);
-                  continue;
-                }
-                amx_block(kps / 16, a0, a0 + 16 * kps, bp, tile, NR, false);
-                for (i64 i = 0; i < mr; i++)
-                  merge_tile_row(c + i * ldc, tile + i * NR, nr, first, beta, alpha);
+        // row blocks outer: C is written 32 rows x ntc columns at a time (down a column of blocks, every
+        // 32 x 32 block lands on 32 far-apart rows: 3-5x slower writes)
+        for_each_task(M, nc, [&](i64 iStart, i64 iEnd, i64 jStart, i64 jEnd) {
+          for (i64 i0 = iStart; i0 < iEnd; i0 += AMB) {
+            const uint32_t* a0 = Ap + i0 * kps;
+            const i64 mr = std::min<i64>(AMB, iEnd - i0);
+            for (i64 j0 = jStart; j0 < jEnd; j0 += NR) {
+              const i64 nr = std::min<i64>(NR, jEnd - j0);
+              const uint32_t* bp = Bp + (j0 / NR) * NR * kps;
+              float* c = C + i0 * ldc + jc + j0;
+              if (direct && mr == AMB && nr == NR) {  // whole block, C += or = the sum: tiles to and from C
+                amx_block(kps / 16, a0, a0 + 16 * kps, bp, c, ldc, !first || beta == 1.0f);
+                continue;
               }
+              amx_block(kps / 16, a0, a0 + 16 * kps, bp, tile, NR, false);
+              for (i64 i = 0; i < mr; i++) merge_tile_row(c + i * ldc, tile + i * NR, nr, first, beta, alpha);
             }
           }
-        }
+        });
       }
     }
     _tile_release();

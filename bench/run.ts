@@ -495,6 +495,7 @@ function main(): void {
           blas: info.blas,
           blas_core: info.blasCore,
           gemm: info.gemm,
+          bf16_gemm: info.bf16 ? (info.amx ? "amx" : "avx512-bf16") : null,
           peak_gflops: peak,
           matmul: mm.map((m) => ({ ...m, pct_of_peak: (100 * m.gflops) / peak })),
           reference_step: {

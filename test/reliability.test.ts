@@ -25,6 +25,7 @@ import {
 import { loadCorpus, invalidUtf8, MAX_CORPUS_BYTES } from "../src/data/corpus.js";
 import { loadPrepared } from "../src/data/prepared.js";
 import { DecoderLM } from "../src/model/decoder.js";
+import { defaultBackend } from "../src/backend/index.js";
 import { referenceBackend as ref } from "../src/backend/reference/index.js";
 import { AdamW } from "../src/train/optim.js";
 import { findCheckpoint, MetricsLog } from "../src/train/checkpointing.js";
@@ -338,6 +339,48 @@ describe("run folders", () => {
     assert.equal(fs.existsSync(fresh), false, "no run.json of the refused run");
     await assert.rejects(runTraining(routed, dir, { overwrite: true }), /missing tensor/);
     assert.deepEqual(fs.readdirSync(dir).sort(), before, "with overwrite the previous run stays");
+  });
+
+  test("a new run failing inside its first step leaves nothing behind; after a logged step it stays", async () => {
+    // the backend fails as an allocation or a kernel would (out of memory) on the first GEMM
+    const be = defaultBackend() as { gemm: (...a: unknown[]) => void };
+    const gemm = be.gemm;
+    let calls = 0;
+    let failAt = 1;
+    be.gemm = (...a: unknown[]) => {
+      if (++calls === failAt) throw new Error("native: out of memory (test)");
+      gemm(...a);
+    };
+    try {
+      const fresh = path.join(tmp(), "a", "b");
+      await assert.rejects(runTraining(spec(), fresh), /out of memory \(test\)/);
+      assert.equal(fs.existsSync(path.dirname(fresh)), false, "the folders it made are gone too");
+      // a folder holding other files keeps them; with overwrite the previous run is gone either way
+      const dir = tmp();
+      fs.writeFileSync(path.join(dir, "notes.txt"), "mine");
+      calls = 0;
+      await assert.rejects(runTraining(spec(), dir), /out of memory/);
+      assert.deepEqual(fs.readdirSync(dir), ["notes.txt"]);
+      // the corrected call needs neither resume nor overwrite
+      failAt = 0;
+      calls = 0;
+      await runTraining(spec(), dir, { stopAfter: 1 });
+      // a failure after the first logged step (the first GEMM after step 1's) keeps the run: resume
+      // continues it
+      failAt = calls + 1;
+      calls = 0;
+      const later = tmp();
+      await assert.rejects(runTraining(spec(), later), /out of memory/);
+      assert.ok(fs.statSync(path.join(later, "metrics.jsonl")).size > 0, "a step was logged");
+      assert.ok(fs.existsSync(path.join(later, "run.json")));
+      // and a resumed run that fails is never removed
+      calls = 0;
+      failAt = 1;
+      await assert.rejects(runTraining(spec(), dir, { resume: true }), /out of memory/);
+      assert.ok(fs.existsSync(path.join(dir, "run.json")));
+    } finally {
+      be.gemm = gemm;
+    }
   });
 
   test("recovery takes the newest complete copy and treats a folder without a manifest as incomplete", async () => {

@@ -52,7 +52,7 @@ import { AdamW, lrMultiplier } from "./optim.js";
 import { doctestScale } from "./doctest-scale.js";
 import { evaluate } from "../eval/loss.js";
 import { isResidualParam } from "../model/residual.js";
-import { paramGroups, trainStep } from "./trainer.js";
+import { paramGroups, trainStep, TrainingDiverged } from "./trainer.js";
 
 export const TrainSettingsSchema = z.strictObject({
   steps: z.number().int().positive(),
@@ -284,6 +284,25 @@ export function runEntries(dir: string): string[] {
 }
 
 /**
+ * Undoes a new run that failed before anything was trained: when no step was logged
+ * (metrics.jsonl absent or empty) and no checkpoint begun, removes run.json and the metrics files,
+ * then the folders from `dir` up to `made` (mkdirSync's first created folder) that are empty.
+ */
+export function removeUntrainedRun(dir: string, made: string | undefined): void {
+  const left = runEntries(dir);
+  const jsonl = path.join(dir, "metrics.jsonl");
+  if (!left.every((n) => /^(run\.json|metrics\.(jsonl|csv))$/.test(n))) return;
+  if (fs.existsSync(jsonl) && fs.statSync(jsonl).size > 0) return;
+  for (const n of left) fs.rmSync(path.join(dir, n), { force: true });
+  if (made === undefined) return;
+  const top = path.resolve(made);
+  for (let d = path.resolve(dir); fs.readdirSync(d).length === 0; d = path.dirname(d)) {
+    fs.rmdirSync(d);
+    if (d === top || d === path.dirname(d)) break;
+  }
+}
+
+/**
  * The run-folder rules both engines apply before anything else: resume needs a run to continue
  * (unless "auto"); a folder holding a run needs resume or overwrite. Returns the run's entries,
  * which overwrite removes (`removeRun`) only once every other check has passed.
@@ -441,152 +460,170 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
   const bytesPerToken = data.meta.val.bytes / data.meta.val.tokens;
   if (opts.overwrite) removeRun(dir, held, log);
   for (const f of removeTempFiles(dir, RUN_FILES)) log(`removed the leftover ${f}`);
-  fs.mkdirSync(dir, { recursive: true });
-  writeFileAtomic(specFile, JSON.stringify(spec, null, 2) + "\n");
-  const metrics = new MetricsLog(path.join(dir, "metrics.jsonl"));
-  const verify = opts.verify ?? true;
+  // A new run (never a resumed one) that fails before its first step (out of memory, a full disk)
+  // is undone like the torch engine's: its run.json alone would make the corrected call meet
+  // "already holds a run".
+  const isNew = !resuming && !state;
+  const made = fs.mkdirSync(dir, { recursive: true });
   let step = 0;
-  let seconds = 0;
-  let bestVal = Infinity;
   try {
-    if (matmulDtype !== "float32") backend.setMatmulDtype?.(matmulDtype);
-    if (state) {
-      const c = ckptDir(dir);
-      const wf = path.join(c, "model.safetensors");
-      loadWeights(model, readSafetensors(wf, { verify }).tensors, { source: wf });
-      const of = path.join(c, "optimizer.safetensors");
-      const moments = readSafetensors(of, { verify }).tensors;
-      opt.loadState(model.namedParameters(), moments, state.adam_t, of);
+    return await trainRun();
+  } catch (e) {
+    if (isNew && step === 0 && !(e instanceof TrainingDiverged))
       try {
-        const raw = state.sampler as unknown[];
-        if (raw.length !== 5 || !raw.every((v) => v === null || typeof v === "number")) throw new Error();
-        sampler.setState(raw.map((v) => (v as number | null) ?? NaN));
+        removeUntrainedRun(dir, made);
       } catch {
-        throw new Error(`${path.join(c, "trainer_state.json")}: sampler is not a saved generator state`);
+        // the run's own error is the one to report
       }
-      step = state.step;
-      seconds = state.seconds;
-      for (const n of metrics.recover(step)) log(`recovery: ${n}`);
-      if (s.keep_best) bestVal = readBest(dir);
-      log(`resuming ${dir} at step ${step}/${s.steps}`);
-    } else if (resuming) {
-      for (const n of metrics.recover(0)) log(`recovery: ${n}`);
-      fs.rmSync(path.join(dir, "best"), { recursive: true, force: true });
-    }
-    if (!state && !resuming) metrics.reset();
+    throw e;
+  }
 
-    const save = (done: boolean, result?: TrainerState["result"]) => {
-      metrics.sync();
-      saveCheckpointFolder(dir, "checkpoint", step, (tmp) => {
-        saveCheckpoint(tmp, model, { generator: "attnres train" });
-        data.tokenizer.save(tmp);
-        writeSafetensors(path.join(tmp, "optimizer.safetensors"), opt.exportState(model.namedParameters()));
-        const st: TrainerState = {
-          step,
-          adam_t: opt.t,
-          sampler: sampler.getState(),
-          done,
-          seconds,
-          ...(result ? { result } : {}),
-        };
-        fs.writeFileSync(path.join(tmp, "trainer_state.json"), JSON.stringify(st, null, 2) + "\n");
-      });
-      opts.onSave?.(step);
-    };
-    const saveBest = (val: number) => {
-      saveCheckpointFolder(dir, "best", step, (tmp) => {
-        saveCheckpoint(tmp, model, { generator: "attnres train (best validation loss)" });
-        data.tokenizer.save(tmp);
-        fs.writeFileSync(path.join(tmp, "best.json"), JSON.stringify({ step, val_loss: val }) + "\n");
-      });
-    };
-
-    resetPeak(backend);
-    const sched = { warmup: s.warmup, total: s.steps, minRatio: s.min_lr_ratio };
-    const tokensPerStep = s.batch_size * s.seq_len * s.grad_accum;
-    const ckEvery = s.checkpoint_every ?? s.eval_every;
-    let lastLoss = NaN;
-    let valLoss = NaN;
-    let sessionSteps = 0;
-    let sessionStart = performance.now();
-    let firstDt = 0;
-    let interrupted = false;
-    while (step < s.steps) {
-      if (opts.signal?.aborted || (opts.stopAfter !== undefined && sessionSteps >= opts.stopAfter)) {
-        interrupted = true;
-        break;
+  async function trainRun(): Promise<RunResult> {
+    writeFileAtomic(specFile, JSON.stringify(spec, null, 2) + "\n");
+    const metrics = new MetricsLog(path.join(dir, "metrics.jsonl"));
+    const verify = opts.verify ?? true;
+    let seconds = 0;
+    let bestVal = Infinity;
+    try {
+      if (matmulDtype !== "float32") backend.setMatmulDtype?.(matmulDtype);
+      if (state) {
+        const c = ckptDir(dir);
+        const wf = path.join(c, "model.safetensors");
+        loadWeights(model, readSafetensors(wf, { verify }).tensors, { source: wf });
+        const of = path.join(c, "optimizer.safetensors");
+        const moments = readSafetensors(of, { verify }).tensors;
+        opt.loadState(model.namedParameters(), moments, state.adam_t, of);
+        try {
+          const raw = state.sampler as unknown[];
+          if (raw.length !== 5 || !raw.every((v) => v === null || typeof v === "number")) throw new Error();
+          sampler.setState(raw.map((v) => (v as number | null) ?? NaN));
+        } catch {
+          throw new Error(`${path.join(c, "trainer_state.json")}: sampler is not a saved generator state`);
+        }
+        step = state.step;
+        seconds = state.seconds;
+        for (const n of metrics.recover(step)) log(`recovery: ${n}`);
+        if (s.keep_best) bestVal = readBest(dir);
+        log(`resuming ${dir} at step ${step}/${s.steps}`);
+      } else if (resuming) {
+        for (const n of metrics.recover(0)) log(`recovery: ${n}`);
+        fs.rmSync(path.join(dir, "best"), { recursive: true, force: true });
       }
-      const t0 = performance.now();
-      const mult = lrMultiplier(step, sched);
-      const micro = { count: s.grad_accum, next: () => sampler.next() }; // streamed: one at a time
-      const { loss, gradNorm } = trainStep(model, opt, micro, step + 1, mult, s.clip, trainable);
-      const dt = (performance.now() - t0) / 1000;
-      const ended = new Date();
-      seconds += dt;
-      if (sessionSteps === 0) firstDt = dt;
-      step++;
-      sessionSteps++;
-      lastLoss = loss;
-      const tps = (sessionSteps * tokensPerStep) / ((performance.now() - sessionStart) / 1000);
-      const rec: Record<string, number> & { step: number } = {
-        step,
-        loss,
-        grad_norm: gradNorm,
-        lr: s.lr * mult,
-        tokens_per_s: tokensPerStep / dt,
+      if (!state && !resuming) metrics.reset();
+
+      const save = (done: boolean, result?: TrainerState["result"]) => {
+        metrics.sync();
+        saveCheckpointFolder(dir, "checkpoint", step, (tmp) => {
+          saveCheckpoint(tmp, model, { generator: "attnres train" });
+          data.tokenizer.save(tmp);
+          writeSafetensors(path.join(tmp, "optimizer.safetensors"), opt.exportState(model.namedParameters()));
+          const st: TrainerState = {
+            step,
+            adam_t: opt.t,
+            sampler: sampler.getState(),
+            done,
+            seconds,
+            ...(result ? { result } : {}),
+          };
+          fs.writeFileSync(path.join(tmp, "trainer_state.json"), JSON.stringify(st, null, 2) + "\n");
+        });
+        opts.onSave?.(step);
       };
-      if (step % s.eval_every === 0 || step === s.steps) {
-        valLoss = evaluate(model, evals);
-        rec.val_loss = valLoss;
+      const saveBest = (val: number) => {
+        saveCheckpointFolder(dir, "best", step, (tmp) => {
+          saveCheckpoint(tmp, model, { generator: "attnres train (best validation loss)" });
+          data.tokenizer.save(tmp);
+          fs.writeFileSync(path.join(tmp, "best.json"), JSON.stringify({ step, val_loss: val }) + "\n");
+        });
+      };
+
+      resetPeak(backend);
+      const sched = { warmup: s.warmup, total: s.steps, minRatio: s.min_lr_ratio };
+      const tokensPerStep = s.batch_size * s.seq_len * s.grad_accum;
+      const ckEvery = s.checkpoint_every ?? s.eval_every;
+      let lastLoss = NaN;
+      let valLoss = NaN;
+      let sessionSteps = 0;
+      let sessionStart = performance.now();
+      let firstDt = 0;
+      let interrupted = false;
+      while (step < s.steps) {
+        if (opts.signal?.aborted || (opts.stopAfter !== undefined && sessionSteps >= opts.stopAfter)) {
+          interrupted = true;
+          break;
+        }
+        const t0 = performance.now();
+        const mult = lrMultiplier(step, sched);
+        const micro = { count: s.grad_accum, next: () => sampler.next() }; // streamed: one at a time
+        const { loss, gradNorm } = trainStep(model, opt, micro, step + 1, mult, s.clip, trainable);
+        const dt = (performance.now() - t0) / 1000;
+        const ended = new Date();
+        seconds += dt;
+        if (sessionSteps === 0) firstDt = dt;
+        step++;
+        sessionSteps++;
+        lastLoss = loss;
+        const tps = (sessionSteps * tokensPerStep) / ((performance.now() - sessionStart) / 1000);
+        const rec: Record<string, number> & { step: number } = {
+          step,
+          loss,
+          grad_norm: gradNorm,
+          lr: s.lr * mult,
+          tokens_per_s: tokensPerStep / dt,
+        };
+        if (step % s.eval_every === 0 || step === s.steps) {
+          valLoss = evaluate(model, evals);
+          rec.val_loss = valLoss;
+          log(
+            `step ${step}/${s.steps}: train loss ${loss.toFixed(4)}, val loss ${valLoss.toFixed(4)} (${(valLoss / bytesPerToken / Math.LN2).toFixed(3)} bits/byte)`,
+          );
+        }
+        metrics.append({ ...rec, time: ended.toISOString(), elapsed_s: seconds });
+        if (s.keep_best && rec.val_loss !== undefined && rec.val_loss < bestVal) {
+          bestVal = rec.val_loss;
+          saveBest(bestVal);
+        }
+        opts.onStep?.(step, s.steps, loss, tps);
+        if (step % ckEvery === 0 && step < s.steps) save(false);
+        // Let signal handlers (Ctrl-C) run between steps.
+        await new Promise((r) => setImmediate(r));
+        if (sessionSteps === 1) sessionStart = performance.now(); // exclude the cold first step from tokens/s
+      }
+      const tokensPerSecond =
+        sessionSteps > 1
+          ? ((sessionSteps - 1) * tokensPerStep) / ((performance.now() - sessionStart) / 1000)
+          : sessionSteps === 1
+            ? tokensPerStep / firstDt
+            : 0;
+      if (Number.isNaN(valLoss) && !interrupted) valLoss = evaluate(model, evals);
+      const base = {
+        mode,
+        steps: step,
+        finalTrainLoss: lastLoss,
+        valLoss,
+        valPerplexity: Math.exp(valLoss),
+        valBpb: valLoss / bytesPerToken / Math.LN2,
+        params: model.numParameters(),
+        tokensPerSecond,
+        peakTensorMB: poolStats(backend).peakLiveBytes / 2 ** 20,
+        seconds,
+      };
+      if (interrupted) {
+        save(false);
         log(
-          `step ${step}/${s.steps}: train loss ${loss.toFixed(4)}, val loss ${valLoss.toFixed(4)} (${(valLoss / bytesPerToken / Math.LN2).toFixed(3)} bits/byte)`,
+          `interrupted at step ${step}/${s.steps}; checkpoint saved in ${ckptDir(dir)} (resume the run to continue)`,
         );
+        return { ...base, dir, done: false, interrupted: true };
       }
-      metrics.append({ ...rec, time: ended.toISOString(), elapsed_s: seconds });
-      if (s.keep_best && rec.val_loss !== undefined && rec.val_loss < bestVal) {
-        bestVal = rec.val_loss;
-        saveBest(bestVal);
-      }
-      opts.onStep?.(step, s.steps, loss, tps);
-      if (step % ckEvery === 0 && step < s.steps) save(false);
-      // Let signal handlers (Ctrl-C) run between steps.
-      await new Promise((r) => setImmediate(r));
-      if (sessionSteps === 1) sessionStart = performance.now(); // exclude the cold first step from tokens/s
+      const result = { ...base, done: true };
+      save(true, result);
+      return { ...result, dir, interrupted: false };
+    } finally {
+      metrics.close();
+      model.dispose();
+      opt.dispose();
+      if (matmulDtype !== "float32") backend.setMatmulDtype?.("float32");
     }
-    const tokensPerSecond =
-      sessionSteps > 1
-        ? ((sessionSteps - 1) * tokensPerStep) / ((performance.now() - sessionStart) / 1000)
-        : sessionSteps === 1
-          ? tokensPerStep / firstDt
-          : 0;
-    if (Number.isNaN(valLoss) && !interrupted) valLoss = evaluate(model, evals);
-    const base = {
-      mode,
-      steps: step,
-      finalTrainLoss: lastLoss,
-      valLoss,
-      valPerplexity: Math.exp(valLoss),
-      valBpb: valLoss / bytesPerToken / Math.LN2,
-      params: model.numParameters(),
-      tokensPerSecond,
-      peakTensorMB: poolStats(backend).peakLiveBytes / 2 ** 20,
-      seconds,
-    };
-    if (interrupted) {
-      save(false);
-      log(
-        `interrupted at step ${step}/${s.steps}; checkpoint saved in ${ckptDir(dir)} (resume the run to continue)`,
-      );
-      return { ...base, dir, done: false, interrupted: true };
-    }
-    const result = { ...base, done: true };
-    save(true, result);
-    return { ...result, dir, interrupted: false };
-  } finally {
-    metrics.close();
-    model.dispose();
-    opt.dispose();
-    if (matmulDtype !== "float32") backend.setMatmulDtype?.("float32");
   }
 }
 

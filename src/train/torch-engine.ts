@@ -35,7 +35,7 @@ import {
   resolveSpec,
   checkRunFolderOptions,
   removeRun,
-  runEntries,
+  removeUntrainedRun,
   sameSpec,
   type RunOptions,
   type RunResult,
@@ -340,25 +340,6 @@ export async function runTorchTraining(
         // the run's own error is the one to report
       }
     throw e;
-  }
-}
-
-/**
- * Undoes a new run that failed before anything was trained: when no step was logged
- * (metrics.jsonl absent or empty) and no checkpoint begun, removes run.json and the metrics files,
- * then the folders from `dir` up to `made` (mkdirSync's first created folder) that are empty.
- */
-function removeUntrainedRun(dir: string, made: string | undefined): void {
-  const left = runEntries(dir);
-  const jsonl = path.join(dir, "metrics.jsonl");
-  if (!left.every((n) => /^(run\.json|metrics\.(jsonl|csv))$/.test(n))) return;
-  if (fs.existsSync(jsonl) && fs.statSync(jsonl).size > 0) return;
-  for (const n of left) fs.rmSync(path.join(dir, n), { force: true });
-  if (made === undefined) return;
-  const top = path.resolve(made);
-  for (let d = path.resolve(dir); fs.readdirSync(d).length === 0; d = path.dirname(d)) {
-    fs.rmdirSync(d);
-    if (d === top || d === path.dirname(d)) break;
   }
 }
 

@@ -21,6 +21,9 @@
 //    runs whichever GEMM is the default, and with ATTNRES_GEMM=builtin; ATTNRES_GEMM=blas sends
 //    these products to the BLAS too. It gives each element the blocked GEMM's sums, bit for bit (the
 //    rows past the last multiple of 8 when alpha = 1, as in a Linear).
+//  - bfloat16 operands (set_gemm_bf16, a training setting): the blocked GEMM over bf16 pairs with the
+//    AVX-512 BF16 dot product, or, where the CPU has AMX-BF16 tiles, the AMX GEMM (amx_gemm: 32 x 32
+//    blocks of four float32 tiles; ATTNRES_AMX=0 keeps the dot product).
 // Default: the BLAS, except in an AVX-512 build whose BLAS does not run AVX-512 kernels itself — e.g.
 // OpenBLAS held to its AVX2 "Haswell" kernels by OPENBLAS_CORETYPE, or too old to know the CPU —
 // where the built-in micro-kernel is about twice as fast (`npm run bench` prints which runs).

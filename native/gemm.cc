@@ -33,8 +33,10 @@
 // Called inside an OpenMP parallel region a GEMM runs single-threaded (OpenMP OpenBLAS does the same).
 #include <immintrin.h>
 #include <omp.h>
-#include <sys/syscall.h>
+#if defined(__AMX_TILE__) && defined(__linux__)
+#include <sys/syscall.h>  // arch_prctl: the AMX tile state
 #include <unistd.h>
+#endif
 
 #include <algorithm>
 #include <cctype>
@@ -699,11 +701,12 @@ static void streamed_gemm(i64 M, i64 N, i64 K, float alpha, const float* A, i64 
 }
 #endif
 
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__AVX512F__)
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__AVX512F__) && \
+    defined(__linux__)
 #define ATTNRES_AMX 1
 // ------------------------------------------------------------------ AMX bfloat16 GEMM
-// Where the CPU has AMX-BF16 (Intel Sapphire Rapids and later), the build was compiled for it and the
-// kernel grants the process the tile state (arch_prctl, Linux >= 5.16), the bfloat16 GEMM runs on the
+// Where the CPU has AMX-BF16 (Intel Sapphire Rapids and later), the build was compiled for it and
+// Linux grants the process the tile state (arch_prctl, Linux >= 5.16), the bfloat16 GEMM runs on the
 // tile unit instead of the AVX-512 BF16 micro-kernel (set_gemm_amx / ATTNRES_AMX=0 turn it off).
 //   op(B): Bf16Panels::pack_b's strips of NR = 32 columns, [kps][32] pairs, padded with zero pairs to
 //          kps, a whole number of 16-pair chunks; a B tile is 16 pairs x 16 columns (row stride 128 B).

@@ -965,18 +965,20 @@ bool gemm_amx_available() {
 #endif
 }
 
-static bool g_amx = [] {
+// Whether AMX is wanted (ATTNRES_AMX, set_gemm_amx); the tile state is requested from the OS only when
+// first asked whether AMX runs, not when the addon loads.
+static bool g_amx_wanted = [] {
   const char* e = std::getenv("ATTNRES_AMX");
-  return gemm_amx_available() && !(e != nullptr && std::string(e) == "0");
+  return !(e != nullptr && std::string(e) == "0");
 }();
 
 bool set_gemm_amx(bool on) {
   if (on && !gemm_amx_available()) return false;
-  g_amx = on;
+  g_amx_wanted = on;
   return true;
 }
 
-bool gemm_amx() { return g_amx; }
+bool gemm_amx() { return g_amx_wanted && gemm_amx_available(); }
 
 const char* gemm_name() {
   if (current_gemm() == GemmKind::Builtin) return "builtin";
@@ -1051,7 +1053,7 @@ void sgemm(bool transA, bool transB, i64 M, i64 N, i64 K, float alpha, const flo
   if (g_bf16) {
     GemmFn g = blocked_gemm<Bf16Panels>;
 #if defined(ATTNRES_AMX)
-    if (g_amx) g = amx_gemm;
+    if (gemm_amx()) g = amx_gemm;
 #endif
     if (!split_k_gemm(g, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
       g(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);

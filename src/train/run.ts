@@ -284,11 +284,38 @@ export function runEntries(dir: string): string[] {
 }
 
 /**
+ * Both engines' run: creates run folder `dir` and runs `train` in it. When `train` fails (for any
+ * reason but a divergence) on a new run (`isNew`: the folder held no run, or overwrite removed it;
+ * never a resumed one) before `trained()` says a step was trained, the run is undone
+ * (removeUntrainedRun): its run.json alone would make the corrected call meet "already holds a run".
+ * Rethrows the run's error.
+ */
+export async function trainInRunFolder<T>(
+  dir: string,
+  isNew: boolean,
+  trained: () => boolean,
+  train: () => Promise<T>,
+): Promise<T> {
+  const made = fs.mkdirSync(dir, { recursive: true });
+  try {
+    return await train();
+  } catch (e) {
+    if (isNew && !trained() && !(e instanceof TrainingDiverged))
+      try {
+        removeUntrainedRun(dir, made);
+      } catch {
+        // the run's own error is the one to report
+      }
+    throw e;
+  }
+}
+
+/**
  * Undoes a new run that failed before anything was trained: when no step was logged
  * (metrics.jsonl absent or empty) and no checkpoint begun, removes run.json and the metrics files,
  * then the folders from `dir` up to `made` (mkdirSync's first created folder) that are empty.
  */
-export function removeUntrainedRun(dir: string, made: string | undefined): void {
+function removeUntrainedRun(dir: string, made: string | undefined): void {
   const left = runEntries(dir);
   const jsonl = path.join(dir, "metrics.jsonl");
   if (!left.every((n) => /^(run\.json|metrics\.(jsonl|csv))$/.test(n))) return;
@@ -460,23 +487,9 @@ export async function runTraining(rawSpec: RunSpec, dir: string, opts: RunOption
   const bytesPerToken = data.meta.val.bytes / data.meta.val.tokens;
   if (opts.overwrite) removeRun(dir, held, log);
   for (const f of removeTempFiles(dir, RUN_FILES)) log(`removed the leftover ${f}`);
-  // A new run (never a resumed one) that fails before its first step (out of memory, a full disk)
-  // is undone like the torch engine's: its run.json alone would make the corrected call meet
-  // "already holds a run".
-  const isNew = !resuming && !state;
-  const made = fs.mkdirSync(dir, { recursive: true });
+  // A new run that fails before its first step (out of memory, a full disk) is undone.
   let step = 0;
-  try {
-    return await trainRun();
-  } catch (e) {
-    if (isNew && step === 0 && !(e instanceof TrainingDiverged))
-      try {
-        removeUntrainedRun(dir, made);
-      } catch {
-        // the run's own error is the one to report
-      }
-    throw e;
-  }
+  return trainInRunFolder(dir, !resuming && !state, () => step > 0, trainRun);
 
   async function trainRun(): Promise<RunResult> {
     writeFileAtomic(specFile, JSON.stringify(spec, null, 2) + "\n");

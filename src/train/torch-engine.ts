@@ -35,8 +35,8 @@ import {
   resolveSpec,
   checkRunFolderOptions,
   removeRun,
-  removeUntrainedRun,
   sameSpec,
+  trainInRunFolder,
   type RunOptions,
   type RunResult,
   type RunSpec,
@@ -324,23 +324,18 @@ export async function runTorchTraining(
     process.stderr.write(`attnres: ${l}\n`),
   );
   if (opts.overwrite) removeRun(dir, held, log);
-  // A new run (the folder held no run, or overwrite removed it; never a resumed one) that fails
-  // before its first trained step is undone: its run.json alone would make the corrected call meet
-  // "already holds a run".
+  // A new run that fails before its first trained step is undone; what the workers trained shows in
+  // metrics.jsonl, which removeUntrainedRun reads.
   const isNew = held.length === 0 || opts.overwrite === true;
-  const made = fs.mkdirSync(dir, { recursive: true });
-  try {
-    writeFileAtomic(specFile, JSON.stringify(spec, null, 2) + "\n");
-    return await runWorkers(dir, probe, o, !!state, opts);
-  } catch (e) {
-    if (isNew && !(e instanceof TrainingDiverged))
-      try {
-        removeUntrainedRun(dir, made);
-      } catch {
-        // the run's own error is the one to report
-      }
-    throw e;
-  }
+  return trainInRunFolder(
+    dir,
+    isNew,
+    () => false,
+    async () => {
+      writeFileAtomic(specFile, JSON.stringify(spec, null, 2) + "\n");
+      return await runWorkers(dir, probe, o, !!state, opts);
+    },
+  );
 }
 
 /** Starts the workers on the run in `dir` (its run.json written), relays them, returns the result. */

@@ -909,28 +909,35 @@ KERNEL(ddlReadBackward) {
 
 KERNEL(ddlUpdate) {
   return guard(env, [&] {
-    Args a(env, info, "ddlUpdate", 8);
+    Args a(env, info, "ddlUpdate", 10);
     const F32 X = a.f32(0, "X"), k = a.f32(1, "k"), beta = a.f32(2, "beta"), v = a.f32(3, "v");
     const F32 Y = a.f32(4, "Y");
     const i64 rows = a.size(5, "rows"), d = a.size(6, "d"), dv = a.size(7, "dv");
+    const F32 C = a.f32OrNull(8, "C"), x = a.f32OrNull(9, "x");
     const i64 n = a.mul(a.mul(rows, d), dv);
     a.need("X", X, n);
     a.need("k", k, a.mul(rows, d));
     a.need("beta", beta, rows);
     a.need("v", v, a.mul(rows, dv));
     a.need("Y", Y, n);
-    ddl_update(X.p, k.p, beta.p, v.p, Y.p, rows, d, dv);
+    if ((C.p == nullptr) != (x.p == nullptr)) a.fail("C and x must both be given or both be null");
+    if (C.p != nullptr) {
+      a.need("C", C, a.mul(d, dv));
+      a.need("x", x, a.mul(rows, d));
+    }
+    ddl_update(X.p, k.p, beta.p, v.p, Y.p, C.p, x.p, rows, d, dv);
     return undefinedValue(env);
   });
 }
 
 KERNEL(ddlUpdateBackward) {
   return guard(env, [&] {
-    Args a(env, info, "ddlUpdateBackward", 12);
+    Args a(env, info, "ddlUpdateBackward", 13);
     const F32 X = a.f32(0, "X"), k = a.f32(1, "k"), beta = a.f32(2, "beta"), v = a.f32(3, "v");
-    const F32 gY = a.f32(4, "gY"), gX = a.f32OrNull(5, "gX"), gk = a.f32(6, "gk"), gbeta = a.f32(7, "gbeta");
-    const F32 gv = a.f32(8, "gv");
-    const i64 rows = a.size(9, "rows"), d = a.size(10, "d"), dv = a.size(11, "dv");
+    const F32 gY = a.f32(4, "gY"), gX = a.f32OrNull(5, "gX");
+    const bool accumulate = a.boolean(6, "accumulate");
+    const F32 gk = a.f32(7, "gk"), gbeta = a.f32(8, "gbeta"), gv = a.f32(9, "gv");
+    const i64 rows = a.size(10, "rows"), d = a.size(11, "d"), dv = a.size(12, "dv");
     const i64 n = a.mul(a.mul(rows, d), dv);
     a.need("X", X, n);
     a.need("k", k, a.mul(rows, d));
@@ -941,7 +948,7 @@ KERNEL(ddlUpdateBackward) {
     a.need("gk", gk, a.mul(rows, d));
     a.need("gbeta", gbeta, rows);
     a.need("gv", gv, a.mul(rows, dv));
-    ddl_update_backward(X.p, k.p, beta.p, v.p, gY.p, gX.p, gk.p, gbeta.p, gv.p, rows, d, dv);
+    ddl_update_backward(X.p, k.p, beta.p, v.p, gY.p, gX.p, accumulate, gk.p, gbeta.p, gv.p, rows, d, dv);
     return undefinedValue(env);
   });
 }

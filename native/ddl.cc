@@ -4,8 +4,11 @@
 //   X [rows, d, dv]: dv value channels per feature of every row (token);  C [d, dv];  k [rows, d]
 //   read:    x[r,i] = sum_c X[r,i,c] C[i,c]
 //   update:  kX[r,c] = sum_i k[r,i] X[r,i,c];   Y[r,i,c] = X[r,i,c] + beta[r] k[r,i] (v[r,c] - kX[r,c])
+//            and, given the next read's mix C, x[r,i] = sum_c Y[r,i,c] C[i,c] from the row just written
+//            (the next sublayer's input without reading the new state back from memory)
 // Backward of the update (s[r,c] = sum_i k[r,i] gY[r,i,c], delta = v - kX):
-//   gX += gY - beta k (x) s;   gk = beta sum_c (gY delta - X s);   gbeta = sum_c delta s;   gv = beta s
+//   gX (+)= gY - beta k (x) s (written, not accumulated, when gX is fresh: no zero-fill pass);   gk = beta
+//   sum_c (gY delta - X s);   gbeta = sum_c delta s;   gv = beta s
 // Built from generic ops the update materialised five [rows, d, dv] temporaries per sublayer and kept
 // three of them for the backward; fused, the only [rows, d, dv] tensor per sublayer is the state.
 // Rows are spread over OpenMP threads. The read, its backward and the update's key expansion have a loop
@@ -142,8 +145,8 @@ void ddl_read_backward(const float* X, const float* C, const float* gx, float* g
   }
 }
 
-void ddl_update(const float* X, const float* k, const float* beta, const float* v, float* Y, i64 rows, i64 d,
-                i64 dv) {
+void ddl_update(const float* X, const float* k, const float* beta, const float* v, float* Y, const float* C,
+                float* x, i64 rows, i64 d, i64 dv) {
   if (lanesFit(d, dv)) {
     const i64 n = d * dv;
 #pragma omp parallel if (rows * n >= kParallelMin)
@@ -161,6 +164,7 @@ void ddl_update(const float* X, const float* k, const float* beta, const float* 
         for (i64 j0 = 0; j0 < n; j0 += kLanes)
 #pragma omp simd
           for (i64 l = 0; l < kLanes; l++) Yr[j0 + l] = Xr[j0 + l] + ke[j0 + l] * bd[l];
+        if (C != nullptr) by_dv<Read>(dv, Y, C, x, r, r + 1, d);  // the new row, still in L1
       }
     }
     return;
@@ -180,12 +184,14 @@ void ddl_update(const float* X, const float* k, const float* beta, const float* 
       for (i64 c = 0; c < dv; c++) bdelta[c] = (float)((double)beta[r] * ((double)v[r * dv + c] - kx[c]));
       for (i64 i = 0; i < d; i++)
         for (i64 c = 0; c < dv; c++) Yr[i * dv + c] = Xr[i * dv + c] + kr[i] * bdelta[c];
+      if (C != nullptr) by_dv<Read>(dv, Y, C, x, r, r + 1, d);
     }
   }
 }
 
 void ddl_update_backward(const float* X, const float* k, const float* beta, const float* v, const float* gY,
-                         float* gX, float* gk, float* gbeta, float* gv, i64 rows, i64 d, i64 dv) {
+                         float* gX, bool accumulate, float* gk, float* gbeta, float* gv, i64 rows, i64 d,
+                         i64 dv) {
   if (lanesFit(d, dv)) {
     const i64 n = d * dv;
 #pragma omp parallel if (rows * n >= kParallelMin)
@@ -224,9 +230,14 @@ void ddl_update_backward(const float* X, const float* k, const float* beta, cons
         }
         if (gX != nullptr) {
           float* gXr = gX + r * n;
-          for (i64 j0 = 0; j0 < n; j0 += kLanes)
+          if (accumulate)
+            for (i64 j0 = 0; j0 < n; j0 += kLanes)
 #pragma omp simd
-            for (i64 l = 0; l < kLanes; l++) gXr[j0 + l] += Gr[j0 + l] - ke[j0 + l] * bsl[l];
+              for (i64 l = 0; l < kLanes; l++) gXr[j0 + l] += Gr[j0 + l] - ke[j0 + l] * bsl[l];
+          else
+            for (i64 j0 = 0; j0 < n; j0 += kLanes)
+#pragma omp simd
+              for (i64 l = 0; l < kLanes; l++) gXr[j0 + l] = Gr[j0 + l] - ke[j0 + l] * bsl[l];
         }
       }
     }
@@ -264,7 +275,8 @@ void ddl_update_backward(const float* X, const float* k, const float* beta, cons
         for (i64 c = 0; c < dv; c++) acc += Gr[i * dv + c] * delta[c] - Xr[i * dv + c] * sf[c];
         gkr[i] = b * acc;
         if (gXr != nullptr)
-          for (i64 c = 0; c < dv; c++) gXr[i * dv + c] += Gr[i * dv + c] - kr[i] * bs[c];
+          for (i64 c = 0; c < dv; c++)
+            gXr[i * dv + c] = (accumulate ? gXr[i * dv + c] : 0.0f) + Gr[i * dv + c] - kr[i] * bs[c];
       }
     }
   }

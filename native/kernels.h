@@ -195,10 +195,12 @@ void swiglu_backward(const float* gate, const float* up, const float* gout, floa
 void ddl_read(const float* X, const float* C, float* x, i64 rows, i64 d, i64 dv);
 void ddl_read_backward(const float* X, const float* C, const float* gx, float* gX, float* gC, i64 rows, i64 d,
                        i64 dv);
-void ddl_update(const float* X, const float* k, const float* beta, const float* v, float* Y, i64 rows, i64 d,
-                i64 dv);
+// C, x: the next read's mix [d, dv] and its output [rows, d], both null when there is none
+void ddl_update(const float* X, const float* k, const float* beta, const float* v, float* Y, const float* C,
+                float* x, i64 rows, i64 d, i64 dv);
 void ddl_update_backward(const float* X, const float* k, const float* beta, const float* v, const float* gY,
-                         float* gX, float* gk, float* gbeta, float* gv, i64 rows, i64 d, i64 dv);
+                         float* gX, bool accumulate, float* gk, float* gbeta, float* gv, i64 rows, i64 d,
+                         i64 dv);
 // ddl's scalar step: x, u, c, y [rows, d]; wb, wv [d]; bb, bv [1]; beta [rows]; aux [rows, 3]
 void ddl_step(const float* x, const float* u, const float* c, const float* wb, const float* bb,
               const float* wv, const float* bv, float* y, float* beta, float* aux, i64 rows, i64 d,

@@ -208,6 +208,27 @@ describe("gradcheck: ddl-expanded state", () => {
       [r([2, 3, 5, 3], { lo: -2, hi: 2 }), r([2, 3, 5]), r([2, 3, 1], { lo: 0, hi: 2 }), r([2, 3, 3])],
       (X, k, b, v) => ops.ddlUpdate(X!, k!, b!, v!),
     ));
+  // The update with the next read fused in: both results carry gradients; X's gradient is written
+  // by the update's backward when it comes first, accumulated when another use of X came first.
+  for (const alsoReadX of [false, true])
+    test(`ddlUpdateRead${alsoReadX ? " (X also read)" : ""}`, () => {
+      const W = r([5, 3]);
+      gradcheck(
+        "ddlUpdateRead",
+        [
+          r([2, 3, 5, 3], { lo: -2, hi: 2 }),
+          r([2, 3, 5]),
+          r([2, 3, 1], { lo: 0, hi: 2 }),
+          r([2, 3, 3]),
+          r([5, 3]),
+        ],
+        (X, k, b, v, C) => {
+          const { Y, x } = ops.ddlUpdateRead(X!, k!, b!, v!, C!);
+          const out = ops.add(ops.sum(ops.mul(Y, W), -1), x); // [2, 3, 5]
+          return alsoReadX ? ops.add(out, ops.ddlRead(X!, C!)) : out;
+        },
+      );
+    });
   test("ddlUpdate and ddlRead equal their composite definitions", () => {
     const X = r([2, 3, 5, 4], { lo: -2, hi: 2 });
     const k = r([2, 3, 5]);
@@ -221,6 +242,13 @@ describe("gradcheck: ddl-expanded state", () => {
     assertClose(ops.ddlUpdate(X, k, b, v).toArray(), want.toArray(), { rtol: 1e-12 }, "update");
     assertClose(ops.ddlRead(X, C).toArray(), ops.sum(ops.mul(X, C), -1).toArray(), { rtol: 1e-12 }, "read");
     assert.throws(() => ops.ddlUpdate(X, k, b, r([2, 3, 3])), /ddlUpdate: state \[2, 3, 5, 4\]/);
+    const fused = ops.ddlUpdateRead(X, k, b, v, C);
+    assert.deepEqual(fused.Y.toArray(), ops.ddlUpdate(X, k, b, v).toArray());
+    assert.deepEqual(fused.x.toArray(), ops.ddlRead(fused.Y, C).toArray());
+    assert.throws(
+      () => ops.ddlUpdateRead(X, k, b, v, r([4, 5])),
+      /ddlUpdateRead: state \[2, 3, 5, 4\] and mix \[4, 5\]/,
+    );
     assert.throws(() => ops.ddlRead(X, r([4, 5])), /ddlRead: state/);
   });
 });

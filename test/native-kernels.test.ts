@@ -911,9 +911,23 @@ describe("ddl-expanded state", () => {
       closeDot("x", x, xW, dv);
       const Y = nans(rows * d * dv);
       const YW = new Float64Array(rows * d * dv);
-      ref.ddlUpdate(f64(X), f64(k), f64(beta), f64(v), YW, rows, d, dv);
-      nat.ddlUpdate(X, k, beta, v, Y, rows, d, dv);
+      ref.ddlUpdate(f64(X), f64(k), f64(beta), f64(v), YW, rows, d, dv, null, null);
+      nat.ddlUpdate(X, k, beta, v, Y, rows, d, dv, null, null);
       closeDot("Y", Y, YW, d);
+      // With the next read fused in: the same Y, and x = read(Y, C) (against the reference's read
+      // of the native Y, so only the read's rounding is compared).
+      const Y2 = nans(rows * d * dv);
+      const x2 = nans(rows * d);
+      nat.ddlUpdate(X, k, beta, v, Y2, rows, d, dv, C, x2);
+      assert.deepEqual([...Y2], [...Y]);
+      const x2W = new Float64Array(rows * d);
+      ref.ddlRead(f64(Y), f64(C), x2W, rows, d, dv);
+      closeDot("fused x", x2, x2W, dv);
+      const [YR, xR] = [new Float64Array(rows * d * dv), new Float64Array(rows * d)];
+      ref.ddlUpdate(f64(X), f64(k), f64(beta), f64(v), YR, rows, d, dv, f64(C), xR);
+      const xRW = new Float64Array(rows * d);
+      ref.ddlRead(YR, f64(C), xRW, rows, d, dv);
+      assert.deepEqual([...xR], [...xRW], "reference: the fused read is its ddlRead");
       // Backward: gX accumulates (start it at random values); the other gradients are written.
       const gx = rnd(rows * d);
       const gX = rnd(rows * d * dv);
@@ -933,15 +947,57 @@ describe("ddl-expanded state", () => {
         new Float64Array(rows),
         new Float64Array(rows * dv),
       ];
-      ref.ddlUpdateBackward(f64(X), f64(k), f64(beta), f64(v), f64(gY), gX2W, gkW, gbW, gvW, rows, d, dv);
-      nat.ddlUpdateBackward(X, k, beta, v, gY, gX2, gk, gb, gv, rows, d, dv);
+      ref.ddlUpdateBackward(
+        f64(X),
+        f64(k),
+        f64(beta),
+        f64(v),
+        f64(gY),
+        gX2W,
+        true,
+        gkW,
+        gbW,
+        gvW,
+        rows,
+        d,
+        dv,
+      );
+      nat.ddlUpdateBackward(X, k, beta, v, gY, gX2, true, gk, gb, gv, rows, d, dv);
       closeDot("update gX", gX2, gX2W, d);
+      // Without accumulate gX is written: a NaN-filled buffer gets what a zero-filled one accumulates.
+      const gX3 = nans(rows * d * dv);
+      const gX3W = new Float64Array(rows * d * dv).fill(Number.NaN);
+      const gX0W = new Float64Array(rows * d * dv);
+      const gArgs = [
+        new Float64Array(rows * d),
+        new Float64Array(rows),
+        new Float64Array(rows * dv),
+      ] as const;
+      ref.ddlUpdateBackward(f64(X), f64(k), f64(beta), f64(v), f64(gY), gX3W, false, ...gArgs, rows, d, dv);
+      ref.ddlUpdateBackward(f64(X), f64(k), f64(beta), f64(v), f64(gY), gX0W, true, ...gArgs, rows, d, dv);
+      assert.deepEqual([...gX3W], [...gX0W], "reference: written = accumulated onto zeros");
+      nat.ddlUpdateBackward(
+        X,
+        k,
+        beta,
+        v,
+        gY,
+        gX3,
+        false,
+        nans(rows * d),
+        nans(rows),
+        nans(rows * dv),
+        rows,
+        d,
+        dv,
+      );
+      closeDot("update gX written", gX3, gX0W, d);
       closeDot("update gk", gk, gkW, d * dv);
       closeDot("update gbeta", gb, gbW, d * dv);
       closeDot("update gv", gv, gvW, d);
       // Without gX nothing else changes.
       const [gk2, gb2, gv2] = [nans(rows * d), nans(rows), nans(rows * dv)];
-      nat.ddlUpdateBackward(X, k, beta, v, gY, null, gk2, gb2, gv2, rows, d, dv);
+      nat.ddlUpdateBackward(X, k, beta, v, gY, null, true, gk2, gb2, gv2, rows, d, dv);
       assert.deepEqual([...gk2], [...gk]);
       assert.deepEqual([...gv2], [...gv]);
     });
@@ -951,8 +1007,16 @@ describe("ddl-expanded state", () => {
       /ddlRead: X has 11 elements, needs 12/,
     );
     assert.throws(
-      () => nat.ddlUpdate(rnd(12), rnd(4), rnd(1), rnd(6), rnd(12), 2, 2, 3),
+      () => nat.ddlUpdate(rnd(12), rnd(4), rnd(1), rnd(6), rnd(12), 2, 2, 3, null, null),
       /ddlUpdate: beta has 1 elements, needs 2/,
+    );
+    assert.throws(
+      () => nat.ddlUpdate(rnd(12), rnd(4), rnd(2), rnd(6), rnd(12), 2, 2, 3, rnd(6), null),
+      /ddlUpdate: C and x must both be given or both be null/,
+    );
+    assert.throws(
+      () => nat.ddlUpdate(rnd(12), rnd(4), rnd(2), rnd(6), rnd(12), 2, 2, 3, rnd(6), rnd(3)),
+      /ddlUpdate: x has 3 elements, needs 4/,
     );
     assert.throws(
       () =>
@@ -963,6 +1027,7 @@ describe("ddl-expanded state", () => {
           rnd(6),
           rnd(12),
           null,
+          true,
           rnd(4),
           rnd(2),
           rnd(5),

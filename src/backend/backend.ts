@@ -413,12 +413,24 @@ export interface Backend {
    * The ddl-expanded state update of one sublayer, with key k [rows, d] (unit norm), gate
    * beta [rows] and value v [rows, dv]:
    *   kX[r, c] = sum_i k[r, i] X[r, i, c];   Y[r, i, c] = X[r, i, c] + beta[r] k[r, i] (v[r, c] - kX[r, c])
-   * Writes Y [rows, d, dv].
+   * Writes Y [rows, d, dv]. Given the next read's mix C [d, dv] (C and x both non-null), also writes
+   * that read of the new state, x[r, i] = sum_c Y[r, i, c] * C[i, c] [rows, d] (ddlRead fused in).
    */
-  ddlUpdate(X: Buf, k: Buf, beta: Buf, v: Buf, Y: Buf, rows: number, d: number, dv: number): void;
+  ddlUpdate(
+    X: Buf,
+    k: Buf,
+    beta: Buf,
+    v: Buf,
+    Y: Buf,
+    rows: number,
+    d: number,
+    dv: number,
+    C: Buf | null,
+    x: Buf | null,
+  ): void;
   /**
    * Backward of ddlUpdate from gY [rows, d, dv]. With s[r, c] = sum_i k[r, i] gY[r, i, c] and
-   * delta = v - kX: accumulates gX += gY - beta k (x) s (when gX is non-null); writes
+   * delta = v - kX: gX += gY - beta k (x) s when gX is non-null (gX = ... without accumulate); writes
    * gk[r, i] = beta sum_c (gY[r, i, c] delta[r, c] - X[r, i, c] s[r, c]), gbeta[r] = sum_c delta s,
    * gv[r, c] = beta[r] s[r, c].
    */
@@ -429,6 +441,7 @@ export interface Backend {
     v: Buf,
     gY: Buf,
     gX: Buf | null,
+    accumulate: boolean,
     gk: Buf,
     gbeta: Buf,
     gv: Buf,

@@ -9,7 +9,7 @@
  *   reductions      sum mean max (any axes, keepdim)
  *   shape           reshape permute transpose slice concat stack expand
  *   fused           embedding rmsnorm rope attention crossEntropy swiglu route (depth routing)
- *                   ddlRead ddlUpdate (ddl-expanded state) ddlStep (ddl's whole update)
+ *                   ddlRead ddlUpdate ddlUpdateRead (ddl-expanded state) ddlStep (ddl's whole update)
  *   composite       softmax
  */
 import type { BinaryOp, Buf, DType, UnaryOp } from "../backend/backend.js";
@@ -1124,13 +1124,20 @@ export function ddlRead(X: Tensor, C: Tensor): Tensor {
   const rows = d * dv === 0 ? 0 : X.size / (d * dv);
   const x = like(X, X.shape.slice(0, -1));
   X.backend.ddlRead(X.data, C.data, x.data, rows, d, dv);
+  return recordDdlRead(X, C, x);
+}
+
+/** Records x = ddlRead(X, C), already computed, with its backward. */
+function recordDdlRead(X: Tensor, C: Tensor, x: Tensor): Tensor {
+  const [d, dv] = C.shape as [number, number];
+  const rows = d * dv === 0 ? 0 : X.size / (d * dv);
   const backwardInto = (gx: Tensor, acc: readonly (Tensor | null)[]): (Tensor | null)[] => {
     const gX = X.requiresGrad ? (acc[0] ?? zeros(X.shape, { backend: X.backend, dtype: X.dtype })) : null;
     const gC = like(C, C.shape);
     X.backend.ddlReadBackward(X.data, C.data, gx.data, gX ? gX.data : null, gC.data, rows, d, dv);
     return [gX, C.requiresGrad ? gC : null];
   };
-  return record(x, op, [X, C], (g) => backwardInto(g, []), backwardInto);
+  return record(x, "ddlRead", [X, C], (g) => backwardInto(g, []), backwardInto);
 }
 
 /**
@@ -1139,8 +1146,35 @@ export function ddlRead(X: Tensor, C: Tensor): Tensor {
  * backward recomputes kᵀX instead of keeping temporaries).
  */
 export function ddlUpdate(X: Tensor, k: Tensor, beta: Tensor, v: Tensor): Tensor {
-  const op = "ddlUpdate";
-  checkSame(op, X, k, beta, v);
+  return ddlUpdateAndRead(X, k, beta, v, null).Y;
+}
+
+/**
+ * ddlUpdate, and with the next read's mix C [d, dv] also x = ddlRead(Y, C) [..., d] computed in the
+ * same pass over the new state (each row read while it is still in cache). Both results are recorded
+ * as they would be by ddlUpdate and ddlRead: the gradients are the same.
+ */
+export function ddlUpdateRead(
+  X: Tensor,
+  k: Tensor,
+  beta: Tensor,
+  v: Tensor,
+  C: Tensor,
+): { Y: Tensor; x: Tensor } {
+  const { Y, x } = ddlUpdateAndRead(X, k, beta, v, C);
+  return { Y, x: x! };
+}
+
+function ddlUpdateAndRead(
+  X: Tensor,
+  k: Tensor,
+  beta: Tensor,
+  v: Tensor,
+  C: Tensor | null,
+): { Y: Tensor; x: Tensor | null } {
+  const op = C ? "ddlUpdateRead" : "ddlUpdate";
+  if (C) checkSame(op, X, k, beta, v, C);
+  else checkSame(op, X, k, beta, v);
   const lead = X.shape.slice(0, -2);
   const [d, dv] = X.shape.slice(-2) as [number, number];
   if (
@@ -1152,11 +1186,26 @@ export function ddlUpdate(X: Tensor, k: Tensor, beta: Tensor, v: Tensor): Tensor
     throw new Error(
       `${op}: state ${fmt(X.shape)}, key ${fmt(k.shape)}, beta ${fmt(beta.shape)} and value ${fmt(v.shape)} do not fit`,
     );
+  if (C && !sameShape(C.shape, [d, dv]))
+    throw new Error(`${op}: state ${fmt(X.shape)} and mix ${fmt(C.shape)} must end in the same [d, dv]`);
   const rows = d * dv === 0 ? 0 : X.size / (d * dv);
   const Y = like(X, X.shape);
-  X.backend.ddlUpdate(X.data, k.data, beta.data, v.data, Y.data, rows, d, dv);
+  const x = C ? like(X, X.shape.slice(0, -1)) : null;
+  X.backend.ddlUpdate(
+    X.data,
+    k.data,
+    beta.data,
+    v.data,
+    Y.data,
+    rows,
+    d,
+    dv,
+    C?.data ?? null,
+    x?.data ?? null,
+  );
   const backwardInto = (gY: Tensor, acc: readonly (Tensor | null)[]): (Tensor | null)[] => {
-    const gX = X.requiresGrad ? (acc[0] ?? zeros(X.shape, { backend: X.backend, dtype: X.dtype })) : null;
+    // the first gradient reaching X is written, not added to a zero-filled buffer
+    const gX = X.requiresGrad ? (acc[0] ?? like(X, X.shape)) : null;
     const gk = like(k, k.shape);
     const gb = like(beta, beta.shape);
     const gv = like(v, v.shape);
@@ -1167,6 +1216,7 @@ export function ddlUpdate(X: Tensor, k: Tensor, beta: Tensor, v: Tensor): Tensor
       v.data,
       gY.data,
       gX ? gX.data : null,
+      acc[0] != null,
       gk.data,
       gb.data,
       gv.data,
@@ -1176,7 +1226,8 @@ export function ddlUpdate(X: Tensor, k: Tensor, beta: Tensor, v: Tensor): Tensor
     );
     return [gX, k.requiresGrad ? gk : null, beta.requiresGrad ? gb : null, v.requiresGrad ? gv : null];
   };
-  return record(Y, op, [X, k, beta, v], (g) => backwardInto(g, []), backwardInto);
+  record(Y, "ddlUpdate", [X, k, beta, v], (g) => backwardInto(g, []), backwardInto);
+  return { Y, x: C && x ? recordDdlRead(Y, C, x) : null };
 }
 
 export interface DdlStepResult {

@@ -935,7 +935,7 @@ export const referenceBackend: Backend = {
     for (let j = 0; j < d * dv; j++) gC[j] = acc[j]!;
   },
 
-  ddlUpdate(X, k, beta, v, Y, rows, d, dv) {
+  ddlUpdate(X, k, beta, v, Y, rows, d, dv, C, x) {
     for (const [name, b, n] of [
       ["X", X, rows * d * dv],
       ["k", k, rows * d],
@@ -944,6 +944,8 @@ export const referenceBackend: Backend = {
       ["Y", Y, rows * d * dv],
     ] as const)
       need("ddlUpdate", name, b, n);
+    if ((C === null) !== (x === null))
+      throw new Error("ddlUpdate: C and x must both be given or both be null");
     const delta = new Float64Array(dv);
     for (let r = 0; r < rows; r++) {
       for (let c = 0; c < dv; c++) {
@@ -958,9 +960,10 @@ export const referenceBackend: Backend = {
           Y[at] = X[at]! + b * k[r * d + i]! * delta[c]!;
         }
     }
+    if (C !== null && x !== null) referenceBackend.ddlRead(Y, C, x, rows, d, dv);
   },
 
-  ddlUpdateBackward(X, k, beta, v, gY, gX, gk, gbeta, gv, rows, d, dv) {
+  ddlUpdateBackward(X, k, beta, v, gY, gX, accumulate, gk, gbeta, gv, rows, d, dv) {
     const n = "ddlUpdateBackward";
     for (const [name, b, len] of [
       ["X", X, rows * d * dv],
@@ -1001,7 +1004,7 @@ export const referenceBackend: Backend = {
         for (let c = 0; c < dv; c++) {
           const at = (r * d + i) * dv + c;
           acc += gY[at]! * delta[c]! - X[at]! * s[c]!;
-          if (gX) gX[at] = gX[at]! + gY[at]! - b * ki * s[c]!;
+          if (gX) gX[at] = (accumulate ? gX[at]! : 0) + gY[at]! - b * ki * s[c]!;
         }
         gk[r * d + i] = b * acc;
       }

@@ -6,13 +6,16 @@
  * gives the stream for the final norm. Parameters: DDL's per sublayer (v_proj with dv outputs)
  * plus {attn,mlp}_ddl_read and final_ddl_read.
  */
-import { ddlRead, ddlUpdate, expand, reshape } from "../../tensor/ops.js";
+import { ddlRead, ddlUpdateRead, expand, reshape } from "../../tensor/ops.js";
 import type { Tensor } from "../../tensor/tensor.js";
 import { DDL_COMMON, DdlParams } from "./ddl.js";
 import { type ModeDef, type ModeRun, NO_MEMORY, type SublayerResult, type Trace } from "./mode.js";
 
 class ExpandedRun implements ModeRun {
   private X: Tensor;
+  /** The read of X for sublayer nextFor (p.p.length: the end), computed with the update that made X. */
+  private next: Tensor | null = null;
+  private nextFor = -1;
   constructor(
     private readonly p: DdlParams,
     private readonly finalRead: Tensor,
@@ -22,16 +25,25 @@ class ExpandedRun implements ModeRun {
     const dv = finalRead.shape[1]!;
     this.X = expand(reshape(h0, [...h0.shape, 1]), [...h0.shape, dv]);
   }
+  private take(j: number, C: Tensor): Tensor {
+    const x = this.nextFor === j && this.next ? this.next : ddlRead(this.X, C); // [B, T, d]
+    this.next = null;
+    this.nextFor = -1;
+    return x;
+  }
   input(j: number): Tensor {
-    return ddlRead(this.X, this.p.p[j]!.read!); // [B, T, d]
+    return this.take(j, this.p.p[j]!.read!);
   }
   update(j: number, x: Tensor, r: SublayerResult): void {
     const { k, beta } = this.p.keyBeta(j, r, this.trace); // [B, T, d], [B, T, 1]
     const v = this.p.p[j]!.v.forward(x); // [B, T, dv]
-    this.X = ddlUpdate(this.X, k, beta, v); // X + β k (vᵀ − kᵀX), [B, T, d, dv]
+    // X + β k (vᵀ − kᵀX) [B, T, d, dv], and the next sublayer's read of it in the same pass
+    const C = this.p.p[j + 1]?.read ?? this.finalRead;
+    ({ Y: this.X, x: this.next } = ddlUpdateRead(this.X, k, beta, v, C));
+    this.nextFor = j + 1;
   }
   end(): Tensor {
-    return ddlRead(this.X, this.finalRead);
+    return this.take(this.p.p.length, this.finalRead);
   }
 }
 

@@ -1216,7 +1216,7 @@ function ddlUpdateAndRead(
       v.data,
       gY.data,
       gX ? gX.data : null,
-      acc[0] != null,
+      (acc[0] ?? null) !== null,
       gk.data,
       gb.data,
       gv.data,

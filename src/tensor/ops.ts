@@ -1118,13 +1118,18 @@ const routeGroup: DeferGroup & {
 export function ddlRead(X: Tensor, C: Tensor): Tensor {
   const op = "ddlRead";
   checkSame(op, X, C);
-  if (X.rank < 2 || C.rank !== 2 || !sameShape(X.shape.slice(-2), C.shape))
-    throw new Error(`${op}: state ${fmt(X.shape)} and mix ${fmt(C.shape)} must end in the same [d, dv]`);
+  checkDdlMix(op, X, C);
   const [d, dv] = C.shape as [number, number];
   const rows = d * dv === 0 ? 0 : X.size / (d * dv);
   const x = like(X, X.shape.slice(0, -1));
   X.backend.ddlRead(X.data, C.data, x.data, rows, d, dv);
   return recordDdlRead(X, C, x);
+}
+
+/** A read's mix C must be [d, dv] for the state X [..., d, dv]. */
+function checkDdlMix(op: string, X: Tensor, C: Tensor): void {
+  if (X.rank < 2 || C.rank !== 2 || !sameShape(X.shape.slice(-2), C.shape))
+    throw new Error(`${op}: state ${fmt(X.shape)} and mix ${fmt(C.shape)} must end in the same [d, dv]`);
 }
 
 /** Records x = ddlRead(X, C), already computed, with its backward. */
@@ -1186,8 +1191,7 @@ function ddlUpdateAndRead(
     throw new Error(
       `${op}: state ${fmt(X.shape)}, key ${fmt(k.shape)}, beta ${fmt(beta.shape)} and value ${fmt(v.shape)} do not fit`,
     );
-  if (C && !sameShape(C.shape, [d, dv]))
-    throw new Error(`${op}: state ${fmt(X.shape)} and mix ${fmt(C.shape)} must end in the same [d, dv]`);
+  if (C) checkDdlMix(op, X, C);
   const rows = d * dv === 0 ? 0 : X.size / (d * dv);
   const Y = like(X, X.shape);
   const x = C ? like(X, X.shape.slice(0, -1)) : null;
@@ -1205,7 +1209,8 @@ function ddlUpdateAndRead(
   );
   const backwardInto = (gY: Tensor, acc: readonly (Tensor | null)[]): (Tensor | null)[] => {
     // the first gradient reaching X is written, not added to a zero-filled buffer
-    const gX = X.requiresGrad ? (acc[0] ?? like(X, X.shape)) : null;
+    const prior = acc[0] ?? null;
+    const gX = X.requiresGrad ? (prior ?? like(X, X.shape)) : null;
     const gk = like(k, k.shape);
     const gb = like(beta, beta.shape);
     const gv = like(v, v.shape);
@@ -1216,7 +1221,7 @@ function ddlUpdateAndRead(
       v.data,
       gY.data,
       gX ? gX.data : null,
-      (acc[0] ?? null) !== null,
+      prior !== null,
       gk.data,
       gb.data,
       gv.data,

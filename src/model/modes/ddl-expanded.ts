@@ -13,9 +13,8 @@ import { type ModeDef, type ModeRun, NO_MEMORY, type SublayerResult, type Trace 
 
 class ExpandedRun implements ModeRun {
   private X: Tensor;
-  /** The read of X for sublayer nextFor (p.p.length: the end), computed with the update that made X. */
-  private next: Tensor | null = null;
-  private nextFor = -1;
+  /** The read of X for sublayer j (p.p.length: the end), computed with the update that made X. */
+  private next: { j: number; x: Tensor } | null = null;
   constructor(
     private readonly p: DdlParams,
     private readonly finalRead: Tensor,
@@ -26,9 +25,8 @@ class ExpandedRun implements ModeRun {
     this.X = expand(reshape(h0, [...h0.shape, 1]), [...h0.shape, dv]);
   }
   private take(j: number, C: Tensor): Tensor {
-    const x = this.nextFor === j && this.next ? this.next : ddlRead(this.X, C); // [B, T, d]
+    const x = this.next?.j === j ? this.next.x : ddlRead(this.X, C); // [B, T, d]
     this.next = null;
-    this.nextFor = -1;
     return x;
   }
   input(j: number): Tensor {
@@ -38,9 +36,9 @@ class ExpandedRun implements ModeRun {
     const { k, beta } = this.p.keyBeta(j, r, this.trace); // [B, T, d], [B, T, 1]
     const v = this.p.p[j]!.v.forward(x); // [B, T, dv]
     // X + β k (vᵀ − kᵀX) [B, T, d, dv], and the next sublayer's read of it in the same pass
-    const C = this.p.p[j + 1]?.read ?? this.finalRead;
-    ({ Y: this.X, x: this.next } = ddlUpdateRead(this.X, k, beta, v, C));
-    this.nextFor = j + 1;
+    const { Y, x: next } = ddlUpdateRead(this.X, k, beta, v, this.p.p[j + 1]?.read ?? this.finalRead);
+    this.X = Y;
+    this.next = { j: j + 1, x: next };
   }
   end(): Tensor {
     return this.take(this.p.p.length, this.finalRead);

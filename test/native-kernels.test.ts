@@ -218,6 +218,37 @@ for (const kind of gemmKinds)
                   }
             });
 
+    // A Linear over 8 to 256 rows runs the streamed GEMM (AVX-512 builds), over more the blocked one: the
+    // same rows must get the same bits either way (a prompt's prefill and the same tokens in a batch).
+    if (kind === "builtin")
+      test("a Linear over few rows (streamed) gives the bits of the same rows in a large product (blocked)", () => {
+        const K = 300;
+        const N = 203;
+        const big = 264; // > 256 rows: the blocked GEMM
+        const lda = K + 5;
+        const A = rnd(big * lda);
+        const W = rnd(N * K);
+        // rows past the tile (100, 13) are exact when alpha = 1; whole tiles for any alpha
+        for (const [M, alpha] of [
+          [128, 0.75],
+          [8, 1.5],
+          [100, 1],
+          [13, 1],
+        ] as const)
+          for (const beta of [0, 0.5]) {
+            const C0 = beta === 0 ? nans(big * N) : rnd(big * N);
+            const small = C0.slice(0, M * N);
+            const large = C0.slice();
+            nat.gemm(false, true, 1, M, N, K, alpha, A, 0, lda, 0, W, 0, K, 0, beta, small, 0, N, 0);
+            nat.gemm(false, true, 1, big, N, K, alpha, A, 0, lda, 0, W, 0, K, 0, beta, large, 0, N, 0);
+            for (let i = 0; i < M * N; i++)
+              if (!Object.is(small[i], large[i]))
+                assert.fail(
+                  `M=${M} alpha=${alpha} beta=${beta}: C[${i}] ${small[i]} (few rows) vs ${large[i]}`,
+                );
+          }
+      });
+
     test("beta=0 with NaN/Inf C never propagates, K=0 writes beta*C", () => {
       const M = 33;
       const N = 65;

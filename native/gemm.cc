@@ -18,10 +18,10 @@
 //  - the built-in streamed GEMM (AVX-512 builds) for a Linear over a few rows, x [M, K] @ Wᵀ with
 //    8 <= M <= 256 (a prefill, a small batch): x is packed once for all threads (one barrier), and
 //    each thread packs its own strips of W as it goes (prefetching the next) under an 8 x 48
-//    register tile; no barrier between W's slices. It
-//    runs whichever GEMM is the default, and with ATTNRES_GEMM=builtin; ATTNRES_GEMM=blas sends
-//    these products to the BLAS too. It gives each element the blocked GEMM's sums, bit for bit (the
-//    rows past the last multiple of 8 when alpha = 1, as in a Linear).
+//    register tile, with no barrier between W's slices. It runs whichever GEMM is the default,
+//    and with ATTNRES_GEMM=builtin; ATTNRES_GEMM=blas sends these products to the BLAS too. It
+//    gives each element the blocked GEMM's sums, bit for bit (the rows past the last multiple of 8
+//    when alpha = 1, as in a Linear).
 //  - bfloat16 operands (set_gemm_bf16, a training setting): the blocked GEMM over bf16 pairs with the
 //    AVX-512 BF16 dot product, or, where the CPU has AMX-BF16 tiles, the AMX GEMM (amx_gemm: 32 x 32
 //    blocks of four float32 tiles; ATTNRES_AMX=0 keeps the dot product).
@@ -641,8 +641,8 @@ static void blocked_gemm(bool transA, bool transB, i64 M, i64 N, i64 K, float al
 // barrier, then multiplies; here W streams from memory once and the threads meet only once, after
 // packing A: A (M x K, small) is packed first, shared, into MR-row groups [K][MR] (rows past M
 // zero), so a tile's MR broadcasts per k come from one cache line instead of MR rows' (rows whose
-// stride is a multiple of 4 KB land in one L1 set: 7-15 % faster than reading A in place on the
-// Intel host). Then each thread owns a contiguous run of SNR-column strips, packs one strip's
+// stride is a multiple of 4 KB land in one L1 set; docs/benchmarks.md, "The streamed GEMM", has
+// what it gained). Then each thread owns a contiguous run of SNR-column strips, packs one strip's
 // whole K itself (into L2), runs every row group over it slice by slice, and prefetches the next
 // strip's rows of W meanwhile. Each C element sees the same products in the same order as in
 // blocked_gemm (KC slices, fused multiply-adds along k, slices added to C in order, alpha scaling
@@ -679,7 +679,7 @@ static void streamed_gemm(i64 M, i64 N, i64 K, float alpha, const float* A, i64 
       pack_rows_transposed(strip, SNR, B + j0 * ldb, ldb, nr, K, 1.0f);
       // The next strip's rows of W, spread over this strip's micro-kernel calls.
       const i64 nextRows = st + 1 < s1 ? std::min<i64>(SNR, N - j0 - SNR) : 0;
-      const i64 lines = nextRows * rowLines, calls = ((K + KC - 1) / KC) * ((M + MR - 1) / MR);
+      const i64 lines = nextRows * rowLines, calls = ((K + KC - 1) / KC) * groups;
       const i64 perCall = (lines + calls - 1) / calls;
       i64 line = 0;
       for (i64 pc = 0; pc < K; pc += KC) {

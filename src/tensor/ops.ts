@@ -1178,8 +1178,7 @@ function ddlUpdateAndRead(
   C: Tensor | null,
 ): { Y: Tensor; x: Tensor | null } {
   const op = C ? "ddlUpdateRead" : "ddlUpdate";
-  if (C) checkSame(op, X, k, beta, v, C);
-  else checkSame(op, X, k, beta, v);
+  checkSame(op, X, k, beta, v, ...(C ? [C] : []));
   const lead = X.shape.slice(0, -2);
   const [d, dv] = X.shape.slice(-2) as [number, number];
   if (

@@ -4,6 +4,9 @@
  *
  *   fp32 peak         measured by the native addon's FMA microbenchmark on all threads
  *   matmul            GFLOP/s at 512³, 1024³ and batched [8,256,64]x[8,64,256], as % of that peak
+ *   products alone    every product of the reference step with a weight (x·Wᵀ, g·W, gᵀ·x of each
+ *                     Linear), timed alone on hot operands: their summed time is a floor for the
+ *                     step on this machine's GEMM, and bounds the step's % of peak from above
  *   reference step    forward+backward+AdamW of the 4-layer, d=256 model on 8×256 tokens, in a
  *                     fresh process; and the same step in PyTorch when `import torch` works. When
  *                     the environment pins OpenBLAS's kernels (OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE,
@@ -132,15 +135,25 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)]!;
 }
 
-function gemmGflops(M: number, N: number, K: number, batch: number, minSeconds: number): number {
+/** Median GFLOP/s of C = op(A) op(B) ([M,K] × [K,N], batched), repeated on the same hot operands. */
+function gemmGflops(
+  M: number,
+  N: number,
+  K: number,
+  batch: number,
+  minSeconds: number,
+  transA = false,
+  transB = false,
+): number {
   const be = nativeBackend()!;
   const A = be.alloc("float32", batch * M * K);
   const B = be.alloc("float32", batch * K * N);
   const C = be.alloc("float32", batch * M * N);
   for (let i = 0; i < A.length; i++) A[i] = Math.sin(i);
   for (let i = 0; i < B.length; i++) B[i] = Math.cos(i);
+  const [lda, ldb] = [transA ? M : K, transB ? K : N];
   const run = () =>
-    be.gemm(false, false, batch, M, N, K, 1, A, 0, K, M * K, B, 0, N, K * N, 0, C, 0, N, M * N);
+    be.gemm(transA, transB, batch, M, N, K, 1, A, 0, lda, M * K, B, 0, ldb, K * N, 0, C, 0, N, M * N);
   run();
   run();
   const rates: number[] = [];
@@ -152,6 +165,59 @@ function gemmGflops(M: number, N: number, K: number, batch: number, minSeconds: 
     if (rates.length > 2000) break;
   }
   return median(rates);
+}
+
+/**
+ * The reference step's products with the weights, each timed alone on hot operands: every Linear
+ * (in → out) over the step's T tokens runs y = x Wᵀ (T×out×in), dx = g W (T×in×out) and
+ * dW = gᵀ x (out×in×T). Their summed time is a floor for the step on this machine's GEMM (in the
+ * step the operands come from memory, not cache), so flops / (floor + attention at the peak) bounds
+ * the step's fraction of the peak from above.
+ */
+function stepGemmFloor(c: typeof REF, peak: number, minSeconds: number) {
+  const T = c.batch * c.seq;
+  const linears: { inF: number; outF: number; count: number }[] = [];
+  const add = (inF: number, outF: number, count: number) => {
+    const same = linears.find((l) => l.inF === inF && l.outF === outF);
+    if (same) same.count += count;
+    else linears.push({ inF, outF, count });
+  };
+  add(c.d, c.d, 4 * c.layers); // q, k, v, o
+  add(c.d, c.ff, 2 * c.layers); // SwiGLU gate, up
+  add(c.ff, c.d, c.layers); // SwiGLU down
+  add(c.d, c.vocab, 1); // the output head
+  const rows: { gemm: string; calls: number; gflops: number; ms_per_step: number }[] = [];
+  let seconds = 0;
+  let gemmFlops = 0;
+  for (const { inF, outF, count } of linears)
+    for (const [name, M, N, K, tA, tB] of [
+      ["x·Wᵀ", T, outF, inF, false, true],
+      ["g·W", T, inF, outF, false, false],
+      ["gᵀ·x", outF, inF, T, true, false],
+    ] as const) {
+      const gflops = gemmGflops(M, N, K, 1, minSeconds, tA, tB);
+      const flops = 2 * M * N * K * count;
+      seconds += flops / (gflops * 1e9);
+      gemmFlops += flops;
+      rows.push({
+        gemm: `${M}×${N}×${K} ${name}`,
+        calls: count,
+        gflops,
+        ms_per_step: (1e3 * flops) / (gflops * 1e9),
+      });
+    }
+  // The same products stepFlops counts as 6 · (matmul parameters) · tokens; the rest is attention.
+  const attentionFlops = stepFlops(c) - gemmFlops;
+  if (attentionFlops !== c.layers * 3 * (2 * 2 * c.batch * c.seq * c.seq * c.d))
+    throw new Error("stepGemmFloor and stepFlops disagree on the step's products");
+  const bound = stepFlops(c) / (seconds + attentionFlops / (peak * 1e9)) / 1e9;
+  return {
+    rows,
+    seconds,
+    gemm_gflop: gemmFlops / 1e9,
+    gflops: gemmFlops / seconds / 1e9,
+    max_pct_of_peak: (100 * bound) / peak,
+  };
 }
 
 /** Median wall times (ms) of `node -e ''` and of the compiled CLI's help and version, interleaved. */
@@ -208,6 +274,8 @@ function main(): void {
       `  ${m.name.padEnd(32)} ${m.gflops.toFixed(1).padStart(7)}   ${((100 * m.gflops) / peak).toFixed(1).padStart(6)} %`,
     );
 
+  progress("the reference step's products, each alone");
+  const floor = stepGemmFloor(REF, peak, args.quick ? 0.1 : 0.3);
   const flops = stepFlops(REF);
   // Ours and PyTorch alternate for a few rounds; each side's row is its best-median round, and the
   // ratio is the median of the per-round ratios (noise on a shared machine hits both sides).
@@ -279,6 +347,12 @@ function main(): void {
   if (torch) row(`pytorch ${String(torch.torch)}${core(torch)}`, torch);
   else log('  pytorch: not measured (`python3 -c "import torch"` failed; apt-get install python3-torch)');
   if (torchFree) row(`pytorch${core(torchFree)} *`, torchFree);
+  log(
+    `  its products alone (every Linear's x·Wᵀ, g·W and gᵀ·x, each timed on hot operands): ${floor.seconds.toFixed(3)} s for their ${floor.gemm_gflop.toFixed(1)} GFLOP, ${floor.gflops.toFixed(1)} GFLOP/s = ${((100 * floor.gflops) / peak).toFixed(0)} % of peak;`,
+  );
+  log(
+    `  so with this GEMM, and attention at the peak, the step could reach at most ${floor.max_pct_of_peak.toFixed(0)} % of peak (${(flops / 1e9 / ((floor.max_pct_of_peak / 100) * peak)).toFixed(3)} s)`,
+  );
   const ratio = torch ? median(oursRuns.map((o, r) => o.median_step_s / torchRuns[r]!.median_step_s)) : null;
   const ratioFree = torchFree
     ? median(oursRuns.map((o, r) => o.median_step_s / torchFreeRuns[r]!.median_step_s))
@@ -508,6 +582,7 @@ function main(): void {
             pytorch_openblas_unpinned: torchFree,
             ratio_time_openblas_unpinned: ratioFree,
             ratio_rss: rssRatio,
+            products_alone: floor,
           },
           engines,
           routing_step: routing,

@@ -20,11 +20,14 @@ const presetFile = writeTinyPreset(path.join(work, "p.json"), data, {
   train: { steps: 2, batch_size: 2, seq_len: 16, eval_batches: 1 },
 });
 
-function run(args: string[]): { code: number; stdout: string; stderr: string } {
+function run(
+  args: string[],
+  env: Record<string, string> = {},
+): { code: number; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, [bin, ...args], {
     cwd: work,
     encoding: "utf8",
-    env: { ...process.env, ATTNRES_THREADS: "1" },
+    env: { ...process.env, ATTNRES_THREADS: "1", ...env },
     timeout: 120_000,
   });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
@@ -64,6 +67,30 @@ describe("attnres CLI edge cases", () => {
     userError(run([...cmp, "--batch-size", "200"]), /fewer than one batch/);
     assert.deepEqual(fs.readdirSync(path.join(work, "cmp")), []);
     ok(run(cmp));
+  });
+
+  test("a misspelt ATTNRES_* setting is one line before any work, not silently the default", () => {
+    const cases: [Record<string, string>, RegExp][] = [
+      [{ ATTNRES_GEMM: "builtn" }, /^attnres: ATTNRES_GEMM must be "blas" or "builtin", not "builtn"$/],
+      [{ ATTNRES_THREADS: "two" }, /^attnres: ATTNRES_THREADS must be a positive integer, not "two"$/],
+      [{ ATTNRES_AMX: "off" }, /^attnres: ATTNRES_AMX must be "0" or "1", not "off"$/],
+      [{ ATTNRES_DTYPE: "fp64" }, /^attnres: ATTNRES_DTYPE must be "float32" or "float64", not "fp64"$/],
+      [{ ATTNRES_BACKEND: "cuda" }, /^attnres: ATTNRES_BACKEND must be "native" or "reference", not "cuda"$/],
+    ];
+    for (const [env, re] of cases) {
+      userError(run(["train", "--preset", presetFile, "--out", "env"], env), re);
+      assert.ok(!fs.existsSync(path.join(work, "env")), `no run folder (${Object.keys(env)[0]})`);
+    }
+    // The same settings spelt right (and empty, meaning the default) run.
+    const right = {
+      ATTNRES_GEMM: "builtin",
+      ATTNRES_AMX: "0",
+      ATTNRES_DTYPE: "float32",
+      ATTNRES_BACKEND: "",
+    };
+    ok(run(["train", "--preset", presetFile, "--out", "env", "--steps", "1"], right));
+    // --help needs no backend: it works whatever the settings say.
+    ok(run(["train", "--help"], { ATTNRES_GEMM: "builtn" }));
   });
 
   test("--out that is a file, or a folder where a file is wanted: refused before any work", () => {

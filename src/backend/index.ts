@@ -3,9 +3,11 @@
  *   ATTNRES_BACKEND=reference  forces the pure-TypeScript oracle (float64-capable, slow);
  *   ATTNRES_BACKEND=native     requires the native addon (an error if it is not built);
  *   unset                      native when the addon loads, else reference with a one-line notice.
- * ATTNRES_THREADS=n sets the native backend's thread count (default: all cores).
+ * ATTNRES_THREADS=n sets the native backend's thread count (default: all cores). Every ATTNRES_*
+ * setting is checked first (env.ts): a value no backend understands is an error, not the default.
  */
 import type { Backend, DType } from "./backend.js";
+import { checkBackendEnv } from "./env.js";
 import { loadNativeBackend } from "./native/index.js";
 import { referenceBackend } from "./reference/index.js";
 
@@ -18,6 +20,7 @@ let native: Backend | null | undefined;
 /** The native backend, or null when the addon is not available (the reason is in nativeError()). */
 export function nativeBackend(): Backend | null {
   if (native === undefined) {
+    checkBackendEnv();
     try {
       native = loadNativeBackend();
       const threads = Number(process.env.ATTNRES_THREADS ?? "");
@@ -37,6 +40,7 @@ export function nativeError(): string {
 
 export function defaultBackend(): Backend {
   if (chosen) return chosen;
+  checkBackendEnv();
   const want = process.env.ATTNRES_BACKEND ?? "";
   if (want === "reference") chosen = referenceBackend;
   else if (want === "native") {

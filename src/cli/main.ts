@@ -9,7 +9,6 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { Command, type ErrorOptions } from "commander";
-import { checkBackendEnv } from "../backend/env.js";
 import { packageRoot } from "../io/paths.js";
 import { registerAnalyze } from "./commands/analyze.js";
 import { registerCompare } from "./commands/compare.js";
@@ -61,7 +60,8 @@ const program = new AttnresCommand()
   .showSuggestionAfterError(true)
   .option("--no-verify", "skip the CRC-32 check of checkpoint tensors on load (faster; any subcommand)")
   .hook("preAction", async (cmd) => {
-    checkBackendEnv(); // before any work, so a refused command leaves nothing behind
+    // Before any work, so a refused command leaves nothing behind (loaded here: --help needs none).
+    (await import("../backend/env.js")).checkBackendEnv();
     if ((cmd.opts() as { verify?: boolean }).verify === false)
       (await import("../io/safetensors.js")).setVerifyChecksums(false);
   });

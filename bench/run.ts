@@ -73,12 +73,19 @@ const progress = (s: string): void => {
 /** The reference step of the compute-core issue. */
 const REF = { layers: 4, d: 256, heads: 4, seq: 256, batch: 8, vocab: 256, ff: 768 };
 
-/** Matmul FLOPs (6·N·tokens over the matmul parameters) + attention counted as full T×T. */
-function stepFlops(c: typeof REF): number {
-  const tokens = c.batch * c.seq;
+/** The products with the weights: 6 · (matmul parameters) · tokens (forward, and two backward). */
+function stepMatmulFlops(c: typeof REF): number {
   const matParams = c.layers * (4 * c.d * c.d + 3 * c.d * c.ff) + c.vocab * c.d;
-  const attn = c.layers * 3 * (2 * 2 * c.batch * c.seq * c.seq * c.d);
-  return 6 * matParams * tokens + attn;
+  return 6 * matParams * c.batch * c.seq;
+}
+
+/** Attention counted as full T×T: QKᵀ and PV, forward and backward (3×). */
+function stepAttentionFlops(c: typeof REF): number {
+  return c.layers * 3 * (2 * 2 * c.batch * c.seq * c.seq * c.d);
+}
+
+function stepFlops(c: typeof REF): number {
+  return stepMatmulFlops(c) + stepAttentionFlops(c);
 }
 
 interface StepResult {
@@ -207,11 +214,9 @@ function stepGemmFloor(c: typeof REF, peak: number, minSeconds: number) {
         ms_per_step: (1e3 * flops) / (gflops * 1e9),
       });
     }
-  // The same products stepFlops counts as 6 · (matmul parameters) · tokens; the rest is attention.
-  const attentionFlops = stepFlops(c) - gemmFlops;
-  if (attentionFlops !== c.layers * 3 * (2 * 2 * c.batch * c.seq * c.seq * c.d))
-    throw new Error("stepGemmFloor and stepFlops disagree on the step's products");
-  const minStep = seconds + attentionFlops / (peak * 1e9);
+  if (gemmFlops !== stepMatmulFlops(c))
+    throw new Error("stepGemmFloor and stepFlops disagree on the products");
+  const minStep = seconds + stepAttentionFlops(c) / (peak * 1e9);
   return {
     rows,
     seconds,

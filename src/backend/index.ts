@@ -23,8 +23,8 @@ export function nativeBackend(): Backend | null {
     checkBackendEnv();
     try {
       native = loadNativeBackend();
-      const threads = Number(process.env.ATTNRES_THREADS ?? "");
-      if (Number.isInteger(threads) && threads > 0) native.setThreads(threads);
+      const threads = Number(process.env.ATTNRES_THREADS ?? ""); // checked: unset/empty → 0
+      if (threads > 0) native.setThreads(threads);
     } catch (e) {
       native = null;
       nativeLoadError = (e as Error).message;
@@ -47,14 +47,15 @@ export function defaultBackend(): Backend {
     const n = nativeBackend();
     if (!n) throw new Error(`ATTNRES_BACKEND=native but the native addon is unavailable: ${nativeLoadError}`);
     chosen = n;
-  } else if (want === "") {
+  } else {
+    // Unset (checkBackendEnv refused anything else): native when it loads.
     const n = nativeBackend();
     if (!n)
       process.stderr.write(
         `attnres: using the slow reference backend because ${nativeLoadError} (ATTNRES_BACKEND=reference hides this notice)\n`,
       );
     chosen = n ?? referenceBackend;
-  } else throw new Error(`ATTNRES_BACKEND must be "native" or "reference", not "${want}"`);
+  }
   return chosen;
 }
 
